@@ -1,0 +1,94 @@
+"""NAT rewrites of IPv4 TCP/UDP packets, prepared once per flow and applied per packet.
+
+A ``Rewrite`` is built when a flow is set up, from the original and the new
+addresses and ports.  Because those are fixed for the life of the flow, the
+change each checksum needs (RFC 1624: HC' = ~(~HC + ~m + m')) is a constant
+too, computed once; per packet the rewrite copies 12 bytes and adds two
+constants into two checksums.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+from dataplane.packet import TCP, UDP
+
+_H = struct.Struct("!H")
+_HH = struct.Struct("!HH")
+
+
+def _words(data: bytes) -> list[int]:
+    return [int.from_bytes(data[i : i + 2], "big") for i in range(0, len(data), 2)]
+
+
+def _fold(x: int) -> int:
+    while x >> 16:
+        x = (x & 0xFFFF) + (x >> 16)
+    return x
+
+
+def csum_delta(old: bytes, new: bytes) -> int:
+    """The ones'-complement sum of ~old + new over 16-bit words (same length)."""
+    total = 0
+    for o, n in zip(_words(old), _words(new), strict=True):
+        total += (~o & 0xFFFF) + n
+    return _fold(total)
+
+
+def apply_delta(checksum: int, delta: int) -> int:
+    """RFC 1624 eqn. 3: the checksum after words changed by ``delta``."""
+    return ~_fold((~checksum & 0xFFFF) + delta) & 0xFFFF
+
+
+def internet_checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    return ~_fold(sum(_words(data))) & 0xFFFF
+
+
+@dataclass(frozen=True)
+class Rewrite:
+    """Turn (src, dst, sport, dport) into (nsrc, ndst, nsport, ndport) for protocol ``proto``."""
+
+    proto: int
+    src: bytes
+    dst: bytes
+    sport: int
+    dport: int
+    nsrc: bytes
+    ndst: bytes
+    nsport: int
+    ndport: int
+    ip_delta: int = field(init=False)
+    l4_delta: int = field(init=False)
+    addrs: bytes = field(init=False)
+    ports: bytes = field(init=False)
+
+    def __post_init__(self) -> None:
+        old_a, new_a = self.src + self.dst, self.nsrc + self.ndst
+        old_p, new_p = _HH.pack(self.sport, self.dport), _HH.pack(self.nsport, self.ndport)
+        object.__setattr__(self, "ip_delta", csum_delta(old_a, new_a))
+        # TCP/UDP checksums cover the pseudo-header addresses and the ports
+        object.__setattr__(self, "l4_delta", _fold(csum_delta(old_a, new_a) + csum_delta(old_p, new_p)))
+        object.__setattr__(self, "addrs", new_a)
+        object.__setattr__(self, "ports", new_p)
+
+    def inverse(self) -> Rewrite:
+        """The rewrite for the reply direction: undoes this one."""
+        return Rewrite(self.proto, self.ndst, self.nsrc, self.ndport, self.nsport, self.dst, self.src, self.dport, self.sport)
+
+    def apply(self, pkt: bytearray, ihl: int) -> None:
+        """Rewrite ``pkt`` (an IPv4 packet whose header is ``ihl`` bytes) in place."""
+        pkt[12:20] = self.addrs
+        pkt[10:12] = _H.pack(apply_delta(_H.unpack_from(pkt, 10)[0], self.ip_delta))
+        pkt[ihl : ihl + 4] = self.ports
+        if self.proto == TCP:
+            c = ihl + 16
+            pkt[c : c + 2] = _H.pack(apply_delta(_H.unpack_from(pkt, c)[0], self.l4_delta))
+        elif self.proto == UDP:
+            c = ihl + 6
+            old = _H.unpack_from(pkt, c)[0]
+            if old:  # 0: the sender computed no checksum; leave it so
+                new = apply_delta(old, self.l4_delta)
+                pkt[c : c + 2] = _H.pack(new or 0xFFFF)

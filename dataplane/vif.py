@@ -1,0 +1,72 @@
+"""The vif table and the link-local service table, as the dataplane sees them.
+
+A vif is one interface of the vRouter: vif0/0 is vhost0 (in this emulation
+both the compute node's own stack and its link to the fabric), VM ports start
+at vif0/3 as on a real compute node (1 and 2 are vhost0 and pkt0 there).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+HOST_VIF = 0
+FIRST_VM_VIF = 3
+METADATA_SERVICE_IP = "169.254.169.254"
+
+
+def metadata_ip(vif_index: int) -> str:
+    """The per-port metadata IP: 169.254.0.0 + (interface id & 0xFFFF)."""
+    return str(ipaddress.IPv4Address(int(ipaddress.IPv4Address("169.254.0.0")) + (vif_index & 0xFFFF)))
+
+
+@dataclass
+class Vif:
+    """One vRouter interface. ``nh`` is the interface nexthop used in flow keys (K(nh))."""
+
+    index: int
+    name: str  # OS name, e.g. tap0f1e2d3c4b5
+    ifindex: int = 0  # kernel ifindex in the compute namespace; 0 while the tap is absent
+    ip: str = ""
+    mac: str = ""
+    vrf: int = 0
+    kind: str = "Virtual"  # Virtual (a VM port) or Host (vhost0)
+    port_uuid: str = ""
+    rx_packets: int = 0
+    rx_bytes: int = 0
+    tx_packets: int = 0
+    tx_bytes: int = 0
+    drops: int = 0
+    ip_bytes: bytes = field(default=b"", repr=False)
+
+    def __post_init__(self) -> None:
+        self.ip_bytes = ipaddress.IPv4Address(self.ip).packed if self.ip else b""
+
+    @property
+    def nh(self) -> int:
+        return self.index
+
+    @property
+    def metadata_ip(self) -> str:
+        return metadata_ip(self.index)
+
+
+@dataclass(frozen=True)
+class LinkLocalService:
+    """A link-local service: (ip, port) in 169.254.0.0/16 mapped to a fabric service."""
+
+    name: str
+    ip: str
+    port: int
+    fabric_ips: tuple[str, ...] = ()
+    fabric_port: int = 0
+    fabric_dns_name: str = ""
+
+    @property
+    def is_metadata(self) -> bool:
+        """Any service whose name contains "metadata" goes to the local proxy."""
+        return "metadata" in self.name.lower()
+
+    @property
+    def key(self) -> tuple[bytes, int]:
+        return ipaddress.IPv4Address(self.ip).packed, self.port

@@ -1,0 +1,1 @@
+"""The flow table: keys, entries, actions and flags, laid out like the vRouter's. No I/O."""

@@ -1,0 +1,369 @@
+"""The hashed flow table: fixed array of 128-byte records in buckets of 4, plus an overflow area.
+
+Pure data structure over a writable buffer (an mmap of a shared-memory file,
+or a bytearray in unit tests).  A key hashes (CRC32) to a bucket of
+``BUCKET_SIZE`` entries in the main area; when the bucket is full the entry
+goes to the overflow area and is linked into the bucket's overflow chain.
+Forward and reverse flows are set up and removed together, each holding the
+other's index.  Every reuse of a slot bumps its generation id, so a reader
+holding an old (index, generation) never takes a new flow for the old one.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import time
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from flows.layout import (
+    BODY,
+    BUCKET_SIZE,
+    COUNTERS,
+    HEADER,
+    HEADER_SIZE,
+    KEY,
+    KEY_LEN,
+    MAGIC,
+    OFF_FLAGS,
+    OFF_GEN,
+    OFF_LAST,
+    OFF_OFLOW_NEXT,
+    OFF_PACKETS,
+    OFF_RINDEX,
+    OFF_TCPFLAGS,
+    OFF_VIF,
+    RECORD_SIZE,
+    U16,
+    U32,
+    U64,
+    VERSION,
+    Action,
+    DropReason,
+    Flag,
+)
+
+DEFAULT_ENTRIES = 524_288
+DEFAULT_OVERFLOW = DEFAULT_ENTRIES // 5
+
+
+class TableFull(Exception):
+    """No free slot for a new flow (its bucket and the overflow area are full)."""
+
+
+class TableFormatError(Exception):
+    """The file is not a flow table of this version."""
+
+
+@dataclass(frozen=True)
+class FlowSpec:
+    """What a new flow entry holds besides its key."""
+
+    action: Action
+    flags: Flag = Flag(0)
+    vrf: int = 0
+    dvrf: int = 0
+    nat_sport: int = 0
+    src_nh: int = 0
+    vif: int = 0
+    drop_reason: DropReason = DropReason.NONE
+
+
+@dataclass(frozen=True)
+class FlowEntry:
+    """One decoded record, for the inspection tools."""
+
+    index: int
+    nh: int
+    src: bytes
+    dst: bytes
+    sport: int
+    dport: int
+    proto: int
+    family: int
+    flags: int
+    action: int
+    drop_reason: int
+    rindex: int
+    gen: int
+    tcp_flags: int
+    vrf: int
+    dvrf: int
+    nat_sport: int
+    src_nh: int
+    packets: int
+    bytes: int
+    setup_ns: int
+    last_ns: int
+    vif: int
+
+
+def table_size(entries: int, overflow: int) -> int:
+    return HEADER_SIZE + (entries + overflow) * RECORD_SIZE
+
+
+class FlowTable:
+    """A flow table over ``buf``; ``writable`` tables keep the free lists the dataplane needs."""
+
+    def __init__(self, buf: mmap.mmap | bytearray, writable: bool) -> None:
+        magic, version, rec, bucket, entries, overflow, _pid = HEADER.unpack_from(buf, 0)
+        if magic != MAGIC or version != VERSION or rec != RECORD_SIZE or bucket != BUCKET_SIZE:
+            raise TableFormatError("not a flow table of this version (magic %r, version %d)" % (magic, version))
+        self.buf = buf
+        self.view = memoryview(buf)
+        self.entries = entries
+        self.overflow = overflow
+        self.capacity = entries + overflow
+        self.nbuckets = entries // BUCKET_SIZE
+        self.writable = writable
+        self.active = 0
+        self._free_overflow: list[int] = []
+        if writable:
+            self._free_overflow = [i for i in range(self.capacity - 1, entries - 1, -1) if not self._flags(i) & Flag.ACTIVE]
+            self.active = sum(1 for _ in self.active_indices())
+
+    # -- construction -------------------------------------------------------------------------
+
+    @staticmethod
+    def new_buffer(entries: int, overflow: int) -> bytearray:
+        """An empty table in memory, for tests and tools."""
+        entries = _round_entries(entries)
+        buf = bytearray(table_size(entries, overflow))
+        HEADER.pack_into(buf, 0, MAGIC, VERSION, RECORD_SIZE, BUCKET_SIZE, entries, overflow, 0)
+        return buf
+
+    @classmethod
+    def in_memory(cls, entries: int = 1024, overflow: int | None = None) -> FlowTable:
+        if overflow is None:
+            overflow = max(BUCKET_SIZE, entries // 5)
+        return cls(cls.new_buffer(entries, overflow), writable=True)
+
+    @classmethod
+    def create_file(cls, path: str, entries: int = DEFAULT_ENTRIES, overflow: int | None = None) -> FlowTable:
+        """Create (or replace) the shared-memory file and map it read-write; the whole table is
+        allocated at once, so a full machine fails here and not at the 100,000th flow."""
+        entries = _round_entries(entries)
+        if overflow is None:
+            overflow = entries // 5
+        size = table_size(entries, overflow)
+        tmp = path + ".new"
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.posix_fallocate(fd, 0, size)
+            mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        finally:
+            os.close(fd)
+        HEADER.pack_into(mm, 0, MAGIC, VERSION, RECORD_SIZE, BUCKET_SIZE, entries, overflow, os.getpid())
+        os.replace(tmp, path)
+        return cls(mm, writable=True)
+
+    @classmethod
+    def open_readonly(cls, path: str) -> FlowTable:
+        """Map an agent's table read-only, as ``flow -l`` does while the dataplane writes."""
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            size = os.fstat(fd).st_size
+            if size < HEADER_SIZE:
+                raise TableFormatError("%s is too short to be a flow table" % path)
+            mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ)
+        finally:
+            os.close(fd)
+        table = cls(mm, writable=False)
+        if size < table_size(table.entries, table.overflow):
+            raise TableFormatError("%s is shorter than its header says" % path)
+        return table
+
+    def close(self) -> None:
+        self.view.release()
+        if isinstance(self.buf, mmap.mmap):
+            self.buf.close()
+
+    # -- lookups --------------------------------------------------------------------------------
+
+    def _flags(self, index: int) -> int:
+        return U16.unpack_from(self.buf, HEADER_SIZE + index * RECORD_SIZE + OFF_FLAGS)[0]
+
+    def _bucket(self, key: bytes) -> int:
+        return (zlib.crc32(key) % self.nbuckets) * BUCKET_SIZE
+
+    def lookup(self, key: bytes) -> int:
+        """The index of the active entry with ``key``, or -1."""
+        buf = self.buf
+        first = self._bucket(key)
+        off = HEADER_SIZE + first * RECORD_SIZE
+        for i in range(first, first + BUCKET_SIZE):
+            if buf[off : off + KEY_LEN] == key and buf[off + OFF_FLAGS] & 1:
+                return i
+            off += RECORD_SIZE
+        nxt = U32.unpack_from(buf, HEADER_SIZE + first * RECORD_SIZE + OFF_OFLOW_NEXT)[0]
+        while nxt:
+            i = nxt - 1
+            off = HEADER_SIZE + i * RECORD_SIZE
+            if buf[off : off + KEY_LEN] == key and buf[off + OFF_FLAGS] & 1:
+                return i
+            nxt = U32.unpack_from(buf, off + OFF_OFLOW_NEXT)[0]
+        return -1
+
+    def read(self, index: int) -> FlowEntry:
+        off = HEADER_SIZE + index * RECORD_SIZE
+        nh, src, dst, sport, dport, proto, family = KEY.unpack_from(self.buf, off)
+        (flags, action, drop, rindex, gen, tcpf, vrf, dvrf, nsport, snh, pkts, byts, setup, last) = BODY.unpack_from(self.buf, off + KEY_LEN)
+        vif = U16.unpack_from(self.buf, off + OFF_VIF)[0]
+        alen = 4 if family == 4 else 16
+        return FlowEntry(
+            index, nh, src[:alen], dst[:alen], sport, dport, proto, family, flags, action, drop, rindex, gen,
+            tcpf, vrf, dvrf, nsport, snh, pkts, byts, setup, last, vif,
+        )  # fmt: skip
+
+    def generation(self, index: int) -> int:
+        return self.buf[HEADER_SIZE + index * RECORD_SIZE + OFF_GEN]
+
+    def active_indices(self) -> Iterator[int]:
+        """Indices of active entries, found with one strided read of the flag bytes."""
+        low = bytes(self.view[HEADER_SIZE + OFF_FLAGS :: RECORD_SIZE])[: self.capacity]
+        for i, b in enumerate(low):
+            if b & 1:
+                yield i
+
+    def dump(self) -> list[FlowEntry]:
+        return [self.read(i) for i in self.active_indices()]
+
+    # -- changes (dataplane only) ---------------------------------------------------------------
+
+    def _free_slot(self, key: bytes) -> int:
+        first = self._bucket(key)
+        off = HEADER_SIZE + first * RECORD_SIZE
+        for i in range(first, first + BUCKET_SIZE):
+            if not self.buf[off + OFF_FLAGS] & 1:
+                return i
+            off += RECORD_SIZE
+        if not self._free_overflow:
+            raise TableFull()
+        i = self._free_overflow.pop()
+        head_off = HEADER_SIZE + first * RECORD_SIZE + OFF_OFLOW_NEXT
+        U32.pack_into(self.buf, HEADER_SIZE + i * RECORD_SIZE + OFF_OFLOW_NEXT, U32.unpack_from(self.buf, head_off)[0])
+        U32.pack_into(self.buf, head_off, i + 1)
+        return i
+
+    def _release(self, index: int) -> None:
+        off = HEADER_SIZE + index * RECORD_SIZE
+        U16.pack_into(self.buf, off + OFF_FLAGS, 0)
+        if index < self.entries:
+            return
+        key = bytes(self.buf[off : off + KEY_LEN])
+        link = HEADER_SIZE + self._bucket(key) * RECORD_SIZE + OFF_OFLOW_NEXT
+        target = index + 1
+        while True:
+            nxt = U32.unpack_from(self.buf, link)[0]
+            if nxt == 0:
+                break  # not linked (cannot happen for a slot we allocated)
+            if nxt == target:
+                U32.pack_into(self.buf, link, U32.unpack_from(self.buf, off + OFF_OFLOW_NEXT)[0])
+                break
+            link = HEADER_SIZE + (nxt - 1) * RECORD_SIZE + OFF_OFLOW_NEXT
+        U32.pack_into(self.buf, off + OFF_OFLOW_NEXT, 0)
+        self._free_overflow.append(index)
+
+    def _write(self, index: int, key: bytes, spec: FlowSpec, rindex: int, now: int, flags: int) -> None:
+        off = HEADER_SIZE + index * RECORD_SIZE
+        gen = (self.buf[off + OFF_GEN] + 1) & 0xFF
+        self.buf[off : off + KEY_LEN] = key
+        # flags written without ACTIVE first; set ACTIVE last, so readers never see half an entry
+        BODY.pack_into(
+            self.buf, off + KEY_LEN, flags & ~Flag.ACTIVE, spec.action, spec.drop_reason, rindex, gen, 0,
+            spec.vrf, spec.dvrf, spec.nat_sport, spec.src_nh, 0, 0, now, now,
+        )  # fmt: skip
+        U16.pack_into(self.buf, off + OFF_VIF, spec.vif)
+
+    def add_pair(self, fkey: bytes, fspec: FlowSpec, rkey: bytes, rspec: FlowSpec, now: int | None = None) -> tuple[int, int]:
+        """Set up a forward flow and its reverse together; raise TableFull (leaving nothing) if
+        either cannot be placed.  Keys must not be present already."""
+        if now is None:
+            now = time.time_ns()
+        fi = self._free_slot(fkey)
+        self._write(fi, fkey, fspec, 0, now, 0)
+        U16.pack_into(self.buf, HEADER_SIZE + fi * RECORD_SIZE + OFF_FLAGS, Flag.ACTIVE)  # reserve
+        try:
+            ri = self._free_slot(rkey)
+        except TableFull:
+            self._release(fi)
+            raise
+        both = Flag.ACTIVE | Flag.RFLOW_VALID | Flag.NEW_FLOW
+        self._write(ri, rkey, rspec, fi, now, 0)
+        U32.pack_into(self.buf, HEADER_SIZE + fi * RECORD_SIZE + OFF_RINDEX, ri)
+        U16.pack_into(self.buf, HEADER_SIZE + ri * RECORD_SIZE + OFF_FLAGS, rspec.flags | both | Flag.REVERSE)
+        U16.pack_into(self.buf, HEADER_SIZE + fi * RECORD_SIZE + OFF_FLAGS, fspec.flags | both)
+        self.active += 2
+        return fi, ri
+
+    def add_single(self, key: bytes, spec: FlowSpec, now: int | None = None) -> int:
+        """A flow with no reverse (a Drop flow)."""
+        if now is None:
+            now = time.time_ns()
+        i = self._free_slot(key)
+        self._write(i, key, spec, 0, now, 0)
+        U16.pack_into(self.buf, HEADER_SIZE + i * RECORD_SIZE + OFF_FLAGS, spec.flags | Flag.ACTIVE | Flag.NEW_FLOW)
+        self.active += 1
+        return i
+
+    def delete(self, index: int) -> list[int]:
+        """Remove an entry and, if it has one, its reverse; return the indices removed."""
+        off = HEADER_SIZE + index * RECORD_SIZE
+        flags = U16.unpack_from(self.buf, off + OFF_FLAGS)[0]
+        if not flags & Flag.ACTIVE:
+            return []
+        self._release(index)
+        self.active -= 1
+        removed = [index]
+        if flags & Flag.RFLOW_VALID:
+            r = U32.unpack_from(self.buf, off + OFF_RINDEX)[0]
+            if U16.unpack_from(self.buf, HEADER_SIZE + r * RECORD_SIZE + OFF_FLAGS)[0] & Flag.ACTIVE:
+                self._release(r)
+                self.active -= 1
+                removed.append(r)
+        return removed
+
+    def hit(self, index: int, nbytes: int, now: int, tcp_flags: int = 0) -> None:
+        """Count one packet of ``nbytes`` on an entry."""
+        off = HEADER_SIZE + index * RECORD_SIZE
+        pkts, byts = COUNTERS.unpack_from(self.buf, off + OFF_PACKETS)
+        COUNTERS.pack_into(self.buf, off + OFF_PACKETS, pkts + 1, byts + nbytes)
+        U64.pack_into(self.buf, off + OFF_LAST, now)
+        if tcp_flags:
+            self.buf[off + OFF_TCPFLAGS] |= tcp_flags
+
+    def last_used(self, index: int) -> int:
+        return U64.unpack_from(self.buf, HEADER_SIZE + index * RECORD_SIZE + OFF_LAST)[0]
+
+    def age(self, now: int, idle_ns: int) -> list[int]:
+        """Remove pairs idle (both halves) for longer than ``idle_ns``; return every index removed."""
+        removed = []
+        for i in list(self.active_indices()):
+            off = HEADER_SIZE + i * RECORD_SIZE
+            flags = U16.unpack_from(self.buf, off + OFF_FLAGS)[0]
+            if not flags & Flag.ACTIVE or flags & Flag.REVERSE:
+                continue
+            last = self.last_used(i)
+            if flags & Flag.RFLOW_VALID:
+                last = max(last, self.last_used(U32.unpack_from(self.buf, off + OFF_RINDEX)[0]))
+            if now - last > idle_ns:
+                removed.extend(self.delete(i))
+        return removed
+
+    def reverse_of(self, index: int) -> int:
+        return U32.unpack_from(self.buf, HEADER_SIZE + index * RECORD_SIZE + OFF_RINDEX)[0]
+
+    def set_owner(self, pid: int) -> None:
+        magic, version, rec, bucket, entries, overflow, _ = HEADER.unpack_from(self.buf, 0)
+        HEADER.pack_into(self.buf, 0, magic, version, rec, bucket, entries, overflow, pid)
+
+    def owner(self) -> int:
+        return HEADER.unpack_from(self.buf, 0)[6]
+
+
+def _round_entries(entries: int) -> int:
+    if entries < BUCKET_SIZE:
+        raise ValueError("a flow table needs at least %d entries" % BUCKET_SIZE)
+    return entries - entries % BUCKET_SIZE

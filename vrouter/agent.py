@@ -1,0 +1,354 @@
+"""``vrouter agent``: the compute node's agent and userspace dataplane in one process.
+
+Start-up, in this order so that no packet meets a half-built node: map the
+flow table, load ports and link-local services from the state directory,
+plug the ports into the kernel, start the metadata proxy, bind NFQUEUE, then
+create the nftables table that feeds it, then switch forwarding on and open
+the control socket.  SIGTERM or SIGINT undo all of it in reverse.  A stale
+table left by an agent that was killed is replaced at start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+import random
+import signal
+import ssl
+import time
+
+from dataplane.forwarding import Dataplane
+from dataplane.nfqueue_shell import QueueShell
+from dataplane.nftables import NftError, NftSocket, QueueRules
+from dataplane.vif import Vif
+from flows.layout import DROP_NAMES
+from flows.table import FlowTable
+from vrouter.config import AgentConfig
+from vrouter.control import ControlServer
+from vrouter.host import HostNetwork, in_namespace_hint
+from vrouter.linklocal import ServiceError, ServiceTable
+from vrouter.linklocal import validate as validate_service
+from vrouter.metadata_proxy import Identity, MetadataProxy, Upstream
+from vrouter.ports import Port, PortError, PortTable
+from vrouter.ports import validate as validate_port
+
+log = logging.getLogger("vrouter.agent")
+
+LINK_LOCAL = ipaddress.IPv4Network("169.254.0.0/16")
+AGING_INTERVAL = 5.0
+TAP_SCAN_INTERVAL = 1.0
+
+
+class AgentError(Exception):
+    """The agent cannot start; the message says why and what to do."""
+
+
+def state_paths(state_dir: str) -> dict[str, str]:
+    return {
+        "socket": os.path.join(state_dir, "agent.sock"),
+        "flows": os.path.join(state_dir, "flows.shm"),
+        "ports": os.path.join(state_dir, "ports"),
+        "linklocal": os.path.join(state_dir, "linklocal.json"),
+        "pid": os.path.join(state_dir, "agent.pid"),
+    }
+
+
+class Agent:
+    def __init__(self, cfg: AgentConfig, state_dir: str, queue_num: int = 0, nova_timeout: float = 30.0) -> None:
+        self.cfg = cfg
+        self.state_dir = state_dir
+        self.paths = state_paths(state_dir)
+        self.queue_num = queue_num
+        self.nova_timeout = nova_timeout
+        self.ports = PortTable(self.paths["ports"])
+        self.services = ServiceTable(self.paths["linklocal"])
+        self.host: HostNetwork | None = None
+        self.table: FlowTable | None = None
+        self.dataplane: Dataplane | None = None
+        self.proxy: MetadataProxy | None = None
+        self.shell: QueueShell | None = None
+        self.control: ControlServer | None = None
+        self.started = time.time()
+        self._stop = asyncio.Event()
+        self._ssl: ssl.SSLContext | None = None
+        self._made_table = False  # our nftables table exists: delete it at stop
+        self._wrote_pid = False
+
+    # -- start and stop -------------------------------------------------------------------------
+
+    def _check_not_running(self) -> None:
+        try:
+            with open(self.paths["pid"]) as f:
+                pid = int(f.read().strip())
+        except (OSError, ValueError):
+            return
+        if pid != os.getpid() and _alive(pid):
+            raise AgentError("an agent (pid %d) already runs with state directory %s" % (pid, self.state_dir))
+
+    def _tls(self) -> ssl.SSLContext | None:
+        if not self.cfg.metadata_use_ssl:
+            return None
+        try:
+            ctx = ssl.create_default_context(cafile=self.cfg.metadata_ca_cert)
+            if self.cfg.metadata_client_cert:
+                ctx.load_cert_chain(self.cfg.metadata_client_cert, self.cfg.metadata_client_key or None)
+        except (OSError, ssl.SSLError) as e:
+            raise AgentError("[METADATA] TLS files: %s" % e) from None
+        return ctx
+
+    async def run(self) -> None:
+        if os.geteuid() != 0:
+            raise AgentError("the agent needs root (CAP_NET_ADMIN) to use NFQUEUE and nftables")
+        os.makedirs(self.state_dir, exist_ok=True)
+        self._check_not_running()
+        self._ssl = self._tls()
+        self.host = HostNetwork()
+        vhost_ip = self.cfg.vhost_ip or await self.host.address_of(self.cfg.vhost_name)
+        if not vhost_ip:
+            raise AgentError(
+                "no IPv4 address on %s in %s: run the agent in the compute namespace "
+                "(ip netns exec <prefix>-compute vrouter agent ...) or set [VIRTUAL-HOST-INTERFACE] ip" % (self.cfg.vhost_name, in_namespace_hint())
+            )
+        overflow = self.cfg.flow_overflow_entries or self.cfg.flow_entries // 5
+        self.table = FlowTable.create_file(self.paths["flows"], self.cfg.flow_entries, overflow)
+        self.dataplane = Dataplane(self.table, vhost_ip, self.cfg.metadata_proxy_port)
+        for problem in self.ports.load() + self.services.load():
+            log.error("ignoring unusable state: %s", problem)
+        self.dataplane.set_services(list(self.services.services.values()))
+        for port in self.ports.ports.values():
+            await self._plug(port)
+        loop = asyncio.get_running_loop()
+        self.proxy = MetadataProxy(self._identify, self._upstream, self.cfg.metadata_proxy_secret,
+                                   read_timeout=self.nova_timeout)  # fmt: skip
+        try:
+            await self.proxy.start(vhost_ip, self.cfg.metadata_proxy_port)
+        except OSError as e:
+            raise AgentError("metadata proxy cannot listen on %s:%d: %s" % (vhost_ip, self.cfg.metadata_proxy_port, e.strerror)) from None
+        self.shell = QueueShell(self.dataplane, self.queue_num)
+        try:
+            self.shell.start(loop)
+        except OSError as e:
+            raise AgentError("cannot bind NFQUEUE %d (%s): is another agent using it?" % (self.queue_num, e)) from None
+        try:
+            with NftSocket() as nft:
+                self._made_table = True  # also when half made: a failed batch leaves nothing, delete is a no-op
+                nft.create_queue_table(QueueRules(queue_num=self.queue_num))
+        except NftError as e:
+            raise AgentError("cannot create the nftables table: %s" % e) from None
+        self.host.enable_forwarding(True)
+        self.control = ControlServer(self.paths["socket"], self._handlers(), (PortError, ServiceError))
+        await self.control.start()
+        with open(self.paths["pid"], "w") as f:
+            f.write("%d\n" % os.getpid())
+        self._wrote_pid = True
+        self.table.set_owner(os.getpid())
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        log.info(
+            "agent up: vhost0 %s, metadata proxy port %d, %d ports, %d link-local services, flow table %d+%d entries",
+            vhost_ip, self.cfg.metadata_proxy_port, len(self.ports.ports), len(self.services.services),
+            self.table.entries, self.table.overflow,
+        )  # fmt: skip
+        tasks = [asyncio.create_task(self._aging()), asyncio.create_task(self._tap_scan())]
+        await self._stop.wait()
+        log.info("stopping")
+        for t in tasks:
+            t.cancel()
+
+    async def shutdown(self) -> None:
+        """Undo whatever ``run`` did, whether it finished or failed half-way."""
+        if self.control is not None:
+            await self.control.stop()
+        if self._made_table:
+            try:
+                with NftSocket() as nft:
+                    nft.delete_table()
+            except OSError as e:
+                log.error("could not delete the nftables table: %s", e)
+        if self.host is not None:
+            try:
+                self.host.enable_forwarding(False)
+            except OSError:
+                pass
+            for port in self.ports.ports.values():
+                await self.host.unplug(port.tap_name, port.ip_address, port.metadata_ip)
+            self.host.close()
+        if self.shell is not None:
+            self.shell.stop()
+        if self.proxy is not None:
+            await self.proxy.stop()
+        if self.table is not None:
+            self.table.close()
+            _unlink(self.paths["flows"])
+        if self._wrote_pid:
+            _unlink(self.paths["pid"])
+
+    # -- ports and services ---------------------------------------------------------------------
+
+    async def _plug(self, port: Port) -> Vif:
+        assert self.host is not None and self.dataplane is not None
+        ifindex = await self.host.plug(port.tap_name, port.ip_address, port.mac, port.metadata_ip)
+        if not ifindex:
+            log.warning("port %s: tap %s not present yet; plugged when it appears", port.uuid, port.tap_name)
+        vif = Vif(port.vif, port.tap_name, ifindex, port.ip_address, port.mac, port.vrf, port_uuid=port.uuid)
+        old = self.dataplane.vifs.get(port.vif)
+        if old is not None:  # keep the counters across a re-plug
+            vif.rx_packets, vif.rx_bytes, vif.tx_packets, vif.tx_bytes, vif.drops = (
+                old.rx_packets, old.rx_bytes, old.tx_packets, old.tx_bytes, old.drops,
+            )  # fmt: skip
+        self.dataplane.add_vif(vif)
+        return vif
+
+    async def _tap_scan(self) -> None:
+        """Plug taps that appeared after their port was added, or that were re-created."""
+        assert self.host is not None and self.dataplane is not None
+        while True:
+            await asyncio.sleep(TAP_SCAN_INTERVAL)
+            for port in list(self.ports.ports.values()):
+                vif = self.dataplane.vifs.get(port.vif)
+                idx = await self.host.ifindex(port.tap_name)
+                if vif is not None and idx and idx != vif.ifindex:
+                    log.info("port %s: tap %s (re)appeared as ifindex %d", port.uuid, port.tap_name, idx)
+                    await self._plug(port)
+
+    async def _aging(self) -> None:
+        assert self.dataplane is not None
+        while True:
+            await asyncio.sleep(AGING_INTERVAL)
+            n = self.dataplane.age(self.cfg.flow_cache_timeout)
+            if n:
+                log.debug("aged out %d flow entries", n)
+
+    def _identify(self, peer_ip: str) -> Identity | None:
+        try:
+            ip = ipaddress.IPv4Address(peer_ip)
+        except ValueError:
+            return None
+        if ip not in LINK_LOCAL:
+            return None
+        port = self.ports.by_vif(int(ip) & 0xFFFF)
+        if port is None:
+            return None
+        return Identity(port.instance_uuid, port.vm_project_uuid, port.ip_address, port.uuid, port.vm_name)
+
+    def _upstream(self) -> Upstream | None:
+        s = self.services.metadata_service()
+        if s is None or not s.fabric_ips:
+            return None
+        return Upstream(random.choice(s.fabric_ips), s.fabric_port, self._ssl)
+
+    # -- control operations ---------------------------------------------------------------------
+
+    def _handlers(self) -> dict:
+        return {
+            "status": self._op_status,
+            "port.add": self._op_port_add,
+            "port.del": self._op_port_del,
+            "port.list": self._op_port_list,
+            "linklocal.add": self._op_ll_add,
+            "linklocal.del": self._op_ll_del,
+            "linklocal.list": self._op_ll_list,
+            "vif.list": self._op_vif_list,
+            "dropstats": self._op_dropstats,
+        }
+
+    def _op_status(self, args: dict) -> dict:
+        assert self.dataplane is not None and self.proxy is not None and self.table is not None
+        return {
+            "pid": os.getpid(),
+            "uptime_s": round(time.time() - self.started, 1),
+            "vhost_ip": self.dataplane.vhost_ip,
+            "metadata_proxy_port": self.cfg.metadata_proxy_port,
+            "ports": len(self.ports.ports),
+            "linklocal_services": len(self.services.services),
+            "flows_active": self.table.active,
+            "flow_table": self.paths["flows"],
+            "proxy": vars(self.proxy.stats),
+            "dataplane_errors": self.shell.errors if self.shell else 0,
+        }
+
+    async def _op_port_add(self, args: dict) -> dict:
+        port = self.ports.add(validate_port(args))
+        vif = await self._plug(port)
+        log.info("port %s plugged: vif0/%d %s %s vm %s", port.uuid, port.vif, port.tap_name, port.ip_address, port.instance_uuid)
+        return dict(port.to_dict(), tap_present=bool(vif.ifindex))
+
+    async def _op_port_del(self, args: dict) -> dict:
+        assert self.dataplane is not None and self.host is not None
+        port = self.ports.remove(str(args.get("uuid", "")))
+        flows = self.dataplane.remove_vif(port.vif)
+        await self.host.unplug(port.tap_name, port.ip_address, port.metadata_ip)
+        log.info("port %s unplugged: vif0/%d, %d flow entries removed", port.uuid, port.vif, flows)
+        return dict(port.to_dict(), flows_removed=flows)
+
+    def _op_port_list(self, args: dict) -> list:
+        assert self.dataplane is not None
+        out = []
+        for p in sorted(self.ports.ports.values(), key=lambda p: p.vif):
+            vif = self.dataplane.vifs.get(p.vif)
+            out.append(dict(p.to_dict(), tap_present=bool(vif and vif.ifindex)))
+        return out
+
+    def _services_changed(self) -> int:
+        assert self.dataplane is not None
+        return self.dataplane.set_services(list(self.services.services.values()))
+
+    def _op_ll_add(self, args: dict) -> dict:
+        s = self.services.add(validate_service(args))
+        flows = self._services_changed()
+        log.info("link-local service %s: %s:%d -> %s:%d", s.name, s.ip, s.port, ",".join(s.fabric_ips) or s.fabric_dns_name, s.fabric_port)
+        return {"name": s.name, "flows_removed": flows}
+
+    def _op_ll_del(self, args: dict) -> dict:
+        s = self.services.remove(str(args.get("linklocal_service_name", "")))
+        flows = self._services_changed()
+        log.info("link-local service %s removed, %d flow entries removed", s.name, flows)
+        return {"name": s.name, "flows_removed": flows}
+
+    def _op_ll_list(self, args: dict) -> list:
+        from vrouter.linklocal import to_schema
+
+        return [to_schema(s) for s in sorted(self.services.services.values(), key=lambda s: s.name.lower())]
+
+    def _op_vif_list(self, args: dict) -> list:
+        assert self.dataplane is not None
+        out = []
+        for v in sorted(self.dataplane.vifs.values(), key=lambda v: v.index):
+            out.append({
+                "vif": v.index, "name": v.name, "type": v.kind, "ifindex": v.ifindex, "mac": v.mac or "",
+                "ip": v.ip, "vrf": v.vrf, "metadata_ip": v.metadata_ip if v.kind == "Virtual" else "",
+                "port_uuid": v.port_uuid, "rx_packets": v.rx_packets, "rx_bytes": v.rx_bytes,
+                "tx_packets": v.tx_packets, "tx_bytes": v.tx_bytes, "drops": v.drops,
+            })  # fmt: skip
+        return out
+
+    def _op_dropstats(self, args: dict) -> dict:
+        assert self.dataplane is not None
+        return {DROP_NAMES[r]: self.dataplane.drops.get(r, 0) for r in DROP_NAMES}
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+async def run_agent(cfg: AgentConfig, state_dir: str, queue_num: int = 0, nova_timeout: float = 30.0) -> None:
+    agent = Agent(cfg, state_dir, queue_num, nova_timeout)
+    try:
+        await agent.run()
+    finally:
+        await agent.shutdown()

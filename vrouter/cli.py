@@ -1,0 +1,350 @@
+"""The ``vrouter`` command line.
+
+    vrouter agent            run the agent and dataplane (in the compute namespace)
+    vrouter nova-metadata    run the Nova-compatible metadata API
+    vrouter port add|del|list
+    vrouter linklocal add|del|list
+    vrouter flow -l          list the flow table
+    vrouter vif --list       list the interfaces
+    vrouter dropstats        drop counters by reason
+    vrouter status           is the agent up, and how is it doing
+
+Every command but ``agent`` and ``nova-metadata`` acts on a running agent,
+found through its state directory (``--state-dir``, or ``--prefix P`` for
+``/run/vrouter/P``, or $VROUTER_STATE_DIR; default ``/run/vrouter/vr``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import ssl
+import sys
+import threading
+from typing import Any
+
+from vrouter import __version__
+from vrouter.agent import AgentError, run_agent, state_paths
+from vrouter.config import AgentConfig, ConfigError, load_config
+from vrouter.control import AgentNotRunning, RequestFailed, call
+from vrouter.flow_tool import NoTable
+
+STATE_ROOT = "/run/vrouter"
+DEFAULT_PREFIX = "vr"
+
+
+class UsageError(Exception):
+    pass
+
+
+def _state_dir(args: argparse.Namespace) -> str:
+    if getattr(args, "state_dir", None):
+        return args.state_dir
+    if getattr(args, "prefix", None):
+        return os.path.join(STATE_ROOT, args.prefix)
+    return os.environ.get("VROUTER_STATE_DIR") or os.path.join(STATE_ROOT, DEFAULT_PREFIX)
+
+
+def _print(data: Any, as_json: bool, text: str) -> None:
+    if as_json:
+        print(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        print(text, end="" if text.endswith("\n") else "\n")
+
+
+def _agent_call(args: argparse.Namespace, op: str, payload: dict | None = None) -> Any:
+    return call(state_paths(_state_dir(args))["socket"], op, payload)
+
+
+# -- agent and nova ---------------------------------------------------------------------------
+
+
+def _setup_logging(level: int, log_file: str) -> None:
+    handler: logging.Handler = logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config) if args.config else AgentConfig()
+    if args.log_level:
+        from vrouter.config import _level
+
+        cfg.log_level = _level("command line", "--log-level", args.log_level)
+    _setup_logging(cfg.log_level, cfg.log_file)
+    asyncio.run(run_agent(cfg, _state_dir(args), args.queue, args.nova_timeout))
+    return 0
+
+
+def cmd_nova(args: argparse.Namespace) -> int:
+    from vrouter.nova_metadata import InstanceStore, NovaMetadata, make_server
+
+    _setup_logging(logging.DEBUG if args.verbose else logging.INFO, "")
+    secret = args.secret
+    if args.secret_file:
+        try:
+            with open(args.secret_file, encoding="utf-8") as f:
+                secret = f.read().strip()
+        except OSError as e:
+            raise UsageError("--secret-file %s: %s" % (args.secret_file, e.strerror)) from None
+    if not os.path.exists(args.instances):
+        raise UsageError("--instances %s: no such file" % args.instances)
+    ctx = None
+    if args.tls_cert:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(args.tls_cert, args.tls_key or None)
+        if args.tls_client_ca:
+            ctx.load_verify_locations(args.tls_client_ca)
+            ctx.verify_mode = ssl.CERT_REQUIRED
+    try:
+        server = make_server(args.listen, args.port, NovaMetadata(InstanceStore(args.instances), secret), ctx)
+    except OSError as e:
+        raise UsageError("cannot listen on %s:%d: %s" % (args.listen, args.port, e.strerror)) from None
+
+    def stop(*_: object) -> None:
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    logging.getLogger("vrouter.nova").info("Nova-compatible metadata API on %s:%d", args.listen, args.port)
+    server.serve_forever(poll_interval=0.2)
+    server.server_close()
+    return 0
+
+
+# -- ports and link-local services -------------------------------------------------------------
+
+PORT_FIELDS = ["uuid", "instance_uuid", "vn_uuid", "vm_project_uuid", "ip_address", "mac", "tap_name", "vm_name"]
+
+
+def cmd_port(args: argparse.Namespace) -> int:
+    if args.oper == "add":
+        result = _agent_call(args, "port.add", {f: getattr(args, f) for f in PORT_FIELDS})
+        text = "port %s plugged as vif0/%d (%s, metadata IP %s)%s" % (
+            result["uuid"], result["vif"], result["tap_name"], result["metadata_ip"],
+            "" if result["tap_present"] else "; tap not present yet, plugged when it appears",
+        )  # fmt: skip
+        _print(result, args.json, text)
+    elif args.oper in ("del", "delete"):
+        if not args.uuid:
+            raise UsageError("port del needs --uuid")
+        result = _agent_call(args, "port.del", {"uuid": args.uuid})
+        _print(result, args.json, "port %s unplugged (%d flow entries removed)" % (result["uuid"], result["flows_removed"]))
+    else:
+        result = _agent_call(args, "port.list")
+        rows = ["%-7s %-15s %-15s %-17s %-16s %-36s %s" % ("vif", "tap", "ip", "mac", "metadata ip", "instance", "vm")]
+        for p in result:
+            rows.append(
+                "vif0/%-2d %-15s %-15s %-17s %-16s %-36s %s%s"
+                % (
+                    p["vif"],
+                    p["tap_name"],
+                    p["ip_address"],
+                    p["mac"],
+                    p["metadata_ip"],
+                    p["instance_uuid"],
+                    p["vm_name"],
+                    "" if p["tap_present"] else " (tap absent)",
+                )  # fmt: skip
+            )
+        _print(result, args.json, "\n".join(rows))
+    return 0
+
+
+def cmd_linklocal(args: argparse.Namespace) -> int:
+    oper = args.oper or args.oper_flag or "list"
+    if oper == "add":
+        payload = {
+            "linklocal_service_name": args.name,
+            "linklocal_service_ip": args.ip,
+            "linklocal_service_port": args.port,
+            "ip_fabric_service_ip": args.fabric_ip or [],
+            "ip_fabric_service_port": args.fabric_port,
+            "ip_fabric_DNS_service_name": args.fabric_dns or "",
+        }
+        result = _agent_call(args, "linklocal.add", payload)
+        _print(result, args.json, "link-local service %s set" % result["name"])
+    elif oper in ("del", "delete"):
+        if not args.name:
+            raise UsageError("linklocal del needs --linklocal_service_name NAME")
+        result = _agent_call(args, "linklocal.del", {"linklocal_service_name": args.name})
+        _print(result, args.json, "link-local service %s removed (%d flow entries removed)" % (result["name"], result["flows_removed"]))
+    else:
+        result = _agent_call(args, "linklocal.list")
+        rows = ["%-20s %-22s %-30s" % ("name", "link-local", "fabric")]
+        for s in result:
+            fabric = ",".join(s["ip_fabric_service_ip"]) or s["ip_fabric_DNS_service_name"]
+            rows.append("%-20s %-22s %-30s" % (s["linklocal_service_name"], "%s:%d" % (s["linklocal_service_ip"], s["linklocal_service_port"]),
+                                               "%s:%d" % (fabric, s["ip_fabric_service_port"])))  # fmt: skip
+        _print({"linklocal_services": {"linklocal_service_entry": result}}, args.json, "\n".join(rows))
+    return 0
+
+
+# -- inspection -------------------------------------------------------------------------------
+
+
+def cmd_flow(args: argparse.Namespace) -> int:
+    from vrouter.flow_tool import entry_dict, format_table, open_table  # noqa: PLC0415
+
+    if not args.list:
+        raise UsageError("flow: say what to do, e.g. flow -l (see vrouter flow --help)")
+    table = open_table(state_paths(_state_dir(args))["flows"])
+    try:
+        entries = table.dump()
+        _print([entry_dict(e) for e in entries], args.json, format_table(table, entries) if not args.json else "")
+    finally:
+        table.close()
+    return 0
+
+
+def cmd_vif(args: argparse.Namespace) -> int:
+    vifs = _agent_call(args, "vif.list")
+    if args.get is not None:
+        vifs = [v for v in vifs if v["vif"] == args.get]
+        if not vifs:
+            raise UsageError("vif --get %d: no such interface" % args.get)
+    out = ["Vrouter Interface Table", ""]
+    for v in vifs:
+        md = "  Metadata IP:" + v["metadata_ip"] if v["metadata_ip"] else ""
+        out += [
+            "vif0/%-5d OS: %s (index %d)" % (v["vif"], v["name"], v["ifindex"]),
+            "            Type:%s HWaddr:%s IPaddr:%s" % (v["type"], "00:00:5e:00:01:00", v["ip"] or "0.0.0.0"),
+            "            Vrf:%d Flags:%s MTU:1500%s" % (v["vrf"], "L3L2" if v["type"] == "Virtual" else "L3", md),
+            "            VM MAC:%s Port:%s" % (v["mac"] or "-", v["port_uuid"] or "-") if v["type"] == "Virtual" else "            Host interface",
+            "            RX packets:%d  bytes:%d errors:0" % (v["rx_packets"], v["rx_bytes"]),
+            "            TX packets:%d  bytes:%d errors:0" % (v["tx_packets"], v["tx_bytes"]),
+            "            Drops:%d" % v["drops"],
+            "",
+        ]
+    _print(vifs if args.get is None else vifs[0], args.json, "\n".join(out))
+    return 0
+
+
+def cmd_dropstats(args: argparse.Namespace) -> int:
+    drops = _agent_call(args, "dropstats")
+    text = "\n".join("%-35s %d" % (name, n) for name, n in drops.items())
+    _print(drops, args.json, text)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    st = _agent_call(args, "status")
+    text = (
+        "agent pid %(pid)d up %(uptime_s).0f s: vhost0 %(vhost_ip)s, metadata proxy port %(metadata_proxy_port)d, "
+        "%(ports)d ports, %(linklocal_services)d link-local services, %(flows_active)d active flow entries" % st
+    )
+    _print(st, args.json, text)
+    return 0
+
+
+# -- parser -----------------------------------------------------------------------------------
+
+
+def _target_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("which agent")
+    g.add_argument("--state-dir", help="the agent's state directory (default: $VROUTER_STATE_DIR or /run/vrouter/vr)")
+    g.add_argument("-p", "--prefix", help="shorthand for --state-dir /run/vrouter/PREFIX (as netns_setup.sh --prefix)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vrouter", description="Tungsten Fabric vRouter compute node emulator.")
+    parser.add_argument("--version", action="version", version="vrouter " + __version__)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    a = sub.add_parser("agent", help="run the agent and dataplane in the foreground (in the compute namespace)",
+                       description="Run the vRouter agent: dataplane (NFQUEUE), flow table, metadata proxy and "
+                       "control socket, until SIGTERM or SIGINT. Run it inside the compute namespace.")  # fmt: skip
+    a.add_argument("--config", help="agent.conf (INI like contrail-vrouter-agent.conf)")
+    a.add_argument("--state-dir", help="where ports, services, the flow table and the control socket live")
+    a.add_argument("-p", "--prefix", help="shorthand for --state-dir /run/vrouter/PREFIX")
+    a.add_argument("--queue", type=int, default=0, help="NFQUEUE number (default 0)")
+    a.add_argument("--nova-timeout", type=float, default=30.0, help="seconds without data from Nova before 502 (default 30)")
+    a.add_argument("--log-level", help="override [DEFAULT] log_level (DEBUG, INFO, SYS_NOTICE, ...)")
+    a.set_defaults(func=cmd_agent)
+
+    n = sub.add_parser("nova-metadata", help="run a Nova-compatible metadata API",
+                       description="Serve instances from a JSON file the way nova-api-metadata does behind a proxy.")  # fmt: skip
+    n.add_argument("--instances", required=True, help="JSON file of instances")
+    n.add_argument("--listen", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    n.add_argument("--port", type=int, default=8775, help="port (default 8775)")
+    n.add_argument("--secret", default="", help="metadata_proxy_shared_secret (default empty)")
+    n.add_argument("--secret-file", help="read the shared secret from this file")
+    n.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM)")
+    n.add_argument("--tls-key", help="its private key")
+    n.add_argument("--tls-client-ca", help="require client certificates signed by this CA")
+    n.add_argument("-v", "--verbose", action="store_true", help="log every request")
+    n.set_defaults(func=cmd_nova)
+
+    p = sub.add_parser("port", help="plug, unplug and list VM ports (vrouter-port-control)",
+                       description="Plug (add), unplug (del) or list VM ports of the running agent.")  # fmt: skip
+    p.add_argument("oper", choices=["add", "del", "delete", "list"])
+    p.add_argument("--uuid", help="port (VMI) uuid")
+    p.add_argument("--instance-uuid", "--instance_uuid", dest="instance_uuid", help="instance uuid")
+    p.add_argument("--vn-uuid", "--vn_uuid", dest="vn_uuid", help="virtual network uuid")
+    p.add_argument("--vm-project-uuid", "--vm_project_uuid", dest="vm_project_uuid", help="project uuid")
+    p.add_argument("--ip-address", "--ip_address", dest="ip_address", help="the port's IPv4 address")
+    p.add_argument("--mac", help="the VM's MAC address")
+    p.add_argument("--tap-name", "--tap_name", dest="tap_name", help="tap name (default tap + first 11 of --uuid)")
+    p.add_argument("--vm-name", "--vm_name", dest="vm_name", help="VM name")
+    _target_args(p)
+    p.set_defaults(func=cmd_port)
+
+    ll = sub.add_parser("linklocal", help="add, remove and list link-local services",
+                        description="Provision link-local services (provision_linklocal.py's options also work).")  # fmt: skip
+    ll.add_argument("oper", nargs="?", choices=["add", "del", "delete", "list"])
+    ll.add_argument("--oper", dest="oper_flag", choices=["add", "del", "list"], help="as provision_linklocal.py")
+    ll.add_argument("--name", "--linklocal_service_name", dest="name", help="service name")
+    ll.add_argument("--ip", "--linklocal_service_ip", dest="ip", help="link-local IP (169.254.0.0/16)")
+    ll.add_argument("--port", "--linklocal_service_port", dest="port", help="link-local port")
+    ll.add_argument("--fabric-ip", "--ipfabric_service_ip", dest="fabric_ip", action="append", help="fabric IP (repeatable)")
+    ll.add_argument("--fabric-port", "--ipfabric_service_port", dest="fabric_port", help="fabric port")
+    ll.add_argument("--fabric-dns", "--ipfabric_dns_service_name", dest="fabric_dns", help="fabric DNS name")
+    _target_args(ll)
+    ll.set_defaults(func=cmd_linklocal)
+
+    f = sub.add_parser("flow", help="inspect the flow table", description="Inspect the live flow table.")
+    f.add_argument("-l", "--list", action="store_true", help="list every active flow")
+    _target_args(f)
+    f.set_defaults(func=cmd_flow)
+
+    v = sub.add_parser("vif", help="list the vRouter interfaces", description="List the vRouter interfaces.")
+    g = v.add_mutually_exclusive_group(required=True)
+    g.add_argument("--list", action="store_true", help="every interface")
+    g.add_argument("--get", type=int, metavar="N", help="interface vif0/N")
+    _target_args(v)
+    v.set_defaults(func=cmd_vif)
+
+    d = sub.add_parser("dropstats", help="drop counters by reason", description="Dropped packets, by reason.")
+    _target_args(d)
+    d.set_defaults(func=cmd_dropstats)
+
+    s = sub.add_parser("status", help="is the agent running", description="The running agent's state.")
+    _target_args(s)
+    s.set_defaults(func=cmd_status)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except (AgentNotRunning, RequestFailed, AgentError, ConfigError, UsageError, NoTable) as e:
+        print("vrouter %s: %s" % (args.command, e), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""The agent's changes to the compute namespace's kernel state: taps, routes, sysctls.
+
+The agent runs inside the compute namespace, so everything here acts on that
+namespace only.  Per plugged port: the tap is brought up with the vRouter MAC
+(00:00:5e:00:01:00) and proxy ARP, and gets a /32 route for the VM IP and for
+its metadata IP plus a permanent neighbour entry for the VM.  Strict reverse
+path filtering stays on, so without those routes (no agent) the kernel drops
+everything a VM sends: the dataplane fails closed even without its nftables
+table.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from pyroute2 import AsyncIPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+log = logging.getLogger("vrouter.host")
+
+VROUTER_MAC = "00:00:5e:00:01:00"
+
+
+def sysctl(path: str, value: str) -> None:
+    with open("/proc/sys/" + path.replace(".", "/"), "w") as f:
+        f.write(value)
+
+
+class HostNetwork:
+    """Netlink to the compute namespace's kernel (pyroute2's asyncio API: the agent is one loop)."""
+
+    def __init__(self) -> None:
+        self.ipr = AsyncIPRoute()
+
+    def close(self) -> None:
+        self.ipr.close()
+
+    async def ifindex(self, name: str) -> int:
+        found = await self.ipr.link_lookup(ifname=name)
+        return found[0] if found else 0
+
+    async def address_of(self, name: str) -> str:
+        idx = await self.ifindex(name)
+        if not idx:
+            return ""
+        async for a in await self.ipr.addr("dump", index=idx, family=2):
+            return a.get("IFA_ADDRESS")
+        return ""
+
+    def enable_forwarding(self, on: bool) -> None:
+        sysctl("net.ipv4.ip_forward", "1" if on else "0")
+        sysctl("net.ipv4.conf.all.rp_filter", "1")
+
+    async def plug(self, tap: str, vm_ip: str, vm_mac: str, md_ip: str) -> int:
+        """Prepare a tap for a port; return its ifindex, or 0 if the tap does not exist (yet)."""
+        idx = await self.ifindex(tap)
+        if not idx:
+            return 0
+        await self.ipr.link("set", index=idx, address=VROUTER_MAC, state="up")
+        sysctl("net.ipv4.conf.%s.proxy_arp" % tap, "1")
+        sysctl("net.ipv4.conf.%s.rp_filter" % tap, "1")
+        sysctl("net.ipv6.conf.%s.disable_ipv6" % tap, "1")
+        for ip in (vm_ip, md_ip):
+            await self.ipr.route("replace", dst=ip + "/32", oif=idx, scope="link")
+        await self.ipr.neigh("replace", dst=vm_ip, lladdr=vm_mac, ifindex=idx, state="permanent")
+        return idx
+
+    async def unplug(self, tap: str, vm_ip: str, md_ip: str) -> None:
+        idx = await self.ifindex(tap)
+        for ip in (vm_ip, md_ip):
+            try:
+                await self.ipr.route("del", dst=ip + "/32", **({"oif": idx} if idx else {}))
+            except NetlinkError:
+                pass
+        if idx:
+            try:
+                await self.ipr.neigh("del", dst=vm_ip, ifindex=idx)
+            except NetlinkError:
+                pass
+
+
+def in_namespace_hint() -> str:
+    """For error messages: which network namespace we are in, if `ip netns` named it."""
+    try:
+        ours = os.stat("/proc/self/ns/net").st_ino
+        for name in os.listdir("/run/netns"):
+            if os.stat("/run/netns/" + name).st_ino == ours:
+                return name
+    except OSError:
+        pass
+    return "the host's own namespace"
