@@ -1,0 +1,51 @@
+# make demo: install what is needed, build an emulated compute node with 2 VMs, show each VM
+#            reading its own metadata through the trap and the flow table, then remove it all.
+#            make demo KEEP=1 leaves it up and prints the command that removes it.
+# make test: install what is needed and run the whole test suite (as root for the namespace tests).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SYSTEM_PKGS := iproute2 libnetfilter-queue-dev libnfnetlink-dev gcc curl iputils-ping procps nftables
+DEMO_PREFIX ?= demo
+
+.PHONY: install system-deps venv demo test unit lint clean
+
+install: system-deps venv
+
+# Debian packages, installed only when missing (apt-get update only then too).
+system-deps:
+	@missing=""; for p in $(SYSTEM_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  if [ "$$(id -u)" != 0 ]; then echo "need root to install:$$missing" >&2; exit 1; fi; \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml | system-deps
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+	$(BIN)/python -m pip install -q -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
+	@$(BIN)/python -c "import netfilterqueue, pyroute2, h11, scapy, pytest" && touch $@
+
+demo: install
+	@bash scripts/demo.sh $(DEMO_PREFIX) $(if $(KEEP),keep,)
+
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -ra tests
+
+unit: venv
+	$(BIN)/python -m pytest -q -m "not netns" tests
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

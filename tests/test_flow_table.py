@@ -1,0 +1,176 @@
+"""The flow table as pure code: buckets, overflow chains, pairs, generations, aging, sharing."""
+
+import socket
+
+import pytest
+
+from flows.layout import BUCKET_SIZE, Action, DropReason, Flag, make_key
+from flows.table import FlowSpec, FlowTable, TableFull
+
+
+def ip(s: str) -> bytes:
+    return socket.inet_aton(s)
+
+
+def key(n: int, nh: int = 3) -> bytes:
+    return make_key(nh, ip("10.1.1.3"), ip("10.%d.%d.4" % (n >> 16, (n >> 8) & 0xFF)), 6, 1024 + (n & 0xFF), 80)
+
+
+def rkey(n: int) -> bytes:
+    return make_key(4, ip("10.%d.%d.4" % (n >> 16, (n >> 8) & 0xFF)), ip("10.1.1.3"), 6, 80, 1024 + (n & 0xFF))
+
+
+FWD = FlowSpec(Action.FORWARD, vrf=1, dvrf=1, vif=3)
+
+
+def same_bucket_keys(table: FlowTable, count: int) -> list[bytes]:
+    """Keys that all hash to the bucket of key(0)."""
+    want = table._bucket(key(0))
+    out, n = [], 0
+    while len(out) < count:
+        if table._bucket(key(n)) == want:
+            out.append(key(n))
+        n += 1
+    return out
+
+
+def test_lookup_miss_then_hit_pair():
+    t = FlowTable.in_memory(64)
+    assert t.lookup(key(1)) == -1
+    fi, ri = t.add_pair(key(1), FWD, rkey(1), FWD, now=1)
+    assert t.lookup(key(1)) == fi
+    assert t.lookup(rkey(1)) == ri
+    f, r = t.read(fi), t.read(ri)
+    assert f.rindex == ri and r.rindex == fi
+    assert f.flags & Flag.RFLOW_VALID and r.flags & Flag.REVERSE
+    assert not f.flags & Flag.REVERSE
+    assert (f.src, f.dst, f.sport, f.dport, f.proto) == (ip("10.1.1.3"), ip("10.0.0.4"), 1025, 80, 6)
+    assert t.active == 2
+
+
+def test_keys_differ_by_nexthop():
+    t = FlowTable.in_memory(64)
+    t.add_single(key(1, nh=3), FWD)
+    assert t.lookup(key(1, nh=5)) == -1
+
+
+def test_collision_chain_goes_to_overflow_and_back():
+    t = FlowTable.in_memory(64, overflow=8)
+    keys = same_bucket_keys(t, BUCKET_SIZE + 3)
+    idx = [t.add_single(k, FWD) for k in keys]
+    assert all(i < t.entries for i in idx[:BUCKET_SIZE])
+    assert all(i >= t.entries for i in idx[BUCKET_SIZE:])
+    for k, i in zip(keys, idx, strict=True):
+        assert t.lookup(k) == i
+    # remove the middle of the overflow chain: the rest stays reachable
+    t.delete(idx[BUCKET_SIZE + 1])
+    assert t.lookup(keys[BUCKET_SIZE + 1]) == -1
+    for k, i in zip(keys, idx, strict=True):
+        if i != idx[BUCKET_SIZE + 1]:
+            assert t.lookup(k) == i
+    # the freed overflow slot is used again
+    more = same_bucket_keys(t, BUCKET_SIZE + 4)[-1]
+    assert t.add_single(more, FWD) == idx[BUCKET_SIZE + 1]
+
+
+def test_full_table_raises_and_leaves_nothing_half_made():
+    t = FlowTable.in_memory(4, overflow=1)
+    keys = same_bucket_keys(t, 5)
+    for k in keys:
+        t.add_single(k, FWD)
+    assert t.active == 5
+    with pytest.raises(TableFull):
+        t.add_single(key(99_999), FWD)
+    with pytest.raises(TableFull):
+        t.add_pair(key(99_998), FWD, rkey(99_998), FWD)
+    assert t.active == 5
+    assert t.lookup(key(99_998)) == -1 and t.lookup(key(99_999)) == -1
+
+
+def test_pair_that_does_not_fit_is_rolled_back():
+    t = FlowTable.in_memory(4, overflow=0)  # one bucket: every key lands in it
+    for n in range(3):
+        t.add_single(key(n), FWD)
+    with pytest.raises(TableFull):
+        t.add_pair(key(10), FWD, rkey(10), FWD)  # the forward half fits, the reverse cannot
+    assert t.active == 3
+    assert t.lookup(key(10)) == -1
+    assert t.add_single(key(11), FWD) >= 0  # the slot the forward half took is free again
+
+
+def test_delete_removes_both_halves_and_slot_reuse_bumps_generation():
+    t = FlowTable.in_memory(64)
+    fi, ri = t.add_pair(key(1), FWD, rkey(1), FWD)
+    g = t.generation(fi)
+    assert sorted(t.delete(ri)) == sorted([fi, ri])
+    assert t.lookup(key(1)) == -1 and t.lookup(rkey(1)) == -1
+    assert t.active == 0
+    fi2, _ = t.add_pair(key(1), FWD, rkey(1), FWD)
+    assert fi2 == fi
+    assert t.generation(fi2) == (g + 1) & 0xFF
+
+
+def test_stale_key_never_matches_after_reuse():
+    t = FlowTable.in_memory(4, overflow=0)
+    keys = same_bucket_keys(t, 2)
+    i = t.add_single(keys[0], FWD)
+    t.delete(i)
+    j = t.add_single(keys[1], FWD)
+    assert j == i
+    assert t.lookup(keys[0]) == -1
+    assert t.lookup(keys[1]) == j
+
+
+def test_counters_and_tcp_flags():
+    t = FlowTable.in_memory(64)
+    fi, _ = t.add_pair(key(1), FWD, rkey(1), FWD, now=10)
+    t.hit(fi, 60, now=20, tcp_flags=0x02)
+    t.hit(fi, 40, now=30, tcp_flags=0x10)
+    e = t.read(fi)
+    assert (e.packets, e.bytes, e.last_ns, e.tcp_flags) == (2, 100, 30, 0x12)
+
+
+def test_aging_removes_idle_pairs_only():
+    t = FlowTable.in_memory(64)
+    old, _ = t.add_pair(key(1), FWD, rkey(1), FWD, now=0)
+    busy, busy_r = t.add_pair(key(2), FWD, rkey(2), FWD, now=0)
+    t.hit(busy_r, 10, now=150)  # reverse half in use keeps the pair
+    removed = t.age(now=200, idle_ns=100)
+    assert len(removed) == 2
+    assert t.lookup(key(1)) == -1
+    assert t.lookup(key(2)) == busy
+    assert old in removed
+
+
+def test_drop_flow_records_reason():
+    t = FlowTable.in_memory(64)
+    i = t.add_single(key(1), FlowSpec(Action.DROP, drop_reason=DropReason.NO_ROUTE))
+    e = t.read(i)
+    assert e.action == Action.DROP and e.drop_reason == DropReason.NO_ROUTE
+    assert not e.flags & Flag.RFLOW_VALID
+
+
+def test_shared_file_seen_by_read_only_reader(tmp_path):
+    path = str(tmp_path / "flows.shm")
+    w = FlowTable.create_file(path, entries=256, overflow=16)
+    r = FlowTable.open_readonly(path)
+    assert (r.entries, r.overflow) == (256, 16)
+    fi, ri = w.add_pair(key(1), FWD, rkey(1), FWD)
+    w.hit(fi, 99, now=5)
+    assert {e.index for e in r.dump()} == {fi, ri}
+    assert r.read(fi).bytes == 99
+    w.delete(fi)
+    assert r.dump() == []
+    with pytest.raises(TypeError):
+        r.buf[0] = 1  # mapped read-only
+    r.close()
+    w.close()
+
+
+def test_default_table_size():
+    from flows.layout import RECORD_SIZE
+    from flows.table import DEFAULT_ENTRIES, DEFAULT_OVERFLOW, table_size
+
+    assert RECORD_SIZE == 128
+    assert DEFAULT_ENTRIES == 524_288
+    assert table_size(DEFAULT_ENTRIES, DEFAULT_OVERFLOW) < 81 * 1024 * 1024

@@ -1,0 +1,140 @@
+"""The per-packet decision, driven with packet bytes: flow setup, NAT, VM-to-VM, drops."""
+
+import pytest
+from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.packet import Raw
+
+from dataplane.forwarding import Dataplane
+from dataplane.vif import LinkLocalService, Vif
+from flows.layout import Action, DropReason, Flag
+from flows.table import FlowTable
+
+TAP1, TAP2, TAP3 = 11, 12, 13
+METADATA = LinkLocalService("metadata", "169.254.169.254", 80, ("10.10.0.1",), 8775)
+
+
+@pytest.fixture
+def dp():
+    d = Dataplane(FlowTable.in_memory(1024), "10.10.0.2", 8097)
+    d.add_vif(Vif(3, "tapaaaaaaaa-aa", TAP1, "10.1.1.3", "02:00:00:00:00:03", vrf=1))
+    d.add_vif(Vif(4, "tapbbbbbbbb-bb", TAP2, "10.1.1.4", "02:00:00:00:00:04", vrf=1))
+    d.add_vif(Vif(5, "tapcccccccc-cc", TAP3, "10.1.1.5", "02:00:00:00:00:05", vrf=2))
+    d.set_services([METADATA])
+    return d
+
+
+def syn(src="10.1.1.3", dst="169.254.169.254", sport=40000, dport=80) -> bytes:
+    return bytes(IP(src=src, dst=dst) / TCP(sport=sport, dport=dport, flags="S"))
+
+
+def test_metadata_flow_pair_and_nat(dp):
+    v = dp.process(syn(), TAP1)
+    assert v.accept and v.payload is not None
+    out = IP(v.payload)
+    assert (out.src, out.dst, out[TCP].sport, out[TCP].dport) == ("169.254.0.3", "10.10.0.2", 40000, 8097)
+    entries = {e.index: e for e in dp.table.dump()}
+    assert len(entries) == 2
+    fwd = next(e for e in entries.values() if not e.flags & Flag.REVERSE)
+    rev = entries[fwd.rindex]
+    assert fwd.action == rev.action == Action.NAT
+    assert fwd.flags & Flag.SNAT and fwd.flags & Flag.DNAT and fwd.flags & Flag.DPAT and fwd.flags & Flag.LINK_LOCAL
+    assert rev.flags & Flag.SPAT and rev.rindex == fwd.index
+    assert (fwd.packets, fwd.bytes) == (1, 40)
+    # the proxy's answer, sent by the compute node itself (indev 0), goes back as 169.254.169.254:80
+    reply = bytes(IP(src="10.10.0.2", dst="169.254.0.3") / TCP(sport=8097, dport=40000, flags="SA"))
+    v = dp.process(reply, 0)
+    back = IP(v.payload)
+    assert (back.src, back.dst, back[TCP].sport, back[TCP].dport) == ("169.254.169.254", "10.1.1.3", 80, 40000)
+    assert dp.table.read(rev.index).packets == 1
+    # the next packet of the flow hits the same entry
+    dp.process(bytes(IP(src="10.1.1.3", dst="169.254.169.254") / TCP(sport=40000, dport=80, flags="A")), TAP1)
+    assert dp.table.read(fwd.index).packets == 2
+    assert dp.table.active == 2
+
+
+def test_each_vm_gets_its_own_metadata_ip(dp):
+    a = IP(dp.process(syn(), TAP1).payload)
+    b = IP(dp.process(syn(src="10.1.1.4"), TAP2).payload)
+    assert a.src == "169.254.0.3" and b.src == "169.254.0.4"
+
+
+def test_forged_source_is_dropped(dp):
+    v = dp.process(syn(src="10.1.1.4"), TAP1)  # vm1 claims vm2's address
+    assert not v.accept and v.reason == DropReason.INVALID_SOURCE
+    assert dp.drops[DropReason.INVALID_SOURCE] == 1
+    assert dp.table.active == 0
+
+
+def test_vm_cannot_reach_proxy_or_other_metadata_ip_directly(dp):
+    assert dp.process(syn(dst="10.10.0.2", dport=8097), TAP1).reason == DropReason.NO_ROUTE
+    assert dp.process(syn(dst="169.254.0.4", dport=8097, sport=40001), TAP1).reason == DropReason.NO_ROUTE
+
+
+def test_host_packet_without_reverse_flow_is_dropped(dp):
+    v = dp.process(bytes(IP(src="10.10.0.2", dst="169.254.0.3") / TCP(sport=8097, dport=1)), 0)
+    assert not v.accept and v.reason == DropReason.FLOW_NAT_NO_RFLOW
+
+
+def test_unknown_interface_and_malformed(dp):
+    assert dp.process(syn(), 99).reason == DropReason.UNKNOWN_INTERFACE
+    assert dp.process(b"\x45\x00", TAP1).reason == DropReason.INVALID_PACKET
+
+
+def test_vm_to_vm_forward_pair(dp):
+    ping = bytes(IP(src="10.1.1.3", dst="10.1.1.4") / ICMP(type=8, id=7, seq=1))
+    v = dp.process(ping, TAP1)
+    assert v.accept and v.payload is None
+    pong = bytes(IP(src="10.1.1.4", dst="10.1.1.3") / ICMP(type=0, id=7, seq=1))
+    assert dp.process(pong, TAP2).accept
+    assert dp.table.active == 2
+    fwd = next(e for e in dp.table.dump() if not e.flags & Flag.REVERSE)
+    assert fwd.action == Action.FORWARD and dp.table.read(fwd.rindex).packets == 1
+    tcp = bytes(IP(src="10.1.1.3", dst="10.1.1.4") / TCP(sport=5555, dport=22, flags="S"))
+    assert dp.process(tcp, TAP1).accept
+    assert dp.process(bytes(IP(src="10.1.1.4", dst="10.1.1.3") / TCP(sport=22, dport=5555, flags="SA")), TAP2).accept
+    assert dp.table.active == 4
+    assert dp.vifs[4].tx_packets == 2 and dp.vifs[3].tx_packets == 2
+
+
+def test_other_network_and_unknown_destination_drop(dp):
+    v = dp.process(bytes(IP(src="10.1.1.3", dst="10.1.1.5") / UDP(sport=1, dport=2)), TAP1)
+    assert not v.accept and v.reason == DropReason.NO_ROUTE
+    e = dp.table.dump()[0]
+    assert e.action == Action.DROP and e.drop_reason == DropReason.NO_ROUTE
+    # the drop flow is hit again, without a new setup
+    dp.process(bytes(IP(src="10.1.1.3", dst="10.1.1.5") / UDP(sport=1, dport=2)), TAP1)
+    assert dp.table.active == 1 and dp.drops[DropReason.NO_ROUTE] == 2
+
+
+def test_udp_to_metadata_is_not_trapped(dp):
+    v = dp.process(bytes(IP(src="10.1.1.3", dst="169.254.169.254") / UDP(sport=1, dport=80)), TAP1)
+    assert not v.accept
+
+
+def test_removing_a_port_removes_its_flows(dp):
+    dp.process(syn(), TAP1)
+    dp.process(bytes(IP(src="10.1.1.3", dst="10.1.1.4") / ICMP(type=8, id=1)), TAP1)
+    dp.process(syn(src="10.1.1.4"), TAP2)
+    assert dp.table.active == 6
+    assert dp.remove_vif(3) == 4
+    assert dp.table.active == 2
+    assert dp.process(syn(), TAP1).reason == DropReason.UNKNOWN_INTERFACE
+
+
+def test_removing_a_service_removes_its_flows_and_stops_the_trap(dp):
+    dp.process(syn(), TAP1)
+    assert dp.set_services([]) == 2
+    assert dp.table.active == 0
+    assert not dp.process(syn(sport=40002), TAP1).accept
+
+
+def test_metadata_payload_survives(dp):
+    req = b"GET /openstack HTTP/1.1\r\nHost: 169.254.169.254\r\n\r\n"
+    v = dp.process(bytes(IP(src="10.1.1.3", dst="169.254.169.254") / TCP(sport=40000, dport=80, flags="PA") / Raw(req)), TAP1)
+    assert bytes(IP(v.payload)[TCP].payload) == req
+
+
+def test_aging(dp):
+    dp.process(syn(), TAP1, now=0)
+    assert dp.age(idle_s=1, now=2_000_000_000) == 2
+    assert dp.table.active == 0 and not dp.prepared
