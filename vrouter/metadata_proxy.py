@@ -40,7 +40,8 @@ HOP_BY_HOP = {
     b"upgrade",
     b"expect",
 }
-MAX_HEADERS = 16 * 1024  # request line plus headers
+MAX_HEADERS = 16 * 1024  # request line plus headers: 431 past this
+MAX_TARGET = 8 * 1024  # request target: 414 past this
 MAX_BODY = 1 << 20  # request bodies are buffered (metadata requests carry at most a password)
 READ_CHUNK = 65536
 
@@ -203,6 +204,17 @@ class MetadataProxy:
 
     async def _serve(self, conn: h11.Connection, req: h11.Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer_ip: str) -> None:
         self.stats.requests += 1
+        # h11 bounds what it buffers before a request is complete; a request that arrived whole in
+        # one read is measured here.
+        too_big = 0
+        if len(req.target) > MAX_TARGET:
+            too_big = 414
+        elif len(req.target) + sum(len(n) + len(v) + 4 for n, v in req.headers.raw_items()) > MAX_HEADERS:
+            too_big = 431
+        if too_big:
+            await _send_simple(conn, writer, too_big, _reason(too_big), close=True, head=req.method == b"HEAD")
+            self._count(too_big)
+            return
         body = await self._read_body(conn, reader, writer)
         if body is None:
             return

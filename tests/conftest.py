@@ -1,0 +1,106 @@
+"""Shared helpers for the namespace integration tests.
+
+Each emulated host is built by scripts/netns_setup.sh, as a user builds one, under a unique
+prefix (`tq` + 5 hex digits), and removed by its `down` when the test is over, pass or fail.
+A last sweep at the end of the session removes any namespace of those prefixes still present.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SETUP = ROOT / "scripts" / "netns_setup.sh"
+VROUTER = ROOT / ".venv" / "bin" / "vrouter"
+_PREFIXES: list[str] = []
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="namespace tests need root (make test runs them as root)")
+
+
+def wait_until(cond: Callable[[], object], timeout: float, what: str, interval: float = 0.1) -> object:
+    """Poll ``cond`` until it returns something true, or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = cond()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out after %.0f s waiting for %s" % (timeout, what))
+        time.sleep(interval)
+
+
+class EmulatedHost:
+    """A compute node built by netns_setup.sh, with helpers that act inside its namespaces."""
+
+    def __init__(self, vms: int) -> None:
+        self.prefix = "tq" + secrets.token_hex(3)[:5]
+        _PREFIXES.append(self.prefix)
+        r = self.setup("up", "--vms", str(vms), "--json", timeout=120)
+        assert r.returncode == 0, "netns_setup.sh up failed:\n" + r.stderr
+        self.layout = json.loads(r.stdout)
+        self.vms = self.layout["vms"]
+        self.compute = self.layout["namespaces"]["compute"]
+        self.state_dir = self.layout["state_dir"]
+
+    def setup(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", str(SETUP), *args, "--prefix", self.prefix] if args[0] != "up" else
+                              ["bash", str(SETUP), args[0], "--prefix", self.prefix, *args[1:]],
+                              capture_output=True, text=True, timeout=timeout)  # fmt: skip
+
+    def down(self) -> None:
+        self.setup("down", timeout=120)
+
+    def vm_ns(self, i: int) -> str:
+        return self.vms[i]["namespace"]
+
+    def in_vm(self, i: int, *cmd: str, timeout: float = 30) -> subprocess.CompletedProcess:
+        return subprocess.run(["ip", "netns", "exec", self.vm_ns(i), *cmd], capture_output=True, text=True, timeout=timeout)
+
+    def in_compute(self, *cmd: str, timeout: float = 30) -> subprocess.CompletedProcess:
+        return subprocess.run(["ip", "netns", "exec", self.compute, *cmd], capture_output=True, text=True, timeout=timeout)
+
+    def curl(self, i: int, url: str, *extra: str, max_time: float = 5) -> tuple[int, str]:
+        """(HTTP status, body) of a curl run in VM i; status 0 when curl got no answer."""
+        r = self.in_vm(i, "curl", "-s", "-m", str(max_time), "-w", "\n%{http_code}", *extra, url, timeout=max_time + 10)
+        body, _, code = r.stdout.rpartition("\n")
+        return (int(code) if code.isdigit() else 0), body
+
+    def metadata(self, i: int, path: str = "/openstack/latest/meta_data.json", *extra: str, max_time: float = 5) -> tuple[int, str]:
+        return self.curl(i, "http://169.254.169.254" + path, *extra, max_time=max_time)
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(VROUTER), *args, "--state-dir", self.state_dir], capture_output=True, text=True, timeout=30)
+
+    def cli_json(self, *args: str) -> object:
+        r = self.cli(*args, "--json")
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+
+
+@pytest.fixture(scope="module")
+def host():
+    if os.geteuid() != 0:
+        pytest.skip("namespace tests need root (make test runs them as root)")
+    h = EmulatedHost(vms=2)
+    try:
+        yield h
+    finally:
+        h.down()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Last resort: remove namespaces of this session's prefixes that something left behind."""
+    if not _PREFIXES or os.geteuid() != 0:
+        return
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
+    for name in listed:
+        if any(name.startswith(p + "-") for p in _PREFIXES):
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)

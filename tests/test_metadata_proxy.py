@@ -1,0 +1,255 @@
+"""The metadata proxy over real sockets on loopback (no root): headers, errors, streaming, keep-alive.
+
+The identity lookup is given as a function of the peer address, as the agent
+gives it; the upstream is a real HTTP server on loopback.
+"""
+
+import asyncio
+import json
+import socket
+import threading
+
+import pytest
+
+from vrouter.metadata_proxy import Identity, MetadataProxy, Upstream
+from vrouter.signing import sign_instance_id
+
+VM = Identity("0b9c4f2e-7a51-4c4b-9d6e-0d3c1f5a2b77", "5a3f0c1e-2d4b-4f6a-8c9e-0b1d2f3a4c5e", "10.1.1.3", "port-1")
+SECRET = "s3cret"
+
+
+class Upstream_:
+    """A raw HTTP/1.1 server: records request heads, answers by path. Keep-alive, chunked on demand."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.requests: list[tuple[str, list[tuple[str, str]], bytes]] = []
+        self.connections = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        f = c.makefile("rb")
+        while True:
+            line = f.readline()
+            if not line:
+                break
+            method, target, _ = line.decode().split(" ", 2)
+            hdrs = []
+            while True:
+                h = f.readline().decode()
+                if h in ("\r\n", ""):
+                    break
+                n, v = h.rstrip("\r\n").split(":", 1)
+                hdrs.append((n, v.strip()))
+            length = int(dict((k.lower(), v) for k, v in hdrs).get("content-length", 0))
+            body = f.read(length) if length else b""
+            self.requests.append((method + " " + target, hdrs, body))
+            if target == "/chunked":
+                c.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Custom-Case: Kept\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+            elif target == "/close-mid-body":
+                c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
+                c.close()
+                return
+            else:
+                out = json.dumps({"method": method, "target": target}).encode()
+                c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(out))
+                if method != "HEAD":
+                    c.sendall(out)
+        c.close()
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.fixture
+def upstream():
+    u = Upstream_()
+    yield u
+    u.close()
+
+
+class ProxyThread:
+    """The proxy in its own event loop thread, as in the agent."""
+
+    def __init__(self, upstream_port: int | None, identify=lambda ip: VM):
+        self.loop = asyncio.new_event_loop()
+        up = Upstream("127.0.0.1", upstream_port) if upstream_port else None
+        self.proxy = MetadataProxy(identify, lambda: up, SECRET, connect_timeout=2, read_timeout=2)
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        self.port = s.getsockname()[1]
+        s.close()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self.proxy.start("127.0.0.1", self.port), self.loop).result(5)
+
+    def close(self):
+        asyncio.run_coroutine_threadsafe(self.proxy.stop(), self.loop).result(5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+@pytest.fixture
+def proxy(upstream):
+    p = ProxyThread(upstream.port)
+    yield p
+    p.close()
+
+
+def exchange(port: int, raw: bytes, responses: int = 1, head: bool = False) -> bytes:
+    """Send raw bytes, read until `responses` complete responses (Content-Length or chunked) or EOF."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(raw)
+        data = b""
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except TimeoutError:
+                break
+            if not chunk:
+                break
+            data += chunk
+            if _complete(data, head) >= responses:
+                break
+        return data
+
+
+def _complete(data: bytes, head: bool = False) -> int:
+    n, rest = 0, data
+    while b"\r\n\r\n" in rest:
+        hdr, rest = rest.split(b"\r\n\r\n", 1)
+        lower = hdr.lower()
+        if b"transfer-encoding: chunked" in lower:
+            if b"0\r\n\r\n" not in rest:
+                return n
+            rest = rest.split(b"0\r\n\r\n", 1)[1]
+        elif b"content-length:" in lower:
+            length = 0 if head else int(lower.split(b"content-length:")[1].split(b"\r\n")[0])
+            if len(rest) < length:
+                return n
+            rest = rest[length:]
+        n += 1
+    return n
+
+
+def test_identity_headers_replaced_and_signed(proxy, upstream):
+    raw = (
+        b"GET /openstack/latest/meta_data.json HTTP/1.1\r\nHost: 169.254.169.254\r\n"
+        b"X-Instance-ID: someone-else\r\nx-tenant-id: evil\r\nX-Instance-ID-Signature: forged\r\n"
+        b"X-Forwarded-For: 6.6.6.6\r\nUser-Agent: cloud-init/23.1\r\n\r\n"
+    )
+    resp = exchange(proxy.port, raw)
+    assert resp.startswith(b"HTTP/1.1 200")
+    target, hdrs, _ = upstream.requests[-1]
+    assert target == "GET /openstack/latest/meta_data.json"
+    names = [n.lower() for n, _ in hdrs]
+    for h in ("x-instance-id", "x-tenant-id", "x-instance-id-signature", "x-forwarded-for", "host"):
+        assert names.count(h) == 1, h
+    d = {n.lower(): v for n, v in hdrs}
+    assert d["x-instance-id"] == VM.instance_uuid
+    assert d["x-tenant-id"] == VM.project_uuid.replace("-", "")
+    assert d["x-instance-id-signature"] == sign_instance_id(VM.instance_uuid, SECRET)
+    assert d["x-forwarded-for"] == "10.1.1.3"
+    assert d["host"] == "127.0.0.1:%d" % upstream.port
+    assert d["user-agent"] == "cloud-init/23.1"
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD", "POST", "PUT", "DELETE"])
+def test_relayed_methods(proxy, upstream, method):
+    body = b"pw" if method in ("POST", "PUT") else b""
+    raw = b"%s /openstack/latest/password HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (method.encode(), len(body), body)
+    resp = exchange(proxy.port, raw, head=method == "HEAD")
+    assert resp.startswith(b"HTTP/1.1 200"), resp
+    assert upstream.requests[-1][0].startswith(method + " ")
+    assert upstream.requests[-1][2] == body
+
+
+def test_other_methods_are_501(proxy, upstream):
+    resp = exchange(proxy.port, b"PATCH / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+    assert resp.startswith(b"HTTP/1.1 501")
+    assert upstream.requests == []
+
+
+def test_unknown_source_is_500(upstream):
+    p = ProxyThread(upstream.port, identify=lambda ip: None)
+    try:
+        assert exchange(p.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").startswith(b"HTTP/1.1 500")
+    finally:
+        p.close()
+    assert upstream.requests == []
+
+
+def test_no_metadata_service_is_500():
+    p = ProxyThread(None)
+    try:
+        assert exchange(p.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").startswith(b"HTTP/1.1 500")
+    finally:
+        p.close()
+
+
+def test_nova_unreachable_is_502():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    dead = s.getsockname()[1]
+    s.close()  # nothing listens there now
+    p = ProxyThread(dead)
+    try:
+        resp = exchange(p.port, b"GET /openstack HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert resp.startswith(b"HTTP/1.1 502")
+        assert resp.endswith(b"Bad Gateway\n")
+    finally:
+        p.close()
+
+
+def test_chunked_answer_streamed_with_headers_as_sent(proxy):
+    resp = exchange(proxy.port, b"GET /chunked HTTP/1.1\r\nHost: x\r\n\r\n")
+    head, body = resp.split(b"\r\n\r\n", 1)
+    assert b"Transfer-Encoding: chunked" in head
+    assert b"X-Custom-Case: Kept" in head
+    assert body.endswith(b"0\r\n\r\n")
+    chunks = body.split(b"\r\n")
+    assert b"".join(c for i, c in enumerate(chunks) if i % 2 == 1) == b"hello world"
+
+
+def test_nova_closing_mid_body_closes_the_vm_connection(proxy):
+    resp = exchange(proxy.port, b"GET /close-mid-body HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert resp.startswith(b"HTTP/1.1 200") and resp.endswith(b"partial")  # then EOF: never a complete body
+
+
+def test_keep_alive_on_both_sides(proxy, upstream):
+    raw = b"".join(b"GET /openstack/%d HTTP/1.1\r\nHost: x\r\n\r\n" % i for i in range(5))
+    resp = exchange(proxy.port, raw, responses=5)
+    assert resp.count(b"HTTP/1.1 200") == 5
+    assert [r[0] for r in upstream.requests] == ["GET /openstack/%d" % i for i in range(5)]
+    assert upstream.connections == 1
+    # a second VM connection reuses the pooled upstream connection
+    exchange(proxy.port, b"GET /again HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert upstream.connections == 1
+
+
+def test_malformed_request_gets_400(proxy, upstream):
+    assert exchange(proxy.port, b"NOT HTTP AT ALL\r\n\r\n").startswith(b"HTTP/1.1 400")
+    assert upstream.requests == []
+
+
+def test_oversized_headers_are_refused(proxy, upstream):
+    resp = exchange(proxy.port, b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n")
+    assert resp.startswith(b"HTTP/1.1 431")
+    resp = exchange(proxy.port, b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert resp.startswith(b"HTTP/1.1 414")
+    resp = exchange(proxy.port, b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100000 + b"\r\n\r\n")
+    assert resp.startswith(b"HTTP/1.1 431") or resp.startswith(b"HTTP/1.1 400")
+    assert upstream.requests == []

@@ -1,0 +1,177 @@
+"""The metadata trap end to end, in namespaces: real packets, real sockets, real HTTP (needs root).
+
+One emulated host (2 VMs) serves the module; tests that stop a service start it again.
+"""
+
+import json
+import subprocess
+
+import pytest
+
+from tests.conftest import VROUTER, EmulatedHost, needs_root, wait_until
+
+pytestmark = [pytest.mark.netns, needs_root]
+
+
+def test_each_vm_gets_its_own_metadata(host):
+    for i, vm in enumerate(host.vms):
+        status, body = host.metadata(i)
+        assert status == 200, body
+        md = json.loads(body)
+        assert md["uuid"] == vm["instance_uuid"]
+        assert md["name"] == vm["name"]
+        assert md["project_id"] == vm["project_id"].replace("-", "")
+        assert host.metadata(i, "/latest/meta-data/local-ipv4") == (200, vm["ip"])
+        status, versions = host.metadata(i, "/openstack")
+        assert status == 200 and "2018-08-27" in versions.splitlines()
+        status, net = host.metadata(i, "/openstack/latest/network_data.json")
+        assert json.loads(net)["networks"][0]["ip_address"] == vm["ip"]
+
+
+def test_identity_headers_sent_by_the_vm_are_ignored(host):
+    other = host.vms[1]
+    status, body = host.metadata(
+        0, "/openstack/latest/meta_data.json",
+        "-H", "X-Instance-ID: " + other["instance_uuid"],
+        "-H", "X-Tenant-ID: " + other["project_id"].replace("-", ""),
+        "-H", "X-Instance-ID-Signature: " + "0" * 64,
+        "-H", "X-Forwarded-For: " + other["ip"],
+    )  # fmt: skip
+    assert status == 200
+    assert json.loads(body)["uuid"] == host.vms[0]["instance_uuid"]
+
+
+def test_forged_source_address_gets_nothing_of_the_other_vm(host):
+    before = host.cli_json("dropstats")["Invalid Source"]
+    forged = host.vms[1]["ip"]
+    assert host.in_vm(0, "ip", "addr", "add", forged + "/32", "dev", "eth0").returncode == 0
+    try:
+        status, body = host.metadata(0, "/openstack/latest/meta_data.json", "--interface", forged, max_time=3)
+    finally:
+        host.in_vm(0, "ip", "addr", "del", forged + "/32", "dev", "eth0")
+    assert status == 0
+    assert host.vms[1]["instance_uuid"] not in body
+    assert host.cli_json("dropstats")["Invalid Source"] > before
+
+
+def test_vm_cannot_reach_the_proxy_or_another_metadata_ip_directly(host):
+    proxy = "http://%s:%d/openstack" % (host.layout["metadata_proxy"]["ip"], host.layout["metadata_proxy"]["port"])
+    assert host.curl(0, proxy, max_time=2)[0] == 0
+    assert host.curl(0, "http://%s:8097/openstack" % host.vms[1]["metadata_ip"], max_time=2)[0] == 0
+
+
+def test_flow_table_shows_the_nat_pair_with_counters(host):
+    assert host.metadata(0)[0] == 200
+    flows = host.cli_json("flow", "-l")
+    by_index = {f["index"]: f for f in flows}
+    vm = host.vms[0]
+    fwd = [f for f in flows if f["src"] == vm["ip"] and f["dst"] == "169.254.169.254" and f["dport"] == 80]
+    assert fwd, flows
+    f = fwd[-1]
+    rev = by_index[f["rindex"]]
+    assert f["action"] == rev["action"] == "NAT"
+    assert {"SNAT", "DNAT", "DPAT", "LINK_LOCAL", "RFLOW_VALID"} <= set(f["flags"])
+    assert f["action_text"] == "N(SDPdL)" and rev["action_text"] == "N(SPsDL)"
+    assert (rev["src"], rev["sport"], rev["dst"], rev["dport"]) == (host.layout["vhost0"]["ip"], 8097, vm["metadata_ip"], f["sport"])
+    assert rev["rindex"] == f["index"]
+    assert f["packets"] >= 4 and rev["packets"] >= 3 and f["bytes"] > 0
+    text = host.cli("flow", "-l").stdout
+    assert "%d<=>%d" % (f["index"], rev["index"]) in text.replace(" ", "")
+    assert "Action:N(SDPdL)" in text
+
+
+def test_vm_to_vm_ping_and_tcp_through_forward_flows(host):
+    a, b = host.vms[0], host.vms[1]
+    r = host.in_vm(0, "ping", "-c", "3", "-i", "0.2", "-W", "2", b["ip"])
+    assert r.returncode == 0, r.stdout + r.stderr
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", host.vm_ns(1), str(VROUTER.parent / "python"), "-m", "http.server", "8080", "--bind", b["ip"]],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: host.curl(0, "http://%s:8080/" % b["ip"], max_time=1)[0] == 200, 15, "TCP from vm1 to vm2:8080")
+    finally:
+        server.terminate()
+        server.wait(10)
+    flows = host.cli_json("flow", "-l")
+    icmp = [f for f in flows if f["proto"] == 1 and f["src"] == a["ip"] and f["dst"] == b["ip"]]
+    tcp = [f for f in flows if f["proto"] == 6 and f["src"] == a["ip"] and f["dst"] == b["ip"] and f["dport"] == 8080]
+    assert icmp and tcp
+    assert all(f["action"] == "FORWARD" for f in icmp + tcp)
+    by_index = {f["index"]: f for f in flows}
+    echo = icmp[0]
+    assert echo["packets"] == 3 and by_index[echo["rindex"]]["packets"] == 3  # 3 requests, 3 replies
+    assert by_index[tcp[-1]["rindex"]]["src"] == b["ip"]
+
+
+def test_nova_down_gives_502_and_recovers(host):
+    assert host.setup("stop-nova").returncode == 0
+    try:
+        status, body = host.metadata(0)
+        assert status == 502, body
+    finally:
+        assert host.setup("start-nova").returncode == 0
+    wait_until(lambda: host.metadata(0)[0] == 200, 15, "metadata after Nova restarted")
+
+
+def test_agent_stopped_fails_closed_and_restart_restores_ports(host):
+    assert host.setup("stop-agent").returncode == 0
+    try:
+        assert host.metadata(0, max_time=3)[0] == 0
+        assert host.in_vm(0, "ping", "-c", "1", "-W", "1", host.vms[1]["ip"]).returncode != 0
+        tables = host.in_compute("nft", "list", "tables").stdout
+        assert "vrouter" not in tables
+        r = host.cli("port", "list")
+        assert r.returncode == 1 and "no vrouter agent is running" in r.stderr
+    finally:
+        r = host.setup("start-agent")
+        assert r.returncode == 0, r.stderr
+    assert "vrouter" in host.in_compute("nft", "list", "tables").stdout
+    wait_until(lambda: host.metadata(0)[0] == 200, 15, "metadata after the agent restarted")
+    assert {p["uuid"] for p in host.cli_json("port", "list")} == {vm["port_uuid"] for vm in host.vms}
+
+
+def test_port_unplug_and_plug_live(host):
+    vm = host.vms[1]
+    r = host.cli("port", "del", "--uuid", vm["port_uuid"])
+    assert r.returncode == 0, r.stderr
+    try:
+        assert host.metadata(1, max_time=2)[0] == 0
+        assert not [f for f in host.cli_json("flow", "-l") if vm["ip"] in (f["src"], f["dst"])]
+    finally:
+        r = host.cli("port", "add", "--uuid", vm["port_uuid"], "--instance-uuid", vm["instance_uuid"], "--vn-uuid", vm["vn_uuid"],
+                     "--vm-project-uuid", vm["project_id"], "--ip-address", vm["ip"], "--mac", vm["mac"], "--tap-name", vm["tap"])  # fmt: skip
+        assert r.returncode == 0, r.stderr
+    wait_until(lambda: host.metadata(1)[0] == 200, 15, "metadata after the port was plugged again")
+
+
+def test_vif_list_counts_traffic(host):
+    vifs = {v["vif"]: v for v in host.cli_json("vif", "--list")}
+    vm = host.vms[0]
+    before = vifs[vm["vif"]]
+    assert before["name"] == vm["tap"] and before["ip"] == vm["ip"] and before["metadata_ip"] == vm["metadata_ip"]
+    assert host.metadata(0)[0] == 200
+    after = host.cli_json("vif", "--get", str(vm["vif"]))
+    assert after["rx_packets"] >= before["rx_packets"] + 4
+    assert after["tx_packets"] >= before["tx_packets"] + 3
+
+
+def test_up_twice_and_down_leave_nothing_behind():
+    h = EmulatedHost(vms=1)
+    try:
+        again = h.setup("up", "--vms", "1")
+        assert again.returncode == 0 and "already up" in again.stderr
+        taps = [vm["tap"] for vm in h.vms]
+        assert h.in_compute("ip", "link", "show", taps[0]).returncode == 0
+    finally:
+        r = h.setup("down")
+    assert r.returncode == 0, r.stderr
+    names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert h.prefix + "-" not in names
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    assert not any(t in links for t in taps)
+    import os
+
+    assert not os.path.exists(h.state_dir)
+    r = h.setup("down")
+    assert r.returncode == 0 and "nothing is up" in r.stderr

@@ -1,0 +1,141 @@
+"""agent.conf, port and link-local validation and persistence, and the CLI without an agent."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from vrouter.config import ConfigError, parse_config
+from vrouter.linklocal import ServiceError, ServiceTable
+from vrouter.linklocal import validate as service
+from vrouter.ports import PortError, PortTable
+from vrouter.ports import validate as port
+
+PORT = {
+    "uuid": "7a971aab-a953-4908-b775-780f4c93130b",
+    "instance_uuid": "ea57985e-bf75-4454-8b30-1ccc3fec3bd1",
+    "vn_uuid": "11111111-2222-3333-4444-555555555555",
+    "vm_project_uuid": "f8e2e579-f607-41e5-b775-0a6f28bd2ab9",
+    "ip_address": "10.1.1.3",
+    "mac": "02:00:0A:01:00:03",
+}
+
+
+def test_config_reads_contrail_sections():
+    cfg = parse_config(
+        "[DEFAULT]\nlog_level = SYS_DEBUG\n[VIRTUAL-HOST-INTERFACE]\nname = vhost0\nip = 10.10.0.2/24\n"
+        "[METADATA]\nmetadata_proxy_secret = abc\nmetadata_proxy_port = 9000\n[FLOWS]\nflow_entries = 4096\n"
+    )
+    assert (cfg.vhost_ip, cfg.metadata_proxy_secret, cfg.metadata_proxy_port, cfg.flow_entries) == ("10.10.0.2", "abc", 9000, 4096)
+
+
+@pytest.mark.parametrize(
+    "text, named",
+    [
+        ("[METADATA]\nmetadata_proxy_prot = 1\n", "metadata_proxy_prot"),
+        ("[METADATA]\nmetadata_proxy_port = 70000\n", "metadata_proxy_port"),
+        ("[METADATA]\nmetadata_use_ssl = maybe\n", "metadata_use_ssl"),
+        ("[VIRTUAL-HOST-INTERFACE]\nip = 10.10.0.300\n", "ip"),
+        ("[NOPE]\nx = 1\n", "NOPE"),
+        ("[DEFAULT]\nlog_level = LOUD\n", "log_level"),
+        ("[METADATA]\nmetadata_use_ssl = true\n", "metadata_ca_cert"),
+    ],
+)
+def test_bad_config_names_the_key(text, named):
+    with pytest.raises(ConfigError, match=named):
+        parse_config(text)
+
+
+def test_port_defaults_and_normalisation():
+    p = port(PORT)
+    assert p.tap_name == "tap7a971aab-a9" and p.mac == "02:00:0a:01:00:03"
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("uuid", "nope"), ("ip_address", "10.1.1.300"), ("ip_address", "169.254.0.3"), ("mac", "02:00"), ("tap_name", "x" * 16)],
+)
+def test_bad_port_field_is_named(field, value):
+    with pytest.raises(PortError, match=field.replace("_", "-")):
+        port(dict(PORT, **{field: value}))
+
+
+def test_missing_port_field_is_named():
+    with pytest.raises(PortError, match="--vn-uuid"):
+        port({k: v for k, v in PORT.items() if k != "vn_uuid"})
+
+
+def test_port_table_persists_vif_and_vrf(tmp_path):
+    t = PortTable(str(tmp_path / "ports"))
+    a = t.add(port(PORT))
+    b = t.add(port(dict(PORT, uuid="8a971aab-a953-4908-b775-780f4c93130b", ip_address="10.1.1.4")))
+    assert (a.vif, b.vif) == (3, 4) and a.vrf == b.vrf == 1
+    assert a.metadata_ip == "169.254.0.3"
+    with pytest.raises(PortError, match="ip-address"):
+        t.add(port(dict(PORT, uuid="9a971aab-a953-4908-b775-780f4c93130b")))
+    again = PortTable(str(tmp_path / "ports"))
+    assert again.load() == []
+    assert {p.uuid: p.vif for p in again.ports.values()} == {a.uuid: 3, b.uuid: 4}
+    assert again.by_vif(4).uuid == b.uuid
+    again.remove(a.uuid)
+    assert not os.path.exists(tmp_path / "ports" / (a.uuid + ".json"))
+    with pytest.raises(PortError, match="no such port"):
+        again.remove(a.uuid)
+
+
+def test_linklocal_validation_names_fields():
+    ok = {"linklocal_service_name": "metadata", "linklocal_service_ip": "169.254.169.254", "linklocal_service_port": 80,
+          "ip_fabric_service_ip": ["10.10.0.1"], "ip_fabric_service_port": 8775}  # fmt: skip
+    assert service(ok).is_metadata
+    with pytest.raises(ServiceError, match="169.254.0.0/16"):
+        service(dict(ok, linklocal_service_ip="10.0.0.1"))
+    with pytest.raises(ServiceError, match="linklocal_service_port"):
+        service(dict(ok, linklocal_service_port=0))
+    with pytest.raises(ServiceError, match="ipfabric_service_ip"):
+        service(dict(ok, ip_fabric_service_ip=["x"]))
+    with pytest.raises(ServiceError, match="linklocal_service_name"):
+        service(dict(ok, linklocal_service_name=""))
+
+
+def test_service_table_keyed_by_name_and_persisted(tmp_path):
+    path = str(tmp_path / "ll.json")
+    t = ServiceTable(path)
+    base = {"linklocal_service_ip": "169.254.169.254", "linklocal_service_port": 80, "ip_fabric_service_ip": ["10.10.0.1"],
+            "ip_fabric_service_port": 8775}  # fmt: skip
+    t.add(service(dict(base, linklocal_service_name="metadata")))
+    t.add(service(dict(base, linklocal_service_name="Metadata", ip_fabric_service_port=8776)))  # replaces
+    assert len(t.services) == 1 and t.metadata_service().fabric_port == 8776
+    with pytest.raises(ServiceError, match="already used by service"):
+        t.add(service(dict(base, linklocal_service_name="other")))
+    data = json.load(open(path))
+    entry = data["linklocal_services"]["linklocal_service_entry"][0]
+    assert set(entry) == {"linklocal_service_name", "linklocal_service_ip", "linklocal_service_port",
+                          "ip_fabric_DNS_service_name", "ip_fabric_service_ip", "ip_fabric_service_port"}  # fmt: skip
+    again = ServiceTable(path)
+    assert again.load() == [] and again.metadata_service().fabric_port == 8776
+
+
+def run_cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "vrouter.cli", *args], capture_output=True, text=True, timeout=30, env=env)
+
+
+@pytest.mark.parametrize("args", [["port", "list"], ["vif", "--list"], ["dropstats"], ["status"], ["flow", "-l"]])
+def test_cli_says_when_no_agent_runs(tmp_path, args):
+    r = run_cli(*args, "--state-dir", str(tmp_path))
+    assert r.returncode == 1
+    assert "no vrouter agent is running" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_cli_bad_arguments_exit_2():
+    r = run_cli("port", "frobnicate")
+    assert r.returncode == 2 and "invalid choice" in r.stderr
+
+
+def test_agent_config_error_is_one_line(tmp_path):
+    conf = tmp_path / "agent.conf"
+    conf.write_text("[METADATA]\nmetadata_proxy_port = x\n")
+    r = run_cli("agent", "--config", str(conf), "--state-dir", str(tmp_path))
+    assert r.returncode == 1 and "metadata_proxy_port" in r.stderr and "Traceback" not in r.stderr
