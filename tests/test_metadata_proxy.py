@@ -29,6 +29,7 @@ class Upstream_:
         self.port = self.sock.getsockname()[1]
         self.requests: list[tuple[str, list[tuple[str, str]], bytes]] = []
         self.connections = 0
+        self.slow = threading.Event()
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self):
@@ -59,6 +60,10 @@ class Upstream_:
             self.requests.append((method + " " + target, hdrs, body))
             if target == "/chunked":
                 c.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Custom-Case: Kept\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+            elif target == "/slow":
+                self.slow.wait(10)  # answers nothing until the test ends
+                c.close()
+                return
             elif target == "/close-mid-body":
                 c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
                 c.close()
@@ -71,6 +76,7 @@ class Upstream_:
         c.close()
 
     def close(self):
+        self.slow.set()
         self.sock.close()
 
 
@@ -212,6 +218,11 @@ def test_nova_unreachable_is_502():
         assert resp.endswith(b"Bad Gateway\n")
     finally:
         p.close()
+
+
+def test_nova_too_slow_is_502(proxy):
+    resp = exchange(proxy.port, b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")  # the proxy's read timeout is 2 s here
+    assert resp.startswith(b"HTTP/1.1 502")
 
 
 def test_chunked_answer_streamed_with_headers_as_sent(proxy):
