@@ -7,28 +7,34 @@ returns a verdict with, for NAT, the rewritten bytes.  The NFQUEUE shell
 unit tests drive this class with byte strings.
 
 On a miss the flow pair comes from, in order: the link-local service table
-(metadata services are NATed to the local proxy), then the VM port table
-(VM to VM in the same VRF: Forward), else a Drop flow (no route).
+(metadata services are NATed to the local proxy, other services straight to
+the fabric with a source port reserved by a real socket), then the VM port
+table (VM to VM in the same VRF: Forward), else a Drop flow (no route).
+
+Lifecycle: a TCP pair goes at an RST, or at the last ACK after a FIN each
+way; every pair goes when idle for longer than the aging timeout.  Limits:
+per-VM flow entries (with the vRouter's hysteresis: once over, new flows are
+dropped until use falls to 90%), link-local flows per VM and per host.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import random
 import time
 from collections import Counter
 from dataclasses import dataclass
+from typing import Protocol
 
 from dataplane.nat import Rewrite
-from dataplane.packet import ICMP, TCP, UDP, Malformed, Parsed, parse
+from dataplane.packet import ICMP, TCP, TCP_FIN, TCP_RST, UDP, Malformed, Parsed, parse
 from dataplane.vif import HOST_VIF, LinkLocalService, Vif
-from flows.layout import Action, DropReason, Flag, make_key
+from flows.layout import HEADER_SIZE, OFF_FLAGS, OFF_TCPFLAGS, RECORD_SIZE, U16, Action, DropReason, Flag, make_key
 from flows.table import FlowSpec, FlowTable, TableFull
-
-ACCEPT = 1
-DROP = 0
 
 MD_FWD_FLAGS = Flag.SNAT | Flag.DNAT | Flag.DPAT | Flag.LINK_LOCAL
 MD_REV_FLAGS = Flag.SNAT | Flag.SPAT | Flag.DNAT | Flag.LINK_LOCAL
+CLOSE_GRACE_NS = 2_000_000_000  # both FINs seen and no last ACK: the pair goes after this
 
 
 @dataclass(frozen=True)
@@ -41,43 +47,113 @@ class Verdict:
 _ACCEPT = Verdict(True)
 
 
+@dataclass(frozen=True)
+class Limits:
+    """Flow limits. ``max_vm_flows``: entries one VM may hold (0: only the table's size)."""
+
+    max_vm_flows: int = 0
+    max_vm_linklocal_flows: int = 2048
+    max_system_linklocal_flows: int = 2048
+
+
+class PortAllocator(Protocol):
+    """Reserves source ports for link-local NAT to the fabric (the agent binds real sockets)."""
+
+    def reserve(self, proto: int) -> tuple[int, object]: ...
+
+    def release(self, handle: object) -> None: ...
+
+
+class Prepared:
+    """What the dataplane does with packets of one entry, prepared at flow setup.
+
+    The forward entry of a pair also carries the bookkeeping of the pair: the vifs whose flow
+    counts include it, whether it is a link-local flow, the reserved port to release.
+    """
+
+    __slots__ = ("action", "rewrite", "out", "vin", "reason", "charge", "link_local", "port")
+
+    def __init__(self, action: Action, rewrite: Rewrite | None, out: Vif | None, vin: int, reason: DropReason = DropReason.NONE) -> None:
+        self.action = action
+        self.rewrite = rewrite
+        self.out = out
+        self.vin = vin
+        self.reason = reason
+        self.charge: tuple[Vif, ...] = ()
+        self.link_local = False
+        self.port: object = None
+
+
 class Dataplane:
     """Flow table plus the tables a flow setup reads (vifs, link-local services)."""
 
-    def __init__(self, table: FlowTable, vhost_ip: str, proxy_port: int = 8097) -> None:
+    def __init__(
+        self,
+        table: FlowTable,
+        vhost_ip: str,
+        proxy_port: int = 8097,
+        limits: Limits | None = None,
+        ports: PortAllocator | None = None,
+    ) -> None:
         self.table = table
         self.vhost_ip = vhost_ip
         self.vhost_ip_bytes = ipaddress.IPv4Address(vhost_ip).packed
         self.proxy_port = proxy_port
+        self.limits = limits or Limits()
+        self.port_allocator = ports
         self.host = Vif(HOST_VIF, "vhost0", ip=vhost_ip, kind="Host")
         self.vifs: dict[int, Vif] = {HOST_VIF: self.host}  # vif index -> Vif
         self.by_ifindex: dict[int, Vif] = {}
         self.by_ip: dict[tuple[int, bytes], Vif] = {}  # (vrf, ip) -> Vif
         self.services: dict[tuple[bytes, int], LinkLocalService] = {}
+        self.resolved: dict[str, tuple[str, ...]] = {}  # fabric DNS name -> addresses
         self.drops: Counter[DropReason] = Counter()
-        # index -> (action, rewrite or None, out vif or None, in vif index); prepared at setup
-        self.prepared: dict[int, tuple[Action, Rewrite | None, Vif | None, int]] = {}
+        self.prepared: dict[int, Prepared] = {}
+        self.closing: dict[int, int] = {}  # both indices of a pair -> when both FINs were seen
+        self.linklocal_flows = 0
+        self.setups = 0
 
     # -- tables ---------------------------------------------------------------------------------
 
+    def set_host_ifindex(self, ifindex: int) -> None:
+        """vhost0's ifindex: replies from the fabric to NATed link-local flows come in there."""
+        if self.host.ifindex:
+            self.by_ifindex.pop(self.host.ifindex, None)
+        self.host.ifindex = ifindex
+        if ifindex:
+            self.by_ifindex[ifindex] = self.host
+
     def add_vif(self, vif: Vif) -> None:
-        self.remove_vif(vif.index)
+        old = self.vifs.get(vif.index)
+        if old is not None:
+            self._unindex(old)
+            if old.ip_bytes != vif.ip_bytes or old.vrf != vif.vrf:
+                self.remove_vif(vif.index)
+            else:  # the same port again (a re-created tap): keep its flows and counters
+                for p in self.prepared.values():
+                    if p.out is old:
+                        p.out = vif
+                    p.charge = tuple(vif if c is old else c for c in p.charge)
+                vif.copy_counters(old)
         self.vifs[vif.index] = vif
         if vif.ifindex:
             self.by_ifindex[vif.ifindex] = vif
         if vif.ip:
             self.by_ip[(vif.vrf, vif.ip_bytes)] = vif
 
+    def _unindex(self, vif: Vif) -> None:
+        if self.by_ifindex.get(vif.ifindex) is vif:
+            del self.by_ifindex[vif.ifindex]
+        if self.by_ip.get((vif.vrf, vif.ip_bytes)) is vif:
+            del self.by_ip[(vif.vrf, vif.ip_bytes)]
+
     def remove_vif(self, index: int) -> int:
         """Forget a vif and remove every flow to or from it; return how many entries went."""
         vif = self.vifs.pop(index, None)
         if vif is None:
             return 0
-        if self.by_ifindex.get(vif.ifindex) is vif:
-            del self.by_ifindex[vif.ifindex]
-        if self.by_ip.get((vif.vrf, vif.ip_bytes)) is vif:
-            del self.by_ip[(vif.vrf, vif.ip_bytes)]
-        doomed = [i for i, (_a, _r, out, vin) in self.prepared.items() if vin == index or out is vif]
+        self._unindex(vif)
+        doomed = [i for i, p in self.prepared.items() if p.vin == index or p.out is vif]
         return self._delete_flows(doomed)
 
     def set_services(self, services: list[LinkLocalService]) -> int:
@@ -88,29 +164,53 @@ class Dataplane:
         if not gone:
             return 0
         doomed = []
-        for i in list(self.prepared):
-            e = self.table.read(i)
-            if e.flags & Flag.LINK_LOCAL and not e.flags & Flag.REVERSE and (e.dst, e.dport) in gone:
-                doomed.append(i)
+        for i, p in self.prepared.items():
+            if p.link_local:
+                e = self.table.read(i)
+                if (e.dst, e.dport) in gone:
+                    doomed.append(i)
         return self._delete_flows(doomed)
+
+    def set_resolved(self, name: str, addresses: tuple[str, ...]) -> None:
+        self.resolved[name] = addresses
 
     def _delete_flows(self, indices: list[int]) -> int:
         n = 0
         for i in indices:
-            for j in self.table.delete(i):
-                self.prepared.pop(j, None)
-                n += 1
+            removed = self.table.delete(i)
+            self._forget(removed)
+            n += len(removed)
         return n
+
+    def _forget(self, indices: list[int]) -> None:
+        for j in indices:
+            p = self.prepared.pop(j, None)
+            self.closing.pop(j, None)
+            if p is None:
+                continue
+            for v in p.charge:
+                v.flows -= 2
+                if p.link_local:
+                    v.linklocal_flows -= 1
+            if p.link_local:
+                self.linklocal_flows -= 1
+            if p.port is not None and self.port_allocator is not None:
+                self.port_allocator.release(p.port)
 
     def flush(self) -> int:
         return self._delete_flows(list(self.prepared))
 
     def age(self, idle_s: float, now: int | None = None) -> int:
-        """Remove flows idle for longer than ``idle_s``; return the number of entries removed."""
-        removed = self.table.age(now if now is not None else time.time_ns(), int(idle_s * 1e9))
-        for j in removed:
-            self.prepared.pop(j, None)
-        return len(removed)
+        """Remove flows idle for longer than ``idle_s``, and closed TCP pairs whose last ACK never
+        came; return the number of entries removed."""
+        now = now if now is not None else time.time_ns()
+        removed = self.table.age(now, int(idle_s * 1e9))
+        self._forget(removed)
+        n = len(removed)
+        for i, since in list(self.closing.items()):
+            if now - since > CLOSE_GRACE_NS:
+                n += self._delete_flows([i])
+        return n
 
     # -- the per-packet path --------------------------------------------------------------------
 
@@ -133,40 +233,89 @@ class Dataplane:
             p = parse(pkt)
         except Malformed:
             return self.drop(DropReason.INVALID_PACKET, vif)
+        n = len(pkt)
         vif.rx_packets += 1
-        vif.rx_bytes += len(pkt)
+        vif.rx_bytes += n
         key = make_key(vif.index, p.src, p.dst, p.proto, p.sport, p.dport)
         index = self.table.lookup(key)
         if index < 0:
             index = self._setup(vif, p, key, now)
             if isinstance(index, Verdict):
                 return index
-        action, rewrite, out, _vin = self.prepared[index]
-        self.table.hit(index, len(pkt), now, p.tcp_flags)
-        if action == Action.DROP:
-            return self.drop(DropReason(self.table.read(index).drop_reason), vif)
+        prep = self.prepared[index]
+        self.table.hit(index, n, now, p.tcp_flags)
+        if prep.action == Action.DROP:
+            return self.drop(prep.reason, vif)
+        out = prep.out
         if out is not None:
             out.tx_packets += 1
-            out.tx_bytes += len(pkt)
+            out.tx_bytes += n
+        if p.proto == TCP and (p.tcp_flags & (TCP_FIN | TCP_RST) or index in self.closing):
+            self._tcp_state(index, p.tcp_flags, now)
+        rewrite = prep.rewrite
         if rewrite is None:
             return _ACCEPT
         buf = bytearray(pkt)
         rewrite.apply(buf, p.ihl)
         return Verdict(True, bytes(buf))
 
+    def _tcp_state(self, index: int, tcp_flags: int, now: int) -> None:
+        """RST: the pair goes.  FIN both ways: the pair goes at the next ACK (the last one)."""
+        flags = self._flags(index)
+        fwd = self.table.reverse_of(index) if flags & Flag.REVERSE else index
+        if tcp_flags & TCP_RST:
+            self._evict(fwd)
+            return
+        if index in self.closing:
+            if not tcp_flags & TCP_FIN:
+                self._evict(fwd)
+            return
+        if tcp_flags & TCP_FIN and flags & Flag.RFLOW_VALID:
+            other = self.table.reverse_of(index)
+            if self.table.buf[HEADER_SIZE + other * RECORD_SIZE + OFF_TCPFLAGS] & TCP_FIN:
+                for i in (index, other):
+                    self._set_flags(i, self._flags(i) | Flag.EVICT_CANDIDATE)
+                    self.closing[i] = now
+
+    def _flags(self, index: int) -> int:
+        return U16.unpack_from(self.table.buf, HEADER_SIZE + index * RECORD_SIZE + OFF_FLAGS)[0]
+
+    def _set_flags(self, index: int, flags: int) -> None:
+        U16.pack_into(self.table.buf, HEADER_SIZE + index * RECORD_SIZE + OFF_FLAGS, flags)
+
+    def _evict(self, index: int) -> None:
+        for i in (index, self.table.reverse_of(index)):
+            if self._flags(i) & Flag.ACTIVE:
+                self._set_flags(i, self._flags(i) | Flag.EVICTED)
+        self._delete_flows([index])
+
+    # -- flow setup -----------------------------------------------------------------------------
+
     def _setup(self, vif: Vif, p: Parsed, key: bytes, now: int) -> int | Verdict:
         if vif is self.host:
-            # The compute node's own packets reach the queue only towards metadata IPs, and only
-            # the reverse half of a metadata flow may carry them.
+            # The compute node's own packets, and the fabric's, reach the queue only as the
+            # reverse half of a NAT flow; anything else is not ours to set up.
             return self.drop(DropReason.FLOW_NAT_NO_RFLOW)
         if p.src != vif.ip_bytes:
             return self.drop(DropReason.INVALID_SOURCE, vif)
+        limit = self.limits.max_vm_flows
+        if limit:
+            if vif.flow_limited and vif.flows <= limit * 9 // 10:
+                vif.flow_limited = False
+            if vif.flow_limited or vif.flows + 2 > limit:
+                vif.flow_limited = True
+                return self.drop(DropReason.FLOW_LIMIT, vif)
         service = self.services.get((p.dst, p.dport)) if p.proto in (TCP, UDP) else None
         try:
             if service is not None:
-                if service.is_metadata and p.proto == TCP:
+                if vif.linklocal_flows >= self.limits.max_vm_linklocal_flows or self.linklocal_flows >= self.limits.max_system_linklocal_flows:
+                    return self.drop(DropReason.LINK_LOCAL_LIMIT, vif)
+                if service.is_metadata:
+                    if p.proto != TCP:
+                        return self._drop_flow(vif, key, DropReason.INVALID_PROTOCOL, now)
                     return self._setup_metadata(vif, p, key, now)
-                # Other link-local services (NAT to the fabric) and UDP to a metadata service.
+                return self._setup_fabric(vif, p, key, now, service)
+            if p.dst[0] == 169 and p.dst[1] == 254 and p.proto not in (TCP, UDP):
                 return self._drop_flow(vif, key, DropReason.INVALID_PROTOCOL, now)
             dst = self.by_ip.get((vif.vrf, p.dst))
             if dst is None or dst is vif:
@@ -178,7 +327,10 @@ class Dataplane:
     def _drop_flow(self, vif: Vif, key: bytes, reason: DropReason, now: int) -> int:
         spec = FlowSpec(Action.DROP, vrf=vif.vrf, dvrf=vif.vrf, src_nh=vif.nh, vif=vif.index, drop_reason=reason)
         index = self.table.add_single(key, spec, now)
-        self.prepared[index] = (Action.DROP, None, None, vif.index)
+        prep = Prepared(Action.DROP, None, None, vif.index, reason)
+        prep.charge = (vif,)
+        vif.flows += 2  # a drop flow costs one entry; counted as a pair, released as a pair
+        self.prepared[index] = prep
         return index
 
     def _clear(self, rkey: bytes) -> None:
@@ -186,26 +338,74 @@ class Dataplane:
         if stale >= 0:
             self._delete_flows([stale])
 
+    def _pair(self, key: bytes, fspec: FlowSpec, fprep: Prepared, rkey: bytes, rspec: FlowSpec, rprep: Prepared,
+              charge: tuple[Vif, ...], link_local: bool, now: int) -> int:  # fmt: skip
+        self._clear(rkey)
+        fi, ri = self.table.add_pair(key, fspec, rkey, rspec, now)
+        fprep.charge = charge
+        fprep.link_local = link_local
+        for v in charge:
+            v.flows += 2
+            if link_local:
+                v.linklocal_flows += 1
+        if link_local:
+            self.linklocal_flows += 1
+        self.prepared[fi] = fprep
+        self.prepared[ri] = rprep
+        self.setups += 1
+        return fi
+
     def _setup_forward(self, vif: Vif, dst: Vif, p: Parsed, key: bytes, now: int) -> int:
         rports = (p.sport, p.dport) if p.proto == ICMP else (p.dport, p.sport)
         rkey = make_key(dst.index, p.dst, p.src, p.proto, *rports)
-        self._clear(rkey)
         fspec = FlowSpec(Action.FORWARD, vrf=vif.vrf, dvrf=dst.vrf, src_nh=vif.nh, vif=vif.index)
         rspec = FlowSpec(Action.FORWARD, vrf=dst.vrf, dvrf=vif.vrf, src_nh=dst.nh, vif=dst.index)
-        fi, ri = self.table.add_pair(key, fspec, rkey, rspec, now)
-        self.prepared[fi] = (Action.FORWARD, None, dst, vif.index)
-        self.prepared[ri] = (Action.FORWARD, None, vif, dst.index)
-        return fi
+        fprep = Prepared(Action.FORWARD, None, dst, vif.index)
+        rprep = Prepared(Action.FORWARD, None, vif, dst.index)
+        return self._pair(key, fspec, fprep, rkey, rspec, rprep, (vif, dst), False, now)
 
     def _setup_metadata(self, vif: Vif, p: Parsed, key: bytes, now: int) -> int:
         md = ipaddress.IPv4Address(vif.metadata_ip).packed
         fwd = Rewrite(TCP, p.src, p.dst, p.sport, p.dport, md, self.vhost_ip_bytes, p.sport, self.proxy_port)
         rev = fwd.inverse()
         rkey = make_key(self.host.index, rev.src, rev.dst, TCP, rev.sport, rev.dport)
-        self._clear(rkey)
         fspec = FlowSpec(Action.NAT, MD_FWD_FLAGS, vif.vrf, 0, p.sport, vif.nh, vif.index)
         rspec = FlowSpec(Action.NAT, MD_REV_FLAGS, 0, vif.vrf, p.sport, self.host.nh, self.host.index)
-        fi, ri = self.table.add_pair(key, fspec, rkey, rspec, now)
-        self.prepared[fi] = (Action.NAT, fwd, self.host, vif.index)
-        self.prepared[ri] = (Action.NAT, rev, vif, self.host.index)
-        return fi
+        fprep = Prepared(Action.NAT, fwd, self.host, vif.index)
+        rprep = Prepared(Action.NAT, rev, vif, self.host.index)
+        return self._pair(key, fspec, fprep, rkey, rspec, rprep, (vif,), True, now)
+
+    def _fabric_ip(self, service: LinkLocalService) -> str | None:
+        ips = service.fabric_ips or self.resolved.get(service.fabric_dns_name, ())
+        if not ips:
+            return None
+        ip = random.choice(ips) if len(ips) > 1 else ips[0]
+        # 127.0.0.1 means the compute node itself; a VM's packet cannot be routed to loopback,
+        # so it goes to vhost0's address, where a service bound to 0.0.0.0 answers.
+        return self.vhost_ip if ip.startswith("127.") else ip
+
+    def _setup_fabric(self, vif: Vif, p: Parsed, key: bytes, now: int, service: LinkLocalService) -> int | Verdict:
+        fabric = self._fabric_ip(service)
+        if fabric is None or self.port_allocator is None:
+            return self._drop_flow(vif, key, DropReason.NO_ROUTE, now)
+        try:
+            port, handle = self.port_allocator.reserve(p.proto)
+        except OSError:
+            return self.drop(DropReason.FLOW_UNUSABLE, vif)
+        fabric_b = ipaddress.IPv4Address(fabric).packed
+        fwd = Rewrite(p.proto, p.src, p.dst, p.sport, p.dport, self.vhost_ip_bytes, fabric_b, port, service.fabric_port)
+        rev = fwd.inverse()
+        rkey = make_key(self.host.index, rev.src, rev.dst, p.proto, rev.sport, rev.dport)
+        dpat = Flag.DPAT if service.fabric_port != p.dport else Flag(0)
+        fflags = Flag.SNAT | Flag.SPAT | Flag.DNAT | dpat | Flag.LINK_LOCAL
+        rflags = Flag.SNAT | (Flag.SPAT if dpat else Flag(0)) | Flag.DNAT | Flag.DPAT | Flag.LINK_LOCAL
+        fspec = FlowSpec(Action.NAT, fflags, vif.vrf, 0, port, vif.nh, vif.index)
+        rspec = FlowSpec(Action.NAT, rflags, 0, vif.vrf, port, self.host.nh, self.host.index)
+        fprep = Prepared(Action.NAT, fwd, self.host, vif.index)
+        rprep = Prepared(Action.NAT, rev, vif, self.host.index)
+        fprep.port = handle
+        try:
+            return self._pair(key, fspec, fprep, rkey, rspec, rprep, (vif,), True, now)
+        except TableFull:
+            self.port_allocator.release(handle)
+            raise

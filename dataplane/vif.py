@@ -37,10 +37,18 @@ class Vif:
     tx_packets: int = 0
     tx_bytes: int = 0
     drops: int = 0
+    flows: int = 0  # flow entries this vif holds (a pair counts 2 for each VM in it)
+    linklocal_flows: int = 0  # link-local flow pairs this vif holds
+    flow_limited: bool = False  # over max_vm_flows: new flows dropped until use falls to 90%
     ip_bytes: bytes = field(default=b"", repr=False)
 
     def __post_init__(self) -> None:
         self.ip_bytes = ipaddress.IPv4Address(self.ip).packed if self.ip else b""
+
+    def copy_counters(self, old: Vif) -> None:
+        """Carry counters over when the same port is plugged again (a re-created tap)."""
+        for name in ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "drops", "flows", "linklocal_flows", "flow_limited"):
+            setattr(self, name, getattr(old, name))
 
     @property
     def nh(self) -> int:

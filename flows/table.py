@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import re
 import time
 import zlib
 from collections.abc import Iterator
@@ -44,6 +45,9 @@ from flows.layout import (
     DropReason,
     Flag,
 )
+
+_ACTIVE_BYTE = bytes(b & 1 for b in range(256))  # translate: the ACTIVE bit of a flags byte
+_ONE = re.compile(b"\x01")
 
 DEFAULT_ENTRIES = 524_288
 DEFAULT_OVERFLOW = DEFAULT_ENTRIES // 5
@@ -221,11 +225,10 @@ class FlowTable:
         return self.buf[HEADER_SIZE + index * RECORD_SIZE + OFF_GEN]
 
     def active_indices(self) -> Iterator[int]:
-        """Indices of active entries, found with one strided read of the flag bytes."""
+        """Indices of active entries: one strided copy of the flag bytes, searched at C speed."""
         low = bytes(self.view[HEADER_SIZE + OFF_FLAGS :: RECORD_SIZE])[: self.capacity]
-        for i, b in enumerate(low):
-            if b & 1:
-                yield i
+        for m in _ONE.finditer(low.translate(_ACTIVE_BYTE)):
+            yield m.start()
 
     def dump(self) -> list[FlowEntry]:
         return [self.read(i) for i in self.active_indices()]

@@ -7,10 +7,12 @@ A last sweep at the end of the session removes any namespace of those prefixes s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +23,19 @@ ROOT = Path(__file__).resolve().parents[1]
 SETUP = ROOT / "scripts" / "netns_setup.sh"
 VROUTER = ROOT / ".venv" / "bin" / "vrouter"
 _PREFIXES: list[str] = []
+
+_HOLD = """
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+req = bytes.fromhex(sys.argv[3])
+answer = b""
+if req:
+    s.sendall(req)
+    answer = s.recv(65536)
+print(s.getsockname()[1], answer.hex(), flush=True)
+sys.stdin.read()
+s.close()
+"""
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="namespace tests need root (make test runs them as root)")
 
@@ -75,6 +90,22 @@ class EmulatedHost:
 
     def metadata(self, i: int, path: str = "/openstack/latest/meta_data.json", *extra: str, max_time: float = 5) -> tuple[int, str]:
         return self.curl(i, "http://169.254.169.254" + path, *extra, max_time=max_time)
+
+    @contextlib.contextmanager
+    def open_connection(self, i: int, ip: str, port: int, request: bytes = b""):  # noqa: ANN201
+        """A TCP connection from VM i held open while the block runs (its flows stay in the table).
+        Yields (local port, the first bytes of the answer)."""
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.vm_ns(i), sys.executable, "-c", _HOLD, ip, str(port), request.hex()],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            line = proc.stdout.readline().split(" ", 1)  # printed once connected and answered
+            assert len(line) == 2, "connection from vm%d to %s:%d failed" % (i + 1, ip, port)
+            yield int(line[0]), bytes.fromhex(line[1].strip())
+        finally:
+            proc.stdin.close()
+            proc.wait(10)
 
     def cli(self, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run([str(VROUTER), *args, "--state-dir", self.state_dir], capture_output=True, text=True, timeout=30)

@@ -19,7 +19,7 @@ import signal
 import ssl
 import time
 
-from dataplane.forwarding import Dataplane
+from dataplane.forwarding import Dataplane, Limits
 from dataplane.nfqueue_shell import QueueShell
 from dataplane.nftables import NftError, NftSocket, QueueRules
 from dataplane.vif import Vif
@@ -113,7 +113,12 @@ class Agent:
             )
         overflow = self.cfg.flow_overflow_entries or self.cfg.flow_entries // 5
         self.table = FlowTable.create_file(self.paths["flows"], self.cfg.flow_entries, overflow)
-        self.dataplane = Dataplane(self.table, vhost_ip, self.cfg.metadata_proxy_port)
+        limits = Limits(
+            max_vm_flows=self.cfg.vm_flow_limit(self.table.capacity),
+            max_vm_linklocal_flows=self.cfg.max_vm_linklocal_flows,
+            max_system_linklocal_flows=self.cfg.max_system_linklocal_flows,
+        )
+        self.dataplane = Dataplane(self.table, vhost_ip, self.cfg.metadata_proxy_port, limits)
         for problem in self.ports.load() + self.services.load():
             log.error("ignoring unusable state: %s", problem)
         self.dataplane.set_services(list(self.services.services.values()))
@@ -193,11 +198,6 @@ class Agent:
         if not ifindex:
             log.warning("port %s: tap %s not present yet; plugged when it appears", port.uuid, port.tap_name)
         vif = Vif(port.vif, port.tap_name, ifindex, port.ip_address, port.mac, port.vrf, port_uuid=port.uuid)
-        old = self.dataplane.vifs.get(port.vif)
-        if old is not None:  # keep the counters across a re-plug
-            vif.rx_packets, vif.rx_bytes, vif.tx_packets, vif.tx_bytes, vif.drops = (
-                old.rx_packets, old.rx_bytes, old.tx_packets, old.tx_bytes, old.drops,
-            )  # fmt: skip
         self.dataplane.add_vif(vif)
         return vif
 
@@ -320,13 +320,30 @@ class Agent:
                 "vif": v.index, "name": v.name, "type": v.kind, "ifindex": v.ifindex, "mac": v.mac or "",
                 "ip": v.ip, "vrf": v.vrf, "metadata_ip": v.metadata_ip if v.kind == "Virtual" else "",
                 "port_uuid": v.port_uuid, "rx_packets": v.rx_packets, "rx_bytes": v.rx_bytes,
-                "tx_packets": v.tx_packets, "tx_bytes": v.tx_bytes, "drops": v.drops,
+                "tx_packets": v.tx_packets, "tx_bytes": v.tx_bytes, "drops": v.drops, "flows": v.flows,
             })  # fmt: skip
         return out
 
     def _op_dropstats(self, args: dict) -> dict:
         assert self.dataplane is not None
-        return {DROP_NAMES[r]: self.dataplane.drops.get(r, 0) for r in DROP_NAMES}
+        out = {DROP_NAMES[r]: self.dataplane.drops.get(r, 0) for r in DROP_NAMES}
+        out["Queue Overflow"] = queue_drops(self.queue_num)
+        out["Dataplane Error"] = self.shell.errors if self.shell else 0
+        return out
+
+
+def queue_drops(queue_num: int) -> int:
+    """Packets the kernel dropped because our NFQUEUE was full or could not reach us (fail
+    closed): queue_dropped + user_dropped of /proc/net/netfilter/nfnetlink_queue."""
+    try:
+        with open("/proc/net/netfilter/nfnetlink_queue") as f:
+            for line in f:
+                cols = line.split()
+                if len(cols) >= 7 and cols[0] == str(queue_num):
+                    return int(cols[5]) + int(cols[6])
+    except OSError:
+        pass
+    return 0
 
 
 def _unlink(path: str) -> None:

@@ -190,13 +190,22 @@ def cmd_linklocal(args: argparse.Namespace) -> int:
 
 
 def cmd_flow(args: argparse.Namespace) -> int:
-    from vrouter.flow_tool import entry_dict, format_table, open_table  # noqa: PLC0415
+    from vrouter.flow_tool import MatchError, entry_dict, follow, format_table, matches, open_table, parse_match
 
-    if not args.list:
-        raise UsageError("flow: say what to do, e.g. flow -l (see vrouter flow --help)")
-    table = open_table(state_paths(_state_dir(args))["flows"])
+    terms = None
+    if args.match:
+        try:
+            terms = parse_match(args.match)
+        except MatchError as e:
+            raise UsageError(str(e)) from None
+    path = state_paths(_state_dir(args))["flows"]
+    if args.follow:
+        return follow(path, 0.2, args.duration, args.json, terms, sys.stdout)
+    if not (args.list or terms):
+        raise UsageError("say what to do: flow -l, flow --match IP[:PORT] or flow -r (see vrouter flow --help)")
+    table = open_table(path)
     try:
-        entries = table.dump()
+        entries = [e for e in table.dump() if terms is None or matches(e, terms)]
         _print([entry_dict(e) for e in entries], args.json, format_table(table, entries) if not args.json else "")
     finally:
         table.close()
@@ -311,6 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser("flow", help="inspect the flow table", description="Inspect the live flow table.")
     f.add_argument("-l", "--list", action="store_true", help="list every active flow")
+    f.add_argument("--match", metavar="IP[:PORT]", help="only flows with this endpoint; terms joined by & must all match")
+    f.add_argument("-r", "--follow", action="store_true", help="print new flows as they are set up, until Ctrl-C")
+    f.add_argument("--duration", type=float, help="with -r: stop after this many seconds")
     _target_args(f)
     f.set_defaults(func=cmd_flow)
 

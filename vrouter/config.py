@@ -50,6 +50,15 @@ class AgentConfig:
     flow_entries: int = 524_288
     flow_overflow_entries: int = 0  # 0: 20% of flow_entries
     flow_cache_timeout: int = 180
+    max_vm_flows: float = 100.0  # percent of the table one VM may hold, as in contrail-vrouter-agent.conf
+    max_vm_linklocal_flows: int = 2048
+    max_system_linklocal_flows: int = 2048
+
+    def vm_flow_limit(self, capacity: int) -> int:
+        """max_vm_flows in entries (0: no limit below the table's own size)."""
+        if self.max_vm_flows >= 100:
+            return 0
+        return max(2, int(capacity * self.max_vm_flows / 100))
 
 
 def _bool(section: str, key: str, value: str) -> bool:
@@ -68,6 +77,16 @@ def _int(section: str, key: str, value: str, lo: int, hi: int) -> int:
         raise ConfigError("[%s] %s = %r: not an integer" % (section, key, value)) from None
     if not lo <= n <= hi:
         raise ConfigError("[%s] %s = %d: out of range %d..%d" % (section, key, n, lo, hi))
+    return n
+
+
+def _percent(section: str, key: str, value: str) -> float:
+    try:
+        n = float(value.strip())
+    except ValueError:
+        raise ConfigError("[%s] %s = %r: not a number" % (section, key, value)) from None
+    if not 0 < n <= 100:
+        raise ConfigError("[%s] %s = %s: a percentage of the flow table, above 0 and at most 100" % (section, key, value))
     return n
 
 
@@ -116,6 +135,9 @@ SCHEMA = {
         "flow_entries": ("flow_entries", lambda s, k, v: _int(s, k, v, 4, 1 << 24)),
         "flow_overflow_entries": ("flow_overflow_entries", lambda s, k, v: _int(s, k, v, 0, 1 << 24)),
         "flow_cache_timeout": ("flow_cache_timeout", lambda s, k, v: _int(s, k, v, 1, 86400)),
+        "max_vm_flows": ("max_vm_flows", _percent),
+        "max_vm_linklocal_flows": ("max_vm_linklocal_flows", lambda s, k, v: _int(s, k, v, 1, 1 << 24)),
+        "max_system_linklocal_flows": ("max_system_linklocal_flows", lambda s, k, v: _int(s, k, v, 1, 1 << 24)),
     },
 }
 

@@ -134,3 +134,89 @@ def format_table(table: FlowTable, entries: list[FlowEntry]) -> str:
     ]
     body = "\n".join(format_entry(e) for e in sorted(entries, key=lambda e: e.index))
     return "\n".join(lines) + "\n" + body
+
+
+class MatchError(ValueError):
+    """A --match expression that cannot be read."""
+
+
+def parse_match(expr: str) -> list[tuple[bytes, int | None]]:
+    """``IP[:PORT]`` terms joined by ``&``; IPv6 as ``[addr]:port``. Each term must match the
+    source or the destination of an entry."""
+    terms = []
+    for raw in expr.split("&"):
+        term = raw.strip()
+        if not term:
+            raise MatchError("--match %r: empty term" % expr)
+        port: int | None = None
+        if term.startswith("["):
+            host, _, rest = term[1:].partition("]")
+            if rest:
+                if not rest.startswith(":"):
+                    raise MatchError("--match %r: expected [IPv6]:PORT" % term)
+                port = _port(rest[1:], term)
+        elif term.count(":") == 1:
+            host, p = term.split(":")
+            port = _port(p, term)
+        else:
+            host = term
+        try:
+            addr = ipaddress.ip_address(host).packed
+        except ValueError:
+            raise MatchError("--match %r: %r is not an IP address" % (term, host)) from None
+        terms.append((addr, port))
+    return terms
+
+
+def _port(text: str, term: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise MatchError("--match %r: %r is not a port" % (term, text))
+    return int(text)
+
+
+def matches(e: FlowEntry, terms: list[tuple[bytes, int | None]]) -> bool:
+    for addr, port in terms:
+        src = e.src == addr and (port is None or e.sport == port)
+        dst = e.dst == addr and (port is None or e.dport == port)
+        if not (src or dst):
+            return False
+    return True
+
+
+def follow(path: str, interval: float, duration: float | None, as_json: bool, terms: list | None, out) -> int:  # noqa: ANN001
+    """``flow -r``: print each new flow (a new index, or a reused slot's new generation) as it
+    appears, until ``duration`` seconds pass, the agent goes, or Ctrl-C."""
+    import json
+    import sys
+    import time
+
+    table = open_table(path)
+    seen: dict[int, int] = {i: table.generation(i) for i in table.active_indices()}
+    deadline = None if duration is None else time.monotonic() + duration
+    sys.stderr.write("following new flows in %s (%d active now)\n" % (path, len(seen)))
+    sys.stderr.flush()
+    if not as_json:
+        out.write(LEGEND + "\n\n" + HEADER + "\n" + "-" * 83 + "\n")
+        out.flush()
+    try:
+        while deadline is None or time.monotonic() < deadline:
+            if not os.path.exists(path) or (table.owner() and not _alive(table.owner())):
+                out.write("" if as_json else "(the agent stopped)\n")
+                return 1
+            current = {}
+            for i in table.active_indices():
+                gen = table.generation(i)
+                current[i] = gen
+                if seen.get(i) != gen:
+                    e = table.read(i)
+                    if terms and not matches(e, terms):
+                        continue
+                    out.write(json.dumps(entry_dict(e)) + "\n" if as_json else format_entry(e) + "\n")
+            seen = current
+            out.flush()
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        table.close()
+    return 0

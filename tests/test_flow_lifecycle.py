@@ -1,0 +1,209 @@
+"""Flow lifecycle and limits in the dataplane: TCP eviction, aging, per-VM and link-local caps,
+link-local NAT to the fabric with reserved ports."""
+
+import pytest
+from scapy.layers.inet import IP, TCP, UDP
+
+from dataplane.forwarding import Dataplane, Limits
+from dataplane.vif import LinkLocalService, Vif
+from flows.layout import Action, DropReason, Flag
+from flows.table import FlowTable
+
+TAP1, TAP2, VHOST = 11, 12, 2
+METADATA = LinkLocalService("metadata", "169.254.169.254", 80, ("10.10.0.1",), 8775)
+NTP = LinkLocalService("ntp", "169.254.169.123", 123, ("10.10.0.1",), 123)
+WEB = LinkLocalService("web", "169.254.10.10", 8080, ("10.10.0.7", "10.10.0.8"), 80)
+
+
+class Ports:
+    """A port allocator that hands out ports in order and records releases."""
+
+    def __init__(self, limit: int = 1000):
+        self.next = 50000
+        self.limit = limit
+        self.live: set[int] = set()
+
+    def reserve(self, proto):
+        if len(self.live) >= self.limit:
+            raise OSError("no port")
+        self.next += 1
+        self.live.add(self.next)
+        return self.next, self.next
+
+    def release(self, handle):
+        self.live.remove(handle)
+
+
+def make(limits=None, ports=None, entries=4096):
+    d = Dataplane(FlowTable.in_memory(entries), "10.10.0.2", 8097, limits=limits, ports=ports)
+    d.set_host_ifindex(VHOST)
+    d.add_vif(Vif(3, "tapaaaaaaaa-aa", TAP1, "10.1.1.3", "02:00:00:00:00:03", vrf=1))
+    d.add_vif(Vif(4, "tapbbbbbbbb-bb", TAP2, "10.1.1.4", "02:00:00:00:00:04", vrf=1))
+    d.set_services([METADATA, NTP, WEB])
+    return d
+
+
+def seg(src, dst, sport, dport, flags):
+    return bytes(IP(src=src, dst=dst) / TCP(sport=sport, dport=dport, flags=flags))
+
+
+def a_to_b(flags, sport=5000):
+    return seg("10.1.1.3", "10.1.1.4", sport, 22, flags), TAP1
+
+
+def b_to_a(flags, sport=5000):
+    return seg("10.1.1.4", "10.1.1.3", 22, sport, flags), TAP2
+
+
+def run(d, *pkts):
+    return [d.process(p, dev) for p, dev in pkts]
+
+
+def test_rst_evicts_the_pair_after_passing():
+    d = make()
+    run(d, a_to_b("S"), b_to_a("SA"))
+    assert d.table.active == 2
+    v = run(d, a_to_b("R"))[0]
+    assert v.accept
+    assert d.table.active == 0 and not d.prepared
+
+
+def test_fin_both_ways_then_last_ack_evicts():
+    d = make()
+    run(d, a_to_b("S"), b_to_a("SA"), a_to_b("A"), a_to_b("FA"))
+    assert d.table.active == 2
+    run(d, b_to_a("FA"))
+    flags = [e.flags for e in d.table.dump()]
+    assert all(f & Flag.EVICT_CANDIDATE for f in flags)
+    run(d, a_to_b("A"))  # the last ACK
+    assert d.table.active == 0 and not d.closing
+
+
+def test_fin_both_ways_without_last_ack_goes_after_grace():
+    d = make()
+    run(d, a_to_b("S"), b_to_a("SA"), a_to_b("FA"), b_to_a("FA"))
+    assert d.table.active == 2
+    assert d.age(idle_s=180, now=d.table.read(d.table.dump()[0].index).last_ns + 3_000_000_000) == 2
+    assert d.table.active == 0
+
+
+def test_half_close_keeps_the_pair():
+    d = make()
+    run(d, a_to_b("S"), b_to_a("SA"), a_to_b("FA"), b_to_a("A"), b_to_a("PA"))
+    assert d.table.active == 2
+
+
+def test_metadata_pair_evicted_on_close_from_the_proxy_side():
+    d = make()
+    run(d, (seg("10.1.1.3", "169.254.169.254", 40000, 80, "S"), TAP1))
+    d.process(seg("10.10.0.2", "169.254.0.3", 8097, 40000, "SA"), 0)
+    d.process(seg("10.10.0.2", "169.254.0.3", 8097, 40000, "FA"), 0)
+    d.process(seg("10.1.1.3", "169.254.169.254", 40000, 80, "FA"), TAP1)
+    d.process(seg("10.10.0.2", "169.254.0.3", 8097, 40000, "A"), 0)
+    assert d.table.active == 0
+
+
+def test_per_vm_flow_limit_with_hysteresis():
+    d = make(Limits(max_vm_flows=40))
+
+    def udp(sport):
+        return d.process(bytes(IP(src="10.1.1.3", dst="10.1.1.4") / UDP(sport=sport, dport=9)), TAP1)
+
+    for port in range(1, 21):  # 20 pairs = 40 entries
+        assert udp(port).accept
+    v = udp(99)
+    assert not v.accept and v.reason == DropReason.FLOW_LIMIT
+    assert d.drops[DropReason.FLOW_LIMIT] == 1
+    assert d.vifs[4].flows == 40  # the other VM holds those pairs too
+    # one pair gone: 38 entries would leave room, but use has not fallen to 90% (36) yet
+    d._delete_flows([next(iter(d.prepared))])
+    assert d.vifs[3].flows == 38
+    assert udp(98).reason == DropReason.FLOW_LIMIT
+    assert udp(2).accept  # established flows still pass
+    d._delete_flows([next(iter(d.prepared))])  # 36 entries: 90%
+    assert udp(97).accept and udp(96).accept  # back to 40
+    assert udp(95).reason == DropReason.FLOW_LIMIT
+
+
+def test_linklocal_limits_per_vm_and_per_host():
+    d = make(Limits(max_vm_linklocal_flows=2, max_system_linklocal_flows=3))
+    md = [seg("10.1.1.3", "169.254.169.254", 40000 + i, 80, "S") for i in range(3)]
+    assert d.process(md[0], TAP1).accept and d.process(md[1], TAP1).accept
+    v = d.process(md[2], TAP1)
+    assert v.reason == DropReason.LINK_LOCAL_LIMIT
+    assert d.process(seg("10.1.1.4", "169.254.169.254", 40000, 80, "S"), TAP2).accept
+    v = d.process(seg("10.1.1.4", "169.254.169.254", 40001, 80, "S"), TAP2)
+    assert v.reason == DropReason.LINK_LOCAL_LIMIT  # the host's cap of 3
+    d.flush()
+    assert d.linklocal_flows == 0 and d.vifs[3].linklocal_flows == 0
+    assert d.process(md[2], TAP1).accept
+
+
+def test_fabric_nat_with_reserved_port_released_with_the_flow():
+    ports = Ports()
+    d = make(ports=ports)
+    q = bytes(IP(src="10.1.1.3", dst="169.254.169.123") / UDP(sport=33596, dport=123) / b"ntp?")
+    v = d.process(q, TAP1)
+    out = IP(v.payload)
+    assert (out.src, out.dst, out[UDP].dport) == ("10.10.0.2", "10.10.0.1", 123)
+    port = out[UDP].sport
+    assert port in ports.live
+    fwd = next(e for e in d.table.dump() if not e.flags & Flag.REVERSE)
+    assert fwd.action == Action.NAT and fwd.nat_sport == port
+    assert fwd.flags & Flag.SNAT and fwd.flags & Flag.SPAT and fwd.flags & Flag.DNAT and not fwd.flags & Flag.DPAT
+    # the fabric's answer arrives on vhost0 and goes back as the link-local service
+    ans = bytes(IP(src="10.10.0.1", dst="10.10.0.2") / UDP(sport=123, dport=port) / b"ntp!")
+    back = IP(d.process(ans, VHOST).payload)
+    assert (back.src, back.dst, back[UDP].sport, back[UDP].dport) == ("169.254.169.123", "10.1.1.3", 123, 33596)
+    d.flush()
+    assert ports.live == set()
+
+
+def test_fabric_nat_picks_among_fabric_ips_and_changes_port():
+    ports = Ports()
+    d = make(ports=ports)
+    seen = set()
+    for sport in range(40000, 40040):
+        v = d.process(seg("10.1.1.3", "169.254.10.10", sport, 8080, "S"), TAP1)
+        out = IP(v.payload)
+        assert out[TCP].dport == 80
+        seen.add(out.dst)
+    assert seen == {"10.10.0.7", "10.10.0.8"}
+    fwd = next(e for e in d.table.dump() if not e.flags & Flag.REVERSE)
+    assert fwd.flags & Flag.DPAT
+
+
+def test_fabric_nat_without_ports_or_address_is_dropped():
+    d = make(ports=Ports(limit=0))
+    v = d.process(bytes(IP(src="10.1.1.3", dst="169.254.169.123") / UDP(sport=1, dport=123)), TAP1)
+    assert v.reason == DropReason.FLOW_UNUSABLE
+    d = make(ports=Ports())
+    d.set_services([LinkLocalService("dns-named", "169.254.1.1", 53, (), 53, "ntp.example")])
+    v = d.process(bytes(IP(src="10.1.1.3", dst="169.254.1.1") / UDP(sport=1, dport=53)), TAP1)
+    assert v.reason == DropReason.NO_ROUTE
+    d.flush()
+    d.set_resolved("ntp.example", ("10.10.0.9",))
+    v = d.process(bytes(IP(src="10.1.1.3", dst="169.254.1.1") / UDP(sport=1, dport=53)), TAP1)
+    assert IP(v.payload).dst == "10.10.0.9"
+
+
+def test_other_protocols_to_link_local_are_dropped():
+    d = make()
+    v = d.process(bytes(IP(src="10.1.1.3", dst="169.254.169.254", proto=47) / b"gre!"), TAP1)
+    assert v.reason == DropReason.INVALID_PROTOCOL
+
+
+def test_replugged_tap_keeps_flows_and_counters():
+    d = make()
+    run(d, a_to_b("S"))
+    d.add_vif(Vif(3, "tapaaaaaaaa-aa", 21, "10.1.1.3", "02:00:00:00:00:03", vrf=1))  # new ifindex
+    assert d.table.active == 2 and d.vifs[3].rx_packets == 1 and d.vifs[3].flows == 2
+    assert d.process(seg("10.1.1.3", "10.1.1.4", 5000, 22, "A"), 21).accept
+    assert d.process(seg("10.1.1.3", "10.1.1.4", 5000, 22, "A"), TAP1).reason == DropReason.UNKNOWN_INTERFACE
+
+
+@pytest.mark.parametrize("flags", ["S", "A", "FA", "R"])
+def test_reverse_packet_without_forward_is_not_set_up_from_the_host(flags):
+    d = make()
+    v = d.process(seg("10.10.0.1", "10.10.0.2", 123, 50001, flags), VHOST)
+    assert v.reason == DropReason.FLOW_NAT_NO_RFLOW

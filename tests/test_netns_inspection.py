@@ -1,0 +1,104 @@
+"""flow -l, flow --match, flow -r, vif and dropstats against real traffic whose size is known
+(needs root). One emulated host with 2 VMs serves the module."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import VROUTER, needs_root, wait_until
+
+pytestmark = [pytest.mark.netns, needs_root]
+
+SEND_UDP = """
+import socket, sys, time
+dst, port, count, size, sport = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+pace = float(sys.argv[6]) if len(sys.argv) > 6 else 0
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("", sport))
+for i in range(count):
+    s.sendto(b"x" * size, (dst, port))
+    if pace and i % 10 == 9:
+        time.sleep(pace)  # pacing the load, not synchronising: stays under the queue's capacity
+"""
+
+
+def send_udp(host, vm, dst, port, count, size, sport):
+    r = host.in_vm(vm, sys.executable, "-c", SEND_UDP, dst, str(port), str(count), str(size), str(sport))
+    assert r.returncode == 0, r.stderr
+
+
+def flow_for(host, src, sport, dst, dport):
+    return [f for f in host.cli_json("flow", "-l") if (f["src"], f["sport"], f["dst"], f["dport"]) == (src, sport, dst, dport)]
+
+
+def test_counters_match_what_was_sent(host):
+    a, b = host.vms
+    vifs = {v["vif"]: v for v in host.cli_json("vif", "--list")}
+    rx_a, tx_b = vifs[a["vif"]]["rx_packets"], vifs[b["vif"]]["tx_packets"]
+    send_udp(host, 0, b["ip"], 9999, 50, 100, 41000)
+    wait_until(lambda: flow_for(host, a["ip"], 41000, b["ip"], 9999) and flow_for(host, a["ip"], 41000, b["ip"], 9999)[0]["packets"] == 50,
+               10, "50 packets on the flow")  # fmt: skip
+    f = flow_for(host, a["ip"], 41000, b["ip"], 9999)[0]
+    assert f["action"] == "FORWARD" and f["bytes"] == 50 * (20 + 8 + 100)
+    assert f["vrf"] == f["dvrf"] == 1  # both VMs are in the first virtual network
+    vifs = {v["vif"]: v for v in host.cli_json("vif", "--list")}
+    assert vifs[a["vif"]]["rx_packets"] - rx_a == 50
+    assert vifs[b["vif"]]["tx_packets"] - tx_b == 50
+
+
+def test_drops_counted_by_reason(host):
+    before = host.cli_json("dropstats")
+    vif_before = host.cli_json("vif", "--get", str(host.vms[0]["vif"]))["drops"]
+    send_udp(host, 0, "10.9.9.9", 53, 7, 10, 41001)
+    after = host.cli_json("dropstats")
+    assert after["No L3 Route"] - before["No L3 Route"] == 7
+    assert host.cli_json("vif", "--get", str(host.vms[0]["vif"]))["drops"] - vif_before == 7
+    drop = flow_for(host, host.vms[0]["ip"], 41001, "10.9.9.9", 53)[0]
+    assert drop["action"] == "DROP" and drop["drop_reason"] == "No L3 Route" and drop["packets"] == 7
+    assert "D(NoRoute)" in host.cli("flow", "--match", "10.9.9.9:53").stdout
+    text = host.cli("dropstats").stdout
+    assert "No L3 Route" in text
+
+
+def test_tools_read_consistently_while_traffic_flows(host):
+    a, b = host.vms
+    sender = subprocess.Popen(["ip", "netns", "exec", a["namespace"], sys.executable, "-c", SEND_UDP, b["ip"], "9998", "3000", "64", "41002", "0.01"])
+    try:
+        last = -1
+        for _ in range(5):
+            flows = host.cli_json("flow", "-l")
+            assert host.cli("vif", "--list").returncode == 0
+            assert host.cli_json("dropstats")["Invalid Packet"] >= 0
+            mine = [f for f in flows if f["sport"] == 41002]
+            if mine:
+                assert mine[0]["packets"] >= last
+                last = mine[0]["packets"]
+    finally:
+        sender.wait(60)
+    wait_until(lambda: flow_for(host, a["ip"], 41002, b["ip"], 9998)[0]["packets"] == 3000, 20, "all 3000 packets counted")
+
+
+def test_match_and_follow(host):
+    a, b = host.vms
+    follower = subprocess.Popen(
+        [str(VROUTER), "flow", "-r", "--json", "--duration", "6", "--match", "%s:7777" % b["ip"], "--state-dir", host.state_dir],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert "following new flows" in follower.stderr.readline()  # its snapshot of existing flows is taken
+    send_udp(host, 0, b["ip"], 7777, 3, 10, 41003)
+    send_udp(host, 0, b["ip"], 7778, 3, 10, 41004)  # not matched
+    out, _ = follower.communicate(timeout=30)
+    seen = [json.loads(line) for line in out.splitlines() if line.strip()]
+    assert any(f["sport"] == 41003 and f["dport"] == 7777 for f in seen), seen
+    assert not any(f["dport"] == 7778 for f in seen)
+    r = host.cli("flow", "--match", "%s:7777 & %s" % (b["ip"], a["ip"]), "--json")
+    assert {f["dport"] for f in json.loads(r.stdout)} <= {7777, 41003}
+    assert host.cli("flow", "--match", "nonsense").returncode == 1
+
+
+def test_closed_tcp_flows_leave_the_table(host):
+    status, _ = host.metadata(0, "/openstack", "--local-port", "45678")
+    assert status == 200
+    wait_until(lambda: not flow_for(host, host.vms[0]["ip"], 45678, "169.254.169.254", 80), 15, "the closed metadata flow to go")
