@@ -1,8 +1,10 @@
 """The dataplane's own nftables table, spoken to the kernel over netlink.
 
-The table (``ip vrouter``) sends every packet that a VM sends, and every
-packet the compute node itself sends towards a per-VM metadata IP
-(169.254.0.0/16, the return traffic of NATed metadata flows), to NFQUEUE.
+The table (``ip vrouter``) sends to NFQUEUE every packet that a VM sends,
+every packet the compute node itself sends towards a per-VM metadata IP
+(169.254.0.0/16, the return traffic of NATed metadata flows), and every TCP
+or UDP packet arriving on vhost0 for the link-local NAT port range (the
+fabric's return traffic of link-local services).
 Nothing else on the host is touched: the table is created at start and
 deleted, by name, at stop.
 
@@ -51,9 +53,13 @@ NF_INET_LOCAL_OUT = 3
 PRIO_RAW = -300
 
 NFT_META_IIFNAME = 6
+NFT_META_L4PROTO = 16
 NFT_PAYLOAD_NETWORK_HEADER = 1
+NFT_PAYLOAD_TRANSPORT_HEADER = 2
 NFT_REG_1 = 1
 NFT_CMP_EQ = 0
+NFT_CMP_LTE = 3
+NFT_CMP_GTE = 5
 
 
 class NftError(OSError):
@@ -83,22 +89,26 @@ def _expr(name: str, *data: bytes) -> bytes:
     return _nest(1, _str(1, name), _nest(2, *data))
 
 
-def _meta_iifname() -> bytes:
-    return _expr("meta", _be32(1, NFT_REG_1), _be32(2, NFT_META_IIFNAME))
+def _meta(key: int) -> bytes:
+    return _expr("meta", _be32(1, NFT_REG_1), _be32(2, key))
 
 
-def _payload(offset: int, length: int) -> bytes:
+def _payload(offset: int, length: int, base: int = NFT_PAYLOAD_NETWORK_HEADER) -> bytes:
     return _expr(
         "payload",
         _be32(1, NFT_REG_1),
-        _be32(2, NFT_PAYLOAD_NETWORK_HEADER),
+        _be32(2, base),
         _be32(3, offset),
         _be32(4, length),
     )
 
 
+def _cmp(op: int, value: bytes) -> bytes:
+    return _expr("cmp", _be32(1, NFT_REG_1), _be32(2, op), _nest(3, _attr(1, value)))
+
+
 def _cmp_eq(value: bytes) -> bytes:
-    return _expr("cmp", _be32(1, NFT_REG_1), _be32(2, NFT_CMP_EQ), _nest(3, _attr(1, value)))
+    return _cmp(NFT_CMP_EQ, value)
 
 
 def _bitwise_mask(mask: bytes) -> bytes:
@@ -136,6 +146,8 @@ class QueueRules:
     metadata_net: tuple[bytes, bytes] = (socket.inet_aton("169.254.0.0"), socket.inet_aton("255.255.0.0"))
     queue_num: int = 0
     queue_total: int = 1
+    vhost_name: str = "vhost0"
+    nat_ports: tuple[int, int] = (61000, 65535)  # the fabric's replies to link-local NAT flows
 
 
 class NftSocket:
@@ -241,8 +253,32 @@ class NftSocket:
             (
                 NFT_MSG_NEWRULE,
                 NLM_F_CREATE | NLM_F_APPEND,
-                _rule(name, "from_vms", _meta_iifname(), _cmp_eq(tap), _counter(), _notrack(), queue),
+                _rule(name, "from_vms", _meta(NFT_META_IIFNAME), _cmp_eq(tap), _counter(), _notrack(), queue),
             ),
+        ]
+        lo, hi = rules.nat_ports
+        for proto in (6, 17):
+            msgs.append(
+                (
+                    NFT_MSG_NEWRULE,
+                    NLM_F_CREATE | NLM_F_APPEND,
+                    _rule(
+                        name,
+                        "from_vms",
+                        _meta(NFT_META_IIFNAME),
+                        _cmp_eq(rules.vhost_name.encode() + b"\0"),
+                        _meta(NFT_META_L4PROTO),
+                        _cmp_eq(bytes([proto])),
+                        _payload(2, 2, NFT_PAYLOAD_TRANSPORT_HEADER),
+                        _cmp(NFT_CMP_GTE, struct.pack("!H", lo)),
+                        _cmp(NFT_CMP_LTE, struct.pack("!H", hi)),
+                        _counter(),
+                        _notrack(),
+                        queue,
+                    ),
+                )
+            )
+        msgs += [
             (
                 NFT_MSG_NEWRULE,
                 NLM_F_CREATE | NLM_F_APPEND,

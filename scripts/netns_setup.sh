@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build or remove an emulated Tungsten Fabric compute node in network namespaces.
 #
-#   netns_setup.sh up [--vms N] [--prefix P] [--secret S] [--json]
+#   netns_setup.sh up [--vms N] [--prefix P] [--secret S] [--tls] [--json]
 #   netns_setup.sh down [--prefix P]
 #   netns_setup.sh status [--prefix P]
 #   netns_setup.sh stop-agent|start-agent|stop-nova|start-nova [--prefix P]
@@ -12,6 +12,11 @@
 # namespace (10.10.0.1:8775) and `vrouter agent` in the compute namespace (vhost0 10.10.0.2), plugs
 # every VM's port with `vrouter port add` and provisions the `metadata` link-local service
 # (169.254.169.254:80 -> 10.10.0.1:8775) with `vrouter linklocal add`, as a user would.
+#
+# --tls makes a CA, a server certificate for Nova and a client certificate for the agent (openssl,
+# in /run/vrouter/P/tls); Nova then serves HTTPS and requires the client certificate, and the
+# agent's proxy speaks HTTPS to it (metadata_use_ssl). The compute namespace resolves the fabric
+# name `nova.fabric` (/etc/netns/P-compute/hosts), for services given by DNS name.
 #
 # Everything it creates is listed in /run/vrouter/P/created, and the layout (namespaces; per VM ip,
 # mac, tap, port uuid, instance uuid, project id, metadata IP; Nova's address; the shared secret) is
@@ -45,12 +50,14 @@ VMS=2
 JSON=0
 SECRET=""
 SECRET_SET=0
+TLS=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --vms) VMS=${2:?--vms needs a number}; shift 2 ;;
         --prefix) PREFIX=${2:?--prefix needs a name}; shift 2 ;;
         --secret) SECRET=${2-}; SECRET_SET=1; shift 2 ;;
         --json) JSON=1; shift ;;
+        --tls) TLS=1; shift ;;
         -h|--help) usage 0 ;;
         *) echo "netns_setup.sh: unknown argument $1" >&2; usage ;;
     esac
@@ -98,8 +105,12 @@ stop_pidfile() {  # stop_pidfile FILE NAME: SIGTERM, wait up to 10 s, then SIGKI
 
 start_nova() {
     pid_alive "$STATE/nova.pid" && { echo "  nova-metadata already running" >&2; return 0; }
+    local tls=()
+    if [ -f "$STATE/tls/nova.pem" ]; then
+        tls=(--tls-cert "$STATE/tls/nova.pem" --tls-key "$STATE/tls/nova.key" --tls-client-ca "$STATE/tls/ca.pem")
+    fi
     ip netns exec "$FABRIC" "$VROUTER" nova-metadata --instances "$STATE/instances.json" \
-        --listen "$FABRIC_NET.1" --port "$NOVA_PORT" --secret-file "$STATE/secret" \
+        --listen "$FABRIC_NET.1" --port "$NOVA_PORT" --secret-file "$STATE/secret" "${tls[@]}" \
         </dev/null >>"$STATE/nova.log" 2>&1 &
     echo $! >"$STATE/nova.pid"
     wait_for 15 "$STATE/nova.pid" "nova-metadata listening on $FABRIC_NET.1:$NOVA_PORT (pid $(cat "$STATE/nova.pid"))" \
@@ -117,6 +128,24 @@ start_agent() {
 }
 
 stop_agent() { stop_pidfile "$STATE/agent.pid.sh" "vrouter agent"; }
+
+make_tls() {  # a throw-away CA, Nova's server certificate (IP and DNS names) and the agent's client one
+    local d=$STATE/tls
+    mkdir -p "$d"
+    chmod 700 "$d"
+    command -v openssl >/dev/null || die "--tls needs openssl"
+    local key=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
+    openssl req -x509 "${key[@]}" -days 7 -subj "/CN=vrouter-emulator CA $PREFIX" -keyout "$d/ca.key" -out "$d/ca.pem" 2>/dev/null
+    openssl req "${key[@]}" -subj "/CN=nova-metadata" -keyout "$d/nova.key" -out "$d/nova.csr" 2>/dev/null
+    printf 'subjectAltName=IP:%s,DNS:nova.fabric\nextendedKeyUsage=serverAuth\n' "$FABRIC_NET.1" >"$d/nova.ext"
+    openssl x509 -req -in "$d/nova.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" -CAcreateserial -days 7 \
+        -extfile "$d/nova.ext" -out "$d/nova.pem" 2>/dev/null
+    openssl req "${key[@]}" -subj "/CN=vrouter-agent $PREFIX" -keyout "$d/agent.key" -out "$d/agent.csr" 2>/dev/null
+    printf 'extendedKeyUsage=clientAuth\n' >"$d/agent.ext"
+    openssl x509 -req -in "$d/agent.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" -CAcreateserial -days 7 \
+        -extfile "$d/agent.ext" -out "$d/agent.pem" 2>/dev/null
+    echo "  TLS: CA, Nova and agent certificates in $d" >&2
+}
 
 cmd_up() {
     if ns_exists "$COMPUTE" || [ -f "$CREATED" ]; then
@@ -138,6 +167,10 @@ cmd_up() {
         ip netns add "$ns"; echo "netns $ns" >>"$CREATED"
         ip -n "$ns" link set lo up
     done
+    # The compute namespace's own resolver file: fabric names for services given by DNS name.
+    mkdir -p "/etc/netns/$COMPUTE"; echo "dir /etc/netns/$COMPUTE" >>"$CREATED"
+    printf '127.0.0.1 localhost\n%s nova.fabric fabric\n' "$FABRIC_NET.1" >"/etc/netns/$COMPUTE/hosts"
+    echo "file /etc/netns/$COMPUTE/hosts" >>"$CREATED"
     ip link add vhost0 netns "$COMPUTE" type veth peer name eth0 netns "$FABRIC"
     ip -n "$COMPUTE" addr add "$FABRIC_NET.2/24" dev vhost0
     ip -n "$COMPUTE" link set vhost0 up
@@ -186,6 +219,14 @@ PY
         ip -n "$ns" route add default via "$VM_NET.1"
     done < <("$PYTHON" -c 'import json,sys; [print(v["namespace"], v["tap"], v["ip"], v["mac"]) for v in json.load(open(sys.argv[1]))["vms"]]' "$STATE/vms.json")
 
+    local ssl_conf="metadata_use_ssl = false"
+    if [ "$TLS" = 1 ]; then
+        make_tls
+        ssl_conf="metadata_use_ssl = true
+metadata_ca_cert = $STATE/tls/ca.pem
+metadata_client_cert = $STATE/tls/agent.pem
+metadata_client_key = $STATE/tls/agent.key"
+    fi
     cat >"$STATE/agent.conf" <<EOF
 # Written by netns_setup.sh for prefix $PREFIX
 [DEFAULT]
@@ -199,6 +240,7 @@ gateway = $FABRIC_NET.1
 [METADATA]
 metadata_proxy_secret = $SECRET
 metadata_proxy_port = 8097
+$ssl_conf
 
 [FLOWS]
 flow_cache_timeout = 180
@@ -217,9 +259,9 @@ for v in json.load(open(sys.argv[1]))["vms"]:
         --linklocal_service_ip 169.254.169.254 --linklocal_service_port 80 \
         --ipfabric_service_ip "$FABRIC_NET.1" --ipfabric_service_port "$NOVA_PORT" >&2
 
-    "$PYTHON" - "$STATE" "$PREFIX" "$FABRIC_NET" "$NOVA_PORT" <<'PY'
+    "$PYTHON" - "$STATE" "$PREFIX" "$FABRIC_NET" "$NOVA_PORT" "$TLS" <<'PY'
 import json, os, sys
-state, prefix, fabric, nova_port = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+state, prefix, fabric, nova_port, tls = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5] == "1"
 vms = json.load(open(state + "/vms.json"))["vms"]
 import os
 for v in vms:
@@ -232,7 +274,8 @@ layout = {
     "namespaces": {"compute": prefix + "-compute", "fabric": prefix + "-fabric", "vms": [v["namespace"] for v in vms]},
     "vhost0": {"ip": fabric + ".2", "namespace": prefix + "-compute"},
     "nova": {"ip": fabric + ".1", "port": nova_port, "namespace": prefix + "-fabric",
-             "url": "http://%s.1:%d" % (fabric, nova_port)},
+             "url": "%s://%s.1:%d" % ("https" if tls else "http", fabric, nova_port),
+             "tls": {"ca": state + "/tls/ca.pem", "cert": state + "/tls/nova.pem", "key": state + "/tls/nova.key"} if tls else None},
     "metadata_service": {"ip": "169.254.169.254", "port": 80},
     "metadata_proxy": {"ip": fabric + ".2", "port": 8097},
     "secret": open(state + "/secret").read(),
@@ -258,8 +301,11 @@ cmd_down() {
     stop_pidfile "$STATE/nova.pid" "nova-metadata"
     if [ -f "$CREATED" ]; then
         while read -r kind name; do
-            [ "$kind" = netns ] || continue
-            if ns_exists "$name"; then ip netns del "$name" && echo "  deleted netns $name" >&2; fi
+            case "$kind" in
+                netns) if ns_exists "$name"; then ip netns del "$name" && echo "  deleted netns $name" >&2; fi ;;
+                file) rm -f "$name" ;;
+                dir) rmdir "$name" 2>/dev/null || true ;;
+            esac
         done < <(tac "$CREATED")
     else
         # `up` died before writing its list: only the two fixed names are known to be ours.

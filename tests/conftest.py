@@ -55,10 +55,10 @@ def wait_until(cond: Callable[[], object], timeout: float, what: str, interval: 
 class EmulatedHost:
     """A compute node built by netns_setup.sh, with helpers that act inside its namespaces."""
 
-    def __init__(self, vms: int) -> None:
+    def __init__(self, vms: int, tls: bool = False) -> None:
         self.prefix = "tq" + secrets.token_hex(3)[:5]
         _PREFIXES.append(self.prefix)
-        r = self.setup("up", "--vms", str(vms), "--json", timeout=120)
+        r = self.setup("up", "--vms", str(vms), "--json", *(["--tls"] if tls else []), timeout=120)
         assert r.returncode == 0, "netns_setup.sh up failed:\n" + r.stderr
         self.layout = json.loads(r.stdout)
         self.vms = self.layout["vms"]

@@ -16,18 +16,20 @@ import logging
 import os
 import random
 import signal
+import socket
 import ssl
 import time
 
 from dataplane.forwarding import Dataplane, Limits
 from dataplane.nfqueue_shell import QueueShell
 from dataplane.nftables import NftError, NftSocket, QueueRules
+from dataplane.port_reservation import PORT_RANGE, SocketPortAllocator
 from dataplane.vif import Vif
 from flows.layout import DROP_NAMES
 from flows.table import FlowTable
 from vrouter.config import AgentConfig
 from vrouter.control import ControlServer
-from vrouter.host import HostNetwork, in_namespace_hint
+from vrouter.host import HostNetwork, in_namespace_hint, sysctl
 from vrouter.linklocal import ServiceError, ServiceTable
 from vrouter.linklocal import validate as validate_service
 from vrouter.metadata_proxy import Identity, MetadataProxy, Upstream
@@ -56,8 +58,9 @@ def state_paths(state_dir: str) -> dict[str, str]:
 
 
 class Agent:
-    def __init__(self, cfg: AgentConfig, state_dir: str, queue_num: int = 0, nova_timeout: float = 30.0) -> None:
+    def __init__(self, cfg: AgentConfig, state_dir: str, queue_num: int = 0, nova_timeout: float = 30.0, dns_interval: float = 900.0) -> None:
         self.cfg = cfg
+        self.dns_interval = dns_interval
         self.state_dir = state_dir
         self.paths = state_paths(state_dir)
         self.queue_num = queue_num
@@ -74,6 +77,9 @@ class Agent:
         self._stop = asyncio.Event()
         self._ssl: ssl.SSLContext | None = None
         self._made_table = False  # our nftables table exists: delete it at stop
+        self._reserved_before: str | None = None
+        self.nat_ports: SocketPortAllocator | None = None
+        self._resolve_now = asyncio.Event()
         self._wrote_pid = False
 
     # -- start and stop -------------------------------------------------------------------------
@@ -118,10 +124,13 @@ class Agent:
             max_vm_linklocal_flows=self.cfg.max_vm_linklocal_flows,
             max_system_linklocal_flows=self.cfg.max_system_linklocal_flows,
         )
-        self.dataplane = Dataplane(self.table, vhost_ip, self.cfg.metadata_proxy_port, limits)
+        self.nat_ports = SocketPortAllocator(vhost_ip, *PORT_RANGE)
+        self.dataplane = Dataplane(self.table, vhost_ip, self.cfg.metadata_proxy_port, limits, self.nat_ports)
+        self.dataplane.set_host_ifindex(await self.host.ifindex(self.cfg.vhost_name))
+        self._reserved_before = self.host.reserve_ports(*PORT_RANGE)
         for problem in self.ports.load() + self.services.load():
             log.error("ignoring unusable state: %s", problem)
-        self.dataplane.set_services(list(self.services.services.values()))
+        self._services_changed()
         for port in self.ports.ports.values():
             await self._plug(port)
         loop = asyncio.get_running_loop()
@@ -139,7 +148,7 @@ class Agent:
         try:
             with NftSocket() as nft:
                 self._made_table = True  # also when half made: a failed batch leaves nothing, delete is a no-op
-                nft.create_queue_table(QueueRules(queue_num=self.queue_num))
+                nft.create_queue_table(QueueRules(queue_num=self.queue_num, vhost_name=self.cfg.vhost_name, nat_ports=PORT_RANGE))
         except NftError as e:
             raise AgentError("cannot create the nftables table: %s" % e) from None
         self.host.enable_forwarding(True)
@@ -156,7 +165,7 @@ class Agent:
             vhost_ip, self.cfg.metadata_proxy_port, len(self.ports.ports), len(self.services.services),
             self.table.entries, self.table.overflow,
         )  # fmt: skip
-        tasks = [asyncio.create_task(self._aging()), asyncio.create_task(self._tap_scan())]
+        tasks = [asyncio.create_task(t) for t in (self._aging(), self._tap_scan(), self._resolver())]
         await self._stop.wait()
         log.info("stopping")
         for t in tasks:
@@ -175,6 +184,8 @@ class Agent:
         if self.host is not None:
             try:
                 self.host.enable_forwarding(False)
+                if self._reserved_before is not None:
+                    sysctl("net.ipv4.ip_local_reserved_ports", self._reserved_before)
             except OSError:
                 pass
             for port in self.ports.ports.values():
@@ -250,6 +261,7 @@ class Agent:
             "linklocal.add": self._op_ll_add,
             "linklocal.del": self._op_ll_del,
             "linklocal.list": self._op_ll_list,
+            "linklocal.import": self._op_ll_import,
             "vif.list": self._op_vif_list,
             "dropstats": self._op_dropstats,
         }
@@ -266,6 +278,7 @@ class Agent:
             "flows_active": self.table.active,
             "flow_table": self.paths["flows"],
             "proxy": vars(self.proxy.stats),
+            "linklocal_nat_ports_in_use": self.nat_ports.in_use if self.nat_ports else 0,
             "dataplane_errors": self.shell.errors if self.shell else 0,
         }
 
@@ -293,7 +306,32 @@ class Agent:
 
     def _services_changed(self) -> int:
         assert self.dataplane is not None
+        self._resolve_now.set()
         return self.dataplane.set_services(list(self.services.services.values()))
+
+    async def _resolver(self) -> None:
+        """Resolve fabric DNS names of services in the background; again every dns_interval."""
+        assert self.dataplane is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            for s in list(self.services.services.values()):
+                name = s.fabric_dns_name
+                if not name or s.fabric_ips:
+                    continue
+                try:
+                    infos = await asyncio.wait_for(loop.getaddrinfo(name, None, family=socket.AF_INET, type=socket.SOCK_STREAM), 10)
+                    addrs = tuple(sorted({i[4][0] for i in infos}))
+                except (TimeoutError, OSError) as e:
+                    log.warning("link-local service %s: cannot resolve %s: %s", s.name, name, e)
+                    continue
+                if self.dataplane.resolved.get(name) != addrs:
+                    log.info("link-local service %s: %s is %s", s.name, name, ", ".join(addrs))
+                    self.dataplane.set_resolved(name, addrs)
+            self._resolve_now.clear()
+            try:
+                await asyncio.wait_for(self._resolve_now.wait(), self.dns_interval)
+            except TimeoutError:
+                pass
 
     def _op_ll_add(self, args: dict) -> dict:
         s = self.services.add(validate_service(args))
@@ -306,6 +344,17 @@ class Agent:
         flows = self._services_changed()
         log.info("link-local service %s removed, %d flow entries removed", s.name, flows)
         return {"name": s.name, "flows_removed": flows}
+
+    def _op_ll_import(self, args: dict) -> dict:
+        data = args.get("config")
+        try:
+            entries = data["linklocal_services"]["linklocal_service_entry"]
+        except (KeyError, TypeError):
+            raise ServiceError("not a global-vrouter-config: expected linklocal_services.linklocal_service_entry") from None
+        services = self.services.replace_all(entries)
+        flows = self._services_changed()
+        log.info("link-local services replaced by import: %d services, %d flow entries removed", len(services), flows)
+        return {"services": len(services), "flows_removed": flows}
 
     def _op_ll_list(self, args: dict) -> list:
         from vrouter.linklocal import to_schema
@@ -363,8 +412,8 @@ def _alive(pid: int) -> bool:
     return True
 
 
-async def run_agent(cfg: AgentConfig, state_dir: str, queue_num: int = 0, nova_timeout: float = 30.0) -> None:
-    agent = Agent(cfg, state_dir, queue_num, nova_timeout)
+async def run_agent(cfg: AgentConfig, state_dir: str, queue_num: int = 0, nova_timeout: float = 30.0, dns_interval: float = 900.0) -> None:
+    agent = Agent(cfg, state_dir, queue_num, nova_timeout, dns_interval)
     try:
         await agent.run()
     finally:

@@ -78,7 +78,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
         cfg.log_level = _level("command line", "--log-level", args.log_level)
     _setup_logging(cfg.log_level, cfg.log_file)
-    asyncio.run(run_agent(cfg, _state_dir(args), args.queue, args.nova_timeout))
+    asyncio.run(run_agent(cfg, _state_dir(args), args.queue, args.nova_timeout, args.dns_interval))
     return 0
 
 
@@ -159,6 +159,23 @@ def cmd_port(args: argparse.Namespace) -> int:
 
 def cmd_linklocal(args: argparse.Namespace) -> int:
     oper = args.oper or args.oper_flag or "list"
+    if oper == "import":
+        if not args.file:
+            raise UsageError("linklocal import needs a file of global-vrouter-config JSON (- for stdin)")
+        try:
+            text = sys.stdin.read() if args.file == "-" else open(args.file, encoding="utf-8").read()
+            config = json.loads(text)
+        except OSError as e:
+            raise UsageError("%s: %s" % (args.file, e.strerror)) from None
+        except ValueError as e:
+            raise UsageError("%s: not JSON: %s" % (args.file, e)) from None
+        result = _agent_call(args, "linklocal.import", {"config": config})
+        _print(result, args.json, "%d link-local services now (%d flow entries removed)" % (result["services"], result["flows_removed"]))
+        return 0
+    if oper == "export":
+        result = _agent_call(args, "linklocal.list")
+        print(json.dumps({"linklocal_services": {"linklocal_service_entry": result}}, indent=2))
+        return 0
     if oper == "add":
         payload = {
             "linklocal_service_name": args.name,
@@ -275,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("-p", "--prefix", help="shorthand for --state-dir /run/vrouter/PREFIX")
     a.add_argument("--queue", type=int, default=0, help="NFQUEUE number (default 0)")
     a.add_argument("--nova-timeout", type=float, default=30.0, help="seconds without data from Nova before 502 (default 30)")
+    a.add_argument("--dns-interval", type=float, default=900.0, help="seconds between re-resolving fabric DNS names (default 900)")
     a.add_argument("--log-level", help="override [DEFAULT] log_level (DEBUG, INFO, SYS_NOTICE, ...)")
     a.set_defaults(func=cmd_agent)
 
@@ -306,8 +324,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_port)
 
     ll = sub.add_parser("linklocal", help="add, remove and list link-local services",
-                        description="Provision link-local services (provision_linklocal.py's options also work).")  # fmt: skip
-    ll.add_argument("oper", nargs="?", choices=["add", "del", "delete", "list"])
+                        description="Provision link-local services (provision_linklocal.py's options also work). "
+                        "export prints them as global-vrouter-config JSON; import replaces them all from such a file.")  # fmt: skip
+    ll.add_argument("oper", nargs="?", choices=["add", "del", "delete", "list", "export", "import"])
+    ll.add_argument("file", nargs="?", help="with import: global-vrouter-config JSON file (- for stdin)")
     ll.add_argument("--oper", dest="oper_flag", choices=["add", "del", "list"], help="as provision_linklocal.py")
     ll.add_argument("--name", "--linklocal_service_name", dest="name", help="service name")
     ll.add_argument("--ip", "--linklocal_service_ip", dest="ip", help="link-local IP (169.254.0.0/16)")

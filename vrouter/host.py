@@ -3,10 +3,10 @@
 The agent runs inside the compute namespace, so everything here acts on that
 namespace only.  Per plugged port: the tap is brought up with the vRouter MAC
 (00:00:5e:00:01:00) and proxy ARP, and gets a /32 route for the VM IP and for
-its metadata IP plus a permanent neighbour entry for the VM.  Strict reverse
-path filtering stays on, so without those routes (no agent) the kernel drops
-everything a VM sends: the dataplane fails closed even without its nftables
-table.
+its metadata IP plus a permanent neighbour entry for the VM.  Reverse-path
+filtering is strict on an unplugged tap, so without those routes (no agent)
+the kernel drops everything a VM sends: the dataplane fails closed even
+without its nftables table.
 """
 
 from __future__ import annotations
@@ -49,8 +49,20 @@ class HostNetwork:
         return ""
 
     def enable_forwarding(self, on: bool) -> None:
+        """Forwarding on and per-interface reverse-path filtering (the effective value is the
+        larger of `all` and the interface's) while the agent runs; off and strict everywhere
+        when it stops."""
         sysctl("net.ipv4.ip_forward", "1" if on else "0")
-        sysctl("net.ipv4.conf.all.rp_filter", "1")
+        sysctl("net.ipv4.conf.all.rp_filter", "0" if on else "1")
+        sysctl("net.ipv4.conf.default.rp_filter", "1")
+
+    def reserve_ports(self, first: int, last: int) -> str:
+        """Keep the link-local NAT range out of ephemeral use; return the previous setting."""
+        path = "/proc/sys/net/ipv4/ip_local_reserved_ports"
+        with open(path) as f:
+            previous = f.read().strip()
+        sysctl("net.ipv4.ip_local_reserved_ports", "%d-%d" % (first, last))
+        return previous
 
     async def plug(self, tap: str, vm_ip: str, vm_mac: str, md_ip: str) -> int:
         """Prepare a tap for a port; return its ifindex, or 0 if the tap does not exist (yet)."""
@@ -59,7 +71,12 @@ class HostNetwork:
             return 0
         await self.ipr.link("set", index=idx, address=VROUTER_MAC, state="up")
         sysctl("net.ipv4.conf.%s.proxy_arp" % tap, "1")
-        sysctl("net.ipv4.conf.%s.rp_filter" % tap, "1")
+        # Link-local NAT to the fabric rewrites a VM's source to vhost0's own address: the kernel
+        # must accept a local source from the tap, and no reverse-path filter passes one on an
+        # interface without an address. The dataplane checks VM sources itself (Invalid Source).
+        # Both are undone at unplug (strict again), so without the agent the VMs reach nothing.
+        sysctl("net.ipv4.conf.%s.accept_local" % tap, "1")
+        sysctl("net.ipv4.conf.%s.rp_filter" % tap, "0")
         sysctl("net.ipv6.conf.%s.disable_ipv6" % tap, "1")
         sysctl("net.ipv4.neigh.%s.proxy_delay" % tap, "0")  # answer ARP at once, not within 0.8 s
         for ip in (vm_ip, md_ip):
@@ -69,6 +86,9 @@ class HostNetwork:
 
     async def unplug(self, tap: str, vm_ip: str, md_ip: str) -> None:
         idx = await self.ifindex(tap)
+        if idx:
+            sysctl("net.ipv4.conf.%s.rp_filter" % tap, "1")
+            sysctl("net.ipv4.conf.%s.accept_local" % tap, "0")
         for ip in (vm_ip, md_ip):
             try:
                 await self.ipr.route("del", dst=ip + "/32", **({"oif": idx} if idx else {}))

@@ -118,6 +118,29 @@ class ServiceTable:
         self._save()
         return s
 
+    def replace_all(self, entries: list) -> list[LinkLocalService]:
+        """Replace every service with ``entries`` (global-vrouter-config's linklocal_service_entry
+        list), all or nothing: one bad entry changes nothing."""
+        if not isinstance(entries, list):
+            raise ServiceError("linklocal_service_entry must be a list")
+        new: dict[str, LinkLocalService] = {}
+        used: dict[tuple[str, int], str] = {}
+        for n, raw in enumerate(entries):
+            if not isinstance(raw, dict):
+                raise ServiceError("entry %d: not an object" % n)
+            try:
+                s = validate(raw)
+            except ServiceError as e:
+                raise ServiceError("entry %d: %s" % (n, e)) from None
+            other = used.get((s.ip, s.port))
+            if other is not None and other != s.name.lower():
+                raise ServiceError("entry %d: %s:%d already used by service %r" % (n, s.ip, s.port, other))
+            used[(s.ip, s.port)] = s.name.lower()
+            new[s.name.lower()] = s
+        self.services = new
+        self._save()
+        return list(new.values())
+
     def metadata_service(self) -> LinkLocalService | None:
         for s in self.services.values():
             if s.is_metadata:
