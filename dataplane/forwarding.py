@@ -28,7 +28,7 @@ from typing import Protocol
 
 from dataplane.nat import Rewrite
 from dataplane.packet import ICMP, TCP, TCP_FIN, TCP_RST, UDP, Malformed, Parsed, parse
-from dataplane.vif import HOST_VIF, LinkLocalService, Vif
+from dataplane.vif import HOST_VIF, LINK_LOCAL6, METADATA_SERVICE_IP6, PROXY_IP6, LinkLocalService, Vif
 from flows.layout import HEADER_SIZE, OFF_FLAGS, OFF_TCPFLAGS, RECORD_SIZE, U16, Action, DropReason, Flag, make_key
 from flows.table import FlowSpec, FlowTable, TableFull
 
@@ -99,6 +99,7 @@ class Dataplane:
         self.vhost_ip = vhost_ip
         self.vhost_ip_bytes = ipaddress.IPv4Address(vhost_ip).packed
         self.proxy_port = proxy_port
+        self.proxy_ip6_bytes = ipaddress.IPv6Address(PROXY_IP6).packed
         self.limits = limits or Limits()
         self.port_allocator = ports
         self.host = Vif(HOST_VIF, "vhost0", ip=vhost_ip, kind="Host")
@@ -296,7 +297,8 @@ class Dataplane:
             # The compute node's own packets, and the fabric's, reach the queue only as the
             # reverse half of a NAT flow; anything else is not ours to set up.
             return self.drop(DropReason.FLOW_NAT_NO_RFLOW)
-        if p.src != vif.ip_bytes:
+        v6 = len(p.src) == 16
+        if p.src != vif.ip_bytes and not (v6 and (p.src[:8] == LINK_LOCAL6 or p.src == vif.ip6_bytes)):
             return self.drop(DropReason.INVALID_SOURCE, vif)
         limit = self.limits.max_vm_flows
         if limit:
@@ -305,7 +307,10 @@ class Dataplane:
             if vif.flow_limited or vif.flows + 2 > limit:
                 vif.flow_limited = True
                 return self.drop(DropReason.FLOW_LIMIT, vif)
-        service = self.services.get((p.dst, p.dport)) if p.proto in (TCP, UDP) else None
+        if v6:
+            service = self._metadata6(p)
+        else:
+            service = self.services.get((p.dst, p.dport)) if p.proto in (TCP, UDP) else None
         try:
             if service is not None:
                 if vif.linklocal_flows >= self.limits.max_vm_linklocal_flows or self.linklocal_flows >= self.limits.max_system_linklocal_flows:
@@ -314,6 +319,8 @@ class Dataplane:
                     if p.proto != TCP:
                         return self._drop_flow(vif, key, DropReason.INVALID_PROTOCOL, now)
                     return self._setup_metadata(vif, p, key, now)
+                if v6:
+                    return self._drop_flow(vif, key, DropReason.NO_ROUTE, now)
                 return self._setup_fabric(vif, p, key, now, service)
             if p.dst[0] == 169 and p.dst[1] == 254 and p.proto not in (TCP, UDP):
                 return self._drop_flow(vif, key, DropReason.INVALID_PROTOCOL, now)
@@ -364,9 +371,23 @@ class Dataplane:
         rprep = Prepared(Action.FORWARD, None, vif, dst.index)
         return self._pair(key, fspec, fprep, rkey, rspec, rprep, (vif, dst), False, now)
 
+    _MD6 = ipaddress.IPv6Address(METADATA_SERVICE_IP6).packed
+
+    def _metadata6(self, p: Parsed) -> LinkLocalService | None:
+        """IPv6: the metadata service answers at fe80::a9fe:a9fe on the metadata service's port."""
+        if p.dst != self._MD6 or p.proto not in (TCP, UDP):
+            return None
+        for s in self.services.values():
+            if s.is_metadata and s.port == p.dport:
+                return s
+        return None
+
     def _setup_metadata(self, vif: Vif, p: Parsed, key: bytes, now: int) -> int:
-        md = ipaddress.IPv4Address(vif.metadata_ip).packed
-        fwd = Rewrite(TCP, p.src, p.dst, p.sport, p.dport, md, self.vhost_ip_bytes, p.sport, self.proxy_port)
+        if len(p.src) == 16:
+            md, proxy = ipaddress.IPv6Address(vif.metadata_ip6).packed, self.proxy_ip6_bytes
+        else:
+            md, proxy = ipaddress.IPv4Address(vif.metadata_ip).packed, self.vhost_ip_bytes
+        fwd = Rewrite(TCP, p.src, p.dst, p.sport, p.dport, md, proxy, p.sport, self.proxy_port)
         rev = fwd.inverse()
         rkey = make_key(self.host.index, rev.src, rev.dst, TCP, rev.sport, rev.dport)
         fspec = FlowSpec(Action.NAT, MD_FWD_FLAGS, vif.vrf, 0, p.sport, vif.nh, vif.index)

@@ -1,4 +1,4 @@
-"""NAT rewrites of IPv4 TCP/UDP packets, prepared once per flow and applied per packet.
+"""NAT rewrites of IPv4 and IPv6 TCP/UDP packets, prepared once per flow and applied per packet.
 
 A ``Rewrite`` is built when a flow is set up, from the original and the new
 addresses and ports.  Because those are fixed for the life of the flow, the
@@ -79,9 +79,12 @@ class Rewrite:
         return Rewrite(self.proto, self.ndst, self.nsrc, self.ndport, self.nsport, self.dst, self.src, self.dport, self.sport)
 
     def apply(self, pkt: bytearray, ihl: int) -> None:
-        """Rewrite ``pkt`` (an IPv4 packet whose header is ``ihl`` bytes) in place."""
-        pkt[12:20] = self.addrs
-        pkt[10:12] = _H.pack(apply_delta(_H.unpack_from(pkt, 10)[0], self.ip_delta))
+        """Rewrite ``pkt`` (an IPv4 packet whose header is ``ihl`` bytes, or IPv6: 40) in place."""
+        if len(self.addrs) == 8:
+            pkt[12:20] = self.addrs
+            pkt[10:12] = _H.pack(apply_delta(_H.unpack_from(pkt, 10)[0], self.ip_delta))
+        else:  # IPv6: no header checksum
+            pkt[8:40] = self.addrs
         pkt[ihl : ihl + 4] = self.ports
         if self.proto == TCP:
             c = ihl + 16
@@ -89,6 +92,6 @@ class Rewrite:
         elif self.proto == UDP:
             c = ihl + 6
             old = _H.unpack_from(pkt, c)[0]
-            if old:  # 0: the sender computed no checksum; leave it so
+            if old or len(self.addrs) == 32:  # IPv4 0: the sender computed no checksum; leave it so
                 new = apply_delta(old, self.l4_delta)
                 pkt[c : c + 2] = _H.pack(new or 0xFFFF)

@@ -34,6 +34,7 @@ NFNL_SUBSYS_NFTABLES = 10
 NFNL_MSG_BATCH_BEGIN = 0x10
 NFNL_MSG_BATCH_END = 0x11
 NFPROTO_IPV4 = 2
+NFPROTO_IPV6 = 10
 
 NFT_MSG_NEWTABLE = 0
 NFT_MSG_GETTABLE = 1
@@ -173,17 +174,17 @@ class NftSocket:
         header = struct.pack("=IHHII", 16 + len(body), mtype, flags, self.seq, 0)
         return self.seq, header + body
 
-    def _nft(self, cmd: int, flags: int, payload: bytes) -> tuple[int, bytes]:
-        return self._msg((NFNL_SUBSYS_NFTABLES << 8) | cmd, NLM_F_REQUEST | NLM_F_ACK | flags, NFPROTO_IPV4, payload)
+    def _nft(self, cmd: int, flags: int, payload: bytes, family: int = NFPROTO_IPV4) -> tuple[int, bytes]:
+        return self._msg((NFNL_SUBSYS_NFTABLES << 8) | cmd, NLM_F_REQUEST | NLM_F_ACK | flags, family, payload)
 
-    def batch(self, messages: Iterable[tuple[int, int, bytes]]) -> None:
+    def batch(self, messages: Iterable[tuple[int, int, bytes]], family: int = NFPROTO_IPV4) -> None:
         """Send (cmd, flags, payload) messages as one transaction; raise NftError on the first error."""
         parts = []
         _, begin = self._msg(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, 0, b"", NFNL_SUBSYS_NFTABLES)
         parts.append(begin)
         waiting = set()
         for cmd, flags, payload in messages:
-            seq, msg = self._nft(cmd, flags, payload)
+            seq, msg = self._nft(cmd, flags, payload, family)
             waiting.add(seq)
             parts.append(msg)
         _, end = self._msg(NFNL_MSG_BATCH_END, NLM_F_REQUEST, 0, b"", NFNL_SUBSYS_NFTABLES)
@@ -210,8 +211,8 @@ class NftSocket:
                 # The kernel aborts the whole batch on the first error; later acks may not come.
                 raise error
 
-    def table_exists(self, name: str = TABLE_NAME) -> bool:
-        seq, msg = self._nft(NFT_MSG_GETTABLE, 0, _str(1, name))
+    def table_exists(self, name: str = TABLE_NAME, family: int = NFPROTO_IPV4) -> bool:
+        seq, msg = self._nft(NFT_MSG_GETTABLE, 0, _str(1, name), family)
         self.sock.sendall(msg)
         while True:
             data = self.sock.recv(65536)
@@ -233,12 +234,55 @@ class NftSocket:
                 if length == 0:
                     break
 
-    def delete_table(self, name: str = TABLE_NAME) -> bool:
+    def delete_table(self, name: str = TABLE_NAME, family: int = NFPROTO_IPV4) -> bool:
         """Delete our table if present; True if it was there."""
-        if not self.table_exists(name):
+        if not self.table_exists(name, family):
             return False
-        self.batch([(NFT_MSG_DELTABLE, 0, _str(1, name))])
+        self.batch([(NFT_MSG_DELTABLE, 0, _str(1, name))], family)
         return True
+
+    def delete_tables(self, name: str = TABLE_NAME) -> None:
+        """Delete our IPv4 and IPv6 tables, those that exist."""
+        self.delete_table(name, NFPROTO_IPV4)
+        self.delete_table(name, NFPROTO_IPV6)
+
+    def create_queue_table6(self, rules: QueueRules, name: str = TABLE_NAME) -> None:
+        """The IPv6 table: a VM's TCP to fe80::a9fe:a9fe, and the proxy's packets back to the
+        per-port IPv6 metadata addresses (fd00:a9fe:a9fe::/64), go to NFQUEUE. The rest of a VM's
+        IPv6 (neighbour discovery among it) is the kernel's."""
+        self.delete_table(name, NFPROTO_IPV6)
+        queue = _nfqueue(rules.queue_num, rules.queue_total)
+        md6 = socket.inet_pton(socket.AF_INET6, "fe80::a9fe:a9fe")
+        net6 = socket.inet_pton(socket.AF_INET6, "fd00:a9fe:a9fe::")
+        mask6 = b"\xff" * 8 + b"\0" * 8
+        msgs = [
+            (NFT_MSG_NEWTABLE, NLM_F_CREATE, _str(1, name)),
+            (NFT_MSG_NEWCHAIN, NLM_F_CREATE, _chain(name, "from_vms", NF_INET_PRE_ROUTING)),
+            (NFT_MSG_NEWCHAIN, NLM_F_CREATE, _chain(name, "to_metadata_ips", NF_INET_LOCAL_OUT)),
+            (
+                NFT_MSG_NEWRULE,
+                NLM_F_CREATE | NLM_F_APPEND,
+                _rule(
+                    name,
+                    "from_vms",
+                    _meta(NFT_META_IIFNAME),
+                    _cmp_eq(rules.tap_prefix.encode()),
+                    _payload(24, 16),
+                    _cmp_eq(md6),
+                    _meta(NFT_META_L4PROTO),
+                    _cmp_eq(b"\x06"),
+                    _counter(),
+                    _notrack(),
+                    queue,
+                ),  # fmt: skip
+            ),
+            (
+                NFT_MSG_NEWRULE,
+                NLM_F_CREATE | NLM_F_APPEND,
+                _rule(name, "to_metadata_ips", _payload(24, 16), _bitwise_mask(mask6), _cmp_eq(net6), _counter(), _notrack(), queue),
+            ),
+        ]
+        self.batch(msgs, NFPROTO_IPV6)
 
     def create_queue_table(self, rules: QueueRules, name: str = TABLE_NAME) -> None:
         """Create the table with its two chains in one transaction (replacing a stale one)."""

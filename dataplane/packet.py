@@ -14,6 +14,7 @@ from typing import NamedTuple
 TCP = 6
 UDP = 17
 ICMP = 1
+ICMPV6 = 58
 
 ICMP_ECHO_REPLY = 0
 ICMP_ECHO = 8
@@ -24,6 +25,7 @@ TCP_RST = 0x04
 TCP_ACK = 0x10
 
 _V4 = struct.Struct("!BxHHHBBH4s4s")
+_V6 = struct.Struct("!IHBB16s16s")
 _PORTS = struct.Struct("!HH")
 
 
@@ -43,13 +45,15 @@ class Parsed(NamedTuple):
 
 
 def parse(pkt: bytes) -> Parsed:
-    """The key fields of an IPv4 packet, or Malformed."""
+    """The key fields of an IPv4 or IPv6 packet, or Malformed."""
     n = len(pkt)
     if n < 20:
         raise Malformed("shorter than an IPv4 header")
     vihl, total, _ident, frag, _ttl, proto, _csum, src, dst = _V4.unpack_from(pkt, 0)
     if vihl >> 4 != 4:
-        raise Malformed("not IPv4")
+        if vihl >> 4 == 6:
+            return parse6(pkt)
+        raise Malformed("not IPv4 or IPv6")
     ihl = (vihl & 0xF) * 4
     if ihl < 20 or ihl > n:
         raise Malformed("bad IHL")
@@ -59,6 +63,30 @@ def parse(pkt: bytes) -> Parsed:
         # MF set or a non-zero offset: ports are not in every fragment, so the flow key is
         # unknown.  Documented rule: fragments are dropped (counted as Invalid Packet).
         raise Malformed("IP fragment")
+    return _l4(pkt, ihl, proto, src, dst, total)
+
+
+def parse6(pkt: bytes) -> Parsed:
+    """The key fields of an IPv6 packet.  Extension headers are not walked: a packet whose next
+    header is not TCP, UDP or ICMPv6 keeps ports 0 and is dropped by the flow decision."""
+    n = len(pkt)
+    if n < 40:
+        raise Malformed("shorter than an IPv6 header")
+    _vtf, plen, proto, _hlim, src, dst = _V6.unpack_from(pkt, 0)
+    total = 40 + plen
+    if total > n:
+        raise Malformed("bad payload length")
+    if proto == ICMPV6:
+        if plen < 8:
+            raise Malformed("truncated ICMPv6 header")
+        if pkt[40] in (128, 129):  # echo request / reply
+            (ident,) = struct.unpack_from("!H", pkt, 44)
+            return Parsed(40, proto, src, dst, ident, 0, 0, total)
+        return Parsed(40, proto, src, dst, 0, 0, 0, total)
+    return _l4(pkt, 40, proto, src, dst, total)
+
+
+def _l4(pkt: bytes, ihl: int, proto: int, src: bytes, dst: bytes, total: int) -> Parsed:
     if proto == TCP:
         if total - ihl < 20:
             raise Malformed("truncated TCP header")

@@ -13,11 +13,21 @@ from dataclasses import dataclass, field
 HOST_VIF = 0
 FIRST_VM_VIF = 3
 METADATA_SERVICE_IP = "169.254.169.254"
+METADATA_SERVICE_IP6 = "fe80::a9fe:a9fe"
+# IPv6 metadata addresses: the proxy listens on ::1 of this prefix, each port's is ::<vif index>
+METADATA_NET6 = ipaddress.IPv6Network("fd00:a9fe:a9fe::/64")
+PROXY_IP6 = str(METADATA_NET6.network_address + 1)
+LINK_LOCAL6 = bytes.fromhex("fe80000000000000")
 
 
 def metadata_ip(vif_index: int) -> str:
     """The per-port metadata IP: 169.254.0.0 + (interface id & 0xFFFF)."""
     return str(ipaddress.IPv4Address(int(ipaddress.IPv4Address("169.254.0.0")) + (vif_index & 0xFFFF)))
+
+
+def metadata_ip6(vif_index: int) -> str:
+    """The per-port IPv6 metadata address: fd00:a9fe:a9fe:: + interface id."""
+    return str(METADATA_NET6.network_address + (vif_index & 0xFFFF))
 
 
 @dataclass
@@ -40,10 +50,13 @@ class Vif:
     flows: int = 0  # flow entries this vif holds (a pair counts 2 for each VM in it)
     linklocal_flows: int = 0  # link-local flow pairs this vif holds
     flow_limited: bool = False  # over max_vm_flows: new flows dropped until use falls to 90%
+    ip6: str = ""  # the port's IPv6 address, if it has one (its link-local fe80::/64 is always allowed)
     ip_bytes: bytes = field(default=b"", repr=False)
+    ip6_bytes: bytes = field(default=b"", repr=False)
 
     def __post_init__(self) -> None:
         self.ip_bytes = ipaddress.IPv4Address(self.ip).packed if self.ip else b""
+        self.ip6_bytes = ipaddress.IPv6Address(self.ip6).packed if self.ip6 else b""
 
     def copy_counters(self, old: Vif) -> None:
         """Carry counters over when the same port is plugged again (a re-created tap)."""
@@ -57,6 +70,10 @@ class Vif:
     @property
     def metadata_ip(self) -> str:
         return metadata_ip(self.index)
+
+    @property
+    def metadata_ip6(self) -> str:
+        return metadata_ip6(self.index)
 
 
 @dataclass(frozen=True)

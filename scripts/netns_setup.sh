@@ -194,7 +194,7 @@ for i in range(1, vms + 1):
         "name": "vm%d" % i, "namespace": "%s-vm%d" % (prefix, i), "ip": "%s.%d" % (net, host),
         "mac": "02:00:0a:01:%02x:%02x" % (host >> 8, host & 0xFF), "tap": "tap" + str(port)[:11],
         "port_uuid": str(port), "instance_uuid": str(inst), "project_id": str(project), "vn_uuid": str(vn),
-        "gateway": net + ".1", "prefix_len": 24,
+        "gateway": net + ".1", "prefix_len": 24, "ipv6": "fd00:10:1:1::%x" % host,
     }
     out.append(vm)
     instances.append({
@@ -208,16 +208,18 @@ for i in range(1, vms + 1):
 json.dump({"vms": out}, open(state + "/vms.json", "w"), indent=2)
 json.dump({"instances": instances}, open(state + "/instances.json", "w"), indent=2)
 PY
-    local i=0 ns tap ip mac
-    while read -r ns tap ip mac; do
-        i=$((i + 1))
+    local ns tap ip mac ip6
+    while read -r ns tap ip mac ip6; do
         ip netns add "$ns"; echo "netns $ns" >>"$CREATED"
         ip link add "$tap" netns "$COMPUTE" type veth peer name eth0 netns "$ns"
         ip -n "$ns" link set lo up
+        # no duplicate address detection: the VM's IPv6 link-local address is usable at once
+        ip netns exec "$ns" sysctl -qw net.ipv6.conf.eth0.accept_dad=0
         ip -n "$ns" link set eth0 address "$mac" up
         ip -n "$ns" addr add "$ip/24" dev eth0
+        ip -n "$ns" -6 addr add "$ip6/64" dev eth0 nodad
         ip -n "$ns" route add default via "$VM_NET.1"
-    done < <("$PYTHON" -c 'import json,sys; [print(v["namespace"], v["tap"], v["ip"], v["mac"]) for v in json.load(open(sys.argv[1]))["vms"]]' "$STATE/vms.json")
+    done < <("$PYTHON" -c 'import json,sys; [print(v["namespace"], v["tap"], v["ip"], v["mac"], v["ipv6"]) for v in json.load(open(sys.argv[1]))["vms"]]' "$STATE/vms.json")
 
     local ssl_conf="metadata_use_ssl = false"
     if [ "$TLS" = 1 ]; then
@@ -254,7 +256,7 @@ EOF
 import json, sys
 for v in json.load(open(sys.argv[1]))["vms"]:
     print("--uuid %(port_uuid)s --instance-uuid %(instance_uuid)s --vn-uuid %(vn_uuid)s --vm-project-uuid %(project_id)s "
-          "--ip-address %(ip)s --mac %(mac)s --tap-name %(tap)s --vm-name %(name)s" % v)' "$STATE/vms.json")
+          "--ip-address %(ip)s --ipv6-address %(ipv6)s --mac %(mac)s --tap-name %(tap)s --vm-name %(name)s" % v)' "$STATE/vms.json")
     "$VROUTER" linklocal add --state-dir "$STATE" --linklocal_service_name metadata \
         --linklocal_service_ip 169.254.169.254 --linklocal_service_port 80 \
         --ipfabric_service_ip "$FABRIC_NET.1" --ipfabric_service_port "$NOVA_PORT" >&2
@@ -268,6 +270,7 @@ for v in vms:
     port = json.load(open(os.path.join(state, "ports", v["port_uuid"] + ".json")))
     v["vif"] = port["vif"]
     v["metadata_ip"] = port["metadata_ip"]
+    v["metadata_ip6"] = port["metadata_ip6"]
 layout = {
     "prefix": prefix,
     "state_dir": state,
@@ -276,8 +279,8 @@ layout = {
     "nova": {"ip": fabric + ".1", "port": nova_port, "namespace": prefix + "-fabric",
              "url": "%s://%s.1:%d" % ("https" if tls else "http", fabric, nova_port),
              "tls": {"ca": state + "/tls/ca.pem", "cert": state + "/tls/nova.pem", "key": state + "/tls/nova.key"} if tls else None},
-    "metadata_service": {"ip": "169.254.169.254", "port": 80},
-    "metadata_proxy": {"ip": fabric + ".2", "port": 8097},
+    "metadata_service": {"ip": "169.254.169.254", "ip6": "fe80::a9fe:a9fe", "port": 80},
+    "metadata_proxy": {"ip": fabric + ".2", "ip6": "fd00:a9fe:a9fe::1", "port": 8097},
     "secret": open(state + "/secret").read(),
     "vms": vms,
     "logs": {"agent": state + "/agent.log", "nova": state + "/nova.log"},

@@ -138,3 +138,20 @@ def test_aging(dp):
     dp.process(syn(), TAP1, now=0)
     assert dp.age(idle_s=1, now=2_000_000_000) == 2
     assert dp.table.active == 0 and not dp.prepared
+
+
+def test_ipv6_metadata_nat_pair(dp):
+    from scapy.layers.inet6 import IPv6
+
+    syn6 = bytes(IPv6(src="fe80::ff:fe00:3", dst="fe80::a9fe:a9fe") / TCP(sport=40000, dport=80, flags="S"))
+    v = dp.process(syn6, TAP1)
+    out = IPv6(v.payload)
+    assert (out.src, out.dst, out[TCP].dport) == ("fd00:a9fe:a9fe::3", "fd00:a9fe:a9fe::1", 8097)
+    reply = bytes(IPv6(src="fd00:a9fe:a9fe::1", dst="fd00:a9fe:a9fe::3") / TCP(sport=8097, dport=40000, flags="SA"))
+    back = IPv6(dp.process(reply, 0).payload)
+    assert (back.src, back.dst, back[TCP].sport, back[TCP].dport) == ("fe80::a9fe:a9fe", "fe80::ff:fe00:3", 80, 40000)
+    fwd = next(e for e in dp.table.dump() if not e.flags & Flag.REVERSE)
+    assert fwd.family == 6 and fwd.action == Action.NAT and len(fwd.src) == 16
+    # a global source that is not the port's is refused; other IPv6 destinations have no route
+    assert dp.process(bytes(IPv6(src="2001:db8::9", dst="fe80::a9fe:a9fe") / TCP(sport=1, dport=80)), TAP1).reason == DropReason.INVALID_SOURCE
+    assert dp.process(bytes(IPv6(src="fe80::ff:fe00:3", dst="fe80::1") / TCP(sport=1, dport=80)), TAP1).reason == DropReason.NO_ROUTE

@@ -102,7 +102,9 @@ def test_incremental_update_matches_full_checksum_randomised():
         (b"", "shorter"),
         (b"\x45" + b"\0" * 10, "shorter"),
         (bytes(IP(src="1.1.1.1", dst="2.2.2.2") / TCP())[:30], "total length"),
-        (b"\x60" + b"\0" * 39, "not IPv4"),
+        (b"\x70" + b"\0" * 39, "not IPv4 or IPv6"),
+        (b"\x60" + b"\0" * 30, "shorter than an IPv6"),
+        (b"\x60\0\0\0\0\x10\x06\x40" + b"\0" * 32, "payload length"),
         (b"\x44" + bytes(IP(src="1.1.1.1", dst="2.2.2.2") / UDP())[1:], "IHL"),
         (bytes(IP(src="1.1.1.1", dst="2.2.2.2", flags="MF") / UDP()), "fragment"),
         (bytes(IP(src="1.1.1.1", dst="2.2.2.2", frag=10) / Raw(b"x" * 8)), "fragment"),
@@ -114,6 +116,23 @@ def test_incremental_update_matches_full_checksum_randomised():
 def test_malformed_packets_are_named(raw, why):
     with pytest.raises(Malformed, match=why):
         parse(raw)
+
+
+def test_ipv6_tcp_rewrite_checksums():
+    from scapy.layers.inet6 import IPv6
+
+    rw = Rewrite(6, bytes.fromhex("fe80000000000000000000fffe000003"), bytes.fromhex("fe8000000000000000000000a9fea9fe"), 40000, 80,
+                 bytes.fromhex("fd00a9fea9fe00000000000000000003"), bytes.fromhex("fd00a9fea9fe00000000000000000001"), 40000, 8097)  # fmt: skip
+    pkt = bytes(IPv6(src="fe80::ff:fe00:3", dst="fe80::a9fe:a9fe") / TCP(sport=40000, dport=80, flags="PA") / Raw(b"GET / HTTP/1.1\r\n\r\n"))
+    p = parse(pkt)
+    assert (p.ihl, p.proto, p.sport, p.dport) == (40, 6, 40000, 80)
+    buf = bytearray(pkt)
+    rw.apply(buf, p.ihl)
+    out = IPv6(bytes(buf))
+    assert (out.src, out.dst, out[TCP].dport) == ("fd00:a9fe:a9fe::3", "fd00:a9fe:a9fe::1", 8097)
+    again = IPv6(bytes(buf))
+    del again[TCP].chksum
+    assert bytes(again) == bytes(buf), "TCP checksum differs from a full recomputation"
 
 
 def test_icmp_echo_key_uses_identifier():

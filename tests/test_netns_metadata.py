@@ -28,6 +28,22 @@ def test_each_vm_gets_its_own_metadata(host):
         assert json.loads(net)["networks"][0]["ip_address"] == vm["ip"]
 
 
+def test_each_vm_gets_its_own_metadata_over_ipv6(host):
+    for i, vm in enumerate(host.vms):
+        status, body = host.curl(i, "http://[fe80::a9fe:a9fe%eth0]/openstack/latest/meta_data.json", "-g")
+        assert status == 200, body
+        assert json.loads(body)["uuid"] == vm["instance_uuid"]
+    request = b"GET /latest/meta-data/instance-id HTTP/1.1\r\nHost: [fe80::a9fe:a9fe]\r\n\r\n"
+    with host.open_connection(1, "fe80::a9fe:a9fe%eth0", 80, request) as (sport, answer):
+        assert answer.startswith(b"HTTP/1.1 200")
+        matched = host.cli_json("flow", "--match", "[fe80::a9fe:a9fe]:80")
+        everything = host.cli_json("flow", "-l")
+    f = [f for f in matched if f["sport"] == sport][0]
+    assert f["action_text"] == "N(SDPdL)" and f["src"].startswith("fe80::")
+    rev = [r for r in everything if r["index"] == f["rindex"]][0]
+    assert (rev["src"], rev["sport"], rev["dst"], rev["dport"]) == ("fd00:a9fe:a9fe::1", 8097, host.vms[1]["metadata_ip6"], sport)
+
+
 def test_identity_headers_sent_by_the_vm_are_ignored(host):
     other = host.vms[1]
     status, body = host.metadata(
@@ -176,5 +192,6 @@ def test_up_twice_and_down_leave_nothing_behind():
     import os
 
     assert not os.path.exists(h.state_dir)
+    assert not os.path.exists("/etc/netns/%s-compute" % h.prefix)
     r = h.setup("down")
     assert r.returncode == 0 and "nothing is up" in r.stderr

@@ -24,7 +24,7 @@ from dataplane.forwarding import Dataplane, Limits
 from dataplane.nfqueue_shell import QueueShell
 from dataplane.nftables import NftError, NftSocket, QueueRules
 from dataplane.port_reservation import PORT_RANGE, SocketPortAllocator
-from dataplane.vif import Vif
+from dataplane.vif import METADATA_NET6, PROXY_IP6, Vif
 from flows.layout import DROP_NAMES
 from flows.table import FlowTable
 from vrouter.config import AgentConfig
@@ -78,6 +78,7 @@ class Agent:
         self._ssl: ssl.SSLContext | None = None
         self._made_table = False  # our nftables table exists: delete it at stop
         self._reserved_before: str | None = None
+        self._proxy_ip6 = False
         self.nat_ports: SocketPortAllocator | None = None
         self._resolve_now = asyncio.Event()
         self._wrote_pid = False
@@ -137,7 +138,9 @@ class Agent:
         self.proxy = MetadataProxy(self._identify, self._upstream, self.cfg.metadata_proxy_secret,
                                    read_timeout=self.nova_timeout)  # fmt: skip
         try:
-            await self.proxy.start(vhost_ip, self.cfg.metadata_proxy_port)
+            await self.host.add_proxy_ip6(PROXY_IP6)
+            self._proxy_ip6 = True
+            await self.proxy.start([vhost_ip, PROXY_IP6], self.cfg.metadata_proxy_port)
         except OSError as e:
             raise AgentError("metadata proxy cannot listen on %s:%d: %s" % (vhost_ip, self.cfg.metadata_proxy_port, e.strerror)) from None
         self.shell = QueueShell(self.dataplane, self.queue_num)
@@ -148,7 +151,9 @@ class Agent:
         try:
             with NftSocket() as nft:
                 self._made_table = True  # also when half made: a failed batch leaves nothing, delete is a no-op
-                nft.create_queue_table(QueueRules(queue_num=self.queue_num, vhost_name=self.cfg.vhost_name, nat_ports=PORT_RANGE))
+                rules = QueueRules(queue_num=self.queue_num, vhost_name=self.cfg.vhost_name, nat_ports=PORT_RANGE)
+                nft.create_queue_table(rules)
+                nft.create_queue_table6(rules)
         except NftError as e:
             raise AgentError("cannot create the nftables table: %s" % e) from None
         self.host.enable_forwarding(True)
@@ -178,7 +183,7 @@ class Agent:
         if self._made_table:
             try:
                 with NftSocket() as nft:
-                    nft.delete_table()
+                    nft.delete_tables()
             except OSError as e:
                 log.error("could not delete the nftables table: %s", e)
         if self.host is not None:
@@ -190,6 +195,8 @@ class Agent:
                 pass
             for port in self.ports.ports.values():
                 await self.host.unplug(port.tap_name, port.ip_address, port.metadata_ip)
+            if self._proxy_ip6:
+                await self.host.del_proxy_ip6(PROXY_IP6)
             self.host.close()
         if self.shell is not None:
             self.shell.stop()
@@ -205,10 +212,10 @@ class Agent:
 
     async def _plug(self, port: Port) -> Vif:
         assert self.host is not None and self.dataplane is not None
-        ifindex = await self.host.plug(port.tap_name, port.ip_address, port.mac, port.metadata_ip)
+        ifindex = await self.host.plug(port.tap_name, port.ip_address, port.mac, port.metadata_ip, port.metadata_ip6, port.ipv6_address)
         if not ifindex:
             log.warning("port %s: tap %s not present yet; plugged when it appears", port.uuid, port.tap_name)
-        vif = Vif(port.vif, port.tap_name, ifindex, port.ip_address, port.mac, port.vrf, port_uuid=port.uuid)
+        vif = Vif(port.vif, port.tap_name, ifindex, port.ip_address, port.mac, port.vrf, port_uuid=port.uuid, ip6=port.ipv6_address)
         self.dataplane.add_vif(vif)
         return vif
 
@@ -233,11 +240,12 @@ class Agent:
                 log.debug("aged out %d flow entries", n)
 
     def _identify(self, peer_ip: str) -> Identity | None:
+        """The VM behind a metadata IP (169.254.0.0/16 or fd00:a9fe:a9fe::/64): vif = low 16 bits."""
         try:
-            ip = ipaddress.IPv4Address(peer_ip)
+            ip = ipaddress.ip_address(peer_ip.split("%", 1)[0])
         except ValueError:
             return None
-        if ip not in LINK_LOCAL:
+        if ip not in LINK_LOCAL and ip not in METADATA_NET6:
             return None
         port = self.ports.by_vif(int(ip) & 0xFFFF)
         if port is None:

@@ -120,7 +120,7 @@ def cmd_nova(args: argparse.Namespace) -> int:
 
 # -- ports and link-local services -------------------------------------------------------------
 
-PORT_FIELDS = ["uuid", "instance_uuid", "vn_uuid", "vm_project_uuid", "ip_address", "mac", "tap_name", "vm_name"]
+PORT_FIELDS = ["uuid", "instance_uuid", "vn_uuid", "vm_project_uuid", "ip_address", "ipv6_address", "mac", "tap_name", "vm_name"]
 
 
 def cmd_port(args: argparse.Namespace) -> int:
@@ -317,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vn-uuid", "--vn_uuid", dest="vn_uuid", help="virtual network uuid")
     p.add_argument("--vm-project-uuid", "--vm_project_uuid", dest="vm_project_uuid", help="project uuid")
     p.add_argument("--ip-address", "--ip_address", dest="ip_address", help="the port's IPv4 address")
+    p.add_argument("--ipv6-address", "--ipv6_address", dest="ipv6_address", help="the port's IPv6 address (optional)")
     p.add_argument("--mac", help="the VM's MAC address")
     p.add_argument("--tap-name", "--tap_name", dest="tap_name", help="tap name (default tap + first 11 of --uuid)")
     p.add_argument("--vm-name", "--vm_name", dest="vm_name", help="VM name")

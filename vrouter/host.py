@@ -20,6 +20,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 log = logging.getLogger("vrouter.host")
 
 VROUTER_MAC = "00:00:5e:00:01:00"
+METADATA_IP6 = "fe80::a9fe:a9fe"
 
 
 def sysctl(path: str, value: str) -> None:
@@ -64,7 +65,17 @@ class HostNetwork:
         sysctl("net.ipv4.ip_local_reserved_ports", "%d-%d" % (first, last))
         return previous
 
-    async def plug(self, tap: str, vm_ip: str, vm_mac: str, md_ip: str) -> int:
+    async def add_proxy_ip6(self, address: str) -> None:
+        """The metadata proxy's IPv6 address, on lo (no DAD on loopback)."""
+        await self.ipr.addr("replace", index=await self.ifindex("lo"), address=address, prefixlen=128)
+
+    async def del_proxy_ip6(self, address: str) -> None:
+        try:
+            await self.ipr.addr("del", index=await self.ifindex("lo"), address=address, prefixlen=128)
+        except NetlinkError:
+            pass
+
+    async def plug(self, tap: str, vm_ip: str, vm_mac: str, md_ip: str, md_ip6: str = "", vm_ip6: str = "") -> int:
         """Prepare a tap for a port; return its ifindex, or 0 if the tap does not exist (yet)."""
         idx = await self.ifindex(tap)
         if not idx:
@@ -77,11 +88,19 @@ class HostNetwork:
         # Both are undone at unplug (strict again), so without the agent the VMs reach nothing.
         sysctl("net.ipv4.conf.%s.accept_local" % tap, "1")
         sysctl("net.ipv4.conf.%s.rp_filter" % tap, "0")
-        sysctl("net.ipv6.conf.%s.disable_ipv6" % tap, "1")
         sysctl("net.ipv4.neigh.%s.proxy_delay" % tap, "0")  # answer ARP at once, not within 0.8 s
         for ip in (vm_ip, md_ip):
             await self.ipr.route("replace", dst=ip + "/32", oif=idx, scope="link")
         await self.ipr.neigh("replace", dst=vm_ip, lladdr=vm_mac, ifindex=idx, state="permanent")
+        if md_ip6:
+            # IPv6: the tap answers neighbour discovery for fe80::a9fe:a9fe; the per-port metadata
+            # address routes back to it. IPv6 is otherwise not forwarded.
+            for key, value in (("accept_dad", "0"), ("accept_ra", "0"), ("disable_ipv6", "0")):
+                sysctl("net.ipv6.conf.%s.%s" % (tap, key), value)
+            await self.ipr.addr("replace", index=idx, address=METADATA_IP6, prefixlen=64)
+            for ip in (md_ip6, vm_ip6):
+                if ip:
+                    await self.ipr.route("replace", dst=ip + "/128", oif=idx)
         return idx
 
     async def unplug(self, tap: str, vm_ip: str, md_ip: str) -> None:
@@ -89,6 +108,7 @@ class HostNetwork:
         if idx:
             sysctl("net.ipv4.conf.%s.rp_filter" % tap, "1")
             sysctl("net.ipv4.conf.%s.accept_local" % tap, "0")
+            sysctl("net.ipv6.conf.%s.disable_ipv6" % tap, "1")  # its addresses and routes go too
         for ip in (vm_ip, md_ip):
             try:
                 await self.ipr.route("del", dst=ip + "/32", **({"oif": idx} if idx else {}))

@@ -119,9 +119,9 @@ class MetadataProxy:
         self._server: asyncio.base_events.Server | None = None
         self._clients: set[asyncio.Task] = set()
 
-    async def start(self, host: str, port: int) -> None:
+    async def start(self, host: str | list[str], port: int) -> None:
         self._server = await asyncio.start_server(self._client, host, port, reuse_address=True, backlog=1024)
-        log.info("metadata proxy listening on %s:%d", host, port)
+        log.info("metadata proxy listening on %s port %d", host if isinstance(host, str) else ", ".join(host), port)
 
     async def stop(self) -> None:
         if self._server is not None:

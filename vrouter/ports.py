@@ -13,7 +13,7 @@ import re
 import uuid as uuidlib
 from dataclasses import asdict, dataclass, fields
 
-from dataplane.vif import FIRST_VM_VIF, metadata_ip
+from dataplane.vif import FIRST_VM_VIF, metadata_ip, metadata_ip6
 from vrouter.store import read_json, write_json_atomic
 
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
@@ -34,6 +34,7 @@ class Port:
     mac: str
     tap_name: str
     vm_name: str = ""
+    ipv6_address: str = ""
     vif: int = 0  # assigned by the agent
     vrf: int = 0  # assigned by the agent, one per virtual network
 
@@ -41,9 +42,14 @@ class Port:
     def metadata_ip(self) -> str:
         return metadata_ip(self.vif)
 
+    @property
+    def metadata_ip6(self) -> str:
+        return metadata_ip6(self.vif)
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["metadata_ip"] = self.metadata_ip
+        d["metadata_ip6"] = self.metadata_ip6
         return d
 
 
@@ -70,6 +76,12 @@ def validate(raw: dict) -> Port:
     mac = str(args["mac"]).lower()
     if not _MAC.match(mac):
         raise PortError("--mac %r: not a MAC address like 02:00:00:00:00:03" % args["mac"])
+    ip6 = ""
+    if args.get("ipv6_address"):
+        try:
+            ip6 = str(ipaddress.IPv6Address(str(args["ipv6_address"])))
+        except ValueError:
+            raise PortError("--ipv6-address %r: not an IPv6 address" % args["ipv6_address"]) from None
     tap = args.get("tap_name") or "tap" + port_uuid[:11]
     if not _IFNAME.match(tap):
         raise PortError("--tap-name %r: not an interface name (1 to 15 characters)" % tap)
@@ -85,6 +97,7 @@ def validate(raw: dict) -> Port:
         mac=mac,
         tap_name=tap,
         vm_name=str(args.get("vm_name") or ""),
+        ipv6_address=ip6,
     )
 
 
@@ -109,6 +122,7 @@ class PortTable:
                 data = read_json(path)
                 vif, vrf = int(data.pop("vif")), int(data.pop("vrf"))
                 data.pop("metadata_ip", None)
+                data.pop("metadata_ip6", None)
                 port = validate(data)
                 port.vif, port.vrf = vif, vrf
             except (OSError, ValueError, KeyError, TypeError) as e:
