@@ -22,6 +22,8 @@
 # mac, tap, port uuid, instance uuid, project id, metadata IP; Nova's address; the shared secret) is
 # written to /run/vrouter/P/layout.json. `down` removes exactly what `up` created.
 #
+# start-agent passes $VROUTER_AGENT_ARGS to `vrouter agent` (e.g. "--nova-timeout 2").
+#
 # Nothing here touches the host's own interfaces, routes or firewall: all of it lives inside the
 # namespaces this script creates. Needs root.
 set -euo pipefail
@@ -115,16 +117,17 @@ start_nova() {
     echo $! >"$STATE/nova.pid"
     wait_for 15 "$STATE/nova.pid" "nova-metadata listening on $FABRIC_NET.1:$NOVA_PORT (pid $(cat "$STATE/nova.pid"))" \
         ip netns exec "$FABRIC" bash -c "exec 3<>/dev/tcp/$FABRIC_NET.1/$NOVA_PORT" \
-        || die "nova-metadata did not start; see $STATE/nova.log"
+        || { tail -n 15 "$STATE/nova.log" >&2; die "nova-metadata did not start (its log is above)"; }
 }
 
 start_agent() {
     pid_alive "$STATE/agent.pid.sh" && { echo "  agent already running" >&2; return 0; }
-    ip netns exec "$COMPUTE" "$VROUTER" agent --config "$STATE/agent.conf" --state-dir "$STATE" \
+    # shellcheck disable=SC2086  # VROUTER_AGENT_ARGS: extra options, word-split on purpose
+    ip netns exec "$COMPUTE" "$VROUTER" agent --config "$STATE/agent.conf" --state-dir "$STATE" ${VROUTER_AGENT_ARGS:-} \
         </dev/null >>"$STATE/agent.log" 2>&1 &
     echo $! >"$STATE/agent.pid.sh"
     wait_for 20 "$STATE/agent.pid.sh" "vrouter agent up (pid $(cat "$STATE/agent.pid.sh"))" "$VROUTER" status --state-dir "$STATE" \
-        || die "the agent did not start; see $STATE/agent.log"
+        || { tail -n 15 "$STATE/agent.log" >&2; die "the agent did not start (its log is above)"; }
 }
 
 stop_agent() { stop_pidfile "$STATE/agent.pid.sh" "vrouter agent"; }

@@ -65,10 +65,10 @@ class EmulatedHost:
         self.compute = self.layout["namespaces"]["compute"]
         self.state_dir = self.layout["state_dir"]
 
-    def setup(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-        return subprocess.run(["bash", str(SETUP), *args, "--prefix", self.prefix] if args[0] != "up" else
-                              ["bash", str(SETUP), args[0], "--prefix", self.prefix, *args[1:]],
-                              capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    def setup(self, *args: str, timeout: float = 60, env: dict | None = None) -> subprocess.CompletedProcess:
+        """netns_setup.sh COMMAND --prefix P [ARGS]; ``env``: extra environment variables."""
+        return subprocess.run(["bash", str(SETUP), args[0], "--prefix", self.prefix, *args[1:]], capture_output=True, text=True,
+                              timeout=timeout, env=dict(os.environ, **(env or {})))  # fmt: skip
 
     def down(self) -> None:
         self.setup("down", timeout=120)

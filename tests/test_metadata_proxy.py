@@ -11,7 +11,8 @@ import threading
 
 import pytest
 
-from vrouter.metadata_proxy import Identity, MetadataProxy, Upstream
+from tests.conftest import wait_until
+from vrouter.metadata_proxy import Fairness, Identity, MetadataProxy, RateLimiter, Upstream
 from vrouter.signing import sign_instance_id
 
 VM = Identity("0b9c4f2e-7a51-4c4b-9d6e-0d3c1f5a2b77", "5a3f0c1e-2d4b-4f6a-8c9e-0b1d2f3a4c5e", "10.1.1.3", "port-1")
@@ -64,6 +65,10 @@ class Upstream_:
                 self.slow.wait(10)  # answers nothing until the test ends
                 c.close()
                 return
+            elif target == "/garbage":
+                c.sendall(b"this is not HTTP\r\n\r\n")
+                c.close()
+                return
             elif target == "/close-mid-body":
                 c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
                 c.close()
@@ -90,10 +95,10 @@ def upstream():
 class ProxyThread:
     """The proxy in its own event loop thread, as in the agent."""
 
-    def __init__(self, upstream_port: int | None, identify=lambda ip: VM):
+    def __init__(self, upstream_port: int | None, identify=lambda ip: VM, fairness=None):
         self.loop = asyncio.new_event_loop()
         up = Upstream("127.0.0.1", upstream_port) if upstream_port else None
-        self.proxy = MetadataProxy(identify, lambda: up, SECRET, connect_timeout=2, read_timeout=2)
+        self.proxy = MetadataProxy(identify, lambda: up, SECRET, connect_timeout=2, read_timeout=2, fairness=fairness)
         s = socket.socket()
         s.bind(("127.0.0.1", 0))
         self.port = s.getsockname()[1]
@@ -264,3 +269,79 @@ def test_oversized_headers_are_refused(proxy, upstream):
     resp = exchange(proxy.port, b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100000 + b"\r\n\r\n")
     assert resp.startswith(b"HTTP/1.1 431") or resp.startswith(b"HTTP/1.1 400")
     assert upstream.requests == []
+
+
+def test_nova_answering_garbage_is_502(proxy):
+    assert exchange(proxy.port, b"GET /garbage HTTP/1.1\r\nHost: x\r\n\r\n").startswith(b"HTTP/1.1 502")
+
+
+def test_pipelined_requests_answered_in_order(proxy, upstream):
+    raw = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /chunked HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n"
+    resp = exchange(proxy.port, raw, responses=3)
+    assert resp.index(b'"/a"') < resp.index(b"hello") < resp.index(b'"/b"')
+
+
+def test_huge_body_is_413(proxy, upstream):
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as s:
+        s.sendall(b"POST /openstack/latest/password HTTP/1.1\r\nHost: x\r\nContent-Length: 5000000\r\n\r\n")
+        try:
+            for _ in range(40):
+                s.sendall(b"x" * 65536)
+        except OSError:
+            pass  # the proxy may close before the VM has sent it all
+        assert s.recv(200).startswith(b"HTTP/1.1 413")
+    assert upstream.requests == []
+
+
+def test_slowloris_gets_408_and_the_connection_closed(upstream):
+    p = ProxyThread(upstream.port, fairness=Fairness(header_timeout=0.5))
+    try:
+        with socket.create_connection(("127.0.0.1", p.port), timeout=10) as s:
+            s.sendall(b"GET / HTTP/1.1\r\n")
+            s.sendall(b"X-Slow: 1\r\n")  # and never the rest
+            data = b""
+            while chunk := s.recv(1000):
+                data += chunk
+        assert data.startswith(b"HTTP/1.1 408") and p.proxy.stats.header_timeouts == 1
+        # a client that is merely idle between requests is not hurried
+        assert exchange(p.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").startswith(b"HTTP/1.1 200")
+    finally:
+        p.close()
+    assert upstream.requests[-1][0] == "GET /"
+
+
+def test_connections_per_vm_are_capped(upstream):
+    p = ProxyThread(upstream.port, fairness=Fairness(max_connections_per_vm=3))
+    idle = [socket.create_connection(("127.0.0.1", p.port), timeout=5) for _ in range(3)]
+    try:
+        resp = exchange(p.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert resp.startswith(b"HTTP/1.1 429")
+        idle.pop().close()  # the proxy notices the close asynchronously: wait for it
+        wait_until(lambda: exchange(p.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").startswith(b"HTTP/1.1 200"), 5, "a free slot")
+    finally:
+        for s in idle:
+            s.close()
+        p.close()
+
+
+def test_rate_limit_answers_429_per_vm(upstream):
+    other = Identity("99999999-9999-9999-9999-999999999999", VM.project_uuid, "10.1.1.4", "port-2")
+    who = {"vm": VM}
+    p = ProxyThread(upstream.port, identify=lambda ip: who["vm"], fairness=Fairness(rate_limit=True, base_limit=3, burst_limit=3))
+    try:
+        codes = [exchange(p.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")[9:12] for _ in range(5)]
+        assert codes == [b"200", b"200", b"200", b"429", b"429"]
+        who["vm"] = other  # another VM has its own window
+        assert exchange(p.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").startswith(b"HTTP/1.1 200")
+    finally:
+        p.close()
+
+
+def test_rate_limiter_windows():
+    r = RateLimiter(Fairness(rate_limit=True, base_window=10, base_limit=5, burst_window=1, burst_limit=2))
+    assert [r.allow("a", 0.0), r.allow("a", 0.1), r.allow("a", 0.2)] == [True, True, False]  # burst
+    assert r.allow("a", 1.5) and r.allow("a", 1.6) and not r.allow("a", 1.7)
+    assert r.allow("a", 3.0)  # the 5th in the base window of 10 s
+    assert not r.allow("a", 4.5)  # the base window is full
+    assert r.allow("a", 10.05)  # the first request has left it
+    assert r.allow("b", 4.5)  # another VM counts alone

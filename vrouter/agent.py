@@ -32,7 +32,7 @@ from vrouter.control import ControlServer
 from vrouter.host import HostNetwork, in_namespace_hint, sysctl
 from vrouter.linklocal import ServiceError, ServiceTable
 from vrouter.linklocal import validate as validate_service
-from vrouter.metadata_proxy import Identity, MetadataProxy, Upstream
+from vrouter.metadata_proxy import Fairness, Identity, MetadataProxy, Upstream
 from vrouter.ports import Port, PortError, PortTable
 from vrouter.ports import validate as validate_port
 
@@ -135,8 +135,17 @@ class Agent:
         for port in self.ports.ports.values():
             await self._plug(port)
         loop = asyncio.get_running_loop()
-        self.proxy = MetadataProxy(self._identify, self._upstream, self.cfg.metadata_proxy_secret,
-                                   read_timeout=self.nova_timeout)  # fmt: skip
+        c = self.cfg
+        fairness = Fairness(
+            header_timeout=c.metadata_header_timeout,
+            max_connections_per_vm=c.metadata_max_connections_per_vm,
+            rate_limit=c.metadata_rate_limit_enabled,
+            base_window=c.metadata_base_window_duration,
+            base_limit=c.metadata_base_query_rate_limit,
+            burst_window=c.metadata_burst_window_duration,
+            burst_limit=c.metadata_burst_query_rate_limit,
+        )
+        self.proxy = MetadataProxy(self._identify, self._upstream, c.metadata_proxy_secret, read_timeout=self.nova_timeout, fairness=fairness)
         try:
             await self.host.add_proxy_ip6(PROXY_IP6)
             self._proxy_ip6 = True
@@ -386,6 +395,7 @@ class Agent:
         out = {DROP_NAMES[r]: self.dataplane.drops.get(r, 0) for r in DROP_NAMES}
         out["Queue Overflow"] = queue_drops(self.queue_num)
         out["Dataplane Error"] = self.shell.errors if self.shell else 0
+        out.update(kernel_ip_drops())
         return out
 
 
@@ -401,6 +411,18 @@ def queue_drops(queue_num: int) -> int:
     except OSError:
         pass
     return 0
+
+
+def kernel_ip_drops() -> dict[str, int]:
+    """What the compute namespace's kernel drops before the dataplane sees it (IP headers it
+    finds invalid: bad version, IHL, total length or checksum), from /proc/net/snmp."""
+    try:
+        with open("/proc/net/snmp") as f:
+            lines = [line.split() for line in f if line.startswith("Ip:")]
+        ip = dict(zip(lines[0][1:], map(int, lines[1][1:]), strict=True))
+    except (OSError, IndexError, ValueError):
+        return {}
+    return {"Kernel IP Header Errors": ip.get("InHdrErrors", 0), "Kernel IP Address Errors": ip.get("InAddrErrors", 0)}
 
 
 def _unlink(path: str) -> None:

@@ -47,6 +47,13 @@ class AgentConfig:
     metadata_client_cert_type: str = "PEM"
     metadata_client_key: str = ""
     metadata_ca_cert: str = ""
+    metadata_header_timeout: float = 10.0
+    metadata_max_connections_per_vm: int = 64
+    metadata_rate_limit_enabled: bool = False
+    metadata_base_window_duration: float = 10.0
+    metadata_base_query_rate_limit: int = 10
+    metadata_burst_window_duration: float = 10.0
+    metadata_burst_query_rate_limit: int = 10
     flow_entries: int = 524_288
     flow_overflow_entries: int = 0  # 0: 20% of flow_entries
     flow_cache_timeout: int = 180
@@ -90,6 +97,16 @@ def _percent(section: str, key: str, value: str) -> float:
     return n
 
 
+def _seconds(section: str, key: str, value: str) -> float:
+    try:
+        n = float(value.strip())
+    except ValueError:
+        raise ConfigError("[%s] %s = %r: not a number of seconds" % (section, key, value)) from None
+    if not 0 < n <= 3600:
+        raise ConfigError("[%s] %s = %s: out of range (0, 3600] seconds" % (section, key, value))
+    return n
+
+
 def _ip(section: str, key: str, value: str) -> str:
     v = value.strip()
     if not v:
@@ -130,6 +147,15 @@ SCHEMA = {
         "metadata_client_cert_type": ("metadata_client_cert_type", _str),
         "metadata_client_key": ("metadata_client_key", _str),
         "metadata_ca_cert": ("metadata_ca_cert", _str),
+        # This project's own keys (the vRouter agent has none of these): limits per VM.
+        "metadata_header_timeout": ("metadata_header_timeout", _seconds),
+        "metadata_max_connections_per_vm": ("metadata_max_connections_per_vm", lambda s, k, v: _int(s, k, v, 1, 1 << 20)),
+        # Rate limiting as Neutron's metadata agent names it ([metadata_rate_limiting] there).
+        "metadata_rate_limit_enabled": ("metadata_rate_limit_enabled", _bool),
+        "metadata_base_window_duration": ("metadata_base_window_duration", _seconds),
+        "metadata_base_query_rate_limit": ("metadata_base_query_rate_limit", lambda s, k, v: _int(s, k, v, 1, 1 << 30)),
+        "metadata_burst_window_duration": ("metadata_burst_window_duration", _seconds),
+        "metadata_burst_query_rate_limit": ("metadata_burst_query_rate_limit", lambda s, k, v: _int(s, k, v, 1, 1 << 30)),
     },
     "FLOWS": {
         "flow_entries": ("flow_entries", lambda s, k, v: _int(s, k, v, 4, 1 << 24)),

@@ -11,11 +11,13 @@ without its nftables table.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD, IFA_F_TENTATIVE
 
 log = logging.getLogger("vrouter.host")
 
@@ -66,8 +68,18 @@ class HostNetwork:
         return previous
 
     async def add_proxy_ip6(self, address: str) -> None:
-        """The metadata proxy's IPv6 address, on lo (no DAD on loopback)."""
-        await self.ipr.addr("replace", index=await self.ifindex("lo"), address=address, prefixlen=128)
+        """The metadata proxy's IPv6 address, on lo, without duplicate address detection (a
+        tentative address cannot be bound); returns once the address is usable."""
+        sysctl("net.ipv6.conf.lo.accept_dad", "0")
+        lo = await self.ifindex("lo")
+        await self.ipr.addr("replace", index=lo, address=address, prefixlen=128, flags=IFA_F_NODAD)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while loop.time() < deadline:
+            async for a in await self.ipr.addr("dump", index=lo, family=10):
+                if a.get("IFA_ADDRESS") == address and not (a.get("IFA_FLAGS") or a["flags"]) & IFA_F_TENTATIVE:
+                    return
+            await asyncio.sleep(0.05)  # polling the kernel's address state, with a deadline
 
     async def del_proxy_ip6(self, address: str) -> None:
         try:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -70,6 +71,46 @@ class Upstream:
         return ("%s:%d" % (self.host, self.port)).encode()
 
 
+@dataclass(frozen=True)
+class Fairness:
+    """What one VM may take of the proxy.
+
+    ``header_timeout``: seconds a client has to send a whole request head once it has started
+    (slowloris: 408 and close). ``max_connections_per_vm``: open connections per VM (more: 429 and
+    close). Rate limit, as Neutron's metadata agent configures it: more than ``base_limit``
+    requests in ``base_window`` seconds, or more than ``burst_limit`` in ``burst_window``: 429.
+    """
+
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    max_connections_per_vm: int = 64
+    rate_limit: bool = False
+    base_window: float = 10.0
+    base_limit: int = 10
+    burst_window: float = 10.0
+    burst_limit: int = 10
+
+
+class RateLimiter:
+    """Sliding windows of request times per VM."""
+
+    def __init__(self, f: Fairness) -> None:
+        self.f = f
+        self.seen: dict[str, deque[float]] = {}
+        self.longest = max(f.base_window, f.burst_window)
+
+    def allow(self, vm: str, now: float) -> bool:
+        q = self.seen.setdefault(vm, deque())
+        while q and now - q[0] > self.longest:
+            q.popleft()
+        base = sum(1 for t in q if now - t <= self.f.base_window)
+        burst = base if self.f.burst_window == self.f.base_window else sum(1 for t in q if now - t <= self.f.burst_window)
+        if base >= self.f.base_limit or burst >= self.f.burst_limit:
+            return False
+        q.append(now)
+        return True
+
+
 @dataclass
 class ProxyStats:
     requests: int = 0
@@ -77,6 +118,9 @@ class ProxyStats:
     proxy_sessions: int = 0
     internal_errors: int = 0
     upstream_errors: int = 0
+    rate_limited: int = 0
+    connections_refused: int = 0
+    header_timeouts: int = 0
     status: dict[int, int] = field(default_factory=dict)
 
 
@@ -106,6 +150,7 @@ class MetadataProxy:
         read_timeout: float = 30.0,
         idle_timeout: float = 60.0,
         max_idle_upstream: int = 64,
+        fairness: Fairness | None = None,
     ) -> None:
         self.identify = identify
         self.upstream = upstream
@@ -114,6 +159,9 @@ class MetadataProxy:
         self.read_timeout = read_timeout
         self.idle_timeout = idle_timeout
         self.max_idle_upstream = max_idle_upstream
+        self.fairness = fairness or Fairness()
+        self.limiter = RateLimiter(self.fairness)
+        self.open_per_peer: dict[str, int] = {}
         self.stats = ProxyStats()
         self._idle: list[_UpstreamConn] = []
         self._server: asyncio.base_events.Server | None = None
@@ -143,9 +191,23 @@ class MetadataProxy:
         peer = writer.get_extra_info("peername")
         peer_ip = peer[0] if peer else ""
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADERS)
+        open_now = self.open_per_peer.get(peer_ip, 0) + 1
+        self.open_per_peer[peer_ip] = open_now
         try:
+            if open_now > self.fairness.max_connections_per_vm:
+                self.stats.connections_refused += 1
+                if self.stats.connections_refused == 1 or self.stats.connections_refused % 1000 == 0:
+                    log.warning("%s has %d connections open to the metadata proxy: refused (429)", peer_ip, open_now - 1)
+                await _send_simple(conn, writer, 429, b"Too Many Requests", close=True)
+                self._count(429)
+                return
             while True:
-                event = await _next_event(conn, reader, self.idle_timeout)
+                event = await self._next_request(conn, reader)
+                if event is None:  # slowloris: the head did not come in time
+                    self.stats.header_timeouts += 1
+                    await _send_simple(conn, writer, 408, b"Request Timeout", close=True)
+                    self._count(408)
+                    break
                 if isinstance(event, h11.Request):
                     await self._serve(conn, event, reader, writer, peer_ip)
                 elif isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
@@ -175,8 +237,36 @@ class MetadataProxy:
                     pass
         finally:
             writer.close()
+            left = self.open_per_peer.get(peer_ip, 1) - 1
+            if left:
+                self.open_per_peer[peer_ip] = left
+            else:
+                self.open_per_peer.pop(peer_ip, None)
             if task is not None:
                 self._clients.discard(task)
+
+    async def _next_request(self, conn: h11.Connection, reader: asyncio.StreamReader):  # noqa: ANN202
+        """The next event; once a request head has started, the rest of it must come within
+        header_timeout (None when it does not)."""
+        event = conn.next_event()
+        if event is not h11.NEED_DATA:
+            return event
+        data = await asyncio.wait_for(reader.read(READ_CHUNK), self.idle_timeout)  # waiting between requests
+        conn.receive_data(data)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.fairness.header_timeout
+        while True:
+            event = conn.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return None
+            try:
+                data = await asyncio.wait_for(reader.read(READ_CHUNK), remaining)
+            except TimeoutError:
+                return None
+            conn.receive_data(data)
 
     def _count(self, status: int) -> None:
         self.stats.responses += 1
@@ -186,10 +276,12 @@ class MetadataProxy:
         """The whole request body, or None if it is too large (413 already sent)."""
         parts: list[bytes] = []
         size = 0
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.fairness.body_timeout
         while True:
             if conn.they_are_waiting_for_100_continue:
                 writer.write(conn.send(h11.InformationalResponse(status_code=100, headers=[])))
-            event = await _next_event(conn, reader, self.idle_timeout)
+            event = await _next_event(conn, reader, max(0.001, deadline - loop.time()))
             if isinstance(event, h11.Data):
                 size += len(event.data)
                 if size > MAX_BODY:
@@ -232,6 +324,11 @@ class MetadataProxy:
                 log.warning("metadata request from %s but no metadata service is configured: 500", ident.vm_ip)
             await _send_simple(conn, writer, 500, b"Internal Server Error", head=head)
             self._count(500)
+            return
+        if self.fairness.rate_limit and not self.limiter.allow(ident.port_uuid, asyncio.get_running_loop().time()):
+            self.stats.rate_limited += 1
+            await _send_simple(conn, writer, 429, b"Too Many Requests", head=head)
+            self._count(429)
             return
         headers = self._upstream_headers(req, ident, upstream, len(body))
         try:
@@ -360,7 +457,9 @@ def _reason(status: int) -> bytes:
     return {
         400: b"Bad Request",
         413: b"Payload Too Large",
+        408: b"Request Timeout",
         414: b"URI Too Long",
+        429: b"Too Many Requests",
         431: b"Request Header Fields Too Large",
         500: b"Internal Server Error",
         501: b"Not Implemented",

@@ -1,0 +1,283 @@
+"""A hostile VM against the real dataplane and proxy (needs root): malformed packets, forged
+identity, HTTP abuse, floods, and faults of Nova and of the agent. vm1 misbehaves; vm2 must keep
+being served throughout."""
+
+import configparser
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import EmulatedHost, wait_until
+
+pytestmark = [pytest.mark.netns, pytest.mark.skipif(os.geteuid() != 0, reason="namespace tests need root")]
+
+FUZZ = r"""
+import random, sys
+from scapy.all import Ether, IP, TCP, UDP, ICMP, Raw, sendp, conf
+conf.verb = 0
+rnd = random.Random(int(sys.argv[1]))
+n, src = int(sys.argv[2]), sys.argv[3]
+frames = []
+for i in range(n):
+    kind = rnd.choice(["tcp", "udp", "icmp", "other"])
+    dst = rnd.choice(["169.254.169.254", sys.argv[4], "10.9.9.9", "169.254.0.4"])
+    ip = IP(src=src, dst=dst, flags=rnd.choice([0, 1, 2]), frag=rnd.choice([0, 0, 0, 1, 185]),
+            options=rnd.choice([[], b"\x01\x01\x01\x00", b"\x07\x07\x04" + b"\x00" * 5]))
+    if kind == "tcp":
+        l4 = TCP(sport=rnd.randrange(65536), dport=rnd.choice([80, 22]), flags=rnd.randrange(256), dataofs=rnd.choice([None, 0, 4, 15]))
+    elif kind == "udp":
+        l4 = UDP(sport=rnd.randrange(65536), dport=rnd.choice([80, 53]), len=rnd.choice([None, 0, 3, 9999]))
+    elif kind == "icmp":
+        l4 = ICMP(type=rnd.randrange(256), code=rnd.randrange(256))
+    else:
+        ip.proto = rnd.choice([0, 2, 47, 132, 255])
+        l4 = Raw(b"")
+    raw = bytearray(bytes(ip / l4 / Raw(rnd.randbytes(rnd.randrange(40)))))
+    for _ in range(rnd.randrange(3)):
+        raw[rnd.randrange(len(raw))] = rnd.randrange(256)
+    cut = rnd.choice([None, None, None, 1, 19, 20, 21, 27, 33])
+    frames.append(Ether(dst="00:00:5e:00:01:00", type=0x0800) / Raw(bytes(raw[:cut] if cut else raw)))
+sendp(frames, iface="eth0")
+"""
+
+SYN_FLOOD = r"""
+import sys
+from scapy.all import IP, TCP, send, conf
+conf.verb = 0
+src, n = sys.argv[1], int(sys.argv[2])
+send([IP(src=src, dst=d) / TCP(sport=s, dport=80, flags="S") for s in range(20000, 20000 + n) for d in sys.argv[3:]])
+"""
+
+REQUESTS = r"""
+import http.client, json, sys, time
+n, host = int(sys.argv[1]), sys.argv[2]
+codes, worst = [], 0.0
+for i in range(n):
+    t = time.monotonic()
+    try:
+        c = http.client.HTTPConnection(host, 80, timeout=10)
+        c.request("GET", "/openstack/latest/meta_data.json")
+        r = c.getresponse()
+        body = r.read()
+        codes.append(r.status if r.status != 200 else json.loads(body)["uuid"])
+        c.close()
+    except Exception as e:
+        codes.append(type(e).__name__)
+    worst = max(worst, time.monotonic() - t)
+print(json.dumps({"codes": codes, "worst": worst}))
+"""
+
+RAW_HTTP = r"""
+import socket, sys, time
+s = socket.create_connection(("169.254.169.254", 80), timeout=15)
+try:
+    s.sendall(sys.stdin.buffer.read())
+except (BrokenPipeError, ConnectionResetError):
+    pass  # the proxy answered and closed before taking it all
+data = b""
+try:
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+except (socket.timeout, ConnectionResetError):
+    pass
+print(data[:12].decode("latin-1"))
+"""
+
+
+def configure(host, **sections):
+    """Rewrite agent.conf with these keys and restart the agent."""
+    path = os.path.join(host.state_dir, "agent.conf")
+    cp = configparser.ConfigParser(interpolation=None, default_section="__none__")
+    cp.optionxform = str
+    cp.read(path)
+    for section, keys in sections.items():
+        if not cp.has_section(section):
+            cp.add_section(section)
+        for k, v in keys.items():
+            cp.set(section, k, str(v))
+    with open(path, "w") as f:
+        cp.write(f)
+    assert host.setup("stop-agent").returncode == 0
+    r = host.setup("start-agent")
+    assert r.returncode == 0, r.stderr + open(os.path.join(host.state_dir, "agent.log")).read()[-3000:]
+
+
+@pytest.fixture(scope="module")
+def hostile():
+    h = EmulatedHost(vms=2)
+    try:
+        configure(h, FLOWS={"flow_entries": 16384, "max_vm_flows": 5},
+                  METADATA={"metadata_header_timeout": 1, "metadata_max_connections_per_vm": 20})  # fmt: skip
+        yield h
+    finally:
+        h.down()
+
+
+def vm2_requests(h, n):
+    return subprocess.Popen(["ip", "netns", "exec", h.vm_ns(1), sys.executable, "-c", REQUESTS, str(n), "169.254.169.254"],
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def all_served(h, proc, worst=5.0):
+    out, _ = proc.communicate(timeout=300)
+    result = json.loads(out)
+    assert result["codes"] == [h.vms[1]["instance_uuid"]] * len(result["codes"]), result["codes"]
+    assert result["worst"] < worst, result
+    return result
+
+
+def test_fuzzed_packets_are_dropped_and_counted_while_vm2_is_served(hostile):
+    h = hostile
+    before = h.cli_json("dropstats")
+    load = vm2_requests(h, 30)
+    fuzz = h.in_vm(0, sys.executable, "-c", FUZZ, "1624", "3000", h.vms[0]["ip"], h.vms[1]["ip"], timeout=300)
+    assert fuzz.returncode == 0, fuzz.stderr
+    all_served(h, load)
+    after = h.cli_json("dropstats")
+    assert after["Invalid Packet"] > before["Invalid Packet"]
+    assert after["Kernel IP Header Errors"] > before["Kernel IP Header Errors"]  # what the kernel refused before our hook
+    assert after["Dataplane Error"] == 0
+    assert h.cli_json("status")["pid"] > 0
+    assert h.metadata(0)[0] == 200  # even the fuzzer is served when it asks properly
+
+
+def test_forged_mac_and_duplicated_headers_yield_only_own_data(hostile):
+    h = hostile
+    a, b = h.vms
+    two = ["-H", "X-Instance-ID: " + b["instance_uuid"], "-H", "X-Instance-ID: " + b["instance_uuid"],
+           "-H", "X-Tenant-ID: x", "-H", "X-Tenant-ID: y"]  # fmt: skip
+    status, body = h.metadata(0, "/openstack/latest/meta_data.json", *two)
+    assert status == 200 and json.loads(body)["uuid"] == a["instance_uuid"]
+    h.in_vm(0, "ip", "link", "set", "eth0", "address", b["mac"])
+    try:
+        status, body = h.metadata(0, max_time=3)
+        assert status == 0 or json.loads(body)["uuid"] == a["instance_uuid"]
+        assert b["instance_uuid"] not in body
+    finally:
+        h.in_vm(0, "ip", "link", "set", "eth0", "address", a["mac"])
+    wait_until(lambda: h.metadata(0)[0] == 200, 15, "vm1 served again with its own MAC")
+
+
+def test_http_abuse_is_bounded_per_vm(hostile):
+    h = hostile
+
+    def raw(request: bytes, script: str = RAW_HTTP) -> str:
+        r = subprocess.run(["ip", "netns", "exec", h.vm_ns(0), sys.executable, "-c", script], input=request, capture_output=True, timeout=30)
+        return r.stdout.decode().strip()
+
+    assert raw(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n") == "HTTP/1.1 431"
+    assert raw(b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n") == "HTTP/1.1 414"
+    assert raw(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 9000000\r\n\r\n" + b"x" * 2_000_000) == "HTTP/1.1 413"
+    assert raw(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow:") == "HTTP/1.1 408"  # slowloris: the head never ends
+    pipelined = b"GET /openstack HTTP/1.1\r\nHost: x\r\n\r\n" * 3
+    assert raw(pipelined, RAW_HTTP.replace("data[:12]", "data")).count("HTTP/1.1 200") == 3
+    # many idle connections from vm1: past the cap they are refused; vm2 is served meanwhile
+    idle = subprocess.Popen(
+        ["ip", "netns", "exec", h.vm_ns(0), sys.executable, "-c",
+         "import socket,sys\nc=[socket.create_connection(('169.254.169.254',80)) for _ in range(40)]\n"
+         "print('open', flush=True)\nsys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert idle.stdout.readline().strip() == "open"
+        wait_until(lambda: h.cli_json("status")["proxy"]["connections_refused"] >= 20, 15, "connections past the cap refused")
+        all_served(h, vm2_requests(h, 10))
+    finally:
+        idle.stdin.close()
+        idle.wait(30)
+
+
+def test_syn_flood_hits_the_flooders_own_limit(hostile):
+    h = hostile
+    before = h.cli_json("dropstats")
+    load = vm2_requests(h, 30)
+    flood = h.in_vm(0, sys.executable, "-c", SYN_FLOOD, h.vms[0]["ip"], "2500", "169.254.169.254", "10.9.9.9", timeout=300)
+    assert flood.returncode == 0, flood.stderr
+    all_served(h, load)
+    after = h.cli_json("dropstats")
+    assert after["Flow Limit"] > before["Flow Limit"]
+    vif = h.cli_json("vif", "--get", str(h.vms[0]["vif"]))
+    assert vif["flows"] <= 16384 * 1.2 * 5 / 100 + 2
+
+
+def test_rate_limit_429_for_one_vm_only(hostile):
+    h = hostile
+    configure(h, METADATA={"metadata_rate_limit_enabled": "true", "metadata_base_query_rate_limit": 5,
+                           "metadata_burst_query_rate_limit": 5})  # fmt: skip
+    try:
+        codes = [h.metadata(0, "/openstack")[0] for _ in range(8)]
+        assert codes == [200] * 5 + [429] * 3
+        assert h.metadata(1, "/openstack")[0] == 200
+    finally:
+        configure(h, METADATA={"metadata_rate_limit_enabled": "false"})
+
+
+def test_nova_garbage_and_silence_give_502_then_recovery(hostile):
+    h = hostile
+    fabric = h.layout["namespaces"]["fabric"]
+    assert h.setup("stop-agent").returncode == 0  # again, with a short Nova timeout
+    r = h.setup("start-agent", env={"VROUTER_AGENT_ARGS": "--nova-timeout 2"})
+    assert r.returncode == 0, r.stderr
+    assert h.setup("stop-nova").returncode == 0
+    bad = subprocess.Popen(
+        ["ip", "netns", "exec", fabric, sys.executable, "-c",
+         "import socket,sys\ns=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+         "s.bind(('10.10.0.1', 8775)); s.listen(); print('up', flush=True)\nmode = sys.argv[1]\nkeep = []\n"
+         "while True:\n    c, _ = s.accept(); c.recv(4096)\n"
+         "    if mode == 'garbage': c.sendall(b'garbage\\r\\n\\r\\n'); c.close()\n    else: keep.append(c)\n",
+         "garbage"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert bad.stdout.readline().strip() == "up"
+        assert h.metadata(0)[0] == 502
+    finally:
+        bad.kill()
+        bad.wait(10)
+    silent = subprocess.Popen(bad.args[:-1] + ["silent"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert silent.stdout.readline().strip() == "up"
+        assert h.metadata(0, max_time=10)[0] == 502  # after the 2 s Nova timeout
+    finally:
+        silent.kill()
+        silent.wait(10)
+    assert h.setup("start-nova").returncode == 0
+    wait_until(lambda: h.metadata(0)[0] == 200, 15, "metadata after Nova came back")
+    # nothing leaked: no connection to Nova beyond the proxy's keep-alive pool, no metadata flow left
+    established = h.in_compute("ss", "-Htn", "state", "established", "dst", "10.10.0.1").stdout.splitlines()
+    assert len(established) <= 64
+    wait_until(lambda: not h.cli_json("flow", "--match", "169.254.169.254:80"), 15, "metadata flows to close")
+
+
+def test_agent_killed_and_restarted_cleans_up_and_restores(hostile):
+    h = hostile
+    pid = int(open(os.path.join(h.state_dir, "agent.pid")).read())
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: not os.path.exists("/proc/%d" % pid) or open("/proc/%d/stat" % pid).read().split()[2] == "Z", 10, "the agent to die")
+    assert h.metadata(0, max_time=2)[0] == 0  # its table remains with nobody reading the queue: fail closed
+    assert "vrouter" in h.in_compute("nft", "list", "tables").stdout
+    r = h.setup("start-agent")
+    assert r.returncode == 0, r.stderr
+    tables = h.in_compute("nft", "list", "tables").stdout.split("\n")
+    assert tables.count("table ip vrouter") == 1 and tables.count("table ip6 vrouter") == 1
+    wait_until(lambda: h.metadata(0)[0] == 200 and h.metadata(1)[0] == 200, 15, "both VMs served after the restart")
+    assert {p["uuid"] for p in h.cli_json("port", "list")} == {vm["port_uuid"] for vm in h.vms}
+
+
+def test_overloaded_queue_drops_and_counts_without_crashing(hostile):
+    h = hostile
+    flood = ("import socket,sys\ns=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+             "for i in range(300000): s.sendto(b'x', (sys.argv[1], 9))\n")  # fmt: skip
+    before = h.cli_json("dropstats")["Queue Overflow"]
+    r = h.in_vm(0, sys.executable, "-c", flood, h.vms[1]["ip"], timeout=300)
+    assert r.returncode == 0
+    assert h.cli_json("status")["pid"] > 0
+    assert h.cli_json("dropstats")["Queue Overflow"] > before
+    wait_until(lambda: h.metadata(1)[0] == 200, 15, "vm2 served after the flood")
