@@ -9,7 +9,10 @@ BIN := $(VENV)/bin
 SYSTEM_PKGS := iproute2 libnetfilter-queue-dev libnfnetlink-dev gcc curl iputils-ping procps nftables
 DEMO_PREFIX ?= demo
 
-.PHONY: install system-deps venv demo test unit lint clean
+SOAK_SECONDS ?= 180
+SOAK_VMS ?= 16
+
+.PHONY: install system-deps venv demo test unit lint soak clean
 
 install: system-deps venv
 
@@ -39,6 +42,10 @@ demo: install
 test: install
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -ra tests
+
+# Minutes of 16 VMs running cloud-init's metadata sequence; too long for CI (see the README).
+soak: install
+	$(BIN)/python scripts/soak.py --vms $(SOAK_VMS) --seconds $(SOAK_SECONDS)
 
 unit: venv
 	$(BIN)/python -m pytest -q -m "not netns" tests

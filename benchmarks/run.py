@@ -1,0 +1,409 @@
+"""The benchmark suite: this project beside what users would pick instead, in one run.
+
+    sudo .venv/bin/python benchmarks/run.py [--seconds 8] [--prefix bench]      (make bench)
+
+One emulated host (8 VMs) and one upstream, nginx serving the metadata documents as static files
+in the fabric namespace, so that the upstream is not what gets measured. Three ways to the
+upstream are measured in turn on the same namespaces:
+
+  project   the vRouter agent: NFQUEUE dataplane, flow table, NAT, signing metadata proxy
+  kernel    an nftables DNAT of 169.254.169.254:80 straight to nginx: no proxy, no signing
+  haproxy   Neutron's way: haproxy in the compute namespace (option http-server-close, option
+            forwardfor), deleting and setting the identity headers itself, signing with its hmac
+            converter; 169.254.169.254:80 redirected to it by nftables
+
+Load comes from wrk (keep-alive and new-connection rates) and a fixed-rate Python client (latency)
+inside the VM namespaces. VM-to-VM: small UDP packets and a TCP stream, through the project's
+dataplane and, as the reference, through plain kernel forwarding. Flow table costs come from
+benchmarks/flow_table.py's measure(). Any request error makes the run fail. Everything stays in
+the namespaces this script creates, is bounded in time, and is removed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+SETUP = os.path.join(ROOT, "scripts", "netns_setup.sh")
+VROUTER = os.path.join(ROOT, ".venv", "bin", "vrouter")
+PATH = "/openstack/latest/meta_data.json"
+URL = "http://169.254.169.254" + PATH
+
+LATENCY_CLIENT = r"""
+import asyncio, json, sys, time
+rate, seconds, conns = float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
+REQ = b"GET /openstack/latest/meta_data.json HTTP/1.1\r\nHost: 169.254.169.254\r\n\r\n"
+lat, errors = [], 0
+async def one(r, w, scheduled):
+    global errors
+    w.write(REQ)
+    head = await r.readuntil(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 200"):
+        errors += 1
+    n = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+    await r.readexactly(n)
+    lat.append(time.monotonic() - scheduled)
+async def main():
+    global errors
+    pool = asyncio.Queue()
+    for _ in range(conns):
+        pool.put_nowait(await asyncio.open_connection("169.254.169.254", 80))
+    start = time.monotonic()
+    tasks = []
+    i = 0
+    while True:
+        scheduled = start + i / rate
+        if scheduled - start > seconds:
+            break
+        await asyncio.sleep(max(0, scheduled - time.monotonic()))
+        async def run(s=scheduled):
+            global errors
+            c = await pool.get()
+            try:
+                await one(*c, s)
+            except Exception:
+                errors += 1
+                c = await asyncio.open_connection("169.254.169.254", 80)
+            pool.put_nowait(c)
+        tasks.append(asyncio.ensure_future(run()))
+        i += 1
+    await asyncio.gather(*tasks)
+    lat.sort()
+    print(json.dumps({"n": len(lat), "errors": errors, "p50_ms": lat[len(lat) // 2] * 1000, "p99_ms": lat[int(len(lat) * 0.99)] * 1000}))
+asyncio.run(main())
+"""
+
+UDP_SINK = r"""
+import socket, sys, time, json
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+s.bind((sys.argv[1], 9000))
+s.settimeout(2)
+print("ready", flush=True)
+n, first, last = 0, None, None
+try:
+    while True:
+        s.recv(2048)
+        last = time.monotonic()
+        first = first or last
+        n += 1
+except socket.timeout:
+    pass
+print(json.dumps({"packets": n, "seconds": (last - first) if n > 1 else 0}))
+"""
+
+UDP_SOURCE = r"""
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+dst, seconds = (sys.argv[1], 9000), float(sys.argv[2])
+end = time.monotonic() + seconds
+payload = b"x" * 18  # 64-byte Ethernet frames
+n = 0
+while time.monotonic() < end:
+    for _ in range(256):
+        s.sendto(payload, dst)
+    n += 256
+print(n)
+"""
+
+TCP_SINK = r"""
+import socket, sys, time, json
+l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); l.bind((sys.argv[1], 9001)); l.listen(1)
+print("ready", flush=True)
+c, _ = l.accept()
+n, t0 = 0, time.monotonic()
+while True:
+    b = c.recv(1 << 20)
+    if not b:
+        break
+    n += len(b)
+print(json.dumps({"bytes": n, "seconds": time.monotonic() - t0}))
+"""
+
+TCP_SOURCE = r"""
+import socket, sys, time
+s = socket.create_connection((sys.argv[1], 9001))
+buf = b"x" * (1 << 16)
+end = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < end:
+    s.sendall(buf)
+s.close()
+"""
+
+
+def sh(*cmd: str, check: bool = True, timeout: float = 120, **kw) -> subprocess.CompletedProcess:  # noqa: ANN003
+    r = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, **kw)
+    if check and r.returncode != 0:
+        raise RuntimeError("%s failed: %s" % (" ".join(cmd), r.stderr.strip()[-2000:]))
+    return r
+
+
+class Bench:
+    def __init__(self, prefix: str, seconds: float) -> None:
+        self.prefix = prefix
+        self.seconds = seconds
+        self.tmp = tempfile.mkdtemp(prefix="vrouter-bench-")
+        self.procs: list[subprocess.Popen] = []
+
+    # -- the host -----------------------------------------------------------------------------
+
+    def up(self) -> None:
+        r = sh("bash", SETUP, "up", "--vms", "8", "--prefix", self.prefix, "--json", timeout=300)
+        self.layout = json.loads(r.stdout)
+        self.compute = self.layout["namespaces"]["compute"]
+        self.fabric = self.layout["namespaces"]["fabric"]
+        self.vms = self.layout["vms"]
+        self.state = self.layout["state_dir"]
+        self.start_nginx()
+        # the metadata service now points at nginx (port 80), for every configuration
+        sh(VROUTER, "linklocal", "add", "--state-dir", self.state, "--linklocal_service_name", "metadata",
+           "--linklocal_service_ip", "169.254.169.254", "--linklocal_service_port", "80",
+           "--ipfabric_service_ip", "10.10.0.1", "--ipfabric_service_port", "80")  # fmt: skip
+
+    def down(self) -> None:
+        for p in self.procs:
+            p.kill()
+            p.wait(10)
+        sh("bash", SETUP, "down", "--prefix", self.prefix, check=False, timeout=300)
+
+    def start_nginx(self) -> None:
+        root = os.path.join(self.tmp, "www")
+        doc = os.path.join(root, "openstack", "latest")
+        os.makedirs(doc)
+        inst = json.load(open(os.path.join(self.state, "instances.json")))["instances"][0]
+        from vrouter.nova_metadata import meta_data
+
+        with open(os.path.join(doc, "meta_data.json"), "w") as f:
+            json.dump(meta_data(inst), f)
+        conf = os.path.join(self.tmp, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write(
+                "worker_processes 1; pid %s/nginx.pid; error_log %s/nginx.err; daemon off;\n"
+                "events { worker_connections 4096; }\n"
+                "http { access_log off; keepalive_requests 1000000; default_type application/json;\n"
+                "  server { listen 10.10.0.1:80 backlog=4096; root %s; } }\n" % (self.tmp, self.tmp, root)
+            )
+        p = subprocess.Popen(["ip", "netns", "exec", self.fabric, "nginx", "-c", conf], stderr=subprocess.PIPE)
+        self.procs.append(p)
+        self.wait_port(self.fabric, "10.10.0.1", 80)
+
+    def wait_port(self, ns: str, ip: str, port: int) -> None:
+        deadline = time.monotonic() + 15
+        while sh("ip", "netns", "exec", ns, "bash", "-c", "exec 3<>/dev/tcp/%s/%d" % (ip, port), check=False).returncode != 0:
+            if time.monotonic() > deadline:
+                raise RuntimeError("nothing listens on %s:%d in %s" % (ip, port, ns))
+            time.sleep(0.1)  # polling for a listener, with a deadline
+
+    # -- switching between the project and the references --------------------------------------
+
+    def project(self) -> None:
+        self.plain_off()
+        sh("bash", SETUP, "start-agent", "--prefix", self.prefix)
+
+    def plain_on(self, nat_rules: str) -> None:
+        """Agent stopped; the compute namespace forwards by itself, with our own bench table."""
+        sh("bash", SETUP, "stop-agent", "--prefix", self.prefix)
+        c = ["ip", "netns", "exec", self.compute]
+        sh(*c, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        for vm in self.vms:
+            sh(*c, "ip", "route", "replace", vm["ip"] + "/32", "dev", vm["tap"])
+            sh(*c, "ip", "neigh", "replace", vm["ip"], "lladdr", vm["mac"], "dev", vm["tap"], "nud", "permanent")
+            sh(*c, "sysctl", "-qw", "net.ipv4.conf.%s.proxy_arp=1" % vm["tap"], "net.ipv4.neigh.%s.proxy_delay=0" % vm["tap"])
+        sh("ip", "-n", self.fabric, "route", "replace", "10.1.1.0/24", "via", "10.10.0.2")
+        rules = "table ip vrouter_bench {\n%s\n}\n" % nat_rules
+        sh(*c, "nft", "-f", "-", input=rules)
+
+    def plain_off(self) -> None:
+        c = ["ip", "netns", "exec", self.compute]
+        sh(*c, "nft", "delete", "table", "ip", "vrouter_bench", check=False)
+        for vm in self.vms:
+            sh(*c, "ip", "route", "del", vm["ip"] + "/32", check=False)
+        sh("ip", "-n", self.fabric, "route", "del", "10.1.1.0/24", check=False)
+        sh(*c, "sysctl", "-qw", "net.ipv4.ip_forward=0")
+
+    def kernel(self) -> None:
+        self.plain_on("chain pre { type nat hook prerouting priority dstnat; ip daddr 169.254.169.254 tcp dport 80 dnat to 10.10.0.1:80 }")
+
+    def haproxy(self) -> None:
+        self.plain_on("chain pre { type nat hook prerouting priority dstnat; ip daddr 169.254.169.254 tcp dport 80 redirect to :9697 }")
+        secret = open(os.path.join(self.state, "secret")).read()
+        iid = os.path.join(self.tmp, "instance.map")
+        tenant = os.path.join(self.tmp, "tenant.map")
+        with open(iid, "w") as f1, open(tenant, "w") as f2:
+            for vm in self.vms:
+                f1.write("%s %s\n" % (vm["ip"], vm["instance_uuid"]))
+                f2.write("%s %s\n" % (vm["ip"], vm["project_id"].replace("-", "")))
+        conf = os.path.join(self.tmp, "haproxy.cfg")
+        with open(conf, "w") as f:
+            f.write(
+                "global\n  maxconn 4096\n  log /dev/null local0\n"
+                "defaults\n  mode http\n  timeout connect 30s\n  timeout client 32s\n  timeout server 32s\n"
+                "  timeout http-request 30s\n  option http-server-close\n  option forwardfor\n  retries 3\n"
+                "listen listener\n  bind 0.0.0.0:9697\n  server metadata 10.10.0.1:80\n"
+                "  http-request del-header X-Instance-ID\n  http-request del-header X-Tenant-ID\n"
+                "  http-request del-header X-Instance-ID-Signature\n"
+                "  http-request set-var(txn.iid) src,map_ip(%s)\n"
+                "  http-request set-header X-Instance-ID %%[var(txn.iid)]\n"
+                "  http-request set-header X-Tenant-ID %%[src,map_ip(%s)]\n"
+                "  http-request set-header X-Instance-ID-Signature %%[var(txn.iid),hmac(sha256,%s),hex,lower]\n"
+                % (iid, tenant, base64.b64encode(secret.encode()).decode() or "AA==")
+            )
+        p = subprocess.Popen(["ip", "netns", "exec", self.compute, "haproxy", "-db", "-f", conf], stderr=subprocess.PIPE)
+        self.haproxy_proc = p
+        self.procs.append(p)
+        self.wait_port(self.compute, "127.0.0.1", 9697)
+
+    def haproxy_off(self) -> None:
+        self.haproxy_proc.kill()
+        self.haproxy_proc.wait(10)
+        self.procs.remove(self.haproxy_proc)
+        self.plain_off()
+
+    # -- loads --------------------------------------------------------------------------------
+
+    def wrk(self, vms: list[dict], conns: int, close: bool) -> dict:
+        extra = ["-H", "Connection: close"] if close else []
+        procs = [subprocess.Popen(["ip", "netns", "exec", vm["namespace"], "wrk", "-t1", "-c%d" % conns, "-d%ds" % self.seconds,
+                                   "--latency", *extra, URL], stdout=subprocess.PIPE, text=True) for vm in vms]  # fmt: skip
+        total, errors = 0.0, 0
+        for p in procs:
+            out = p.communicate(timeout=self.seconds + 60)[0]
+            m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+            total += float(m.group(1)) if m else 0
+            for pat in (r"Non-2xx or 3xx responses: (\d+)", r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)"):
+                for g in re.findall(pat, out):
+                    errors += sum(int(x) for x in (g if isinstance(g, tuple) else (g,)))
+            if not m:
+                errors += 1
+        return {"rps": round(total), "errors": errors}
+
+    def latency(self, rate: float) -> dict:
+        r = sh("ip", "netns", "exec", self.vms[0]["namespace"], sys.executable, "-c", LATENCY_CLIENT, str(rate), str(self.seconds), "8",
+               timeout=self.seconds + 60)  # fmt: skip
+        return json.loads(r.stdout)
+
+    def metadata_figures(self, rate: float) -> dict:
+        # a first request also checks the path works at all
+        r = sh("ip", "netns", "exec", self.vms[0]["namespace"], "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "5", URL, check=False)
+        if r.stdout != "200":
+            raise RuntimeError("no metadata through this configuration (HTTP %s)" % r.stdout)
+        return {
+            "keepalive_1vm": self.wrk(self.vms[:1], 16, False),
+            "keepalive_8vm": self.wrk(self.vms, 4, False),
+            "new_conn": self.wrk(self.vms[:4], 8, True),
+            "latency": self.latency(rate),
+        }
+
+    def vm_to_vm(self) -> dict:
+        a, b = self.vms[0], self.vms[1]
+        sink = subprocess.Popen(["ip", "netns", "exec", b["namespace"], sys.executable, "-c", UDP_SINK, b["ip"]], stdout=subprocess.PIPE, text=True)
+        assert sink.stdout.readline().strip() == "ready"
+        sent = int(sh("ip", "netns", "exec", a["namespace"], sys.executable, "-c", UDP_SOURCE, b["ip"], str(self.seconds),
+                      timeout=self.seconds + 30).stdout)  # fmt: skip
+        got = json.loads(sink.communicate(timeout=30)[0])
+        sink_t = subprocess.Popen(["ip", "netns", "exec", b["namespace"], sys.executable, "-c", TCP_SINK, b["ip"]], stdout=subprocess.PIPE, text=True)
+        assert sink_t.stdout.readline().strip() == "ready"
+        sh("ip", "netns", "exec", a["namespace"], sys.executable, "-c", TCP_SOURCE, b["ip"], str(self.seconds), timeout=self.seconds + 30)
+        tcp = json.loads(sink_t.communicate(timeout=30)[0])
+        return {
+            "udp_pps": round(got["packets"] / got["seconds"]) if got["seconds"] else 0,
+            "udp_delivered": round(got["packets"] / sent, 3) if sent else 0,
+            "tcp_mbit": round(tcp["bytes"] * 8 / tcp["seconds"] / 1e6, 1),
+        }
+
+    def agent_rss_kib(self) -> int:
+        pid = int(open(os.path.join(self.state, "agent.pid")).read())
+        with open("/proc/%d/status" % pid) as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+def fmt_row(name: str, ours: float, ref: float | None, ref_name: str, target: str, met: bool | None, unit: str) -> str:
+    ratio = "%.2fx" % (ours / ref) if ref else "-"
+    return "| %s | %s %s | %s | %s | %s | %s |" % (
+        name, "{:,}".format(round(ours)) if ours >= 100 else "%.2f" % ours, unit,
+        ("{:,} %s (%s)".format(round(ref)) % (unit, ref_name)) if ref else "-", ratio, target,
+        "-" if met is None else ("yes" if met else "**no**"),
+    )  # fmt: skip
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seconds", type=float, default=8, help="length of each load (default 8)")
+    ap.add_argument("--rate", type=float, default=200, help="requests/s of the latency run (default 200)")
+    ap.add_argument("--prefix", default="bench")
+    ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "bench.json"))
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("benchmarks need root (network namespaces)", file=sys.stderr)
+        return 2
+    b = Bench(args.prefix, args.seconds)
+    res: dict = {}
+    try:
+        b.up()
+        print("project ...", flush=True)
+        res["project"] = b.metadata_figures(args.rate)
+        res["project_vm2vm"] = b.vm_to_vm()
+        res["agent_rss_kib"] = b.agent_rss_kib()
+        print("kernel DNAT ...", flush=True)
+        b.kernel()
+        res["kernel"] = b.metadata_figures(args.rate)
+        res["kernel_vm2vm"] = b.vm_to_vm()
+        b.plain_off()
+        print("haproxy ...", flush=True)
+        b.haproxy()
+        res["haproxy"] = b.metadata_figures(args.rate)
+        b.haproxy_off()
+        b.project()
+    finally:
+        b.down()
+    from benchmarks.flow_table import measure
+
+    res["flows_1k"] = measure(1000, 3)
+    res["flows_400k"] = measure(400_000, 3)
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(res, f, indent=2)
+    p, k, h = res["project"], res["kernel"], res["haproxy"]
+    errors = {name: sum(v["errors"] for v in r.values()) for name, r in (("project", p), ("kernel", k), ("haproxy", h))}
+    lk = res["flows_400k"]["lookup_ns"] / res["flows_1k"]["lookup_ns"]
+    rows = [
+        "| figure | this project | reference | ratio | target | met |",
+        "| --- | ---: | ---: | ---: | --- | --- |",
+        fmt_row("metadata req/s, keep-alive, 1 VM", p["keepalive_1vm"]["rps"], h["keepalive_1vm"]["rps"], "haproxy", ">= 1.0x haproxy",
+                p["keepalive_1vm"]["rps"] >= h["keepalive_1vm"]["rps"], "/s"),
+        fmt_row("metadata req/s, keep-alive, 8 VMs", p["keepalive_8vm"]["rps"], h["keepalive_8vm"]["rps"], "haproxy", ">= 1.0x haproxy",
+                p["keepalive_8vm"]["rps"] >= h["keepalive_8vm"]["rps"], "/s"),
+        fmt_row("  (kernel DNAT, keep-alive, 8 VMs)", p["keepalive_8vm"]["rps"], k["keepalive_8vm"]["rps"], "kernel", "-", None, "/s"),
+        fmt_row("new metadata connections/s", p["new_conn"]["rps"], k["new_conn"]["rps"], "kernel", ">= 7,500/s and >= 0.5x kernel",
+                p["new_conn"]["rps"] >= 7500 and p["new_conn"]["rps"] >= 0.5 * k["new_conn"]["rps"], "/s"),
+        fmt_row("  (haproxy, new connections/s)", p["new_conn"]["rps"], h["new_conn"]["rps"], "haproxy", "-", None, "/s"),
+        fmt_row("latency p50 at %d req/s (ms)" % args.rate, p["latency"]["p50_ms"], h["latency"]["p50_ms"], "haproxy", "-", None, "ms"),
+        fmt_row("latency p99 at %d req/s (ms)" % args.rate, p["latency"]["p99_ms"], h["latency"]["p99_ms"], "haproxy", "<= 2x haproxy",
+                p["latency"]["p99_ms"] <= 2 * h["latency"]["p99_ms"], "ms"),
+        fmt_row("VM-to-VM small UDP packets/s", res["project_vm2vm"]["udp_pps"], res["kernel_vm2vm"]["udp_pps"], "kernel",
+                ">= 100,000/s", res["project_vm2vm"]["udp_pps"] >= 100_000, "/s"),
+        fmt_row("VM-to-VM TCP throughput (Mbit/s)", res["project_vm2vm"]["tcp_mbit"], res["kernel_vm2vm"]["tcp_mbit"], "kernel", "-", None, "Mbit/s"),
+        fmt_row("flow lookup, 400K live flows (ns)", res["flows_400k"]["lookup_ns"], res["flows_1k"]["lookup_ns"], "1K flows",
+                "<= 1.2x 1K", lk <= 1.2, "ns"),
+        fmt_row("flow setup (pair), 400K live flows (ns)", res["flows_400k"]["setup_ns"], res["flows_1k"]["setup_ns"], "1K flows", "-", None, "ns"),
+        fmt_row("agent memory, RSS (KiB)", res["agent_rss_kib"], None, "", "-", None, "KiB"),
+    ]  # fmt: skip
+    print("\n".join(rows))
+    print("\nrequest errors: %s; UDP delivered (project/kernel): %s/%s" % (
+        errors, res["project_vm2vm"]["udp_delivered"], res["kernel_vm2vm"]["udp_delivered"]))  # fmt: skip
+    with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
+        f.write("\n".join(rows) + "\n")
+    return 1 if any(errors.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""Soak: many VMs booting at once, each running cloud-init's metadata sequence again and again.
+
+    sudo .venv/bin/python scripts/soak.py [--vms 16] [--seconds 180] [--prefix soak]   (make soak)
+
+Builds its own emulated host (removed at the end, pass or fail), with flows aging after 10 s so
+that the end state is reached quickly. Every VM loops over cloud-init's OpenStack datasource
+requests (version list, meta_data.json, user_data, vendor_data*.json, network_data.json, then the
+EC2 tree), a new connection per request as cloud-init's url_helper makes them, checking each
+answer is the VM's own. Then the traffic stops, the flows age out, and it checks: no failed
+request, and the agent's memory, flow count and open files back where they were after warm-up.
+Bounded: --seconds of traffic, 16 workers, one request at a time each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import configparser
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SETUP = os.path.join(ROOT, "scripts", "netns_setup.sh")
+VROUTER = os.path.join(ROOT, ".venv", "bin", "vrouter")
+
+CLOUD_INIT = r"""
+import http.client, json, sys, time
+uuid, deadline = sys.argv[1], time.monotonic() + float(sys.argv[2])
+ok = failed = 0
+errors = []
+worst = 0.0
+def get(path, want=None):
+    global ok, failed, worst
+    t = time.monotonic()
+    try:
+        c = http.client.HTTPConnection("169.254.169.254", 80, timeout=10)
+        c.request("GET", path, headers={"User-Agent": "Cloud-Init/23.1"})
+        r = c.getresponse()
+        body = r.read()
+        c.close()
+        good = r.status == 200 and (want is None or want(body))
+    except Exception as e:
+        good, r = False, None
+        body = repr(e).encode()
+    worst = max(worst, time.monotonic() - t)
+    if good:
+        ok += 1
+    else:
+        failed += 1
+        if len(errors) < 5:
+            errors.append("%s: %s %r" % (path, r.status if r else "-", body[:80]))
+    return body
+rounds = 0
+while time.monotonic() < deadline:
+    versions = get("/openstack", lambda b: b"2018-08-27" in b)
+    get("/openstack/2018-08-27/meta_data.json", lambda b: json.loads(b)["uuid"] == uuid)
+    for name in ("user_data", "vendor_data.json", "vendor_data2.json", "network_data.json"):
+        get("/openstack/2018-08-27/" + name)
+    get("/2009-04-04/meta-data/", lambda b: b"instance-id" in b)
+    for leaf in ("instance-id", "hostname", "local-ipv4", "placement/availability-zone", "public-keys/0/openssh-key"):
+        get("/2009-04-04/meta-data/" + leaf)
+    get("/2009-04-04/user-data")
+    rounds += 1
+print(json.dumps({"ok": ok, "failed": failed, "rounds": rounds, "worst_s": round(worst, 3), "errors": errors}))
+"""
+
+
+def run(*cmd: str, **kw) -> subprocess.CompletedProcess:  # noqa: ANN003
+    return subprocess.run(list(cmd), capture_output=True, text=True, **kw)
+
+
+def agent_state(state_dir: str) -> dict:
+    st = json.loads(run(VROUTER, "status", "--json", "--state-dir", state_dir).stdout)
+    pid = st["pid"]
+    with open("/proc/%d/status" % pid) as f:
+        rss = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    return {"rss_kib": rss, "fds": len(os.listdir("/proc/%d/fd" % pid)), "flows": st["flows_active"],
+            "nat_ports": st["linklocal_nat_ports_in_use"], "proxy": st["proxy"]}  # fmt: skip
+
+
+def wait_flows_gone(state_dir: str, timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        s = agent_state(state_dir)
+        if s["flows"] == 0 or time.monotonic() > deadline:
+            return s
+        time.sleep(1)  # polling the agent's state with a deadline
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--vms", type=int, default=16)
+    ap.add_argument("--seconds", type=float, default=180)
+    ap.add_argument("--prefix", default="soak")
+    ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "soak.json"))
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("soak needs root (network namespaces)", file=sys.stderr)
+        return 2
+    up = run("bash", SETUP, "up", "--vms", str(args.vms), "--prefix", args.prefix, "--json")
+    if up.returncode != 0:
+        print(up.stderr, file=sys.stderr)
+        return 1
+    layout = json.loads(up.stdout)
+    state = layout["state_dir"]
+    try:
+        conf = os.path.join(state, "agent.conf")
+        cp = configparser.ConfigParser(interpolation=None, default_section="__none__")
+        cp.optionxform = str
+        cp.read(conf)
+        cp.set("FLOWS", "flow_cache_timeout", "10")
+        with open(conf, "w") as f:
+            cp.write(f)
+        for cmd in ("stop-agent", "start-agent"):
+            r = run("bash", SETUP, cmd, "--prefix", args.prefix)
+            assert r.returncode == 0, r.stderr
+
+        def wave(seconds: float) -> list[dict]:
+            procs = [subprocess.Popen(["ip", "netns", "exec", vm["namespace"], sys.executable, "-c", CLOUD_INIT, vm["instance_uuid"],
+                                       str(seconds)], stdout=subprocess.PIPE, text=True) for vm in layout["vms"]]  # fmt: skip
+            return [json.loads(p.communicate(timeout=seconds + 120)[0]) for p in procs]
+
+        print("warm-up: %d VMs boot at once, 10 s" % args.vms, flush=True)
+        warm = wave(10)
+        settled = wait_flows_gone(state, 60)
+        print("after warm-up, flows aged out: %s" % {k: v for k, v in settled.items() if k != "proxy"}, flush=True)
+        print("soak: %d VMs for %.0f s" % (args.vms, args.seconds), flush=True)
+        t0 = time.monotonic()
+        results = wave(args.seconds)
+        elapsed = time.monotonic() - t0
+        busy = agent_state(state)
+        end = wait_flows_gone(state, 60)
+        ok = sum(r["ok"] for r in results + warm)
+        failed = sum(r["failed"] for r in results + warm)
+        report = {
+            "vms": args.vms,
+            "seconds": round(elapsed, 1),
+            "requests_ok": ok,
+            "requests_failed": failed,
+            "requests_per_s": round(sum(r["ok"] for r in results) / elapsed, 1),
+            "rounds_per_vm": [r["rounds"] for r in results],
+            "worst_latency_s": max(r["worst_s"] for r in results),
+            "errors": [e for r in results + warm for e in r["errors"]][:10],
+            "agent_after_warmup": settled,
+            "agent_under_load": busy,
+            "agent_after_aging": end,
+        }
+        os.makedirs(os.path.dirname(args.out), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(report, f, indent=2)
+        growth = end["rss_kib"] - settled["rss_kib"]
+        verdict = failed == 0 and end["flows"] == 0 and end["fds"] <= settled["fds"] and end["nat_ports"] == 0 and growth < 8192
+        print(json.dumps({k: v for k, v in report.items() if not k.startswith("agent_")}, indent=2))
+        print("agent after warm-up: RSS %d KiB, %d fds, %d flows" % (settled["rss_kib"], settled["fds"], settled["flows"]))
+        print("agent under load:    RSS %d KiB, %d fds, %d flows" % (busy["rss_kib"], busy["fds"], busy["flows"]))
+        print("agent after aging:   RSS %d KiB (%+d), %d fds, %d flows" % (end["rss_kib"], growth, end["fds"], end["flows"]))
+        print("soak %s" % ("PASSED" if verdict else "FAILED"))
+        return 0 if verdict else 1
+    finally:
+        run("bash", SETUP, "down", "--prefix", args.prefix)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
