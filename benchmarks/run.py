@@ -69,7 +69,7 @@ async def main():
             global errors
             c = await pool.get()
             try:
-                await one(*c, s)
+                await asyncio.wait_for(one(*c, s), 10)
             except Exception:
                 errors += 1
                 c = await asyncio.open_connection("169.254.169.254", 80)
@@ -117,7 +117,10 @@ print(n)
 
 TCP_SINK = r"""
 import socket, sys, time, json
-l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); l.bind((sys.argv[1], 9001)); l.listen(1)
+l = socket.socket()
+l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind((sys.argv[1], 9001))
+l.listen(1)
 print("ready", flush=True)
 c, _ = l.accept()
 n, t0 = 0, time.monotonic()
@@ -152,6 +155,7 @@ class Bench:
         self.prefix = prefix
         self.seconds = seconds
         self.tmp = tempfile.mkdtemp(prefix="vrouter-bench-")
+        os.chmod(self.tmp, 0o755)  # nginx's workers run as www-data
         self.procs: list[subprocess.Popen] = []
 
     # -- the host -----------------------------------------------------------------------------
@@ -171,8 +175,12 @@ class Bench:
 
     def down(self) -> None:
         for p in self.procs:
-            p.kill()
-            p.wait(10)
+            p.terminate()  # nginx and haproxy stop their workers on SIGTERM
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(10)
         sh("bash", SETUP, "down", "--prefix", self.prefix, check=False, timeout=300)
 
     def start_nginx(self) -> None:
@@ -263,7 +271,7 @@ class Bench:
         self.wait_port(self.compute, "127.0.0.1", 9697)
 
     def haproxy_off(self) -> None:
-        self.haproxy_proc.kill()
+        self.haproxy_proc.terminate()
         self.haproxy_proc.wait(10)
         self.procs.remove(self.haproxy_proc)
         self.plain_off()
@@ -326,13 +334,15 @@ class Bench:
             return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
 
 
+def num(x: float) -> str:
+    return f"{x:,.0f}" if x >= 100 else f"{x:.2f}"
+
+
 def fmt_row(name: str, ours: float, ref: float | None, ref_name: str, target: str, met: bool | None, unit: str) -> str:
     ratio = "%.2fx" % (ours / ref) if ref else "-"
-    return "| %s | %s %s | %s | %s | %s | %s |" % (
-        name, "{:,}".format(round(ours)) if ours >= 100 else "%.2f" % ours, unit,
-        ("{:,} %s (%s)".format(round(ref)) % (unit, ref_name)) if ref else "-", ratio, target,
-        "-" if met is None else ("yes" if met else "**no**"),
-    )  # fmt: skip
+    reference = "%s %s (%s)" % (num(ref), unit, ref_name) if ref else "-"
+    verdict = "-" if met is None else ("yes" if met else "**no**")
+    return "| %s | %s %s | %s | %s | %s | %s |" % (name, num(ours), unit, reference, ratio, target, verdict)
 
 
 def main() -> int:

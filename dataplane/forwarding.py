@@ -11,8 +11,9 @@ On a miss the flow pair comes from, in order: the link-local service table
 the fabric with a source port reserved by a real socket), then the VM port
 table (VM to VM in the same VRF: Forward), else a Drop flow (no route).
 
-Lifecycle: a TCP pair goes at an RST, or at the last ACK after a FIN each
-way; every pair goes when idle for longer than the aging timeout.  Limits:
+Lifecycle: a TCP pair goes at an RST, or a second after a FIN each way (so
+that the last ACKs, which may cross, still pass); every pair goes when idle
+for longer than the aging timeout.  Limits:
 per-VM flow entries (with the vRouter's hysteresis: once over, new flows are
 dropped until use falls to 90%), link-local flows per VM and per host.
 """
@@ -20,6 +21,7 @@ dropped until use falls to 90%), link-local flows per VM and per host.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import random
 import time
 from collections import Counter
@@ -27,14 +29,16 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from dataplane.nat import Rewrite
-from dataplane.packet import ICMP, TCP, TCP_FIN, TCP_RST, UDP, Malformed, Parsed, parse
+from dataplane.packet import ICMP, TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, UDP, Malformed, Parsed, parse
 from dataplane.vif import HOST_VIF, LINK_LOCAL6, METADATA_SERVICE_IP6, PROXY_IP6, LinkLocalService, Vif
 from flows.layout import HEADER_SIZE, OFF_FLAGS, OFF_TCPFLAGS, RECORD_SIZE, U16, Action, DropReason, Flag, make_key
 from flows.table import FlowSpec, FlowTable, TableFull
 
+log = logging.getLogger("vrouter.dataplane")
+
 MD_FWD_FLAGS = Flag.SNAT | Flag.DNAT | Flag.DPAT | Flag.LINK_LOCAL
 MD_REV_FLAGS = Flag.SNAT | Flag.SPAT | Flag.DNAT | Flag.LINK_LOCAL
-CLOSE_GRACE_NS = 2_000_000_000  # both FINs seen and no last ACK: the pair goes after this
+CLOSE_GRACE_NS = 1_000_000_000  # both FINs seen: the pair goes this long after (the last ACKs pass)
 
 
 @dataclass(frozen=True)
@@ -202,15 +206,20 @@ class Dataplane:
         return self._delete_flows(list(self.prepared))
 
     def age(self, idle_s: float, now: int | None = None) -> int:
-        """Remove flows idle for longer than ``idle_s``, and closed TCP pairs whose last ACK never
-        came; return the number of entries removed."""
+        """Remove flows idle for longer than ``idle_s``, and closed TCP pairs; return the number of
+        entries removed."""
         now = now if now is not None else time.time_ns()
         removed = self.table.age(now, int(idle_s * 1e9))
         self._forget(removed)
-        n = len(removed)
+        return len(removed) + self.evict_closed(now)
+
+    def evict_closed(self, now: int | None = None) -> int:
+        """Remove TCP pairs that saw a FIN each way more than CLOSE_GRACE_NS ago."""
+        now = now if now is not None else time.time_ns()
+        n = 0
         for i, since in list(self.closing.items()):
-            if now - since > CLOSE_GRACE_NS:
-                n += self._delete_flows([i])
+            if now - since > CLOSE_GRACE_NS and i in self.closing:
+                n += self._evict(i)
         return n
 
     # -- the per-packet path --------------------------------------------------------------------
@@ -261,15 +270,19 @@ class Dataplane:
         return Verdict(True, bytes(buf))
 
     def _tcp_state(self, index: int, tcp_flags: int, now: int) -> None:
-        """RST: the pair goes.  FIN both ways: the pair goes at the next ACK (the last one)."""
+        """RST: the pair goes.  FIN both ways: the pair is marked, and goes a second later.  A new
+        SYN on a marked pair (the VM reused its port at once) starts it afresh."""
         flags = self._flags(index)
-        fwd = self.table.reverse_of(index) if flags & Flag.REVERSE else index
         if tcp_flags & TCP_RST:
-            self._evict(fwd)
+            self._evict(index)
             return
         if index in self.closing:
-            if not tcp_flags & TCP_FIN:
-                self._evict(fwd)
+            if tcp_flags & TCP_SYN and not tcp_flags & TCP_ACK:
+                other = self.table.reverse_of(index)
+                for i in (index, other):
+                    self.closing.pop(i, None)
+                    self._set_flags(i, self._flags(i) & ~Flag.EVICT_CANDIDATE)
+                    self.table.buf[HEADER_SIZE + i * RECORD_SIZE + OFF_TCPFLAGS] = tcp_flags if i == index else 0
             return
         if tcp_flags & TCP_FIN and flags & Flag.RFLOW_VALID:
             other = self.table.reverse_of(index)
@@ -284,11 +297,11 @@ class Dataplane:
     def _set_flags(self, index: int, flags: int) -> None:
         U16.pack_into(self.table.buf, HEADER_SIZE + index * RECORD_SIZE + OFF_FLAGS, flags)
 
-    def _evict(self, index: int) -> None:
+    def _evict(self, index: int) -> int:
         for i in (index, self.table.reverse_of(index)):
             if self._flags(i) & Flag.ACTIVE:
                 self._set_flags(i, self._flags(i) | Flag.EVICTED)
-        self._delete_flows([index])
+        return self._delete_flows([index])
 
     # -- flow setup -----------------------------------------------------------------------------
 
@@ -296,6 +309,9 @@ class Dataplane:
         if vif is self.host:
             # The compute node's own packets, and the fabric's, reach the queue only as the
             # reverse half of a NAT flow; anything else is not ours to set up.
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("no reverse flow for %s:%d -> %s:%d proto %d flags 0x%02x", ipaddress.ip_address(p.src), p.sport,
+                          ipaddress.ip_address(p.dst), p.dport, p.proto, p.tcp_flags)  # fmt: skip
             return self.drop(DropReason.FLOW_NAT_NO_RFLOW)
         v6 = len(p.src) == 16
         if p.src != vif.ip_bytes and not (v6 and (p.src[:8] == LINK_LOCAL6 or p.src == vif.ip6_bytes)):

@@ -68,23 +68,30 @@ def test_rst_evicts_the_pair_after_passing():
     assert d.table.active == 0 and not d.prepared
 
 
-def test_fin_both_ways_then_last_ack_evicts():
+def test_fin_both_ways_marks_the_pair_and_it_goes_a_second_later():
     d = make()
     run(d, a_to_b("S"), b_to_a("SA"), a_to_b("A"), a_to_b("FA"))
     assert d.table.active == 2
     run(d, b_to_a("FA"))
     flags = [e.flags for e in d.table.dump()]
     assert all(f & Flag.EVICT_CANDIDATE for f in flags)
-    run(d, a_to_b("A"))  # the last ACK
+    # the last ACKs, which may cross, still pass through the pair
+    assert all(v.accept for v in run(d, a_to_b("A"), b_to_a("A")))
+    assert d.table.active == 2
+    since = d.closing[d.table.dump()[0].index]
+    assert d.evict_closed(since + 500_000_000) == 0
+    assert d.evict_closed(since + 1_500_000_000) == 2
     assert d.table.active == 0 and not d.closing
 
 
-def test_fin_both_ways_without_last_ack_goes_after_grace():
+def test_port_reused_during_the_grace_starts_afresh():
     d = make()
     run(d, a_to_b("S"), b_to_a("SA"), a_to_b("FA"), b_to_a("FA"))
-    assert d.table.active == 2
-    assert d.age(idle_s=180, now=d.table.read(d.table.dump()[0].index).last_ns + 3_000_000_000) == 2
-    assert d.table.active == 0
+    since = next(iter(d.closing.values()))
+    assert run(d, a_to_b("S"))[0].accept  # the same port again, at once
+    assert not d.closing
+    assert d.evict_closed(since + 5_000_000_000) == 0
+    assert d.table.active == 2 and not any(e.flags & Flag.EVICT_CANDIDATE for e in d.table.dump())
 
 
 def test_half_close_keeps_the_pair():
@@ -100,6 +107,7 @@ def test_metadata_pair_evicted_on_close_from_the_proxy_side():
     d.process(seg("10.10.0.2", "169.254.0.3", 8097, 40000, "FA"), 0)
     d.process(seg("10.1.1.3", "169.254.169.254", 40000, 80, "FA"), TAP1)
     d.process(seg("10.10.0.2", "169.254.0.3", 8097, 40000, "A"), 0)
+    assert d.evict_closed(d.table.dump()[0].last_ns + 2_000_000_000) == 2
     assert d.table.active == 0
 
 

@@ -39,7 +39,7 @@ from vrouter.ports import validate as validate_port
 log = logging.getLogger("vrouter.agent")
 
 LINK_LOCAL = ipaddress.IPv4Network("169.254.0.0/16")
-AGING_INTERVAL = 5.0
+AGING_INTERVAL = 5  # seconds
 TAP_SCAN_INTERVAL = 1.0
 
 
@@ -241,12 +241,18 @@ class Agent:
                     await self._plug(port)
 
     async def _aging(self) -> None:
+        """Closed TCP pairs go every second; idle flows are looked for every AGING_INTERVAL."""
         assert self.dataplane is not None
+        ticks = 0
         while True:
-            await asyncio.sleep(AGING_INTERVAL)
-            n = self.dataplane.age(self.cfg.flow_cache_timeout)
+            await asyncio.sleep(1.0)
+            ticks += 1
+            if ticks % AGING_INTERVAL:
+                n = self.dataplane.evict_closed()
+            else:
+                n = self.dataplane.age(self.cfg.flow_cache_timeout)
             if n:
-                log.debug("aged out %d flow entries", n)
+                log.debug("removed %d flow entries", n)
 
     def _identify(self, peer_ip: str) -> Identity | None:
         """The VM behind a metadata IP (169.254.0.0/16 or fd00:a9fe:a9fe::/64): vif = low 16 bits."""

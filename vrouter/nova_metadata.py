@@ -301,6 +301,7 @@ class NovaMetadata:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body are two writes: no 40 ms delayed-ACK stall
     server_version = "nova-metadata-emulator"
     sys_version = ""
     api: NovaMetadata
