@@ -9,10 +9,11 @@ BIN := $(VENV)/bin
 SYSTEM_PKGS := iproute2 libnetfilter-queue-dev libnfnetlink-dev gcc curl iputils-ping procps nftables
 DEMO_PREFIX ?= demo
 
+BENCH_PKGS := haproxy nginx-light wrk
 SOAK_SECONDS ?= 180
 SOAK_VMS ?= 16
 
-.PHONY: install system-deps venv demo test unit lint soak clean
+.PHONY: install system-deps venv demo test unit lint soak bench bench-deps clean
 
 install: system-deps venv
 
@@ -46,6 +47,23 @@ test: install
 # Minutes of 16 VMs running cloud-init's metadata sequence; too long for CI (see the README).
 soak: install
 	$(BIN)/python scripts/soak.py --vms $(SOAK_VMS) --seconds $(SOAK_SECONDS)
+
+# The benchmark suite beside its references (haproxy, kernel DNAT, nginx upstream); see benchmarks/run.py.
+bench: install bench-deps
+	$(BIN)/python benchmarks/run.py
+
+# haproxy and nginx only as tools run inside the benchmark's namespaces: never started as host services.
+bench-deps:
+	@missing=""; for p in $(BENCH_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  made=""; if [ ! -e /usr/sbin/policy-rc.d ]; then printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; made=1; fi; \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; rc=$$?; \
+	  [ -n "$$made" ] && rm -f /usr/sbin/policy-rc.d; exit $$rc; \
+	fi
 
 unit: venv
 	$(BIN)/python -m pytest -q -m "not netns" tests

@@ -239,10 +239,10 @@ class Bench:
         sh(*c, "sysctl", "-qw", "net.ipv4.ip_forward=0")
 
     def kernel(self) -> None:
-        self.plain_on("chain pre { type nat hook prerouting priority dstnat; ip daddr 169.254.169.254 tcp dport 80 dnat to 10.10.0.1:80 }")
+        self.plain_on("chain pre { type nat hook prerouting priority dstnat; ip daddr 169.254.169.254 tcp dport 80 dnat to 10.10.0.1:80; }")
 
     def haproxy(self) -> None:
-        self.plain_on("chain pre { type nat hook prerouting priority dstnat; ip daddr 169.254.169.254 tcp dport 80 redirect to :9697 }")
+        self.plain_on("chain pre { type nat hook prerouting priority dstnat; ip daddr 169.254.169.254 tcp dport 80 dnat to 10.10.0.2:9697; }")
         secret = open(os.path.join(self.state, "secret")).read()
         iid = os.path.join(self.tmp, "instance.map")
         tenant = os.path.join(self.tmp, "tenant.map")
