@@ -78,7 +78,13 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
         cfg.log_level = _level("command line", "--log-level", args.log_level)
     _setup_logging(cfg.log_level, cfg.log_file)
-    asyncio.run(run_agent(cfg, _state_dir(args), args.queue, args.nova_timeout, args.dns_interval))
+    main = run_agent(cfg, _state_dir(args), args.queue, args.nova_timeout, args.dns_interval)
+    try:
+        import uvloop  # the faster event loop, when installed (it is a dependency)
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
     return 0
 
 

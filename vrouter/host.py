@@ -14,8 +14,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 
-from pyroute2 import AsyncIPRoute
+from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD, IFA_F_TENTATIVE
 
@@ -31,24 +32,39 @@ def sysctl(path: str, value: str) -> None:
 
 
 class HostNetwork:
-    """Netlink to the compute namespace's kernel (pyroute2's asyncio API: the agent is one loop)."""
+    """Netlink to the compute namespace's kernel.
+
+    pyroute2's synchronous IPRoute, on one worker thread: its asyncio flavour needs an event loop
+    that can open netlink datagram endpoints, which uvloop (the agent's loop) cannot.
+    """
 
     def __init__(self) -> None:
-        self.ipr = AsyncIPRoute()
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="netlink")
+        self._ipr: IPRoute | None = None
+
+    async def _nl(self, method: str, *args: object, **kwargs: object):  # noqa: ANN202
+        def call():  # noqa: ANN202
+            if self._ipr is None:
+                self._ipr = IPRoute()
+            return getattr(self._ipr, method)(*args, **kwargs)
+
+        return await asyncio.get_running_loop().run_in_executor(self._pool, call)
 
     def close(self) -> None:
-        self.ipr.close()
+        if self._ipr is not None:
+            self._pool.submit(self._ipr.close).result(10)
+        self._pool.shutdown(wait=True)
 
     async def ifindex(self, name: str) -> int:
-        found = await self.ipr.link_lookup(ifname=name)
+        found = await self._nl("link_lookup", ifname=name)
         return found[0] if found else 0
 
     async def address_of(self, name: str) -> str:
         idx = await self.ifindex(name)
         if not idx:
             return ""
-        async for a in await self.ipr.addr("dump", index=idx, family=2):
-            return a.get("IFA_ADDRESS")
+        for a in await self._nl("get_addr", index=idx, family=2):
+            return a.get_attr("IFA_ADDRESS")
         return ""
 
     def enable_forwarding(self, on: bool) -> None:
@@ -72,18 +88,18 @@ class HostNetwork:
         tentative address cannot be bound); returns once the address is usable."""
         sysctl("net.ipv6.conf.lo.accept_dad", "0")
         lo = await self.ifindex("lo")
-        await self.ipr.addr("replace", index=lo, address=address, prefixlen=128, flags=IFA_F_NODAD)
+        await self._nl("addr", "replace", index=lo, address=address, prefixlen=128, flags=IFA_F_NODAD)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 5
         while loop.time() < deadline:
-            async for a in await self.ipr.addr("dump", index=lo, family=10):
-                if a.get("IFA_ADDRESS") == address and not (a.get("IFA_FLAGS") or a["flags"]) & IFA_F_TENTATIVE:
+            for a in await self._nl("get_addr", index=lo, family=10):
+                if a.get_attr("IFA_ADDRESS") == address and not (a.get_attr("IFA_FLAGS") or a["flags"]) & IFA_F_TENTATIVE:
                     return
             await asyncio.sleep(0.05)  # polling the kernel's address state, with a deadline
 
     async def del_proxy_ip6(self, address: str) -> None:
         try:
-            await self.ipr.addr("del", index=await self.ifindex("lo"), address=address, prefixlen=128)
+            await self._nl("addr", "del", index=await self.ifindex("lo"), address=address, prefixlen=128)
         except NetlinkError:
             pass
 
@@ -92,7 +108,7 @@ class HostNetwork:
         idx = await self.ifindex(tap)
         if not idx:
             return 0
-        await self.ipr.link("set", index=idx, address=VROUTER_MAC, state="up")
+        await self._nl("link", "set", index=idx, address=VROUTER_MAC, state="up")
         sysctl("net.ipv4.conf.%s.proxy_arp" % tap, "1")
         # Link-local NAT to the fabric rewrites a VM's source to vhost0's own address: the kernel
         # must accept a local source from the tap, and no reverse-path filter passes one on an
@@ -102,17 +118,17 @@ class HostNetwork:
         sysctl("net.ipv4.conf.%s.rp_filter" % tap, "0")
         sysctl("net.ipv4.neigh.%s.proxy_delay" % tap, "0")  # answer ARP at once, not within 0.8 s
         for ip in (vm_ip, md_ip):
-            await self.ipr.route("replace", dst=ip + "/32", oif=idx, scope="link")
-        await self.ipr.neigh("replace", dst=vm_ip, lladdr=vm_mac, ifindex=idx, state="permanent")
+            await self._nl("route", "replace", dst=ip + "/32", oif=idx, scope="link")
+        await self._nl("neigh", "replace", dst=vm_ip, lladdr=vm_mac, ifindex=idx, state="permanent")
         if md_ip6:
             # IPv6: the tap answers neighbour discovery for fe80::a9fe:a9fe; the per-port metadata
             # address routes back to it. IPv6 is otherwise not forwarded.
             for key, value in (("accept_dad", "0"), ("accept_ra", "0"), ("disable_ipv6", "0")):
                 sysctl("net.ipv6.conf.%s.%s" % (tap, key), value)
-            await self.ipr.addr("replace", index=idx, address=METADATA_IP6, prefixlen=64)
+            await self._nl("addr", "replace", index=idx, address=METADATA_IP6, prefixlen=64)
             for ip in (md_ip6, vm_ip6):
                 if ip:
-                    await self.ipr.route("replace", dst=ip + "/128", oif=idx)
+                    await self._nl("route", "replace", dst=ip + "/128", oif=idx)
         return idx
 
     async def unplug(self, tap: str, vm_ip: str, md_ip: str) -> None:
@@ -123,12 +139,12 @@ class HostNetwork:
             sysctl("net.ipv6.conf.%s.disable_ipv6" % tap, "1")  # its addresses and routes go too
         for ip in (vm_ip, md_ip):
             try:
-                await self.ipr.route("del", dst=ip + "/32", **({"oif": idx} if idx else {}))
+                await self._nl("route", "del", dst=ip + "/32", **({"oif": idx} if idx else {}))
             except NetlinkError:
                 pass
         if idx:
             try:
-                await self.ipr.neigh("del", dst=vm_ip, ifindex=idx)
+                await self._nl("neigh", "del", dst=vm_ip, ifindex=idx)
             except NetlinkError:
                 pass
 

@@ -251,7 +251,8 @@ class MetadataProxy:
         event = conn.next_event()
         if event is not h11.NEED_DATA:
             return event
-        data = await asyncio.wait_for(reader.read(READ_CHUNK), self.idle_timeout)  # waiting between requests
+        async with asyncio.timeout(self.idle_timeout):  # waiting between requests
+            data = await reader.read(READ_CHUNK)
         conn.receive_data(data)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.fairness.header_timeout
@@ -263,7 +264,8 @@ class MetadataProxy:
             if remaining <= 0:
                 return None
             try:
-                data = await asyncio.wait_for(reader.read(READ_CHUNK), remaining)
+                async with asyncio.timeout(remaining):
+                    data = await reader.read(READ_CHUNK)
             except TimeoutError:
                 return None
             conn.receive_data(data)
@@ -449,7 +451,8 @@ async def _next_event(conn: h11.Connection, reader: asyncio.StreamReader, timeou
         event = conn.next_event()
         if event is not h11.NEED_DATA:
             return event
-        data = await asyncio.wait_for(reader.read(READ_CHUNK), timeout)
+        async with asyncio.timeout(timeout):  # cheaper than wait_for: no task per read
+            data = await reader.read(READ_CHUNK)
         conn.receive_data(data)
 
 
