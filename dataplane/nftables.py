@@ -255,90 +255,55 @@ class NftSocket:
         md6 = socket.inet_pton(socket.AF_INET6, "fe80::a9fe:a9fe")
         net6 = socket.inet_pton(socket.AF_INET6, "fd00:a9fe:a9fe::")
         mask6 = b"\xff" * 8 + b"\0" * 8
-        msgs = [
-            (NFT_MSG_NEWTABLE, NLM_F_CREATE, _str(1, name)),
-            (NFT_MSG_NEWCHAIN, NLM_F_CREATE, _chain(name, "from_vms", NF_INET_PRE_ROUTING)),
-            (NFT_MSG_NEWCHAIN, NLM_F_CREATE, _chain(name, "to_metadata_ips", NF_INET_LOCAL_OUT)),
-            (
-                NFT_MSG_NEWRULE,
-                NLM_F_CREATE | NLM_F_APPEND,
-                _rule(
-                    name,
-                    "from_vms",
-                    _meta(NFT_META_IIFNAME),
-                    _cmp_eq(rules.tap_prefix.encode()),
-                    _payload(24, 16),
-                    _cmp_eq(md6),
-                    _meta(NFT_META_L4PROTO),
-                    _cmp_eq(b"\x06"),
-                    _counter(),
-                    _notrack(),
-                    queue,
-                ),  # fmt: skip
-            ),
-            (
-                NFT_MSG_NEWRULE,
-                NLM_F_CREATE | NLM_F_APPEND,
-                _rule(name, "to_metadata_ips", _payload(24, 16), _bitwise_mask(mask6), _cmp_eq(net6), _counter(), _notrack(), queue),
-            ),
+        tap = _cmp_eq(rules.tap_prefix.encode())
+        msgs = _skeleton(name) + [
+            _queue_rule(
+                name, "from_vms", queue, _meta(NFT_META_IIFNAME), tap, _payload(24, 16), _cmp_eq(md6), _meta(NFT_META_L4PROTO), _cmp_eq(b"\x06")
+            ),  # fmt: skip
+            _queue_rule(name, "to_metadata_ips", queue, _payload(24, 16), _bitwise_mask(mask6), _cmp_eq(net6)),
         ]
         self.batch(msgs, NFPROTO_IPV6)
 
     def create_queue_table(self, rules: QueueRules, name: str = TABLE_NAME) -> None:
-        """Create the table with its two chains in one transaction (replacing a stale one)."""
+        """The IPv4 table, in one transaction (replacing a stale one): everything from the taps; TCP
+        and UDP arriving on vhost0 for the link-local NAT port range; the compute node's own
+        packets to the per-port metadata IPs."""
         self.delete_table(name)
-        tap = rules.tap_prefix.encode()
         net, mask = rules.metadata_net
         queue = _nfqueue(rules.queue_num, rules.queue_total)
-        msgs = [
-            (NFT_MSG_NEWTABLE, NLM_F_CREATE, _str(1, name)),
-            (NFT_MSG_NEWCHAIN, NLM_F_CREATE, _chain(name, "from_vms", NF_INET_PRE_ROUTING)),
-            (NFT_MSG_NEWCHAIN, NLM_F_CREATE, _chain(name, "to_metadata_ips", NF_INET_LOCAL_OUT)),
-            (
-                NFT_MSG_NEWRULE,
-                NLM_F_CREATE | NLM_F_APPEND,
-                _rule(name, "from_vms", _meta(NFT_META_IIFNAME), _cmp_eq(tap), _counter(), _notrack(), queue),
-            ),
-        ]
         lo, hi = rules.nat_ports
+        msgs = _skeleton(name) + [_queue_rule(name, "from_vms", queue, _meta(NFT_META_IIFNAME), _cmp_eq(rules.tap_prefix.encode()))]
         for proto in (6, 17):
             msgs.append(
-                (
-                    NFT_MSG_NEWRULE,
-                    NLM_F_CREATE | NLM_F_APPEND,
-                    _rule(
-                        name,
-                        "from_vms",
-                        _meta(NFT_META_IIFNAME),
-                        _cmp_eq(rules.vhost_name.encode() + b"\0"),
-                        _meta(NFT_META_L4PROTO),
-                        _cmp_eq(bytes([proto])),
-                        _payload(2, 2, NFT_PAYLOAD_TRANSPORT_HEADER),
-                        _cmp(NFT_CMP_GTE, struct.pack("!H", lo)),
-                        _cmp(NFT_CMP_LTE, struct.pack("!H", hi)),
-                        _counter(),
-                        _notrack(),
-                        queue,
-                    ),
-                )
-            )
-        msgs += [
-            (
-                NFT_MSG_NEWRULE,
-                NLM_F_CREATE | NLM_F_APPEND,
-                _rule(
+                _queue_rule(
                     name,
-                    "to_metadata_ips",
-                    _payload(16, 4),
-                    _bitwise_mask(mask),
-                    _cmp_eq(net),
-                    _counter(),
-                    _notrack(),
+                    "from_vms",
                     queue,
-                ),
-            ),
-        ]
+                    _meta(NFT_META_IIFNAME),
+                    _cmp_eq(rules.vhost_name.encode() + b"\0"),
+                    _meta(NFT_META_L4PROTO),
+                    _cmp_eq(bytes([proto])),
+                    _payload(2, 2, NFT_PAYLOAD_TRANSPORT_HEADER),
+                    _cmp(NFT_CMP_GTE, struct.pack("!H", lo)),
+                    _cmp(NFT_CMP_LTE, struct.pack("!H", hi)),
+                )  # fmt: skip
+            )
+        msgs.append(_queue_rule(name, "to_metadata_ips", queue, _payload(16, 4), _bitwise_mask(mask), _cmp_eq(net)))
         self.batch(msgs)
+
+
+def _skeleton(table: str) -> list[tuple[int, int, bytes]]:
+    """Our table with its two chains, both at raw priority (before conntrack)."""
+    return [
+        (NFT_MSG_NEWTABLE, NLM_F_CREATE, _str(1, table)),
+        (NFT_MSG_NEWCHAIN, NLM_F_CREATE, _chain(table, "from_vms", NF_INET_PRE_ROUTING)),
+        (NFT_MSG_NEWCHAIN, NLM_F_CREATE, _chain(table, "to_metadata_ips", NF_INET_LOCAL_OUT)),
+    ]
+
+
+def _queue_rule(table: str, chain: str, queue: bytes, *matches: bytes) -> tuple[int, int, bytes]:
+    """A rule: when all ``matches`` hold, count, do not track, and send to NFQUEUE."""
+    return (NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, _rule(table, chain, *matches, _counter(), _notrack(), queue))
 
 
 def _chain(table: str, chain: str, hook: int) -> bytes:
