@@ -75,7 +75,7 @@ class Prepared:
     counts include it, whether it is a link-local flow, the reserved port to release.
     """
 
-    __slots__ = ("action", "rewrite", "out", "vin", "reason", "charge", "link_local", "port")
+    __slots__ = ("action", "rewrite", "out", "vin", "reason", "charge", "link_local", "port", "fresh")
 
     def __init__(self, action: Action, rewrite: Rewrite | None, out: Vif | None, vin: int, reason: DropReason = DropReason.NONE) -> None:
         self.action = action
@@ -86,6 +86,7 @@ class Prepared:
         self.charge: tuple[Vif, ...] = ()
         self.link_local = False
         self.port: object = None
+        self.fresh = False  # on a reverse entry: no answer seen yet, the pair is still New
 
 
 class Dataplane:
@@ -254,6 +255,10 @@ class Dataplane:
                 return index
         prep = self.prepared[index]
         self.table.hit(index, n, now, p.tcp_flags)
+        if prep.fresh:  # the first answer: the pair is no longer a new flow
+            prep.fresh = False
+            for i in (index, self.table.reverse_of(index)):
+                self._set_flags(i, self._flags(i) & ~Flag.NEW_FLOW)
         if prep.action == Action.DROP:
             return self.drop(prep.reason, vif)
         out = prep.out
@@ -365,6 +370,7 @@ class Dataplane:
               charge: tuple[Vif, ...], link_local: bool, now: int) -> int:  # fmt: skip
         self._clear(rkey)
         fi, ri = self.table.add_pair(key, fspec, rkey, rspec, now)
+        rprep.fresh = True
         fprep.charge = charge
         fprep.link_local = link_local
         for v in charge:

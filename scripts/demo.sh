@@ -31,8 +31,18 @@ done
 step "vm1 pings vm2 through the dataplane"
 ip netns exec "$PREFIX-vm1" ping -c 2 -W 2 "$(.venv/bin/python -c 'import json,sys; print(json.load(open(sys.argv[1]))["vms"][1]["ip"])' "$LAYOUT")" | tail -2
 
-step "vrouter flow -l --prefix $PREFIX (metadata NAT pairs and the VM-to-VM Forward pair)"
+step "each VM holds a metadata connection open (keep-alive), so that its NAT pair stays in the table"
+HOLD='import socket, time
+s = socket.create_connection(("169.254.169.254", 80), timeout=5)
+s.sendall(b"GET /openstack HTTP/1.1\r\nHost: 169.254.169.254\r\n\r\n")
+print("  %s:%d -> 169.254.169.254:80 answered %s" % (s.getsockname() + (s.recv(12).decode()[9:12],)), flush=True)
+time.sleep(4)'
+for i in 1 2; do ip netns exec "$PREFIX-vm$i" .venv/bin/python -c "$HOLD" & done
+sleep 1  # a demo, not a test: give the two connections a moment to be made
+
+step "vrouter flow -l --prefix $PREFIX (the metadata NAT pairs and the VM-to-VM Forward pair)"
 $VROUTER flow -l --prefix "$PREFIX"
+wait
 
 step "vrouter vif --list --prefix $PREFIX"
 $VROUTER vif --list --prefix "$PREFIX"

@@ -46,6 +46,7 @@ def test_metadata_flow_pair_and_nat(dp):
     back = IP(v.payload)
     assert (back.src, back.dst, back[TCP].sport, back[TCP].dport) == ("169.254.169.254", "10.1.1.3", 80, 40000)
     assert dp.table.read(rev.index).packets == 1
+    assert fwd.flags & Flag.NEW_FLOW and not dp.table.read(fwd.index).flags & Flag.NEW_FLOW  # answered: no longer new
     # the next packet of the flow hits the same entry
     dp.process(bytes(IP(src="10.1.1.3", dst="169.254.169.254") / TCP(sport=40000, dport=80, flags="A")), TAP1)
     assert dp.table.read(fwd.index).packets == 2
