@@ -299,6 +299,7 @@ class Agent:
             "ports": len(self.ports.ports),
             "linklocal_services": len(self.services.services),
             "flows_active": self.table.active,
+            "flow_setups": self.dataplane.setups,
             "flow_table": self.paths["flows"],
             "proxy": vars(self.proxy.stats),
             "linklocal_nat_ports_in_use": self.nat_ports.in_use if self.nat_ports else 0,

@@ -29,7 +29,7 @@ from typing import Any
 
 from vrouter import __version__
 from vrouter.agent import AgentError, run_agent, state_paths
-from vrouter.config import AgentConfig, ConfigError, load_config
+from vrouter.config import AgentConfig, ConfigError, load_config, parse_log_level
 from vrouter.control import AgentNotRunning, RequestFailed, call
 from vrouter.flow_tool import NoTable
 
@@ -74,9 +74,7 @@ def _setup_logging(level: int, log_file: str) -> None:
 def cmd_agent(args: argparse.Namespace) -> int:
     cfg = load_config(args.config) if args.config else AgentConfig()
     if args.log_level:
-        from vrouter.config import _level
-
-        cfg.log_level = _level("command line", "--log-level", args.log_level)
+        cfg.log_level = parse_log_level("command line", "--log-level", args.log_level)
     _setup_logging(cfg.log_level, cfg.log_file)
     main = run_agent(cfg, _state_dir(args), args.queue, args.nova_timeout, args.dns_interval)
     try:

@@ -117,7 +117,7 @@ def _ip(section: str, key: str, value: str) -> str:
         raise ConfigError("[%s] %s = %r: not an IP address" % (section, key, value)) from None
 
 
-def _level(section: str, key: str, value: str) -> int:
+def parse_log_level(section: str, key: str, value: str) -> int:
     v = value.strip().upper()
     if v not in LOG_LEVELS:
         raise ConfigError("[%s] %s = %r: one of %s" % (section, key, value, ", ".join(LOG_LEVELS)))
@@ -131,7 +131,7 @@ def _str(section: str, key: str, value: str) -> str:
 # section -> key -> (attribute, parser)
 SCHEMA = {
     "DEFAULT": {
-        "log_level": ("log_level", _level),
+        "log_level": ("log_level", parse_log_level),
         "log_file": ("log_file", _str),
     },
     "VIRTUAL-HOST-INTERFACE": {
