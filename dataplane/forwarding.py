@@ -116,6 +116,7 @@ class Dataplane:
         self.drops: Counter[DropReason] = Counter()
         self.prepared: dict[int, Prepared] = {}
         self.closing: dict[int, int] = {}  # both indices of a pair -> when both FINs were seen
+        self._age_queue: list[int] = []  # flows still to look at in this aging cycle
         self.linklocal_flows = 0
         self.setups = 0
 
@@ -213,6 +214,29 @@ class Dataplane:
         removed = self.table.age(now, int(idle_s * 1e9))
         self._forget(removed)
         return len(removed) + self.evict_closed(now)
+
+    def age_step(self, idle_s: float, budget: int, now: int | None = None) -> int:
+        """Look at no more than ``budget`` live flows for idleness, taking up where the last step
+        left off, and remove the idle ones; also remove closed TCP pairs. Called every second by the
+        agent, so that no single pass over a large table stalls the packets and the proxy behind
+        it: with N live flows, each is looked at every N/budget seconds."""
+        now = now if now is not None else time.time_ns()
+        idle_ns = int(idle_s * 1e9)
+        if not self._age_queue:
+            self._age_queue = [i for i, p in self.prepared.items() if p.charge]  # forward halves and drop flows
+        table = self.table
+        doomed = []
+        for _ in range(min(budget, len(self._age_queue))):
+            i = self._age_queue.pop()
+            p = self.prepared.get(i)
+            if p is None or not p.charge:
+                continue  # gone meanwhile, or the slot now holds a reverse half
+            last = table.last_used(i)
+            if self._flags(i) & Flag.RFLOW_VALID:
+                last = max(last, table.last_used(table.reverse_of(i)))
+            if now - last > idle_ns:
+                doomed.append(i)
+        return self._delete_flows(doomed) + self.evict_closed(now)
 
     def evict_closed(self, now: int | None = None) -> int:
         """Remove TCP pairs that saw a FIN each way more than CLOSE_GRACE_NS ago."""

@@ -215,3 +215,14 @@ def test_reverse_packet_without_forward_is_not_set_up_from_the_host(flags):
     d = make()
     v = d.process(seg("10.10.0.1", "10.10.0.2", 123, 50001, flags), VHOST)
     assert v.reason == DropReason.FLOW_NAT_NO_RFLOW
+
+
+def test_incremental_aging_looks_at_a_bounded_share_per_step():
+    d = make()
+    for sport in range(1, 51):
+        d.process(bytes(IP(src="10.1.1.3", dst="10.1.1.4") / UDP(sport=sport, dport=9)), TAP1, now=0)
+    d.process(bytes(IP(src="10.1.1.4", dst="10.1.1.3") / UDP(sport=9, dport=1)), TAP2, now=9_000_000_000)  # pair 1 answered late
+    removed = [d.age_step(idle_s=5, budget=20, now=10_000_000_000) for _ in range(3)]
+    assert removed == [40, 40, 18]  # 20 pairs looked at per step; the pair in use stays
+    assert d.table.active == 2
+    assert d.age_step(idle_s=5, budget=20, now=20_000_000_000) == 2  # the next cycle finds it idle too
