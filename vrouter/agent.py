@@ -297,7 +297,7 @@ class Agent:
             "flows_active": self.table.active,
             "flow_setups": self.dataplane.setups,
             "flow_table": self.paths["flows"],
-            "proxy": vars(self.proxy.stats),
+            "proxy": dict(vars(self.proxy.stats), **self.proxy.load()),
             "linklocal_nat_ports_in_use": self.nat_ports.in_use if self.nat_ports else 0,
             "dataplane_errors": self.shell.errors if self.shell else 0,
         }

@@ -167,6 +167,10 @@ class MetadataProxy:
         self._server: asyncio.base_events.Server | None = None
         self._clients: set[asyncio.Task] = set()
 
+    def load(self) -> dict[str, int]:
+        """Open connections: from VMs, and idle in the keep-alive pool towards Nova."""
+        return {"vm_connections": sum(self.open_per_peer.values()), "upstream_idle": len(self._idle)}
+
     async def start(self, host: str | list[str], port: int) -> None:
         self._server = await asyncio.start_server(self._client, host, port, reuse_address=True, backlog=1024)
         log.info("metadata proxy listening on %s port %d", host if isinstance(host, str) else ", ".join(host), port)
