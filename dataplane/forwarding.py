@@ -31,7 +31,7 @@ from typing import Protocol
 from dataplane.nat import Rewrite
 from dataplane.packet import ICMP, TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, UDP, Malformed, Parsed, parse
 from dataplane.vif import HOST_VIF, LINK_LOCAL6, METADATA_SERVICE_IP6, PROXY_IP6, LinkLocalService, Vif
-from flows.layout import HEADER_SIZE, OFF_FLAGS, OFF_TCPFLAGS, RECORD_SIZE, U16, Action, DropReason, Flag, make_key
+from flows.layout import Action, DropReason, Flag, make_key
 from flows.table import FlowSpec, FlowTable, TableFull
 
 log = logging.getLogger("vrouter.dataplane")
@@ -231,10 +231,7 @@ class Dataplane:
             p = self.prepared.get(i)
             if p is None or not p.charge:
                 continue  # gone meanwhile, or the slot now holds a reverse half
-            last = table.last_used(i)
-            if self._flags(i) & Flag.RFLOW_VALID:
-                last = max(last, table.last_used(table.reverse_of(i)))
-            if now - last > idle_ns:
+            if now - table.pair_last_used(i) > idle_ns:
                 doomed.append(i)
         return self._delete_flows(doomed) + self.evict_closed(now)
 
@@ -282,7 +279,7 @@ class Dataplane:
         if prep.fresh:  # the first answer: the pair is no longer a new flow
             prep.fresh = False
             for i in (index, self.table.reverse_of(index)):
-                self._set_flags(i, self._flags(i) & ~Flag.NEW_FLOW)
+                self.table.set_flags(i, self.table.flags(i) & ~Flag.NEW_FLOW)
         if prep.action == Action.DROP:
             return self.drop(prep.reason, vif)
         out = prep.out
@@ -301,7 +298,7 @@ class Dataplane:
     def _tcp_state(self, index: int, tcp_flags: int, now: int) -> None:
         """RST: the pair goes.  FIN both ways: the pair is marked, and goes a second later.  A new
         SYN on a marked pair (the VM reused its port at once) starts it afresh."""
-        flags = self._flags(index)
+        flags = self.table.flags(index)
         if tcp_flags & TCP_RST:
             self._evict(index)
             return
@@ -310,26 +307,20 @@ class Dataplane:
                 other = self.table.reverse_of(index)
                 for i in (index, other):
                     self.closing.pop(i, None)
-                    self._set_flags(i, self._flags(i) & ~Flag.EVICT_CANDIDATE)
-                    self.table.buf[HEADER_SIZE + i * RECORD_SIZE + OFF_TCPFLAGS] = tcp_flags if i == index else 0
+                    self.table.set_flags(i, self.table.flags(i) & ~Flag.EVICT_CANDIDATE)
+                    self.table.set_tcp_flags(i, tcp_flags if i == index else 0)
             return
         if tcp_flags & TCP_FIN and flags & Flag.RFLOW_VALID:
             other = self.table.reverse_of(index)
-            if self.table.buf[HEADER_SIZE + other * RECORD_SIZE + OFF_TCPFLAGS] & TCP_FIN:
+            if self.table.tcp_flags(other) & TCP_FIN:
                 for i in (index, other):
-                    self._set_flags(i, self._flags(i) | Flag.EVICT_CANDIDATE)
+                    self.table.set_flags(i, self.table.flags(i) | Flag.EVICT_CANDIDATE)
                     self.closing[i] = now
-
-    def _flags(self, index: int) -> int:
-        return U16.unpack_from(self.table.buf, HEADER_SIZE + index * RECORD_SIZE + OFF_FLAGS)[0]
-
-    def _set_flags(self, index: int, flags: int) -> None:
-        U16.pack_into(self.table.buf, HEADER_SIZE + index * RECORD_SIZE + OFF_FLAGS, flags)
 
     def _evict(self, index: int) -> int:
         for i in (index, self.table.reverse_of(index)):
-            if self._flags(i) & Flag.ACTIVE:
-                self._set_flags(i, self._flags(i) | Flag.EVICTED)
+            if self.table.flags(i) & Flag.ACTIVE:
+                self.table.set_flags(i, self.table.flags(i) | Flag.EVICTED)
         return self._delete_flows([index])
 
     # -- flow setup -----------------------------------------------------------------------------

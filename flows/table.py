@@ -125,7 +125,7 @@ class FlowTable:
         self.active = 0
         self._free_overflow: list[int] = []
         if writable:
-            self._free_overflow = [i for i in range(self.capacity - 1, entries - 1, -1) if not self._flags(i) & Flag.ACTIVE]
+            self._free_overflow = [i for i in range(self.capacity - 1, entries - 1, -1) if not self.flags(i) & Flag.ACTIVE]
             self.active = sum(1 for _ in self.active_indices())
 
     # -- construction -------------------------------------------------------------------------
@@ -186,8 +186,18 @@ class FlowTable:
 
     # -- lookups --------------------------------------------------------------------------------
 
-    def _flags(self, index: int) -> int:
+    def flags(self, index: int) -> int:
         return U16.unpack_from(self.buf, HEADER_SIZE + index * RECORD_SIZE + OFF_FLAGS)[0]
+
+    def set_flags(self, index: int, flags: int) -> None:
+        U16.pack_into(self.buf, HEADER_SIZE + index * RECORD_SIZE + OFF_FLAGS, flags)
+
+    def tcp_flags(self, index: int) -> int:
+        """The TCP flags seen on an entry so far."""
+        return self.buf[HEADER_SIZE + index * RECORD_SIZE + OFF_TCPFLAGS]
+
+    def set_tcp_flags(self, index: int, tcp_flags: int) -> None:
+        self.buf[HEADER_SIZE + index * RECORD_SIZE + OFF_TCPFLAGS] = tcp_flags
 
     def _bucket(self, key: bytes) -> int:
         return (zlib.crc32(key) % self.nbuckets) * BUCKET_SIZE
@@ -340,18 +350,19 @@ class FlowTable:
     def last_used(self, index: int) -> int:
         return U64.unpack_from(self.buf, HEADER_SIZE + index * RECORD_SIZE + OFF_LAST)[0]
 
+    def pair_last_used(self, index: int) -> int:
+        """When either half of an entry's pair (or the lone entry) last saw a packet."""
+        last = self.last_used(index)
+        if self.flags(index) & Flag.RFLOW_VALID:
+            last = max(last, self.last_used(self.reverse_of(index)))
+        return last
+
     def age(self, now: int, idle_ns: int) -> list[int]:
         """Remove pairs idle (both halves) for longer than ``idle_ns``; return every index removed."""
         removed = []
         for i in list(self.active_indices()):
-            off = HEADER_SIZE + i * RECORD_SIZE
-            flags = U16.unpack_from(self.buf, off + OFF_FLAGS)[0]
-            if not flags & Flag.ACTIVE or flags & Flag.REVERSE:
-                continue
-            last = self.last_used(i)
-            if flags & Flag.RFLOW_VALID:
-                last = max(last, self.last_used(U32.unpack_from(self.buf, off + OFF_RINDEX)[0]))
-            if now - last > idle_ns:
+            flags = self.flags(i)
+            if flags & Flag.ACTIVE and not flags & Flag.REVERSE and now - self.pair_last_used(i) > idle_ns:
                 removed.extend(self.delete(i))
         return removed
 
