@@ -329,9 +329,8 @@ class Bench:
         }
 
     def agent_rss_kib(self) -> int:
-        pid = int(open(os.path.join(self.state, "agent.pid")).read())
-        with open("/proc/%d/status" % pid) as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+        status = json.loads(sh(VROUTER, "status", "--json", "--state-dir", self.state).stdout)
+        return status["memory"]["rss_kib"]
 
 
 def num(x: float) -> str:

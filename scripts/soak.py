@@ -74,17 +74,20 @@ def run(*cmd: str, **kw) -> subprocess.CompletedProcess:  # noqa: ANN003
 
 def agent_state(state_dir: str) -> dict:
     st = json.loads(run(VROUTER, "status", "--json", "--state-dir", state_dir).stdout)
-    pid = st["pid"]
-    with open("/proc/%d/status" % pid) as f:
-        rss = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    mem = st["memory"]
     # RSS also counts the pages of the shared flow table that flows have touched so far (it grows
     # towards the table's 77 MiB as hashing spreads new flows over it); the heap is what can leak.
-    with open("/proc/%d/smaps_rollup" % pid) as f:
-        anon = next(int(line.split()[1]) for line in f if line.startswith("Anonymous:"))
-    # the proxy's idle keep-alive connections to Nova are a bounded pool (64), not a leak: not counted
-    fds = len(os.listdir("/proc/%d/fd" % pid)) - st["proxy"]["upstream_idle"]
-    return {"rss_kib": rss, "anon_kib": anon, "fds": fds, "flows": st["flows_active"], "nat_ports": st["linklocal_nat_ports_in_use"],
-            "upstream_idle": st["proxy"]["upstream_idle"], "proxy": st["proxy"]}  # fmt: skip
+    # The proxy's idle keep-alive connections to Nova are a bounded pool (64), not a leak: not counted.
+    fds = mem["open_files"] - st["proxy"]["upstream_idle"]
+    return {
+        "rss_kib": mem["rss_kib"],
+        "anon_kib": mem["heap_kib"],
+        "fds": fds,
+        "flows": st["flows_active"],
+        "nat_ports": st["linklocal_nat_ports_in_use"],
+        "upstream_idle": st["proxy"]["upstream_idle"],
+        "proxy": st["proxy"],
+    }
 
 
 def wait_flows_gone(state_dir: str, timeout: float) -> dict:

@@ -296,6 +296,7 @@ class Agent:
             "linklocal_services": len(self.services.services),
             "flows_active": self.table.active,
             "flow_setups": self.dataplane.setups,
+            "memory": own_memory(),
             "flow_table": self.paths["flows"],
             "proxy": dict(vars(self.proxy.stats), **self.proxy.load()),
             "linklocal_nat_ports_in_use": self.nat_ports.in_use if self.nat_ports else 0,
@@ -414,6 +415,19 @@ def queue_drops(queue_num: int) -> int:
     except OSError:
         pass
     return 0
+
+
+def own_memory() -> dict[str, int]:
+    """The agent's resident memory, its heap (anonymous memory: RSS also counts the pages of the
+    shared flow table touched so far) and its open files."""
+    out = {"open_files": len(os.listdir("/proc/self/fd"))}
+    for path, field, key in (("/proc/self/status", "VmRSS:", "rss_kib"), ("/proc/self/smaps_rollup", "Anonymous:", "heap_kib")):
+        try:
+            with open(path) as f:
+                out[key] = next(int(line.split()[1]) for line in f if line.startswith(field))
+        except (OSError, StopIteration, ValueError):
+            out[key] = 0
+    return out
 
 
 def kernel_ip_drops() -> dict[str, int]:
