@@ -24,7 +24,7 @@ import errno
 import os
 import socket
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 TABLE_NAME = "vrouter"
@@ -192,47 +192,42 @@ class NftSocket:
         self.sock.sendall(b"".join(parts))
         self._acks(waiting)
 
-    def _acks(self, waiting: set[int]) -> None:
-        error: NftError | None = None
-        while waiting:
-            data = self.sock.recv(65536)
-            off = 0
-            while off + 16 <= len(data):
-                length, mtype, _flags, seq, _pid = struct.unpack_from("=IHHII", data, off)
-                if mtype == NLMSG_ERROR:
-                    (code,) = struct.unpack_from("=i", data, off + 16)
-                    waiting.discard(seq)
-                    if code != 0 and error is None:
-                        error = NftError(-code, os.strerror(-code))
-                off += (length + 3) & ~3
-                if length == 0:
-                    break
-            if error is not None:
-                # The kernel aborts the whole batch on the first error; later acks may not come.
-                raise error
-
-    def table_exists(self, name: str = TABLE_NAME, family: int = NFPROTO_IPV4) -> bool:
-        seq, msg = self._nft(NFT_MSG_GETTABLE, 0, _str(1, name), family)
-        self.sock.sendall(msg)
+    def _replies(self) -> Iterator[tuple[int, int, int]]:
+        """Netlink messages as they arrive: (type, sequence, error code; 0 unless NLMSG_ERROR)."""
         while True:
             data = self.sock.recv(65536)
             off = 0
             while off + 16 <= len(data):
-                length, mtype, _flags, mseq, _pid = struct.unpack_from("=IHHII", data, off)
-                if mseq == seq:
-                    if mtype == NLMSG_ERROR:
-                        (code,) = struct.unpack_from("=i", data, off + 16)
-                        if code == 0:
-                            return True
-                        if -code == errno.ENOENT:
-                            return False
-                        raise NftError(-code, os.strerror(-code))
-                    found = True
-                    # A NEWTABLE reply, then the ack.
-                    return found
-                off += (length + 3) & ~3
+                length, mtype, _flags, seq, _pid = struct.unpack_from("=IHHII", data, off)
+                code = struct.unpack_from("=i", data, off + 16)[0] if mtype == NLMSG_ERROR else 0
+                yield mtype, seq, code
                 if length == 0:
                     break
+                off += (length + 3) & ~3
+
+    def _acks(self, waiting: set[int]) -> None:
+        for mtype, seq, code in self._replies():
+            if mtype != NLMSG_ERROR:
+                continue
+            waiting.discard(seq)
+            if code != 0:
+                # The kernel aborts the whole batch on the first error; later acks may not come.
+                raise NftError(-code, os.strerror(-code))
+            if not waiting:
+                return
+
+    def table_exists(self, name: str = TABLE_NAME, family: int = NFPROTO_IPV4) -> bool:
+        want, msg = self._nft(NFT_MSG_GETTABLE, 0, _str(1, name), family)
+        self.sock.sendall(msg)
+        for mtype, seq, code in self._replies():
+            if seq != want or mtype != NLMSG_ERROR:
+                continue  # the table itself (when there is one) comes before the ack
+            if code == 0:
+                return True
+            if -code == errno.ENOENT:
+                return False
+            raise NftError(-code, os.strerror(-code))
+        return False
 
     def delete_table(self, name: str = TABLE_NAME, family: int = NFPROTO_IPV4) -> bool:
         """Delete our table if present; True if it was there."""
