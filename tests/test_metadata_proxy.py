@@ -69,6 +69,12 @@ class Upstream_:
                 c.sendall(b"this is not HTTP\r\n\r\n")
                 c.close()
                 return
+            elif target == "/no-length":
+                c.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nno length here")
+                c.close()
+                return
+            elif target == "/informational":
+                c.sendall(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 203 Custom Reason\r\nContent-Length: 2\r\n\r\nok")
             elif target == "/close-mid-body":
                 c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
                 c.close()
@@ -345,3 +351,51 @@ def test_rate_limiter_windows():
     assert not r.allow("a", 4.5)  # the base window is full
     assert r.allow("a", 10.05)  # the first request has left it
     assert r.allow("b", 4.5)  # another VM counts alone
+
+
+def test_answer_without_length_is_rechunked_for_http11_and_closed_for_http10(proxy):
+    resp = exchange(proxy.port, b"GET /no-length HTTP/1.1\r\nHost: x\r\n\r\n")
+    head, body = resp.split(b"\r\n\r\n", 1)
+    assert b"Transfer-Encoding: chunked" in head and b"Connection: close" not in head
+    assert body == b"e\r\nno length here\r\n0\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as s:
+        s.sendall(b"GET /no-length HTTP/1.0\r\n\r\n")
+        data = b""
+        while chunk := s.recv(65536):  # the proxy closes: that is where the body ends
+            data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    assert b"Transfer-Encoding" not in head and b"Connection: close" in head and body == b"no length here"
+
+
+def test_http10_keep_alive_is_kept(proxy, upstream):
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as s:
+        for i in range(2):
+            s.sendall(b"GET /k%d HTTP/1.0\r\nConnection: keep-alive\r\n\r\n" % i)
+            data = b""
+            while b'"}' not in data:
+                data += s.recv(65536)
+            assert b"Connection: keep-alive" in data
+    assert [r[0] for r in upstream.requests] == ["GET /k0", "GET /k1"]
+
+
+def test_expect_100_continue(proxy, upstream):
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as s:
+        s.sendall(b"POST /openstack/latest/password HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n")
+        assert s.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        s.sendall(b"pw")
+        assert s.recv(65536).startswith(b"HTTP/1.1 200")
+    assert upstream.requests[-1][2] == b"pw"
+    assert "expect" not in [n.lower() for n, _ in upstream.requests[-1][1]]
+
+
+def test_unknown_method_is_501_and_garbage_is_400(proxy, upstream):
+    assert exchange(proxy.port, b"FROB / HTTP/1.1\r\nHost: x\r\n\r\n").startswith(b"HTTP/1.1 501")
+    assert exchange(proxy.port, b"CONNECT nova:8775 HTTP/1.1\r\nHost: x\r\n\r\n").startswith(b"HTTP/1.1 501")
+    assert exchange(proxy.port, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03").startswith(b"HTTP/1.1 400")  # TLS to port 80
+    assert upstream.requests == []
+
+
+def test_nova_informational_answer_is_skipped_and_reason_kept(proxy):
+    resp = exchange(proxy.port, b"GET /informational HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert resp.startswith(b"HTTP/1.1 203 Custom Reason\r\n") and resp.endswith(b"\r\n\r\nok")
+    assert b"100 Continue" not in resp
