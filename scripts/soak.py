@@ -7,8 +7,9 @@ that the end state is reached quickly. Every VM loops over cloud-init's OpenStac
 requests (version list, meta_data.json, user_data, vendor_data*.json, network_data.json, then the
 EC2 tree), a new connection per request as cloud-init's url_helper makes them, checking each
 answer is the VM's own. Then the traffic stops, the flows age out, and it checks: no failed
-request, and the agent's heap (anonymous memory: RSS also counts the shared flow table's touched
-pages), flow count, NAT ports and open files back where they were after warm-up.
+request, no VM connection left open in the proxy, and the heap (anonymous memory: RSS also counts
+the shared flow table's touched pages) of the agent and its proxy process, flow count, NAT ports
+and open files back where they were after warm-up.
 Bounded: --seconds of traffic, 16 workers, one request at a time each.
 """
 
@@ -78,10 +79,11 @@ def agent_state(state_dir: str) -> dict:
     # RSS also counts the pages of the shared flow table that flows have touched so far (it grows
     # towards the table's 77 MiB as hashing spreads new flows over it); the heap is what can leak.
     # The proxy's idle keep-alive connections to Nova are a bounded pool (64), not a leak: not counted.
-    fds = mem["open_files"] - st["proxy"]["upstream_idle"]
+    # The proxy runs in a process of its own: its heap and open files are added to the agent's.
+    fds = mem["open_files"] + mem.get("proxy_open_files", 0) - st["proxy"]["upstream_idle"]
     return {
-        "rss_kib": mem["rss_kib"],
-        "anon_kib": mem["heap_kib"],
+        "rss_kib": mem["rss_kib"] + mem.get("proxy_rss_kib", 0),
+        "anon_kib": mem["heap_kib"] + mem.get("proxy_heap_kib", 0),
         "fds": fds,
         "flows": st["flows_active"],
         "nat_ports": st["linklocal_nat_ports_in_use"],
@@ -161,7 +163,10 @@ def main() -> int:
         with open(args.out, "w") as f:
             json.dump(report, f, indent=2)
         growth = end["anon_kib"] - settled["anon_kib"]
-        verdict = failed == 0 and end["flows"] == 0 and end["fds"] <= settled["fds"] and end["nat_ports"] == 0 and growth < 8192
+        verdict = (
+            failed == 0 and end["flows"] == 0 and end["fds"] <= settled["fds"] and end["nat_ports"] == 0 and growth < 8192
+            and end["proxy"]["vm_connections"] == 0
+        )
         print(json.dumps({k: v for k, v in report.items() if not k.startswith("agent_")}, indent=2))
         for name, st in (("after warm-up", settled), ("under load", busy), ("after aging", end)):
             print("agent %-14s RSS %d KiB (heap %d KiB), %d fds (+%d idle Nova connections), %d flows, %d NAT ports"

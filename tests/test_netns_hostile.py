@@ -256,11 +256,28 @@ def test_nova_garbage_and_silence_give_502_then_recovery(hostile):
     wait_until(lambda: not h.cli_json("flow", "--match", "169.254.169.254:80"), 15, "metadata flows to close")
 
 
+def _gone(pid):
+    return not os.path.exists("/proc/%d" % pid) or open("/proc/%d/stat" % pid).read().split()[2] == "Z"
+
+
+def test_proxy_process_killed_is_restarted(hostile):
+    h = hostile
+    before = h.cli_json("status")["proxy"]
+    os.kill(before["pid"], signal.SIGKILL)
+    wait_until(lambda: _gone(before["pid"]), 10, "the proxy process to die")
+    wait_until(lambda: h.cli_json("status")["proxy"].get("restarts", 0) == before["restarts"] + 1, 15, "the agent to restart its proxy")
+    after = h.cli_json("status")["proxy"]
+    assert after["pid"] != before["pid"] and "error" not in after
+    wait_until(lambda: h.metadata(0)[0] == 200 and h.metadata(1)[0] == 200, 15, "both VMs served by the new proxy process")
+
+
 def test_agent_killed_and_restarted_cleans_up_and_restores(hostile):
     h = hostile
     pid = int(open(os.path.join(h.state_dir, "agent.pid")).read())
+    proxy_pid = h.cli_json("status")["proxy"]["pid"]
     os.kill(pid, signal.SIGKILL)
-    wait_until(lambda: not os.path.exists("/proc/%d" % pid) or open("/proc/%d/stat" % pid).read().split()[2] == "Z", 10, "the agent to die")
+    wait_until(lambda: _gone(pid), 10, "the agent to die")
+    wait_until(lambda: _gone(proxy_pid), 10, "its proxy process to follow it")
     assert h.metadata(0, max_time=2)[0] == 0  # its table remains with nobody reading the queue: fail closed
     assert "vrouter" in h.in_compute("nft", "list", "tables").stdout
     r = h.setup("start-agent")

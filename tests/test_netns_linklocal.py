@@ -98,6 +98,17 @@ def test_fabric_dns_name(host, fabric_echo):
     assert got[2] == "10.10.0.1:7007"
 
 
+def test_metadata_service_by_dns_name(host):
+    # Nova given by name, as operators often do: the proxy relays to what the name resolved to
+    by_ip = ["--linklocal_service_name", "metadata", "--linklocal_service_ip", "169.254.169.254", "--linklocal_service_port", "80"]
+    provision(host, *by_ip, "--ipfabric_dns_service_name", "nova.fabric", "--ipfabric_service_port", "8775")
+    try:
+        code, body = wait_until(lambda: (lambda r: r if r[0] == 200 else None)(host.metadata(0)), 15, "metadata through the resolved name")
+        assert json.loads(body)["uuid"] == host.vms[0]["instance_uuid"]
+    finally:
+        provision(host, *by_ip, "--ipfabric_service_ip", "10.10.0.1", "--ipfabric_service_port", "8775")
+
+
 def test_live_change_and_removal(host, fabric_echo):
     provision(host, "--linklocal_service_name", "live", "--linklocal_service_ip", "169.254.100.4", "--linklocal_service_port", "7",
               "--ipfabric_service_ip", "10.10.0.1", "--ipfabric_service_port", "7007")  # fmt: skip

@@ -11,10 +11,8 @@ table left by an agent that was killed is replaced at start.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import os
-import random
 import signal
 import socket
 import ssl
@@ -24,7 +22,7 @@ from dataplane.forwarding import Dataplane, Limits
 from dataplane.nfqueue_shell import QueueShell
 from dataplane.nftables import NftError, NftSocket, QueueRules
 from dataplane.port_reservation import PORT_RANGE, SocketPortAllocator
-from dataplane.vif import METADATA_NET6, PROXY_IP6, Vif
+from dataplane.vif import PROXY_IP6, Vif
 from flows.layout import DROP_NAMES
 from flows.table import FlowTable
 from vrouter.config import AgentConfig
@@ -32,13 +30,13 @@ from vrouter.control import ControlServer
 from vrouter.host import HostNetwork, in_namespace_hint, sysctl
 from vrouter.linklocal import ServiceError, ServiceTable
 from vrouter.linklocal import validate as validate_service
-from vrouter.metadata_proxy import Fairness, Identity, MetadataProxy, Upstream
 from vrouter.ports import Port, PortError, PortTable
 from vrouter.ports import validate as validate_port
+from vrouter.procinfo import alive, own_memory
+from vrouter.proxy_worker import ProxyWorker, ProxyWorkerError
 
 log = logging.getLogger("vrouter.agent")
 
-LINK_LOCAL = ipaddress.IPv4Network("169.254.0.0/16")
 AGING_BUDGET = 20_000  # flows looked at per second for idleness
 TAP_SCAN_INTERVAL = 1.0
 
@@ -70,12 +68,11 @@ class Agent:
         self.host: HostNetwork | None = None
         self.table: FlowTable | None = None
         self.dataplane: Dataplane | None = None
-        self.proxy: MetadataProxy | None = None
+        self.proxy: ProxyWorker | None = None
         self.shell: QueueShell | None = None
         self.control: ControlServer | None = None
         self.started = time.time()
         self._stop = asyncio.Event()
-        self._ssl: ssl.SSLContext | None = None
         self._made_table = False  # our nftables table exists: delete it at stop
         self._reserved_before: str | None = None
         self._proxy_ip6 = False
@@ -91,7 +88,7 @@ class Agent:
                 pid = int(f.read().strip())
         except (OSError, ValueError):
             return
-        if pid != os.getpid() and _alive(pid):
+        if pid != os.getpid() and alive(pid):
             raise AgentError("an agent (pid %d) already runs with state directory %s" % (pid, self.state_dir))
 
     def _tls(self) -> ssl.SSLContext | None:
@@ -110,7 +107,7 @@ class Agent:
             raise AgentError("the agent needs root (CAP_NET_ADMIN) to use NFQUEUE and nftables")
         os.makedirs(self.state_dir, exist_ok=True)
         self._check_not_running()
-        self._ssl = self._tls()
+        self._tls()  # fails here, naming the file, rather than in the proxy process
         self.host = HostNetwork()
         vhost_ip = self.cfg.vhost_ip or await self.host.address_of(self.cfg.vhost_name)
         if not vhost_ip:
@@ -136,7 +133,7 @@ class Agent:
             await self._plug(port)
         loop = asyncio.get_running_loop()
         c = self.cfg
-        fairness = Fairness(
+        fairness = dict(
             header_timeout=c.metadata_header_timeout,
             max_connections_per_vm=c.metadata_max_connections_per_vm,
             rate_limit=c.metadata_rate_limit_enabled,
@@ -145,13 +142,21 @@ class Agent:
             burst_window=c.metadata_burst_window_duration,
             burst_limit=c.metadata_burst_query_rate_limit,
         )
-        self.proxy = MetadataProxy(self._identify, self._upstream, c.metadata_proxy_secret, read_timeout=self.nova_timeout, fairness=fairness)
+        tls = None
+        if c.metadata_use_ssl:
+            tls = {"ca": c.metadata_ca_cert, "cert": c.metadata_client_cert, "key": c.metadata_client_key}
+        await self.host.add_proxy_ip6(PROXY_IP6)
+        self._proxy_ip6 = True
+        self.proxy = ProxyWorker({
+            "hosts": [vhost_ip, PROXY_IP6], "port": c.metadata_proxy_port, "secret": c.metadata_proxy_secret,
+            "read_timeout": self.nova_timeout, "fairness": fairness, "tls": tls,
+        })  # fmt: skip
+        self.proxy.identities = self._identities()
+        self.proxy.upstream = self._upstream()
         try:
-            await self.host.add_proxy_ip6(PROXY_IP6)
-            self._proxy_ip6 = True
-            await self.proxy.start([vhost_ip, PROXY_IP6], self.cfg.metadata_proxy_port)
-        except OSError as e:
-            raise AgentError("metadata proxy cannot listen on %s:%d: %s" % (vhost_ip, self.cfg.metadata_proxy_port, e.strerror)) from None
+            await self.proxy.start()
+        except ProxyWorkerError as e:
+            raise AgentError(str(e)) from None
         self.shell = QueueShell(self.dataplane, self.queue_num)
         try:
             self.shell.start(loop)
@@ -250,24 +255,30 @@ class Agent:
             if n:
                 log.debug("removed %d flow entries", n)
 
-    def _identify(self, peer_ip: str) -> Identity | None:
-        """The VM behind a metadata IP (169.254.0.0/16 or fd00:a9fe:a9fe::/64): vif = low 16 bits."""
-        try:
-            ip = ipaddress.ip_address(peer_ip.split("%", 1)[0])
-        except ValueError:
-            return None
-        if ip not in LINK_LOCAL and ip not in METADATA_NET6:
-            return None
-        port = self.ports.by_vif(int(ip) & 0xFFFF)
-        if port is None:
-            return None
-        return Identity(port.instance_uuid, port.vm_project_uuid, port.ip_address, port.uuid, port.vm_name)
+    def _identities(self) -> dict[str, list[str]]:
+        """Who is behind each metadata IP, as the proxy process is told (IPv4 and IPv6)."""
+        out: dict[str, list[str]] = {}
+        for p in self.ports.ports.values():
+            who = [p.instance_uuid, p.vm_project_uuid, p.ip_address, p.uuid, p.vm_name]
+            out[p.metadata_ip] = who
+            out[p.metadata_ip6] = who
+        return out
 
-    def _upstream(self) -> Upstream | None:
+    def _upstream(self) -> dict | None:
+        """Where Nova is: the metadata service's fabric IPs, or what its DNS name resolved to."""
         s = self.services.metadata_service()
-        if s is None or not s.fabric_ips:
+        if s is None:
             return None
-        return Upstream(random.choice(s.fabric_ips), s.fabric_port, self._ssl)
+        ips = list(s.fabric_ips)
+        if not ips and s.fabric_dns_name and self.dataplane is not None:
+            ips = list(self.dataplane.resolved.get(s.fabric_dns_name, ()))
+        return {"ips": ips, "port": s.fabric_port} if ips else None
+
+    async def _tell_proxy(self) -> None:
+        """Ports or services changed: the proxy process knows before the operation returns."""
+        if self.proxy is not None:
+            await self.proxy.set_identities(self._identities())
+            await self.proxy.set_upstream(self._upstream())
 
     # -- control operations ---------------------------------------------------------------------
 
@@ -285,8 +296,12 @@ class Agent:
             "dropstats": self._op_dropstats,
         }
 
-    def _op_status(self, args: dict) -> dict:
+    async def _op_status(self, args: dict) -> dict:
         assert self.dataplane is not None and self.proxy is not None and self.table is not None
+        proxy = await self.proxy.stats()
+        memory = own_memory()
+        if "memory" in proxy:
+            memory.update({"proxy_" + k: v for k, v in proxy["memory"].items()})
         return {
             "pid": os.getpid(),
             "uptime_s": round(time.time() - self.started, 1),
@@ -296,9 +311,10 @@ class Agent:
             "linklocal_services": len(self.services.services),
             "flows_active": self.table.active,
             "flow_setups": self.dataplane.setups,
-            "memory": own_memory(),
+            "memory": memory,
             "flow_table": self.paths["flows"],
-            "proxy": dict(vars(self.proxy.stats), **self.proxy.load()),
+            "proxy": dict(proxy.get("stats", {}), **proxy.get("load", {}), pid=self.proxy.pid, restarts=self.proxy.restarts,
+                          **({"error": proxy["error"]} if "error" in proxy else {})),
             "linklocal_nat_ports_in_use": self.nat_ports.in_use if self.nat_ports else 0,
             "dataplane_errors": self.shell.errors if self.shell else 0,
         }
@@ -306,6 +322,7 @@ class Agent:
     async def _op_port_add(self, args: dict) -> dict:
         port = self.ports.add(validate_port(args))
         vif = await self._plug(port)
+        await self._tell_proxy()
         log.info("port %s plugged: vif0/%d %s %s vm %s", port.uuid, port.vif, port.tap_name, port.ip_address, port.instance_uuid)
         return dict(port.to_dict(), tap_present=bool(vif.ifindex))
 
@@ -314,6 +331,7 @@ class Agent:
         port = self.ports.remove(str(args.get("uuid", "")))
         flows = self.dataplane.remove_vif(port.vif)
         await self.host.unplug(port.tap_name, port.ip_address, port.metadata_ip)
+        await self._tell_proxy()
         log.info("port %s unplugged: vif0/%d, %d flow entries removed", port.uuid, port.vif, flows)
         return dict(port.to_dict(), flows_removed=flows)
 
@@ -348,25 +366,28 @@ class Agent:
                 if self.dataplane.resolved.get(name) != addrs:
                     log.info("link-local service %s: %s is %s", s.name, name, ", ".join(addrs))
                     self.dataplane.set_resolved(name, addrs)
+                    await self._tell_proxy()
             self._resolve_now.clear()
             try:
                 await asyncio.wait_for(self._resolve_now.wait(), self.dns_interval)
             except TimeoutError:
                 pass
 
-    def _op_ll_add(self, args: dict) -> dict:
+    async def _op_ll_add(self, args: dict) -> dict:
         s = self.services.add(validate_service(args))
         flows = self._services_changed()
+        await self._tell_proxy()
         log.info("link-local service %s: %s:%d -> %s:%d", s.name, s.ip, s.port, ",".join(s.fabric_ips) or s.fabric_dns_name, s.fabric_port)
         return {"name": s.name, "flows_removed": flows}
 
-    def _op_ll_del(self, args: dict) -> dict:
+    async def _op_ll_del(self, args: dict) -> dict:
         s = self.services.remove(str(args.get("linklocal_service_name", "")))
         flows = self._services_changed()
+        await self._tell_proxy()
         log.info("link-local service %s removed, %d flow entries removed", s.name, flows)
         return {"name": s.name, "flows_removed": flows}
 
-    def _op_ll_import(self, args: dict) -> dict:
+    async def _op_ll_import(self, args: dict) -> dict:
         data = args.get("config")
         try:
             entries = data["linklocal_services"]["linklocal_service_entry"]
@@ -374,6 +395,7 @@ class Agent:
             raise ServiceError("not a global-vrouter-config: expected linklocal_services.linklocal_service_entry") from None
         services = self.services.replace_all(entries)
         flows = self._services_changed()
+        await self._tell_proxy()
         log.info("link-local services replaced by import: %d services, %d flow entries removed", len(services), flows)
         return {"services": len(services), "flows_removed": flows}
 
@@ -417,19 +439,6 @@ def queue_drops(queue_num: int) -> int:
     return 0
 
 
-def own_memory() -> dict[str, int]:
-    """The agent's resident memory, its heap (anonymous memory: RSS also counts the pages of the
-    shared flow table touched so far) and its open files."""
-    out = {"open_files": len(os.listdir("/proc/self/fd"))}
-    for path, field, key in (("/proc/self/status", "VmRSS:", "rss_kib"), ("/proc/self/smaps_rollup", "Anonymous:", "heap_kib")):
-        try:
-            with open(path) as f:
-                out[key] = next(int(line.split()[1]) for line in f if line.startswith(field))
-        except (OSError, StopIteration, ValueError):
-            out[key] = 0
-    return out
-
-
 def kernel_ip_drops() -> dict[str, int]:
     """What the compute namespace's kernel drops before the dataplane sees it (IP headers it
     finds invalid: bad version, IHL, total length or checksum), from /proc/net/snmp."""
@@ -447,16 +456,6 @@ def _unlink(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 async def run_agent(cfg: AgentConfig, state_dir: str, queue_num: int = 0, nova_timeout: float = 30.0, dns_interval: float = 900.0) -> None:

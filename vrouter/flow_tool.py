@@ -11,6 +11,7 @@ import os
 
 from flows.layout import ACTION_LETTER, DROP_NAMES, DROP_SHORT, Action, DropReason, Flag, nat_letters
 from flows.table import FlowEntry, FlowTable, TableFormatError
+from vrouter.procinfo import alive
 
 LEGEND = """\
 Action:F=Forward, D=Drop N=NAT(S=SNAT, D=DNAT, Ps=SPAT, Pd=DPAT, L=Link Local Port)
@@ -33,20 +34,10 @@ def open_table(path: str) -> FlowTable:
     except (OSError, TableFormatError) as e:
         raise NoTable("cannot read the flow table at %s: %s" % (path, e)) from None
     owner = table.owner()
-    if owner and not _alive(owner):
+    if owner and not alive(owner):
         table.close()
         raise NoTable("no vrouter agent is running (the flow table at %s belongs to pid %d, which is gone)" % (path, owner))
     return table
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
 
 
 def _addr(raw: bytes) -> str:
@@ -200,7 +191,7 @@ def follow(path: str, interval: float, duration: float | None, as_json: bool, te
         out.flush()
     try:
         while deadline is None or time.monotonic() < deadline:
-            if not os.path.exists(path) or (table.owner() and not _alive(table.owner())):
+            if not os.path.exists(path) or (table.owner() and not alive(table.owner())):
                 out.write("" if as_json else "(the agent stopped)\n")
                 return 1
             current = {}
