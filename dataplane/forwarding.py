@@ -26,7 +26,7 @@ import random
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from dataplane.nat import Rewrite
 from dataplane.packet import ICMP, TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, UDP, Malformed, Parsed, parse
@@ -41,8 +41,7 @@ MD_REV_FLAGS = Flag.SNAT | Flag.SPAT | Flag.DNAT | Flag.LINK_LOCAL
 CLOSE_GRACE_NS = 1_000_000_000  # both FINs seen: the pair goes this long after (the last ACKs pass)
 
 
-@dataclass(frozen=True)
-class Verdict:
+class Verdict(NamedTuple):  # a tuple: made for every packet, and cheaper than a frozen dataclass
     accept: bool
     payload: bytes | None = None  # rewritten packet, for NAT
     reason: DropReason = DropReason.NONE
@@ -75,7 +74,7 @@ class Prepared:
     counts include it, whether it is a link-local flow, the reserved port to release.
     """
 
-    __slots__ = ("action", "rewrite", "out", "vin", "reason", "charge", "link_local", "port", "fresh")
+    __slots__ = ("action", "rewrite", "out", "vin", "reason", "charge", "charged", "link_local", "port", "fresh")
 
     def __init__(self, action: Action, rewrite: Rewrite | None, out: Vif | None, vin: int, reason: DropReason = DropReason.NONE) -> None:
         self.action = action
@@ -84,6 +83,7 @@ class Prepared:
         self.vin = vin
         self.reason = reason
         self.charge: tuple[Vif, ...] = ()
+        self.charged = False  # counted against the limits: from setup until closed or removed
         self.link_local = False
         self.port: object = None
         self.fresh = False  # on a reverse entry: no answer seen yet, the pair is still New
@@ -195,14 +195,44 @@ class Dataplane:
             self.closing.pop(j, None)
             if p is None:
                 continue
-            for v in p.charge:
-                v.flows -= 2
-                if p.link_local:
-                    v.linklocal_flows -= 1
-            if p.link_local:
-                self.linklocal_flows -= 1
+            self._uncharge(p)
             if p.port is not None and self.port_allocator is not None:
                 self.port_allocator.release(p.port)
+
+    def _charge(self, p: Prepared) -> None:
+        for v in p.charge:
+            v.flows += 2
+            if p.link_local:
+                v.linklocal_flows += 1
+        if p.link_local:
+            self.linklocal_flows += 1
+        p.charged = True
+
+    def _uncharge(self, p: Prepared) -> None:
+        if not p.charged:
+            return
+        for v in p.charge:
+            v.flows -= 2
+            if p.link_local:
+                v.linklocal_flows -= 1
+        if p.link_local:
+            self.linklocal_flows -= 1
+        p.charged = False
+
+    def _over_limit(self, vif: Vif, link_local: bool) -> DropReason | None:
+        """Whether one more flow of this VM's (a pair: two entries) is over its limits."""
+        limit = self.limits.max_vm_flows
+        if limit:
+            if vif.flow_limited and vif.flows <= limit * 9 // 10:
+                vif.flow_limited = False
+            if vif.flow_limited or vif.flows + 2 > limit:
+                vif.flow_limited = True
+                return DropReason.FLOW_LIMIT
+        if link_local and (
+            vif.linklocal_flows >= self.limits.max_vm_linklocal_flows or self.linklocal_flows >= self.limits.max_system_linklocal_flows
+        ):
+            return DropReason.LINK_LOCAL_LIMIT
+        return None
 
     def flush(self) -> int:
         return self._delete_flows(list(self.prepared))
@@ -287,7 +317,9 @@ class Dataplane:
             out.tx_packets += 1
             out.tx_bytes += n
         if p.proto == TCP and (p.tcp_flags & (TCP_FIN | TCP_RST) or index in self.closing):
-            self._tcp_state(index, p.tcp_flags, now)
+            refused = self._tcp_state(index, p.tcp_flags, now)
+            if refused is not None:
+                return self.drop(refused, vif)
         rewrite = prep.rewrite
         if rewrite is None:
             return _ACCEPT
@@ -295,27 +327,46 @@ class Dataplane:
         rewrite.apply(buf, p.ihl)
         return Verdict(True, bytes(buf))
 
-    def _tcp_state(self, index: int, tcp_flags: int, now: int) -> None:
-        """RST: the pair goes.  FIN both ways: the pair is marked, and goes a second later.  A new
-        SYN on a marked pair (the VM reused its port at once) starts it afresh."""
+    def _tcp_state(self, index: int, tcp_flags: int, now: int) -> DropReason | None:
+        """RST: the pair goes.  FIN both ways: the pair is closed.  It stops counting against the
+        VM's limits at once (as the vRouter's evicted flows do) and leaves the table a second
+        later, so that the last ACKs still pass.  A new SYN on a closed pair (the VM reused its
+        port at once) starts it afresh, if the VM's limits allow another flow."""
         flags = self.table.flags(index)
         if tcp_flags & TCP_RST:
             self._evict(index)
-            return
+            return None
+        other = self.table.reverse_of(index)
         if index in self.closing:
             if tcp_flags & TCP_SYN and not tcp_flags & TCP_ACK:
-                other = self.table.reverse_of(index)
+                fwd = self._forward_prep(index, other)
+                if fwd is not None and fwd.charge:
+                    refused = self._over_limit(fwd.charge[0], fwd.link_local)
+                    if refused is not None:
+                        return refused
+                    self._charge(fwd)
                 for i in (index, other):
                     self.closing.pop(i, None)
                     self.table.set_flags(i, self.table.flags(i) & ~Flag.EVICT_CANDIDATE)
                     self.table.set_tcp_flags(i, tcp_flags if i == index else 0)
-            return
+            return None
         if tcp_flags & TCP_FIN and flags & Flag.RFLOW_VALID:
-            other = self.table.reverse_of(index)
             if self.table.tcp_flags(other) & TCP_FIN:
                 for i in (index, other):
                     self.table.set_flags(i, self.table.flags(i) | Flag.EVICT_CANDIDATE)
                     self.closing[i] = now
+                fwd = self._forward_prep(index, other)
+                if fwd is not None:
+                    self._uncharge(fwd)
+        return None
+
+    def _forward_prep(self, index: int, other: int) -> Prepared | None:
+        """The half of a pair that carries its bookkeeping."""
+        for i in (index, other):
+            p = self.prepared.get(i)
+            if p is not None and p.charge:
+                return p
+        return None
 
     def _evict(self, index: int) -> int:
         for i in (index, self.table.reverse_of(index)):
@@ -336,21 +387,18 @@ class Dataplane:
         v6 = len(p.src) == 16
         if p.src != vif.ip_bytes and not (v6 and (p.src[:8] == LINK_LOCAL6 or p.src == vif.ip6_bytes)):
             return self.drop(DropReason.INVALID_SOURCE, vif)
-        limit = self.limits.max_vm_flows
-        if limit:
-            if vif.flow_limited and vif.flows <= limit * 9 // 10:
-                vif.flow_limited = False
-            if vif.flow_limited or vif.flows + 2 > limit:
-                vif.flow_limited = True
-                return self.drop(DropReason.FLOW_LIMIT, vif)
+        refused = self._over_limit(vif, False)
+        if refused is not None:
+            return self.drop(refused, vif)
         if v6:
             service = self._metadata6(p)
         else:
             service = self.services.get((p.dst, p.dport)) if p.proto in (TCP, UDP) else None
         try:
             if service is not None:
-                if vif.linklocal_flows >= self.limits.max_vm_linklocal_flows or self.linklocal_flows >= self.limits.max_system_linklocal_flows:
-                    return self.drop(DropReason.LINK_LOCAL_LIMIT, vif)
+                refused = self._over_limit(vif, True)
+                if refused is not None:
+                    return self.drop(refused, vif)
                 if service.is_metadata:
                     if p.proto != TCP:
                         return self._drop_flow(vif, key, DropReason.INVALID_PROTOCOL, now)
@@ -372,7 +420,7 @@ class Dataplane:
         index = self.table.add_single(key, spec, now)
         prep = Prepared(Action.DROP, None, None, vif.index, reason)
         prep.charge = (vif,)
-        vif.flows += 2  # a drop flow costs one entry; counted as a pair, released as a pair
+        self._charge(prep)  # a drop flow costs one entry; counted as a pair, released as a pair
         self.prepared[index] = prep
         return index
 
@@ -388,12 +436,7 @@ class Dataplane:
         rprep.fresh = True
         fprep.charge = charge
         fprep.link_local = link_local
-        for v in charge:
-            v.flows += 2
-            if link_local:
-                v.linklocal_flows += 1
-        if link_local:
-            self.linklocal_flows += 1
+        self._charge(fprep)
         self.prepared[fi] = fprep
         self.prepared[ri] = rprep
         self.setups += 1
@@ -421,9 +464,9 @@ class Dataplane:
 
     def _setup_metadata(self, vif: Vif, p: Parsed, key: bytes, now: int) -> int:
         if len(p.src) == 16:
-            md, proxy = ipaddress.IPv6Address(vif.metadata_ip6).packed, self.proxy_ip6_bytes
+            md, proxy = vif.metadata_ip6_bytes, self.proxy_ip6_bytes
         else:
-            md, proxy = ipaddress.IPv4Address(vif.metadata_ip).packed, self.vhost_ip_bytes
+            md, proxy = vif.metadata_ip_bytes, self.vhost_ip_bytes
         fwd = Rewrite(TCP, p.src, p.dst, p.sport, p.dport, md, proxy, p.sport, self.proxy_port)
         rev = fwd.inverse()
         rkey = make_key(self.host.index, rev.src, rev.dst, TCP, rev.sport, rev.dport)

@@ -53,10 +53,14 @@ class Vif:
     ip6: str = ""  # the port's IPv6 address, if it has one (its link-local fe80::/64 is always allowed)
     ip_bytes: bytes = field(default=b"", repr=False)
     ip6_bytes: bytes = field(default=b"", repr=False)
+    metadata_ip_bytes: bytes = field(default=b"", repr=False)
+    metadata_ip6_bytes: bytes = field(default=b"", repr=False)
 
     def __post_init__(self) -> None:
         self.ip_bytes = ipaddress.IPv4Address(self.ip).packed if self.ip else b""
         self.ip6_bytes = ipaddress.IPv6Address(self.ip6).packed if self.ip6 else b""
+        self.metadata_ip_bytes = ipaddress.IPv4Address(self.metadata_ip).packed
+        self.metadata_ip6_bytes = ipaddress.IPv6Address(self.metadata_ip6).packed
 
     def copy_counters(self, old: Vif) -> None:
         """Carry counters over when the same port is plugged again (a re-created tap)."""

@@ -147,6 +147,32 @@ def test_linklocal_limits_per_vm_and_per_host():
     assert d.process(md[2], TAP1).accept
 
 
+def test_closed_pairs_stop_counting_against_the_limits_at_once():
+    # a VM making one short metadata connection after another must not hit its link-local cap
+    # with connections that are already closed and only wait out the grace period
+    d = make(Limits(max_vm_linklocal_flows=2, max_system_linklocal_flows=2))
+
+    def connection(sport):
+        vm = [d.process(seg("10.1.1.3", "169.254.169.254", sport, 80, f), TAP1) for f in ("S", "FA")]
+        proxy = [d.process(seg("10.10.0.2", "169.254.0.3", 8097, sport, f), 0) for f in ("SA", "FA")]
+        return vm + proxy + [d.process(seg("10.1.1.3", "169.254.169.254", sport, 80, "A"), TAP1)]
+
+    for sport in range(40000, 40010):
+        assert all(v.accept for v in connection(sport)), sport
+    assert d.table.active == 20 and len(d.closing) == 20  # all still in the table, none counted
+    assert d.vifs[3].linklocal_flows == 0 and d.linklocal_flows == 0 and d.vifs[3].flows == 0
+    # reusing a closed pair's port counts it again, and within the limits
+    assert d.process(seg("10.1.1.3", "169.254.169.254", 40000, 80, "S"), TAP1).accept
+    assert d.process(seg("10.1.1.3", "169.254.169.254", 40001, 80, "S"), TAP1).accept
+    assert d.vifs[3].linklocal_flows == 2
+    v = d.process(seg("10.1.1.3", "169.254.169.254", 40002, 80, "S"), TAP1)
+    assert v.reason == DropReason.LINK_LOCAL_LIMIT
+    assert d.evict_closed(max(d.closing.values()) + 2_000_000_000) == 16
+    assert d.vifs[3].linklocal_flows == 2 and d.linklocal_flows == 2  # the two restarted ones
+    d.flush()
+    assert d.vifs[3].linklocal_flows == 0 and d.linklocal_flows == 0 and d.vifs[3].flows == 0
+
+
 def test_fabric_nat_with_reserved_port_released_with_the_flow():
     ports = Ports()
     d = make(ports=ports)
