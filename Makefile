@@ -51,8 +51,9 @@ soak: install
 	$(BIN)/python scripts/soak.py --vms $(SOAK_VMS) --seconds $(SOAK_SECONDS)
 
 # The benchmark suite beside its references (haproxy, kernel DNAT, nginx upstream); see benchmarks/run.py.
+BENCH_ARGS ?= --repeat 3
 bench: install bench-deps
-	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 
 # haproxy and nginx only as tools run inside the benchmark's namespaces: never started as host services.
 bench-deps:

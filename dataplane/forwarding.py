@@ -24,7 +24,7 @@ import ipaddress
 import logging
 import random
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
@@ -38,6 +38,7 @@ log = logging.getLogger("vrouter.dataplane")
 
 MD_FWD_FLAGS = Flag.SNAT | Flag.DNAT | Flag.DPAT | Flag.LINK_LOCAL
 MD_REV_FLAGS = Flag.SNAT | Flag.SPAT | Flag.DNAT | Flag.LINK_LOCAL
+AGE_CYCLE_NS = 1_000_000_000  # aging looks at each live flow at most once in this time
 CLOSE_GRACE_NS = 1_000_000_000  # both FINs seen: the pair goes this long after (the last ACKs pass)
 
 
@@ -116,7 +117,11 @@ class Dataplane:
         self.drops: Counter[DropReason] = Counter()
         self.prepared: dict[int, Prepared] = {}
         self.closing: dict[int, int] = {}  # both indices of a pair -> when both FINs were seen
+        # the same, in the order pairs closed (entries whose pair restarted or went are skipped):
+        # a dict emptied from the front would make every look at its oldest item slower
+        self._closing_order: deque[tuple[int, int]] = deque()
         self._age_queue: list[int] = []  # flows still to look at in this aging cycle
+        self._age_cycle = -AGE_CYCLE_NS  # when it began
         self.linklocal_flows = 0
         self.setups = 0
 
@@ -245,33 +250,52 @@ class Dataplane:
         self._forget(removed)
         return len(removed) + self.evict_closed(now)
 
-    def age_step(self, idle_s: float, budget: int, now: int | None = None) -> int:
+    def age_step(self, idle_s: float, budget: int, now: int | None = None, evict_limit: int = 0) -> int:
         """Look at no more than ``budget`` live flows for idleness, taking up where the last step
-        left off, and remove the idle ones; also remove closed TCP pairs. Called every second by the
-        agent, so that no single pass over a large table stalls the packets and the proxy behind
+        left off, and remove the idle ones; also remove closed TCP pairs whose grace is over (at
+        most ``evict_limit`` pairs, 0: all).  The agent calls it 20 times a second with a
+        twentieth of its budget, so that no single step stalls the packets and the proxy behind
         it: with N live flows, each is looked at every N/budget seconds."""
         now = now if now is not None else time.time_ns()
         idle_ns = int(idle_s * 1e9)
-        if not self._age_queue:
-            self._age_queue = [i for i, p in self.prepared.items() if p.charge]  # forward halves and drop flows
+        if not self._age_queue and now - self._age_cycle >= AGE_CYCLE_NS:
+            # a new cycle, at most once a second: with few flows, looking again sooner finds nothing
+            self._age_queue = list(self.prepared)  # a C-speed copy; reverse halves are skipped below
+            self._age_cycle = now
         table = self.table
         doomed = []
-        for _ in range(min(budget, len(self._age_queue))):
-            i = self._age_queue.pop()
-            p = self.prepared.get(i)
+        queue, prepared = self._age_queue, self.prepared
+        looked = 0
+        while queue and looked < budget:
+            i = queue.pop()
+            p = prepared.get(i)
             if p is None or not p.charge:
-                continue  # gone meanwhile, or the slot now holds a reverse half
+                continue  # gone meanwhile, or a reverse half (the forward half carries the pair)
+            looked += 1
             if now - table.pair_last_used(i) > idle_ns:
                 doomed.append(i)
-        return self._delete_flows(doomed) + self.evict_closed(now)
+        return self._delete_flows(doomed) + self.evict_closed(now, evict_limit)
 
-    def evict_closed(self, now: int | None = None) -> int:
-        """Remove TCP pairs that saw a FIN each way more than CLOSE_GRACE_NS ago."""
+    def evict_closed(self, now: int | None = None, limit: int = 0) -> int:
+        """Remove TCP pairs that saw a FIN each way more than CLOSE_GRACE_NS ago, oldest first,
+        at most ``limit`` pairs (0: all); return the number of entries removed.  ``closing`` is
+        in the order pairs closed, so this looks at no pair whose grace is not over."""
         now = now if now is not None else time.time_ns()
-        n = 0
-        for i, since in list(self.closing.items()):
-            if now - since > CLOSE_GRACE_NS and i in self.closing:
-                n += self._evict(i)
+        n = pairs = 0
+        closing, order = self.closing, self._closing_order
+        while order:
+            i, since = order[0]
+            if closing.get(i) != since:
+                order.popleft()  # restarted or removed since
+                continue
+            if now - since <= CLOSE_GRACE_NS:
+                break
+            order.popleft()
+            n += self._evict(i)
+            closing.pop(i, None)  # in case its pair was already gone
+            pairs += 1
+            if pairs == limit:
+                break
         return n
 
     # -- the per-packet path --------------------------------------------------------------------
@@ -355,6 +379,7 @@ class Dataplane:
                 for i in (index, other):
                     self.table.set_flags(i, self.table.flags(i) | Flag.EVICT_CANDIDATE)
                     self.closing[i] = now
+                    self._closing_order.append((i, now))
                 fwd = self._forward_prep(index, other)
                 if fwd is not None:
                     self._uncharge(fwd)
@@ -377,6 +402,11 @@ class Dataplane:
     # -- flow setup -----------------------------------------------------------------------------
 
     def _setup(self, vif: Vif, p: Parsed, key: bytes, now: int) -> int | Verdict:
+        order = self._closing_order
+        if order and now - order[0][1] > CLOSE_GRACE_NS:
+            # each new flow takes up to two closed pairs out: eviction keeps pace with set-up
+            # spread over the packets, instead of in a burst every aging step
+            self.evict_closed(now, 2)
         if vif is self.host:
             # The compute node's own packets, and the fabric's, reach the queue only as the
             # reverse half of a NAT flow; anything else is not ours to set up.

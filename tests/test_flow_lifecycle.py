@@ -252,3 +252,17 @@ def test_incremental_aging_looks_at_a_bounded_share_per_step():
     assert removed == [40, 40, 18]  # 20 pairs looked at per step; the pair in use stays
     assert d.table.active == 2
     assert d.age_step(idle_s=5, budget=20, now=20_000_000_000) == 2  # the next cycle finds it idle too
+
+
+def test_closed_pairs_go_oldest_first_in_bounded_steps():
+    d = make()
+    for k, sport in enumerate(range(6000, 6005)):  # five pairs closing 100 ms apart
+        t = k * 100_000_000
+        for pkt, dev in (a_to_b("S", sport), b_to_a("SA", sport), a_to_b("FA", sport), b_to_a("FA", sport)):
+            d.process(pkt, dev, now=t)
+    assert len(d.closing) == 10
+    late = 1_000_000_000 + 250_000_000  # the grace is over for the first three only
+    assert d.evict_closed(late, limit=2) == 4  # two pairs, the oldest
+    assert d.evict_closed(late, limit=2) == 2  # the third; the other two are not due
+    assert len(d.closing) == 4 and d.table.active == 4
+    assert d.evict_closed(late + 1_000_000_000) == 4 and not d.closing and d.table.active == 0

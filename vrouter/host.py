@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 from concurrent.futures import ThreadPoolExecutor
 
 from pyroute2 import IPRoute
@@ -56,8 +57,13 @@ class HostNetwork:
         self._pool.shutdown(wait=True)
 
     async def ifindex(self, name: str) -> int:
-        found = await self._nl("link_lookup", ifname=name)
-        return found[0] if found else 0
+        """The interface's index in this namespace, 0 if there is none.  One ioctl: called for
+        every port every second by the tap scan, which must not hold the GIL from the packet loop
+        as a pyroute2 call on the netlink thread would."""
+        try:
+            return socket.if_nametoindex(name)
+        except (OSError, ValueError):
+            return 0
 
     async def address_of(self, name: str) -> str:
         idx = await self.ifindex(name)

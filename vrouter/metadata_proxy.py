@@ -137,6 +137,56 @@ class _Refuse(Exception):
         self.status = status
 
 
+class _Deadline:
+    """One timer per connection, moved lazily.  A request moves a connection's deadline three or
+    four times (head, body, Nova's answer, idle); setting a later deadline is an assignment, and
+    the timer, when it fires before the deadline, re-arms itself for what is left."""
+
+    __slots__ = ("loop", "callback", "deadline", "handle", "at")
+
+    def __init__(self, callback: Callable[[], None]) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.callback = callback
+        self.deadline = 0.0  # 0: nothing to wait for
+        self.handle: asyncio.TimerHandle | None = None
+        self.at = 0.0
+
+    def set(self, seconds: float) -> None:
+        d = self.deadline = self.loop.time() + seconds
+        if self.handle is None or self.at > d:
+            if self.handle is not None:
+                self.handle.cancel()
+            self.handle = self.loop.call_at(d, self._fire)
+            self.at = d
+
+    def clear(self) -> None:
+        self.deadline = 0.0
+
+    def cancel(self) -> None:
+        """For good: also lets go of the callback (its connection), so that no reference cycle is
+        left for the garbage collector to find."""
+        self.deadline = 0.0
+        if self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
+        self.callback = _nothing
+
+    def _fire(self) -> None:
+        self.handle = None
+        if not self.deadline:
+            return
+        if self.loop.time() < self.deadline:
+            self.handle = self.loop.call_at(self.deadline, self._fire)
+            self.at = self.deadline
+            return
+        self.deadline = 0.0
+        self.callback()
+
+
+def _nothing() -> None:
+    pass
+
+
 class _Request:
     __slots__ = ("method", "target", "headers", "body", "keep_alive", "http11", "local")
 
@@ -183,7 +233,7 @@ class _VMConnection(asyncio.Protocol):
         self._in_message = False
         self._body: list[bytes] = []
         self._body_size = 0
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer = _Deadline(self._on_timer)
         self._timer_kind = ""
 
     # -- connection ---------------------------------------------------------------------------
@@ -210,7 +260,7 @@ class _VMConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self._disarm()
+        self._timer.cancel()
         if self.nova is not None:
             self.nova.abandon()
             self.nova = None
@@ -223,6 +273,10 @@ class _VMConnection(asyncio.Protocol):
                 p.open_per_peer[self.peer_ip] = left
             else:
                 p.open_per_peer.pop(self.peer_ip, None)
+        # the parser holds this protocol for its callbacks: break the cycle, so that a closed
+        # connection is freed at once and not left to the collector's full passes (which stalled
+        # the proxy for milliseconds after bursts of short connections)
+        self.parser = None  # type: ignore[assignment]
 
     def eof_received(self) -> bool:
         # the VM has sent all it will: answer what is queued, then close
@@ -408,10 +462,9 @@ class _VMConnection(asyncio.Protocol):
         if close:
             self.close_after = True
 
-    def response_head(self, data: bytes, status: int) -> None:
+    def response_started(self, status: int) -> None:
         self.responding = True
         self.proxy._count(status)
-        self._write(data)
 
     def response_done(self) -> None:
         req = self.current
@@ -463,18 +516,13 @@ class _VMConnection(asyncio.Protocol):
     # -- timers: one per connection, for whatever it is waiting for -----------------------------
 
     def _arm(self, kind: str, seconds: float) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
         self._timer_kind = kind
-        self._timer = asyncio.get_running_loop().call_later(seconds, self._on_timer)
+        self._timer.set(seconds)
 
     def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timer.clear()
 
     def _on_timer(self) -> None:
-        self._timer = None
         if self._timer_kind == "idle":
             self._close()
             return
@@ -498,7 +546,7 @@ class _NovaConnection(asyncio.Protocol):
         self.reused = False
         self.closed = False
         self.usable = True
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer = _Deadline(self._timed_out)
         self._reason: list[bytes] = []
         self._headers: list[tuple[bytes, bytes]] = []
         self._status = 0
@@ -506,9 +554,17 @@ class _NovaConnection(asyncio.Protocol):
         self._chunked_out = False
         self._until_close = False  # no length from Nova: the body ends when Nova closes
         self._started = False
+        # what goes to the VM from one read of Nova's answer, written at once: head and body in one
+        # segment, not one per parser callback (each segment costs a trip through the dataplane)
+        self._out: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio.Transport subclasses
+
+    def _flush(self, client: _VMConnection) -> None:
+        if self._out:
+            client._write(self._out[0] if len(self._out) == 1 else b"".join(self._out))
+            self._out = []
 
     def begin(self, client: _VMConnection, req: _Request, data: bytes, reused: bool, attempt: int) -> None:
         assert self.transport is not None
@@ -520,9 +576,10 @@ class _NovaConnection(asyncio.Protocol):
         self._started = False
         self._reason = []
         self._headers = []
+        self._out = []
         client.nova = self
         self.transport.write(data)
-        self._timer = asyncio.get_running_loop().call_later(self.proxy.read_timeout, self._timed_out)
+        self._timer.set(self.proxy.read_timeout)
 
     def data_received(self, data: bytes) -> None:
         if self.client is None:  # nothing was asked: whatever Nova says now is a protocol error
@@ -535,21 +592,22 @@ class _NovaConnection(asyncio.Protocol):
             self._fail("%s" % (e.__context__ or e))
         except httptools.HttpParserError as e:
             self._fail("not HTTP: %s" % e)
+        if self.client is not None:
+            self._flush(self.client)
 
     def eof_received(self) -> bool:
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self._cancel_timer()
+        self._timer.cancel()
         self.proxy.forget(self)
-        if self.client is None:
-            return
-        if self._until_close and self._started:
-            self._finish()  # the end of a body without a length
-            return
-        why = "connection closed mid-body" if self._started else ("connection closed before a response" if exc is None else str(exc))
-        self._fail(why)
+        if self.client is not None:
+            if self._until_close and self._started:
+                self._finish()  # the end of a body without a length
+            else:
+                self._fail("connection closed mid-body" if self._started else ("connection closed before a response" if exc is None else str(exc)))
+        self.parser = None  # type: ignore[assignment]  # no cycle left (see _VMConnection)
 
     # -- parser callbacks -----------------------------------------------------------------------
 
@@ -603,7 +661,8 @@ class _NovaConnection(asyncio.Protocol):
             out.append(b"Connection: keep-alive\r\n")
         out.append(b"\r\n")
         self._started = True
-        client.response_head(b"".join(out), status)
+        client.response_started(status)
+        self._out.append(b"".join(out))
         if req.method == b"HEAD":
             # llhttp cannot be told that a response has no body, so this connection is not reused
             self.usable = False
@@ -614,10 +673,7 @@ class _NovaConnection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         if self.client is None or self._informational:
             return
-        if self._chunked_out:
-            self.client._write(b"%x\r\n%s\r\n" % (len(body), body))
-        else:
-            self.client._write(body)
+        self._out.append(b"%x\r\n%s\r\n" % (len(body), body) if self._chunked_out else body)
 
     def on_message_complete(self) -> None:
         if self._informational:
@@ -639,7 +695,8 @@ class _NovaConnection(asyncio.Protocol):
         if client is None:
             return
         if self._chunked_out:
-            client._write(b"0\r\n\r\n")
+            self._out.append(b"0\r\n\r\n")
+        self._flush(client)
         self.proxy.release(self)  # first, so that the VM's next request can take it
         client.response_done()
 
@@ -659,7 +716,6 @@ class _NovaConnection(asyncio.Protocol):
         client.upstream_failed(self.upstream, "no answer within %.0f s" % self.proxy.read_timeout if why == "timeout" else why)
 
     def _timed_out(self) -> None:
-        self._timer = None
         self._fail("timeout")
 
     def abandon(self) -> None:
@@ -671,9 +727,7 @@ class _NovaConnection(asyncio.Protocol):
         self._close()
 
     def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timer.clear()
 
     def _close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():

@@ -23,6 +23,7 @@ agent that dies, even by SIGKILL, takes its proxy with it.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -206,6 +207,7 @@ class _Worker:
                 self.identify, self.upstream, c["secret"], read_timeout=float(c["read_timeout"]), fairness=Fairness(**c["fairness"])
             )
             await self.proxy.start(c["hosts"], int(c["port"]))
+            gc.freeze()  # start-up's objects stay: out of the collector's full passes
         except OSError as e:
             return {"ok": False, "error": "metadata proxy cannot listen on %s port %s: %s" % (", ".join(c["hosts"]), c["port"], e.strerror or e)}
         except (ssl.SSLError, KeyError, TypeError, ValueError) as e:
