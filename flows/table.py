@@ -48,6 +48,11 @@ from flows.layout import (
 
 BUCKET_BYTES = BUCKET_SIZE * RECORD_SIZE
 _RFLOW_VALID = int(Flag.RFLOW_VALID)
+
+
+def _tag(h: int) -> int:
+    """An entry's tag from its key's CRC-32: the top 8 bits, made odd (0 means a free entry)."""
+    return (h >> 24) | 1
 _ACTIVE_BYTE = bytes(b & 1 for b in range(256))  # translate: the ACTIVE bit of a flags byte
 _ONE = re.compile(b"\x01")
 
@@ -126,9 +131,18 @@ class FlowTable:
         self.writable = writable
         self.active = 0
         self._free_overflow: list[int] = []
+        # The writer's private index: one byte per entry, 0 when the entry is free, else 8 bits of
+        # its key's hash (odd, so never 0).  A lookup reads the bucket's 4 tags (from 640 KB that
+        # stay in the CPU's caches) and compares the key of the one entry whose tag matches,
+        # instead of reading 512 bytes of records: this keeps a lookup in a full table close to
+        # its cost in an empty one.
+        self._tags = bytearray(self.capacity if writable else 0)
         if writable:
             self._free_overflow = [i for i in range(self.capacity - 1, entries - 1, -1) if not self.flags(i) & Flag.ACTIVE]
-            self.active = sum(1 for _ in self.active_indices())
+            for i in self.active_indices():
+                off = HEADER_SIZE + i * RECORD_SIZE
+                self._tags[i] = _tag(zlib.crc32(buf[off : off + KEY_LEN]))
+                self.active += 1
 
     # -- construction -------------------------------------------------------------------------
 
@@ -205,14 +219,32 @@ class FlowTable:
         return (zlib.crc32(key) % self.nbuckets) * BUCKET_SIZE
 
     def lookup(self, key: bytes) -> int:
-        """The index of the active entry with ``key``, or -1.
+        """The index of the active entry with ``key``, or -1: the bucket's tags, then its
+        overflow chain (tags first there too).  A table opened read-only has no tags and scans."""
+        if not self.writable:
+            return self._scan(key)
+        h = zlib.crc32(key)
+        first = (h % self.nbuckets) * BUCKET_SIZE
+        tag = _tag(h)
+        tags, buf = self._tags, self.buf
+        i = tags.find(tag, first, first + BUCKET_SIZE)
+        while i >= 0:
+            off = HEADER_SIZE + i * RECORD_SIZE
+            if buf[off : off + KEY_LEN] == key:
+                return i
+            i = tags.find(tag, i + 1, first + BUCKET_SIZE)
+        nxt = U32.unpack_from(buf, HEADER_SIZE + first * RECORD_SIZE + OFF_OFLOW_NEXT)[0]
+        while nxt:
+            i = nxt - 1
+            off = HEADER_SIZE + i * RECORD_SIZE
+            if tags[i] == tag and buf[off : off + KEY_LEN] == key:
+                return i
+            nxt = U32.unpack_from(buf, off + OFF_OFLOW_NEXT)[0]
+        return -1
 
-        The bucket's four records are searched with one C-speed ``find`` over its 512 bytes, so
-        that a hit costs the same in any slot of the bucket; a match must start a record and
-        the record must be active (a removed entry keeps its key bytes).  Then the overflow chain.
-        """
+    def _scan(self, key: bytes) -> int:
         buf = self.buf
-        first = (zlib.crc32(key) % self.nbuckets) * BUCKET_SIZE
+        first = self._bucket(key)
         base = HEADER_SIZE + first * RECORD_SIZE
         end = base + BUCKET_BYTES
         pos = buf.find(key, base, end)
@@ -257,11 +289,9 @@ class FlowTable:
 
     def _free_slot(self, key: bytes) -> int:
         first = self._bucket(key)
-        off = HEADER_SIZE + first * RECORD_SIZE
-        for i in range(first, first + BUCKET_SIZE):
-            if not self.buf[off + OFF_FLAGS] & 1:
-                return i
-            off += RECORD_SIZE
+        i = self._tags.find(0, first, first + BUCKET_SIZE)
+        if i >= 0:
+            return i
         if not self._free_overflow:
             raise TableFull()
         i = self._free_overflow.pop()
@@ -273,6 +303,7 @@ class FlowTable:
     def _release(self, index: int) -> None:
         off = HEADER_SIZE + index * RECORD_SIZE
         U16.pack_into(self.buf, off + OFF_FLAGS, 0)
+        self._tags[index] = 0
         if index < self.entries:
             return
         key = bytes(self.buf[off : off + KEY_LEN])
@@ -293,6 +324,7 @@ class FlowTable:
         off = HEADER_SIZE + index * RECORD_SIZE
         gen = (self.buf[off + OFF_GEN] + 1) & 0xFF
         self.buf[off : off + KEY_LEN] = key
+        self._tags[index] = _tag(zlib.crc32(key))
         # flags written without ACTIVE first; set ACTIVE last, so readers never see half an entry
         BODY.pack_into(
             self.buf, off + KEY_LEN, flags & ~Flag.ACTIVE, spec.action, spec.drop_reason, rindex, gen, 0,
