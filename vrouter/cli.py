@@ -269,6 +269,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         "agent pid %(pid)d up %(uptime_s).0f s: vhost0 %(vhost_ip)s, metadata proxy port %(metadata_proxy_port)d, "
         "%(ports)d ports, %(linklocal_services)d link-local services, %(flows_active)d active flow entries" % st
     )
+    proxy = st.get("proxy", {})
+    if "error" in proxy:
+        text += "\nmetadata proxy process: %s" % proxy["error"]
+    elif proxy.get("pid"):
+        text += "\nmetadata proxy process pid %d (restarted %d times): %d requests, %d VM connections open, %d idle to Nova" % (
+            proxy["pid"], proxy.get("restarts", 0), proxy.get("requests", 0), proxy.get("vm_connections", 0), proxy.get("upstream_idle", 0))
     _print(st, args.json, text)
     return 0
 
@@ -289,8 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     a = sub.add_parser("agent", help="run the agent and dataplane in the foreground (in the compute namespace)",
-                       description="Run the vRouter agent: dataplane (NFQUEUE), flow table, metadata proxy and "
-                       "control socket, until SIGTERM or SIGINT. Run it inside the compute namespace.")  # fmt: skip
+                       description="Run the vRouter agent: dataplane (NFQUEUE), flow table, metadata proxy (in a "
+                       "process of its own, restarted if it dies) and control socket, until SIGTERM or SIGINT. "
+                       "Run it inside the compute namespace.")  # fmt: skip
     a.add_argument("--config", help="agent.conf (INI like contrail-vrouter-agent.conf)")
     a.add_argument("--state-dir", help="where ports, services, the flow table and the control socket live")
     a.add_argument("-p", "--prefix", help="shorthand for --state-dir /run/vrouter/PREFIX")
