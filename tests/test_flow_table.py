@@ -181,8 +181,6 @@ def test_tag_index_agrees_with_the_records_through_churn():
     # random set-ups and removals in a small table, so that buckets fill and overflow chains form
     # and break: the writer's tag index must find exactly what a scan of the records finds, and
     # a table opened afresh over the same memory must rebuild the same index
-
-
     t = FlowTable.in_memory(64, 32)
     rnd = random.Random(7)
     live: dict[bytes, int] = {}
