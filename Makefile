@@ -37,7 +37,7 @@ $(VENV)/.installed: pyproject.toml | system-deps
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
 	$(BIN)/python -m pip install -q -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
-	@$(BIN)/python -c "import netfilterqueue, pyroute2, h11, scapy, pytest" && touch $@
+	@$(BIN)/python -c "import netfilterqueue, pyroute2, httptools, uvloop, scapy, pytest" && touch $@
 
 demo: install
 	@bash scripts/demo.sh $(DEMO_PREFIX) $(if $(KEEP),keep,)
