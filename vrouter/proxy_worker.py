@@ -78,6 +78,9 @@ class ProxyWorker:
             self._proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "vrouter.proxy_worker", str(theirs.fileno()), pass_fds=[theirs.fileno()], stdin=asyncio.subprocess.DEVNULL
             )
+        except OSError as e:
+            ours.close()
+            raise ProxyWorkerError("cannot start the metadata proxy process (%s -m vrouter.proxy_worker): %s" % (sys.executable, e)) from None
         finally:
             theirs.close()
         self._reader, self._writer = await asyncio.open_connection(sock=ours)
@@ -100,7 +103,10 @@ class ProxyWorker:
                 raise ProxyWorkerError("the metadata proxy process does not answer: %s" % (e or type(e).__name__)) from None
             if not line:
                 raise ProxyWorkerError("the metadata proxy process has exited")
-            return json.loads(line)
+            try:
+                return json.loads(line)
+            except ValueError:
+                raise ProxyWorkerError("the metadata proxy process answered %r" % line[:200]) from None
 
     async def set_identities(self, identities: dict[str, list[str]]) -> None:
         self.identities = identities
