@@ -253,9 +253,9 @@ class Dataplane:
     def age_step(self, idle_s: float, budget: int, now: int | None = None, evict_limit: int = 0) -> int:
         """Look at no more than ``budget`` live flows for idleness, taking up where the last step
         left off, and remove the idle ones; also remove closed TCP pairs whose grace is over (at
-        most ``evict_limit`` pairs, 0: all).  The agent calls it 20 times a second with a
-        twentieth of its budget, so that no single step stalls the packets and the proxy behind
-        it: with N live flows, each is looked at every N/budget seconds."""
+        most ``evict_limit`` pairs, 0: all).  The agent calls it many times a second, each time
+        with a share of its budget, so that no single step stalls the packets and the proxy
+        behind it: with N live flows, each is looked at every N/(budget a second) seconds."""
         now = now if now is not None else time.time_ns()
         idle_ns = int(idle_s * 1e9)
         if not self._age_queue and now - self._age_cycle >= AGE_CYCLE_NS:

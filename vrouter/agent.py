@@ -252,7 +252,7 @@ class Agent:
                     await self._plug(port)
 
     async def _aging(self) -> None:
-        """In small steps, 20 a second: closed TCP pairs go (at most EVICT_PER_STEP a step) and a
+        """In small steps, AGING_STEPS a second: closed TCP pairs go (at most EVICT_PER_STEP a step) and a
         bounded share of the live flows is looked at for idleness (AGING_BUDGET a second), so that
         aging never stalls the packets behind it for more than a few milliseconds."""
         assert self.dataplane is not None
