@@ -17,6 +17,7 @@ from vrouter.signing import sign_instance_id
 
 VM = Identity("0b9c4f2e-7a51-4c4b-9d6e-0d3c1f5a2b77", "5a3f0c1e-2d4b-4f6a-8c9e-0b1d2f3a4c5e", "10.1.1.3", "port-1")
 SECRET = "s3cret"
+BIG = 16 << 20  # a body larger than the proxy's and the kernel's buffers together
 
 
 class Upstream_:
@@ -69,6 +70,8 @@ class Upstream_:
                 c.sendall(b"this is not HTTP\r\n\r\n")
                 c.close()
                 return
+            elif target == "/big":
+                c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % BIG + b"u" * BIG)
             elif target == "/no-length":
                 c.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nno length here")
                 c.close()
@@ -399,3 +402,25 @@ def test_nova_informational_answer_is_skipped_and_reason_kept(proxy):
     resp = exchange(proxy.port, b"GET /informational HTTP/1.1\r\nHost: x\r\n\r\n")
     assert resp.startswith(b"HTTP/1.1 203 Custom Reason\r\n") and resp.endswith(b"\r\n\r\nok")
     assert b"100 Continue" not in resp
+
+
+def test_slow_vm_reader_gets_the_whole_answer_and_the_pool_stays_usable(proxy, upstream):
+    # the VM does not read for a while: the proxy stops reading Nova (bounded buffers), then
+    # passes the rest on when the VM reads; the Nova connection goes back to the pool reading
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
+        s.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        wait_until(lambda: upstream.requests and upstream.requests[-1][0] == "GET /big", 5, "the request to reach Nova")
+        s.settimeout(0.5)
+        try:  # the proxy cannot have sent it all: nobody reads
+            s.recv(1, socket.MSG_PEEK)
+        except TimeoutError:
+            pass
+        s.settimeout(10)
+        data = b""
+        while b"\r\n\r\n" not in data or len(data) < data.index(b"\r\n\r\n") + 4 + BIG:
+            chunk = s.recv(1 << 20)
+            assert chunk, "the proxy closed before the whole answer"
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 200") and data.endswith(b"u" * 1000) and data.count(b"u") == BIG
+    assert exchange(proxy.port, b"GET /after HTTP/1.1\r\nHost: x\r\n\r\n").startswith(b"HTTP/1.1 200")
+    assert upstream.connections == 1  # the same pooled connection served the next request

@@ -223,6 +223,7 @@ class _VMConnection(asyncio.Protocol):
         self.responding = False  # the current answer's head has gone to the VM
         self.closed = False
         self.stop_reading = False  # no more requests are read (refused, upgraded, or closing)
+        self.write_paused = False  # the transport's buffer towards the VM is full
         self.close_after = False
         self.counted = False
         self._req: _Request | None = None
@@ -287,12 +288,15 @@ class _VMConnection(asyncio.Protocol):
         return True
 
     def pause_writing(self) -> None:
-        if self.nova is not None and self.nova.transport is not None:
-            self.nova.transport.pause_reading()
+        # the VM reads slower than Nova answers: stop reading Nova until it catches up
+        self.write_paused = True
+        if self.nova is not None:
+            self.nova.pause()
 
     def resume_writing(self) -> None:
-        if self.nova is not None and self.nova.transport is not None:
-            self.nova.transport.resume_reading()
+        self.write_paused = False
+        if self.nova is not None:
+            self.nova.resume()
 
     def data_received(self, data: bytes) -> None:
         if self.stop_reading or self.closed:
@@ -546,6 +550,7 @@ class _NovaConnection(asyncio.Protocol):
         self.reused = False
         self.closed = False
         self.usable = True
+        self._paused = False  # not reading: the VM's side is full
         self._timer = _Deadline(self._timed_out)
         self._reason: list[bytes] = []
         self._headers: list[tuple[bytes, bytes]] = []
@@ -580,6 +585,22 @@ class _NovaConnection(asyncio.Protocol):
         client.nova = self
         self.transport.write(data)
         self._timer.set(self.proxy.read_timeout)
+        if client.write_paused:
+            self.pause()
+
+    def pause(self) -> None:
+        """Stop reading Nova while the VM does not read; Nova's read timeout waits too."""
+        if not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
+            self._timer.clear()
+
+    def resume(self) -> None:
+        if self._paused and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
+            if self.client is not None:
+                self._timer.set(self.proxy.read_timeout)
 
     def data_received(self, data: bytes) -> None:
         if self.client is None:  # nothing was asked: whatever Nova says now is a protocol error
@@ -697,6 +718,7 @@ class _NovaConnection(asyncio.Protocol):
         if self._chunked_out:
             self._out.append(b"0\r\n\r\n")
         self._flush(client)
+        self.resume()  # a pooled connection always reads (a slow VM may have paused it)
         self.proxy.release(self)  # first, so that the VM's next request can take it
         client.response_done()
 
