@@ -208,6 +208,7 @@ class Bench:
                 "  server { listen 10.10.0.1:80 backlog=4096; root %s; } }\n" % (self.tmp, self.tmp, root)
             )
         p = subprocess.Popen(["ip", "netns", "exec", self.fabric, "nginx", "-c", conf], stderr=subprocess.PIPE)
+        self.nginx_proc = p
         self.procs.append(p)
         self.wait_port(self.fabric, "10.10.0.1", 80)
 
@@ -306,13 +307,32 @@ class Bench:
                timeout=self.seconds + 60)  # fmt: skip
         return json.loads(r.stdout)
 
-    def metadata_figures(self, rate: float) -> dict:
+    def workers(self, config: str) -> dict[str, list[int]]:
+        """The processes of a configuration whose CPU time is worth reporting: name -> pids."""
+        nginx = [self.nginx_proc.pid] + [int(x) for x in sh("pgrep", "-P", str(self.nginx_proc.pid), check=False).stdout.split()]
+        out = {"nginx": nginx}
+        if config == "project":
+            st = json.loads(sh(VROUTER, "status", "--json", "--state-dir", self.state).stdout)
+            out.update(agent=[st["pid"]], proxy=[st["proxy"]["pid"]])
+        elif config == "haproxy":
+            out["haproxy"] = [self.haproxy_proc.pid]
+        return out
+
+    def metadata_figures(self, rate: float, config: str) -> dict:
         # a first request also checks the path works at all
         r = sh("ip", "netns", "exec", self.vms[0]["namespace"], "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "5", URL, check=False)
         if r.stdout != "200":
             raise RuntimeError("no metadata through this configuration (HTTP %s)" % r.stdout)
+        # CPU of the processes on the path during the keep-alive run from one VM (% of one core)
+        workers = self.workers(config)
+        before = {name: sum(cpu_seconds(p) for p in pids) for name, pids in workers.items()}
+        t0 = time.monotonic()
+        keepalive_1vm = self.wrk(self.vms[:1], 16, False)
+        elapsed = time.monotonic() - t0
+        cpu = {name: round(100 * (sum(cpu_seconds(p) for p in pids) - before[name]) / elapsed) for name, pids in workers.items()}
         return {
-            "keepalive_1vm": self.wrk(self.vms[:1], 16, False),
+            "cpu_keepalive_1vm": cpu,
+            "keepalive_1vm": keepalive_1vm,
             "keepalive_8vm": self.wrk(self.vms, 4, False),
             "new_conn": self.wrk(self.vms[:4], 8, True),
             "latency": self.latency(rate),
@@ -339,6 +359,16 @@ class Bench:
         status = json.loads(sh(VROUTER, "status", "--json", "--state-dir", self.state).stdout)
         mem = status["memory"]
         return mem["rss_kib"] + mem.get("proxy_rss_kib", 0)  # the agent and its proxy process
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far (0 if it is gone)."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def median_figures(runs: list[dict]) -> dict:
@@ -384,19 +414,19 @@ def main() -> int:
             print("round %d of %d: project ..." % (r + 1, args.repeat), flush=True)
             if r:
                 b.project()
-            runs["project"].append(b.metadata_figures(args.rate))
+            runs["project"].append(b.metadata_figures(args.rate, "project"))
             if r == 0:
                 res["project_vm2vm"] = b.vm_to_vm()
                 res["agent_rss_kib"] = b.agent_rss_kib()
             print("round %d of %d: kernel DNAT ..." % (r + 1, args.repeat), flush=True)
             b.kernel()
-            runs["kernel"].append(b.metadata_figures(args.rate))
+            runs["kernel"].append(b.metadata_figures(args.rate, "kernel"))
             if r == 0:
                 res["kernel_vm2vm"] = b.vm_to_vm()
             b.plain_off()
             print("round %d of %d: haproxy ..." % (r + 1, args.repeat), flush=True)
             b.haproxy()
-            runs["haproxy"].append(b.metadata_figures(args.rate))
+            runs["haproxy"].append(b.metadata_figures(args.rate, "haproxy"))
             b.haproxy_off()
         b.project()
     finally:
@@ -411,7 +441,7 @@ def main() -> int:
     with open(args.out, "w") as f:
         json.dump(res, f, indent=2)
     p, k, h = res["project"], res["kernel"], res["haproxy"]
-    errors = {name: sum(v["errors"] for v in r.values()) for name, r in (("project", p), ("kernel", k), ("haproxy", h))}
+    errors = {name: sum(v.get("errors", 0) for v in r.values()) for name, r in (("project", p), ("kernel", k), ("haproxy", h))}
     lk = res["flows_400k"]["lookup_ns"] / res["flows_1k"]["lookup_ns"]
     rows = [
         "| figure | this project | reference | ratio | target | met |",
@@ -437,11 +467,14 @@ def main() -> int:
         fmt_row("flow setup (pair), 400K live flows (ns)", res["flows_400k"]["setup_ns"], res["flows_1k"]["setup_ns"], "1K flows", "-", None, "ns"),
         fmt_row("agent + proxy process memory, RSS (KiB)", res["agent_rss_kib"], None, "", "-", None, "KiB"),
     ]  # fmt: skip
+    cpu = "CPU during the keep-alive run from 1 VM, % of one core (2 cores in all; wrk has the rest): " + "; ".join(
+        "%s: %s" % (name, ", ".join("%s %d" % kv for kv in res[name]["cpu_keepalive_1vm"].items())) for name in ("project", "haproxy", "kernel"))
     print("\n".join(rows))
+    print("\n" + cpu)
     print("\nrequest errors: %s; UDP delivered (project/kernel): %s/%s" % (
         errors, res["project_vm2vm"]["udp_delivered"], res["kernel_vm2vm"]["udp_delivered"]))  # fmt: skip
     with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
-        f.write("\n".join(rows) + "\n")
+        f.write("\n".join(rows) + "\n\n" + cpu + "\n")
     return 1 if any(errors.values()) else 0
 
 
