@@ -157,8 +157,12 @@ cmd_up() {
         return 0
     fi
     [ -x "$VROUTER" ] || die "$VROUTER not found: run make install (or set VROUTER=/path/to/vrouter)"
+    local root_new=0
+    [ -d "$STATE_ROOT" ] || root_new=1
     mkdir -p "$STATE"
     : >"$CREATED"
+    # parent directories that did not exist are ours too: removed at down when empty
+    [ "$root_new" = 1 ] && echo "rootdir $STATE_ROOT" >>"$CREATED"
     UP_DONE=0
     trap 'if [ "$UP_DONE" = 0 ]; then echo "netns_setup.sh: up failed; removing what it created" >&2; cmd_down >/dev/null 2>&1 || true; fi' EXIT
     if [ "$SECRET_SET" = 0 ]; then SECRET=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n'); fi
@@ -171,6 +175,7 @@ cmd_up() {
         ip -n "$ns" link set lo up
     done
     # The compute namespace's own resolver file: fabric names for services given by DNS name.
+    [ -d /etc/netns ] || echo "dir /etc/netns" >>"$CREATED"
     mkdir -p "/etc/netns/$COMPUTE"; echo "dir /etc/netns/$COMPUTE" >>"$CREATED"
     printf '127.0.0.1 localhost\n%s nova.fabric fabric\n' "$FABRIC_NET.1" >"/etc/netns/$COMPUTE/hosts"
     echo "file /etc/netns/$COMPUTE/hosts" >>"$CREATED"
@@ -305,12 +310,14 @@ cmd_down() {
     echo "removing emulated compute node '$PREFIX'" >&2
     stop_agent
     stop_pidfile "$STATE/nova.pid" "nova-metadata"
+    local rootdir=""
     if [ -f "$CREATED" ]; then
         while read -r kind name; do
             case "$kind" in
                 netns) if ns_exists "$name"; then ip netns del "$name" && echo "  deleted netns $name" >&2; fi ;;
                 file) rm -f "$name" ;;
                 dir) rmdir "$name" 2>/dev/null || true ;;
+                rootdir) rootdir=$name ;;
             esac
         done < <(tac "$CREATED")
     else
@@ -318,6 +325,7 @@ cmd_down() {
         for ns in "$COMPUTE" "$FABRIC"; do ns_exists "$ns" && ip netns del "$ns"; done
     fi
     rm -rf "$STATE"
+    [ -n "$rootdir" ] && { rmdir "$rootdir" 2>/dev/null || true; }  # if no other prefix is up
     echo "down: prefix $PREFIX removed" >&2
 }
 

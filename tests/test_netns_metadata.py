@@ -4,11 +4,13 @@ One emulated host (2 VMs) serves the module; tests that stop a service start it 
 """
 
 import json
+import os
+import secrets
 import subprocess
 
 import pytest
 
-from tests.conftest import VROUTER, EmulatedHost, needs_root, wait_until
+from tests.conftest import _PREFIXES, SETUP, VROUTER, EmulatedHost, needs_root, wait_until
 
 pytestmark = [pytest.mark.netns, needs_root]
 
@@ -189,9 +191,23 @@ def test_up_twice_and_down_leave_nothing_behind():
     assert h.prefix + "-" not in names
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
     assert not any(t in links for t in taps)
-    import os
-
     assert not os.path.exists(h.state_dir)
     assert not os.path.exists("/etc/netns/%s-compute" % h.prefix)
     r = h.setup("down")
     assert r.returncode == 0 and "nothing is up" in r.stderr
+
+
+def test_down_removes_the_state_root_that_up_made():
+    root = "/run/vrouter-%s" % secrets.token_hex(4)  # a state root nobody else uses
+    prefix = "tq" + secrets.token_hex(3)[:5]
+    _PREFIXES.append(prefix)
+    env = dict(os.environ, VROUTER_STATE_ROOT=root)
+    run = lambda *a: subprocess.run(["bash", str(SETUP), *a, "--prefix", prefix], capture_output=True, text=True, timeout=120, env=env)  # noqa: E731
+    try:
+        r = run("up", "--vms", "1")
+        assert r.returncode == 0, r.stderr
+        assert os.path.isdir(os.path.join(root, prefix))
+    finally:
+        r = run("down")
+    assert r.returncode == 0, r.stderr
+    assert not os.path.exists(root)
