@@ -53,6 +53,8 @@ _RFLOW_VALID = int(Flag.RFLOW_VALID)
 def _tag(h: int) -> int:
     """An entry's tag from its key's CRC-32: the top 8 bits, made odd (0 means a free entry)."""
     return (h >> 24) | 1
+
+
 _ACTIVE_BYTE = bytes(b & 1 for b in range(256))  # translate: the ACTIVE bit of a flags byte
 _ONE = re.compile(b"\x01")
 
