@@ -273,7 +273,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if "error" in proxy:
         text += "\nmetadata proxy process: %s" % proxy["error"]
     elif proxy.get("pid"):
-        text += "\nmetadata proxy process pid %d (restarted %d times): %d requests, %d VM connections open, %d idle to Nova" % (
+        text += "\nmetadata proxy process pid %d (restarts: %d): %d requests, %d VM connections open, %d idle to Nova" % (
             proxy["pid"], proxy.get("restarts", 0), proxy.get("requests", 0), proxy.get("vm_connections", 0), proxy.get("upstream_idle", 0))
     _print(st, args.json, text)
     return 0

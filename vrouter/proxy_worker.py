@@ -100,7 +100,13 @@ class ProxyWorker:
                 await self._writer.drain()
                 line = await asyncio.wait_for(self._reader.readline(), timeout)
             except (OSError, TimeoutError) as e:
-                raise ProxyWorkerError("the metadata proxy process does not answer: %s" % (e or type(e).__name__)) from None
+                # a late answer would be taken for the next one's: this process is done with;
+                # the watchdog starts another
+                self._close_pipe()
+                if self._proc is not None and self._proc.returncode is None:
+                    self._proc.kill()
+                why = "nothing within %.0f s" % timeout if isinstance(e, TimeoutError) else str(e)
+                raise ProxyWorkerError("the metadata proxy process does not answer (%s); it is restarted" % why) from None
             if not line:
                 raise ProxyWorkerError("the metadata proxy process has exited")
             try:
@@ -124,7 +130,7 @@ class ProxyWorker:
 
     async def stats(self) -> dict:
         try:
-            return await self._call({"op": "stats"})
+            return await self._call({"op": "stats"}, timeout=3)  # well inside the CLI's own 10 s
         except ProxyWorkerError as e:
             return {"error": str(e)}
 
