@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -269,6 +270,25 @@ def test_proxy_process_killed_is_restarted(hostile):
     after = h.cli_json("status")["proxy"]
     assert after["pid"] != before["pid"] and "error" not in after
     wait_until(lambda: h.metadata(0)[0] == 200 and h.metadata(1)[0] == 200, 15, "both VMs served by the new proxy process")
+
+
+def test_proxy_process_hung_is_replaced(hostile):
+    # a proxy that stops answering (SIGSTOP) must not hang the agent's status, and is replaced
+    h = hostile
+    before = h.cli_json("status")["proxy"]
+    os.kill(before["pid"], signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        st = h.cli_json("status")
+        assert time.monotonic() - t0 < 8 and "does not answer" in st["proxy"]["error"]
+    finally:
+        try:
+            os.kill(before["pid"], signal.SIGCONT)  # if it is still there (the agent kills it)
+        except ProcessLookupError:
+            pass
+    wait_until(lambda: _gone(before["pid"]), 10, "the hung proxy process to be killed")
+    wait_until(lambda: h.cli_json("status")["proxy"].get("restarts", 0) == before["restarts"] + 1, 15, "a new proxy process")
+    wait_until(lambda: h.metadata(0)[0] == 200, 15, "vm1 served by the new proxy process")
 
 
 def test_agent_killed_and_restarted_cleans_up_and_restores(hostile):
