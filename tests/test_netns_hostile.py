@@ -258,15 +258,20 @@ def test_nova_garbage_and_silence_give_502_then_recovery(hostile):
 
 
 def _gone(pid):
-    return not os.path.exists("/proc/%d" % pid) or open("/proc/%d/stat" % pid).read().split()[2] == "Z"
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"  # a zombie is gone too
+    except FileNotFoundError:
+        return True
 
 
 def test_proxy_process_killed_is_restarted(hostile):
     h = hostile
+    wait_until(lambda: h.metadata(0)[0] == 200, 15, "vm1 served before the test")
     before = h.cli_json("status")["proxy"]
     os.kill(before["pid"], signal.SIGKILL)
     wait_until(lambda: _gone(before["pid"]), 10, "the proxy process to die")
-    wait_until(lambda: h.cli_json("status")["proxy"].get("restarts", 0) == before["restarts"] + 1, 15, "the agent to restart its proxy")
+    wait_until(lambda: h.cli_json("status")["proxy"].get("restarts", 0) >= before["restarts"] + 1, 15, "the agent to restart its proxy")
     after = h.cli_json("status")["proxy"]
     assert after["pid"] != before["pid"] and "error" not in after
     wait_until(lambda: h.metadata(0)[0] == 200 and h.metadata(1)[0] == 200, 15, "both VMs served by the new proxy process")
@@ -275,6 +280,7 @@ def test_proxy_process_killed_is_restarted(hostile):
 def test_proxy_process_hung_is_replaced(hostile):
     # a proxy that stops answering (SIGSTOP) must not hang the agent's status, and is replaced
     h = hostile
+    wait_until(lambda: h.metadata(0)[0] == 200, 15, "vm1 served before the test")
     before = h.cli_json("status")["proxy"]
     os.kill(before["pid"], signal.SIGSTOP)
     try:
@@ -287,7 +293,7 @@ def test_proxy_process_hung_is_replaced(hostile):
         except ProcessLookupError:
             pass
     wait_until(lambda: _gone(before["pid"]), 10, "the hung proxy process to be killed")
-    wait_until(lambda: h.cli_json("status")["proxy"].get("restarts", 0) == before["restarts"] + 1, 15, "a new proxy process")
+    wait_until(lambda: h.cli_json("status")["proxy"].get("restarts", 0) >= before["restarts"] + 1, 15, "a new proxy process")
     wait_until(lambda: h.metadata(0)[0] == 200, 15, "vm1 served by the new proxy process")
 
 
