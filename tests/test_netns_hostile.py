@@ -261,7 +261,7 @@ def _gone(pid):
     try:
         with open("/proc/%d/stat" % pid) as f:
             return f.read().rsplit(")", 1)[1].split()[0] == "Z"  # a zombie is gone too
-    except FileNotFoundError:
+    except OSError:  # no such file, or (ESRCH) the process went between open and read
         return True
 
 
