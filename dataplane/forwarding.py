@@ -506,8 +506,12 @@ class Dataplane:
         rprep = Prepared(Action.NAT, rev, vif, self.host.index)
         return self._pair(key, fspec, fprep, rkey, rspec, rprep, (vif,), True, now)
 
+    def service_ips(self, service: LinkLocalService) -> tuple[str, ...]:
+        """A service's fabric addresses: as configured, or what its DNS name resolved to."""
+        return service.fabric_ips or self.resolved.get(service.fabric_dns_name, ())
+
     def _fabric_ip(self, service: LinkLocalService) -> str | None:
-        ips = service.fabric_ips or self.resolved.get(service.fabric_dns_name, ())
+        ips = self.service_ips(service)
         if not ips:
             return None
         ip = random.choice(ips) if len(ips) > 1 else ips[0]

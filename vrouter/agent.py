@@ -31,6 +31,7 @@ from vrouter.control import ControlServer
 from vrouter.host import HostNetwork, in_namespace_hint, sysctl
 from vrouter.linklocal import ServiceError, ServiceTable
 from vrouter.linklocal import validate as validate_service
+from vrouter.metadata_proxy import client_tls
 from vrouter.ports import Port, PortError, PortTable
 from vrouter.ports import validate as validate_port
 from vrouter.procinfo import alive, own_memory
@@ -98,12 +99,9 @@ class Agent:
         if not self.cfg.metadata_use_ssl:
             return None
         try:
-            ctx = ssl.create_default_context(cafile=self.cfg.metadata_ca_cert)
-            if self.cfg.metadata_client_cert:
-                ctx.load_cert_chain(self.cfg.metadata_client_cert, self.cfg.metadata_client_key or None)
+            return client_tls(self.cfg.metadata_ca_cert, self.cfg.metadata_client_cert, self.cfg.metadata_client_key)
         except (OSError, ssl.SSLError) as e:
             raise AgentError("[METADATA] TLS files: %s" % e) from None
-        return ctx
 
     async def run(self) -> None:
         if os.geteuid() != 0:
@@ -276,9 +274,7 @@ class Agent:
         s = self.services.metadata_service()
         if s is None:
             return None
-        ips = list(s.fabric_ips)
-        if not ips and s.fabric_dns_name and self.dataplane is not None:
-            ips = list(self.dataplane.resolved.get(s.fabric_dns_name, ()))
+        ips = list(self.dataplane.service_ips(s)) if self.dataplane is not None else list(s.fabric_ips)
         return {"ips": ips, "port": s.fabric_port} if ips else None
 
     async def _tell_proxy(self) -> None:

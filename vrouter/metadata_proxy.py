@@ -64,6 +64,15 @@ class Identity:
     vm_name: str = ""
 
 
+def client_tls(ca: str | None, cert: str | None = None, key: str | None = None) -> ssl.SSLContext:
+    """The TLS context the proxy uses towards Nova: Nova verified against ``ca``, and our client
+    certificate when there is one.  Raises OSError or ssl.SSLError naming the bad file."""
+    ctx = ssl.create_default_context(cafile=ca or None)
+    if cert:
+        ctx.load_cert_chain(cert, key or None)
+    return ctx
+
+
 @dataclass(frozen=True)
 class Upstream:
     """Where Nova's metadata API is."""
@@ -426,17 +435,15 @@ class _VMConnection(asyncio.Protocol):
             if self.close_after or (self.stop_reading and not self._in_message):
                 self._close()
             elif not self._in_message:
-                if self.transport is not None and len(self.queue) < MAX_PIPELINED:
-                    self.transport.resume_reading()
+                if self.transport is not None:
+                    self.transport.resume_reading()  # paused at MAX_PIPELINED; the queue is empty now
                 self._arm("idle", self.proxy.idle_timeout)
 
     def _start(self, req: _Request) -> None:
         p = self.proxy
         head = req.method == b"HEAD"
         if req.local:
-            self._write(_simple_response(req.local, close=True, head=head))
-            p._count(req.local)
-            self.close_after = True
+            self._answer(req.local, True, head)
             return
         p.stats.requests += 1
         close = not req.keep_alive

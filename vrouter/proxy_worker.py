@@ -34,7 +34,7 @@ import ssl
 import sys
 from typing import Any
 
-from vrouter.metadata_proxy import Fairness, Identity, MetadataProxy, Upstream
+from vrouter.metadata_proxy import Fairness, Identity, MetadataProxy, Upstream, client_tls
 from vrouter.procinfo import own_memory
 
 log = logging.getLogger("vrouter.metadata")
@@ -211,10 +211,10 @@ class _Worker:
     async def _configure(self, c: dict) -> dict:
         try:
             if c.get("tls"):
-                t = c["tls"]
-                self.tls = ssl.create_default_context(cafile=t.get("ca") or None)
-                if t.get("cert"):
-                    self.tls.load_cert_chain(t["cert"], t.get("key") or None)
+                self.tls = client_tls(c["tls"].get("ca"), c["tls"].get("cert"), c["tls"].get("key"))
+        except (OSError, ssl.SSLError) as e:
+            return {"ok": False, "error": "[METADATA] TLS files: %s" % e}
+        try:
             self.proxy = MetadataProxy(
                 self.identify, self.upstream, c["secret"], read_timeout=float(c["read_timeout"]), fairness=Fairness(**c["fairness"])
             )
@@ -222,7 +222,7 @@ class _Worker:
             gc.freeze()  # start-up's objects stay: out of the collector's full passes
         except OSError as e:
             return {"ok": False, "error": "metadata proxy cannot listen on %s port %s: %s" % (", ".join(c["hosts"]), c["port"], e.strerror or e)}
-        except (ssl.SSLError, KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError) as e:
             return {"ok": False, "error": "metadata proxy configuration: %s" % e}
         return {"ok": True}
 
