@@ -6,15 +6,17 @@ Measures, on the default-size table (524,288 entries + 20% overflow, 128-byte re
   * its memory (the shared-memory file's size);
   * a lookup (hit) of a live flow: FlowTable.lookup, and a dict lookup of the same key bytes
     (the reference: what a table without the vRouter's layout would cost); keys are drawn from
-    all live flows, so at 400K they also miss the CPU caches, as the dict's do;
+    all live flows, so at 400K the records they find miss the CPU caches, as the dict's do;
   * a lookup (hit) among the same 1,000 flows at both sizes: the layout's own cost (overflow
     chains), without the cache effect of a larger working set;
   * a miss;
   * a flow setup (a forward/reverse pair) and its removal;
   * the dataplane's whole per-packet path for a packet of a live flow (parse, key, lookup,
     counters, verdict), Dataplane.process.
-Costs are per operation, the best of --repeat runs; the ratios 400K/1K are what the table's
-layout promises to keep near 1.
+Costs are per operation, the best of --repeat rounds; the two sizes are measured in alternate
+rounds of one process.  Probe keys are fresh copies, as hot in the cache as the key the dataplane
+has just built from a packet.  The ratios 400K/1K are what the table's layout promises to keep
+near 1.
 """
 
 from __future__ import annotations
@@ -54,66 +56,95 @@ def keys(n: int, seed: int) -> list[tuple[bytes, bytes]]:
     return out
 
 
-def per_op(fn, items, repeat: int) -> float:  # noqa: ANN001
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        for it in items:
-            fn(it)
-        best = min(best, (time.perf_counter() - t0) / len(items))
-    return best
+def timed(fn, items) -> float:  # noqa: ANN001
+    t0 = time.perf_counter()
+    for it in items:
+        fn(it)
+    return (time.perf_counter() - t0) / len(items)
 
 
-def measure(live: int, repeat: int) -> dict:
-    table = FlowTable.in_memory(DEFAULT_ENTRIES, DEFAULT_OVERFLOW)
-    pairs = keys(live // 2 + 2000, seed=live)
-    base, extra = pairs[: live // 2], pairs[live // 2 :]
-    ref: dict[bytes, int] = {}
-    for fk, rk in base:
-        fi, ri = table.add_pair(fk, SPEC, rk, SPEC)
-        ref[fk], ref[rk] = fi, ri
-    probe = [k for pair in random.Random(1).sample(base, min(len(base), 20000)) for k in pair]
-    misses = [fk for fk, _ in extra]
-    # the same working set at both sizes: 1,000 keys (500 live pairs), each probed 20 times in a
-    # random order; what is left of the ratio is the layout's (overflow chains), not the caches'
-    hot = [k for pair in random.Random(2).sample(base, min(len(base), 500)) for k in pair] * 20
-    random.Random(3).shuffle(hot)
-    res = {
-        "live_flows": table.active,
-        "overflow_used": table.overflow - len(table._free_overflow),
-        "lookup_ns": per_op(table.lookup, probe, repeat) * 1e9,
-        "dict_lookup_ns": per_op(ref.__getitem__, probe, repeat) * 1e9,
-        "lookup_same_set_ns": per_op(table.lookup, hot, repeat) * 1e9,
-        "miss_ns": per_op(table.lookup, misses, repeat) * 1e9,
-    }
-    # setup and removal of 2000 pairs at this occupancy
-    best_setup = best_delete = float("inf")
-    for _ in range(repeat):
+def fresh(ks: list[bytes]) -> list[bytes]:
+    """Copies of ``ks`` made in order: the dataplane looks up a key it has just built from the
+    packet, so the key itself is in the cache; the keys as generated lie scattered among all the
+    others, and fetching them would be counted as the table's cost."""
+    return [bytes(bytearray(k)) for k in ks]
+
+
+PROBES = 40_000  # lookups per timing, at both sizes
+PACKET_FLOWS = 500  # flows the per-packet path runs over (250 pairs)
+
+
+class Case:
+    """A default-size table with ``live`` flows, and the operations measured on it."""
+
+    def __init__(self, live: int) -> None:
+        table = self.table = FlowTable.in_memory(DEFAULT_ENTRIES, DEFAULT_OVERFLOW)
+        # ``live`` flows: the dataplane's PACKET_FLOWS (below) and pairs of generated keys
+        n_base = (live - PACKET_FLOWS) // 2
+        pairs = keys(n_base + 2000, seed=live)
+        base, self.extra = pairs[:n_base], pairs[n_base:]
+        self.ref: dict[bytes, int] = {}
+        for fk, rk in base:
+            fi, ri = table.add_pair(fk, SPEC, rk, SPEC)
+            self.ref[fk], self.ref[rk] = fi, ri
+        rnd = random.Random(1)
+        self.probe = fresh([rnd.choice(rnd.choice(base)) for _ in range(PROBES)])
+        self.misses = fresh([fk for fk, _ in self.extra])
+        # the same working set at both sizes: 1,000 keys (500 live pairs) in a random order; what
+        # is left of the ratio is the layout's (overflow chains), not the caches'
+        hot = [k for pair in random.Random(2).sample(base, min(len(base), 500)) for k in pair] * (PROBES // 1000)
+        random.Random(3).shuffle(hot)
+        self.hot = fresh(hot)
+        # the whole per-packet path for live flows (the dataplane over the same table)
+        self.dp = Dataplane(table, "10.10.0.2")
+        self.dp.add_vif(Vif(3, "tap3", 3, "10.1.1.3", "02:00:00:00:00:03", vrf=1))
+        self.dp.add_vif(Vif(4, "tap4", 4, "10.1.1.4", "02:00:00:00:00:04", vrf=1))
+        self.pkts = []
+        for n in range(PACKET_FLOWS // 2):
+            raw = bytearray(40)
+            struct.pack_into("!BBHHHBBH4s4s", raw, 0, 0x45, 0, 40, 0, 0, 64, 6, 0, socket.inet_aton("10.1.1.3"),
+                             socket.inet_aton("10.1.1.4"))  # fmt: skip
+            struct.pack_into("!HHIIBBHHH", raw, 20, 20000 + n, 80, 0, 0, 0x50, 0x10, 512, 0, 0)
+            self.pkts.append(bytes(raw))
+            self.dp.process(self.pkts[-1], 3)  # sets the flow up
+        self.pkts *= 8
+        self.live = table.active
+        self.overflow_used = table.overflow - len(table._free_overflow)
+
+    def round(self) -> dict[str, float]:
+        table = self.table
+        res = {
+            "lookup_ns": timed(table.lookup, self.probe),
+            "dict_lookup_ns": timed(self.ref.__getitem__, self.probe),
+            "lookup_same_set_ns": timed(table.lookup, self.hot),
+            "miss_ns": timed(table.lookup, self.misses),
+        }
+        # setup and removal of 2,000 pairs at this occupancy
         t0 = time.perf_counter()
-        idx = [table.add_pair(fk, SPEC, rk, SPEC)[0] for fk, rk in extra]
+        idx = [table.add_pair(fk, SPEC, rk, SPEC)[0] for fk, rk in self.extra]
         t1 = time.perf_counter()
         for i in idx:
             table.delete(i)
         t2 = time.perf_counter()
-        best_setup = min(best_setup, (t1 - t0) / len(extra))
-        best_delete = min(best_delete, (t2 - t1) / len(extra))
-    res["setup_ns"] = best_setup * 1e9
-    res["delete_ns"] = best_delete * 1e9
-    # the whole per-packet path for live flows (the dataplane over the same table)
-    dp = Dataplane(table, "10.10.0.2")
-    dp.add_vif(Vif(3, "tap3", 3, "10.1.1.3", "02:00:00:00:00:03", vrf=1))
-    dp.add_vif(Vif(4, "tap4", 4, "10.1.1.4", "02:00:00:00:00:04", vrf=1))
-    pkts = []
-    for n in range(2000):
-        sport = 20000 + n
-        raw = bytearray(40)
-        struct.pack_into("!BBHHHBBH4s4s", raw, 0, 0x45, 0, 40, 0, 0, 64, 6, 0, socket.inet_aton("10.1.1.3"),
-                         socket.inet_aton("10.1.1.4"))  # fmt: skip
-        struct.pack_into("!HHIIBBHHH", raw, 20, sport, 80, 0, 0, 0x50, 0x10, 512, 0, 0)
-        pkts.append(bytes(raw))
-        dp.process(pkts[-1], 3)  # sets the flow up
-    res["packet_ns"] = per_op(lambda p: dp.process(p, 3), pkts, repeat) * 1e9
-    return res
+        res["setup_ns"] = (t1 - t0) / len(self.extra)
+        res["delete_ns"] = (t2 - t1) / len(self.extra)
+        dp = self.dp
+        res["packet_ns"] = timed(lambda p: dp.process(p, 3), self.pkts)
+        return {k: v * 1e9 for k, v in res.items()}
+
+
+def measure(repeat: int) -> tuple[dict, dict]:
+    """Both sizes built first, then measured in alternate rounds, so that a machine whose speed
+    drifts (this one's does, by tens of percent) drifts under both alike; the best round of each."""
+    cases = {"1k": Case(1000), "400k": Case(400_000)}
+    best: dict[str, dict[str, float]] = {name: {} for name in cases}
+    for _ in range(repeat):
+        for name, case in cases.items():
+            for k, v in case.round().items():
+                best[name][k] = min(best[name].get(k, v), v)
+    for name, case in cases.items():
+        best[name].update(live_flows=case.live, overflow_used=case.overflow_used)
+    return best["1k"], best["400k"]
 
 
 def main() -> int:
@@ -122,8 +153,7 @@ def main() -> int:
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "flow_table.json"))
     args = ap.parse_args()
     size = table_size(DEFAULT_ENTRIES, DEFAULT_OVERFLOW)
-    small = measure(1000, args.repeat)
-    large = measure(400_000, args.repeat)
+    small, large = measure(args.repeat)
     rows = [
         ("lookup (hit)", "lookup_ns"),
         ("dict lookup, reference", "dict_lookup_ns"),

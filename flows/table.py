@@ -16,6 +16,7 @@ import os
 import re
 import time
 import zlib
+from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -139,12 +140,23 @@ class FlowTable:
         # instead of reading 512 bytes of records: this keeps a lookup in a full table close to
         # its cost in an empty one.
         self._tags = bytearray(self.capacity if writable else 0)
+        # ... and a private copy of the overflow chains (index + 1, 0 ends a chain): the head of
+        # each bucket's chain and the next link of each overflow entry.  The records keep their
+        # links for the readers; the writer walks its copy, so a flow in the overflow area (11%
+        # of them in a table 76% full) and a miss read no record but the one that matches.
+        self._head = array("I", bytes(4 * self.nbuckets if writable else 0))
+        self._next = array("I", bytes(4 * overflow if writable else 0))
         if writable:
             self._free_overflow = [i for i in range(self.capacity - 1, entries - 1, -1) if not self.flags(i) & Flag.ACTIVE]
             for i in self.active_indices():
                 off = HEADER_SIZE + i * RECORD_SIZE
                 self._tags[i] = _tag(zlib.crc32(buf[off : off + KEY_LEN]))
                 self.active += 1
+            if len(self._free_overflow) < overflow:  # some chains exist: copy them
+                for b in range(self.nbuckets):
+                    self._head[b] = U32.unpack_from(buf, HEADER_SIZE + b * BUCKET_BYTES + OFF_OFLOW_NEXT)[0]
+                for i in range(overflow):
+                    self._next[i] = U32.unpack_from(buf, HEADER_SIZE + (entries + i) * RECORD_SIZE + OFF_OFLOW_NEXT)[0]
 
     # -- construction -------------------------------------------------------------------------
 
@@ -226,7 +238,8 @@ class FlowTable:
         if not self.writable:
             return self._scan(key)
         h = zlib.crc32(key)
-        first = (h % self.nbuckets) * BUCKET_SIZE
+        bucket = h % self.nbuckets
+        first = bucket * BUCKET_SIZE
         tag = _tag(h)
         tags, buf = self._tags, self.buf
         i = tags.find(tag, first, first + BUCKET_SIZE)
@@ -235,13 +248,16 @@ class FlowTable:
             if buf[off : off + KEY_LEN] == key:
                 return i
             i = tags.find(tag, i + 1, first + BUCKET_SIZE)
-        nxt = U32.unpack_from(buf, HEADER_SIZE + first * RECORD_SIZE + OFF_OFLOW_NEXT)[0]
-        while nxt:
-            i = nxt - 1
-            off = HEADER_SIZE + i * RECORD_SIZE
-            if tags[i] == tag and buf[off : off + KEY_LEN] == key:
-                return i
-            nxt = U32.unpack_from(buf, off + OFF_OFLOW_NEXT)[0]
+        nxt = self._head[bucket]
+        if nxt:
+            links, entries = self._next, self.entries
+            while nxt:
+                i = nxt - 1
+                if tags[i] == tag:
+                    off = HEADER_SIZE + i * RECORD_SIZE
+                    if buf[off : off + KEY_LEN] == key:
+                        return i
+                nxt = links[i - entries]
         return -1
 
     def _scan(self, key: bytes) -> int:
@@ -290,16 +306,20 @@ class FlowTable:
     # -- changes (dataplane only) ---------------------------------------------------------------
 
     def _free_slot(self, key: bytes) -> int:
-        first = self._bucket(key)
+        bucket = zlib.crc32(key) % self.nbuckets
+        first = bucket * BUCKET_SIZE
         i = self._tags.find(0, first, first + BUCKET_SIZE)
         if i >= 0:
             return i
         if not self._free_overflow:
             raise TableFull()
         i = self._free_overflow.pop()
-        head_off = HEADER_SIZE + first * RECORD_SIZE + OFF_OFLOW_NEXT
-        U32.pack_into(self.buf, HEADER_SIZE + i * RECORD_SIZE + OFF_OFLOW_NEXT, U32.unpack_from(self.buf, head_off)[0])
-        U32.pack_into(self.buf, head_off, i + 1)
+        # linked at the chain's head: in the records (for readers) and in the writer's copy
+        head = self._head[bucket]
+        U32.pack_into(self.buf, HEADER_SIZE + i * RECORD_SIZE + OFF_OFLOW_NEXT, head)
+        U32.pack_into(self.buf, HEADER_SIZE + first * RECORD_SIZE + OFF_OFLOW_NEXT, i + 1)
+        self._next[i - self.entries] = head
+        self._head[bucket] = i + 1
         return i
 
     def _release(self, index: int) -> None:
@@ -308,17 +328,21 @@ class FlowTable:
         self._tags[index] = 0
         if index < self.entries:
             return
-        key = bytes(self.buf[off : off + KEY_LEN])
-        link = HEADER_SIZE + self._bucket(key) * RECORD_SIZE + OFF_OFLOW_NEXT
-        target = index + 1
-        while True:
-            nxt = U32.unpack_from(self.buf, link)[0]
-            if nxt == 0:
-                break  # not linked (cannot happen for a slot we allocated)
-            if nxt == target:
-                U32.pack_into(self.buf, link, U32.unpack_from(self.buf, off + OFF_OFLOW_NEXT)[0])
-                break
-            link = HEADER_SIZE + (nxt - 1) * RECORD_SIZE + OFF_OFLOW_NEXT
+        entries, links = self.entries, self._next
+        bucket = zlib.crc32(self.buf[off : off + KEY_LEN]) % self.nbuckets
+        target, after = index + 1, links[index - entries]
+        prev = 0  # the entry (index + 1) whose link points at ``index``; 0: the bucket's head
+        nxt = self._head[bucket]
+        while nxt and nxt != target:
+            prev, nxt = nxt, links[nxt - 1 - entries]
+        if nxt:  # always, for a slot we allocated
+            if prev:
+                links[prev - 1 - entries] = after
+                U32.pack_into(self.buf, HEADER_SIZE + (prev - 1) * RECORD_SIZE + OFF_OFLOW_NEXT, after)
+            else:
+                self._head[bucket] = after
+                U32.pack_into(self.buf, HEADER_SIZE + bucket * BUCKET_BYTES + OFF_OFLOW_NEXT, after)
+        links[index - entries] = 0
         U32.pack_into(self.buf, off + OFF_OFLOW_NEXT, 0)
         self._free_overflow.append(index)
 

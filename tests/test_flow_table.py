@@ -177,13 +177,24 @@ def test_default_table_size():
     assert table_size(DEFAULT_ENTRIES, DEFAULT_OVERFLOW) < 81 * 1024 * 1024
 
 
+def _record_links(t: FlowTable) -> tuple[list[int], list[int]]:
+    # the overflow chains as the records hold them (what readers such as flow -l walk)
+    from flows.layout import BUCKET_SIZE, HEADER_SIZE, OFF_OFLOW_NEXT, RECORD_SIZE, U32
+
+    def link(i: int) -> int:
+        return U32.unpack_from(t.buf, HEADER_SIZE + i * RECORD_SIZE + OFF_OFLOW_NEXT)[0]
+
+    return [link(b * BUCKET_SIZE) for b in range(t.nbuckets)], [link(i) for i in range(t.entries, t.capacity)]
+
+
 def test_tag_index_agrees_with_the_records_through_churn():
     # random set-ups and removals in a small table, so that buckets fill and overflow chains form
-    # and break: the writer's tag index must find exactly what a scan of the records finds, and
-    # a table opened afresh over the same memory must rebuild the same index
+    # and break: the writer's tag index and its copy of the overflow chains must find exactly what
+    # a scan of the records finds, and a table opened afresh over the same memory must rebuild both
     t = FlowTable.in_memory(64, 32)
     rnd = random.Random(7)
     live: dict[bytes, int] = {}
+    most_in_overflow = 0
     for step in range(3000):
         if live and (rnd.random() < 0.45 or t.active >= t.capacity - 2):
             k = rnd.choice(sorted(live))
@@ -204,7 +215,12 @@ def test_tag_index_agrees_with_the_records_through_churn():
         if step % 100 == 0:
             for n in range(0, 100000, 997):  # some absent keys too
                 assert t.lookup(key(n)) == t._scan(key(n)) == live.get(key(n), -1)
+            heads, links = _record_links(t)
+            assert heads == list(t._head) and links == list(t._next)
+            most_in_overflow = max(most_in_overflow, t.overflow - len(t._free_overflow))
+    assert most_in_overflow > 8  # the overflow area was really used
     for k, i in live.items():
         assert t.lookup(k) == t._scan(k) == i
     again = FlowTable(t.buf, writable=True)
     assert again._tags == t._tags and again.active == t.active
+    assert again._head == t._head and again._next == t._next
