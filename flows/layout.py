@@ -72,8 +72,9 @@ OFF_VIF = 100
 BODY = struct.Struct("<HBBIBBHHHIQQQQ")
 assert KEY_LEN + BODY.size == OFF_OFLOW_NEXT
 
-# Counters updated per packet: packets, bytes at 64; last used at 88.
-COUNTERS = struct.Struct("<QQ")
+# Counters updated per packet: packets, bytes at 64, setup time (rewritten unchanged), last used at 88.
+COUNTERS = struct.Struct("<QQQQ")
+assert OFF_PACKETS + COUNTERS.size == OFF_OFLOW_NEXT and OFF_LAST == OFF_PACKETS + 24
 U64 = struct.Struct("<Q")
 U32 = struct.Struct("<I")
 U16 = struct.Struct("<H")

@@ -156,3 +156,68 @@ def test_ipv6_metadata_nat_pair(dp):
     # a global source that is not the port's is refused; other IPv6 destinations have no route
     assert dp.process(bytes(IPv6(src="2001:db8::9", dst="fe80::a9fe:a9fe") / TCP(sport=1, dport=80)), TAP1).reason == DropReason.INVALID_SOURCE
     assert dp.process(bytes(IPv6(src="fe80::ff:fe00:3", dst="fe80::1") / TCP(sport=1, dport=80)), TAP1).reason == DropReason.NO_ROUTE
+
+
+def _dataplane() -> Dataplane:
+    d = Dataplane(FlowTable.in_memory(1024), "10.10.0.2", 8097)
+    d.add_vif(Vif(3, "tapaaaaaaaa-aa", TAP1, "10.1.1.3", "02:00:00:00:00:03", vrf=1))
+    d.add_vif(Vif(4, "tapbbbbbbbb-bb", TAP2, "10.1.1.4", "02:00:00:00:00:04", vrf=1))
+    d.set_services([METADATA])
+    return d
+
+
+def test_fast_path_decides_as_the_general_path_randomised():
+    # Dataplane.process answers most packets of live flows itself, and sends the rest to the
+    # general path (_process).  Over a random mix of set-ups, answers, NAT in both directions,
+    # FINs and RSTs, IP options, fragments and truncated packets, a dataplane fed through
+    # process must give the same verdicts, table and counters as one fed only through _process.
+    import random
+
+    rnd = random.Random(5)
+    fast, general = _dataplane(), _dataplane()
+    ports = [40000 + i for i in range(6)]
+    flags = ["S", "SA", "A", "PA", "FA", "R", "A", "PA"]
+
+    def packet() -> tuple[bytes, int]:
+        kind = rnd.randrange(6)
+        sport, fl = rnd.choice(ports), rnd.choice(flags)
+        data = Raw(b"x" * rnd.randrange(0, 40))
+        if kind == 0:  # VM to the metadata service
+            p, dev = IP(src="10.1.1.3", dst="169.254.169.254") / TCP(sport=sport, dport=80, flags=fl) / data, TAP1
+        elif kind == 1:  # the proxy's answer, from the compute node
+            p, dev = IP(src="10.10.0.2", dst="169.254.0.3") / TCP(sport=8097, dport=sport, flags=fl) / data, 0
+        elif kind == 2:  # VM to VM, TCP both ways
+            if rnd.random() < 0.5:
+                p, dev = IP(src="10.1.1.3", dst="10.1.1.4") / TCP(sport=sport, dport=22, flags=fl) / data, TAP1
+            else:
+                p, dev = IP(src="10.1.1.4", dst="10.1.1.3") / TCP(sport=22, dport=sport, flags=fl) / data, TAP2
+        elif kind == 3:  # VM to VM, UDP both ways, some without a checksum
+            csum = 0 if rnd.random() < 0.3 else None
+            if rnd.random() < 0.5:
+                p, dev = IP(src="10.1.1.3", dst="10.1.1.4") / UDP(sport=sport, dport=53, chksum=csum) / data, TAP1
+            else:
+                p, dev = IP(src="10.1.1.4", dst="10.1.1.3") / UDP(sport=53, dport=sport, chksum=csum) / data, TAP2
+        elif kind == 4:  # IP options: a 24-byte header
+            p, dev = IP(src="10.1.1.3", dst="10.1.1.4", options=b"\x01\x01\x01\x00") / UDP(sport=sport, dport=53) / data, TAP1
+        else:  # damaged: a fragment, or cut short
+            p, dev = IP(src="10.1.1.3", dst="10.1.1.4", flags="MF") / UDP(sport=sport, dport=53) / data, TAP1
+            if rnd.random() < 0.5:
+                return bytes(IP(src="10.1.1.3", dst="10.1.1.4") / TCP(sport=sport, dport=22))[: rnd.randrange(20, 40)], TAP1
+        return bytes(p), dev
+
+    hits = 0
+    for step in range(3000):
+        pkt, dev = packet()
+        now = 1_000_000_000 + step * 1_000_000
+        before = fast.table.active
+        v1 = fast.process(pkt, dev, now)
+        vif = general.by_ifindex[dev] if dev else general.host
+        v2 = general._process(pkt, vif, now)
+        assert v1 == v2, (step, pkt)
+        hits += fast.table.active == before and v1.accept
+    assert hits > 1000  # most packets were of live flows
+    assert fast.table.dump() == general.table.dump()
+    counters = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "drops", "flows", "linklocal_flows")
+    for i in fast.vifs:
+        assert [getattr(fast.vifs[i], c) for c in counters] == [getattr(general.vifs[i], c) for c in counters]
+    assert fast.drops == general.drops and fast.closing == general.closing
