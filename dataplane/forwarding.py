@@ -37,8 +37,14 @@ from flows.table import FlowSpec, FlowTable, TableFull
 
 log = logging.getLogger("vrouter.dataplane")
 
-MD_FWD_FLAGS = Flag.SNAT | Flag.DNAT | Flag.DPAT | Flag.LINK_LOCAL
-MD_REV_FLAGS = Flag.SNAT | Flag.SPAT | Flag.DNAT | Flag.LINK_LOCAL
+MD_FWD_FLAGS = int(Flag.SNAT | Flag.DNAT | Flag.DPAT | Flag.LINK_LOCAL)
+MD_REV_FLAGS = int(Flag.SNAT | Flag.SPAT | Flag.DNAT | Flag.LINK_LOCAL)
+# Flag bits as plain ints (IntFlag arithmetic costs microseconds)
+_ACTIVE = int(Flag.ACTIVE)
+_RFLOW_VALID = int(Flag.RFLOW_VALID)
+_NEW_FLOW = int(Flag.NEW_FLOW)
+_EVICT_CANDIDATE = int(Flag.EVICT_CANDIDATE)
+_EVICTED = int(Flag.EVICTED)
 AGE_CYCLE_NS = 1_000_000_000  # aging looks at each live flow at most once in this time
 CLOSE_GRACE_NS = 1_000_000_000  # both FINs seen: the pair goes this long after (the last ACKs pass)
 
@@ -383,7 +389,7 @@ class Dataplane:
         if prep.fresh:  # the first answer: the pair is no longer a new flow
             prep.fresh = False
             for i in (index, self.table.reverse_of(index)):
-                self.table.set_flags(i, self.table.flags(i) & ~Flag.NEW_FLOW)
+                self.table.set_flags(i, self.table.flags(i) & ~_NEW_FLOW)
         if prep.action == Action.DROP:
             return self.drop(prep.reason, vif)
         out = prep.out
@@ -397,6 +403,8 @@ class Dataplane:
         rewrite = prep.rewrite
         if rewrite is None:
             return _ACCEPT
+        if p.ihl == 20:  # IPv4 without options (NAT flows are TCP or UDP)
+            return Verdict(True, rewrite.apply4(pkt))
         buf = bytearray(pkt)
         rewrite.apply(buf, p.ihl)
         return Verdict(True, bytes(buf))
@@ -421,13 +429,13 @@ class Dataplane:
                     self._charge(fwd)
                 for i in (index, other):
                     self.closing.pop(i, None)
-                    self.table.set_flags(i, self.table.flags(i) & ~Flag.EVICT_CANDIDATE)
+                    self.table.set_flags(i, self.table.flags(i) & ~_EVICT_CANDIDATE)
                     self.table.set_tcp_flags(i, tcp_flags if i == index else 0)
             return None
-        if tcp_flags & TCP_FIN and flags & Flag.RFLOW_VALID:
+        if tcp_flags & TCP_FIN and flags & _RFLOW_VALID:
             if self.table.tcp_flags(other) & TCP_FIN:
                 for i in (index, other):
-                    self.table.set_flags(i, self.table.flags(i) | Flag.EVICT_CANDIDATE)
+                    self.table.set_flags(i, self.table.flags(i) | _EVICT_CANDIDATE)
                     self.closing[i] = now
                     self._closing_order.append((i, now))
                 fwd = self._forward_prep(index, other)
@@ -445,8 +453,8 @@ class Dataplane:
 
     def _evict(self, index: int) -> int:
         for i in (index, self.table.reverse_of(index)):
-            if self.table.flags(i) & Flag.ACTIVE:
-                self.table.set_flags(i, self.table.flags(i) | Flag.EVICTED)
+            if self.table.flags(i) & _ACTIVE:
+                self.table.set_flags(i, self.table.flags(i) | _EVICTED)
         return self._delete_flows([index])
 
     # -- flow setup -----------------------------------------------------------------------------
@@ -581,9 +589,9 @@ class Dataplane:
         fwd = Rewrite(p.proto, p.src, p.dst, p.sport, p.dport, self.vhost_ip_bytes, fabric_b, port, service.fabric_port)
         rev = fwd.inverse()
         rkey = make_key(self.host.index, rev.src, rev.dst, p.proto, rev.sport, rev.dport)
-        dpat = Flag.DPAT if service.fabric_port != p.dport else Flag(0)
-        fflags = Flag.SNAT | Flag.SPAT | Flag.DNAT | dpat | Flag.LINK_LOCAL
-        rflags = Flag.SNAT | (Flag.SPAT if dpat else Flag(0)) | Flag.DNAT | Flag.DPAT | Flag.LINK_LOCAL
+        dpat = service.fabric_port != p.dport
+        fflags = int(Flag.SNAT | Flag.SPAT | Flag.DNAT | Flag.LINK_LOCAL | (Flag.DPAT if dpat else 0))
+        rflags = int(Flag.SNAT | Flag.DNAT | Flag.DPAT | Flag.LINK_LOCAL | (Flag.SPAT if dpat else 0))
         fspec = FlowSpec(Action.NAT, fflags, vif.vrf, 0, port, vif.nh, vif.index)
         rspec = FlowSpec(Action.NAT, rflags, 0, vif.vrf, port, self.host.nh, self.host.index)
         fprep = Prepared(Action.NAT, fwd, self.host, vif.index)

@@ -33,11 +33,16 @@ def _fold(x: int) -> int:
 
 
 def csum_delta(old: bytes, new: bytes) -> int:
-    """The ones'-complement sum of ~old + new over 16-bit words (same length)."""
-    total = 0
-    for o, n in zip(_words(old), _words(new), strict=True):
-        total += (~o & 0xFFFF) + n
-    return _fold(total)
+    """The ones'-complement sum of ~old + new over 16-bit words (same, even length), folded to
+    16 bits (1..0xFFFF; 0 only when every ~old and new word is 0).
+
+    Computed on the whole strings at once: as 2**16 = 1 (mod 0xFFFF), a string read as one big
+    number is congruent to the sum of its words, and each ~o is 0xFFFF - o."""
+    if len(old) != len(new) or len(old) % 2:
+        raise ValueError("csum_delta needs two strings of the same, even length")
+    if not old.strip(b"\xff") and not new.strip(b"\0"):
+        return 0  # every term is 0
+    return (int.from_bytes(new, "big") - int.from_bytes(old, "big") - 1) % 0xFFFF + 1
 
 
 def apply_delta(checksum: int, delta: int) -> int:
@@ -51,8 +56,8 @@ def internet_checksum(data: bytes) -> int:
     return ~_fold(sum(_words(data))) & 0xFFFF
 
 
-@dataclass(frozen=True)
-class Rewrite:
+@dataclass(slots=True)  # not frozen: a frozen dataclass sets its fields through object.__setattr__,
+class Rewrite:  # and two are made for every NAT flow set up; nothing changes one once made
     """Turn (src, dst, sport, dport) into (nsrc, ndst, nsport, ndport) for protocol ``proto``."""
 
     proto: int
@@ -71,12 +76,12 @@ class Rewrite:
 
     def __post_init__(self) -> None:
         old_a, new_a = self.src + self.dst, self.nsrc + self.ndst
-        old_p, new_p = _HH.pack(self.sport, self.dport), _HH.pack(self.nsport, self.ndport)
-        object.__setattr__(self, "ip_delta", csum_delta(old_a, new_a))
+        new_p = _HH.pack(self.nsport, self.ndport)
+        self.ip_delta = csum_delta(old_a, new_a)
         # TCP/UDP checksums cover the pseudo-header addresses and the ports
-        object.__setattr__(self, "l4_delta", _fold(csum_delta(old_a, new_a) + csum_delta(old_p, new_p)))
-        object.__setattr__(self, "addrs", new_a)
-        object.__setattr__(self, "ports", new_p)
+        self.l4_delta = _fold(self.ip_delta + csum_delta(_HH.pack(self.sport, self.dport), new_p))
+        self.addrs = new_a
+        self.ports = new_p
 
     def apply4(self, pkt: bytes) -> bytes:
         """The rewritten copy of ``pkt``, an IPv4 packet of this rewrite's protocol (TCP or UDP)

@@ -19,6 +19,7 @@ import zlib
 from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from flows.layout import (
     BODY,
@@ -48,7 +49,12 @@ from flows.layout import (
 )
 
 BUCKET_BYTES = BUCKET_SIZE * RECORD_SIZE
+# flags as plain ints: IntFlag arithmetic costs microseconds, and a flow set-up does a dozen
+_ACTIVE = int(Flag.ACTIVE)
 _RFLOW_VALID = int(Flag.RFLOW_VALID)
+_NEW_FLOW = int(Flag.NEW_FLOW)
+_REVERSE = int(Flag.REVERSE)
+_PAIR_FLAGS = _ACTIVE | _RFLOW_VALID | _NEW_FLOW
 
 
 def _tag(h: int) -> int:
@@ -71,12 +77,11 @@ class TableFormatError(Exception):
     """The file is not a flow table of this version."""
 
 
-@dataclass(frozen=True)
-class FlowSpec:
+class FlowSpec(NamedTuple):  # a tuple: two are made for every flow set up
     """What a new flow entry holds besides its key."""
 
     action: Action
-    flags: Flag = Flag(0)
+    flags: int = 0  # Flag bits
     vrf: int = 0
     dvrf: int = 0
     nat_sport: int = 0
@@ -147,7 +152,7 @@ class FlowTable:
         self._head = array("I", bytes(4 * self.nbuckets if writable else 0))
         self._next = array("I", bytes(4 * overflow if writable else 0))
         if writable:
-            self._free_overflow = [i for i in range(self.capacity - 1, entries - 1, -1) if not self.flags(i) & Flag.ACTIVE]
+            self._free_overflow = [i for i in range(self.capacity - 1, entries - 1, -1) if not self.flags(i) & _ACTIVE]
             for i in self.active_indices():
                 off = HEADER_SIZE + i * RECORD_SIZE
                 self._tags[i] = _tag(zlib.crc32(buf[off : off + KEY_LEN]))
@@ -353,7 +358,7 @@ class FlowTable:
         self._tags[index] = _tag(zlib.crc32(key))
         # flags written without ACTIVE first; set ACTIVE last, so readers never see half an entry
         BODY.pack_into(
-            self.buf, off + KEY_LEN, flags & ~Flag.ACTIVE, spec.action, spec.drop_reason, rindex, gen, 0,
+            self.buf, off + KEY_LEN, flags & ~_ACTIVE, spec.action, spec.drop_reason, rindex, gen, 0,
             spec.vrf, spec.dvrf, spec.nat_sport, spec.src_nh, 0, 0, now, now,
         )  # fmt: skip
         U16.pack_into(self.buf, off + OFF_VIF, spec.vif)
@@ -365,17 +370,16 @@ class FlowTable:
             now = time.time_ns()
         fi = self._free_slot(fkey)
         self._write(fi, fkey, fspec, 0, now, 0)
-        U16.pack_into(self.buf, HEADER_SIZE + fi * RECORD_SIZE + OFF_FLAGS, Flag.ACTIVE)  # reserve
+        U16.pack_into(self.buf, HEADER_SIZE + fi * RECORD_SIZE + OFF_FLAGS, _ACTIVE)  # reserve
         try:
             ri = self._free_slot(rkey)
         except TableFull:
             self._release(fi)
             raise
-        both = Flag.ACTIVE | Flag.RFLOW_VALID | Flag.NEW_FLOW
         self._write(ri, rkey, rspec, fi, now, 0)
         U32.pack_into(self.buf, HEADER_SIZE + fi * RECORD_SIZE + OFF_RINDEX, ri)
-        U16.pack_into(self.buf, HEADER_SIZE + ri * RECORD_SIZE + OFF_FLAGS, rspec.flags | both | Flag.REVERSE)
-        U16.pack_into(self.buf, HEADER_SIZE + fi * RECORD_SIZE + OFF_FLAGS, fspec.flags | both)
+        U16.pack_into(self.buf, HEADER_SIZE + ri * RECORD_SIZE + OFF_FLAGS, rspec.flags | _PAIR_FLAGS | _REVERSE)
+        U16.pack_into(self.buf, HEADER_SIZE + fi * RECORD_SIZE + OFF_FLAGS, fspec.flags | _PAIR_FLAGS)
         self.active += 2
         return fi, ri
 
@@ -385,7 +389,7 @@ class FlowTable:
             now = time.time_ns()
         i = self._free_slot(key)
         self._write(i, key, spec, 0, now, 0)
-        U16.pack_into(self.buf, HEADER_SIZE + i * RECORD_SIZE + OFF_FLAGS, spec.flags | Flag.ACTIVE | Flag.NEW_FLOW)
+        U16.pack_into(self.buf, HEADER_SIZE + i * RECORD_SIZE + OFF_FLAGS, spec.flags | _ACTIVE | _NEW_FLOW)
         self.active += 1
         return i
 
@@ -393,14 +397,14 @@ class FlowTable:
         """Remove an entry and, if it has one, its reverse; return the indices removed."""
         off = HEADER_SIZE + index * RECORD_SIZE
         flags = U16.unpack_from(self.buf, off + OFF_FLAGS)[0]
-        if not flags & Flag.ACTIVE:
+        if not flags & _ACTIVE:
             return []
         self._release(index)
         self.active -= 1
         removed = [index]
-        if flags & Flag.RFLOW_VALID:
+        if flags & _RFLOW_VALID:
             r = U32.unpack_from(self.buf, off + OFF_RINDEX)[0]
-            if U16.unpack_from(self.buf, HEADER_SIZE + r * RECORD_SIZE + OFF_FLAGS)[0] & Flag.ACTIVE:
+            if U16.unpack_from(self.buf, HEADER_SIZE + r * RECORD_SIZE + OFF_FLAGS)[0] & _ACTIVE:
                 self._release(r)
                 self.active -= 1
                 removed.append(r)
@@ -436,7 +440,7 @@ class FlowTable:
         removed = []
         for i in list(self.active_indices()):
             flags = self.flags(i)
-            if flags & Flag.ACTIVE and not flags & Flag.REVERSE and now - self.pair_last_used(i) > idle_ns:
+            if flags & _ACTIVE and not flags & _REVERSE and now - self.pair_last_used(i) > idle_ns:
                 removed.extend(self.delete(i))
         return removed
 

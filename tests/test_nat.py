@@ -96,6 +96,27 @@ def test_incremental_update_matches_full_checksum_randomised():
         assert internet_checksum(bytes(data)) == 0
 
 
+def test_csum_delta_is_the_sum_of_words():
+    # csum_delta reads each string as one number; the definition is a sum over 16-bit words
+    def by_words(old: bytes, new: bytes) -> int:
+        total = sum((~int.from_bytes(old[i : i + 2], "big") & 0xFFFF) + int.from_bytes(new[i : i + 2], "big") for i in range(0, len(old), 2))
+        while total >> 16:
+            total = (total & 0xFFFF) + (total >> 16)
+        return total
+
+    rnd = random.Random(1071)
+    cases = [(b"", b""), (b"\xff\xff", b"\0\0"), (b"\xff" * 8, b"\0" * 8), (b"\0\0", b"\xff\xff"), (b"\x12\x34", b"\x12\x34"),
+             (b"\0\x01", b"\0\0"), (b"\xff\xfe", b"\xff\xff")]  # fmt: skip
+    for _ in range(2000):
+        n = rnd.choice((2, 4, 8, 32))
+        cases.append((rnd.randbytes(n), rnd.randbytes(n)))
+        cases.append((b"\xff" * (n - 2) + rnd.randbytes(2), rnd.choice((b"\0", b"\xff")) * (n - 2) + rnd.randbytes(2)))
+    for old, new in cases:
+        assert csum_delta(old, new) == by_words(old, new), (old, new)
+    with pytest.raises(ValueError):
+        csum_delta(b"\0\0", b"\0")
+
+
 def test_apply4_equals_apply_randomised():
     # the per-packet path's rewrite of 20-byte-header IPv4 TCP and UDP packets gives the same bytes
     # as the general one, and right checksums, over random addresses, ports, payloads and
