@@ -15,7 +15,8 @@ medians over the rounds):
 
 Load comes from wrk (keep-alive and new-connection rates) and a fixed-rate Python client (latency)
 inside the VM namespaces. VM-to-VM: small UDP packets and a TCP stream, through the project's
-dataplane and, as the reference, through plain kernel forwarding. Flow table costs come from
+dataplane and, as the reference, through plain kernel forwarding; small UDP also through the floor
+of the project's packet I/O, an accept-only NFQUEUE consumer (the agent's shell, no dataplane). Flow table costs come from
 benchmarks/flow_table.py's measure(). Any request error makes the run fail. Everything stays in
 the namespaces this script creates, is bounded in time, and is removed at the end.
 """
@@ -115,6 +116,37 @@ while time.monotonic() < end:
         s.sendto(payload, dst)
     n += 256
 print(n)
+"""
+
+# The floor of the project's packet I/O: the agent's NFQUEUE shell (uvloop, the queue's socket
+# drained without blocking, the same bind arguments and the same nftables rules) with a callback
+# that only reads the packet and accepts it: no parsing, no flow table, no dataplane at all.
+FLOOR_CONSUMER = r"""
+import asyncio, signal, sys
+sys.path.insert(0, sys.argv[3])
+import uvloop
+from netfilterqueue import COPY_PACKET, NetfilterQueue
+from dataplane.nftables import NftSocket, QueueRules
+queue, table = int(sys.argv[1]), sys.argv[2]
+def handle(pkt):
+    pkt.get_payload(), pkt.indev
+    pkt.accept()
+async def main():
+    q = NetfilterQueue()
+    q.bind(queue, handle, max_len=4096, mode=COPY_PACKET, range=0xFFFF)
+    loop = asyncio.get_running_loop()
+    loop.add_reader(q.get_fd(), q.run, False)
+    with NftSocket() as nft:
+        nft.create_queue_table(QueueRules(queue_num=queue), name=table)
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    print("ready", flush=True)
+    await stop.wait()
+    with NftSocket() as nft:
+        nft.delete_tables(table)
+    loop.remove_reader(q.get_fd())
+    q.unbind()
+uvloop.run(main())
 """
 
 TCP_SINK = r"""
@@ -338,22 +370,40 @@ class Bench:
             "latency": self.latency(rate),
         }
 
-    def vm_to_vm(self) -> dict:
+    def floor(self) -> dict:
+        """VM-to-VM UDP through an accept-only consumer of the agent's packet I/O, agent stopped."""
+        self.plain_on("")  # routes, neighbours and forwarding, as for the kernel reference
+        p = subprocess.Popen(["ip", "netns", "exec", self.compute, sys.executable, "-c", FLOOR_CONSUMER, "9", "vrouter_floor", ROOT],
+                             stdout=subprocess.PIPE, text=True)  # fmt: skip
+        self.procs.append(p)
+        try:
+            if p.stdout.readline().strip() != "ready":
+                raise RuntimeError("the accept-only NFQUEUE consumer did not start")
+            return self.vm_to_vm(tcp=False)
+        finally:
+            p.terminate()
+            p.wait(10)
+            self.procs.remove(p)
+            self.plain_off()
+
+    def vm_to_vm(self, tcp: bool = True) -> dict:
         a, b = self.vms[0], self.vms[1]
         sink = subprocess.Popen(["ip", "netns", "exec", b["namespace"], sys.executable, "-c", UDP_SINK, b["ip"]], stdout=subprocess.PIPE, text=True)
         assert sink.stdout.readline().strip() == "ready"
         sent = int(sh("ip", "netns", "exec", a["namespace"], sys.executable, "-c", UDP_SOURCE, b["ip"], str(self.seconds),
                       timeout=self.seconds + 30).stdout)  # fmt: skip
         got = json.loads(sink.communicate(timeout=30)[0])
+        udp = {
+            "udp_pps": round(got["packets"] / got["seconds"]) if got["seconds"] else 0,
+            "udp_delivered": round(got["packets"] / sent, 3) if sent else 0,
+        }
+        if not tcp:
+            return udp
         sink_t = subprocess.Popen(["ip", "netns", "exec", b["namespace"], sys.executable, "-c", TCP_SINK, b["ip"]], stdout=subprocess.PIPE, text=True)
         assert sink_t.stdout.readline().strip() == "ready"
         sh("ip", "netns", "exec", a["namespace"], sys.executable, "-c", TCP_SOURCE, b["ip"], str(self.seconds), timeout=self.seconds + 30)
-        tcp = json.loads(sink_t.communicate(timeout=30)[0])
-        return {
-            "udp_pps": round(got["packets"] / got["seconds"]) if got["seconds"] else 0,
-            "udp_delivered": round(got["packets"] / sent, 3) if sent else 0,
-            "tcp_mbit": round(tcp["bytes"] * 8 / tcp["seconds"] / 1e6, 1),
-        }
+        stream = json.loads(sink_t.communicate(timeout=30)[0])
+        return {**udp, "tcp_mbit": round(stream["bytes"] * 8 / stream["seconds"] / 1e6, 1)}
 
     def agent_rss_kib(self) -> int:
         status = json.loads(sh(VROUTER, "status", "--json", "--state-dir", self.state).stdout)
@@ -424,6 +474,9 @@ def main() -> int:
             if r == 0:
                 res["kernel_vm2vm"] = b.vm_to_vm()
             b.plain_off()
+            if r == 0:
+                print("round 1 of %d: accept-only NFQUEUE consumer ..." % args.repeat, flush=True)
+                res["floor_vm2vm"] = b.floor()
             print("round %d of %d: haproxy ..." % (r + 1, args.repeat), flush=True)
             b.haproxy()
             runs["haproxy"].append(b.metadata_figures(args.rate, "haproxy"))
@@ -458,6 +511,8 @@ def main() -> int:
                 p["latency"]["p99_ms"] <= 2 * h["latency"]["p99_ms"], "ms"),
         fmt_row("VM-to-VM small UDP packets/s", res["project_vm2vm"]["udp_pps"], res["kernel_vm2vm"]["udp_pps"], "kernel",
                 ">= 100,000/s", res["project_vm2vm"]["udp_pps"] >= 100_000, "/s"),
+        fmt_row("  (accept-only NFQUEUE consumer, no dataplane)", res["project_vm2vm"]["udp_pps"], res["floor_vm2vm"]["udp_pps"], "floor", "-",
+                None, "/s"),
         fmt_row("VM-to-VM TCP throughput (Mbit/s)", res["project_vm2vm"]["tcp_mbit"], res["kernel_vm2vm"]["tcp_mbit"], "kernel", "-", None, "Mbit/s"),
         fmt_row("flow lookup, 400K live flows (ns)", res["flows_400k"]["lookup_ns"], res["flows_1k"]["lookup_ns"], "1K flows",
                 "<= 1.2x 1K", lk <= 1.2, "ns"),
@@ -470,8 +525,8 @@ def main() -> int:
         "%s: %s" % (name, ", ".join("%s %d" % kv for kv in res[name]["cpu_keepalive_1vm"].items())) for name in ("project", "haproxy", "kernel"))
     print("\n".join(rows))
     print("\n" + cpu)
-    print("\nrequest errors: %s; UDP delivered (project/kernel): %s/%s" % (
-        errors, res["project_vm2vm"]["udp_delivered"], res["kernel_vm2vm"]["udp_delivered"]))  # fmt: skip
+    print("\nrequest errors: %s; UDP delivered (project/kernel/floor): %s/%s/%s" % (
+        errors, res["project_vm2vm"]["udp_delivered"], res["kernel_vm2vm"]["udp_delivered"], res["floor_vm2vm"]["udp_delivered"]))  # fmt: skip
     with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
         f.write("\n".join(rows) + "\n\n" + cpu + "\n")
     return 1 if any(errors.values()) else 0

@@ -320,6 +320,9 @@ class Agent:
                           **({"error": proxy["error"]} if "error" in proxy else {})),
             "linklocal_nat_ports_in_use": self.nat_ports.in_use if self.nat_ports else 0,
             "dataplane_errors": self.shell.errors if self.shell else 0,
+            # failed writes of verdicts: their packets stay queued and are dropped at the queue's end
+            "verdict_write_errors": self.shell.verdicts.errors if self.shell and self.shell.verdicts else 0,
+            "verdict_writes": self.shell.verdicts.writes if self.shell and self.shell.verdicts else 0,
         }
 
     async def _op_port_add(self, args: dict) -> dict:

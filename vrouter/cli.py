@@ -275,6 +275,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     elif proxy.get("pid"):
         text += "\nmetadata proxy process pid %d (restarts: %d): %d requests, %d VM connections open, %d idle to Nova" % (
             proxy["pid"], proxy.get("restarts", 0), proxy.get("requests", 0), proxy.get("vm_connections", 0), proxy.get("upstream_idle", 0))
+    if st.get("verdict_write_errors"):
+        text += "\nNFQUEUE verdict writes failed %d times (their packets were dropped; see the agent's log)" % st["verdict_write_errors"]
     _print(st, args.json, text)
     return 0
 
