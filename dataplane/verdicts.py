@@ -43,6 +43,9 @@ _MSG = struct.Struct("=IHHIIBBHHH")
 _VERDICT_HDR = struct.Struct("!II")
 _ATTR = struct.Struct("=HH")
 _HEAD_LEN = _MSG.size + _VERDICT_HDR.size  # 32: a verdict without payload
+_LEN = struct.Struct("=I")
+_ID = struct.Struct("!I")
+_PAD = (b"", b"\0", b"\0\0", b"\0\0\0")
 
 LIMIT = 64  # verdicts that may wait for the end of a drain
 MAX_BYTES = 1 << 16  # ... or this many bytes of messages
@@ -62,17 +65,22 @@ def verdict_message(queue: int, packet_id: int, verdict: int, payload: bytes | N
 
 class VerdictWriter:
     """Collects one drain's verdicts and writes them to ``fd`` (the queue's netlink socket) at
-    once; ``flush`` at the end of each drain.  ``write`` is for tests."""
+    once; ``flush`` at the end of each drain.  ``write`` is for tests.
+
+    The messages are built in one buffer from templates made once (``verdict_message``'s
+    bytes): per packet, the varying fields are packed in place."""
 
     def __init__(self, fd: int, queue: int, limit: int = LIMIT, write=os.write) -> None:  # noqa: ANN001
         self.fd = fd
         self.queue = queue
         self.limit = limit
         self._write = write
-        self._msgs: list[bytes] = []
-        self._bytes = 0
+        self._buf = bytearray()
         self._run = -1  # the last packet id of the open run of unchanged accepts, or -1
         self._waiting = 0
+        self._single = verdict_message(queue, 0, NF_DROP)
+        self._batch = verdict_message(queue, 0, NF_ACCEPT, batch=True)
+        self._with_payload = verdict_message(queue, 0, NF_ACCEPT, b"")  # + the payload, padded
         self.writes = 0
         self.errors = 0
 
@@ -83,32 +91,46 @@ class VerdictWriter:
         if self._waiting >= self.limit:
             self.flush()
 
+    def _close_run(self) -> None:
+        buf = self._buf
+        off = len(buf)
+        buf += self._batch
+        _ID.pack_into(buf, off + 28, self._run)
+        self._run = -1
+
     def verdict(self, packet_id: int, verdict: int, payload: bytes | None = None) -> None:
         """Accept with a new payload, or drop: a message of its own, after the open run's."""
         if self._run >= 0:
-            self._msgs.append(verdict_message(self.queue, self._run, NF_ACCEPT, batch=True))
-            self._run = -1
-        msg = verdict_message(self.queue, packet_id, verdict, payload)
-        self._msgs.append(msg)
-        self._bytes += len(msg)
+            self._close_run()
+        buf = self._buf
+        off = len(buf)
+        if payload is None:
+            buf += self._single
+        else:
+            n = len(payload)
+            buf += self._with_payload
+            buf += payload
+            buf += _PAD[-n % 4]
+            _LEN.pack_into(buf, off, 36 + n + (-n % 4))
+            _ATTR.pack_into(buf, off + 32, 4 + n, NFQA_PAYLOAD)
+        _VERDICT_HDR.pack_into(buf, off + 24, verdict, packet_id)
         self._waiting += 1
-        if self._waiting >= self.limit or self._bytes >= MAX_BYTES:
+        if self._waiting >= self.limit or len(buf) >= MAX_BYTES:
             self.flush()
 
     def flush(self) -> None:
         if self._run >= 0:
-            self._msgs.append(verdict_message(self.queue, self._run, NF_ACCEPT, batch=True))
-            self._run = -1
-        if not self._msgs:
+            self._close_run()
+        if not self._buf:
             return
-        data = self._msgs[0] if len(self._msgs) == 1 else b"".join(self._msgs)
-        self._msgs = []
-        self._bytes = self._waiting = 0
+        self._waiting = 0
         try:
-            self._write(self.fd, data)
+            self._write(self.fd, self._buf)
             self.writes += 1
         except OSError as e:
             # the packets stay queued until the queue is unbound, then the kernel drops them
             self.errors += 1
             if self.errors == 1 or self.errors % 10000 == 0:
                 log.error("NFQUEUE verdicts could not be written (%d times so far): %s", self.errors, e)
+        finally:
+            self._buf.clear()

@@ -44,7 +44,7 @@ def writer(limit: int = 64):
 
     def write(fd: int, data: bytes) -> int:
         assert fd == 99
-        writes.append(data)
+        writes.append(bytes(data))  # the writer reuses its buffer
         return len(data)
 
     return VerdictWriter(99, 3, limit=limit, write=write), writes
@@ -104,3 +104,18 @@ def test_a_failed_write_is_counted_not_raised():
     w.verdict(2, NF_DROP)
     w.flush()
     assert w.errors == 2 and w.writes == 0
+
+
+def test_writer_bytes_equal_the_reference_messages():
+    # the writer packs into templates; verdict_message builds each message from its fields
+    w, writes = writer()
+    expected = []
+    for i, n in enumerate([0, 1, 2, 3, 4, 5, 7, 8, 1500, 1499]):
+        payload = bytes(range(n % 256)) * (n // 256 + 1)
+        payload = payload[:n]
+        w.accept(1000 + 2 * i)
+        w.verdict(1001 + 2 * i, NF_ACCEPT if n % 2 else NF_DROP, payload if n % 2 or n == 0 else None)
+        expected.append(verdict_message(3, 1000 + 2 * i, NF_ACCEPT, batch=True))
+        expected.append(verdict_message(3, 1001 + 2 * i, NF_ACCEPT if n % 2 else NF_DROP, payload if n % 2 or n == 0 else None))
+    w.flush()
+    assert b"".join(writes) == b"".join(expected)
