@@ -321,10 +321,11 @@ class Dataplane:
     def process(self, pkt: bytes, indev: int, now: int | None = None) -> Verdict:
         """The verdict for one packet that arrived on ``indev`` (0: sent by the compute node).
 
-        Most packets are IPv4 with a 20-byte header, of a live TCP or UDP flow that is past its
-        first answer and not closing: for those the header is read with one struct call and the
-        NAT rewrite is ``Rewrite.apply4``.  Every other packet (and any packet this first look
-        is unsure of) takes the general path, ``_process``, before anything is counted."""
+        Most packets are IPv4 with a 20-byte header, of a live TCP or UDP flow: for those the
+        header is read with one struct call and the NAT rewrite is ``Rewrite.apply4``.  Every
+        other packet (a flow's first, a Drop flow's, IPv6, IP options, anything this first look
+        is unsure of) takes the general path, ``_process``, before anything is counted; the two
+        paths do the same, in the same order, as a test checks."""
         if now is None:
             now = time.time_ns()
         if indev:
@@ -354,15 +355,23 @@ class Dataplane:
             if index < 0:
                 return self._process(pkt, vif, now)
             prep = self.prepared[index]
-            if prep.fresh or prep.action == _DROP or (proto == TCP and (tcp_flags & _FIN_RST or index in self.closing)):
+            if prep.action == _DROP:
                 return self._process(pkt, vif, now)
             vif.rx_packets += 1
             vif.rx_bytes += n
             table.hit(index, n, now, tcp_flags)
+            if prep.fresh:  # the first answer: the pair is no longer a new flow
+                prep.fresh = False
+                for i in (index, table.reverse_of(index)):
+                    table.set_flags(i, table.flags(i) & ~_NEW_FLOW)
             out = prep.out
             if out is not None:
                 out.tx_packets += 1
                 out.tx_bytes += n
+            if proto == TCP and (tcp_flags & _FIN_RST or index in self.closing):
+                refused = self._tcp_state(index, tcp_flags, now)
+                if refused is not None:
+                    return self.drop(refused, vif)
             rewrite = prep.rewrite
             if rewrite is None:
                 return _ACCEPT

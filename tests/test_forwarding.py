@@ -4,7 +4,7 @@ import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.packet import Raw
 
-from dataplane.forwarding import Dataplane
+from dataplane.forwarding import Dataplane, Limits
 from dataplane.vif import LinkLocalService, Vif
 from flows.layout import Action, DropReason, Flag
 from flows.table import FlowTable
@@ -159,7 +159,8 @@ def test_ipv6_metadata_nat_pair(dp):
 
 
 def _dataplane() -> Dataplane:
-    d = Dataplane(FlowTable.in_memory(1024), "10.10.0.2", 8097)
+    # tight limits, so that the random mix also meets refused set-ups and refused restarts
+    d = Dataplane(FlowTable.in_memory(1024), "10.10.0.2", 8097, Limits(max_vm_flows=16, max_vm_linklocal_flows=2, max_system_linklocal_flows=3))
     d.add_vif(Vif(3, "tapaaaaaaaa-aa", TAP1, "10.1.1.3", "02:00:00:00:00:03", vrf=1))
     d.add_vif(Vif(4, "tapbbbbbbbb-bb", TAP2, "10.1.1.4", "02:00:00:00:00:04", vrf=1))
     d.set_services([METADATA])
@@ -216,6 +217,7 @@ def test_fast_path_decides_as_the_general_path_randomised():
         assert v1 == v2, (step, pkt)
         hits += fast.table.active == before and v1.accept
     assert hits > 1000  # most packets were of live flows
+    assert fast.drops[DropReason.FLOW_LIMIT] and fast.drops[DropReason.LINK_LOCAL_LIMIT]  # the limits were met
     assert fast.table.dump() == general.table.dump()
     counters = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "drops", "flows", "linklocal_flows")
     for i in fast.vifs:
