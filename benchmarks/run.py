@@ -119,23 +119,30 @@ print(n)
 """
 
 # The floor of the project's packet I/O: the agent's NFQUEUE shell (uvloop, the queue's socket
-# drained without blocking, the same bind arguments and the same nftables rules) with a callback
-# that only reads the packet and accepts it: no parsing, no flow table, no dataplane at all.
+# drained without blocking, the same bind arguments, the same verdict writer and the same nftables
+# rules) with a callback that only reads the packet and accepts it: no parsing, no flow table, no
+# dataplane at all.
 FLOOR_CONSUMER = r"""
 import asyncio, signal, sys
 sys.path.insert(0, sys.argv[3])
 import uvloop
 from netfilterqueue import COPY_PACKET, NetfilterQueue
 from dataplane.nftables import NftSocket, QueueRules
+from dataplane.verdicts import VerdictWriter
 queue, table = int(sys.argv[1]), sys.argv[2]
 def handle(pkt):
     pkt.get_payload(), pkt.indev
-    pkt.accept()
+    verdicts.accept(pkt.id)
+def drain():
+    q.run(False)
+    verdicts.flush()
 async def main():
+    global q, verdicts
     q = NetfilterQueue()
     q.bind(queue, handle, max_len=4096, mode=COPY_PACKET, range=0xFFFF)
+    verdicts = VerdictWriter(q.get_fd(), queue)
     loop = asyncio.get_running_loop()
-    loop.add_reader(q.get_fd(), q.run, False)
+    loop.add_reader(q.get_fd(), drain)
     with NftSocket() as nft:
         nft.create_queue_table(QueueRules(queue_num=queue), name=table)
     stop = asyncio.Event()
