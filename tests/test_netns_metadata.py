@@ -176,6 +176,45 @@ def test_udp_burst_arrives_whole_and_in_order_beside_metadata(host):
     assert len(answers) == 20 and all(json.loads(a)["uuid"] == b["instance_uuid"] for a in answers)
 
 
+_SNIFF = """
+import json, socket, struct, sys, time
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
+s.bind(("eth0", 0))
+s.settimeout(0.2)
+print("ready", flush=True)
+segments, end = [], time.monotonic() + float(sys.argv[1])
+while time.monotonic() < end and not any(fl & 5 for _, fl in segments):  # until a FIN or RST from port 80
+    try:
+        ip = s.recv(65535)[14:]
+    except socket.timeout:
+        continue
+    ihl = (ip[0] & 15) * 4
+    if ip[9] == 6 and struct.unpack("!H", ip[ihl : ihl + 2])[0] == 80:
+        payload = struct.unpack("!H", ip[2:4])[0] - ihl - (ip[ihl + 12] >> 4) * 4
+        segments.append((payload, ip[ihl + 13]))
+print(json.dumps(segments))
+"""
+
+
+def test_last_answer_segment_carries_the_fin(host):
+    # A request with Connection: close: the proxy holds its last write until the close (TCP_CORK),
+    # so the end of the answer and the FIN reach the VM in one segment, one crossing of the
+    # dataplane fewer for each connection a VM opens per request.
+    sniff = subprocess.Popen(["ip", "netns", "exec", host.vm_ns(0), str(VROUTER.parent / "python"), "-c", _SNIFF, "10"],
+                             stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert sniff.stdout.readline().strip() == "ready"
+        status, body = host.metadata(0, "/openstack/latest/meta_data.json", "-H", "Connection: close")
+        segments = json.loads(sniff.communicate(timeout=20)[0])
+    finally:
+        if sniff.poll() is None:
+            sniff.kill()
+            sniff.wait(10)
+    assert status == 200 and json.loads(body)["uuid"] == host.vms[0]["instance_uuid"]
+    fin = [(n, fl) for n, fl in segments if fl & 1]
+    assert fin and fin[0][0] > 0, "the FIN came alone: %r" % segments
+
+
 def test_nova_down_gives_502_and_recovers(host):
     assert host.setup("stop-nova").returncode == 0
     try:
