@@ -16,8 +16,8 @@ medians over the rounds):
 Load comes from wrk (keep-alive and new-connection rates) and a fixed-rate Python client (latency)
 inside the VM namespaces. VM-to-VM: small UDP packets and a TCP stream, through the project's
 dataplane and, as the reference, through plain kernel forwarding; small UDP also through the floor
-of the project's packet I/O, an accept-only NFQUEUE consumer (the agent's shell, no dataplane). Flow table costs come from
-benchmarks/flow_table.py's measure(). Any request error makes the run fail. Everything stays in
+of the project's packet I/O, an accept-only NFQUEUE consumer (the agent's shell and verdict
+writer, no dataplane). Flow table costs come from benchmarks/flow_table.py's measure(). Any request error makes the run fail. Everything stays in
 the namespaces this script creates, is bounded in time, and is removed at the end.
 """
 
@@ -388,8 +388,12 @@ class Bench:
                 raise RuntimeError("the accept-only NFQUEUE consumer did not start")
             return self.vm_to_vm(tcp=False)
         finally:
-            p.terminate()
-            p.wait(10)
+            p.terminate()  # it removes its table and unbinds the queue
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()  # its table goes with the namespace at the end
+                p.wait(10)
             self.procs.remove(p)
             self.plain_off()
 
