@@ -29,7 +29,7 @@ from collections import Counter, deque
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
-from dataplane.nat import Rewrite
+from dataplane.nat import Patch, Rewrite
 from dataplane.packet import ICMP, TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, UDP, Malformed, Parsed, parse
 from dataplane.vif import HOST_VIF, LINK_LOCAL6, METADATA_SERVICE_IP6, PROXY_IP6, LinkLocalService, Vif
 from flows.layout import KEY, Action, DropReason, Flag, make_key
@@ -89,7 +89,7 @@ class Prepared:
 
     __slots__ = ("action", "rewrite", "out", "vin", "reason", "charge", "charged", "link_local", "port", "fresh")
 
-    def __init__(self, action: Action, rewrite: Rewrite | None, out: Vif | None, vin: int, reason: DropReason = DropReason.NONE) -> None:
+    def __init__(self, action: Action, rewrite: Patch | None, out: Vif | None, vin: int, reason: DropReason = DropReason.NONE) -> None:
         self.action = action
         self.rewrite = rewrite
         self.out = out
@@ -322,7 +322,7 @@ class Dataplane:
         """The verdict for one packet that arrived on ``indev`` (0: sent by the compute node).
 
         Most packets are IPv4 with a 20-byte header, of a live TCP or UDP flow: for those the
-        header is read with one struct call and the NAT rewrite is ``Rewrite.apply4``.  Every
+        header is read with one struct call and the NAT rewrite is ``Patch.apply4``.  Every
         other packet (a flow's first, a Drop flow's, IPv6, IP options, anything this first look
         is unsure of) takes the general path, ``_process``, before anything is counted; the two
         paths do the same, in the same order, as a test checks."""
@@ -569,8 +569,8 @@ class Dataplane:
         rkey = make_key(self.host.index, rev.src, rev.dst, TCP, rev.sport, rev.dport)
         fspec = FlowSpec(Action.NAT, MD_FWD_FLAGS, vif.vrf, 0, p.sport, vif.nh, vif.index)
         rspec = FlowSpec(Action.NAT, MD_REV_FLAGS, 0, vif.vrf, p.sport, self.host.nh, self.host.index)
-        fprep = Prepared(Action.NAT, fwd, self.host, vif.index)
-        rprep = Prepared(Action.NAT, rev, vif, self.host.index)
+        fprep = Prepared(Action.NAT, fwd.patch, self.host, vif.index)
+        rprep = Prepared(Action.NAT, rev.patch, vif, self.host.index)
         return self._pair(key, fspec, fprep, rkey, rspec, rprep, (vif,), True, now)
 
     def service_ips(self, service: LinkLocalService) -> tuple[str, ...]:
@@ -603,8 +603,8 @@ class Dataplane:
         rflags = int(Flag.SNAT | Flag.DNAT | Flag.DPAT | Flag.LINK_LOCAL | (Flag.SPAT if dpat else 0))
         fspec = FlowSpec(Action.NAT, fflags, vif.vrf, 0, port, vif.nh, vif.index)
         rspec = FlowSpec(Action.NAT, rflags, 0, vif.vrf, port, self.host.nh, self.host.index)
-        fprep = Prepared(Action.NAT, fwd, self.host, vif.index)
-        rprep = Prepared(Action.NAT, rev, vif, self.host.index)
+        fprep = Prepared(Action.NAT, fwd.patch, self.host, vif.index)
+        rprep = Prepared(Action.NAT, rev.patch, vif, self.host.index)
         fprep.port = handle
         try:
             return self._pair(key, fspec, fprep, rkey, rspec, rprep, (vif,), True, now)

@@ -4,13 +4,15 @@ A ``Rewrite`` is built when a flow is set up, from the original and the new
 addresses and ports.  Because those are fixed for the life of the flow, the
 change each checksum needs (RFC 1624: HC' = ~(~HC + ~m + m')) is a constant
 too, computed once; per packet the rewrite copies 12 bytes and adds two
-constants into two checksums.
+constants into two checksums.  What the packets need is the rewrite's
+``Patch``, which is all the dataplane keeps per flow.
 """
 
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from dataplane.packet import TCP, UDP
 
@@ -56,32 +58,16 @@ def internet_checksum(data: bytes) -> int:
     return ~_fold(sum(_words(data))) & 0xFFFF
 
 
-@dataclass(slots=True)  # not frozen: a frozen dataclass sets its fields through object.__setattr__,
-class Rewrite:  # and two are made for every NAT flow set up; nothing changes one once made
-    """Turn (src, dst, sport, dport) into (nsrc, ndst, nsport, ndport) for protocol ``proto``."""
+class Patch(NamedTuple):
+    """What each packet of a NAT flow needs: the new addresses and ports and the constant changes
+    of the checksums.  The dataplane keeps this per flow, not the ``Rewrite`` it came from (nine
+    fields more, with their own ints and bytes): it halves the memory of a NAT entry."""
 
     proto: int
-    src: bytes
-    dst: bytes
-    sport: int
-    dport: int
-    nsrc: bytes
-    ndst: bytes
-    nsport: int
-    ndport: int
-    ip_delta: int = field(init=False)
-    l4_delta: int = field(init=False)
-    addrs: bytes = field(init=False)
-    ports: bytes = field(init=False)
-
-    def __post_init__(self) -> None:
-        old_a, new_a = self.src + self.dst, self.nsrc + self.ndst
-        new_p = _HH.pack(self.nsport, self.ndport)
-        self.ip_delta = csum_delta(old_a, new_a)
-        # TCP/UDP checksums cover the pseudo-header addresses and the ports
-        self.l4_delta = _fold(self.ip_delta + csum_delta(_HH.pack(self.sport, self.dport), new_p))
-        self.addrs = new_a
-        self.ports = new_p
+    ip_delta: int
+    l4_delta: int
+    addrs: bytes  # new source + destination address
+    ports: bytes  # new source + destination port
 
     def apply4(self, pkt: bytes) -> bytes:
         """The rewritten copy of ``pkt``, an IPv4 packet of this rewrite's protocol (TCP or UDP)
@@ -102,10 +88,6 @@ class Rewrite:  # and two are made for every NAT flow set up; nothing changes on
         _CSUM_ADDRS_PORTS4.pack_into(buf, 10, ~((x & 0xFFFF) + (x >> 16)) & 0xFFFF, self.addrs, self.ports)
         return bytes(buf)
 
-    def inverse(self) -> Rewrite:
-        """The rewrite for the reply direction: undoes this one."""
-        return Rewrite(self.proto, self.ndst, self.nsrc, self.ndport, self.nsport, self.dst, self.src, self.dport, self.sport)
-
     def apply(self, pkt: bytearray, ihl: int) -> None:
         """Rewrite ``pkt`` (an IPv4 packet whose header is ``ihl`` bytes, or IPv6: 40) in place."""
         if len(self.addrs) == 8:
@@ -123,3 +105,38 @@ class Rewrite:  # and two are made for every NAT flow set up; nothing changes on
             if old or len(self.addrs) == 32:  # IPv4 0: the sender computed no checksum; leave it so
                 new = apply_delta(old, self.l4_delta)
                 pkt[c : c + 2] = _H.pack(new or 0xFFFF)
+
+
+@dataclass(slots=True)  # not frozen: a frozen dataclass sets its fields through object.__setattr__,
+class Rewrite:  # and two are made for every NAT flow set up; nothing changes one once made
+    """Turn (src, dst, sport, dport) into (nsrc, ndst, nsport, ndport) for protocol ``proto``;
+    made at flow set-up, and ``patch`` is what is kept for the flow's packets."""
+
+    proto: int
+    src: bytes
+    dst: bytes
+    sport: int
+    dport: int
+    nsrc: bytes
+    ndst: bytes
+    nsport: int
+    ndport: int
+    patch: Patch = field(init=False)
+
+    def __post_init__(self) -> None:
+        old_a, new_a = self.src + self.dst, self.nsrc + self.ndst
+        new_p = _HH.pack(self.nsport, self.ndport)
+        ip_delta = csum_delta(old_a, new_a)
+        # TCP/UDP checksums cover the pseudo-header addresses and the ports
+        l4_delta = _fold(ip_delta + csum_delta(_HH.pack(self.sport, self.dport), new_p))
+        self.patch = Patch(self.proto, ip_delta, l4_delta, new_a, new_p)
+
+    def apply4(self, pkt: bytes) -> bytes:
+        return self.patch.apply4(pkt)
+
+    def apply(self, pkt: bytearray, ihl: int) -> None:
+        self.patch.apply(pkt, ihl)
+
+    def inverse(self) -> Rewrite:
+        """The rewrite for the reply direction: undoes this one."""
+        return Rewrite(self.proto, self.ndst, self.nsrc, self.ndport, self.nsport, self.dst, self.src, self.dport, self.sport)
