@@ -323,9 +323,9 @@ class Dataplane:
 
         Most packets are IPv4 with a 20-byte header, of a live TCP or UDP flow: for those the
         header is read with one struct call and the NAT rewrite is ``Patch.apply4``.  Every
-        other packet (a flow's first, a Drop flow's, IPv6, IP options, anything this first look
-        is unsure of) takes the general path, ``_process``, before anything is counted; the two
-        paths do the same, in the same order, as a test checks."""
+        other packet (a flow's first, IPv6, IP options, anything this first look is unsure of)
+        takes the general path, ``_process``, before anything is counted.  Both end in ``_hit``;
+        a test checks that they decide alike."""
         if now is None:
             now = time.time_ns()
         if indev:
@@ -350,32 +350,12 @@ class Dataplane:
                 tcp_flags = 0
             else:
                 return self._process(pkt, vif, now)
-            table = self.table
-            index = table.lookup(KEY.pack(vif.index, src, dst, sport, dport, proto, 4))
+            index = self.table.lookup(KEY.pack(vif.index, src, dst, sport, dport, proto, 4))
             if index < 0:
-                return self._process(pkt, vif, now)
-            prep = self.prepared[index]
-            if prep.action == _DROP:
                 return self._process(pkt, vif, now)
             vif.rx_packets += 1
             vif.rx_bytes += n
-            table.hit(index, n, now, tcp_flags)
-            if prep.fresh:  # the first answer: the pair is no longer a new flow
-                prep.fresh = False
-                for i in (index, table.reverse_of(index)):
-                    table.set_flags(i, table.flags(i) & ~_NEW_FLOW)
-            out = prep.out
-            if out is not None:
-                out.tx_packets += 1
-                out.tx_bytes += n
-            if proto == TCP and (tcp_flags & _FIN_RST or index in self.closing):
-                refused = self._tcp_state(index, tcp_flags, now)
-                if refused is not None:
-                    return self.drop(refused, vif)
-            rewrite = prep.rewrite
-            if rewrite is None:
-                return _ACCEPT
-            return Verdict(True, rewrite.apply4(pkt))
+            return self._hit(pkt, vif, index, now, proto, tcp_flags, 20)
         return self._process(pkt, vif, now)
 
     def _process(self, pkt: bytes, vif: Vif, now: int) -> Verdict:
@@ -384,38 +364,44 @@ class Dataplane:
             p = parse(pkt)
         except Malformed:
             return self.drop(DropReason.INVALID_PACKET, vif)
-        n = len(pkt)
         vif.rx_packets += 1
-        vif.rx_bytes += n
+        vif.rx_bytes += len(pkt)
         key = make_key(vif.index, p.src, p.dst, p.proto, p.sport, p.dport)
         index = self.table.lookup(key)
         if index < 0:
             index = self._setup(vif, p, key, now)
             if isinstance(index, Verdict):
                 return index
+        return self._hit(pkt, vif, index, now, p.proto, p.tcp_flags, p.ihl)
+
+    def _hit(self, pkt: bytes, vif: Vif, index: int, now: int, proto: int, tcp_flags: int, ihl: int) -> Verdict:
+        """A packet of the flow at ``index`` (counted in on ``vif`` already): the entry's
+        counters, the pair's first answer, TCP state, the verdict.  Both paths end here."""
+        table = self.table
         prep = self.prepared[index]
-        self.table.hit(index, n, now, p.tcp_flags)
+        n = len(pkt)
+        table.hit(index, n, now, tcp_flags)
         if prep.fresh:  # the first answer: the pair is no longer a new flow
             prep.fresh = False
-            for i in (index, self.table.reverse_of(index)):
-                self.table.set_flags(i, self.table.flags(i) & ~_NEW_FLOW)
-        if prep.action == Action.DROP:
+            for i in (index, table.reverse_of(index)):
+                table.set_flags(i, table.flags(i) & ~_NEW_FLOW)
+        if prep.action == _DROP:
             return self.drop(prep.reason, vif)
         out = prep.out
         if out is not None:
             out.tx_packets += 1
             out.tx_bytes += n
-        if p.proto == TCP and (p.tcp_flags & (TCP_FIN | TCP_RST) or index in self.closing):
-            refused = self._tcp_state(index, p.tcp_flags, now)
+        if proto == TCP and (tcp_flags & _FIN_RST or index in self.closing):
+            refused = self._tcp_state(index, tcp_flags, now)
             if refused is not None:
                 return self.drop(refused, vif)
         rewrite = prep.rewrite
         if rewrite is None:
             return _ACCEPT
-        if p.ihl == 20:  # IPv4 without options (NAT flows are TCP or UDP)
+        if ihl == 20:  # IPv4 without options (NAT flows are TCP or UDP)
             return Verdict(True, rewrite.apply4(pkt))
         buf = bytearray(pkt)
-        rewrite.apply(buf, p.ihl)
+        rewrite.apply(buf, ihl)
         return Verdict(True, bytes(buf))
 
     def _tcp_state(self, index: int, tcp_flags: int, now: int) -> DropReason | None:
