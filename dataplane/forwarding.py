@@ -32,19 +32,13 @@ from typing import NamedTuple, Protocol
 from dataplane.nat import Patch, Rewrite
 from dataplane.packet import ICMP, TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, UDP, Malformed, Parsed, parse
 from dataplane.vif import HOST_VIF, LINK_LOCAL6, METADATA_SERVICE_IP6, PROXY_IP6, LinkLocalService, Vif
-from flows.layout import KEY, Action, DropReason, Flag, make_key
+from flows.layout import F_ACTIVE, F_EVICT_CANDIDATE, F_EVICTED, F_NEW_FLOW, F_RFLOW_VALID, KEY, Action, DropReason, Flag, make_key
 from flows.table import FlowSpec, FlowTable, TableFull
 
 log = logging.getLogger("vrouter.dataplane")
 
 MD_FWD_FLAGS = int(Flag.SNAT | Flag.DNAT | Flag.DPAT | Flag.LINK_LOCAL)
 MD_REV_FLAGS = int(Flag.SNAT | Flag.SPAT | Flag.DNAT | Flag.LINK_LOCAL)
-# Flag bits as plain ints (IntFlag arithmetic costs microseconds)
-_ACTIVE = int(Flag.ACTIVE)
-_RFLOW_VALID = int(Flag.RFLOW_VALID)
-_NEW_FLOW = int(Flag.NEW_FLOW)
-_EVICT_CANDIDATE = int(Flag.EVICT_CANDIDATE)
-_EVICTED = int(Flag.EVICTED)
 AGE_CYCLE_NS = 1_000_000_000  # aging looks at each live flow at most once in this time
 CLOSE_GRACE_NS = 1_000_000_000  # both FINs seen: the pair goes this long after (the last ACKs pass)
 
@@ -384,7 +378,7 @@ class Dataplane:
         if prep.fresh:  # the first answer: the pair is no longer a new flow
             prep.fresh = False
             for i in (index, table.reverse_of(index)):
-                table.set_flags(i, table.flags(i) & ~_NEW_FLOW)
+                table.set_flags(i, table.flags(i) & ~F_NEW_FLOW)
         if prep.action == _DROP:
             return self.drop(prep.reason, vif)
         out = prep.out
@@ -424,13 +418,13 @@ class Dataplane:
                     self._charge(fwd)
                 for i in (index, other):
                     self.closing.pop(i, None)
-                    self.table.set_flags(i, self.table.flags(i) & ~_EVICT_CANDIDATE)
+                    self.table.set_flags(i, self.table.flags(i) & ~F_EVICT_CANDIDATE)
                     self.table.set_tcp_flags(i, tcp_flags if i == index else 0)
             return None
-        if tcp_flags & TCP_FIN and flags & _RFLOW_VALID:
+        if tcp_flags & TCP_FIN and flags & F_RFLOW_VALID:
             if self.table.tcp_flags(other) & TCP_FIN:
                 for i in (index, other):
-                    self.table.set_flags(i, self.table.flags(i) | _EVICT_CANDIDATE)
+                    self.table.set_flags(i, self.table.flags(i) | F_EVICT_CANDIDATE)
                     self.closing[i] = now
                     self._closing_order.append((i, now))
                 fwd = self._forward_prep(index, other)
@@ -448,8 +442,8 @@ class Dataplane:
 
     def _evict(self, index: int) -> int:
         for i in (index, self.table.reverse_of(index)):
-            if self.table.flags(i) & _ACTIVE:
-                self.table.set_flags(i, self.table.flags(i) | _EVICTED)
+            if self.table.flags(i) & F_ACTIVE:
+                self.table.set_flags(i, self.table.flags(i) | F_EVICTED)
         return self._delete_flows([index])
 
     # -- flow setup -----------------------------------------------------------------------------

@@ -25,6 +25,10 @@ from flows.layout import (
     BODY,
     BUCKET_SIZE,
     COUNTERS,
+    F_ACTIVE,
+    F_NEW_FLOW,
+    F_REVERSE,
+    F_RFLOW_VALID,
     HEADER,
     HEADER_SIZE,
     KEY,
@@ -45,16 +49,10 @@ from flows.layout import (
     VERSION,
     Action,
     DropReason,
-    Flag,
 )
 
 BUCKET_BYTES = BUCKET_SIZE * RECORD_SIZE
-# flags as plain ints: IntFlag arithmetic costs microseconds, and a flow set-up does a dozen
-_ACTIVE = int(Flag.ACTIVE)
-_RFLOW_VALID = int(Flag.RFLOW_VALID)
-_NEW_FLOW = int(Flag.NEW_FLOW)
-_REVERSE = int(Flag.REVERSE)
-_PAIR_FLAGS = _ACTIVE | _RFLOW_VALID | _NEW_FLOW
+_PAIR_FLAGS = F_ACTIVE | F_RFLOW_VALID | F_NEW_FLOW
 
 
 def _tag(h: int) -> int:
@@ -152,7 +150,7 @@ class FlowTable:
         self._head = array("I", bytes(4 * self.nbuckets if writable else 0))
         self._next = array("I", bytes(4 * overflow if writable else 0))
         if writable:
-            self._free_overflow = [i for i in range(self.capacity - 1, entries - 1, -1) if not self.flags(i) & _ACTIVE]
+            self._free_overflow = [i for i in range(self.capacity - 1, entries - 1, -1) if not self.flags(i) & F_ACTIVE]
             for i in self.active_indices():
                 off = HEADER_SIZE + i * RECORD_SIZE
                 self._tags[i] = _tag(zlib.crc32(buf[off : off + KEY_LEN]))
@@ -358,7 +356,7 @@ class FlowTable:
         self._tags[index] = _tag(zlib.crc32(key))
         # flags written without ACTIVE first; set ACTIVE last, so readers never see half an entry
         BODY.pack_into(
-            self.buf, off + KEY_LEN, flags & ~_ACTIVE, spec.action, spec.drop_reason, rindex, gen, 0,
+            self.buf, off + KEY_LEN, flags & ~F_ACTIVE, spec.action, spec.drop_reason, rindex, gen, 0,
             spec.vrf, spec.dvrf, spec.nat_sport, spec.src_nh, 0, 0, now, now,
         )  # fmt: skip
         U16.pack_into(self.buf, off + OFF_VIF, spec.vif)
@@ -370,7 +368,7 @@ class FlowTable:
             now = time.time_ns()
         fi = self._free_slot(fkey)
         self._write(fi, fkey, fspec, 0, now, 0)
-        U16.pack_into(self.buf, HEADER_SIZE + fi * RECORD_SIZE + OFF_FLAGS, _ACTIVE)  # reserve
+        U16.pack_into(self.buf, HEADER_SIZE + fi * RECORD_SIZE + OFF_FLAGS, F_ACTIVE)  # reserve
         try:
             ri = self._free_slot(rkey)
         except TableFull:
@@ -378,7 +376,7 @@ class FlowTable:
             raise
         self._write(ri, rkey, rspec, fi, now, 0)
         U32.pack_into(self.buf, HEADER_SIZE + fi * RECORD_SIZE + OFF_RINDEX, ri)
-        U16.pack_into(self.buf, HEADER_SIZE + ri * RECORD_SIZE + OFF_FLAGS, rspec.flags | _PAIR_FLAGS | _REVERSE)
+        U16.pack_into(self.buf, HEADER_SIZE + ri * RECORD_SIZE + OFF_FLAGS, rspec.flags | _PAIR_FLAGS | F_REVERSE)
         U16.pack_into(self.buf, HEADER_SIZE + fi * RECORD_SIZE + OFF_FLAGS, fspec.flags | _PAIR_FLAGS)
         self.active += 2
         return fi, ri
@@ -389,7 +387,7 @@ class FlowTable:
             now = time.time_ns()
         i = self._free_slot(key)
         self._write(i, key, spec, 0, now, 0)
-        U16.pack_into(self.buf, HEADER_SIZE + i * RECORD_SIZE + OFF_FLAGS, spec.flags | _ACTIVE | _NEW_FLOW)
+        U16.pack_into(self.buf, HEADER_SIZE + i * RECORD_SIZE + OFF_FLAGS, spec.flags | F_ACTIVE | F_NEW_FLOW)
         self.active += 1
         return i
 
@@ -397,14 +395,14 @@ class FlowTable:
         """Remove an entry and, if it has one, its reverse; return the indices removed."""
         off = HEADER_SIZE + index * RECORD_SIZE
         flags = U16.unpack_from(self.buf, off + OFF_FLAGS)[0]
-        if not flags & _ACTIVE:
+        if not flags & F_ACTIVE:
             return []
         self._release(index)
         self.active -= 1
         removed = [index]
-        if flags & _RFLOW_VALID:
+        if flags & F_RFLOW_VALID:
             r = U32.unpack_from(self.buf, off + OFF_RINDEX)[0]
-            if U16.unpack_from(self.buf, HEADER_SIZE + r * RECORD_SIZE + OFF_FLAGS)[0] & _ACTIVE:
+            if U16.unpack_from(self.buf, HEADER_SIZE + r * RECORD_SIZE + OFF_FLAGS)[0] & F_ACTIVE:
                 self._release(r)
                 self.active -= 1
                 removed.append(r)
@@ -429,7 +427,7 @@ class FlowTable:
         buf = self.buf
         off = HEADER_SIZE + index * RECORD_SIZE
         last = U64.unpack_from(buf, off + OFF_LAST)[0]
-        if U16.unpack_from(buf, off + OFF_FLAGS)[0] & _RFLOW_VALID:
+        if U16.unpack_from(buf, off + OFF_FLAGS)[0] & F_RFLOW_VALID:
             other = U64.unpack_from(buf, HEADER_SIZE + U32.unpack_from(buf, off + OFF_RINDEX)[0] * RECORD_SIZE + OFF_LAST)[0]
             if other > last:
                 last = other
@@ -440,7 +438,7 @@ class FlowTable:
         removed = []
         for i in list(self.active_indices()):
             flags = self.flags(i)
-            if flags & _ACTIVE and not flags & _REVERSE and now - self.pair_last_used(i) > idle_ns:
+            if flags & F_ACTIVE and not flags & F_REVERSE and now - self.pair_last_used(i) > idle_ns:
                 removed.extend(self.delete(i))
         return removed
 
