@@ -233,7 +233,8 @@ class FlowTable:
         self.buf[HEADER_SIZE + index * RECORD_SIZE + OFF_TCPFLAGS] = tcp_flags
 
     def _bucket(self, key: bytes) -> int:
-        return (zlib.crc32(key) % self.nbuckets) * BUCKET_SIZE
+        """The bucket a key hashes to (its entries start at bucket * BUCKET_SIZE)."""
+        return zlib.crc32(key) % self.nbuckets
 
     def lookup(self, key: bytes) -> int:
         """The index of the active entry with ``key``, or -1: the bucket's tags, then its
@@ -265,7 +266,7 @@ class FlowTable:
 
     def _scan(self, key: bytes) -> int:
         buf = self.buf
-        first = self._bucket(key)
+        first = self._bucket(key) * BUCKET_SIZE
         base = HEADER_SIZE + first * RECORD_SIZE
         end = base + BUCKET_BYTES
         pos = buf.find(key, base, end)
@@ -308,21 +309,34 @@ class FlowTable:
 
     # -- changes (dataplane only) ---------------------------------------------------------------
 
-    def _free_slot(self, key: bytes) -> int:
-        bucket = zlib.crc32(key) % self.nbuckets
+    def _place(self, key: bytes, spec: FlowSpec, rindex: int, now: int) -> int:
+        """Write a new entry for ``key`` (not yet ACTIVE: the caller sets its flags last, so that
+        readers never see half an entry) in a free slot of its bucket, else of the overflow area
+        linked into the bucket's chain; return its index.  The key is hashed once, for both the
+        bucket and the tag."""
+        h = zlib.crc32(key)
+        bucket = h % self.nbuckets
         first = bucket * BUCKET_SIZE
         i = self._tags.find(0, first, first + BUCKET_SIZE)
-        if i >= 0:
-            return i
-        if not self._free_overflow:
-            raise TableFull()
-        i = self._free_overflow.pop()
-        # linked at the chain's head: in the records (for readers) and in the writer's copy
-        head = self._head[bucket]
-        U32.pack_into(self.buf, HEADER_SIZE + i * RECORD_SIZE + OFF_OFLOW_NEXT, head)
-        U32.pack_into(self.buf, HEADER_SIZE + first * RECORD_SIZE + OFF_OFLOW_NEXT, i + 1)
-        self._next[i - self.entries] = head
-        self._head[bucket] = i + 1
+        if i < 0:
+            if not self._free_overflow:
+                raise TableFull()
+            i = self._free_overflow.pop()
+            # linked at the chain's head: in the records (for readers) and in the writer's copy
+            head = self._head[bucket]
+            U32.pack_into(self.buf, HEADER_SIZE + i * RECORD_SIZE + OFF_OFLOW_NEXT, head)
+            U32.pack_into(self.buf, HEADER_SIZE + first * RECORD_SIZE + OFF_OFLOW_NEXT, i + 1)
+            self._next[i - self.entries] = head
+            self._head[bucket] = i + 1
+        off = HEADER_SIZE + i * RECORD_SIZE
+        gen = (self.buf[off + OFF_GEN] + 1) & 0xFF
+        self.buf[off : off + KEY_LEN] = key
+        self._tags[i] = _tag(h)
+        BODY.pack_into(
+            self.buf, off + KEY_LEN, 0, spec.action, spec.drop_reason, rindex, gen, 0,
+            spec.vrf, spec.dvrf, spec.nat_sport, spec.src_nh, 0, 0, now, now,
+        )  # fmt: skip
+        U16.pack_into(self.buf, off + OFF_VIF, spec.vif)
         return i
 
     def _release(self, index: int) -> None:
@@ -332,7 +346,7 @@ class FlowTable:
         if index < self.entries:
             return
         entries, links = self.entries, self._next
-        bucket = zlib.crc32(self.buf[off : off + KEY_LEN]) % self.nbuckets
+        bucket = self._bucket(self.buf[off : off + KEY_LEN])
         target, after = index + 1, links[index - entries]
         prev = 0  # the entry (index + 1) whose link points at ``index``; 0: the bucket's head
         nxt = self._head[bucket]
@@ -349,32 +363,18 @@ class FlowTable:
         U32.pack_into(self.buf, off + OFF_OFLOW_NEXT, 0)
         self._free_overflow.append(index)
 
-    def _write(self, index: int, key: bytes, spec: FlowSpec, rindex: int, now: int, flags: int) -> None:
-        off = HEADER_SIZE + index * RECORD_SIZE
-        gen = (self.buf[off + OFF_GEN] + 1) & 0xFF
-        self.buf[off : off + KEY_LEN] = key
-        self._tags[index] = _tag(zlib.crc32(key))
-        # flags written without ACTIVE first; set ACTIVE last, so readers never see half an entry
-        BODY.pack_into(
-            self.buf, off + KEY_LEN, flags & ~F_ACTIVE, spec.action, spec.drop_reason, rindex, gen, 0,
-            spec.vrf, spec.dvrf, spec.nat_sport, spec.src_nh, 0, 0, now, now,
-        )  # fmt: skip
-        U16.pack_into(self.buf, off + OFF_VIF, spec.vif)
-
     def add_pair(self, fkey: bytes, fspec: FlowSpec, rkey: bytes, rspec: FlowSpec, now: int | None = None) -> tuple[int, int]:
         """Set up a forward flow and its reverse together; raise TableFull (leaving nothing) if
         either cannot be placed.  Keys must not be present already."""
         if now is None:
             now = time.time_ns()
-        fi = self._free_slot(fkey)
-        self._write(fi, fkey, fspec, 0, now, 0)
+        fi = self._place(fkey, fspec, 0, now)
         U16.pack_into(self.buf, HEADER_SIZE + fi * RECORD_SIZE + OFF_FLAGS, F_ACTIVE)  # reserve
         try:
-            ri = self._free_slot(rkey)
+            ri = self._place(rkey, rspec, fi, now)
         except TableFull:
             self._release(fi)
             raise
-        self._write(ri, rkey, rspec, fi, now, 0)
         U32.pack_into(self.buf, HEADER_SIZE + fi * RECORD_SIZE + OFF_RINDEX, ri)
         U16.pack_into(self.buf, HEADER_SIZE + ri * RECORD_SIZE + OFF_FLAGS, rspec.flags | _PAIR_FLAGS | F_REVERSE)
         U16.pack_into(self.buf, HEADER_SIZE + fi * RECORD_SIZE + OFF_FLAGS, fspec.flags | _PAIR_FLAGS)
@@ -385,8 +385,7 @@ class FlowTable:
         """A flow with no reverse (a Drop flow)."""
         if now is None:
             now = time.time_ns()
-        i = self._free_slot(key)
-        self._write(i, key, spec, 0, now, 0)
+        i = self._place(key, spec, 0, now)
         U16.pack_into(self.buf, HEADER_SIZE + i * RECORD_SIZE + OFF_FLAGS, spec.flags | F_ACTIVE | F_NEW_FLOW)
         self.active += 1
         return i
