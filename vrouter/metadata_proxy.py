@@ -81,10 +81,10 @@ class Upstream:
     host: str
     port: int
     ssl: ssl.SSLContext | None = None
+    host_header: bytes = field(init=False, compare=False, repr=False)  # made once, sent with every request
 
-    @property
-    def host_header(self) -> bytes:
-        return ("%s:%d" % (self.host, self.port)).encode()
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "host_header", ("%s:%d" % (self.host, self.port)).encode())
 
 
 @dataclass(frozen=True)
