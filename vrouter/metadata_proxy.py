@@ -263,8 +263,7 @@ class _VMConnection(asyncio.Protocol):
             p.stats.connections_refused += 1
             if p.stats.connections_refused == 1 or p.stats.connections_refused % 1000 == 0:
                 log.warning("%s has %d connections open to the metadata proxy: refused (429)", self.peer_ip, open_now - 1)
-            self._write(_simple_response(429, close=True))
-            p._count(429)
+            self._answer(429, True, False)
             self._close()
             return
         self._arm("idle", p.idle_timeout)
@@ -510,8 +509,7 @@ class _VMConnection(asyncio.Protocol):
         self.proxy.stats.internal_errors += 1
         log.error("metadata proxy: internal error serving %s", self.peer_ip, exc_info=e)
         if not self.responding and not self.closed:
-            self._write(_simple_response(500, close=True))
-            self.proxy._count(500)
+            self._answer(500, True, False)
         self._close()
 
     def _write(self, data: bytes) -> None:
