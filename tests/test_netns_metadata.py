@@ -178,41 +178,88 @@ def test_udp_burst_arrives_whole_and_in_order_beside_metadata(host):
 
 _SNIFF = """
 import json, socket, struct, sys, time
-s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))  # ETH_P_ALL: what leaves, too
+s.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_TIMESTAMPNS", 35), 1)
 s.bind(("eth0", 0))
 s.settimeout(0.2)
 print("ready", flush=True)
 segments, end = [], time.monotonic() + float(sys.argv[1])
-while time.monotonic() < end and not any(fl & 5 for _, fl in segments):  # until a FIN or RST from port 80
+while time.monotonic() < end and not any(frm and fl & 5 for frm, _, fl, _ in segments):  # until a FIN or RST from port 80
     try:
-        ip = s.recv(65535)[14:]
+        data, anc, _, _ = s.recvmsg(65535, 64)
     except socket.timeout:
         continue
+    ip = data[14:]
     ihl = (ip[0] & 15) * 4
-    if ip[9] == 6 and struct.unpack("!H", ip[ihl : ihl + 2])[0] == 80:
+    if data[12:14] != b"\\x08\\x00" or ip[9] != 6:
+        continue
+    sport, dport = struct.unpack("!HH", ip[ihl : ihl + 4])
+    if 80 in (sport, dport):
+        sec, nsec = struct.unpack("qq", anc[0][2][:16])  # when the kernel saw it
         payload = struct.unpack("!H", ip[2:4])[0] - ihl - (ip[ihl + 12] >> 4) * 4
-        segments.append((payload, ip[ihl + 13]))
+        segments.append((sport == 80, payload, ip[ihl + 13], sec * 10**9 + nsec))
 print(json.dumps(segments))
 """
 
+# A request in two writes, with Nagle's algorithm on (the default): the second write leaves only
+# once the first is acknowledged
+_TWO_WRITES = """
+import socket
+s = socket.create_connection(("169.254.169.254", 80), timeout=10)
+s.sendall(b"GET /openstack/latest/meta_data.json HTTP/1.1\\r\\n")
+s.sendall(b"Host: 169.254.169.254\\r\\nConnection: close\\r\\n\\r\\n")
+answer = b""
+while True:
+    chunk = s.recv(65536)
+    if not chunk:
+        break
+    answer += chunk
+print(answer.split(b"\\r\\n\\r\\n", 1)[1].decode())
+"""
 
-def test_last_answer_segment_carries_the_fin(host):
-    # A request with Connection: close: the proxy holds its last write until the close (TCP_CORK),
-    # so the end of the answer and the FIN reach the VM in one segment, one crossing of the
-    # dataplane fewer for each connection a VM opens per request.
-    sniff = subprocess.Popen(["ip", "netns", "exec", host.vm_ns(0), str(VROUTER.parent / "python"), "-c", _SNIFF, "10"],
+
+def _sniffed(host, i: int, fn):  # noqa: ANN001, ANN202
+    """Run ``fn`` while VM i's eth0 is watched: (what fn returned, the TCP segments to or from port
+    80 as [from port 80, payload bytes, TCP flags, kernel time in ns], up to port 80's FIN)."""
+    sniff = subprocess.Popen(["ip", "netns", "exec", host.vm_ns(i), str(VROUTER.parent / "python"), "-c", _SNIFF, "10"],
                              stdout=subprocess.PIPE, text=True)  # fmt: skip
     try:
         assert sniff.stdout.readline().strip() == "ready"
-        status, body = host.metadata(0, "/openstack/latest/meta_data.json", "-H", "Connection: close")
-        segments = json.loads(sniff.communicate(timeout=20)[0])
+        result = fn()
+        return result, json.loads(sniff.communicate(timeout=20)[0])
     finally:
         if sniff.poll() is None:
             sniff.kill()
             sniff.wait(10)
+
+
+def test_answer_carries_the_ack_of_the_request_and_the_fin(host):
+    # A request with Connection: close.  The proxy's connections start in delayed-ACK mode, so the
+    # ACK of a whole request goes with the answer, not in a segment of its own; and the proxy holds
+    # its last write until the close (TCP_CORK), so the end of the answer and the FIN go together.
+    # Each is one crossing of the dataplane fewer for each connection a VM opens per request.
+    (status, body), segments = _sniffed(host, 0, lambda: host.metadata(0, "/openstack/latest/meta_data.json", "-H", "Connection: close"))
     assert status == 200 and json.loads(body)["uuid"] == host.vms[0]["instance_uuid"]
-    fin = [(n, fl) for n, fl in segments if fl & 1]
-    assert fin and fin[0][0] > 0, "the FIN came alone: %r" % segments
+    ours = [(n, fl) for frm, n, fl, _ in segments if frm]
+    assert ours[0][1] == 0x12, segments  # SYN-ACK
+    assert ours[1][0] > 0, "the ACK of the request came alone: %r" % ours
+    fin = [(n, fl) for n, fl in ours if fl & 1]
+    assert fin and fin[0][0] > 0, "the FIN came alone: %r" % ours
+
+
+def test_part_of_a_request_is_acknowledged_at_once(host):
+    # A client whose request leaves in two segments (Nagle's algorithm holds the second until the
+    # first is acknowledged) must not wait for the delayed-ACK timer (40 ms at the least): the
+    # proxy acknowledges a partial request as soon as it reads it.
+    r, segments = _sniffed(host, 0, lambda: host.in_vm(0, str(VROUTER.parent / "python"), "-c", _TWO_WRITES))
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["uuid"] == host.vms[0]["instance_uuid"]
+    sent = [k for k, (frm, n, _, _) in enumerate(segments) if not frm and n > 0]
+    assert len(sent) == 2, "the request did not leave in two segments: %r" % segments
+    ack = next(k for k in range(sent[0] + 1, len(segments)) if segments[k][0])  # the proxy's next segment
+    assert ack < sent[1] and segments[ack][1] == 0, segments  # a bare ACK, before the second part
+    waited_ms = (segments[ack][3] - segments[sent[0]][3]) / 1e6
+    assert waited_ms < 30, "the first part was acknowledged after %.1f ms (the delayed-ACK timer)" % waited_ms
 
 
 def test_nova_down_gives_502_and_recovers(host):
