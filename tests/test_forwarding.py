@@ -216,6 +216,9 @@ def test_fast_path_decides_as_the_general_path_randomised():
         v2 = general._process(pkt, vif, now)
         assert v1 == v2, (step, pkt)
         hits += fast.table.active == before and v1.accept
+        if step % 100 == 0:  # the per-packet path's list of entry state mirrors the dict exactly
+            for dp in (fast, general):
+                assert {i: p for i, p in enumerate(dp._prep_at) if p is not None} == dp.prepared
     assert hits > 1000  # most packets were of live flows
     assert fast.drops[DropReason.FLOW_LIMIT] and fast.drops[DropReason.LINK_LOCAL_LIMIT]  # the limits were met
     assert fast.table.dump() == general.table.dump()
