@@ -529,6 +529,8 @@ def main() -> int:
                 "<= 1.2x 1K", lk <= 1.2, "ns"),
         fmt_row("  (lookup among the same 1,000 flows, 400K live)", res["flows_400k"]["lookup_same_set_ns"],
                 res["flows_1k"]["lookup_same_set_ns"], "1K flows", "-", None, "ns"),
+        fmt_row("  (per-packet path, packets spread over all live flows)", res["flows_400k"]["packet_spread_ns"],
+                res["flows_1k"]["packet_spread_ns"], "1K flows", "-", None, "ns"),
         fmt_row("flow setup (pair), 400K live flows (ns)", res["flows_400k"]["setup_ns"], res["flows_1k"]["setup_ns"], "1K flows", "-", None, "ns"),
         fmt_row("agent + proxy process memory, RSS (KiB)", res["agent_rss_kib"], None, "", "-", None, "KiB"),
     ]  # fmt: skip
