@@ -1,5 +1,7 @@
 """The per-packet decision, driven with packet bytes: flow setup, NAT, VM-to-VM, drops."""
 
+import socket
+
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.packet import Raw
@@ -51,6 +53,35 @@ def test_metadata_flow_pair_and_nat(dp):
     dp.process(bytes(IP(src="10.1.1.3", dst="169.254.169.254") / TCP(sport=40000, dport=80, flags="A")), TAP1)
     assert dp.table.read(fwd.index).packets == 2
     assert dp.table.active == 2
+
+
+def test_metadata_nat_is_the_rewrite_for_any_source_port(dp):
+    # The checksum changes of metadata NAT are computed once per VM address and service, not per
+    # set-up: the VM's source port is kept both ways, so it must not change them.  Each flow's
+    # patches must equal what Rewrite makes from all four addresses and ports.
+    import random
+
+    from scapy.layers.inet6 import IPv6
+
+    from dataplane.nat import Rewrite
+    from flows.layout import make_key
+
+    rnd = random.Random(7)
+    cases = [("10.1.1.3", "169.254.169.254", "169.254.0.3", "10.10.0.2", 3, IP), ("fe80::ff:fe00:3", "fe80::a9fe:a9fe",
+             "fd00:a9fe:a9fe::3", "fd00:a9fe:a9fe::1", 3, IPv6)]  # fmt: skip
+    for src, dst, md, proxy, nh, ip in cases:
+        for sport in [1, 80, 8097, 0xFFFE, 0xFFFF] + [rnd.randrange(1, 65536) for _ in range(100)]:
+            v = dp.process(bytes(ip(src=src, dst=dst) / TCP(sport=sport, dport=80, flags="S")), TAP1)
+            assert v.accept, v
+            s, d, m, x = (socket.inet_pton(socket.AF_INET6 if ip is IPv6 else socket.AF_INET, a) for a in (src, dst, md, proxy))
+            fi = dp.table.lookup(make_key(nh, s, d, 6, sport, 80))
+            ri = dp.table.reverse_of(fi)
+            assert dp._prep_at[fi].rewrite == Rewrite(6, s, d, sport, 80, m, x, sport, 8097).patch
+            assert dp._prep_at[ri].rewrite == Rewrite(6, x, m, 8097, sport, d, s, 80, sport).patch
+            dp.flush()
+    for n in range(5000):  # sources a VM may vary (IPv6 link-local) do not grow it without bound
+        dp._metadata_deltas(n.to_bytes(16, "big"), b"\xfe" * 16, 80, b"\1" * 16, b"\2" * 16)
+    assert len(dp._md_deltas) <= 4096
 
 
 def test_each_vm_gets_its_own_metadata_ip(dp):
