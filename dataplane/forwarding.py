@@ -32,7 +32,7 @@ from typing import NamedTuple, Protocol
 from dataplane.nat import Patch, Rewrite
 from dataplane.packet import ICMP, TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, UDP, Malformed, Parsed, parse
 from dataplane.vif import HOST_VIF, LINK_LOCAL6, METADATA_SERVICE_IP6, PROXY_IP6, LinkLocalService, Vif
-from flows.layout import F_ACTIVE, F_EVICT_CANDIDATE, F_EVICTED, F_NEW_FLOW, F_RFLOW_VALID, KEY, Action, DropReason, Flag, make_key
+from flows.layout import F_EVICT_CANDIDATE, F_NEW_FLOW, F_RFLOW_VALID, KEY, Action, DropReason, Flag, make_key
 from flows.table import FlowSpec, FlowTable, TableFull
 
 log = logging.getLogger("vrouter.dataplane")
@@ -304,7 +304,7 @@ class Dataplane:
             if now - since <= CLOSE_GRACE_NS:
                 break
             order.popleft()
-            n += self._evict(i)
+            n += self._delete_flows([i])
             closing.pop(i, None)  # in case its pair was already gone
             pairs += 1
             if pairs == limit:
@@ -384,15 +384,15 @@ class Dataplane:
         table.hit(index, n, now, tcp_flags)
         if prep.fresh:  # the first answer: the pair is no longer a new flow
             prep.fresh = False
-            for i in (index, table.reverse_of(index)):
-                table.set_flags(i, table.flags(i) & ~F_NEW_FLOW)
+            table.update_pair_flags(index, clear_bits=F_NEW_FLOW)
         if prep.action == _DROP:
             return self.drop(prep.reason, vif)
         out = prep.out
         if out is not None:
             out.tx_packets += 1
             out.tx_bytes += n
-        if proto == TCP and (tcp_flags & _FIN_RST or index in self.closing):
+        # (for other packets _tcp_state does nothing: only a SYN can restart a closed pair)
+        if proto == TCP and (tcp_flags & _FIN_RST or (tcp_flags & TCP_SYN and index in self.closing)):
             refused = self._tcp_state(index, tcp_flags, now)
             if refused is not None:
                 return self.drop(refused, vif)
@@ -410,10 +410,10 @@ class Dataplane:
         VM's limits at once (as the vRouter's evicted flows do) and leaves the table a second
         later, so that the last ACKs still pass.  A new SYN on a closed pair (the VM reused its
         port at once) starts it afresh, if the VM's limits allow another flow."""
-        flags = self.table.flags(index)
         if tcp_flags & TCP_RST:
-            self._evict(index)
+            self._delete_flows([index])
             return None
+        flags = self.table.flags(index)
         other = self.table.reverse_of(index)
         if index in self.closing:
             if tcp_flags & TCP_SYN and not tcp_flags & TCP_ACK:
@@ -430,8 +430,8 @@ class Dataplane:
             return None
         if tcp_flags & TCP_FIN and flags & F_RFLOW_VALID:
             if self.table.tcp_flags(other) & TCP_FIN:
+                self.table.update_pair_flags(index, set_bits=F_EVICT_CANDIDATE)
                 for i in (index, other):
-                    self.table.set_flags(i, self.table.flags(i) | F_EVICT_CANDIDATE)
                     self.closing[i] = now
                     self._closing_order.append((i, now))
                 fwd = self._forward_prep(index, other)
@@ -446,12 +446,6 @@ class Dataplane:
             if p is not None and p.charge:
                 return p
         return None
-
-    def _evict(self, index: int) -> int:
-        for i in (index, self.table.reverse_of(index)):
-            if self.table.flags(i) & F_ACTIVE:
-                self.table.set_flags(i, self.table.flags(i) | F_EVICTED)
-        return self._delete_flows([index])
 
     # -- flow setup -----------------------------------------------------------------------------
 

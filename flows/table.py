@@ -225,6 +225,17 @@ class FlowTable:
     def set_flags(self, index: int, flags: int) -> None:
         U16.pack_into(self.buf, HEADER_SIZE + index * RECORD_SIZE + OFF_FLAGS, flags)
 
+    def update_pair_flags(self, index: int, set_bits: int = 0, clear_bits: int = 0) -> None:
+        """Set and clear flag bits on an entry and on its reverse, if it has one: the dataplane's
+        pair-wide changes (first answer, closed) in one call."""
+        buf = self.buf
+        off = HEADER_SIZE + index * RECORD_SIZE
+        flags = U16.unpack_from(buf, off + OFF_FLAGS)[0]
+        U16.pack_into(buf, off + OFF_FLAGS, (flags | set_bits) & ~clear_bits)
+        if flags & F_RFLOW_VALID:
+            off = HEADER_SIZE + U32.unpack_from(buf, off + OFF_RINDEX)[0] * RECORD_SIZE
+            U16.pack_into(buf, off + OFF_FLAGS, (U16.unpack_from(buf, off + OFF_FLAGS)[0] | set_bits) & ~clear_bits)
+
     def tcp_flags(self, index: int) -> int:
         """The TCP flags seen on an entry so far."""
         return self.buf[HEADER_SIZE + index * RECORD_SIZE + OFF_TCPFLAGS]
