@@ -135,7 +135,7 @@ class Dataplane:
         self._age_cycle = -AGE_CYCLE_NS  # when it began
         self.linklocal_flows = 0
         self.setups = 0
-        self._md_deltas: dict[tuple[bytes, bytes, int, bytes, bytes], tuple[int, int, int, int]] = {}
+        self._md_deltas: dict[tuple[bytes, bytes, int, bytes, bytes], tuple[int, int, bytes, int, int, bytes]] = {}
 
     # -- tables ---------------------------------------------------------------------------------
 
@@ -545,11 +545,12 @@ class Dataplane:
                 return s
         return None
 
-    def _metadata_deltas(self, src: bytes, dst: bytes, dport: int, md: bytes, proxy: bytes) -> tuple[int, int, int, int]:
-        """The checksum changes of a metadata NAT pair, (ip, l4) forward then reverse.  The VM's
-        source port is kept both ways, so they do not depend on it (its words cancel): they are
-        computed once per VM address and service, not at every set-up.  A test checks them
-        against ``Rewrite``'s for random ports."""
+    def _metadata_deltas(self, src: bytes, dst: bytes, dport: int, md: bytes, proxy: bytes) -> tuple[int, int, bytes, int, int, bytes]:
+        """What a metadata NAT pair's patches share: the checksum changes and the new addresses,
+        forward (ip, l4, addresses) then reverse.  The VM's source port is kept both ways, so the
+        changes do not depend on it (its words cancel): they are computed once per VM address and
+        service, not at every set-up, and the pairs share the address strings.  A test checks
+        the patches against ``Rewrite``'s for random ports."""
         k = (src, dst, dport, md, proxy)
         d = self._md_deltas.get(k)
         if d is None:
@@ -557,7 +558,7 @@ class Dataplane:
                 self._md_deltas.clear()
             fwd = Rewrite(TCP, src, dst, 0, dport, md, proxy, 0, self.proxy_port).patch
             rev = Rewrite(TCP, proxy, md, self.proxy_port, 0, dst, src, dport, 0).patch
-            d = self._md_deltas[k] = (fwd.ip_delta, fwd.l4_delta, rev.ip_delta, rev.l4_delta)
+            d = self._md_deltas[k] = (fwd.ip_delta, fwd.l4_delta, fwd.addrs, rev.ip_delta, rev.l4_delta, rev.addrs)
         return d
 
     def _setup_metadata(self, vif: Vif, p: Parsed, key: bytes, now: int) -> int:
@@ -566,10 +567,10 @@ class Dataplane:
         else:
             md, proxy = vif.metadata_ip_bytes, self.vhost_ip_bytes
         sport, pport = p.sport, self.proxy_port
-        fip, fl4, rip, rl4 = self._metadata_deltas(p.src, p.dst, p.dport, md, proxy)
+        fip, fl4, faddrs, rip, rl4, raddrs = self._metadata_deltas(p.src, p.dst, p.dport, md, proxy)
         # the VM's (src, dst, sport, dport) becomes (md, proxy, sport, proxy port), and back
-        fwd = Patch(TCP, fip, fl4, md + proxy, _PORTS.pack(sport, pport))
-        rev = Patch(TCP, rip, rl4, p.dst + p.src, _PORTS.pack(p.dport, sport))
+        fwd = Patch(TCP, fip, fl4, faddrs, _PORTS.pack(sport, pport))
+        rev = Patch(TCP, rip, rl4, raddrs, _PORTS.pack(p.dport, sport))
         rkey = make_key(self.host.index, proxy, md, TCP, pport, sport)
         fspec = FlowSpec(Action.NAT, MD_FWD_FLAGS, vif.vrf, 0, sport, vif.nh, vif.index)
         rspec = FlowSpec(Action.NAT, MD_REV_FLAGS, 0, vif.vrf, sport, self.host.nh, self.host.index)
