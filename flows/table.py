@@ -147,8 +147,12 @@ class FlowTable:
         # each bucket's chain and the next link of each overflow entry.  The records keep their
         # links for the readers; the writer walks its copy, so a flow in the overflow area (11%
         # of them in a table 76% full) and a miss read no record but the one that matches.
+        # The copy is doubly linked, and each overflow entry knows its bucket, so that removing
+        # one unlinks it without walking its chain or hashing its key again.
         self._head = array("I", bytes(4 * self.nbuckets if writable else 0))
         self._next = array("I", bytes(4 * overflow if writable else 0))
+        self._prev = array("I", bytes(4 * overflow if writable else 0))  # 0: the chain's first
+        self._bucket_of = array("I", bytes(4 * overflow if writable else 0))
         if writable:
             self._free_overflow = [i for i in range(self.capacity - 1, entries - 1, -1) if not self.flags(i) & F_ACTIVE]
             for i in self.active_indices():
@@ -160,6 +164,12 @@ class FlowTable:
                     self._head[b] = U32.unpack_from(buf, HEADER_SIZE + b * BUCKET_BYTES + OFF_OFLOW_NEXT)[0]
                 for i in range(overflow):
                     self._next[i] = U32.unpack_from(buf, HEADER_SIZE + (entries + i) * RECORD_SIZE + OFF_OFLOW_NEXT)[0]
+                for b, nxt in enumerate(self._head):
+                    prev = 0
+                    while nxt:
+                        self._prev[nxt - 1 - entries] = prev
+                        self._bucket_of[nxt - 1 - entries] = b
+                        prev, nxt = nxt, self._next[nxt - 1 - entries]
 
     # -- construction -------------------------------------------------------------------------
 
@@ -337,7 +347,12 @@ class FlowTable:
             head = self._head[bucket]
             U32.pack_into(self.buf, HEADER_SIZE + i * RECORD_SIZE + OFF_OFLOW_NEXT, head)
             U32.pack_into(self.buf, HEADER_SIZE + first * RECORD_SIZE + OFF_OFLOW_NEXT, i + 1)
-            self._next[i - self.entries] = head
+            o = i - self.entries
+            self._next[o] = head
+            self._prev[o] = 0
+            self._bucket_of[o] = bucket
+            if head:
+                self._prev[head - 1 - self.entries] = i + 1
             self._head[bucket] = i + 1
         off = HEADER_SIZE + i * RECORD_SIZE
         gen = (self.buf[off + OFF_GEN] + 1) & 0xFF
@@ -356,21 +371,19 @@ class FlowTable:
         self._tags[index] = 0
         if index < self.entries:
             return
-        entries, links = self.entries, self._next
-        bucket = self._bucket(self.buf[off : off + KEY_LEN])
-        target, after = index + 1, links[index - entries]
-        prev = 0  # the entry (index + 1) whose link points at ``index``; 0: the bucket's head
-        nxt = self._head[bucket]
-        while nxt and nxt != target:
-            prev, nxt = nxt, links[nxt - 1 - entries]
-        if nxt:  # always, for a slot we allocated
-            if prev:
-                links[prev - 1 - entries] = after
-                U32.pack_into(self.buf, HEADER_SIZE + (prev - 1) * RECORD_SIZE + OFF_OFLOW_NEXT, after)
-            else:
-                self._head[bucket] = after
-                U32.pack_into(self.buf, HEADER_SIZE + bucket * BUCKET_BYTES + OFF_OFLOW_NEXT, after)
-        links[index - entries] = 0
+        entries, links, back = self.entries, self._next, self._prev
+        o = index - entries
+        prev, after = back[o], links[o]  # the entries (index + 1) before and after it; 0: none
+        if prev:
+            links[prev - 1 - entries] = after
+            U32.pack_into(self.buf, HEADER_SIZE + (prev - 1) * RECORD_SIZE + OFF_OFLOW_NEXT, after)
+        else:  # the chain's first: the bucket's head moves
+            bucket = self._bucket_of[o]
+            self._head[bucket] = after
+            U32.pack_into(self.buf, HEADER_SIZE + bucket * BUCKET_BYTES + OFF_OFLOW_NEXT, after)
+        if after:
+            back[after - 1 - entries] = prev
+        links[o] = back[o] = 0
         U32.pack_into(self.buf, off + OFF_OFLOW_NEXT, 0)
         self._free_overflow.append(index)
 

@@ -187,6 +187,16 @@ def _record_links(t: FlowTable) -> tuple[list[int], list[int]]:
     return [link(b * BUCKET_SIZE) for b in range(t.nbuckets)], [link(i) for i in range(t.entries, t.capacity)]
 
 
+def _check_back_links(t: FlowTable) -> None:
+    # each overflow entry in a chain knows the entry before it (0: first) and its bucket
+    for b, nxt in enumerate(t._head):
+        prev = 0
+        while nxt:
+            o = nxt - 1 - t.entries
+            assert t._prev[o] == prev and t._bucket_of[o] == b
+            prev, nxt = nxt, t._next[o]
+
+
 def test_tag_index_agrees_with_the_records_through_churn():
     # random set-ups and removals in a small table, so that buckets fill and overflow chains form
     # and break: the writer's tag index and its copy of the overflow chains must find exactly what
@@ -217,6 +227,7 @@ def test_tag_index_agrees_with_the_records_through_churn():
                 assert t.lookup(key(n)) == t._scan(key(n)) == live.get(key(n), -1)
             heads, links = _record_links(t)
             assert heads == list(t._head) and links == list(t._next)
+            _check_back_links(t)
             most_in_overflow = max(most_in_overflow, t.overflow - len(t._free_overflow))
     assert most_in_overflow > 8  # the overflow area was really used
     for k, i in live.items():
@@ -224,3 +235,6 @@ def test_tag_index_agrees_with_the_records_through_churn():
     again = FlowTable(t.buf, writable=True)
     assert again._tags == t._tags and again.active == t.active
     assert again._head == t._head and again._next == t._next
+    assert again._prev == t._prev and [again._bucket_of[i - t.entries] for i in live.values() if i >= t.entries] == [
+        t._bucket_of[i - t.entries] for i in live.values() if i >= t.entries
+    ]
