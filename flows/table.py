@@ -379,8 +379,9 @@ class FlowTable:
             U32.pack_into(self.buf, HEADER_SIZE + (prev - 1) * RECORD_SIZE + OFF_OFLOW_NEXT, after)
         else:  # the chain's first: the bucket's head moves
             bucket = self._bucket_of[o]
-            self._head[bucket] = after
-            U32.pack_into(self.buf, HEADER_SIZE + bucket * BUCKET_BYTES + OFF_OFLOW_NEXT, after)
+            if self._head[bucket] == index + 1:  # always, for an entry this table linked
+                self._head[bucket] = after
+                U32.pack_into(self.buf, HEADER_SIZE + bucket * BUCKET_BYTES + OFF_OFLOW_NEXT, after)
         if after:
             back[after - 1 - entries] = prev
         links[o] = back[o] = 0
