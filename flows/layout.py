@@ -116,7 +116,6 @@ F_RFLOW_VALID = int(Flag.RFLOW_VALID)
 F_NEW_FLOW = int(Flag.NEW_FLOW)
 F_REVERSE = int(Flag.REVERSE)
 F_EVICT_CANDIDATE = int(Flag.EVICT_CANDIDATE)
-F_EVICTED = int(Flag.EVICTED)
 
 
 class DropReason(enum.IntEnum):
