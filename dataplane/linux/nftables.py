@@ -1,0 +1,317 @@
+"""The dataplane's own nftables table, spoken to the kernel over netlink.
+
+The table (``ip vrouter``) sends to NFQUEUE every packet that a VM sends,
+every packet the compute node itself sends towards a per-VM metadata IP
+(169.254.0.0/16, the return traffic of NATed metadata flows), and every TCP
+or UDP packet arriving on vhost0 for the link-local NAT port range (the
+fabric's return traffic of link-local services).
+Nothing else on the host is touched: the table is created at start and
+deleted, by name, at stop.
+
+Why netlink and not the ``nft`` command: many kernels (this project's CI
+machine among them) are built without ``CONFIG_NFT_QUEUE``, so nft's native
+``queue`` statement fails.  They do have ``CONFIG_NFT_COMPAT`` and the
+xtables ``NFQUEUE`` target, which is what ``iptables-nft`` uses, but the nft
+command cannot create an xt expression from text.  So this module builds the
+netlink batch itself (the same messages libnftnl would send).  The queue is
+bound without the bypass flag: with no dataplane reading it, the kernel drops
+the packets (fail closed).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import struct
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+TABLE_NAME = "vrouter"
+
+NETLINK_NETFILTER = 12
+NFNL_SUBSYS_NFTABLES = 10
+NFNL_MSG_BATCH_BEGIN = 0x10
+NFNL_MSG_BATCH_END = 0x11
+NFPROTO_IPV4 = 2
+NFPROTO_IPV6 = 10
+
+NFT_MSG_NEWTABLE = 0
+NFT_MSG_GETTABLE = 1
+NFT_MSG_DELTABLE = 2
+NFT_MSG_NEWCHAIN = 3
+NFT_MSG_NEWRULE = 6
+
+NLM_F_REQUEST = 0x1
+NLM_F_ACK = 0x4
+NLM_F_CREATE = 0x400
+NLM_F_APPEND = 0x800
+NLMSG_ERROR = 2
+NLA_F_NESTED = 0x8000
+
+NF_INET_PRE_ROUTING = 0
+NF_INET_LOCAL_OUT = 3
+PRIO_RAW = -300
+
+NFT_META_IIFNAME = 6
+NFT_META_L4PROTO = 16
+NFT_PAYLOAD_NETWORK_HEADER = 1
+NFT_PAYLOAD_TRANSPORT_HEADER = 2
+NFT_REG_1 = 1
+NFT_CMP_EQ = 0
+NFT_CMP_LTE = 3
+NFT_CMP_GTE = 5
+
+
+class NftError(OSError):
+    """A netlink request to nf_tables failed; errno says why."""
+
+
+def _attr(kind: int, payload: bytes) -> bytes:
+    length = 4 + len(payload)
+    pad = (-length) % 4
+    return struct.pack("=HH", length, kind) + payload + b"\0" * pad
+
+
+def _nest(kind: int, *attrs: bytes) -> bytes:
+    return _attr(kind | NLA_F_NESTED, b"".join(attrs))
+
+
+def _str(kind: int, value: str) -> bytes:
+    return _attr(kind, value.encode() + b"\0")
+
+
+def _be32(kind: int, value: int) -> bytes:
+    return _attr(kind, struct.pack("!i" if value < 0 else "!I", value))
+
+
+def _expr(name: str, *data: bytes) -> bytes:
+    # NFTA_LIST_ELEM { NFTA_EXPR_NAME, NFTA_EXPR_DATA { ... } }
+    return _nest(1, _str(1, name), _nest(2, *data))
+
+
+def _meta(key: int) -> bytes:
+    return _expr("meta", _be32(1, NFT_REG_1), _be32(2, key))
+
+
+def _payload(offset: int, length: int, base: int = NFT_PAYLOAD_NETWORK_HEADER) -> bytes:
+    return _expr(
+        "payload",
+        _be32(1, NFT_REG_1),
+        _be32(2, base),
+        _be32(3, offset),
+        _be32(4, length),
+    )
+
+
+def _cmp(op: int, value: bytes) -> bytes:
+    return _expr("cmp", _be32(1, NFT_REG_1), _be32(2, op), _nest(3, _attr(1, value)))
+
+
+def _cmp_eq(value: bytes) -> bytes:
+    return _cmp(NFT_CMP_EQ, value)
+
+
+def _bitwise_mask(mask: bytes) -> bytes:
+    zero = b"\0" * len(mask)
+    return _expr(
+        "bitwise",
+        _be32(1, NFT_REG_1),
+        _be32(2, NFT_REG_1),
+        _be32(3, len(mask)),
+        _nest(4, _attr(1, mask)),
+        _nest(5, _attr(1, zero)),
+    )
+
+
+def _counter() -> bytes:
+    return _expr("counter")
+
+
+def _notrack() -> bytes:
+    return _expr("notrack")
+
+
+def _nfqueue(queue: int, total: int) -> bytes:
+    # struct xt_NFQ_info_v3 { __u16 queuenum; __u16 queues_total; __u16 flags; }
+    flags = 0  # no NFQ_FLAG_BYPASS (fail closed); several queues are balanced by flow hash
+    info = struct.pack("=HHH", queue, total, flags) + b"\0\0"
+    return _expr("target", _str(1, "NFQUEUE"), _be32(2, 3), _attr(3, info))
+
+
+@dataclass(frozen=True)
+class QueueRules:
+    """What the table sends to NFQUEUE."""
+
+    tap_prefix: str = "tap"
+    metadata_net: tuple[bytes, bytes] = (socket.inet_aton("169.254.0.0"), socket.inet_aton("255.255.0.0"))
+    queue_num: int = 0
+    queue_total: int = 1
+    vhost_name: str = "vhost0"
+    nat_ports: tuple[int, int] = (61000, 65535)  # the fabric's replies to link-local NAT flows
+
+
+class NftSocket:
+    """A minimal nf_tables netlink client: batches of table, chain and rule messages."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+        self.sock.bind((0, 0))
+        self.seq = int.from_bytes(os.urandom(3), "big")
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> NftSocket:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _msg(self, mtype: int, flags: int, family: int, payload: bytes, res_id: int = 0) -> tuple[int, bytes]:
+        self.seq += 1
+        body = struct.pack("!BBH", family, 0, res_id) + payload
+        header = struct.pack("=IHHII", 16 + len(body), mtype, flags, self.seq, 0)
+        return self.seq, header + body
+
+    def _nft(self, cmd: int, flags: int, payload: bytes, family: int = NFPROTO_IPV4) -> tuple[int, bytes]:
+        return self._msg((NFNL_SUBSYS_NFTABLES << 8) | cmd, NLM_F_REQUEST | NLM_F_ACK | flags, family, payload)
+
+    def batch(self, messages: Iterable[tuple[int, int, bytes]], family: int = NFPROTO_IPV4) -> None:
+        """Send (cmd, flags, payload) messages as one transaction; raise NftError on the first error."""
+        parts = []
+        _, begin = self._msg(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, 0, b"", NFNL_SUBSYS_NFTABLES)
+        parts.append(begin)
+        waiting = set()
+        for cmd, flags, payload in messages:
+            seq, msg = self._nft(cmd, flags, payload, family)
+            waiting.add(seq)
+            parts.append(msg)
+        _, end = self._msg(NFNL_MSG_BATCH_END, NLM_F_REQUEST, 0, b"", NFNL_SUBSYS_NFTABLES)
+        parts.append(end)
+        self.sock.sendall(b"".join(parts))
+        self._acks(waiting)
+
+    def _replies(self) -> Iterator[tuple[int, int, int]]:
+        """Netlink messages as they arrive: (type, sequence, error code; 0 unless NLMSG_ERROR)."""
+        while True:
+            data = self.sock.recv(65536)
+            off = 0
+            while off + 16 <= len(data):
+                length, mtype, _flags, seq, _pid = struct.unpack_from("=IHHII", data, off)
+                code = struct.unpack_from("=i", data, off + 16)[0] if mtype == NLMSG_ERROR else 0
+                yield mtype, seq, code
+                if length == 0:
+                    break
+                off += (length + 3) & ~3
+
+    def _acks(self, waiting: set[int]) -> None:
+        for mtype, seq, code in self._replies():
+            if mtype != NLMSG_ERROR:
+                continue
+            waiting.discard(seq)
+            if code != 0:
+                # The kernel aborts the whole batch on the first error; later acks may not come.
+                raise NftError(-code, os.strerror(-code))
+            if not waiting:
+                return
+
+    def table_exists(self, name: str = TABLE_NAME, family: int = NFPROTO_IPV4) -> bool:
+        want, msg = self._nft(NFT_MSG_GETTABLE, 0, _str(1, name), family)
+        self.sock.sendall(msg)
+        for mtype, seq, code in self._replies():
+            if seq != want or mtype != NLMSG_ERROR:
+                continue  # the table itself (when there is one) comes before the ack
+            if code == 0:
+                return True
+            if -code == errno.ENOENT:
+                return False
+            raise NftError(-code, os.strerror(-code))
+        return False
+
+    def delete_table(self, name: str = TABLE_NAME, family: int = NFPROTO_IPV4) -> bool:
+        """Delete our table if present; True if it was there."""
+        if not self.table_exists(name, family):
+            return False
+        self.batch([(NFT_MSG_DELTABLE, 0, _str(1, name))], family)
+        return True
+
+    def delete_tables(self, name: str = TABLE_NAME) -> None:
+        """Delete our IPv4 and IPv6 tables, those that exist."""
+        self.delete_table(name, NFPROTO_IPV4)
+        self.delete_table(name, NFPROTO_IPV6)
+
+    def create_queue_table6(self, rules: QueueRules, name: str = TABLE_NAME) -> None:
+        """The IPv6 table: a VM's TCP to fe80::a9fe:a9fe, and the proxy's packets back to the
+        per-port IPv6 metadata addresses (fd00:a9fe:a9fe::/64), go to NFQUEUE. The rest of a VM's
+        IPv6 (neighbour discovery among it) is the kernel's."""
+        self.delete_table(name, NFPROTO_IPV6)
+        queue = _nfqueue(rules.queue_num, rules.queue_total)
+        md6 = socket.inet_pton(socket.AF_INET6, "fe80::a9fe:a9fe")
+        net6 = socket.inet_pton(socket.AF_INET6, "fd00:a9fe:a9fe::")
+        mask6 = b"\xff" * 8 + b"\0" * 8
+        tap = _cmp_eq(rules.tap_prefix.encode())
+        msgs = _skeleton(name) + [
+            _queue_rule(
+                name, "from_vms", queue, _meta(NFT_META_IIFNAME), tap, _payload(24, 16), _cmp_eq(md6), _meta(NFT_META_L4PROTO), _cmp_eq(b"\x06")
+            ),  # fmt: skip
+            _queue_rule(name, "to_metadata_ips", queue, _payload(24, 16), _bitwise_mask(mask6), _cmp_eq(net6)),
+        ]
+        self.batch(msgs, NFPROTO_IPV6)
+
+    def create_queue_table(self, rules: QueueRules, name: str = TABLE_NAME) -> None:
+        """The IPv4 table, in one transaction (replacing a stale one): everything from the taps; TCP
+        and UDP arriving on vhost0 for the link-local NAT port range; the compute node's own
+        packets to the per-port metadata IPs."""
+        self.delete_table(name)
+        net, mask = rules.metadata_net
+        queue = _nfqueue(rules.queue_num, rules.queue_total)
+        lo, hi = rules.nat_ports
+        msgs = _skeleton(name) + [_queue_rule(name, "from_vms", queue, _meta(NFT_META_IIFNAME), _cmp_eq(rules.tap_prefix.encode()))]
+        for proto in (6, 17):
+            msgs.append(
+                _queue_rule(
+                    name,
+                    "from_vms",
+                    queue,
+                    _meta(NFT_META_IIFNAME),
+                    _cmp_eq(rules.vhost_name.encode() + b"\0"),
+                    _meta(NFT_META_L4PROTO),
+                    _cmp_eq(bytes([proto])),
+                    _payload(2, 2, NFT_PAYLOAD_TRANSPORT_HEADER),
+                    _cmp(NFT_CMP_GTE, struct.pack("!H", lo)),
+                    _cmp(NFT_CMP_LTE, struct.pack("!H", hi)),
+                )  # fmt: skip
+            )
+        msgs.append(_queue_rule(name, "to_metadata_ips", queue, _payload(16, 4), _bitwise_mask(mask), _cmp_eq(net)))
+        self.batch(msgs)
+
+
+def _skeleton(table: str) -> list[tuple[int, int, bytes]]:
+    """Our table with its two chains, both at raw priority (before conntrack)."""
+    return [
+        (NFT_MSG_NEWTABLE, NLM_F_CREATE, _str(1, table)),
+        (NFT_MSG_NEWCHAIN, NLM_F_CREATE, _chain(table, "from_vms", NF_INET_PRE_ROUTING)),
+        (NFT_MSG_NEWCHAIN, NLM_F_CREATE, _chain(table, "to_metadata_ips", NF_INET_LOCAL_OUT)),
+    ]
+
+
+def _queue_rule(table: str, chain: str, queue: bytes, *matches: bytes) -> tuple[int, int, bytes]:
+    """A rule: when all ``matches`` hold, count, do not track, and send to NFQUEUE."""
+    return (NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, _rule(table, chain, *matches, _counter(), _notrack(), queue))
+
+
+def _chain(table: str, chain: str, hook: int) -> bytes:
+    return b"".join(
+        [
+            _str(1, table),
+            _str(3, chain),
+            _nest(4, _be32(1, hook), _be32(2, PRIO_RAW)),
+            _be32(5, 1),  # policy accept: what is not queued is not ours
+            _str(7, "filter"),
+        ]
+    )
+
+
+def _rule(table: str, chain: str, *exprs: bytes) -> bytes:
+    return b"".join([_str(1, table), _str(2, chain), _nest(4, *exprs)])

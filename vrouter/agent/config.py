@@ -1,0 +1,199 @@
+"""agent.conf: INI like contrail-vrouter-agent.conf, read strictly.
+
+Unknown sections or keys and bad values stop start-up with a message that
+names them: a typo in a real agent.conf is silently ignored, and costs an
+operator an afternoon.
+"""
+
+from __future__ import annotations
+
+import configparser
+import ipaddress
+import logging
+from dataclasses import dataclass
+
+LOG_LEVELS = {
+    "SYS_EMERG": logging.CRITICAL,
+    "SYS_ALERT": logging.CRITICAL,
+    "SYS_CRIT": logging.CRITICAL,
+    "SYS_ERR": logging.ERROR,
+    "SYS_WARN": logging.WARNING,
+    "SYS_NOTICE": logging.INFO,
+    "SYS_INFO": logging.INFO,
+    "SYS_DEBUG": logging.DEBUG,
+    "CRITICAL": logging.CRITICAL,
+    "ERROR": logging.ERROR,
+    "WARNING": logging.WARNING,
+    "INFO": logging.INFO,
+    "DEBUG": logging.DEBUG,
+}
+
+
+class ConfigError(ValueError):
+    """agent.conf is wrong; the message names the section, key and value."""
+
+
+@dataclass
+class AgentConfig:
+    log_level: int = logging.INFO
+    log_file: str = ""
+    vhost_name: str = "vhost0"
+    vhost_ip: str = ""  # empty: read from the vhost interface
+    vhost_gateway: str = ""
+    metadata_proxy_secret: str = ""
+    metadata_proxy_port: int = 8097
+    metadata_use_ssl: bool = False
+    metadata_client_cert: str = ""
+    metadata_client_cert_type: str = "PEM"
+    metadata_client_key: str = ""
+    metadata_ca_cert: str = ""
+    metadata_header_timeout: float = 10.0
+    metadata_max_connections_per_vm: int = 64
+    metadata_rate_limit_enabled: bool = False
+    metadata_base_window_duration: float = 10.0
+    metadata_base_query_rate_limit: int = 10
+    metadata_burst_window_duration: float = 10.0
+    metadata_burst_query_rate_limit: int = 10
+    flow_entries: int = 524_288
+    flow_overflow_entries: int = 0  # 0: 20% of flow_entries
+    flow_cache_timeout: int = 180
+    max_vm_flows: float = 100.0  # percent of the table one VM may hold, as in contrail-vrouter-agent.conf
+    max_vm_linklocal_flows: int = 2048
+    max_system_linklocal_flows: int = 2048
+
+    def vm_flow_limit(self, capacity: int) -> int:
+        """max_vm_flows in entries (0: no limit below the table's own size)."""
+        if self.max_vm_flows >= 100:
+            return 0
+        return max(2, int(capacity * self.max_vm_flows / 100))
+
+
+def _bool(section: str, key: str, value: str) -> bool:
+    v = value.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError("[%s] %s = %r: not a boolean (true or false)" % (section, key, value))
+
+
+def _int(section: str, key: str, value: str, lo: int, hi: int) -> int:
+    try:
+        n = int(value.strip())
+    except ValueError:
+        raise ConfigError("[%s] %s = %r: not an integer" % (section, key, value)) from None
+    if not lo <= n <= hi:
+        raise ConfigError("[%s] %s = %d: out of range %d..%d" % (section, key, n, lo, hi))
+    return n
+
+
+def _percent(section: str, key: str, value: str) -> float:
+    try:
+        n = float(value.strip())
+    except ValueError:
+        raise ConfigError("[%s] %s = %r: not a number" % (section, key, value)) from None
+    if not 0 < n <= 100:
+        raise ConfigError("[%s] %s = %s: a percentage of the flow table, above 0 and at most 100" % (section, key, value))
+    return n
+
+
+def _seconds(section: str, key: str, value: str) -> float:
+    try:
+        n = float(value.strip())
+    except ValueError:
+        raise ConfigError("[%s] %s = %r: not a number of seconds" % (section, key, value)) from None
+    if not 0 < n <= 3600:
+        raise ConfigError("[%s] %s = %s: out of range (0, 3600] seconds" % (section, key, value))
+    return n
+
+
+def _ip(section: str, key: str, value: str) -> str:
+    v = value.strip()
+    if not v:
+        return ""
+    try:
+        return str(ipaddress.ip_interface(v).ip)
+    except ValueError:
+        raise ConfigError("[%s] %s = %r: not an IP address" % (section, key, value)) from None
+
+
+def parse_log_level(section: str, key: str, value: str) -> int:
+    v = value.strip().upper()
+    if v not in LOG_LEVELS:
+        raise ConfigError("[%s] %s = %r: one of %s" % (section, key, value, ", ".join(LOG_LEVELS)))
+    return LOG_LEVELS[v]
+
+
+def _str(section: str, key: str, value: str) -> str:
+    return value.strip()
+
+
+# section -> key -> (attribute, parser)
+SCHEMA = {
+    "DEFAULT": {
+        "log_level": ("log_level", parse_log_level),
+        "log_file": ("log_file", _str),
+    },
+    "VIRTUAL-HOST-INTERFACE": {
+        "name": ("vhost_name", _str),
+        "ip": ("vhost_ip", _ip),
+        "gateway": ("vhost_gateway", _ip),
+    },
+    "METADATA": {
+        "metadata_proxy_secret": ("metadata_proxy_secret", _str),
+        "metadata_proxy_port": ("metadata_proxy_port", lambda s, k, v: _int(s, k, v, 1, 65535)),
+        "metadata_use_ssl": ("metadata_use_ssl", _bool),
+        "metadata_client_cert": ("metadata_client_cert", _str),
+        "metadata_client_cert_type": ("metadata_client_cert_type", _str),
+        "metadata_client_key": ("metadata_client_key", _str),
+        "metadata_ca_cert": ("metadata_ca_cert", _str),
+        # This project's own keys (the vRouter agent has none of these): limits per VM.
+        "metadata_header_timeout": ("metadata_header_timeout", _seconds),
+        "metadata_max_connections_per_vm": ("metadata_max_connections_per_vm", lambda s, k, v: _int(s, k, v, 1, 1 << 20)),
+        # Rate limiting as Neutron's metadata agent names it ([metadata_rate_limiting] there).
+        "metadata_rate_limit_enabled": ("metadata_rate_limit_enabled", _bool),
+        "metadata_base_window_duration": ("metadata_base_window_duration", _seconds),
+        "metadata_base_query_rate_limit": ("metadata_base_query_rate_limit", lambda s, k, v: _int(s, k, v, 1, 1 << 30)),
+        "metadata_burst_window_duration": ("metadata_burst_window_duration", _seconds),
+        "metadata_burst_query_rate_limit": ("metadata_burst_query_rate_limit", lambda s, k, v: _int(s, k, v, 1, 1 << 30)),
+    },
+    "FLOWS": {
+        "flow_entries": ("flow_entries", lambda s, k, v: _int(s, k, v, 4, 1 << 24)),
+        "flow_overflow_entries": ("flow_overflow_entries", lambda s, k, v: _int(s, k, v, 0, 1 << 24)),
+        "flow_cache_timeout": ("flow_cache_timeout", lambda s, k, v: _int(s, k, v, 1, 86400)),
+        "max_vm_flows": ("max_vm_flows", _percent),
+        "max_vm_linklocal_flows": ("max_vm_linklocal_flows", lambda s, k, v: _int(s, k, v, 1, 1 << 24)),
+        "max_system_linklocal_flows": ("max_system_linklocal_flows", lambda s, k, v: _int(s, k, v, 1, 1 << 24)),
+    },
+}
+
+
+def parse_config(text: str, source: str = "agent.conf") -> AgentConfig:
+    parser = configparser.ConfigParser(interpolation=None, default_section="__none__")
+    parser.optionxform = str  # keys as written
+    try:
+        parser.read_string(text, source=source)
+    except configparser.Error as e:
+        raise ConfigError("%s: %s" % (source, str(e).splitlines()[0])) from None
+    cfg = AgentConfig()
+    for section in parser.sections():
+        known = SCHEMA.get(section)
+        if known is None:
+            raise ConfigError("%s: unknown section [%s] (known: %s)" % (source, section, ", ".join(SCHEMA)))
+        for key, value in parser.items(section):
+            if key not in known:
+                raise ConfigError("%s: unknown key %r in [%s] (known: %s)" % (source, key, section, ", ".join(known)))
+            attr, conv = known[key]
+            setattr(cfg, attr, conv(section, key, value))
+    if cfg.metadata_use_ssl and not cfg.metadata_ca_cert:
+        raise ConfigError("%s: [METADATA] metadata_use_ssl needs metadata_ca_cert" % source)
+    return cfg
+
+
+def load_config(path: str) -> AgentConfig:
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError("cannot read %s: %s" % (path, e.strerror)) from None
+    return parse_config(text, path)

@@ -1,0 +1,167 @@
+"""The agent's changes to the compute namespace's kernel state: taps, routes, sysctls.
+
+The agent runs inside the compute namespace, so everything here acts on that
+namespace only.  Per plugged port: the tap is brought up with the vRouter MAC
+(00:00:5e:00:01:00) and proxy ARP, and gets a /32 route for the VM IP and for
+its metadata IP plus a permanent neighbour entry for the VM.  Reverse-path
+filtering is strict on an unplugged tap, so without those routes (no agent)
+the kernel drops everything a VM sends: the dataplane fails closed even
+without its nftables table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from concurrent.futures import ThreadPoolExecutor
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD, IFA_F_TENTATIVE
+
+log = logging.getLogger("vrouter.agent.host")
+
+VROUTER_MAC = "00:00:5e:00:01:00"
+METADATA_IP6 = "fe80::a9fe:a9fe"
+
+
+def sysctl(path: str, value: str) -> None:
+    with open("/proc/sys/" + path.replace(".", "/"), "w") as f:
+        f.write(value)
+
+
+class HostNetwork:
+    """Netlink to the compute namespace's kernel.
+
+    pyroute2's synchronous IPRoute, on one worker thread: its asyncio flavour needs an event loop
+    that can open netlink datagram endpoints, which uvloop (the agent's loop) cannot.
+    """
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="netlink")
+        self._ipr: IPRoute | None = None
+
+    async def _nl(self, method: str, *args: object, **kwargs: object):  # noqa: ANN202
+        def call():  # noqa: ANN202
+            if self._ipr is None:
+                self._ipr = IPRoute()
+            return getattr(self._ipr, method)(*args, **kwargs)
+
+        return await asyncio.get_running_loop().run_in_executor(self._pool, call)
+
+    def close(self) -> None:
+        if self._ipr is not None:
+            self._pool.submit(self._ipr.close).result(10)
+        self._pool.shutdown(wait=True)
+
+    async def ifindex(self, name: str) -> int:
+        """The interface's index in this namespace, 0 if there is none.  One ioctl: called for
+        every port every second by the tap scan, which must not hold the GIL from the packet loop
+        as a pyroute2 call on the netlink thread would."""
+        try:
+            return socket.if_nametoindex(name)
+        except (OSError, ValueError):
+            return 0
+
+    async def address_of(self, name: str) -> str:
+        idx = await self.ifindex(name)
+        if not idx:
+            return ""
+        for a in await self._nl("get_addr", index=idx, family=2):
+            return a.get_attr("IFA_ADDRESS")
+        return ""
+
+    def enable_forwarding(self, on: bool) -> None:
+        """Forwarding on and per-interface reverse-path filtering (the effective value is the
+        larger of `all` and the interface's) while the agent runs; off and strict everywhere
+        when it stops."""
+        sysctl("net.ipv4.ip_forward", "1" if on else "0")
+        sysctl("net.ipv4.conf.all.rp_filter", "0" if on else "1")
+        sysctl("net.ipv4.conf.default.rp_filter", "1")
+
+    def reserve_ports(self, first: int, last: int) -> str:
+        """Keep the link-local NAT range out of ephemeral use; return the previous setting."""
+        path = "/proc/sys/net/ipv4/ip_local_reserved_ports"
+        with open(path) as f:
+            previous = f.read().strip()
+        sysctl("net.ipv4.ip_local_reserved_ports", "%d-%d" % (first, last))
+        return previous
+
+    async def add_proxy_ip6(self, address: str) -> None:
+        """The metadata proxy's IPv6 address, on lo, without duplicate address detection (a
+        tentative address cannot be bound); returns once the address is usable."""
+        sysctl("net.ipv6.conf.lo.accept_dad", "0")
+        lo = await self.ifindex("lo")
+        await self._nl("addr", "replace", index=lo, address=address, prefixlen=128, flags=IFA_F_NODAD)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while loop.time() < deadline:
+            for a in await self._nl("get_addr", index=lo, family=10):
+                if a.get_attr("IFA_ADDRESS") == address and not (a.get_attr("IFA_FLAGS") or a["flags"]) & IFA_F_TENTATIVE:
+                    return
+            await asyncio.sleep(0.05)  # polling the kernel's address state, with a deadline
+
+    async def del_proxy_ip6(self, address: str) -> None:
+        try:
+            await self._nl("addr", "del", index=await self.ifindex("lo"), address=address, prefixlen=128)
+        except NetlinkError:
+            pass
+
+    async def plug(self, tap: str, vm_ip: str, vm_mac: str, md_ip: str, md_ip6: str = "", vm_ip6: str = "") -> int:
+        """Prepare a tap for a port; return its ifindex, or 0 if the tap does not exist (yet)."""
+        idx = await self.ifindex(tap)
+        if not idx:
+            return 0
+        await self._nl("link", "set", index=idx, address=VROUTER_MAC, state="up")
+        sysctl("net.ipv4.conf.%s.proxy_arp" % tap, "1")
+        # Link-local NAT to the fabric rewrites a VM's source to vhost0's own address: the kernel
+        # must accept a local source from the tap, and no reverse-path filter passes one on an
+        # interface without an address. The dataplane checks VM sources itself (Invalid Source).
+        # Both are undone at unplug (strict again), so without the agent the VMs reach nothing.
+        sysctl("net.ipv4.conf.%s.accept_local" % tap, "1")
+        sysctl("net.ipv4.conf.%s.rp_filter" % tap, "0")
+        sysctl("net.ipv4.neigh.%s.proxy_delay" % tap, "0")  # answer ARP at once, not within 0.8 s
+        for ip in (vm_ip, md_ip):
+            await self._nl("route", "replace", dst=ip + "/32", oif=idx, scope="link")
+        await self._nl("neigh", "replace", dst=vm_ip, lladdr=vm_mac, ifindex=idx, state="permanent")
+        if md_ip6:
+            # IPv6: the tap answers neighbour discovery for fe80::a9fe:a9fe; the per-port metadata
+            # address routes back to it. IPv6 is otherwise not forwarded.
+            for key, value in (("accept_dad", "0"), ("accept_ra", "0"), ("disable_ipv6", "0")):
+                sysctl("net.ipv6.conf.%s.%s" % (tap, key), value)
+            await self._nl("addr", "replace", index=idx, address=METADATA_IP6, prefixlen=64)
+            for ip in (md_ip6, vm_ip6):
+                if ip:
+                    await self._nl("route", "replace", dst=ip + "/128", oif=idx)
+        return idx
+
+    async def unplug(self, tap: str, vm_ip: str, md_ip: str) -> None:
+        idx = await self.ifindex(tap)
+        if idx:
+            sysctl("net.ipv4.conf.%s.rp_filter" % tap, "1")
+            sysctl("net.ipv4.conf.%s.accept_local" % tap, "0")
+            sysctl("net.ipv6.conf.%s.disable_ipv6" % tap, "1")  # its addresses and routes go too
+        for ip in (vm_ip, md_ip):
+            try:
+                await self._nl("route", "del", dst=ip + "/32", **({"oif": idx} if idx else {}))
+            except NetlinkError:
+                pass
+        if idx:
+            try:
+                await self._nl("neigh", "del", dst=vm_ip, ifindex=idx)
+            except NetlinkError:
+                pass
+
+
+def in_namespace_hint() -> str:
+    """For error messages: which network namespace we are in, if `ip netns` named it."""
+    try:
+        ours = os.stat("/proc/self/ns/net").st_ino
+        for name in os.listdir("/run/netns"):
+            if os.stat("/run/netns/" + name).st_ino == ours:
+                return name
+    except OSError:
+        pass
+    return "the host's own namespace"

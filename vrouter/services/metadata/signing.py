@@ -1,0 +1,24 @@
+"""The metadata proxy's request signature, as Nova checks it."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+
+def sign_instance_id(instance_id: str, secret: str) -> str:
+    """hex(HMAC-SHA256(key=secret, msg=instance id)): 64 lowercase hex characters.
+
+    An empty secret is allowed (it is the vRouter agent's default); the key is then empty.
+    """
+    return hmac.new(secret.encode(), instance_id.encode(), hashlib.sha256).hexdigest()
+
+
+def signature_matches(instance_id: str, secret: str, signature: str) -> bool:
+    """Constant-time comparison of a received signature with the expected one."""
+    return hmac.compare_digest(sign_instance_id(instance_id, secret).encode(), signature.encode())
+
+
+def tenant_header(project_id: str) -> str:
+    """X-Tenant-ID carries the project uuid without dashes."""
+    return project_id.replace("-", "")
