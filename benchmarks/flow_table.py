@@ -34,8 +34,9 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from dataplane.forwarding import Dataplane, Prepared  # noqa: E402
-from dataplane.vif import Vif  # noqa: E402
+from dataplane.core.dataplane import Dataplane  # noqa: E402
+from dataplane.core.entries import FlowState  # noqa: E402
+from dataplane.core.vif import Vif  # noqa: E402
 from flows.layout import KEY, Action, make_key  # noqa: E402
 from flows.table import DEFAULT_ENTRIES, DEFAULT_OVERFLOW, FlowSpec, FlowTable, table_size  # noqa: E402
 
@@ -95,8 +96,10 @@ class Case:
         for fk, rk in base:
             fi, ri = table.add_pair(fk, SPEC, rk, SPEC)
             self.ref[fk], self.ref[rk] = fi, ri
-            dp._keep(fi, Prepared(Action.FORWARD, None, v4, 3))
-            dp._keep(ri, Prepared(Action.FORWARD, None, v3, 4))
+            fst = FlowState(Action.FORWARD, None, v4, 3)
+            fst.charge = (v3, v4)
+            dp.entries.keep(fi, fst)
+            dp.entries.keep(ri, FlowState(Action.FORWARD, None, v3, 4))
         rnd = random.Random(1)
         self.probe = fresh([rnd.choice(rnd.choice(base)) for _ in range(PROBES)])
         self.misses = fresh([fk for fk, _ in self.extra])

@@ -127,8 +127,8 @@ import asyncio, signal, sys
 sys.path.insert(0, sys.argv[3])
 import uvloop
 from netfilterqueue import COPY_PACKET, NetfilterQueue
-from dataplane.nftables import NftSocket, QueueRules
-from dataplane.verdicts import VerdictWriter
+from dataplane.linux.nftables import NftSocket, QueueRules
+from dataplane.linux.verdicts import VerdictWriter
 queue, table = int(sys.argv[1]), sys.argv[2]
 def handle(pkt):
     pkt.get_payload(), pkt.indev
@@ -234,7 +234,7 @@ class Bench:
         doc = os.path.join(root, "openstack", "latest")
         os.makedirs(doc)
         inst = json.load(open(os.path.join(self.state, "instances.json")))["instances"][0]
-        from vrouter.nova_metadata import meta_data
+        from fabric.nova_metadata import meta_data
 
         with open(os.path.join(doc, "meta_data.json"), "w") as f:
             json.dump(meta_data(inst), f)

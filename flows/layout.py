@@ -15,7 +15,7 @@ Record (little-endian, 128 bytes)::
      40   1  key: IP protocol
      41   1  key: address family (4 or 6)
      42   2  (pad, part of the compared key)
-     44   2  flags (Flag)
+     44   2  flags (Flag: the values of tf-vrouter's include/vr_flow.h)
      46   1  action (Action)
      47   1  drop reason (DropReason), for Drop
      48   4  reverse flow index
@@ -33,7 +33,8 @@ Record (little-endian, 128 bytes)::
              head of the bucket's overflow chain, in an overflow entry the next
              link; it belongs to the slot, not to the flow in it
     100   2  source vif
-    102  26  reserved
+    102   2  flags1 (Flag1: this project's; vr_flow.h's fe_flags1 holds only HBS bits)
+    104  24  reserved
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ RECORD_SIZE = 128
 BUCKET_SIZE = 4
 HEADER_SIZE = 4096
 MAGIC = b"VRFLOWT1"
-VERSION = 1
+VERSION = 2  # 2: flag values as in vr_flow.h, the reverse bit in flags1
 
 KEY_LEN = 44
 KEY = struct.Struct("<I16s16sHHBBxx")
@@ -67,6 +68,7 @@ OFF_SETUP = 80
 OFF_LAST = 88
 OFF_OFLOW_NEXT = 96
 OFF_VIF = 100
+OFF_FLAGS1 = 102
 
 # Everything after the key up to the overflow link, written at once when a flow is set up.
 BODY = struct.Struct("<HBBIBBHHHIQQQQ")
@@ -94,17 +96,28 @@ ACTION_LETTER = {Action.DROP: "D", Action.HOLD: "H", Action.FORWARD: "F", Action
 
 
 class Flag(enum.IntFlag):
+    """Entry flags, with tf-vrouter's values (include/vr_flow.h: VR_FLOW_FLAG_*, VR_RFLOW_VALID).
+
+    The vRouter also defines MODIFIED (0x0100), EVICTED (0x0800), MIRROR (0x2000) and VRFT
+    (0x4000); this dataplane never sets them (a closed pair is removed, not left evicted), so
+    they are not listed."""
+
     ACTIVE = 0x0001
-    SNAT = 0x0002
+    SNAT = 0x0002  # the NAT kinds are action specific, as in vr_flow.h
     SPAT = 0x0004
     DNAT = 0x0008
     DPAT = 0x0010
-    RFLOW_VALID = 0x0020
-    LINK_LOCAL = 0x0040
-    EVICT_CANDIDATE = 0x0080
-    EVICTED = 0x0100
     NEW_FLOW = 0x0200
-    REVERSE = 0x0400  # this entry is the reverse half of its pair
+    EVICT_CANDIDATE = 0x0400
+    RFLOW_VALID = 0x1000
+    LINK_LOCAL = 0x8000
+
+
+class Flag1(enum.IntFlag):
+    """This project's second flags word.  The vRouter's entry does not say which half of a pair
+    it is (its agent knows); ours does, so that aging and the tools need no agent."""
+
+    REVERSE = 0x0001  # this entry is the reverse half of its pair
 
 
 NAT_FLAGS = Flag.SNAT | Flag.SPAT | Flag.DNAT | Flag.DPAT
@@ -114,8 +127,8 @@ NAT_FLAGS = Flag.SNAT | Flag.SPAT | Flag.DNAT | Flag.DPAT
 F_ACTIVE = int(Flag.ACTIVE)
 F_RFLOW_VALID = int(Flag.RFLOW_VALID)
 F_NEW_FLOW = int(Flag.NEW_FLOW)
-F_REVERSE = int(Flag.REVERSE)
 F_EVICT_CANDIDATE = int(Flag.EVICT_CANDIDATE)
+F1_REVERSE = int(Flag1.REVERSE)
 
 
 class DropReason(enum.IntEnum):

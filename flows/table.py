@@ -14,6 +14,7 @@ from __future__ import annotations
 import mmap
 import os
 import re
+import struct
 import time
 import zlib
 from array import array
@@ -25,9 +26,9 @@ from flows.layout import (
     BODY,
     BUCKET_SIZE,
     COUNTERS,
+    F1_REVERSE,
     F_ACTIVE,
     F_NEW_FLOW,
-    F_REVERSE,
     F_RFLOW_VALID,
     HEADER,
     HEADER_SIZE,
@@ -35,6 +36,7 @@ from flows.layout import (
     KEY_LEN,
     MAGIC,
     OFF_FLAGS,
+    OFF_FLAGS1,
     OFF_GEN,
     OFF_LAST,
     OFF_OFLOW_NEXT,
@@ -52,6 +54,7 @@ from flows.layout import (
 )
 
 BUCKET_BYTES = BUCKET_SIZE * RECORD_SIZE
+_VIF_FLAGS1 = struct.Struct("<HH")  # source vif and flags1, at OFF_VIF
 _PAIR_FLAGS = F_ACTIVE | F_RFLOW_VALID | F_NEW_FLOW
 
 
@@ -115,6 +118,12 @@ class FlowEntry:
     setup_ns: int
     last_ns: int
     vif: int
+    flags1: int = 0
+
+    @property
+    def reverse(self) -> bool:
+        """Whether this entry is the reverse half of its pair."""
+        return bool(self.flags1 & F1_REVERSE)
 
 
 def table_size(entries: int, overflow: int) -> int:
@@ -309,11 +318,11 @@ class FlowTable:
         off = HEADER_SIZE + index * RECORD_SIZE
         nh, src, dst, sport, dport, proto, family = KEY.unpack_from(self.buf, off)
         (flags, action, drop, rindex, gen, tcpf, vrf, dvrf, nsport, snh, pkts, byts, setup, last) = BODY.unpack_from(self.buf, off + KEY_LEN)
-        vif = U16.unpack_from(self.buf, off + OFF_VIF)[0]
+        vif, flags1 = _VIF_FLAGS1.unpack_from(self.buf, off + OFF_VIF)
         alen = 4 if family == 4 else 16
         return FlowEntry(
             index, nh, src[:alen], dst[:alen], sport, dport, proto, family, flags, action, drop, rindex, gen,
-            tcpf, vrf, dvrf, nsport, snh, pkts, byts, setup, last, vif,
+            tcpf, vrf, dvrf, nsport, snh, pkts, byts, setup, last, vif, flags1,
         )  # fmt: skip
 
     def generation(self, index: int) -> int:
@@ -324,6 +333,13 @@ class FlowTable:
         low = bytes(self.view[HEADER_SIZE + OFF_FLAGS :: RECORD_SIZE])[: self.capacity]
         for m in _ONE.finditer(low.translate(_ACTIVE_BYTE)):
             yield m.start()
+
+    def active_between(self, start: int, end: int) -> list[int]:
+        """Indices of the active entries in [start, end), as ``active_indices`` finds them: the
+        walk of aging, a slice of the table at a time."""
+        base = HEADER_SIZE + OFF_FLAGS
+        low = self.view[base + start * RECORD_SIZE : base + end * RECORD_SIZE : RECORD_SIZE].tobytes()
+        return [start + m.start() for m in _ONE.finditer(low.translate(_ACTIVE_BYTE))]
 
     def dump(self) -> list[FlowEntry]:
         return [self.read(i) for i in self.active_indices()]
@@ -362,7 +378,7 @@ class FlowTable:
             self.buf, off + KEY_LEN, 0, spec.action, spec.drop_reason, rindex, gen, 0,
             spec.vrf, spec.dvrf, spec.nat_sport, spec.src_nh, 0, 0, now, now,
         )  # fmt: skip
-        U16.pack_into(self.buf, off + OFF_VIF, spec.vif)
+        _VIF_FLAGS1.pack_into(self.buf, off + OFF_VIF, spec.vif, 0)
         return i
 
     def _release(self, index: int) -> None:
@@ -401,7 +417,8 @@ class FlowTable:
             self._release(fi)
             raise
         U32.pack_into(self.buf, HEADER_SIZE + fi * RECORD_SIZE + OFF_RINDEX, ri)
-        U16.pack_into(self.buf, HEADER_SIZE + ri * RECORD_SIZE + OFF_FLAGS, rspec.flags | _PAIR_FLAGS | F_REVERSE)
+        _VIF_FLAGS1.pack_into(self.buf, HEADER_SIZE + ri * RECORD_SIZE + OFF_VIF, rspec.vif, F1_REVERSE)
+        U16.pack_into(self.buf, HEADER_SIZE + ri * RECORD_SIZE + OFF_FLAGS, rspec.flags | _PAIR_FLAGS)
         U16.pack_into(self.buf, HEADER_SIZE + fi * RECORD_SIZE + OFF_FLAGS, fspec.flags | _PAIR_FLAGS)
         self.active += 2
         return fi, ri
@@ -442,9 +459,6 @@ class FlowTable:
         if tcp_flags:
             buf[off + OFF_TCPFLAGS] |= tcp_flags
 
-    def last_used(self, index: int) -> int:
-        return U64.unpack_from(self.buf, HEADER_SIZE + index * RECORD_SIZE + OFF_LAST)[0]
-
     def pair_last_used(self, index: int) -> int:
         """When either half of an entry's pair (or the lone entry) last saw a packet.  Called
         20,000 times a second by aging: the record is read here, not through the accessors."""
@@ -461,10 +475,13 @@ class FlowTable:
         """Remove pairs idle (both halves) for longer than ``idle_ns``; return every index removed."""
         removed = []
         for i in list(self.active_indices()):
-            flags = self.flags(i)
-            if flags & F_ACTIVE and not flags & F_REVERSE and now - self.pair_last_used(i) > idle_ns:
+            if self.flags(i) & F_ACTIVE and not self.is_reverse(i) and now - self.pair_last_used(i) > idle_ns:
                 removed.extend(self.delete(i))
         return removed
+
+    def is_reverse(self, index: int) -> bool:
+        """Whether the entry at ``index`` is the reverse half of its pair."""
+        return bool(U16.unpack_from(self.buf, HEADER_SIZE + index * RECORD_SIZE + OFF_FLAGS1)[0] & F1_REVERSE)
 
     def reverse_of(self, index: int) -> int:
         return U32.unpack_from(self.buf, HEADER_SIZE + index * RECORD_SIZE + OFF_RINDEX)[0]

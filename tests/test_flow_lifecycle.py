@@ -1,12 +1,15 @@
 """Flow lifecycle and limits in the dataplane: TCP eviction, aging, per-VM and link-local caps,
 link-local NAT to the fabric with reserved ports."""
 
+import socket
+
 import pytest
 from scapy.layers.inet import IP, TCP, UDP
 
-from dataplane.forwarding import Dataplane, Limits
-from dataplane.vif import LinkLocalService, Vif
-from flows.layout import Action, DropReason, Flag
+from dataplane.core.dataplane import Dataplane, Limits
+from dataplane.core.services import LinkLocalService
+from dataplane.core.vif import Vif
+from flows.layout import Action, DropReason, Flag, make_key
 from flows.table import FlowTable
 
 TAP1, TAP2, VHOST = 11, 12, 2
@@ -65,7 +68,7 @@ def test_rst_evicts_the_pair_after_passing():
     assert d.table.active == 2
     v = run(d, a_to_b("R"))[0]
     assert v.accept
-    assert d.table.active == 0 and not d.prepared
+    assert d.table.active == 0 and not any(d.entries.states)
 
 
 def test_fin_both_ways_marks_the_pair_and_it_goes_a_second_later():
@@ -78,18 +81,18 @@ def test_fin_both_ways_marks_the_pair_and_it_goes_a_second_later():
     # the last ACKs, which may cross, still pass through the pair
     assert all(v.accept for v in run(d, a_to_b("A"), b_to_a("A")))
     assert d.table.active == 2
-    since = d.closing[d.table.dump()[0].index]
+    since = d.lifecycle.closing()[d.table.dump()[0].index]
     assert d.evict_closed(since + 500_000_000) == 0
     assert d.evict_closed(since + 1_500_000_000) == 2
-    assert d.table.active == 0 and not d.closing
+    assert d.table.active == 0 and not d.lifecycle.closing()
 
 
 def test_port_reused_during_the_grace_starts_afresh():
     d = make()
     run(d, a_to_b("S"), b_to_a("SA"), a_to_b("FA"), b_to_a("FA"))
-    since = next(iter(d.closing.values()))
+    since = next(iter(d.lifecycle.closing().values()))
     assert run(d, a_to_b("S"))[0].accept  # the same port again, at once
-    assert not d.closing
+    assert not d.lifecycle.closing()
     assert d.evict_closed(since + 5_000_000_000) == 0
     assert d.table.active == 2 and not any(e.flags & Flag.EVICT_CANDIDATE for e in d.table.dump())
 
@@ -117,6 +120,9 @@ def test_per_vm_flow_limit_with_hysteresis():
     def udp(sport):
         return d.process(bytes(IP(src="10.1.1.3", dst="10.1.1.4") / UDP(sport=sport, dport=9)), TAP1)
 
+    def pair(sport):
+        return d.table.lookup(make_key(3, socket.inet_aton("10.1.1.3"), socket.inet_aton("10.1.1.4"), 17, sport, 9))
+
     for port in range(1, 21):  # 20 pairs = 40 entries
         assert udp(port).accept
     v = udp(99)
@@ -124,11 +130,11 @@ def test_per_vm_flow_limit_with_hysteresis():
     assert d.drops[DropReason.FLOW_LIMIT] == 1
     assert d.vifs[4].flows == 40  # the other VM holds those pairs too
     # one pair gone: 38 entries would leave room, but use has not fallen to 90% (36) yet
-    d._delete_flows([next(iter(d.prepared))])
+    d.entries.delete([pair(1)])
     assert d.vifs[3].flows == 38
     assert udp(98).reason == DropReason.FLOW_LIMIT
     assert udp(2).accept  # established flows still pass
-    d._delete_flows([next(iter(d.prepared))])  # 36 entries: 90%
+    d.entries.delete([pair(2)])  # 36 entries: 90%
     assert udp(97).accept and udp(96).accept  # back to 40
     assert udp(95).reason == DropReason.FLOW_LIMIT
 
@@ -143,7 +149,7 @@ def test_linklocal_limits_per_vm_and_per_host():
     v = d.process(seg("10.1.1.4", "169.254.169.254", 40001, 80, "S"), TAP2)
     assert v.reason == DropReason.LINK_LOCAL_LIMIT  # the host's cap of 3
     d.flush()
-    assert d.linklocal_flows == 0 and d.vifs[3].linklocal_flows == 0
+    assert d.entries.linklocal_flows == 0 and d.vifs[3].linklocal_flows == 0
     assert d.process(md[2], TAP1).accept
 
 
@@ -159,18 +165,18 @@ def test_closed_pairs_stop_counting_against_the_limits_at_once():
 
     for sport in range(40000, 40010):
         assert all(v.accept for v in connection(sport)), sport
-    assert d.table.active == 20 and len(d.closing) == 20  # all still in the table, none counted
-    assert d.vifs[3].linklocal_flows == 0 and d.linklocal_flows == 0 and d.vifs[3].flows == 0
+    assert d.table.active == 20 and len(d.lifecycle.closing()) == 20  # all still in the table, none counted
+    assert d.vifs[3].linklocal_flows == 0 and d.entries.linklocal_flows == 0 and d.vifs[3].flows == 0
     # reusing a closed pair's port counts it again, and within the limits
     assert d.process(seg("10.1.1.3", "169.254.169.254", 40000, 80, "S"), TAP1).accept
     assert d.process(seg("10.1.1.3", "169.254.169.254", 40001, 80, "S"), TAP1).accept
     assert d.vifs[3].linklocal_flows == 2
     v = d.process(seg("10.1.1.3", "169.254.169.254", 40002, 80, "S"), TAP1)
     assert v.reason == DropReason.LINK_LOCAL_LIMIT
-    assert d.evict_closed(max(d.closing.values()) + 2_000_000_000) == 16
-    assert d.vifs[3].linklocal_flows == 2 and d.linklocal_flows == 2  # the two restarted ones
+    assert d.evict_closed(max(d.lifecycle.closing().values()) + 2_000_000_000) == 16
+    assert d.vifs[3].linklocal_flows == 2 and d.entries.linklocal_flows == 2  # the two restarted ones
     d.flush()
-    assert d.vifs[3].linklocal_flows == 0 and d.linklocal_flows == 0 and d.vifs[3].flows == 0
+    assert d.vifs[3].linklocal_flows == 0 and d.entries.linklocal_flows == 0 and d.vifs[3].flows == 0
 
 
 def test_fabric_nat_with_reserved_port_released_with_the_flow():
@@ -182,7 +188,7 @@ def test_fabric_nat_with_reserved_port_released_with_the_flow():
     assert (out.src, out.dst, out[UDP].dport) == ("10.10.0.2", "10.10.0.1", 123)
     port = out[UDP].sport
     assert port in ports.live
-    fwd = next(e for e in d.table.dump() if not e.flags & Flag.REVERSE)
+    fwd = next(e for e in d.table.dump() if not e.reverse)
     assert fwd.action == Action.NAT and fwd.nat_sport == port
     assert fwd.flags & Flag.SNAT and fwd.flags & Flag.SPAT and fwd.flags & Flag.DNAT and not fwd.flags & Flag.DPAT
     # the fabric's answer arrives on vhost0 and goes back as the link-local service
@@ -203,7 +209,7 @@ def test_fabric_nat_picks_among_fabric_ips_and_changes_port():
         assert out[TCP].dport == 80
         seen.add(out.dst)
     assert seen == {"10.10.0.7", "10.10.0.8"}
-    fwd = next(e for e in d.table.dump() if not e.flags & Flag.REVERSE)
+    fwd = next(e for e in d.table.dump() if not e.reverse)
     assert fwd.flags & Flag.DPAT
 
 
@@ -249,7 +255,9 @@ def test_incremental_aging_looks_at_a_bounded_share_per_step():
         d.process(bytes(IP(src="10.1.1.3", dst="10.1.1.4") / UDP(sport=sport, dport=9)), TAP1, now=0)
     d.process(bytes(IP(src="10.1.1.4", dst="10.1.1.3") / UDP(sport=9, dport=1)), TAP2, now=9_000_000_000)  # pair 1 answered late
     removed = [d.age_step(idle_s=5, budget=20, now=10_000_000_000) for _ in range(3)]
-    assert removed == [40, 40, 18]  # 20 pairs looked at per step; the pair in use stays
+    # 20 pairs looked at per step, in the order of the walk: three steps for the 50 pairs, and the
+    # pair in use stays
+    assert all(r <= 40 for r in removed) and sum(removed[:2]) < 98 and sum(removed) == 98
     assert d.table.active == 2
     assert d.age_step(idle_s=5, budget=20, now=20_000_000_000) == 2  # the next cycle finds it idle too
 
@@ -260,9 +268,9 @@ def test_closed_pairs_go_oldest_first_in_bounded_steps():
         t = k * 100_000_000
         for pkt, dev in (a_to_b("S", sport), b_to_a("SA", sport), a_to_b("FA", sport), b_to_a("FA", sport)):
             d.process(pkt, dev, now=t)
-    assert len(d.closing) == 10
+    assert len(d.lifecycle.closing()) == 10
     late = 1_000_000_000 + 250_000_000  # the grace is over for the first three only
     assert d.evict_closed(late, limit=2) == 4  # two pairs, the oldest
     assert d.evict_closed(late, limit=2) == 2  # the third; the other two are not due
-    assert len(d.closing) == 4 and d.table.active == 4
-    assert d.evict_closed(late + 1_000_000_000) == 4 and not d.closing and d.table.active == 0
+    assert len(d.lifecycle.closing()) == 4 and d.table.active == 4
+    assert d.evict_closed(late + 1_000_000_000) == 4 and not d.lifecycle.closing() and d.table.active == 0

@@ -43,8 +43,8 @@ def test_lookup_miss_then_hit_pair():
     assert t.lookup(rkey(1)) == ri
     f, r = t.read(fi), t.read(ri)
     assert f.rindex == ri and r.rindex == fi
-    assert f.flags & Flag.RFLOW_VALID and r.flags & Flag.REVERSE
-    assert not f.flags & Flag.REVERSE
+    assert f.flags & Flag.RFLOW_VALID and r.reverse
+    assert not f.reverse
     assert (f.src, f.dst, f.sport, f.dport, f.proto) == (ip("10.1.1.3"), ip("10.0.0.4"), 1025, 80, 6)
     assert t.active == 2
 

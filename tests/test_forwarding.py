@@ -6,8 +6,9 @@ import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.packet import Raw
 
-from dataplane.forwarding import Dataplane, Limits
-from dataplane.vif import LinkLocalService, Vif
+from dataplane.core.dataplane import Dataplane, Limits
+from dataplane.core.services import LinkLocalService
+from dataplane.core.vif import Vif
 from flows.layout import Action, DropReason, Flag
 from flows.table import FlowTable
 
@@ -36,7 +37,7 @@ def test_metadata_flow_pair_and_nat(dp):
     assert (out.src, out.dst, out[TCP].sport, out[TCP].dport) == ("169.254.0.3", "10.10.0.2", 40000, 8097)
     entries = {e.index: e for e in dp.table.dump()}
     assert len(entries) == 2
-    fwd = next(e for e in entries.values() if not e.flags & Flag.REVERSE)
+    fwd = next(e for e in entries.values() if not e.reverse)
     rev = entries[fwd.rindex]
     assert fwd.action == rev.action == Action.NAT
     assert fwd.flags & Flag.SNAT and fwd.flags & Flag.DNAT and fwd.flags & Flag.DPAT and fwd.flags & Flag.LINK_LOCAL
@@ -63,7 +64,7 @@ def test_metadata_nat_is_the_rewrite_for_any_source_port(dp):
 
     from scapy.layers.inet6 import IPv6
 
-    from dataplane.nat import Rewrite
+    from dataplane.core.nat import Rewrite
     from flows.layout import make_key
 
     rnd = random.Random(7)
@@ -76,12 +77,12 @@ def test_metadata_nat_is_the_rewrite_for_any_source_port(dp):
             s, d, m, x = (socket.inet_pton(socket.AF_INET6 if ip is IPv6 else socket.AF_INET, a) for a in (src, dst, md, proxy))
             fi = dp.table.lookup(make_key(nh, s, d, 6, sport, 80))
             ri = dp.table.reverse_of(fi)
-            assert dp._prep_at[fi].rewrite == Rewrite(6, s, d, sport, 80, m, x, sport, 8097).patch
-            assert dp._prep_at[ri].rewrite == Rewrite(6, x, m, 8097, sport, d, s, 80, sport).patch
+            assert dp.entries.states[fi].patch == Rewrite(6, s, d, sport, 80, m, x, sport, 8097).patch
+            assert dp.entries.states[ri].patch == Rewrite(6, x, m, 8097, sport, d, s, 80, sport).patch
             dp.flush()
     for n in range(5000):  # sources a VM may vary (IPv6 link-local) do not grow it without bound
-        dp._metadata_deltas(n.to_bytes(16, "big"), b"\xfe" * 16, 80, b"\1" * 16, b"\2" * 16)
-    assert len(dp._md_deltas) <= 4096
+        dp.flow_setup.metadata_deltas(n.to_bytes(16, "big"), b"\xfe" * 16, 80, b"\1" * 16, b"\2" * 16)
+    assert len(dp.flow_setup._md_deltas) <= 4096
 
 
 def test_each_vm_gets_its_own_metadata_ip(dp):
@@ -119,7 +120,7 @@ def test_vm_to_vm_forward_pair(dp):
     pong = bytes(IP(src="10.1.1.4", dst="10.1.1.3") / ICMP(type=0, id=7, seq=1))
     assert dp.process(pong, TAP2).accept
     assert dp.table.active == 2
-    fwd = next(e for e in dp.table.dump() if not e.flags & Flag.REVERSE)
+    fwd = next(e for e in dp.table.dump() if not e.reverse)
     assert fwd.action == Action.FORWARD and dp.table.read(fwd.rindex).packets == 1
     tcp = bytes(IP(src="10.1.1.3", dst="10.1.1.4") / TCP(sport=5555, dport=22, flags="S"))
     assert dp.process(tcp, TAP1).accept
@@ -169,7 +170,7 @@ def test_metadata_payload_survives(dp):
 def test_aging(dp):
     dp.process(syn(), TAP1, now=0)
     assert dp.age(idle_s=1, now=2_000_000_000) == 2
-    assert dp.table.active == 0 and not dp.prepared
+    assert dp.table.active == 0 and not any(dp.entries.states)
 
 
 def test_ipv6_metadata_nat_pair(dp):
@@ -182,7 +183,7 @@ def test_ipv6_metadata_nat_pair(dp):
     reply = bytes(IPv6(src="fd00:a9fe:a9fe::1", dst="fd00:a9fe:a9fe::3") / TCP(sport=8097, dport=40000, flags="SA"))
     back = IPv6(dp.process(reply, 0).payload)
     assert (back.src, back.dst, back[TCP].sport, back[TCP].dport) == ("fe80::a9fe:a9fe", "fe80::ff:fe00:3", 80, 40000)
-    fwd = next(e for e in dp.table.dump() if not e.flags & Flag.REVERSE)
+    fwd = next(e for e in dp.table.dump() if not e.reverse)
     assert fwd.family == 6 and fwd.action == Action.NAT and len(fwd.src) == 16
     # a global source that is not the port's is refused; other IPv6 destinations have no route
     assert dp.process(bytes(IPv6(src="2001:db8::9", dst="fe80::a9fe:a9fe") / TCP(sport=1, dport=80)), TAP1).reason == DropReason.INVALID_SOURCE
@@ -200,9 +201,9 @@ def _dataplane() -> Dataplane:
 
 def test_fast_path_decides_as_the_general_path_randomised():
     # Dataplane.process answers most packets of live flows itself, and sends the rest to the
-    # general path (_process).  Over a random mix of set-ups, answers, NAT in both directions,
+    # general path (PacketPath.general).  Over a random mix of set-ups, answers, NAT in both directions,
     # FINs and RSTs, IP options, fragments and truncated packets, a dataplane fed through
-    # process must give the same verdicts, table and counters as one fed only through _process.
+    # process must give the same verdicts, table and counters as one fed only through the general path.
     import random
 
     rnd = random.Random(5)
@@ -243,17 +244,17 @@ def test_fast_path_decides_as_the_general_path_randomised():
         now = 1_000_000_000 + step * 1_000_000
         before = fast.table.active
         v1 = fast.process(pkt, dev, now)
-        vif = general.by_ifindex[dev] if dev else general.host
-        v2 = general._process(pkt, vif, now)
+        vif = general.vif_table.by_ifindex[dev] if dev else general.host
+        v2 = general.path.general(pkt, vif, now)
         assert v1 == v2, (step, pkt)
         hits += fast.table.active == before and v1.accept
-        if step % 100 == 0:  # the per-packet path's list of entry state mirrors the dict exactly
+        if step % 100 == 0:  # every active entry has its state, and only those
             for dp in (fast, general):
-                assert {i: p for i, p in enumerate(dp._prep_at) if p is not None} == dp.prepared
+                assert {i for i, st in enumerate(dp.entries.states) if st is not None} == set(dp.table.active_indices())
     assert hits > 1000  # most packets were of live flows
     assert fast.drops[DropReason.FLOW_LIMIT] and fast.drops[DropReason.LINK_LOCAL_LIMIT]  # the limits were met
     assert fast.table.dump() == general.table.dump()
     counters = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "drops", "flows", "linklocal_flows")
     for i in fast.vifs:
         assert [getattr(fast.vifs[i], c) for c in counters] == [getattr(general.vifs[i], c) for c in counters]
-    assert fast.drops == general.drops and fast.closing == general.closing
+    assert fast.drops == general.drops and fast.lifecycle.closing() == general.lifecycle.closing()

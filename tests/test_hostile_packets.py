@@ -8,9 +8,10 @@ from hypothesis import strategies as st
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.packet import Raw
 
-from dataplane.forwarding import Dataplane, Limits
-from dataplane.packet import Malformed, parse
-from dataplane.vif import LinkLocalService, Vif
+from dataplane.core.dataplane import Dataplane, Limits
+from dataplane.core.packet import Malformed, parse
+from dataplane.core.services import LinkLocalService
+from dataplane.core.vif import Vif
 from flows.layout import DropReason
 from flows.table import FlowTable
 

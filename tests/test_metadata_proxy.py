@@ -12,8 +12,8 @@ import threading
 import pytest
 
 from tests.conftest import wait_until
-from vrouter.metadata_proxy import Fairness, Identity, MetadataProxy, RateLimiter, Upstream
-from vrouter.signing import sign_instance_id
+from vrouter.services.metadata.proxy import Fairness, Identity, MetadataProxy, RateLimiter, Upstream
+from vrouter.services.metadata.signing import sign_instance_id
 
 VM = Identity("0b9c4f2e-7a51-4c4b-9d6e-0d3c1f5a2b77", "5a3f0c1e-2d4b-4f6a-8c9e-0b1d2f3a4c5e", "10.1.1.3", "port-1")
 SECRET = "s3cret"

@@ -10,8 +10,8 @@ import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.packet import Raw
 
-from dataplane.nat import Rewrite, apply_delta, csum_delta, internet_checksum
-from dataplane.packet import Malformed, parse
+from dataplane.core.nat import Rewrite, apply_delta, csum_delta, internet_checksum
+from dataplane.core.packet import Malformed, parse
 
 
 def recomputed(pkt: bytes) -> bytes:

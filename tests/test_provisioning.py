@@ -7,11 +7,11 @@ import sys
 
 import pytest
 
-from vrouter.config import ConfigError, parse_config
-from vrouter.linklocal import ServiceError, ServiceTable
-from vrouter.linklocal import validate as service
-from vrouter.ports import PortError, PortTable
-from vrouter.ports import validate as port
+from vrouter.agent.config import ConfigError, parse_config
+from vrouter.agent.linklocal import ServiceError, ServiceTable
+from vrouter.agent.linklocal import validate as service
+from vrouter.agent.ports import PortError, PortTable
+from vrouter.agent.ports import validate as port
 
 PORT = {
     "uuid": "7a971aab-a953-4908-b775-780f4c93130b",

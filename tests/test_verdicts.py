@@ -5,7 +5,7 @@ import struct
 
 import pytest
 
-from dataplane.verdicts import NF_ACCEPT, NF_DROP, VerdictWriter, verdict_message
+from dataplane.linux.verdicts import NF_ACCEPT, NF_DROP, VerdictWriter, verdict_message
 
 VERDICT, BATCH = (3 << 8) | 1, (3 << 8) | 3
 

@@ -28,10 +28,10 @@ import threading
 from typing import Any
 
 from vrouter import __version__
-from vrouter.agent import AgentError, run_agent, state_paths
-from vrouter.config import AgentConfig, ConfigError, load_config, parse_log_level
-from vrouter.control import AgentNotRunning, RequestFailed, call
-from vrouter.flow_tool import NoTable
+from vrouter.agent.agent import AgentError, run_agent, state_paths
+from vrouter.agent.config import AgentConfig, ConfigError, load_config, parse_log_level
+from vrouter.agent.control import AgentNotRunning, RequestFailed, call
+from vrouter.tools.flow import NoTable
 
 STATE_ROOT = "/run/vrouter"
 DEFAULT_PREFIX = "vr"
@@ -87,7 +87,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
 
 def cmd_nova(args: argparse.Namespace) -> int:
-    from vrouter.nova_metadata import InstanceStore, NovaMetadata, make_server
+    from fabric.nova_metadata import InstanceStore, NovaMetadata, make_server
 
     _setup_logging(logging.DEBUG if args.verbose else logging.INFO, "")
     secret = args.secret
@@ -211,7 +211,7 @@ def cmd_linklocal(args: argparse.Namespace) -> int:
 
 
 def cmd_flow(args: argparse.Namespace) -> int:
-    from vrouter.flow_tool import MatchError, entry_dict, follow, format_table, matches, open_table, parse_match
+    from vrouter.tools.flow import MatchError, entry_dict, follow, format_table, matches, open_table, parse_match
 
     terms = None
     if args.match:

@@ -1,4 +1,4 @@
-"""IPv4 header parsing for the per-packet path: a few struct reads, no object trees.
+"""IPv4 and IPv6 header parsing for the per-packet path: a few struct reads, no object trees.
 
 ``parse`` returns the flow key fields of a packet or raises ``Malformed``
 naming what is wrong.  Checksums are not verified here: the kernel verifies

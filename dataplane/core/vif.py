@@ -1,8 +1,17 @@
-"""The vif table and the link-local service table, as the dataplane sees them.
+"""The vif table: the vRouter's interfaces, as the dataplane sees them.
 
 A vif is one interface of the vRouter: vif0/0 is vhost0 (in this emulation
 both the compute node's own stack and its link to the fabric), VM ports start
 at vif0/3 as on a real compute node (1 and 2 are vhost0 and pkt0 there).
+
+Rules kept here:
+
+* a vif is found by its index, by the kernel ifindex of its tap (the interface
+  a packet came in on: 0 is the compute node itself, that is vhost0), and by
+  (VRF, address) for forwarding between VMs;
+* a port plugged again with the same address and VRF (a re-created tap) is the
+  same vif: it keeps its object, counters and flows, and only its ifindex,
+  name and MACs change.
 """
 
 from __future__ import annotations
@@ -30,7 +39,7 @@ def metadata_ip6(vif_index: int) -> str:
     return str(METADATA_NET6.network_address + (vif_index & 0xFFFF))
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: flows hold their vifs
 class Vif:
     """One vRouter interface. ``nh`` is the interface nexthop used in flow keys (K(nh))."""
 
@@ -62,11 +71,6 @@ class Vif:
         self.metadata_ip_bytes = ipaddress.IPv4Address(self.metadata_ip).packed
         self.metadata_ip6_bytes = ipaddress.IPv6Address(self.metadata_ip6).packed
 
-    def copy_counters(self, old: Vif) -> None:
-        """Carry counters over when the same port is plugged again (a re-created tap)."""
-        for name in ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "drops", "flows", "linklocal_flows", "flow_limited"):
-            setattr(self, name, getattr(old, name))
-
     @property
     def nh(self) -> int:
         return self.index
@@ -80,22 +84,48 @@ class Vif:
         return metadata_ip6(self.index)
 
 
-@dataclass(frozen=True)
-class LinkLocalService:
-    """A link-local service: (ip, port) in 169.254.0.0/16 mapped to a fabric service."""
+class VifTable:
+    """The vifs by index, by the ifindex of their tap, and by (VRF, IPv4 address)."""
 
-    name: str
-    ip: str
-    port: int
-    fabric_ips: tuple[str, ...] = ()
-    fabric_port: int = 0
-    fabric_dns_name: str = ""
+    def __init__(self, vhost_ip: str) -> None:
+        self.host = Vif(HOST_VIF, "vhost0", ip=vhost_ip, kind="Host")
+        self.by_index: dict[int, Vif] = {HOST_VIF: self.host}
+        self.by_ifindex: dict[int, Vif] = {}
+        self.by_ip: dict[tuple[int, bytes], Vif] = {}
 
-    @property
-    def is_metadata(self) -> bool:
-        """Any service whose name contains "metadata" goes to the local proxy."""
-        return "metadata" in self.name.lower()
+    def set_host_ifindex(self, ifindex: int) -> None:
+        """vhost0's ifindex: replies from the fabric to NATed link-local flows come in there."""
+        self.by_ifindex.pop(self.host.ifindex, None)
+        self.host.ifindex = ifindex
+        if ifindex:
+            self.by_ifindex[ifindex] = self.host
 
-    @property
-    def key(self) -> tuple[bytes, int]:
-        return ipaddress.IPv4Address(self.ip).packed, self.port
+    def add(self, vif: Vif) -> None:
+        """A new vif (its index must be free)."""
+        self.by_index[vif.index] = vif
+        self._index(vif)
+
+    def replug(self, old: Vif, new: Vif) -> None:
+        """The same port plugged again (same address and VRF): ``old`` takes ``new``'s tap."""
+        self._unindex(old)
+        old.ifindex, old.name, old.mac, old.port_uuid = new.ifindex, new.name, new.mac, new.port_uuid
+        old.ip6, old.ip6_bytes = new.ip6, new.ip6_bytes
+        self._index(old)
+
+    def remove(self, index: int) -> Vif | None:
+        vif = self.by_index.pop(index, None)
+        if vif is not None:
+            self._unindex(vif)
+        return vif
+
+    def _index(self, vif: Vif) -> None:
+        if vif.ifindex:
+            self.by_ifindex[vif.ifindex] = vif
+        if vif.ip:
+            self.by_ip[(vif.vrf, vif.ip_bytes)] = vif
+
+    def _unindex(self, vif: Vif) -> None:
+        if self.by_ifindex.get(vif.ifindex) is vif:
+            del self.by_ifindex[vif.ifindex]
+        if self.by_ip.get((vif.vrf, vif.ip_bytes)) is vif:
+            del self.by_ip[(vif.vrf, vif.ip_bytes)]

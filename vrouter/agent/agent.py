@@ -254,9 +254,11 @@ class Agent:
         bounded share of the live flows is looked at for idleness (AGING_BUDGET a second), so that
         aging never stalls the packets behind it for more than a few milliseconds."""
         assert self.dataplane is not None
+        dp = self.dataplane
         while True:
             await asyncio.sleep(1.0 / AGING_STEPS)
-            n = self.dataplane.age_step(self.cfg.flow_cache_timeout, AGING_BUDGET // AGING_STEPS, evict_limit=EVICT_PER_STEP)
+            budget, slots = AGING_BUDGET // AGING_STEPS, dp.table.capacity // AGING_STEPS
+            n = dp.age_step(self.cfg.flow_cache_timeout, budget, evict_limit=EVICT_PER_STEP, slots=slots)
             if n:
                 log.debug("removed %d flow entries", n)
 
@@ -369,7 +371,7 @@ class Agent:
                 except (TimeoutError, OSError) as e:
                     log.warning("link-local service %s: cannot resolve %s: %s", s.name, name, e)
                     continue
-                if self.dataplane.resolved.get(name) != addrs:
+                if self.dataplane.services.resolved.get(name) != addrs:
                     log.info("link-local service %s: %s is %s", s.name, name, ", ".join(addrs))
                     self.dataplane.set_resolved(name, addrs)
                     await self._tell_proxy()

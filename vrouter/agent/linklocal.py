@@ -13,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 import os
 
-from dataplane.core.vif import LinkLocalService
+from dataplane.core.services import LinkLocalService
 from vrouter.agent.store import read_json, write_json_atomic
 
 LINK_LOCAL_NET = ipaddress.IPv4Network("169.254.0.0/16")

@@ -55,8 +55,6 @@ def action_text(e: FlowEntry) -> str:
 
 def flags_text(flags: int) -> str:
     out = []
-    if flags & Flag.EVICTED:
-        out.append("E")
     if flags & Flag.EVICT_CANDIDATE:
         out.append("Ec")
     if flags & Flag.NEW_FLOW:
@@ -85,7 +83,7 @@ def entry_dict(e: FlowEntry) -> dict:
         "dvrf": e.dvrf,
         "action": Action(e.action).name,
         "action_text": action_text(e),
-        "flags": [f.name for f in Flag if e.flags & f],
+        "flags": [f.name for f in Flag if e.flags & f] + (["REVERSE"] if e.reverse else []),
         "drop_reason": DROP_NAMES.get(DropReason(e.drop_reason)) if e.action == Action.DROP else None,
         "tcp_flags": tcp_text(e.tcp_flags),
         "packets": e.packets,

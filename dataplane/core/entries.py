@@ -1,0 +1,160 @@
+"""Per-entry bookkeeping shared by the per-packet path, flow set-up and the lifecycle.
+
+The shared-memory table holds what the vRouter's flow entry holds; what the
+dataplane needs besides (the prepared NAT patch, the vif a flow leaves by,
+the limits it is charged against, the reserved NAT port) is a ``FlowState``
+per entry, kept here.  Rules:
+
+* One writer: the dataplane that owns the table writes both the records and
+  the states.  ``states[i]`` is set exactly while entry ``i`` is active and
+  was set up by this dataplane; ``keep`` and ``delete`` change both together.
+* The forward half of a pair carries the pair's bookkeeping (``charge``, the
+  vifs whose flow counts include it; ``link_local``; ``port``); the reverse
+  half's ``charge`` is empty.  A Drop entry has no reverse and carries its own.
+* A pair counts against its vifs' limits from set-up until it is closed (FIN
+  both ways, ``closed_at`` set on both halves) or removed, whichever is first;
+  a pair restarted by a new SYN counts again.  A Drop entry counts as a pair.
+* Limits: a VM over ``max_vm_flows`` entries gets new flows refused until its
+  use falls to 90% of the limit (the vRouter's hysteresis); link-local pairs are
+  capped per VM and per node.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from dataplane.core.nat import Patch
+from dataplane.core.vif import Vif
+from flows.layout import Action, DropReason
+from flows.table import FlowTable
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Flow limits. ``max_vm_flows``: entries one VM may hold (0: only the table's size)."""
+
+    max_vm_flows: int = 0
+    max_vm_linklocal_flows: int = 2048
+    max_system_linklocal_flows: int = 2048
+
+
+class PortAllocator(Protocol):
+    """Reserves source ports for link-local NAT to the fabric (the agent binds real sockets)."""
+
+    def reserve(self, proto: int) -> tuple[int, object]: ...
+
+    def release(self, handle: object) -> None: ...
+
+
+class FlowState:
+    """What the dataplane does with the packets of one entry, prepared at flow set-up."""
+
+    __slots__ = ("action", "patch", "out", "vin", "reason", "charge", "link_local", "port", "fresh", "closed_at")
+
+    def __init__(self, action: Action, patch: Patch | None, out: Vif | None, vin: int, reason: DropReason = DropReason.NONE) -> None:
+        self.action = action
+        self.patch = patch  # the NAT rewrite of this direction, or None
+        self.out = out  # the vif the packets leave by (counted as its TX), None for Drop
+        self.vin = vin  # the vif index the packets come in on
+        self.reason = reason  # for Drop
+        self.charge: tuple[Vif, ...] = ()  # forward half: the vifs whose limits this pair counts against
+        self.link_local = False  # forward half: a link-local pair
+        self.port: object = None  # forward half: the reserved NAT port, released with the pair
+        self.fresh = False  # reverse half: no answer seen yet, the pair is still New
+        self.closed_at: int | None = None  # both halves: when the second FIN was seen
+
+
+class Entries:
+    """The dataplane's state of each live entry, and the limits the entries count against."""
+
+    def __init__(self, table: FlowTable, limits: Limits, ports: PortAllocator | None = None) -> None:
+        self.table = table
+        self.limits = limits
+        self.ports = ports
+        # by entry index: with 400K live flows a dict lookup of an index reads its hash slot, its
+        # entry and its key object, each a cache miss; a list item is one read (5 MB of pointers
+        # for the default table)
+        self.states: list[FlowState | None] = [None] * table.capacity
+        self.linklocal_flows = 0  # link-local pairs on the node, counted against its cap
+
+    def keep(self, index: int, state: FlowState) -> None:
+        """Hold the state of a new entry (the benchmarks give generated entries theirs)."""
+        self.states[index] = state
+
+    def live(self) -> Iterator[tuple[int, FlowState]]:
+        """Every live entry this dataplane set up, with its state (a walk of the table's flags)."""
+        states = self.states
+        for i in self.table.active_indices():
+            st = states[i]
+            if st is not None:
+                yield i, st
+
+    def carrier(self, index: int) -> FlowState | None:
+        """The state that carries the bookkeeping of ``index``'s pair: its own or its reverse's."""
+        st = self.states[index]
+        if st is not None and st.charge:
+            return st
+        other = self.states[self.table.reverse_of(index)]
+        return other if other is not None and other.charge else None
+
+    # -- limits ---------------------------------------------------------------------------------
+
+    def over_limit(self, vif: Vif, link_local: bool) -> DropReason:
+        """Why one more flow of ``vif``'s (a pair: two entries) would be refused, or NONE."""
+        limit = self.limits.max_vm_flows
+        if limit:
+            if vif.flow_limited and vif.flows <= limit * 9 // 10:
+                vif.flow_limited = False
+            if vif.flow_limited or vif.flows + 2 > limit:
+                vif.flow_limited = True
+                return DropReason.FLOW_LIMIT
+        if link_local and (
+            vif.linklocal_flows >= self.limits.max_vm_linklocal_flows or self.linklocal_flows >= self.limits.max_system_linklocal_flows
+        ):
+            return DropReason.LINK_LOCAL_LIMIT
+        return DropReason.NONE
+
+    def charge(self, st: FlowState) -> None:
+        """Count a pair (or a Drop entry) against its vifs' limits."""
+        for v in st.charge:
+            v.flows += 2
+            if st.link_local:
+                v.linklocal_flows += 1
+        if st.link_local:
+            self.linklocal_flows += 1
+
+    def uncharge(self, st: FlowState) -> None:
+        """Stop counting a pair that was counted (not yet closed)."""
+        if st.closed_at is not None:
+            return  # closed pairs were uncharged when they closed
+        for v in st.charge:
+            v.flows -= 2
+            if st.link_local:
+                v.linklocal_flows -= 1
+        if st.link_local:
+            self.linklocal_flows -= 1
+
+    # -- removal --------------------------------------------------------------------------------
+
+    def delete(self, indices: list[int]) -> int:
+        """Remove the entries at ``indices`` with their reverses; return how many entries went."""
+        n = 0
+        for i in indices:
+            removed = self.table.delete(i)
+            self._forget(removed)
+            n += len(removed)
+        return n
+
+    def _forget(self, indices: list[int]) -> None:
+        states = self.states
+        for j in indices:
+            st = states[j]
+            if st is None:
+                continue
+            states[j] = None
+            if st.charge:
+                self.uncharge(st)
+                if st.port is not None and self.ports is not None:
+                    self.ports.release(st.port)
