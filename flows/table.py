@@ -471,14 +471,6 @@ class FlowTable:
                 last = other
         return last
 
-    def age(self, now: int, idle_ns: int) -> list[int]:
-        """Remove pairs idle (both halves) for longer than ``idle_ns``; return every index removed."""
-        removed = []
-        for i in list(self.active_indices()):
-            if self.flags(i) & F_ACTIVE and not self.is_reverse(i) and now - self.pair_last_used(i) > idle_ns:
-                removed.extend(self.delete(i))
-        return removed
-
     def is_reverse(self, index: int) -> bool:
         """Whether the entry at ``index`` is the reverse half of its pair."""
         return bool(U16.unpack_from(self.buf, HEADER_SIZE + index * RECORD_SIZE + OFF_FLAGS1)[0] & F1_REVERSE)
