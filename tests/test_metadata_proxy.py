@@ -12,7 +12,10 @@ import threading
 import pytest
 
 from tests.conftest import wait_until
-from vrouter.services.metadata.proxy import Fairness, Identity, MetadataProxy, RateLimiter, Upstream
+from vrouter.messages import Identity
+from vrouter.services.metadata.fairness import Fairness, RateLimiter
+from vrouter.services.metadata.nova_side import Upstream
+from vrouter.services.metadata.proxy import MetadataProxy
 from vrouter.services.metadata.signing import sign_instance_id
 
 VM = Identity("0b9c4f2e-7a51-4c4b-9d6e-0d3c1f5a2b77", "5a3f0c1e-2d4b-4f6a-8c9e-0b1d2f3a4c5e", "10.1.1.3", "port-1")

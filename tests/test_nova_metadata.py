@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from fabric.nova_metadata import InstanceStore, NovaMetadata
-from vrouter.services.metadata.signing import sign_instance_id, signature_matches, tenant_header
+from fabric.nova_metadata import InstanceStore, NovaMetadata, signature_matches
+from vrouter.services.metadata.signing import sign_instance_id, tenant_header
 
 INSTANCE = "0b9c4f2e-7a51-4c4b-9d6e-0d3c1f5a2b77"
 PROJECT = "5a3f0c1e2d4b4f6a8c9e0b1d2f3a4c5e"

@@ -10,8 +10,10 @@
     vrouter status           is the agent up, and how is it doing
 
 Every command but ``agent`` and ``nova-metadata`` acts on a running agent,
-found through its state directory (``--state-dir``, or ``--prefix P`` for
-``/run/vrouter/P``, or $VROUTER_STATE_DIR; default ``/run/vrouter/vr``).
+found through its state directory: ``--state-dir``, ``--prefix P`` for
+``/run/vrouter/P``, $VROUTER_STATE_DIR, else the node whose namespace the
+command runs in (``P-compute``), else the one node that is up (see
+``vrouter.tools.locate``).
 """
 
 from __future__ import annotations
@@ -28,36 +30,48 @@ import threading
 from typing import Any
 
 from vrouter import __version__
-from vrouter.agent.agent import AgentError, run_agent, state_paths
+from vrouter.agent.agent import AgentError, run_agent
 from vrouter.agent.config import AgentConfig, ConfigError, load_config, parse_log_level
 from vrouter.agent.control import AgentNotRunning, RequestFailed, call
+from vrouter.agent.paths import StatePaths
+from vrouter.messages import (
+    DropStatsRequest,
+    LinkLocalAdd,
+    LinkLocalDel,
+    LinkLocalImport,
+    LinkLocalList,
+    PortAdd,
+    PortDel,
+    PortList,
+    StatusRequest,
+    VifList,
+    to_json,
+)
+from vrouter.tools.dropstats import format_dropstats
 from vrouter.tools.flow import NoTable
-
-STATE_ROOT = "/run/vrouter"
-DEFAULT_PREFIX = "vr"
+from vrouter.tools.locate import Ambiguous
+from vrouter.tools.locate import state_dir as locate_state_dir
+from vrouter.tools.status import format_status
+from vrouter.tools.vif import format_vifs
 
 
 class UsageError(Exception):
     pass
 
 
-def _state_dir(args: argparse.Namespace) -> str:
-    if getattr(args, "state_dir", None):
-        return args.state_dir
-    if getattr(args, "prefix", None):
-        return os.path.join(STATE_ROOT, args.prefix)
-    return os.environ.get("VROUTER_STATE_DIR") or os.path.join(STATE_ROOT, DEFAULT_PREFIX)
+def _state_dir(args: argparse.Namespace, single_node: bool = True) -> str:
+    return locate_state_dir(getattr(args, "state_dir", None), getattr(args, "prefix", None), single_node)
 
 
 def _print(data: Any, as_json: bool, text: str) -> None:
     if as_json:
-        print(json.dumps(data, indent=2, sort_keys=True))
+        print(json.dumps(to_json(data), indent=2, sort_keys=True))
     else:
         print(text, end="" if text.endswith("\n") else "\n")
 
 
-def _agent_call(args: argparse.Namespace, op: str, payload: dict | None = None) -> Any:
-    return call(state_paths(_state_dir(args))["socket"], op, payload)
+def _agent_call(args: argparse.Namespace, request: Any) -> Any:
+    return call(StatePaths.of(_state_dir(args)).socket, request)
 
 
 # -- agent and nova ---------------------------------------------------------------------------
@@ -76,7 +90,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
     if args.log_level:
         cfg.log_level = parse_log_level("command line", "--log-level", args.log_level)
     _setup_logging(cfg.log_level, cfg.log_file)
-    main = run_agent(cfg, _state_dir(args), args.queue, args.nova_timeout, args.dns_interval)
+    main = run_agent(cfg, _state_dir(args, single_node=False), args.queue, args.nova_timeout, args.dns_interval)
     try:
         import uvloop  # the faster event loop, when installed (it is a dependency)
     except ImportError:
@@ -129,35 +143,25 @@ PORT_FIELDS = ["uuid", "instance_uuid", "vn_uuid", "vm_project_uuid", "ip_addres
 
 def cmd_port(args: argparse.Namespace) -> int:
     if args.oper == "add":
-        result = _agent_call(args, "port.add", {f: getattr(args, f) for f in PORT_FIELDS})
+        plugged = _agent_call(args, PortAdd(**{f: getattr(args, f) for f in PORT_FIELDS}))
         text = "port %s plugged as vif0/%d (%s, metadata IP %s)%s" % (
-            result["uuid"], result["vif"], result["tap_name"], result["metadata_ip"],
-            "" if result["tap_present"] else "; tap not present yet, plugged when it appears",
+            plugged.uuid, plugged.vif, plugged.tap_name, plugged.metadata_ip,
+            "" if plugged.tap_present else "; tap not present yet, plugged when it appears",
         )  # fmt: skip
-        _print(result, args.json, text)
+        _print(plugged, args.json, text)
     elif args.oper in ("del", "delete"):
         if not args.uuid:
             raise UsageError("port del needs --uuid")
-        result = _agent_call(args, "port.del", {"uuid": args.uuid})
-        _print(result, args.json, "port %s unplugged (%d flow entries removed)" % (result["uuid"], result["flows_removed"]))
+        gone = _agent_call(args, PortDel(args.uuid))
+        _print(gone, args.json, "port %s unplugged (%d flow entries removed)" % (gone.uuid, gone.flows_removed))
     else:
-        result = _agent_call(args, "port.list")
+        ports = _agent_call(args, PortList())
         rows = ["%-7s %-15s %-15s %-17s %-16s %-36s %s" % ("vif", "tap", "ip", "mac", "metadata ip", "instance", "vm")]
-        for p in result:
-            rows.append(
-                "vif0/%-2d %-15s %-15s %-17s %-16s %-36s %s%s"
-                % (
-                    p["vif"],
-                    p["tap_name"],
-                    p["ip_address"],
-                    p["mac"],
-                    p["metadata_ip"],
-                    p["instance_uuid"],
-                    p["vm_name"],
-                    "" if p["tap_present"] else " (tap absent)",
-                )  # fmt: skip
-            )
-        _print(result, args.json, "\n".join(rows))
+        for p in ports:
+            rows.append("vif0/%-2d %-15s %-15s %-17s %-16s %-36s %s%s" % (
+                p.vif, p.tap_name, p.ip_address, p.mac, p.metadata_ip, p.instance_uuid, p.vm_name, "" if p.tap_present else " (tap absent)",
+            ))  # fmt: skip
+        _print(ports, args.json, "\n".join(rows))
     return 0
 
 
@@ -173,37 +177,34 @@ def cmd_linklocal(args: argparse.Namespace) -> int:
             raise UsageError("%s: %s" % (args.file, e.strerror)) from None
         except ValueError as e:
             raise UsageError("%s: not JSON: %s" % (args.file, e)) from None
-        result = _agent_call(args, "linklocal.import", {"config": config})
-        _print(result, args.json, "%d link-local services now (%d flow entries removed)" % (result["services"], result["flows_removed"]))
+        if not isinstance(config, dict):
+            raise UsageError("%s: not a global-vrouter-config (a JSON object)" % args.file)
+        imported = _agent_call(args, LinkLocalImport(config))
+        _print(imported, args.json, "%d link-local services now (%d flow entries removed)" % (imported.services, imported.flows_removed))
         return 0
     if oper == "export":
-        result = _agent_call(args, "linklocal.list")
-        print(json.dumps({"linklocal_services": {"linklocal_service_entry": result}}, indent=2))
+        entries = _agent_call(args, LinkLocalList())
+        print(json.dumps({"linklocal_services": {"linklocal_service_entry": to_json(entries)}}, indent=2))
         return 0
     if oper == "add":
-        payload = {
-            "linklocal_service_name": args.name,
-            "linklocal_service_ip": args.ip,
-            "linklocal_service_port": args.port,
-            "ip_fabric_service_ip": args.fabric_ip or [],
-            "ip_fabric_service_port": args.fabric_port,
-            "ip_fabric_DNS_service_name": args.fabric_dns or "",
-        }
-        result = _agent_call(args, "linklocal.add", payload)
-        _print(result, args.json, "link-local service %s set" % result["name"])
+        changed = _agent_call(args, LinkLocalAdd(
+            linklocal_service_name=args.name, linklocal_service_ip=args.ip, linklocal_service_port=args.port,
+            ip_fabric_service_ip=args.fabric_ip or [], ip_fabric_service_port=args.fabric_port, ip_fabric_DNS_service_name=args.fabric_dns or "",
+        ))  # fmt: skip
+        _print(changed, args.json, "link-local service %s set" % changed.name)
     elif oper in ("del", "delete"):
         if not args.name:
             raise UsageError("linklocal del needs --linklocal_service_name NAME")
-        result = _agent_call(args, "linklocal.del", {"linklocal_service_name": args.name})
-        _print(result, args.json, "link-local service %s removed (%d flow entries removed)" % (result["name"], result["flows_removed"]))
+        changed = _agent_call(args, LinkLocalDel(args.name))
+        _print(changed, args.json, "link-local service %s removed (%d flow entries removed)" % (changed.name, changed.flows_removed))
     else:
-        result = _agent_call(args, "linklocal.list")
+        entries = _agent_call(args, LinkLocalList())
         rows = ["%-20s %-22s %-30s" % ("name", "link-local", "fabric")]
-        for s in result:
-            fabric = ",".join(s["ip_fabric_service_ip"]) or s["ip_fabric_DNS_service_name"]
-            rows.append("%-20s %-22s %-30s" % (s["linklocal_service_name"], "%s:%d" % (s["linklocal_service_ip"], s["linklocal_service_port"]),
-                                               "%s:%d" % (fabric, s["ip_fabric_service_port"])))  # fmt: skip
-        _print({"linklocal_services": {"linklocal_service_entry": result}}, args.json, "\n".join(rows))
+        for s in entries:
+            fabric = ",".join(s.ip_fabric_service_ip) or s.ip_fabric_DNS_service_name
+            rows.append("%-20s %-22s %-30s" % (s.linklocal_service_name, "%s:%d" % (s.linklocal_service_ip, s.linklocal_service_port),
+                                               "%s:%d" % (fabric, s.ip_fabric_service_port)))  # fmt: skip
+        _print({"linklocal_services": {"linklocal_service_entry": entries}}, args.json, "\n".join(rows))
     return 0
 
 
@@ -219,7 +220,7 @@ def cmd_flow(args: argparse.Namespace) -> int:
             terms = parse_match(args.match)
         except MatchError as e:
             raise UsageError(str(e)) from None
-    path = state_paths(_state_dir(args))["flows"]
+    path = StatePaths.of(_state_dir(args)).flows
     if args.follow:
         return follow(path, 0.2, args.duration, args.json, terms, sys.stdout)
     if not (args.list or terms):
@@ -234,50 +235,24 @@ def cmd_flow(args: argparse.Namespace) -> int:
 
 
 def cmd_vif(args: argparse.Namespace) -> int:
-    vifs = _agent_call(args, "vif.list")
+    vifs = _agent_call(args, VifList())
     if args.get is not None:
-        vifs = [v for v in vifs if v["vif"] == args.get]
+        vifs = [v for v in vifs if v.vif == args.get]
         if not vifs:
             raise UsageError("vif --get %d: no such interface" % args.get)
-    out = ["Vrouter Interface Table", ""]
-    for v in vifs:
-        md = "  Metadata IP:" + v["metadata_ip"] if v["metadata_ip"] else ""
-        out += [
-            "vif0/%-5d OS: %s (index %d)" % (v["vif"], v["name"], v["ifindex"]),
-            "            Type:%s HWaddr:%s IPaddr:%s" % (v["type"], "00:00:5e:00:01:00", v["ip"] or "0.0.0.0"),
-            "            Vrf:%d Flags:%s MTU:1500%s" % (v["vrf"], "L3L2" if v["type"] == "Virtual" else "L3", md),
-            "            VM MAC:%s Port:%s" % (v["mac"] or "-", v["port_uuid"] or "-") if v["type"] == "Virtual" else "            Host interface",
-            "            RX packets:%d  bytes:%d errors:0" % (v["rx_packets"], v["rx_bytes"]),
-            "            TX packets:%d  bytes:%d errors:0" % (v["tx_packets"], v["tx_bytes"]),
-            "            Drops:%d" % v["drops"],
-            "",
-        ]
-    _print(vifs if args.get is None else vifs[0], args.json, "\n".join(out))
+    _print(vifs if args.get is None else vifs[0], args.json, format_vifs(vifs))
     return 0
 
 
 def cmd_dropstats(args: argparse.Namespace) -> int:
-    drops = _agent_call(args, "dropstats")
-    text = "\n".join("%-35s %d" % (name, n) for name, n in drops.items())
-    _print(drops, args.json, text)
+    drops = _agent_call(args, DropStatsRequest())
+    _print(drops.counts, args.json, format_dropstats(drops))
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    st = _agent_call(args, "status")
-    text = (
-        "agent pid %(pid)d up %(uptime_s).0f s: vhost0 %(vhost_ip)s, metadata proxy port %(metadata_proxy_port)d, "
-        "%(ports)d ports, %(linklocal_services)d link-local services, %(flows_active)d active flow entries" % st
-    )
-    proxy = st.get("proxy", {})
-    if "error" in proxy:
-        text += "\nmetadata proxy process: %s" % proxy["error"]
-    elif proxy.get("pid"):
-        text += "\nmetadata proxy process pid %d (restarts: %d): %d requests, %d VM connections open, %d idle to Nova" % (
-            proxy["pid"], proxy.get("restarts", 0), proxy.get("requests", 0), proxy.get("vm_connections", 0), proxy.get("upstream_idle", 0))
-    if st.get("verdict_write_errors"):
-        text += "\nNFQUEUE verdict writes failed %d times (their packets were dropped; see the agent's log)" % st["verdict_write_errors"]
-    _print(st, args.json, text)
+    st = _agent_call(args, StatusRequest())
+    _print(st, args.json, format_status(st))
     return 0
 
 
@@ -286,7 +261,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def _target_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("which agent")
-    g.add_argument("--state-dir", help="the agent's state directory (default: $VROUTER_STATE_DIR or /run/vrouter/vr)")
+    g.add_argument("--state-dir", help="the agent's state directory (default: $VROUTER_STATE_DIR, else the node whose namespace this runs in, "
+                   "else the one node that is up)")
     g.add_argument("-p", "--prefix", help="shorthand for --state-dir /run/vrouter/PREFIX (as netns_setup.sh --prefix)")
     p.add_argument("--json", action="store_true", help="print JSON")
 
@@ -385,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.func(args)
-    except (AgentNotRunning, RequestFailed, AgentError, ConfigError, UsageError, NoTable) as e:
+    except (AgentNotRunning, RequestFailed, AgentError, ConfigError, UsageError, NoTable, Ambiguous) as e:
         print("vrouter %s: %s" % (args.command, e), file=sys.stderr)
         return 1
     except KeyboardInterrupt:

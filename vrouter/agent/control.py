@@ -1,24 +1,29 @@
-"""The agent's control socket: one JSON request per line, one JSON answer per line.
+"""The agent's control socket: the CLI's requests, one message per line (``vrouter.messages``).
 
 A Unix socket in the agent's state directory, so the CLI reaches the agent
-from any namespace.  Request ``{"op": "port.add", "args": {...}}``; answer
-``{"ok": true, "result": ...}`` or ``{"ok": false, "error": "message"}``.
+from any namespace.  Each request is decoded into its dataclass and handed to
+the agent's handler for that operation; the handler's answer (a dataclass, or
+a list of them) goes back.  An error a user can act on is the text of one of
+the ``expected`` exceptions; anything else is logged and answered as an
+internal error.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
-log = logging.getLogger("vrouter.agent.control")
+from vrouter.messages import CONTROL_OPS, OP_OF, MessageError, Refused, decode_answer, decode_request, encode_answer, encode_request
 
-Handler = Callable[[dict], Any | Awaitable[Any]]
+log = logging.getLogger("vrouter.control")
+
+Handler = Callable[[Any], Any | Awaitable[Any]]
 MAX_REQUEST = 1 << 20
+T = TypeVar("T")
 
 
 class AgentNotRunning(Exception):
@@ -31,6 +36,9 @@ class RequestFailed(Exception):
 
 class ControlServer:
     def __init__(self, path: str, handlers: dict[str, Handler], expected: tuple[type[Exception], ...]) -> None:
+        missing = set(CONTROL_OPS) - set(handlers)
+        if missing:
+            raise ValueError("no handler for %s" % ", ".join(sorted(missing)))
         self.path = path
         self.handlers = handlers
         self.expected = expected
@@ -59,46 +67,39 @@ class ControlServer:
                 try:
                     line = await reader.readline()
                 except (ValueError, asyncio.LimitOverrunError):
-                    await self._answer(writer, {"ok": False, "error": "request too large"})
+                    writer.write(encode_answer(error="request too large"))
+                    await writer.drain()
                     break
                 if not line:
                     break
-                await self._answer(writer, await self._dispatch(line))
+                writer.write(await self._dispatch(line))
+                await writer.drain()
         except ConnectionError:
             pass
         finally:
             writer.close()
 
-    async def _dispatch(self, line: bytes) -> dict:
+    async def _dispatch(self, line: bytes) -> bytes:
         try:
-            req = json.loads(line)
-            op, args = req["op"], req.get("args") or {}
-            if not isinstance(args, dict):
-                raise TypeError("args must be an object")
-        except (ValueError, KeyError, TypeError) as e:
-            return {"ok": False, "error": "bad request: %s" % e}
-        handler = self.handlers.get(op)
-        if handler is None:
-            return {"ok": False, "error": "unknown operation %r" % op}
+            op, request = decode_request(line, CONTROL_OPS)
+        except MessageError as e:
+            return encode_answer(error="bad request: %s" % e)
         try:
-            result = handler(args)
+            result = self.handlers[op](request)
             if asyncio.iscoroutine(result):
                 result = await result
         except self.expected as e:
-            return {"ok": False, "error": str(e)}
+            return encode_answer(error=str(e))
         except Exception as e:
             log.exception("control operation %s failed", op)
-            return {"ok": False, "error": "internal error: %s" % e}
-        return {"ok": True, "result": result}
-
-    @staticmethod
-    async def _answer(writer: asyncio.StreamWriter, answer: dict) -> None:
-        writer.write(json.dumps(answer).encode() + b"\n")
-        await writer.drain()
+            return encode_answer(error="internal error: %s" % e)
+        return encode_answer(result)
 
 
-def call(path: str, op: str, args: dict | None = None, timeout: float = 10.0) -> Any:
-    """Send one request; return the result, or raise AgentNotRunning / RequestFailed."""
+def call(path: str, request: Any, timeout: float = 10.0) -> Any:
+    """Send one request to the agent at ``path``; return its typed answer, or raise
+    AgentNotRunning / RequestFailed."""
+    op = OP_OF[type(request)]
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout)
     try:
@@ -106,7 +107,7 @@ def call(path: str, op: str, args: dict | None = None, timeout: float = 10.0) ->
             s.connect(path)
         except (FileNotFoundError, ConnectionRefusedError):
             raise AgentNotRunning("no vrouter agent is running (nothing listens on %s)" % path) from None
-        s.sendall(json.dumps({"op": op, "args": args or {}}).encode() + b"\n")
+        s.sendall(encode_request(request))
         data = b""
         while not data.endswith(b"\n"):
             chunk = s.recv(65536)
@@ -117,7 +118,9 @@ def call(path: str, op: str, args: dict | None = None, timeout: float = 10.0) ->
         raise AgentNotRunning("the vrouter agent did not answer within %.0f s" % timeout) from None
     finally:
         s.close()
-    answer = json.loads(data)
-    if not answer.get("ok"):
-        raise RequestFailed(answer.get("error", "request failed"))
-    return answer.get("result")
+    try:
+        return decode_answer(op, data)
+    except Refused as e:
+        raise RequestFailed(str(e)) from None
+    except MessageError as e:
+        raise RequestFailed("the agent's answer does not fit this vrouter command (%s): is it another version?" % e) from None

@@ -21,7 +21,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD, IFA_F_TENTATIVE
 
-log = logging.getLogger("vrouter.agent.host")
+log = logging.getLogger("vrouter.host")
 
 VROUTER_MAC = "00:00:5e:00:01:00"
 METADATA_IP6 = "fe80::a9fe:a9fe"

@@ -14,11 +14,6 @@ def sign_instance_id(instance_id: str, secret: str) -> str:
     return hmac.new(secret.encode(), instance_id.encode(), hashlib.sha256).hexdigest()
 
 
-def signature_matches(instance_id: str, secret: str, signature: str) -> bool:
-    """Constant-time comparison of a received signature with the expected one."""
-    return hmac.compare_digest(sign_instance_id(instance_id, secret).encode(), signature.encode())
-
-
 def tenant_header(project_id: str) -> str:
     """X-Tenant-ID carries the project uuid without dashes."""
     return project_id.replace("-", "")

@@ -1,0 +1,21 @@
+"""``vrouter status``: is the agent up, and how are it and its proxy process doing."""
+
+from __future__ import annotations
+
+from vrouter.messages import Status
+
+
+def format_status(st: Status) -> str:
+    text = "agent pid %d up %.0f s: vhost0 %s, metadata proxy port %d, %d ports, %d link-local services, %d active flow entries" % (
+        st.pid, st.uptime_s, st.vhost_ip, st.metadata_proxy_port, st.ports, st.linklocal_services, st.flows_active,
+    )  # fmt: skip
+    proxy = st.proxy
+    if proxy.error is not None:
+        text += "\nmetadata proxy process: %s" % proxy.error
+    elif proxy.pid:
+        text += "\nmetadata proxy process pid %d (restarts: %d): %d requests, %d VM connections open, %d idle to Nova" % (
+            proxy.pid, proxy.restarts, proxy.requests, proxy.vm_connections, proxy.upstream_idle,
+        )  # fmt: skip
+    if st.verdict_write_errors:
+        text += "\nNFQUEUE verdict writes failed %d times (their packets were dropped; see the agent's log)" % st.verdict_write_errors
+    return text
