@@ -37,13 +37,14 @@ $(VENV)/.installed: pyproject.toml | system-deps
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
 	$(BIN)/python -m pip install -q -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
-	@$(BIN)/python -c "import netfilterqueue, pyroute2, httptools, uvloop, scapy, pytest" && touch $@
+	@$(BIN)/python -c "import netfilterqueue, pyroute2, httptools, uvloop, scapy, pytest, mypy" && touch $@
 
 demo: install
 	@bash scripts/demo.sh $(DEMO_PREFIX) $(if $(KEEP),keep,)
 
 test: install
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -ra tests
 
 # Minutes of 16 VMs running cloud-init's metadata sequence; too long for CI (see the README).
@@ -71,9 +72,11 @@ bench-deps:
 unit: venv
 	$(BIN)/python -m pytest -q -m "not netns" tests
 
+# ruff and mypy (pinned in pyproject.toml's test extra; mypy checks the packages listed under [tool.mypy])
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

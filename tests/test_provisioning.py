@@ -139,3 +139,12 @@ def test_agent_config_error_is_one_line(tmp_path):
     conf.write_text("[METADATA]\nmetadata_proxy_port = x\n")
     r = run_cli("agent", "--config", str(conf), "--state-dir", str(tmp_path))
     assert r.returncode == 1 and "metadata_proxy_port" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_contrail_keys_this_node_does_not_use_are_checked_and_accepted():
+    cfg = parse_config("[VIRTUAL-HOST-INTERFACE]\ngateway = 10.10.0.1\n[METADATA]\nmetadata_client_cert_type = PEM\n")
+    assert cfg.metadata_proxy_port == 8097
+    with pytest.raises(ConfigError, match="gateway"):
+        parse_config("[VIRTUAL-HOST-INTERFACE]\ngateway = nowhere\n")
+    with pytest.raises(ConfigError, match="metadata_client_cert_type.*only PEM"):
+        parse_config("[METADATA]\nmetadata_client_cert_type = DER\n")

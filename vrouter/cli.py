@@ -19,7 +19,6 @@ command runs in (``P-compute``), else the one node that is up (see
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import os
@@ -29,7 +28,7 @@ import sys
 import threading
 from typing import Any
 
-from vrouter import __version__
+from vrouter import __version__, eventloop
 from vrouter.agent.agent import AgentError, run_agent
 from vrouter.agent.config import AgentConfig, ConfigError, load_config, parse_log_level
 from vrouter.agent.control import AgentNotRunning, RequestFailed, call
@@ -90,13 +89,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
     if args.log_level:
         cfg.log_level = parse_log_level("command line", "--log-level", args.log_level)
     _setup_logging(cfg.log_level, cfg.log_file)
-    main = run_agent(cfg, _state_dir(args, single_node=False), args.queue, args.nova_timeout, args.dns_interval)
-    try:
-        import uvloop  # the faster event loop, when installed (it is a dependency)
-    except ImportError:
-        asyncio.run(main)
-    else:
-        uvloop.run(main)
+    eventloop.run(run_agent(cfg, _state_dir(args, single_node=False), args.queue, args.nova_timeout, args.dns_interval))
     return 0
 
 

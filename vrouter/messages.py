@@ -389,7 +389,7 @@ def from_json(tp: Any, data: Any, where: str = "") -> Any:
                 raise MessageError("%s: key %r is not %s" % (where or "message", k, kt.__name__)) from None
             out[key] = from_json(vt, v, "%s.%s" % (where, k) if where else str(k))
         return out
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _dataclass(tp, data, where)
     if tp is float and isinstance(data, int | float) and not isinstance(data, bool):
         return float(data)

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 
-from netfilterqueue import COPY_PACKET, NetfilterQueue
+from netfilterqueue import COPY_PACKET, NetfilterQueue, Packet
 
 from dataplane.core.dataplane import Dataplane
 from dataplane.linux.verdicts import NF_ACCEPT, NF_DROP, VerdictWriter
@@ -31,7 +31,7 @@ class QueueShell:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.verdicts: VerdictWriter | None = None
 
-    def _handle(self, pkt) -> None:  # noqa: ANN001 - netfilterqueue.Packet
+    def _handle(self, pkt: Packet) -> None:
         verdicts = self.verdicts
         assert verdicts is not None
         try:

@@ -25,6 +25,7 @@ import logging
 import os
 import socket
 import struct
+from collections.abc import Callable
 
 log = logging.getLogger("vrouter.dataplane")
 
@@ -70,7 +71,7 @@ class VerdictWriter:
     The messages are built in one buffer from templates made once (``verdict_message``'s
     bytes): per packet, the varying fields are packed in place."""
 
-    def __init__(self, fd: int, queue: int, limit: int = LIMIT, write=os.write) -> None:  # noqa: ANN001
+    def __init__(self, fd: int, queue: int, limit: int = LIMIT, write: Callable[[int, bytes | bytearray], int] = os.write) -> None:
         self.fd = fd
         self.queue = queue
         self.limit = limit

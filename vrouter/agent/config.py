@@ -10,6 +10,7 @@ from __future__ import annotations
 import configparser
 import ipaddress
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 LOG_LEVELS = {
@@ -39,12 +40,10 @@ class AgentConfig:
     log_file: str = ""
     vhost_name: str = "vhost0"
     vhost_ip: str = ""  # empty: read from the vhost interface
-    vhost_gateway: str = ""
     metadata_proxy_secret: str = ""
     metadata_proxy_port: int = 8097
     metadata_use_ssl: bool = False
     metadata_client_cert: str = ""
-    metadata_client_cert_type: str = "PEM"
     metadata_client_key: str = ""
     metadata_ca_cert: str = ""
     metadata_header_timeout: float = 10.0
@@ -128,8 +127,17 @@ def _str(section: str, key: str, value: str) -> str:
     return value.strip()
 
 
+def _pem(section: str, key: str, value: str) -> str:
+    if value.strip().upper() not in ("", "PEM"):
+        raise ConfigError("[%s] %s = %r: only PEM certificates are supported" % (section, key, value))
+    return "PEM"
+
+
+Parser = Callable[[str, str, str], object]
+ACCEPTED = ""  # the attribute of a key that is checked and then not used
+
 # section -> key -> (attribute, parser)
-SCHEMA = {
+SCHEMA: dict[str, dict[str, tuple[str, Parser]]] = {
     "DEFAULT": {
         "log_level": ("log_level", parse_log_level),
         "log_file": ("log_file", _str),
@@ -137,14 +145,15 @@ SCHEMA = {
     "VIRTUAL-HOST-INTERFACE": {
         "name": ("vhost_name", _str),
         "ip": ("vhost_ip", _ip),
-        "gateway": ("vhost_gateway", _ip),
+        # contrail-vrouter-agent.conf's, checked and not used: netns_setup.sh sets vhost0's route
+        "gateway": (ACCEPTED, _ip),
     },
     "METADATA": {
         "metadata_proxy_secret": ("metadata_proxy_secret", _str),
         "metadata_proxy_port": ("metadata_proxy_port", lambda s, k, v: _int(s, k, v, 1, 65535)),
         "metadata_use_ssl": ("metadata_use_ssl", _bool),
         "metadata_client_cert": ("metadata_client_cert", _str),
-        "metadata_client_cert_type": ("metadata_client_cert_type", _str),
+        "metadata_client_cert_type": (ACCEPTED, _pem),  # PEM is the only type Python's ssl loads
         "metadata_client_key": ("metadata_client_key", _str),
         "metadata_ca_cert": ("metadata_ca_cert", _str),
         # This project's own keys (the vRouter agent has none of these): limits per VM.
@@ -168,9 +177,13 @@ SCHEMA = {
 }
 
 
+class _KeysAsWritten(configparser.ConfigParser):
+    def optionxform(self, optionstr: str) -> str:
+        return optionstr
+
+
 def parse_config(text: str, source: str = "agent.conf") -> AgentConfig:
-    parser = configparser.ConfigParser(interpolation=None, default_section="__none__")
-    parser.optionxform = str  # keys as written
+    parser = _KeysAsWritten(interpolation=None, default_section="__none__")
     try:
         parser.read_string(text, source=source)
     except configparser.Error as e:
@@ -184,7 +197,9 @@ def parse_config(text: str, source: str = "agent.conf") -> AgentConfig:
             if key not in known:
                 raise ConfigError("%s: unknown key %r in [%s] (known: %s)" % (source, key, section, ", ".join(known)))
             attr, conv = known[key]
-            setattr(cfg, attr, conv(section, key, value))
+            parsed = conv(section, key, value)
+            if attr != ACCEPTED:
+                setattr(cfg, attr, parsed)
     if cfg.metadata_use_ssl and not cfg.metadata_ca_cert:
         raise ConfigError("%s: [METADATA] metadata_use_ssl needs metadata_ca_cert" % source)
     return cfg

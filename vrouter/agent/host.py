@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -43,8 +44,8 @@ class HostNetwork:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="netlink")
         self._ipr: IPRoute | None = None
 
-    async def _nl(self, method: str, *args: object, **kwargs: object):  # noqa: ANN202
-        def call():  # noqa: ANN202
+    async def _nl(self, method: str, *args: object, **kwargs: object) -> Any:  # noqa: ANN401 - what pyroute2 returns
+        def call() -> Any:  # noqa: ANN401
             if self._ipr is None:
                 self._ipr = IPRoute()
             return getattr(self._ipr, method)(*args, **kwargs)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from typing import TextIO
 
 from flows.layout import ACTION_LETTER, DROP_NAMES, DROP_SHORT, Action, DropReason, Flag, nat_letters
 from flows.table import FlowEntry, FlowTable, TableFormatError
@@ -172,7 +173,7 @@ def matches(e: FlowEntry, terms: list[tuple[bytes, int | None]]) -> bool:
     return True
 
 
-def follow(path: str, interval: float, duration: float | None, as_json: bool, terms: list | None, out) -> int:  # noqa: ANN001
+def follow(path: str, interval: float, duration: float | None, as_json: bool, terms: list[tuple[bytes, int | None]] | None, out: TextIO) -> int:
     """``flow -r``: print each new flow (a new index, or a reused slot's new generation) as it
     appears, until ``duration`` seconds pass, the agent goes, or Ctrl-C."""
     import json

@@ -378,6 +378,8 @@ class VMConnection(asyncio.Protocol):
         TCP_QUICKACK 2 sends the pending ACK at once and (being even) leaves the connection in
         delayed-ACK mode, so the rest of the request is acknowledged by the answer."""
         sock = self.transport.get_extra_info("socket") if self.transport is not None else None
+        if sock is None:
+            return
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 2)
         except (OSError, AttributeError):

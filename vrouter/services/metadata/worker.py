@@ -21,6 +21,7 @@ import socket
 import ssl
 import sys
 
+from vrouter import eventloop
 from vrouter.agent.procinfo import own_memory
 from vrouter.messages import (
     PROXY_OPS,
@@ -117,13 +118,7 @@ def main() -> int:
         print("usage: python -m vrouter.services.metadata.worker FD (started by vrouter agent)", file=sys.stderr)
         return 2
     try:
-        import uvloop
-
-        runner = uvloop.run
-    except ImportError:
-        runner = asyncio.run
-    try:
-        runner(serve(int(sys.argv[1])))
+        eventloop.run(serve(int(sys.argv[1])))
     except KeyboardInterrupt:
         pass
     return 0
