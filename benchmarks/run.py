@@ -36,7 +36,9 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-SETUP = os.path.join(ROOT, "scripts", "netns_setup.sh")
+from topology.lab import Lab  # noqa: E402
+from topology.model import Topology  # noqa: E402
+
 VROUTER = os.path.join(ROOT, ".venv", "bin", "vrouter")
 PATH = "/openstack/latest/meta_data.json"
 URL = "http://169.254.169.254" + PATH
@@ -198,12 +200,12 @@ class Bench:
         self.tmp = tempfile.mkdtemp(prefix="vrouter-bench-")
         os.chmod(self.tmp, 0o755)  # nginx's workers run as www-data
         self.procs: list[subprocess.Popen] = []
+        self.lab = Lab(prefix)
 
     # -- the host -----------------------------------------------------------------------------
 
     def up(self) -> None:
-        r = sh("bash", SETUP, "up", "--vms", "8", "--prefix", self.prefix, "--json", timeout=300)
-        self.layout = json.loads(r.stdout)
+        self.layout = self.lab.up(Topology.plan(self.prefix, 8, self.lab.state))
         self.compute = self.layout["namespaces"]["compute"]
         self.fabric = self.layout["namespaces"]["fabric"]
         self.vms = self.layout["vms"]
@@ -227,7 +229,7 @@ class Bench:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait(10)
-        sh("bash", SETUP, "down", "--prefix", self.prefix, check=False, timeout=300)
+        self.lab.down()
 
     def start_nginx(self) -> None:
         root = os.path.join(self.tmp, "www")
@@ -262,11 +264,11 @@ class Bench:
 
     def project(self) -> None:
         self.plain_off()
-        sh("bash", SETUP, "start-agent", "--prefix", self.prefix)
+        self.lab.start_agent()
 
     def plain_on(self, nat_rules: str) -> None:
         """Agent stopped; the compute namespace forwards by itself, with our own bench table."""
-        sh("bash", SETUP, "stop-agent", "--prefix", self.prefix)
+        self.lab.stop_agent()
         c = ["ip", "netns", "exec", self.compute]
         sh(*c, "sysctl", "-qw", "net.ipv4.ip_forward=1")
         for vm in self.vms:

@@ -24,7 +24,7 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SETUP = os.path.join(ROOT, "scripts", "netns_setup.sh")
+sys.path.insert(0, ROOT)
 VROUTER = os.path.join(ROOT, ".venv", "bin", "vrouter")
 
 CLOUD_INIT = r"""
@@ -111,11 +111,15 @@ def main() -> int:
     if os.geteuid() != 0:
         print("soak needs root (network namespaces)", file=sys.stderr)
         return 2
-    up = run("bash", SETUP, "up", "--vms", str(args.vms), "--prefix", args.prefix, "--json")
-    if up.returncode != 0:
-        print(up.stderr, file=sys.stderr)
+    from topology.lab import Lab, LabError
+    from topology.model import Topology
+
+    lab = Lab(args.prefix)
+    try:
+        layout = lab.up(Topology.plan(args.prefix, args.vms, lab.state))
+    except (LabError, ValueError) as e:
+        print("soak: %s" % e, file=sys.stderr)
         return 1
-    layout = json.loads(up.stdout)
     state = layout["state_dir"]
     try:
         conf = os.path.join(state, "agent.conf")
@@ -125,9 +129,8 @@ def main() -> int:
         cp.set("FLOWS", "flow_cache_timeout", "10")
         with open(conf, "w") as f:
             cp.write(f)
-        for cmd in ("stop-agent", "start-agent"):
-            r = run("bash", SETUP, cmd, "--prefix", args.prefix)
-            assert r.returncode == 0, r.stderr
+        lab.stop_agent()
+        lab.start_agent()
 
         def wave(seconds: float) -> list[dict]:
             procs = [subprocess.Popen(["ip", "netns", "exec", vm["namespace"], sys.executable, "-c", CLOUD_INIT, vm["instance_uuid"],
@@ -175,7 +178,7 @@ def main() -> int:
         print("soak %s" % ("PASSED" if verdict else "FAILED"))
         return 0 if verdict else 1
     finally:
-        run("bash", SETUP, "down", "--prefix", args.prefix)
+        lab.down()
 
 
 if __name__ == "__main__":

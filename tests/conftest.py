@@ -1,8 +1,10 @@
 """Shared helpers for the namespace integration tests.
 
-Each emulated host is built by scripts/netns_setup.sh, as a user builds one, under a unique
-prefix (`tq` + 5 hex digits), and removed by its `down` when the test is over, pass or fail.
-A last sweep at the end of the session removes any namespace of those prefixes still present.
+Each emulated host is built by ``topology.lab`` (what scripts/netns_setup.sh runs) under a unique
+prefix (`tq` + 5 hex digits, from ``unique_prefix``), and removed by its ``down`` when the test is
+over, pass or fail.  A last sweep at the end of the session removes any namespace of those
+prefixes still present.  Commands a user runs on a built host (netns_setup.sh stop-agent ...)
+go through the script itself: ``EmulatedHost.setup``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+from topology.lab import Lab
+from topology.model import Topology
 
 ROOT = Path(__file__).resolve().parents[1]
 SETUP = ROOT / "scripts" / "netns_setup.sh"
@@ -52,15 +57,20 @@ def wait_until(cond: Callable[[], object], timeout: float, what: str, interval: 
         time.sleep(interval)
 
 
+def unique_prefix() -> str:
+    """A prefix no other test uses; its namespaces are swept at the end of the session."""
+    prefix = "tq" + secrets.token_hex(3)[:5]
+    _PREFIXES.append(prefix)
+    return prefix
+
+
 class EmulatedHost:
-    """A compute node built by netns_setup.sh, with helpers that act inside its namespaces."""
+    """A compute node built by topology.lab, with helpers that act inside its namespaces."""
 
     def __init__(self, vms: int, tls: bool = False) -> None:
-        self.prefix = "tq" + secrets.token_hex(3)[:5]
-        _PREFIXES.append(self.prefix)
-        r = self.setup("up", "--vms", str(vms), "--json", *(["--tls"] if tls else []), timeout=120)
-        assert r.returncode == 0, "netns_setup.sh up failed:\n" + r.stderr
-        self.layout = json.loads(r.stdout)
+        self.prefix = unique_prefix()
+        self.lab = Lab(self.prefix, say=lambda text: None)
+        self.layout = self.lab.up(Topology.plan(self.prefix, vms, self.lab.state, tls=tls))
         self.vms = self.layout["vms"]
         self.compute = self.layout["namespaces"]["compute"]
         self.state_dir = self.layout["state_dir"]
@@ -71,7 +81,7 @@ class EmulatedHost:
                               timeout=timeout, env=dict(os.environ, **(env or {})))  # fmt: skip
 
     def down(self) -> None:
-        self.setup("down", timeout=120)
+        self.lab.down(quiet=True)
 
     def vm_ns(self, i: int) -> str:
         return self.vms[i]["namespace"]

@@ -6,14 +6,12 @@ import socket
 import pytest
 from scapy.layers.inet import IP, TCP, UDP
 
-from dataplane.core.dataplane import Dataplane, Limits
+from dataplane.core.dataplane import Limits
 from dataplane.core.services import LinkLocalService
 from dataplane.core.vif import Vif
 from flows.layout import Action, DropReason, Flag, make_key
-from flows.table import FlowTable
+from tests.dataplanes import METADATA, TAP1, TAP2, VHOST, dataplane
 
-TAP1, TAP2, VHOST = 11, 12, 2
-METADATA = LinkLocalService("metadata", "169.254.169.254", 80, ("10.10.0.1",), 8775)
 NTP = LinkLocalService("ntp", "169.254.169.123", 123, ("10.10.0.1",), 123)
 WEB = LinkLocalService("web", "169.254.10.10", 8080, ("10.10.0.7", "10.10.0.8"), 80)
 
@@ -38,12 +36,7 @@ class Ports:
 
 
 def make(limits=None, ports=None, entries=4096):
-    d = Dataplane(FlowTable.in_memory(entries), "10.10.0.2", 8097, limits=limits, ports=ports)
-    d.set_host_ifindex(VHOST)
-    d.add_vif(Vif(3, "tapaaaaaaaa-aa", TAP1, "10.1.1.3", "02:00:00:00:00:03", vrf=1))
-    d.add_vif(Vif(4, "tapbbbbbbbb-bb", TAP2, "10.1.1.4", "02:00:00:00:00:04", vrf=1))
-    d.set_services([METADATA, NTP, WEB])
-    return d
+    return dataplane(entries, limits, ports, services=(METADATA, NTP, WEB))
 
 
 def seg(src, dst, sport, dport, flags):

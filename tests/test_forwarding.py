@@ -7,23 +7,13 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.packet import Raw
 
 from dataplane.core.dataplane import Dataplane, Limits
-from dataplane.core.services import LinkLocalService
-from dataplane.core.vif import Vif
 from flows.layout import Action, DropReason, Flag
-from flows.table import FlowTable
-
-TAP1, TAP2, TAP3 = 11, 12, 13
-METADATA = LinkLocalService("metadata", "169.254.169.254", 80, ("10.10.0.1",), 8775)
+from tests.dataplanes import TAP1, TAP2, dataplane
 
 
 @pytest.fixture
 def dp():
-    d = Dataplane(FlowTable.in_memory(1024), "10.10.0.2", 8097)
-    d.add_vif(Vif(3, "tapaaaaaaaa-aa", TAP1, "10.1.1.3", "02:00:00:00:00:03", vrf=1))
-    d.add_vif(Vif(4, "tapbbbbbbbb-bb", TAP2, "10.1.1.4", "02:00:00:00:00:04", vrf=1))
-    d.add_vif(Vif(5, "tapcccccccc-cc", TAP3, "10.1.1.5", "02:00:00:00:00:05", vrf=2))
-    d.set_services([METADATA])
-    return d
+    return dataplane(other_network=True)
 
 
 def syn(src="10.1.1.3", dst="169.254.169.254", sport=40000, dport=80) -> bytes:
@@ -192,11 +182,7 @@ def test_ipv6_metadata_nat_pair(dp):
 
 def _dataplane() -> Dataplane:
     # tight limits, so that the random mix also meets refused set-ups and refused restarts
-    d = Dataplane(FlowTable.in_memory(1024), "10.10.0.2", 8097, Limits(max_vm_flows=16, max_vm_linklocal_flows=2, max_system_linklocal_flows=3))
-    d.add_vif(Vif(3, "tapaaaaaaaa-aa", TAP1, "10.1.1.3", "02:00:00:00:00:03", vrf=1))
-    d.add_vif(Vif(4, "tapbbbbbbbb-bb", TAP2, "10.1.1.4", "02:00:00:00:00:04", vrf=1))
-    d.set_services([METADATA])
-    return d
+    return dataplane(limits=Limits(max_vm_flows=16, max_vm_linklocal_flows=2, max_system_linklocal_flows=3))
 
 
 def test_fast_path_decides_as_the_general_path_randomised():

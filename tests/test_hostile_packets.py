@@ -8,23 +8,16 @@ from hypothesis import strategies as st
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.packet import Raw
 
-from dataplane.core.dataplane import Dataplane, Limits
+from dataplane.core.dataplane import Limits
 from dataplane.core.packet import Malformed, parse
-from dataplane.core.services import LinkLocalService
-from dataplane.core.vif import Vif
 from flows.layout import DropReason
-from flows.table import FlowTable
+from tests.dataplanes import TAP1, TAP2, dataplane
 
-TAP1, TAP2 = 11, 12
 SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def make():
-    d = Dataplane(FlowTable.in_memory(4096), "10.10.0.2", 8097, Limits(max_vm_flows=200))
-    d.add_vif(Vif(3, "tap3", TAP1, "10.1.1.3", "02:00:00:00:00:03", vrf=1))
-    d.add_vif(Vif(4, "tap4", TAP2, "10.1.1.4", "02:00:00:00:00:04", vrf=1))
-    d.set_services([LinkLocalService("metadata", "169.254.169.254", 80, ("10.10.0.1",), 8775)])
-    return d
+    return dataplane(4096, Limits(max_vm_flows=200))
 
 
 def well_behaved(d):

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import _PREFIXES, SETUP, VROUTER, EmulatedHost, needs_root, wait_until
+from tests.conftest import SETUP, VROUTER, EmulatedHost, needs_root, unique_prefix, wait_until
 
 pytestmark = [pytest.mark.netns, needs_root]
 
@@ -340,8 +340,7 @@ def test_up_twice_and_down_leave_nothing_behind():
 
 def test_down_removes_the_state_root_that_up_made():
     root = "/run/vrouter-%s" % secrets.token_hex(4)  # a state root nobody else uses
-    prefix = "tq" + secrets.token_hex(3)[:5]
-    _PREFIXES.append(prefix)
+    prefix = unique_prefix()
     env = dict(os.environ, VROUTER_STATE_ROOT=root)
     run = lambda *a: subprocess.run(["bash", str(SETUP), *a, "--prefix", prefix], capture_output=True, text=True, timeout=120, env=env)  # noqa: E731
     try:
