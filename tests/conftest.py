@@ -67,9 +67,9 @@ def unique_prefix() -> str:
 class EmulatedHost:
     """A compute node built by topology.lab, with helpers that act inside its namespaces."""
 
-    def __init__(self, vms: int, tls: bool = False) -> None:
+    def __init__(self, vms: int, tls: bool = False, state_root: str | None = None) -> None:
         self.prefix = unique_prefix()
-        self.lab = Lab(self.prefix, say=lambda text: None)
+        self.lab = Lab(self.prefix, state_root=state_root, say=lambda text: None)
         self.layout = self.lab.up(Topology.plan(self.prefix, vms, self.lab.state, tls=tls))
         self.vms = self.layout["vms"]
         self.compute = self.layout["namespaces"]["compute"]

@@ -2,12 +2,14 @@
 (needs root). One emulated host with 2 VMs serves the module."""
 
 import json
+import os
+import secrets
 import subprocess
 import sys
 
 import pytest
 
-from tests.conftest import VROUTER, needs_root, wait_until
+from tests.conftest import VROUTER, EmulatedHost, needs_root, wait_until
 
 pytestmark = [pytest.mark.netns, needs_root]
 
@@ -102,3 +104,38 @@ def test_closed_tcp_flows_leave_the_table(host):
     status, _ = host.metadata(0, "/openstack", "--local-port", "45678")
     assert status == 200
     wait_until(lambda: not flow_for(host, host.vms[0]["ip"], 45678, "169.254.169.254", 80), 15, "the closed metadata flow to go")
+
+
+def test_tools_act_on_the_node_whose_namespace_they_run_in(host):
+    # no --prefix, no --state-dir: inside P-compute the tools use prefix P
+    r = host.in_compute(str(VROUTER), "vif", "--list", "--json")
+    assert r.returncode == 0, r.stderr
+    assert {v["name"] for v in json.loads(r.stdout)} >= {vm["tap"] for vm in host.vms}
+    r = host.in_compute(str(VROUTER), "flow", "-l")
+    assert r.returncode == 0 and r.stdout.startswith("Flow table"), r.stderr
+
+
+@needs_root
+def test_outside_any_node_the_one_node_up_is_used_and_several_are_named():
+    root = "/run/vrouter-%s" % secrets.token_hex(4)  # a state root of this test's own
+    env = dict(os.environ, VROUTER_STATE_ROOT=root)
+    env.pop("VROUTER_STATE_DIR", None)
+    first = EmulatedHost(vms=1, state_root=root)
+    second = None
+    try:
+        r = subprocess.run([str(VROUTER), "status", "--json"], capture_output=True, text=True, timeout=30, env=env)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["ports"] == 1
+        second = EmulatedHost(vms=1, state_root=root)
+        r = subprocess.run([str(VROUTER), "dropstats"], capture_output=True, text=True, timeout=30, env=env)
+        assert r.returncode == 1 and first.prefix in r.stderr and second.prefix in r.stderr and "--prefix" in r.stderr
+        r = subprocess.run([str(VROUTER), "dropstats", "--prefix", second.prefix], capture_output=True, text=True, timeout=30, env=env)
+        assert r.returncode == 0 and "Invalid Packet" in r.stdout
+    finally:
+        first.down()
+        if second is not None:
+            second.down()
+        try:
+            os.rmdir(root)
+        except OSError:
+            pass

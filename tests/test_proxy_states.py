@@ -1,0 +1,78 @@
+"""The proxy's connection states, as pure tables: the paths a connection takes, and the events a
+state must not meet."""
+
+import pytest
+
+from vrouter.services.metadata.states import (
+    ANSWERING,
+    READING,
+    UPSTREAM,
+    AnswerEvent,
+    Answering,
+    ReadEvent,
+    Reading,
+    StateError,
+    Upstream,
+    UpstreamEvent,
+    step,
+)
+
+
+def walk(table, state, *events):
+    for e in events:
+        state = step(table, state, e)
+    return state
+
+
+def test_reading_keep_alive_then_close():
+    s = walk(READING, Reading.IDLE, ReadEvent.HEAD_BEGINS, ReadEvent.HEAD_ENDS, ReadEvent.REQUEST_ENDS)
+    assert s is Reading.IDLE
+    s = walk(READING, s, ReadEvent.HEAD_BEGINS, ReadEvent.HEAD_ENDS, ReadEvent.LAST_REQUEST_ENDS)
+    assert s is Reading.DONE
+    assert step(READING, s, ReadEvent.STOP) is Reading.DONE  # stopping twice is harmless
+
+
+@pytest.mark.parametrize("state", list(Reading))
+def test_any_reading_state_can_stop(state):
+    assert step(READING, state, ReadEvent.STOP) is Reading.DONE
+
+
+@pytest.mark.parametrize(
+    "state, event",
+    [
+        (Reading.IDLE, ReadEvent.HEAD_ENDS),
+        (Reading.HEAD, ReadEvent.REQUEST_ENDS),
+        (Reading.DONE, ReadEvent.HEAD_BEGINS),
+        (Reading.BODY, ReadEvent.HEAD_BEGINS),
+    ],
+)
+def test_reading_refuses_what_cannot_happen(state, event):
+    with pytest.raises(StateError, match="in state"):
+        step(READING, state, event)
+
+
+def test_answering_relay_answer_and_failures():
+    assert walk(ANSWERING, Answering.READY, AnswerEvent.RELAY, AnswerEvent.ANSWER_STARTS, AnswerEvent.ANSWER_ENDS) is Answering.READY
+    # Nova failed before answering: 502 and ready for the next request
+    assert walk(ANSWERING, Answering.READY, AnswerEvent.RELAY, AnswerEvent.FAILED) is Answering.READY
+    # ... after the head went: the VM is cut off
+    assert walk(ANSWERING, Answering.READY, AnswerEvent.RELAY, AnswerEvent.ANSWER_STARTS, AnswerEvent.FAILED) is Answering.CLOSED
+    with pytest.raises(StateError):
+        step(ANSWERING, Answering.READY, AnswerEvent.ANSWER_STARTS)  # an answer with no request relayed
+    with pytest.raises(StateError):
+        step(ANSWERING, Answering.CLOSED, AnswerEvent.RELAY)
+
+
+def test_upstream_pool_cycle_interim_and_close():
+    s = walk(UPSTREAM, Upstream.IDLE, UpstreamEvent.REQUEST_SENT, UpstreamEvent.INTERIM_HEAD, UpstreamEvent.INTERIM_ENDS,
+             UpstreamEvent.HEAD, UpstreamEvent.ANSWER_ENDS)  # fmt: skip
+    assert s is Upstream.IDLE
+    for state in Upstream:
+        assert step(UPSTREAM, state, UpstreamEvent.CLOSE) is Upstream.CLOSED
+    with pytest.raises(StateError):
+        step(UPSTREAM, Upstream.SENT, UpstreamEvent.REQUEST_SENT)  # one request at a time
+
+
+def test_every_table_covers_every_state():
+    for table, states in ((READING, Reading), (ANSWERING, Answering), (UPSTREAM, Upstream)):
+        assert set(table) == set(states)

@@ -1,0 +1,86 @@
+"""The emulated host as data (pure), how a tool finds its agent (pure), and namespaces made
+without ip(8) (root)."""
+
+import os
+import socket
+
+import pytest
+
+from tests.conftest import needs_root, unique_prefix
+from topology import netns
+from topology.model import MAX_VMS, Topology
+from vrouter.tools import locate
+
+
+def test_plan_gives_every_vm_its_own_names_and_addresses():
+    t = Topology.plan("ab", 50, "/run/vrouter/ab", secret="s")
+    for attr in ("name", "namespace", "ip", "mac", "tap", "port_uuid", "instance_uuid", "ipv6"):
+        assert len({getattr(v, attr) for v in t.vms}) == 50, attr
+    assert t.vms[0].ip == "10.1.1.3" and t.vms[0].tap == "tap" + t.vms[0].port_uuid[:11] and t.vms[49].namespace == "ab-vm50"
+    assert all(len(v.tap) <= 15 for v in t.vms)  # an interface name
+    with pytest.raises(ValueError, match="from 1 to %d" % MAX_VMS):
+        Topology.plan("ab", MAX_VMS + 1, "/x")
+
+
+def test_layout_and_instances_describe_the_same_vms():
+    t = Topology.plan("ab", 2, "/run/vrouter/ab", secret="s", tls=True)
+    layout, inst = t.layout(), t.instances()["instances"]
+    assert layout["namespaces"] == {"compute": "ab-compute", "fabric": "ab-fabric", "vms": ["ab-vm1", "ab-vm2"]}
+    assert layout["nova"]["url"] == "https://10.10.0.1:8775" and layout["secret"] == "s"
+    assert [i["uuid"] for i in inst] == [v["instance_uuid"] for v in layout["vms"]]
+    assert inst[0]["project_id"] == layout["vms"][0]["project_id"].replace("-", "")  # Nova's form: no dashes
+    assert "metadata_use_ssl = true" in t.agent_conf() and "/run/vrouter/ab/tls/ca.pem" in t.agent_conf()
+
+
+def test_a_compute_namespace_names_its_prefix():
+    assert locate.prefix_of_namespace("demo-compute") == "demo"
+    assert locate.prefix_of_namespace("demo-fabric") is None
+    assert locate.prefix_of_namespace("demo-vm1") is None
+
+
+def test_tools_use_the_one_node_up_and_name_them_all_when_several(tmp_path, monkeypatch):
+    monkeypatch.setenv("VROUTER_STATE_ROOT", str(tmp_path))
+    monkeypatch.delenv("VROUTER_STATE_DIR", raising=False)
+    monkeypatch.setattr(locate, "current_namespace", lambda: "")
+    assert locate.state_dir(None, None) == str(tmp_path / "vr")  # none up: the default, which then says so
+    (tmp_path / "one").mkdir()
+    (tmp_path / "one" / "agent.sock").touch()
+    (tmp_path / "stopped").mkdir()  # a node whose agent is not running does not count
+    assert locate.state_dir(None, None) == str(tmp_path / "one")
+    (tmp_path / "two").mkdir()
+    (tmp_path / "two" / "flows.shm").touch()
+    with pytest.raises(locate.Ambiguous, match=r"2 vrouter nodes are up \(one, two\).*--prefix"):
+        locate.state_dir(None, None)
+    assert locate.state_dir(None, "two") == str(tmp_path / "two")
+    assert locate.state_dir("/elsewhere", "two") == "/elsewhere"
+    assert locate.state_dir(None, None, single_node=False) == str(tmp_path / "vr")  # the agent itself does not guess
+    monkeypatch.setattr(locate, "current_namespace", lambda: "three-compute")
+    assert locate.state_dir(None, None) == str(tmp_path / "three")  # inside a node: that node, whatever else is up
+
+
+@needs_root
+@pytest.mark.netns
+def test_namespaces_are_made_entered_and_removed_without_ip():
+    a, b = unique_prefix() + "-a", unique_prefix() + "-b"
+    netns.create(a)
+    netns.create(b)
+    try:
+        with pytest.raises(netns.NamespaceError, match="exists already"):
+            netns.create(a)
+        host_links = socket.if_nameindex()
+        with netns.Namespace(a) as na, netns.Namespace(b) as nb:
+            assert [link.get_attr("IFLA_IFNAME") for link in na.ipr.get_links()] == ["lo"]  # not the host's
+            na.ipr.link("add", ifname="va", kind="veth", peer={"ifname": "vb", "net_ns_fd": nb.fd})
+            nb.sysctl({"net.ipv6.conf.vb.accept_dad": "0"})
+            assert nb.run(lambda: open("/proc/sys/net/ipv6/conf/vb/accept_dad").read().strip()) == "0"
+            assert nb.index("vb") > 0
+            with pytest.raises(netns.NamespaceError, match="no interface"):
+                na.index("vb")
+        assert socket.if_nameindex() == host_links  # nothing appeared on the host
+        fds = len(os.listdir("/proc/self/fd"))
+        for _ in range(5):
+            netns.Namespace(a).close()
+        assert len(os.listdir("/proc/self/fd")) == fds  # nothing left open
+    finally:
+        assert netns.delete(a) and netns.delete(b)
+    assert not netns.exists(a) and not netns.delete(a)
