@@ -1,12 +1,13 @@
-"""The dataplane's own nftables table, spoken to the kernel over netlink.
+"""The dataplane's own nftables tables, spoken to the kernel over netlink.
 
-The table (``ip vrouter``) sends to NFQUEUE every packet that a VM sends,
-every packet the compute node itself sends towards a per-VM metadata IP
-(169.254.0.0/16, the return traffic of NATed metadata flows), and every TCP
-or UDP packet arriving on vhost0 for the link-local NAT port range (the
-fabric's return traffic of link-local services).
-Nothing else on the host is touched: the table is created at start and
-deleted, by name, at stop.
+The IPv4 table (``ip vrouter``) sends to NFQUEUE every packet that a VM
+sends, every packet the compute node itself sends towards a per-VM metadata
+IP (169.254.0.0/16, the return traffic of NATed metadata flows), and every
+TCP or UDP packet arriving on vhost0 for the link-local NAT port range (the
+fabric's return traffic of link-local services).  The IPv6 table (``ip6
+vrouter``) sends a VM's TCP to fe80::a9fe:a9fe and the proxy's packets back
+to the per-port IPv6 metadata addresses.  Nothing else on the host is
+touched: the tables are created at start and deleted, by name, at stop.
 
 Why netlink and not the ``nft`` command: many kernels (this project's CI
 machine among them) are built without ``CONFIG_NFT_QUEUE``, so nft's native
