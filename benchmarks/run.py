@@ -460,8 +460,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=8, help="length of each load (default 8)")
     ap.add_argument("--rate", type=float, default=200, help="requests/s of the latency run (default 200)")
-    ap.add_argument("--repeat", type=int, default=1,
-                    help="rounds: each configuration is measured this many times, in turn, and each figure is the median (default 1)")
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="rounds: each configuration is measured this many times, in turn, and each figure is the median (default 1)",
+    )
     ap.add_argument("--prefix", default="bench")
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "bench.json"))
     args = ap.parse_args()
@@ -537,7 +541,8 @@ def main() -> int:
         fmt_row("agent + proxy process memory, RSS (KiB)", res["agent_rss_kib"], None, "", "-", None, "KiB"),
     ]  # fmt: skip
     cpu = "CPU during the keep-alive run from 1 VM, % of one core (2 cores in all; wrk has the rest): " + "; ".join(
-        "%s: %s" % (name, ", ".join("%s %d" % kv for kv in res[name]["cpu_keepalive_1vm"].items())) for name in ("project", "haproxy", "kernel"))
+        "%s: %s" % (name, ", ".join("%s %d" % kv for kv in res[name]["cpu_keepalive_1vm"].items())) for name in ("project", "haproxy", "kernel")
+    )
     print("\n".join(rows))
     print("\n" + cpu)
     print("\nrequest errors: %s; UDP delivered (project/kernel/floor): %s/%s/%s" % (

@@ -167,7 +167,11 @@ def main() -> int:
             json.dump(report, f, indent=2)
         growth = end["anon_kib"] - settled["anon_kib"]
         verdict = (
-            failed == 0 and end["flows"] == 0 and end["fds"] <= settled["fds"] and end["nat_ports"] == 0 and growth < 8192
+            failed == 0
+            and end["flows"] == 0
+            and end["fds"] <= settled["fds"]
+            and end["nat_ports"] == 0
+            and growth < 8192
             and end["proxy"]["vm_connections"] == 0
         )
         print(json.dumps({k: v for k, v in report.items() if not k.startswith("agent_")}, indent=2))

@@ -4,9 +4,12 @@ state must not meet."""
 import pytest
 
 from vrouter.services.metadata.states import (
+    ANSWER_NEXT,
     ANSWERING,
+    READ_NEXT,
     READING,
     UPSTREAM,
+    UPSTREAM_NEXT,
     AnswerEvent,
     Answering,
     ReadEvent,
@@ -25,16 +28,16 @@ def walk(table, state, *events):
 
 
 def test_reading_keep_alive_then_close():
-    s = walk(READING, Reading.IDLE, ReadEvent.HEAD_BEGINS, ReadEvent.HEAD_ENDS, ReadEvent.REQUEST_ENDS)
+    s = walk(READ_NEXT, Reading.IDLE, ReadEvent.HEAD_BEGINS, ReadEvent.HEAD_ENDS, ReadEvent.REQUEST_ENDS)
     assert s is Reading.IDLE
-    s = walk(READING, s, ReadEvent.HEAD_BEGINS, ReadEvent.HEAD_ENDS, ReadEvent.LAST_REQUEST_ENDS)
+    s = walk(READ_NEXT, s, ReadEvent.HEAD_BEGINS, ReadEvent.HEAD_ENDS, ReadEvent.LAST_REQUEST_ENDS)
     assert s is Reading.DONE
-    assert step(READING, s, ReadEvent.STOP) is Reading.DONE  # stopping twice is harmless
+    assert step(READ_NEXT, s, ReadEvent.STOP) is Reading.DONE  # stopping twice is harmless
 
 
 @pytest.mark.parametrize("state", list(Reading))
 def test_any_reading_state_can_stop(state):
-    assert step(READING, state, ReadEvent.STOP) is Reading.DONE
+    assert step(READ_NEXT, state, ReadEvent.STOP) is Reading.DONE
 
 
 @pytest.mark.parametrize(
@@ -48,31 +51,37 @@ def test_any_reading_state_can_stop(state):
 )
 def test_reading_refuses_what_cannot_happen(state, event):
     with pytest.raises(StateError, match="in state"):
-        step(READING, state, event)
+        step(READ_NEXT, state, event)
 
 
 def test_answering_relay_answer_and_failures():
-    assert walk(ANSWERING, Answering.READY, AnswerEvent.RELAY, AnswerEvent.ANSWER_STARTS, AnswerEvent.ANSWER_ENDS) is Answering.READY
+    assert walk(ANSWER_NEXT, Answering.READY, AnswerEvent.RELAY, AnswerEvent.ANSWER_STARTS, AnswerEvent.ANSWER_ENDS) is Answering.READY
     # Nova failed before answering: 502 and ready for the next request
-    assert walk(ANSWERING, Answering.READY, AnswerEvent.RELAY, AnswerEvent.FAILED) is Answering.READY
+    assert walk(ANSWER_NEXT, Answering.READY, AnswerEvent.RELAY, AnswerEvent.FAILED) is Answering.READY
     # ... after the head went: the VM is cut off
-    assert walk(ANSWERING, Answering.READY, AnswerEvent.RELAY, AnswerEvent.ANSWER_STARTS, AnswerEvent.FAILED) is Answering.CLOSED
+    assert walk(ANSWER_NEXT, Answering.READY, AnswerEvent.RELAY, AnswerEvent.ANSWER_STARTS, AnswerEvent.FAILED) is Answering.CLOSED
     with pytest.raises(StateError):
-        step(ANSWERING, Answering.READY, AnswerEvent.ANSWER_STARTS)  # an answer with no request relayed
+        step(ANSWER_NEXT, Answering.READY, AnswerEvent.ANSWER_STARTS)  # an answer with no request relayed
     with pytest.raises(StateError):
-        step(ANSWERING, Answering.CLOSED, AnswerEvent.RELAY)
+        step(ANSWER_NEXT, Answering.CLOSED, AnswerEvent.RELAY)
 
 
 def test_upstream_pool_cycle_interim_and_close():
-    s = walk(UPSTREAM, Upstream.IDLE, UpstreamEvent.REQUEST_SENT, UpstreamEvent.INTERIM_HEAD, UpstreamEvent.INTERIM_ENDS,
+    s = walk(UPSTREAM_NEXT, Upstream.IDLE, UpstreamEvent.REQUEST_SENT, UpstreamEvent.INTERIM_HEAD, UpstreamEvent.INTERIM_ENDS,
              UpstreamEvent.HEAD, UpstreamEvent.ANSWER_ENDS)  # fmt: skip
     assert s is Upstream.IDLE
     for state in Upstream:
-        assert step(UPSTREAM, state, UpstreamEvent.CLOSE) is Upstream.CLOSED
+        assert step(UPSTREAM_NEXT, state, UpstreamEvent.CLOSE) is Upstream.CLOSED
     with pytest.raises(StateError):
-        step(UPSTREAM, Upstream.SENT, UpstreamEvent.REQUEST_SENT)  # one request at a time
+        step(UPSTREAM_NEXT, Upstream.SENT, UpstreamEvent.REQUEST_SENT)  # one request at a time
 
 
-def test_every_table_covers_every_state():
-    for table, states in ((READING, Reading), (ANSWERING, Answering), (UPSTREAM, Upstream)):
+def test_every_table_covers_every_state_and_the_compiled_tables_say_the_same():
+    tables = ((READING, READ_NEXT, Reading, ReadEvent), (ANSWERING, ANSWER_NEXT, Answering, AnswerEvent),
+              (UPSTREAM, UPSTREAM_NEXT, Upstream, UpstreamEvent))  # fmt: skip
+    for table, compiled, states, events in tables:
         assert set(table) == set(states)
+        for state in states:
+            for event in events:
+                assert compiled[state][event] == table[state].get(event)
+        assert all(compiled[0][e] is None for e in events) and all(state for state in states)  # no state is 0 (false)

@@ -1,9 +1,9 @@
 """``python -m topology``: what ``scripts/netns_setup.sh`` runs.
 
-    netns_setup.sh up [--vms N] [--prefix P] [--secret S] [--tls] [--json]
-    netns_setup.sh down [--prefix P]
-    netns_setup.sh status [--prefix P]
-    netns_setup.sh stop-agent|start-agent|stop-nova|start-nova [--prefix P]
+netns_setup.sh up [--vms N] [--prefix P] [--secret S] [--tls] [--json]
+netns_setup.sh down [--prefix P]
+netns_setup.sh status [--prefix P]
+netns_setup.sh stop-agent|start-agent|stop-nova|start-nova [--prefix P]
 """
 
 from __future__ import annotations

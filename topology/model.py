@@ -130,7 +130,9 @@ class Topology:
             "namespaces": {"compute": self.compute, "fabric": self.fabric, "vms": [v.namespace for v in self.vms]},
             "vhost0": {"ip": self.vhost_ip, "namespace": self.compute},
             "nova": {
-                "ip": self.nova_ip, "port": NOVA_PORT, "namespace": self.fabric,
+                "ip": self.nova_ip,
+                "port": NOVA_PORT,
+                "namespace": self.fabric,
                 "url": "%s://%s:%d" % ("https" if self.tls else "http", self.nova_ip, NOVA_PORT),
                 "tls": {"ca": s + "/tls/ca.pem", "cert": s + "/tls/nova.pem", "key": s + "/tls/nova.key"} if self.tls else None,
             },  # fmt: skip

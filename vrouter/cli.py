@@ -254,8 +254,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def _target_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("which agent")
-    g.add_argument("--state-dir", help="the agent's state directory (default: $VROUTER_STATE_DIR, else the node whose namespace this runs in, "
-                   "else the one node that is up)")
+    g.add_argument(
+        "--state-dir",
+        help="the agent's state directory (default: $VROUTER_STATE_DIR, else the node whose namespace this runs in, else the one node that is up)",
+    )
     g.add_argument("-p", "--prefix", help="shorthand for --state-dir /run/vrouter/PREFIX (as netns_setup.sh --prefix)")
     p.add_argument("--json", action="store_true", help="print JSON")
 

@@ -430,7 +430,7 @@ def decode_request(line: bytes, ops: dict[str, tuple[type, Any]]) -> tuple[str, 
     except ValueError as e:
         raise MessageError("not JSON: %s" % e) from None
     if not isinstance(msg, dict) or not isinstance(msg.get("op"), str):
-        raise MessageError("expected {\"op\": ..., \"args\": {...}}")
+        raise MessageError('expected {"op": ..., "args": {...}}')
     op = msg["op"]
     if op not in ops:
         raise MessageError("unknown operation %r" % op)

@@ -214,4 +214,3 @@ class FlowSetup:
         except TableFull:
             self.ports.release(handle)
             raise
-

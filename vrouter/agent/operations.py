@@ -160,9 +160,21 @@ class Operations:
     def vif_list(self, _: VifList) -> list[VifRecord]:
         return [
             VifRecord(
-                vif=v.index, name=v.name, type=v.kind, ifindex=v.ifindex, mac=v.mac or "", ip=v.ip, vrf=v.vrf,
-                metadata_ip=v.metadata_ip if v.kind == "Virtual" else "", port_uuid=v.port_uuid, rx_packets=v.rx_packets,
-                rx_bytes=v.rx_bytes, tx_packets=v.tx_packets, tx_bytes=v.tx_bytes, drops=v.drops, flows=v.flows,
+                vif=v.index,
+                name=v.name,
+                type=v.kind,
+                ifindex=v.ifindex,
+                mac=v.mac or "",
+                ip=v.ip,
+                vrf=v.vrf,
+                metadata_ip=v.metadata_ip if v.kind == "Virtual" else "",
+                port_uuid=v.port_uuid,
+                rx_packets=v.rx_packets,
+                rx_bytes=v.rx_bytes,
+                tx_packets=v.tx_packets,
+                tx_bytes=v.tx_bytes,
+                drops=v.drops,
+                flows=v.flows,
             )  # fmt: skip
             for v in sorted(self.node.dataplane.vifs.values(), key=lambda v: v.index)
         ]

@@ -20,12 +20,12 @@ from __future__ import annotations
 import asyncio
 import ssl
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NoReturn, Protocol
 
 import httptools
 
 from vrouter.services.metadata.http import NOT_RETURNED, Request
-from vrouter.services.metadata.states import UPSTREAM, UpstreamEvent, step
+from vrouter.services.metadata.states import UPSTREAM_NEXT, StateError, UpstreamEvent
 from vrouter.services.metadata.states import Upstream as State
 from vrouter.services.metadata.timers import Deadline
 
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from vrouter.services.metadata.proxy import MetadataProxy
 
 _SENT, _INTERIM, _STREAMING, _CLOSED = State.SENT, State.INTERIM, State.STREAMING, State.CLOSED
+_REQUEST_SENT, _HEAD, _ANSWER_ENDS = UpstreamEvent.REQUEST_SENT, UpstreamEvent.HEAD, UpstreamEvent.ANSWER_ENDS
 
 
 def client_tls(ca: str | None, cert: str | None = None, key: str | None = None) -> ssl.SSLContext:
@@ -102,12 +103,10 @@ class NovaConnection(asyncio.Protocol):
         self._out: list[bytes] = []
 
     def _go(self, event: UpstreamEvent) -> None:
-        self.state = step(UPSTREAM, self.state, event)
+        self.state = UPSTREAM_NEXT[self.state][event] or self._bad(event)
 
-    @property
-    def usable(self) -> bool:
-        """Whether it can take a request from the pool."""
-        return self.state is State.IDLE and self.transport is not None and not self.transport.is_closing()
+    def _bad(self, event: UpstreamEvent) -> NoReturn:
+        raise StateError("%s while the upstream connection is %s" % (event.name, self.state.name))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio.Transport subclasses
@@ -115,7 +114,7 @@ class NovaConnection(asyncio.Protocol):
     def begin(self, client: Responder, req: Request, reused: bool, attempt: int) -> None:
         """Carry ``req`` (its bytes in ``req.wire``) for ``client``."""
         assert self.transport is not None
-        self._go(UpstreamEvent.REQUEST_SENT)
+        self.state = UPSTREAM_NEXT[self.state][_REQUEST_SENT] or self._bad(_REQUEST_SENT)
         self.client = client
         self.req = req
         self.reused = reused
@@ -204,7 +203,7 @@ class NovaConnection(asyncio.Protocol):
             return
         client, req = self.client, self.req
         assert client is not None and req is not None
-        self._go(UpstreamEvent.HEAD)
+        self.state = UPSTREAM_NEXT[self.state][_HEAD] or self._bad(_HEAD)
         length = None
         chunked = False
         out = [b"HTTP/1.1 %d %s\r\n" % (status, b"".join(self._reason))]
@@ -273,11 +272,12 @@ class NovaConnection(asyncio.Protocol):
             return
         if self._rechunk:
             self._out.append(b"0\r\n\r\n")
-        out = b"".join(self._out)
+        out = self._out[0] if len(self._out) == 1 else b"".join(self._out)
         self._out = []
-        self.resume()  # a pooled connection always reads (a slow VM may have paused it)
+        if self._paused:
+            self.resume()  # a pooled connection always reads (a slow VM may have paused it)
         if self._reusable and self.state is _STREAMING:
-            self._go(UpstreamEvent.ANSWER_ENDS)
+            self.state = UPSTREAM_NEXT[self.state][_ANSWER_ENDS] or self._bad(_ANSWER_ENDS)
             self.proxy.release(self)
         else:
             self._close()

@@ -29,9 +29,11 @@ from vrouter.services.metadata.fairness import Fairness, RateLimiter
 from vrouter.services.metadata.http import NOT_RELAYED, Request
 from vrouter.services.metadata.nova_side import NovaConnection, Responder, Upstream
 from vrouter.services.metadata.signing import sign_instance_id, tenant_header
+from vrouter.services.metadata.states import Upstream as UpstreamState
 from vrouter.services.metadata.vm_side import VMConnection
 
 log = logging.getLogger("vrouter.metadata")
+_POOLED = UpstreamState.IDLE  # a connection to Nova that can take a request
 
 
 class MetadataProxy:
@@ -106,14 +108,11 @@ class MetadataProxy:
         if signed is None:
             if len(self._signed) > 4096:
                 self._signed.clear()
-            signed = self._signed[ident] = (
-                b"X-Forwarded-For: %s\r\nX-Instance-ID: %s\r\nX-Tenant-ID: %s\r\nX-Instance-ID-Signature: %s\r\n\r\n"
-                % (
-                    ident.vm_ip.encode(),
-                    ident.instance_uuid.encode(),
-                    tenant_header(ident.project_uuid).encode(),
-                    sign_instance_id(ident.instance_uuid, self.secret).encode(),
-                )
+            signed = self._signed[ident] = b"X-Forwarded-For: %s\r\nX-Instance-ID: %s\r\nX-Tenant-ID: %s\r\nX-Instance-ID-Signature: %s\r\n\r\n" % (
+                ident.vm_ip.encode(),
+                ident.instance_uuid.encode(),
+                tenant_header(ident.project_uuid).encode(),
+                sign_instance_id(ident.instance_uuid, self.secret).encode(),
             )
         out.append(signed)
         if req.body:
@@ -126,13 +125,14 @@ class MetadataProxy:
         """Send ``req`` (``req.wire``) to Nova for ``client``: on a pooled connection, else a new one."""
         while self._idle:
             n = self._idle.pop()
-            if n.upstream == upstream and n.usable:
+            t = n.transport
+            if n.upstream is upstream and n.state is _POOLED and t is not None and not t.is_closing():
                 n.begin(client, req, True, attempt)
                 return
             n.close()
-        t = asyncio.get_running_loop().create_task(self._open(client, req, upstream, attempt))
-        self._connecting.add(t)
-        t.add_done_callback(self._connecting.discard)
+        task = asyncio.get_running_loop().create_task(self._open(client, req, upstream, attempt))
+        self._connecting.add(task)
+        task.add_done_callback(self._connecting.discard)
 
     async def _open(self, client: Responder, req: Request, upstream: Upstream, attempt: int) -> None:
         loop = asyncio.get_running_loop()
@@ -152,7 +152,8 @@ class MetadataProxy:
 
     def release(self, nova: NovaConnection) -> None:
         """A connection done with its request: into the pool if it can carry another."""
-        if nova.usable and len(self._idle) < self.max_idle_upstream:
+        t = nova.transport
+        if nova.state is _POOLED and len(self._idle) < self.max_idle_upstream and t is not None and not t.is_closing():
             self._idle.append(nova)
         else:
             nova.close()

@@ -169,4 +169,3 @@ class ProxyProcess:
         if self._watch is not None:
             self._watch.cancel()
         await self._kill()
-

@@ -11,7 +11,7 @@ this class is the Nova side's business.
 Rules kept here: a request a VM trickles in gets 408 when its head (or body) is
 late; more than ``max_connections_per_vm`` connections from one VM: 429; a VM
 over the rate limit: 429; an unknown source or no metadata service: 500; more
-than ``http.MAX_PIPELINED`` (32) requests read ahead: reading pauses; a VM that reads
+than ``MAX_PIPELINED`` (32) requests read ahead: reading pauses; a VM that reads
 slower than Nova answers pauses the Nova connection.  Connections start in
 delayed-ACK mode (the listening socket's): a whole request's ACK goes with its
 answer; a partial one is acknowledged at once.
@@ -23,13 +23,22 @@ import asyncio
 import logging
 import socket
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import httptools
 
-from vrouter.services.metadata import http
-from vrouter.services.metadata.http import Refuse, Request, simple_response
-from vrouter.services.metadata.states import ANSWERING, READING, AnswerEvent, Answering, ReadEvent, Reading, step
+from vrouter.services.metadata.http import (
+    MAX_BODY,
+    MAX_HEADERS,
+    MAX_PIPELINED,
+    MAX_TARGET,
+    RELAYED_METHODS,
+    REQUEST_LINE,
+    Refuse,
+    Request,
+    simple_response,
+)
+from vrouter.services.metadata.states import ANSWER_NEXT, READ_NEXT, AnswerEvent, Answering, ReadEvent, Reading, StateError
 from vrouter.services.metadata.timers import Deadline
 
 if TYPE_CHECKING:
@@ -40,6 +49,13 @@ log = logging.getLogger("vrouter.metadata")
 
 _IDLE, _HEAD, _BODY, _DONE = Reading.IDLE, Reading.HEAD, Reading.BODY, Reading.DONE
 _READY, _CLOSED = Answering.READY, Answering.CLOSED
+_HEAD_BEGINS, _HEAD_ENDS, _REQUEST_ENDS, _LAST_REQUEST_ENDS = (
+    ReadEvent.HEAD_BEGINS,
+    ReadEvent.HEAD_ENDS,
+    ReadEvent.REQUEST_ENDS,
+    ReadEvent.LAST_REQUEST_ENDS,
+)
+_RELAY, _ANSWER_STARTS, _ANSWER_ENDS = AnswerEvent.RELAY, AnswerEvent.ANSWER_STARTS, AnswerEvent.ANSWER_ENDS
 
 
 class VMConnection(asyncio.Protocol):
@@ -67,10 +83,13 @@ class VMConnection(asyncio.Protocol):
     # -- the machines ---------------------------------------------------------------------------
 
     def _read(self, event: ReadEvent) -> None:
-        self.reading = step(READING, self.reading, event)
+        self.reading = READ_NEXT[self.reading][event] or self._bad(event)
 
     def _answer_state(self, event: AnswerEvent) -> None:
-        self.answering = step(ANSWERING, self.answering, event)
+        self.answering = ANSWER_NEXT[self.answering][event] or self._bad(event)
+
+    def _bad(self, event: ReadEvent | AnswerEvent) -> NoReturn:
+        raise StateError("%s while reading is %s and answering %s" % (event.name, self.reading.name, self.answering.name))
 
     # -- connection -----------------------------------------------------------------------------
 
@@ -132,7 +151,7 @@ class VMConnection(asyncio.Protocol):
             return
         if self.reading is _HEAD:
             self._head_bytes += len(data)
-            if self._head_bytes > 2 * http.MAX_HEADERS:  # a head that never ends: do not buffer it
+            if self._head_bytes > 2 * MAX_HEADERS:  # a head that never ends: do not buffer it
                 self._refuse(431)
                 return
         try:
@@ -145,7 +164,7 @@ class VMConnection(asyncio.Protocol):
                 self._internal_error(ctx or e)
         except httptools.HttpParserInvalidMethodError:
             # a well-formed request line with a method llhttp does not know is 501, anything else 400
-            self._refuse(501 if http.REQUEST_LINE.match(data) else 400)
+            self._refuse(501 if REQUEST_LINE.match(data) else 400)
         except httptools.HttpParserUpgrade:
             # CONNECT or Upgrade: what was parsed is answered (CONNECT gets 501); nothing more is read
             self._read(ReadEvent.STOP)
@@ -156,7 +175,7 @@ class VMConnection(asyncio.Protocol):
         except Exception as e:  # noqa: BLE001 - a bug must not take the proxy down
             self._internal_error(e)
             return
-        if len(self.queue) >= http.MAX_PIPELINED and self.transport is not None:
+        if len(self.queue) >= MAX_PIPELINED and self.transport is not None:
             self.transport.pause_reading()
         elif self.reading is _HEAD or self.reading is _BODY:
             self._ack_now()  # part of a request: the VM may be waiting for this ACK to send the rest
@@ -165,7 +184,7 @@ class VMConnection(asyncio.Protocol):
     # -- parser callbacks -----------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        self._read(ReadEvent.HEAD_BEGINS)
+        self.reading = READ_NEXT[self.reading][_HEAD_BEGINS] or self._bad(_HEAD_BEGINS)
         self._req = Request()
         self._url = []
         self._head_size = 0
@@ -186,11 +205,11 @@ class VMConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         req = self._req
         assert req is not None
-        self._read(ReadEvent.HEAD_ENDS)
+        self.reading = READ_NEXT[self.reading][_HEAD_ENDS] or self._bad(_HEAD_ENDS)
         req.target = b"".join(self._url)
-        if len(req.target) > http.MAX_TARGET:
+        if len(req.target) > MAX_TARGET:
             raise Refuse(414)
-        if self._head_size > http.MAX_HEADERS:
+        if self._head_size > MAX_HEADERS:
             raise Refuse(431)
         p = self.parser
         req.method = p.get_method()
@@ -200,7 +219,7 @@ class VMConnection(asyncio.Protocol):
         for name, value in req.headers:
             low = name.lower()
             if low == b"content-length":
-                if value.strip().isdigit() and int(value) > http.MAX_BODY:
+                if value.strip().isdigit() and int(value) > MAX_BODY:
                     raise Refuse(413)
             elif low == b"expect" and value.strip().lower() == b"100-continue":
                 expect = True
@@ -210,7 +229,7 @@ class VMConnection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         self._body_size += len(body)
-        if self._body_size > http.MAX_BODY:
+        if self._body_size > MAX_BODY:
             raise Refuse(413)
         self._body.append(body)
 
@@ -218,7 +237,8 @@ class VMConnection(asyncio.Protocol):
         req = self._req
         assert req is not None
         self._req = None
-        self._read(ReadEvent.REQUEST_ENDS if req.keep_alive else ReadEvent.LAST_REQUEST_ENDS)
+        ends = _REQUEST_ENDS if req.keep_alive else _LAST_REQUEST_ENDS
+        self.reading = READ_NEXT[self.reading][ends] or self._bad(ends)
         if self._body:
             req.body = b"".join(self._body)
             self._body = []
@@ -266,7 +286,7 @@ class VMConnection(asyncio.Protocol):
             return
         p.stats.requests += 1
         close = not req.keep_alive
-        if req.method not in http.RELAYED_METHODS:
+        if req.method not in RELAYED_METHODS:
             self._local(501, close, head)
             return
         ident = p.identify(self.peer_ip)
@@ -283,7 +303,7 @@ class VMConnection(asyncio.Protocol):
             self._local(429, close, head)
             return
         self.current = req
-        self._answer_state(AnswerEvent.RELAY)
+        self.answering = ANSWER_NEXT[self.answering][_RELAY] or self._bad(_RELAY)
         req.wire = p.request_bytes(req, ident, upstream)
         p.relay(self, req, upstream, 1)
 
@@ -312,7 +332,7 @@ class VMConnection(asyncio.Protocol):
 
     def answer_started(self, status: int) -> None:
         """Nova's answer head is on its way to the VM."""
-        self._answer_state(AnswerEvent.ANSWER_STARTS)
+        self.answering = ANSWER_NEXT[self.answering][_ANSWER_STARTS] or self._bad(_ANSWER_STARTS)
         self.proxy.stats.count(status)
 
     def answer_data(self, data: bytes) -> None:
@@ -331,7 +351,7 @@ class VMConnection(asyncio.Protocol):
             self._hold_for_fin()
         if data:
             self._write(data)
-        self._answer_state(AnswerEvent.ANSWER_ENDS)
+        self.answering = ANSWER_NEXT[self.answering][_ANSWER_ENDS] or self._bad(_ANSWER_ENDS)
         self._next()
 
     def answer_failed(self, upstream: Upstream, why: str) -> None:
