@@ -64,6 +64,7 @@ def _tag(h: int) -> int:
 
 
 _ACTIVE_BYTE = bytes(b & 1 for b in range(256))  # translate: the ACTIVE bit of a flags byte
+_NONZERO_BYTE = bytes([0]) + bytes([1]) * 255  # translate: a tag that is not 0 (an entry in use)
 _ONE = re.compile(b"\x01")
 
 DEFAULT_ENTRIES = 524_288
@@ -335,8 +336,11 @@ class FlowTable:
             yield m.start()
 
     def active_between(self, start: int, end: int) -> list[int]:
-        """Indices of the active entries in [start, end), as ``active_indices`` finds them: the
-        walk of aging, a slice of the table at a time."""
+        """Indices of the active entries in [start, end): the walk of aging, a slice of the table
+        at a time.  The writer reads its tags (one contiguous byte an entry, 0 when free); a
+        reader copies the flag bytes out of the records."""
+        if self.writable:
+            return [start + m.start() for m in _ONE.finditer(self._tags[start:end].translate(_NONZERO_BYTE))]
         base = HEADER_SIZE + OFF_FLAGS
         low = self.view[base + start * RECORD_SIZE : base + end * RECORD_SIZE : RECORD_SIZE].tobytes()
         return [start + m.start() for m in _ONE.finditer(low.translate(_ACTIVE_BYTE))]

@@ -227,6 +227,9 @@ def test_tag_index_agrees_with_the_records_through_churn():
                 assert t.lookup(key(n)) == t._scan(key(n)) == live.get(key(n), -1)
             heads, links = _record_links(t)
             assert heads == list(t._head) and links == list(t._next)
+            reader = FlowTable(t.buf, writable=False)  # the aging walk, from the tags and from the records
+            assert t.active_between(0, t.capacity) == reader.active_between(0, t.capacity) == list(t.active_indices())
+            assert t.active_between(10, 50) == [i for i in t.active_indices() if 10 <= i < 50]
             _check_back_links(t)
             most_in_overflow = max(most_in_overflow, t.overflow - len(t._free_overflow))
     assert most_in_overflow > 8  # the overflow area was really used
