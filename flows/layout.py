@@ -148,6 +148,9 @@ class DropReason(enum.IntEnum):
     INVALID_PROTOCOL = 11
     FLOW_LIMIT = 12
     LINK_LOCAL_LIMIT = 13
+    INVALID_DHCP = 14
+    INVALID_DNS = 15
+    INVALID_ARP = 16
 
 
 DROP_NAMES = {
@@ -164,6 +167,9 @@ DROP_NAMES = {
     DropReason.INVALID_PROTOCOL: "Invalid Protocol",
     DropReason.FLOW_LIMIT: "Flow Limit",
     DropReason.LINK_LOCAL_LIMIT: "Link-local Limit",
+    DropReason.INVALID_DHCP: "Invalid DHCP",
+    DropReason.INVALID_DNS: "Invalid DNS",
+    DropReason.INVALID_ARP: "Invalid ARP",
 }
 
 # The short form `flow -l` shows in D(...)

@@ -148,3 +148,12 @@ def test_contrail_keys_this_node_does_not_use_are_checked_and_accepted():
         parse_config("[VIRTUAL-HOST-INTERFACE]\ngateway = nowhere\n")
     with pytest.raises(ConfigError, match="metadata_client_cert_type.*only PEM"):
         parse_config("[METADATA]\nmetadata_client_cert_type = DER\n")
+
+
+def test_services_section_of_agent_conf():
+    cfg = parse_config("[SERVICES]\ndhcp_lease_time = 600\ndns_domain = Lab.Example.\ndns_forwarders = 10.10.0.1, 10.10.0.3\n")
+    assert (cfg.dhcp_lease_time, cfg.dns_domain, cfg.dns_forwarders) == (600, "lab.example", ("10.10.0.1", "10.10.0.3"))
+    with pytest.raises(ConfigError, match="dns_forwarders.*'nowhere' is not an IPv4 address"):
+        parse_config("[SERVICES]\ndns_forwarders = nowhere\n")
+    with pytest.raises(ConfigError, match="dhcp_lease_time = 1: out of range"):
+        parse_config("[SERVICES]\ndhcp_lease_time = 1\n")

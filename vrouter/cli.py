@@ -4,6 +4,7 @@
     vrouter nova-metadata    run the Nova-compatible metadata API
     vrouter port add|del|list
     vrouter linklocal add|del|list
+    vrouter network add|del|list   a virtual network's IPAM (DHCP, DNS, gateway)
     vrouter flow -l          list the flow table
     vrouter vif --list       list the interfaces
     vrouter dropstats        drop counters by reason
@@ -39,6 +40,9 @@ from vrouter.messages import (
     LinkLocalDel,
     LinkLocalImport,
     LinkLocalList,
+    NetworkAdd,
+    NetworkDel,
+    NetworkList,
     PortAdd,
     PortDel,
     PortList,
@@ -201,6 +205,27 @@ def cmd_linklocal(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_network(args: argparse.Namespace) -> int:
+    if args.oper == "add":
+        net = _agent_call(args, NetworkAdd(args.vn_uuid, args.subnet, args.name, args.gateway, args.dns_server, not args.no_dhcp, args.mtu,
+                                           args.domain, args.host_route or []))  # fmt: skip
+        _print(net, args.json, "network %s (%s) set: %s, gateway %s, service address %s" % (net.name, net.uuid, net.subnet, net.gateway,
+                                                                                             net.dns_server))  # fmt: skip
+    elif args.oper in ("del", "delete"):
+        if not args.vn_uuid:
+            raise UsageError("network del needs --vn-uuid")
+        net = _agent_call(args, NetworkDel(args.vn_uuid))
+        _print(net, args.json, "network %s (%s) removed" % (net.name, net.uuid))
+    else:
+        nets = _agent_call(args, NetworkList())
+        rows = ["%-20s %-36s %-18s %-15s %-15s %-5s %s" % ("name", "uuid", "subnet", "gateway", "service", "vrf", "dhcp")]
+        for n in nets:
+            dhcp = "on" if n.dhcp else "off"
+            rows.append("%-20s %-36s %-18s %-15s %-15s %-5d %s" % (n.name, n.uuid, n.subnet, n.gateway, n.dns_server, n.vrf, dhcp))
+        _print(nets, args.json, "\n".join(rows))
+    return 0
+
+
 # -- inspection -------------------------------------------------------------------------------
 
 
@@ -322,6 +347,24 @@ def build_parser() -> argparse.ArgumentParser:
     ll.add_argument("--fabric-dns", "--ipfabric_dns_service_name", dest="fabric_dns", help="fabric DNS name")
     _target_args(ll)
     ll.set_defaults(func=cmd_linklocal)
+
+    nw = sub.add_parser("network", help="configure virtual networks (their subnet, gateway, DHCP and DNS)",
+                        description="Give the agent a virtual network's IPAM, as the controller would: what its DHCP, DNS, ARP "
+                        "and ICMP answers for the network's ports come from. Defaults: the gateway is the subnet's first address "
+                        "plus one, the service address (DHCP server, DNS) plus two.")  # fmt: skip
+    nw.add_argument("oper", choices=["add", "del", "delete", "list"])
+    nw.add_argument("--vn-uuid", "--vn_uuid", dest="vn_uuid", help="virtual network uuid (the ports' --vn-uuid)")
+    nw.add_argument("--subnet", help="IPv4 subnet, e.g. 10.1.1.0/24")
+    nw.add_argument("--name", help="network name")
+    nw.add_argument("--gateway", help="default gateway (default: the subnet's first address + 1)")
+    nw.add_argument("--dns-server", "--dns_server", dest="dns_server", help="service address: DHCP server and DNS (default: first + 2)")
+    nw.add_argument("--no-dhcp", action="store_true", help="the agent answers no DHCP in this network")
+    nw.add_argument("--mtu", help="interface MTU sent in DHCP (option 26) and router advertisements (default: none)")
+    nw.add_argument("--domain", help="DNS domain of its instances and DHCP option 15 (default: [SERVICES] dns_domain)")
+    nw.add_argument("--host-route", "--host_route", dest="host_route", action="append", metavar="PREFIX/LEN via NEXTHOP",
+                    help="a route for DHCP's classless static routes (repeatable)")  # fmt: skip
+    _target_args(nw)
+    nw.set_defaults(func=cmd_network)
 
     f = sub.add_parser("flow", help="inspect the flow table", description="Inspect the live flow table.")
     f.add_argument("-l", "--list", action="store_true", help="list every active flow")

@@ -150,6 +150,45 @@ class LinkLocalImported:
 
 
 @dataclass
+class NetworkAdd:
+    """A virtual network's IPAM, as the controller gives it to an agent."""
+
+    vn_uuid: str | None = None
+    subnet: str | None = None
+    name: str | None = None
+    gateway: str | None = None
+    dns_server: str | None = None
+    dhcp: bool = True
+    mtu: str | None = None
+    domain: str | None = None
+    host_routes: list[str] = field(default_factory=list)  # "PREFIX/LEN via NEXTHOP"
+
+
+@dataclass
+class NetworkDel:
+    vn_uuid: str = ""
+
+
+@dataclass
+class NetworkList:
+    pass
+
+
+@dataclass
+class NetworkRecord:
+    uuid: str
+    name: str
+    subnet: str
+    gateway: str
+    dns_server: str
+    dhcp: bool
+    mtu: int
+    domain: str
+    host_routes: list[str]
+    vrf: int  # 0 until a port of it is plugged
+
+
+@dataclass
 class VifList:
     pass
 
@@ -283,6 +322,31 @@ class ProxyReport:
     pid: int
 
 
+@dataclass
+class ServiceCounters:
+    """What the agent's services for guests answered (and dropped, in dropstats)."""
+
+    dhcp_discover: int = 0
+    dhcp_request: int = 0
+    dhcp_inform: int = 0
+    dhcp_release: int = 0
+    dhcp_decline: int = 0
+    dhcp_offer: int = 0
+    dhcp_ack: int = 0
+    dhcp_nak: int = 0
+    dns_queries: int = 0
+    dns_answered: int = 0
+    dns_nxdomain: int = 0
+    dns_forwarded: int = 0
+    dns_refused: int = 0
+    dns_notimp: int = 0
+    arp_requests: int = 0
+    arp_replies: int = 0
+    icmp_echo_replies: int = 0
+    router_solicitations: int = 0
+    router_advertisements: int = 0
+
+
 # -- agent -> CLI: status ---------------------------------------------------------------------------
 
 
@@ -311,6 +375,7 @@ class Status:
     memory: dict[str, int]  # the agent's rss_kib, heap_kib, open_files, and its proxy's as proxy_*
     flow_table: str
     proxy: ProxyStatus
+    services: ServiceCounters
     linklocal_nat_ports_in_use: int
     dataplane_errors: int
     verdict_write_errors: int  # failed writes of verdicts: their packets were dropped
@@ -329,6 +394,9 @@ CONTROL_OPS: dict[str, tuple[type, Any]] = {
     "linklocal.del": (LinkLocalDel, LinkLocalChanged),
     "linklocal.list": (LinkLocalList, list[LinkLocalEntry]),
     "linklocal.import": (LinkLocalImport, LinkLocalImported),
+    "network.add": (NetworkAdd, NetworkRecord),
+    "network.del": (NetworkDel, NetworkRecord),
+    "network.list": (NetworkList, list[NetworkRecord]),
     "vif.list": (VifList, list[VifRecord]),
     "dropstats": (DropStatsRequest, DropStats),
 }

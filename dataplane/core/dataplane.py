@@ -11,7 +11,7 @@ agent, OVS's upcall handler and revalidator):
 * ``flowsetup.FlowSetup``: flow set-up on a miss;
 * ``lifecycle.Lifecycle``: TCP close, eviction of closed pairs, aging;
 * ``entries.Entries``: the per-entry state and limits the three share;
-* ``vif.VifTable`` and ``services.LinkLocalTable``: what set-up reads.
+* ``vif.VifTable``, ``services.LinkLocalTable`` and ``traps.TrapTable``: what set-up reads.
 
 This class is what the agent configures: vifs plugged and unplugged, the
 link-local services, and the aging steps it schedules.  Changing a vif or a
@@ -25,7 +25,9 @@ from dataplane.core.fastpath import PacketPath, Verdict
 from dataplane.core.flowsetup import FlowSetup
 from dataplane.core.lifecycle import Lifecycle
 from dataplane.core.services import LinkLocalService, LinkLocalTable
+from dataplane.core.traps import TrapTable
 from dataplane.core.vif import Vif, VifTable
+from flows.layout import Action
 from flows.table import FlowTable
 
 __all__ = ["Dataplane", "Limits", "Verdict"]
@@ -48,9 +50,10 @@ class Dataplane:
         self.vifs = self.vif_table.by_index  # vif index -> Vif
         self.host = self.vif_table.host
         self.services = LinkLocalTable(vhost_ip)
+        self.traps = TrapTable()
         self.entries = Entries(table, limits or Limits(), ports)
         self.lifecycle = Lifecycle(table, self.entries)
-        self.flow_setup = FlowSetup(table, self.entries, self.lifecycle, self.vif_table, self.services, vhost_ip, proxy_port, ports)
+        self.flow_setup = FlowSetup(table, self.entries, self.lifecycle, self.vif_table, self.services, self.traps, vhost_ip, proxy_port, ports)
         self.path = PacketPath(table, self.entries, self.vif_table, self.flow_setup, self.lifecycle)
         self.process = self.path.process  # the per-packet entry point, without a call of ours around it
         self.drops = self.path.drops
@@ -107,6 +110,25 @@ class Dataplane:
 
     def service_ips(self, service: LinkLocalService) -> tuple[str, ...]:
         return self.services.fabric_ips(service)
+
+    def set_guest_addresses(self, vrf: int, addresses: tuple[bytes, bytes] | None) -> int:
+        """The gateway and service address of VRF ``vrf``'s network (None: not configured), which
+        the agent's services answer for.  When they change, the VRF's trap and Drop entries go
+        (a ping to the gateway dropped before the network was configured is trapped now);
+        return how many entries went."""
+        if self.traps.by_vrf.get(vrf) == addresses:
+            return 0
+        if addresses is None:
+            self.traps.clear(vrf)
+        else:
+            self.traps.set(vrf, *addresses)
+        vifs = self.vifs
+        doomed = []
+        for i, st in self.entries.live():
+            v = vifs.get(st.vin)
+            if v is not None and v.vrf == vrf and (st.trap is not None or st.action == Action.DROP):
+                doomed.append(i)
+        return self.entries.delete(doomed)
 
     def flush(self) -> int:
         """Remove every flow."""

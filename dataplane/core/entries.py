@@ -14,6 +14,8 @@ per entry, kept here.  Rules:
 * A pair counts against its vifs' limits from set-up until it is closed (FIN
   both ways, ``closed_at`` set on both halves) or removed, whichever is first;
   a pair restarted by a new SYN counts again.  A Drop entry counts as a pair.
+* A trap entry (a packet for the agent's services: DHCP, DNS, ICMP to the
+  gateway) has no reverse and counts like a Drop entry.
 * Limits: a VM over ``max_vm_flows`` entries gets new flows refused until its
   use falls to 90% of the limit (the vRouter's hysteresis); link-local pairs are
   capped per VM and per node.
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from dataplane.core.nat import Patch
+from dataplane.core.traps import Trap
 from dataplane.core.vif import Vif
 from flows.layout import Action, DropReason
 from flows.table import FlowTable
@@ -51,7 +54,7 @@ class PortAllocator(Protocol):
 class FlowState:
     """What the dataplane does with the packets of one entry, prepared at flow set-up."""
 
-    __slots__ = ("action", "patch", "out", "vin", "reason", "charge", "link_local", "port", "fresh", "closed_at")
+    __slots__ = ("action", "patch", "out", "vin", "reason", "charge", "link_local", "port", "fresh", "closed_at", "trap")
 
     def __init__(self, action: Action, patch: Patch | None, out: Vif | None, vin: int, reason: DropReason = DropReason.NONE) -> None:
         self.action = action
@@ -64,6 +67,7 @@ class FlowState:
         self.port: object = None  # forward half: the reserved NAT port, released with the pair
         self.fresh = False  # reverse half: no answer seen yet, the pair is still New
         self.closed_at: int | None = None  # both halves: when the second FIN was seen
+        self.trap: Trap | None = None  # a trap entry: its packets go to the agent's services
 
 
 class Entries:

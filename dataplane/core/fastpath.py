@@ -15,7 +15,7 @@ reason.  Rules kept here:
   anything truncated or unsure.  A miss on the fast path goes to flow set-up
   with the key and fields already read, not parsed again.
 * Both paths end in ``hit``: the entry's counters, the pair's first answer
-  (New flow cleared), Drop entries, the TCP lifecycle (FIN, RST, a SYN on a
+  (New flow cleared), Drop entries, trap entries (to ``on_trap``), the TCP lifecycle (FIN, RST, a SYN on a
   closed pair), the NAT rewrite.  A test checks that both decide alike.
 * A malformed packet is dropped (Invalid Packet) and counted on its vif; a
   packet from an interface that is no vif is dropped (Unknown Interface).
@@ -26,12 +26,14 @@ from __future__ import annotations
 import struct
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import NamedTuple
 
 from dataplane.core.entries import Entries
 from dataplane.core.flowsetup import FlowSetup
 from dataplane.core.lifecycle import Lifecycle
 from dataplane.core.packet import TCP, TCP_FIN, TCP_RST, TCP_SYN, UDP, Malformed, Parsed, parse
+from dataplane.core.traps import Trap
 from dataplane.core.vif import Vif, VifTable
 from flows.layout import F_NEW_FLOW, KEY, Action, DropReason, make_key
 from flows.table import FlowTable
@@ -44,11 +46,19 @@ class Verdict(NamedTuple):  # a tuple: made for every packet, and cheaper than a
 
 
 _ACCEPT = Verdict(True)
+_TRAPPED = Verdict(False)  # handed to the agent's services: the kernel drops its copy, nothing is counted as dropped
 _DROP = Action.DROP
 _FIN_RST = TCP_FIN | TCP_RST
 # An IPv4 header of 20 bytes and the ports after it (total length, fragment field, protocol,
 # addresses, ports) in one read
 _FAST4 = struct.Struct("!2xH2xH1xB2x4s4sHH")
+
+
+TrapHandler = Callable[[Trap, bytes, Vif, int], None]  # (service, IP packet, vif it came in on, IP header length)
+
+
+def _ignore(trap: Trap, pkt: bytes, vif: Vif, ihl: int) -> None:
+    pass
 
 
 class PacketPath:
@@ -61,6 +71,7 @@ class PacketPath:
         self.flow_setup = flow_setup
         self.lifecycle = lifecycle
         self.drops: Counter[DropReason] = Counter()
+        self.on_trap: TrapHandler = _ignore  # the agent's services
 
     def drop(self, reason: DropReason, vif: Vif | None = None) -> Verdict:
         self.drops[reason] += 1
@@ -118,7 +129,7 @@ class PacketPath:
         return self.hit(pkt, vif, index, now, p.proto, p.tcp_flags, p.ihl)
 
     def _miss(self, pkt: bytes, vif: Vif, p: Parsed, key: bytes, now: int) -> Verdict:
-        index, refused = self.flow_setup.setup(vif, p, key, now)
+        index, refused = self.flow_setup.setup(vif, p, key, now, pkt)
         if refused:
             return self.drop(refused, None if vif is self.vifs.host else vif)
         return self.hit(pkt, vif, index, now, p.proto, p.tcp_flags, p.ihl)
@@ -136,6 +147,9 @@ class PacketPath:
             table.update_pair_flags(index, clear_bits=F_NEW_FLOW)
         if st.action == _DROP:
             return self.drop(st.reason, vif)
+        if st.trap is not None:  # for the agent's services, not for the kernel
+            self.on_trap(st.trap, pkt, vif, ihl)
+            return _TRAPPED
         out = st.out
         if out is not None:
             out.tx_packets += 1

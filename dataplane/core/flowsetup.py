@@ -8,10 +8,11 @@ key it has already made.  Rules kept here:
   NAT no rflow), never set up.
 * A VM's packet whose source is not its port's address (or, for IPv6, its
   link-local fe80::/64 or its port's IPv6 address) is dropped before any flow is
-  made (Invalid Source).
+  made (Invalid Source); only DHCP may come from 0.0.0.0.
 * The VM's limits are checked before anything is written; a refused flow makes
   no entry (a flood would otherwise fill the table it is being kept out of).
-* The pair comes from, in order: the link-local services (metadata: NAT to the
+* The pair comes from, in order: the agent's services for guests (DHCP, DNS and
+  ICMP echo at the network's addresses: a trap entry, ``traps``); the link-local services (metadata: NAT to the
   local proxy from the port's metadata IP; others: NAT straight to the fabric
   from vhost0 with a port reserved by a real socket); the VM ports of the same
   VRF (Forward); else a Drop entry (No L3 Route).  TCP and UDP only to
@@ -35,6 +36,7 @@ from dataplane.core.lifecycle import Lifecycle
 from dataplane.core.nat import Patch, Rewrite
 from dataplane.core.packet import ICMP, TCP, UDP, Parsed
 from dataplane.core.services import LinkLocalService, LinkLocalTable
+from dataplane.core.traps import ANY_SOURCE, Trap, TrapTable
 from dataplane.core.vif import LINK_LOCAL6, PROXY_IP6, Vif, VifTable
 from flows.layout import Action, DropReason, Flag, make_key
 from flows.table import FlowSpec, FlowTable, TableFull
@@ -64,6 +66,7 @@ class FlowSetup:
         lifecycle: Lifecycle,
         vifs: VifTable,
         services: LinkLocalTable,
+        traps: TrapTable,
         vhost_ip: str,
         proxy_port: int,
         ports: PortAllocator | None,
@@ -73,6 +76,7 @@ class FlowSetup:
         self.lifecycle = lifecycle
         self.vifs = vifs
         self.services = services
+        self.traps = traps
         self.vhost_ip = vhost_ip
         self.vhost_ip_bytes = ipaddress.IPv4Address(vhost_ip).packed
         self.proxy_ip6_bytes = ipaddress.IPv6Address(PROXY_IP6).packed
@@ -81,8 +85,8 @@ class FlowSetup:
         self.setups = 0  # pairs set up since start
         self._md_deltas: dict[tuple[bytes, bytes, int, bytes, bytes], tuple[int, int, bytes, int, int, bytes]] = {}
 
-    def setup(self, vif: Vif, p: Parsed, key: bytes, now: int) -> Outcome:
-        """Set up the flow of ``p`` (``key`` is its flow key), which arrived on ``vif``."""
+    def setup(self, vif: Vif, p: Parsed, key: bytes, now: int, pkt: bytes) -> Outcome:
+        """Set up the flow of ``p`` (``key`` is its flow key, ``pkt`` its bytes), which arrived on ``vif``."""
         if self.lifecycle.evict_due(now):
             self.lifecycle.evict_closed(now, 2)
         if vif is self.vifs.host:
@@ -91,11 +95,18 @@ class FlowSetup:
                           ipaddress.ip_address(p.dst), p.dport, p.proto, p.tcp_flags)  # fmt: skip
             return _REFUSED[DropReason.FLOW_NAT_NO_RFLOW]
         v6 = len(p.src) == 16
+        trap = self.traps.classify(vif, p, pkt)
         if p.src != vif.ip_bytes and not (v6 and (p.src[:8] == LINK_LOCAL6 or p.src == vif.ip6_bytes)):
-            return _REFUSED[DropReason.INVALID_SOURCE]
+            if not (trap is Trap.DHCP and p.src == ANY_SOURCE):
+                return _REFUSED[DropReason.INVALID_SOURCE]
         refused = self.entries.over_limit(vif, False)
         if refused:
             return _REFUSED[refused]
+        if trap is not None:
+            try:
+                return self._trap_entry(vif, key, trap, now), _NONE
+            except TableFull:
+                return _REFUSED[DropReason.FLOW_TABLE_FULL]
         service = self.services.find(p.dst, p.proto, p.dport)
         try:
             if service is not None:
@@ -126,6 +137,16 @@ class FlowSetup:
         st = FlowState(Action.DROP, None, None, vif.index, reason)
         st.charge = (vif,)
         self.entries.charge(st)  # a Drop entry costs one entry; counted as a pair, released as a pair
+        self.entries.keep(index, st)
+        return index
+
+    def _trap_entry(self, vif: Vif, key: bytes, trap: Trap, now: int) -> int:
+        spec = FlowSpec(Action.FORWARD, vrf=vif.vrf, dvrf=0, src_nh=vif.nh, vif=vif.index)
+        index = self.table.add_single(key, spec, now)
+        st = FlowState(Action.FORWARD, None, None, vif.index)
+        st.trap = trap
+        st.charge = (vif,)
+        self.entries.charge(st)  # like a Drop entry: one entry, counted as a pair
         self.entries.keep(index, st)
         return index
 

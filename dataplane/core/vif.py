@@ -91,6 +91,7 @@ class VifTable:
         self.host = Vif(HOST_VIF, "vhost0", ip=vhost_ip, kind="Host")
         self.by_index: dict[int, Vif] = {HOST_VIF: self.host}
         self.by_ifindex: dict[int, Vif] = {}
+        self.by_name: dict[str, Vif] = {}  # tap name -> vif (the frames of pkt0 come named)
         self.by_ip: dict[tuple[int, bytes], Vif] = {}
 
     def set_host_ifindex(self, ifindex: int) -> None:
@@ -119,12 +120,15 @@ class VifTable:
         return vif
 
     def _index(self, vif: Vif) -> None:
+        self.by_name[vif.name] = vif
         if vif.ifindex:
             self.by_ifindex[vif.ifindex] = vif
         if vif.ip:
             self.by_ip[(vif.vrf, vif.ip_bytes)] = vif
 
     def _unindex(self, vif: Vif) -> None:
+        if self.by_name.get(vif.name) is vif:
+            del self.by_name[vif.name]
         if self.by_ifindex.get(vif.ifindex) is vif:
             del self.by_ifindex[vif.ifindex]
         if self.by_ip.get((vif.vrf, vif.ip_bytes)) is vif:

@@ -7,14 +7,17 @@ NFQUEUE, then create the nftables table that feeds it, then switch forwarding
 on and open the control socket.  SIGTERM or SIGINT undo all of it in reverse.
 A stale table left by an agent that was killed is replaced at start.
 
-While it runs: aging in small steps, a scan for taps that (re)appear, and the
-resolver of fabric DNS names.  What the CLI may ask is in ``operations``.
+While it runs: aging in small steps, a scan for taps that (re)appear, the
+resolver of fabric DNS names, and the services for guests (DHCP, DNS, ARP,
+ICMP, router advertisements: ``vrouter.services.guests``, on the dataplane's
+traps and pkt0).  What the CLI may ask is in ``operations``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import ipaddress
 import logging
 import os
 import signal
@@ -27,17 +30,21 @@ from dataplane.core.dataplane import Dataplane, Limits
 from dataplane.core.vif import PROXY_IP6, Vif
 from dataplane.linux.nfqueue import QueueShell
 from dataplane.linux.nftables import NftError, NftSocket, QueueRules
+from dataplane.linux.pkt0 import Pkt0
 from dataplane.linux.ports import PORT_RANGE, SocketPortAllocator
 from flows.table import FlowTable
 from vrouter.agent.config import AgentConfig
 from vrouter.agent.control import ControlServer
 from vrouter.agent.host import HostNetwork, in_namespace_hint, sysctl
 from vrouter.agent.linklocal import ServiceError, ServiceTable
+from vrouter.agent.networks import Network, NetworkError, NetworkTable
 from vrouter.agent.operations import Operations
 from vrouter.agent.paths import StatePaths
 from vrouter.agent.ports import Port, PortError, PortTable
 from vrouter.agent.procinfo import alive
 from vrouter.messages import Identity, NovaAddress, ProxyConfig, TlsFiles
+from vrouter.services.dns import Instance, Zone
+from vrouter.services.guests import GuestServices, Settings
 from vrouter.services.metadata.fairness import Fairness
 from vrouter.services.metadata.nova_side import client_tls
 from vrouter.services.metadata.supervisor import ProxyProcess, ProxyProcessError
@@ -66,6 +73,8 @@ class Node:
     nat_ports: SocketPortAllocator
     proxy: ProxyProcess
     shell: QueueShell
+    pkt0: Pkt0
+    services: GuestServices
 
 
 class Agent:
@@ -77,6 +86,7 @@ class Agent:
         self.queue_num = queue_num
         self.nova_timeout = nova_timeout
         self.ports = PortTable(self.paths.ports)
+        self.networks = NetworkTable(self.paths.networks)
         self.services = ServiceTable(self.paths.linklocal)
         self.node: Node | None = None
         self.started = time.time()
@@ -87,6 +97,8 @@ class Agent:
         self._table: FlowTable | None = None
         self._proxy: ProxyProcess | None = None
         self._shell: QueueShell | None = None
+        self._pkt0: Pkt0 | None = None
+        self._guests: GuestServices | None = None
         self._control: ControlServer | None = None
         self._made_table = False  # our nftables table exists: delete it at stop
         self._reserved_before: str | None = None
@@ -149,16 +161,21 @@ class Agent:
         dataplane = Dataplane(table, vhost_ip, cfg.metadata_proxy_port, limits, nat_ports)
         dataplane.set_host_ifindex(await host.ifindex(cfg.vhost_name))
         self._reserved_before = host.reserve_ports(*PORT_RANGE)
-        for problem in self.ports.load() + self.services.load():
+        for problem in self.ports.load() + self.services.load() + self.networks.load():
             log.error("ignoring unusable state: %s", problem)
         dataplane.set_services(list(self.services.services.values()))
         await host.add_proxy_ip6(PROXY_IP6)
         self._proxy_ip6 = True
         proxy = self._proxy = ProxyProcess(proxy_config)
         shell = self._shell = QueueShell(dataplane, self.queue_num)
-        node = self.node = Node(host, vhost_ip, table, dataplane, nat_ports, proxy, shell)
+        settings = Settings(cfg.dhcp_lease_time, cfg.dns_domain, cfg.dns_forwarders, cfg.ra_interval)
+        pkt0 = self._pkt0 = Pkt0()
+        guests = self._guests = GuestServices(dataplane, self, settings, pkt0.send)
+        pkt0.on_frame = guests.on_frame
+        node = self.node = Node(host, vhost_ip, table, dataplane, nat_ports, proxy, shell, pkt0, guests)
         for port in self.ports.ports.values():
             await self.plug(port)
+        self.networks_changed()
         proxy.identities = self.identities()
         proxy.upstream = self.upstream()
         try:
@@ -166,6 +183,11 @@ class Agent:
         except ProxyProcessError as e:
             raise AgentError(str(e)) from None
         loop = asyncio.get_running_loop()
+        try:
+            pkt0.start(loop)
+        except OSError as e:
+            raise AgentError("cannot open pkt0 (an AF_PACKET socket in %s): %s" % (in_namespace_hint(), e)) from None
+        guests.start(loop, vhost_ip)
         try:
             shell.start(loop)
         except OSError as e:
@@ -179,7 +201,7 @@ class Agent:
         except NftError as e:
             raise AgentError("cannot create the nftables table: %s" % e) from None
         host.enable_forwarding(True)
-        self._control = ControlServer(self.paths.socket, Operations(self, node).handlers(), (PortError, ServiceError))
+        self._control = ControlServer(self.paths.socket, Operations(self, node).handlers(), (PortError, ServiceError, NetworkError))
         await self._control.start()
         with open(self.paths.pid, "w") as f:
             f.write("%d\n" % os.getpid())
@@ -194,7 +216,7 @@ class Agent:
         # What start-up made (modules, tables) lives as long as the agent: keep it out of the
         # garbage collector's full passes, which would otherwise walk it all and stall packets.
         gc.freeze()
-        tasks = [asyncio.create_task(t) for t in (self._aging(node), self._tap_scan(node), self._resolver(node))]
+        tasks = [asyncio.create_task(t) for t in (self._aging(node), self._tap_scan(node), self._resolver(node), guests.run())]
         await self._stop.wait()
         log.info("stopping")
         for t in tasks:
@@ -225,6 +247,10 @@ class Agent:
             host.close()
         if self._shell is not None:
             self._shell.stop()
+        if self._guests is not None:
+            self._guests.stop(asyncio.get_running_loop())
+        if self._pkt0 is not None:
+            self._pkt0.stop()
         if self._proxy is not None:
             await self._proxy.stop()
         if self._table is not None:
@@ -243,6 +269,8 @@ class Agent:
             log.warning("port %s: tap %s not present yet; plugged when it appears", port.uuid, port.tap_name)
         vif = Vif(port.vif, port.tap_name, ifindex, port.ip_address, port.mac, port.vrf, port_uuid=port.uuid, ip6=port.ipv6_address)
         self.node.dataplane.add_vif(vif)
+        plugged = self.node.dataplane.vifs[port.vif]
+        self.node.services.advertise(plugged)  # IPv6: a router advertisement at once, not in 30 s
         return vif
 
     async def unplug(self, port: Port) -> int:
@@ -258,6 +286,28 @@ class Agent:
         assert self.node is not None
         self._resolve_now.set()
         return self.node.dataplane.set_services(list(self.services.services.values()))
+
+    def networks_changed(self) -> None:
+        """Networks or ports changed: the dataplane traps for each VRF's gateway and service address."""
+        assert self.node is not None
+        for vn, vrf in self.ports.vrfs.items():
+            net = self.networks.networks.get(vn)
+            addresses = None if net is None else (ipaddress.IPv4Address(net.gateway).packed, ipaddress.IPv4Address(net.dns_server).packed)
+            self.node.dataplane.set_guest_addresses(vrf, addresses)
+
+    # -- what the services ask (services.guests.Directory) ---------------------------------------
+
+    def port_of(self, vif_index: int) -> Port | None:
+        return self.ports.by_vif(vif_index)
+
+    def network_of(self, vn_uuid: str) -> Network | None:
+        return self.networks.networks.get(vn_uuid)
+
+    def zone_of(self, vn_uuid: str) -> Zone:
+        net = self.networks.networks.get(vn_uuid)
+        domain = (net.domain if net is not None else "") or self.cfg.dns_domain
+        names = tuple(Instance(p.vm_name, p.ip_address, p.ipv6_address) for p in self.ports.ports.values() if p.vn_uuid == vn_uuid and p.vm_name)
+        return Zone(domain, names)
 
     def identities(self) -> dict[str, Identity]:
         """Who is behind each metadata IP, as the proxy process is told (IPv4 and IPv6)."""

@@ -59,6 +59,11 @@ class AgentConfig:
     max_vm_flows: float = 100.0  # percent of the table one VM may hold, as in contrail-vrouter-agent.conf
     max_vm_linklocal_flows: int = 2048
     max_system_linklocal_flows: int = 2048
+    # [SERVICES]: the agent's DHCP, DNS and router advertisements for guests
+    dhcp_lease_time: int = 4294967295  # the vRouter agent's default: infinite
+    dns_domain: str = "novalocal"  # for networks that name none
+    dns_forwarders: tuple[str, ...] = ()  # fabric resolvers for names outside the networks; none: REFUSED
+    ra_interval: float = 30.0
 
     def vm_flow_limit(self, capacity: int) -> int:
         """max_vm_flows in entries (0: no limit below the table's own size)."""
@@ -127,6 +132,23 @@ def _str(section: str, key: str, value: str) -> str:
     return value.strip()
 
 
+def _ip_list(section: str, key: str, value: str) -> tuple[str, ...]:
+    out = []
+    for item in value.replace(",", " ").split():
+        try:
+            out.append(str(ipaddress.IPv4Address(item)))
+        except ValueError:
+            raise ConfigError("[%s] %s = %r: %r is not an IPv4 address" % (section, key, value, item)) from None
+    return tuple(out)
+
+
+def _domain(section: str, key: str, value: str) -> str:
+    v = value.strip().strip(".").lower()
+    if v and not all(label and len(label) <= 63 and label.replace("-", "").isalnum() for label in v.split(".")):
+        raise ConfigError("[%s] %s = %r: not a DNS domain name" % (section, key, value))
+    return v
+
+
 def _pem(section: str, key: str, value: str) -> str:
     if value.strip().upper() not in ("", "PEM"):
         raise ConfigError("[%s] %s = %r: only PEM certificates are supported" % (section, key, value))
@@ -173,6 +195,12 @@ SCHEMA: dict[str, dict[str, tuple[str, Parser]]] = {
         "max_vm_flows": ("max_vm_flows", _percent),
         "max_vm_linklocal_flows": ("max_vm_linklocal_flows", lambda s, k, v: _int(s, k, v, 1, 1 << 24)),
         "max_system_linklocal_flows": ("max_system_linklocal_flows", lambda s, k, v: _int(s, k, v, 1, 1 << 24)),
+    },
+    "SERVICES": {
+        "dhcp_lease_time": ("dhcp_lease_time", lambda s, k, v: _int(s, k, v, 4, 0xFFFFFFFF)),
+        "dns_domain": ("dns_domain", _domain),
+        "dns_forwarders": ("dns_forwarders", _ip_list),
+        "ra_interval": ("ra_interval", _seconds),
     },
 }
 

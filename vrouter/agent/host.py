@@ -2,8 +2,9 @@
 
 The agent runs inside the compute namespace, so everything here acts on that
 namespace only.  Per plugged port: the tap is brought up with the vRouter MAC
-(00:00:5e:00:01:00) and proxy ARP, and gets a /32 route for the VM IP and for
-its metadata IP plus a permanent neighbour entry for the VM.  Reverse-path
+(00:00:5e:00:01:00), answers no ARP itself (the agent's ARP service does,
+through pkt0), and gets a /32 route for the VM IP and for its metadata IP plus
+a permanent neighbour entry for the VM.  Reverse-path
 filtering is strict on an unplugged tap, so without those routes (no agent)
 the kernel drops everything a VM sends: the dataplane fails closed even
 without its nftables table.
@@ -26,6 +27,7 @@ log = logging.getLogger("vrouter.host")
 
 VROUTER_MAC = "00:00:5e:00:01:00"
 METADATA_IP6 = "fe80::a9fe:a9fe"
+ROUTER_IP6 = "fe80::5e00:100"  # the vRouter's link-local address, as the vRouter agent's advertisements give it
 
 
 def sysctl(path: str, value: str) -> None:
@@ -116,14 +118,15 @@ class HostNetwork:
         if not idx:
             return 0
         await self._nl("link", "set", index=idx, address=VROUTER_MAC, state="up")
-        sysctl("net.ipv4.conf.%s.proxy_arp" % tap, "1")
+        # ARP is the agent's (vrouter/services/arp.py): the kernel answers none on a tap
+        sysctl("net.ipv4.conf.%s.proxy_arp" % tap, "0")
+        sysctl("net.ipv4.conf.%s.arp_ignore" % tap, "1")
         # Link-local NAT to the fabric rewrites a VM's source to vhost0's own address: the kernel
         # must accept a local source from the tap, and no reverse-path filter passes one on an
         # interface without an address. The dataplane checks VM sources itself (Invalid Source).
         # Both are undone at unplug (strict again), so without the agent the VMs reach nothing.
         sysctl("net.ipv4.conf.%s.accept_local" % tap, "1")
         sysctl("net.ipv4.conf.%s.rp_filter" % tap, "0")
-        sysctl("net.ipv4.neigh.%s.proxy_delay" % tap, "0")  # answer ARP at once, not within 0.8 s
         for ip in (vm_ip, md_ip):
             await self._nl("route", "replace", dst=ip + "/32", oif=idx, scope="link")
         await self._nl("neigh", "replace", dst=vm_ip, lladdr=vm_mac, ifindex=idx, state="permanent")
@@ -132,7 +135,9 @@ class HostNetwork:
             # address routes back to it. IPv6 is otherwise not forwarded.
             for key, value in (("accept_dad", "0"), ("accept_ra", "0"), ("disable_ipv6", "0")):
                 sysctl("net.ipv6.conf.%s.%s" % (tap, key), value)
-            await self._nl("addr", "replace", index=idx, address=METADATA_IP6, prefixlen=64)
+            # ... and for the router's link-local address, which its advertisements come from
+            for address in (METADATA_IP6, ROUTER_IP6):
+                await self._nl("addr", "replace", index=idx, address=address, prefixlen=64, flags=IFA_F_NODAD)
             for ip in (md_ip6, vm_ip6):
                 if ip:
                     await self._nl("route", "replace", dst=ip + "/128", oif=idx)

@@ -18,6 +18,8 @@ from flows.layout import DROP_NAMES
 from vrouter.agent.kernel_stats import kernel_ip_drops, queue_drops
 from vrouter.agent.linklocal import ServiceError, to_schema
 from vrouter.agent.linklocal import validate as validate_service
+from vrouter.agent.networks import Network
+from vrouter.agent.networks import validate as validate_network
 from vrouter.agent.ports import Port
 from vrouter.agent.ports import validate as validate_port
 from vrouter.agent.procinfo import own_memory
@@ -31,6 +33,10 @@ from vrouter.messages import (
     LinkLocalImport,
     LinkLocalImported,
     LinkLocalList,
+    NetworkAdd,
+    NetworkDel,
+    NetworkList,
+    NetworkRecord,
     PortAdd,
     PortDel,
     PortList,
@@ -66,6 +72,9 @@ class Operations:
             "linklocal.del": self.linklocal_del,
             "linklocal.list": self.linklocal_list,
             "linklocal.import": self.linklocal_import,
+            "network.add": self.network_add,
+            "network.del": self.network_del,
+            "network.list": self.network_list,
             "vif.list": self.vif_list,
             "dropstats": self.dropstats,
         }
@@ -96,6 +105,7 @@ class Operations:
             memory=memory,
             flow_table=agent.paths.flows,
             proxy=proxy,
+            services=node.services.stats,
             linklocal_nat_ports_in_use=node.nat_ports.in_use,
             dataplane_errors=node.shell.errors,
             verdict_write_errors=verdicts.errors if verdicts else 0,
@@ -111,6 +121,7 @@ class Operations:
     async def port_add(self, req: PortAdd) -> PortPlugged:
         port = self.agent.ports.add(validate_port(dataclasses.asdict(req)))
         await self.agent.plug(port)
+        self.agent.networks_changed()  # a new network's VRF traps its gateway and service address
         await self.agent.tell_proxy()
         log.info("port %s plugged: vif0/%d %s %s vm %s", port.uuid, port.vif, port.tap_name, port.ip_address, port.instance_uuid)
         return self._plugged(port)
@@ -124,6 +135,29 @@ class Operations:
 
     def port_list(self, _: PortList) -> list[PortPlugged]:
         return [self._plugged(p) for p in sorted(self.agent.ports.ports.values(), key=lambda p: p.vif)]
+
+    # -- virtual networks -----------------------------------------------------------------------
+
+    def _network(self, net: Network) -> NetworkRecord:
+        routes = ["%s via %s" % (r.prefix, r.nexthop) for r in net.host_routes]
+        return NetworkRecord(net.uuid, net.name, net.subnet, net.gateway, net.dns_server, net.dhcp, net.mtu, net.domain, routes,
+                             self.agent.ports.vrfs.get(net.uuid, 0))  # fmt: skip
+
+    def network_add(self, req: NetworkAdd) -> NetworkRecord:
+        net = self.agent.networks.add(validate_network(req.vn_uuid, req.subnet, req.name, req.gateway, req.dns_server, req.dhcp, req.mtu,
+                                                       req.domain, req.host_routes))  # fmt: skip
+        self.agent.networks_changed()
+        log.info("network %s (%s): %s, gateway %s, service address %s", net.name, net.uuid, net.subnet, net.gateway, net.dns_server)
+        return self._network(net)
+
+    def network_del(self, req: NetworkDel) -> NetworkRecord:
+        net = self.agent.networks.remove(req.vn_uuid)
+        self.agent.networks_changed()
+        log.info("network %s (%s) removed", net.name, net.uuid)
+        return self._network(net)
+
+    def network_list(self, _: NetworkList) -> list[NetworkRecord]:
+        return [self._network(n) for n in sorted(self.agent.networks.networks.values(), key=lambda n: n.name)]
 
     # -- link-local services --------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ directory given by ``--state-dir``.  It holds:
     flows.shm         the flow table (``flows.table``), mapped by the tools
     ports/<uuid>.json one file per plugged port, written atomically
     linklocal.json    the link-local services, in global-vrouter-config's schema
+    networks/<uuid>.json one file per configured virtual network (its IPAM)
     agent.pid         the agent's pid
 """
 
@@ -28,12 +29,13 @@ class StatePaths:
     ports: str
     linklocal: str
     pid: str
+    networks: str
 
     @classmethod
     def of(cls, state_dir: str) -> StatePaths:
         j = os.path.join
         return cls(state_dir, j(state_dir, "agent.sock"), j(state_dir, "flows.shm"), j(state_dir, "ports"), j(state_dir, "linklocal.json"),
-                   j(state_dir, "agent.pid"))  # fmt: skip
+                   j(state_dir, "agent.pid"), j(state_dir, "networks"))  # fmt: skip
 
 
 def prefix_dir(prefix: str) -> str:
