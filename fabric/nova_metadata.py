@@ -9,8 +9,10 @@ from a JSON file (re-read when it changes)::
 
     {"instances": [{"uuid": "...", "name": "vm1", "project_id": "<32 hex>",
                     "public_keys": {"default": "ssh-ed25519 ..."}, "user_data": "#cloud-config...",
+                    "admin_pass": "...", "vendor_data": {...}, "vendor_data2": {...}, "meta": {...},
                     "ip": "10.1.1.3", "mac": "02:...", "port_uuid": "...", "vn_uuid": "...",
-                    "gateway": "10.1.1.1", "netmask": "255.255.255.0"}]}
+                    "gateway": "10.1.1.1", "netmask": "255.255.255.0", "dns_server": "10.1.1.2",
+                    "dhcp": true, "mtu": 1500}]}
 
 ``handle`` is pure (method, path, headers in, status, headers, body out); the
 HTTP shell around it is a threading HTTP/1.1 server with keep-alive.
@@ -120,37 +122,39 @@ def meta_data(inst: dict) -> dict:
         "project_id": inst.get("project_id", ""),
         "devices": inst.get("devices", []),
         "dedicated_cpus": [],
+        **({"admin_pass": inst["admin_pass"]} if inst.get("admin_pass") else {}),
     }
 
 
 def network_data(inst: dict) -> dict:
+    """The port as Nova's ``nova/virt/netutils.py`` describes it: the link (``tap`` + the first 11
+    of the port uuid, Nova's "phy" for a vRouter VIF, its MAC and MTU); the network, ``ipv4_dhcp``
+    when the subnet has DHCP (as Nova 2024.1 and later say for a Neutron subnet with DHCP on),
+    else ``ipv4`` with the fixed address, netmask, default route and DNS; the DNS service."""
     if not inst.get("ip"):
         return {"links": [], "networks": [], "services": []}
     link = "tap" + str(inst.get("port_uuid", ""))[:11]
-    net = {
-        "id": "network0",
-        "type": "ipv4",
-        "link": link,
-        "ip_address": inst["ip"],
-        "netmask": inst.get("netmask", "255.255.255.0"),
-        "routes": [],
-        "network_id": inst.get("vn_uuid", ""),
-        "services": [],
-    }
-    if inst.get("gateway"):
-        net["routes"] = [{"network": "0.0.0.0", "netmask": "0.0.0.0", "gateway": inst["gateway"]}]
+    dns = inst.get("dns_server")
+    services = [{"type": "dns", "address": dns}] if dns else []
+    net: dict = {"id": "network0", "link": link, "network_id": inst.get("vn_uuid", "")}
+    if inst.get("dhcp"):
+        net["type"] = "ipv4_dhcp"
+    else:
+        net.update(type="ipv4", ip_address=inst["ip"], netmask=inst.get("netmask", "255.255.255.0"), routes=[], services=services)
+        if inst.get("gateway"):
+            net["routes"] = [{"network": "0.0.0.0", "netmask": "0.0.0.0", "gateway": inst["gateway"]}]
     return {
         "links": [
             {
                 "id": link,
                 "vif_id": inst.get("port_uuid", ""),
-                "type": "vrouter",
+                "type": "phy",
                 "mtu": inst.get("mtu", 1500),
                 "ethernet_mac_address": inst.get("mac", ""),
             }
         ],
         "networks": [net],
-        "services": [],
+        "services": services,
     }
 
 

@@ -1,35 +1,84 @@
 #!/usr/bin/env bash
 # The demo behind `make demo`: an emulated compute node with 2 VMs, each VM reading its own
 # metadata through the vRouter's metadata trap, then the flow table with the NAT flows.
-# Usage: scripts/demo.sh [PREFIX] [keep]
+# With `guest` (make demo GUEST=1): a node with one namespace VM and one QEMU guest booting the
+# Debian cloud image; cloud-init configures the guest from the node (DHCP, metadata), and the
+# demo shows what it did, from the console and from inside the guest over SSH.
+# Usage: scripts/demo.sh [PREFIX] [keep] [guest]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PREFIX=${1:-demo}
-KEEP=${2:-}
+KEEP=""
+GUEST=""
+for a in "${@:2}"; do
+    case "$a" in keep) KEEP=1 ;; guest) GUEST=1 ;; "") ;; *) echo "demo.sh: unknown argument $a" >&2; exit 2 ;; esac
+done
 SETUP=scripts/netns_setup.sh
 VROUTER=.venv/bin/vrouter
+PY=.venv/bin/python
+IMAGE=build/guest/debian12.qcow2
 [ "$(id -u)" = 0 ] || { echo "make demo needs root (it builds network namespaces)" >&2; exit 1; }
 
-if [ -z "$KEEP" ]; then
-    trap 'echo; echo "== cleaning up"; $SETUP down --prefix $PREFIX' EXIT
-fi
+TMP=$(mktemp -d /tmp/vrouter-demo.XXXXXX)
+cleanup() {
+    rm -rf "$TMP"
+    if [ -z "$KEEP" ]; then echo; echo "== cleaning up"; $SETUP down --prefix "$PREFIX"; fi
+}
+trap cleanup EXIT
 step() { printf '\n== %s\n' "$*"; }
+field() { $PY -c 'import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2], {}, {"d": d}))' "$LAYOUT" "$1"; }
+
+if [ -n "$GUEST" ]; then
+    [ -f "$IMAGE" ] || { echo "no guest image: make demo GUEST=1 builds it (make guest-image)" >&2; exit 1; }
+    ssh-keygen -q -t ed25519 -N "" -C "demo@$PREFIX" -f "$TMP/id"
+    cat >"$TMP/user-data" <<'EOF'
+#!/bin/sh
+# the demo's user data: cloud-init runs it once, as root, at the end of the first boot
+echo "user data ran on $(hostname) at $(date -u +%H:%M:%S) UTC" >/var/tmp/user-data-result
+EOF
+    step "building the node: namespaces $PREFIX-compute, $PREFIX-fabric, $PREFIX-vm1, and a QEMU guest on a tap (no seed disk, no config drive)"
+    $SETUP up --vms 1 --qemu 1 --image "$IMAGE" --prefix "$PREFIX" --ssh-key "$TMP/id.pub" --user-data "$TMP/user-data"
+    LAYOUT=/run/vrouter/$PREFIX/layout.json
+    CONSOLE=$(field 'd["guests"][0]["console"]')
+    GIP=$(field 'd["guests"][0]["ip"]')
+    step "waiting for cloud-init in the guest ($GIP; its serial console is $CONSOLE; under TCG this takes 2-4 minutes)"
+    deadline=$((SECONDS + 600))
+    until grep -q "Cloud-init v.* finished at" "$CONSOLE" 2>/dev/null; do
+        [ "$SECONDS" -lt "$deadline" ] || { echo "cloud-init did not finish within 10 minutes; the console's end:" >&2; tail -20 "$CONSOLE" >&2; exit 1; }
+        sleep 5  # a demo waiting on a console line, with a deadline
+    done
+    step "what cloud-init said on the console"
+    grep -a -E "Cloud-init v.*(running|finished)|DataSource|ci-info: \| +eth0|OpenStack" "$CONSOLE" | tr -d '\r' | head -12
+    step "inside the guest, over SSH from $PREFIX-vm1 (VM to VM through the dataplane), with the key the metadata gave it"
+    SSH=(ip netns exec "$PREFIX-vm1" ssh -i "$TMP/id" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR
+        -o ConnectTimeout=10 "debian@$GIP")
+    "${SSH[@]}" 'echo "hostname: $(hostname)"; echo "datasource: $(cloud-init query platform 2>/dev/null) ($(cloud-init query subplatform 2>/dev/null))";
+        echo "instance id: $(cloud-init query instance-id 2>/dev/null)"; echo "ssh key: $(cut -c1-60 ~/.ssh/authorized_keys)...";
+        echo "user data: $(cat /var/tmp/user-data-result)"; cloud-init status --long | sed -n "1,3p"'
+    step "vrouter flow -l --prefix $PREFIX (the guest's metadata, DHCP and SSH flows)"
+    $VROUTER flow -l --prefix "$PREFIX" | head -40
+    if [ -n "$KEEP" ]; then
+        printf '\nThe node and the guest stay up. Its console: %s\n' "$CONSOLE"
+        printf 'Remove everything with: scripts/netns_setup.sh down --prefix %s\n' "$PREFIX"
+    fi
+    exit 0
+fi
 
 step "building the emulated compute node (namespaces $PREFIX-compute, $PREFIX-fabric, $PREFIX-vm1, $PREFIX-vm2)"
 $SETUP up --vms 2 --prefix "$PREFIX"
 LAYOUT=/run/vrouter/$PREFIX/layout.json
 
 for i in 1 2; do
-    read -r name ip inst < <(.venv/bin/python -c 'import json,sys; v=json.load(open(sys.argv[1]))["vms"][int(sys.argv[2])]; print(v["name"], v["ip"], v["instance_uuid"])' "$LAYOUT" $((i - 1)))
+    read -r name ip inst < <(field "' '.join(d['vms'][$((i - 1))][k] for k in ('name', 'ip', 'instance_uuid'))")
     step "$name ($ip, instance $inst): curl http://169.254.169.254/openstack/latest/meta_data.json"
     ip netns exec "$PREFIX-vm$i" curl -sS -m 10 http://169.254.169.254/openstack/latest/meta_data.json \
-        | .venv/bin/python -c 'import json,sys; d=json.load(sys.stdin); print(json.dumps({k: d[k] for k in ("uuid","name","hostname","project_id","public_keys")}, indent=2))'
+        | $PY -c 'import json,sys; d=json.load(sys.stdin); print(json.dumps({k: d[k] for k in ("uuid","name","hostname","project_id","public_keys")}, indent=2))'
     step "$name: curl http://169.254.169.254/latest/meta-data/local-ipv4 (EC2 API)"
     ip netns exec "$PREFIX-vm$i" curl -sS -m 10 http://169.254.169.254/latest/meta-data/local-ipv4; echo
 done
 
 step "vm1 pings vm2 through the dataplane"
-ip netns exec "$PREFIX-vm1" ping -c 2 -W 2 "$(.venv/bin/python -c 'import json,sys; print(json.load(open(sys.argv[1]))["vms"][1]["ip"])' "$LAYOUT")" | tail -2
+ip netns exec "$PREFIX-vm1" ping -c 2 -W 2 "$(field 'd["vms"][1]["ip"]')" | tail -2
 
 step "each VM holds a metadata connection open (keep-alive), so that its NAT pair stays in the table"
 HOLD='import socket, time
@@ -37,7 +86,7 @@ s = socket.create_connection(("169.254.169.254", 80), timeout=5)
 s.sendall(b"GET /openstack HTTP/1.1\r\nHost: 169.254.169.254\r\n\r\n")
 print("  %s:%d -> 169.254.169.254:80 answered %s" % (s.getsockname() + (s.recv(12).decode()[9:12],)), flush=True)
 time.sleep(4)'
-for i in 1 2; do ip netns exec "$PREFIX-vm$i" .venv/bin/python -c "$HOLD" & done
+for i in 1 2; do ip netns exec "$PREFIX-vm$i" $PY -c "$HOLD" & done
 sleep 1  # a demo, not a test: give the two connections a moment to be made
 
 step "vrouter flow -l --prefix $PREFIX (the metadata NAT pairs and the VM-to-VM Forward pair)"

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Build or remove an emulated Tungsten Fabric compute node in network namespaces.
 #
-#   netns_setup.sh up [--vms N] [--prefix P] [--secret S] [--tls] [--json]
+#   netns_setup.sh up [--vms N] [--prefix P] [--secret S] [--tls] [--dhcp] [--json]
+#                     [--qemu M (--image FILE | --kernel K [--initrd I] [--append A]) [--accel auto|kvm|tcg] [--memory MIB]]
+#                     [--user-data FILE] [--ssh-key PUBKEY_FILE] [--instances FILE]
 #   netns_setup.sh down [--prefix P]
 #   netns_setup.sh status [--prefix P]
 #   netns_setup.sh stop-agent|start-agent|stop-nova|start-nova [--prefix P]
@@ -11,8 +13,18 @@
 # from the compute namespace to the fabric. It starts `vrouter nova-metadata` in the fabric
 # namespace (10.10.0.1:8775) and `vrouter agent` in the compute namespace (vhost0 10.10.0.2), plugs
 # every VM's port and provisions the `metadata` link-local service (169.254.169.254:80 ->
-# 10.10.0.1:8775) through the agent's control socket, with the messages `vrouter port add` and
-# `vrouter linklocal add` send.
+# 10.10.0.1:8775) through the agent's control socket, with the messages `vrouter network add`,
+# `vrouter port add` and `vrouter linklocal add` send. The VMs' network is 10.1.1.0/24: gateway
+# 10.1.1.1, service address (the agent's DHCP server and DNS) 10.1.1.2.
+#
+# --dhcp: the namespace VMs take their address with busybox udhcpc (kept running; leases in
+# /run/vrouter/P/dhcp/) instead of a static one. --qemu M: M QEMU guests besides the namespace
+# VMs, each on a tap in P-compute made by the port plug (virtio-net, the port's MAC, SMBIOS as
+# Nova sets it, the serial console in /run/vrouter/P/guests/NAME.console), booting --image FILE
+# (qcow2 or raw, on a copy-on-write overlay: the file is never written) by its own boot loader, or
+# --kernel/--initrd/--append directly; --accel auto (KVM where a KVM guest boots, else TCG).
+# --user-data, --ssh-key and --instances (JSON, by instance name: hostname, public_keys,
+# user_data, admin_pass, vendor_data, vendor_data2, meta) give the instances their data.
 #
 # --tls makes a CA, a server certificate for Nova and a client certificate for the agent (openssl,
 # in /run/vrouter/P/tls); Nova then serves HTTPS and requires the client certificate, and the

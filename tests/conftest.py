@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from topology.lab import Lab
-from topology.model import Topology
+from topology.model import GuestBoot, Topology
 
 ROOT = Path(__file__).resolve().parents[1]
 SETUP = ROOT / "scripts" / "netns_setup.sh"
@@ -67,10 +67,17 @@ def unique_prefix() -> str:
 class EmulatedHost:
     """A compute node built by topology.lab, with helpers that act inside its namespaces."""
 
-    def __init__(self, vms: int, tls: bool = False, state_root: str | None = None) -> None:
+    def __init__(self, vms: int, tls: bool = False, state_root: str | None = None, qemu: int = 0, dhcp: bool = False,
+                 boot: GuestBoot | None = None, user_data: str | None = None, ssh_key: str | None = None) -> None:  # fmt: skip
         self.prefix = unique_prefix()
         self.lab = Lab(self.prefix, state_root=state_root, say=lambda text: None)
-        self.layout = self.lab.up(Topology.plan(self.prefix, vms, self.lab.state, tls=tls))
+        topo = Topology.plan(self.prefix, vms, self.lab.state, tls=tls, qemu=qemu)
+        topo.dhcp = dhcp
+        topo.user_data, topo.ssh_key = user_data, ssh_key
+        if boot is not None:
+            topo.boot = boot
+        self.layout = self.lab.up(topo)
+        self.guests = self.layout["guests"]
         self.vms = self.layout["vms"]
         self.compute = self.layout["namespaces"]["compute"]
         self.state_dir = self.layout["state_dir"]
@@ -116,6 +123,26 @@ class EmulatedHost:
         finally:
             proc.stdin.close()
             proc.wait(10)
+
+    def lease(self, i: int) -> dict[str, str]:
+        """What VM i's DHCP client was given (--dhcp): udhcpc's variables, from its script."""
+        path = os.path.join(self.state_dir, "dhcp", self.vms[i]["name"] + ".lease")
+        with open(path) as f:
+            return dict(line.rstrip("\n").split("=", 1) for line in f if "=" in line)
+
+    def guest_results(self, j: int) -> dict[str, str]:
+        """The ``GUEST-RESULT key=value`` lines guest j's test init has printed on its console so far."""
+        try:
+            with open(self.guests[j]["console"], errors="replace") as f:
+                lines = f.read().replace("\r", "").splitlines()
+        except FileNotFoundError:
+            return {}
+        out = {}
+        for line in lines:
+            if line.startswith("GUEST-RESULT "):
+                key, _, value = line[len("GUEST-RESULT ") :].partition("=")
+                out[key] = value
+        return out
 
     def cli(self, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run([str(VROUTER), *args, "--state-dir", self.state_dir], capture_output=True, text=True, timeout=30)

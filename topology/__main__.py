@@ -1,6 +1,8 @@
 """``python -m topology``: what ``scripts/netns_setup.sh`` runs.
 
-netns_setup.sh up [--vms N] [--prefix P] [--secret S] [--tls] [--json]
+netns_setup.sh up [--vms N] [--prefix P] [--secret S] [--tls] [--dhcp] [--json]
+                  [--qemu M (--image FILE | --kernel K [--initrd I] [--append A]) [--accel auto|kvm|tcg] [--memory MIB]]
+                  [--user-data FILE] [--ssh-key PUBKEY_FILE] [--instances FILE]
 netns_setup.sh down [--prefix P]
 netns_setup.sh status [--prefix P]
 netns_setup.sh stop-agent|start-agent|stop-nova|start-nova [--prefix P]
@@ -13,9 +15,10 @@ import json
 import os
 import re
 import sys
+from typing import NoReturn
 
 from topology.lab import Lab, LabError
-from topology.model import MAX_VMS, Topology
+from topology.model import MAX_VMS, GuestBoot, Topology, check_instance_data
 from vrouter.agent.control import AgentNotRunning, RequestFailed, call
 from vrouter.messages import StatusRequest
 from vrouter.tools.status import format_status
@@ -39,6 +42,17 @@ def parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--secret")
     ap.add_argument("--tls", action="store_true")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--dhcp", action="store_true")
+    ap.add_argument("--qemu", default="0")
+    ap.add_argument("--image", default="")
+    ap.add_argument("--kernel", default="")
+    ap.add_argument("--initrd", default="")
+    ap.add_argument("--append", default="")
+    ap.add_argument("--accel", default="auto")
+    ap.add_argument("--memory", default="0")
+    ap.add_argument("--user-data")
+    ap.add_argument("--ssh-key")
+    ap.add_argument("--instances")
     ap.add_argument("-h", "--help", action="store_true")
     args = ap.parse_args(argv)
     if args.help:
@@ -49,14 +63,57 @@ def parse(argv: list[str]) -> argparse.Namespace:
         sys.exit(2)
     if args.command not in COMMANDS:
         ap.error("unknown command %s" % args.command)
-    if not args.vms.isdigit() or not 1 <= int(args.vms) <= MAX_VMS:
-        die("--vms %s: a number from 1 to %d" % (args.vms, MAX_VMS))
+    if not args.vms.isdigit() or not args.qemu.isdigit() or not 1 <= int(args.vms) + int(args.qemu) <= MAX_VMS:
+        die("--vms %s --qemu %s: numbers, from 1 to %d VMs and guests in all" % (args.vms, args.qemu, MAX_VMS))
+    if not args.memory.isdigit() or (int(args.memory) and not 64 <= int(args.memory) <= 16384):
+        die("--memory %s: MiB, from 64 to 16384" % args.memory)
+    if int(args.qemu) == 0:
+        for option in ("image", "kernel", "initrd", "append"):
+            if getattr(args, option):
+                die("--%s goes with --qemu M" % option)
     if not re.fullmatch(r"[a-z][a-z0-9]{0,7}", args.prefix):
         die("--prefix %s: 1 to 8 lowercase letters and digits, starting with a letter" % args.prefix)
     return args
 
 
-def die(message: str) -> None:
+def _read(option: str, path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError as e:
+        die("%s %s: %s" % (option, path, e.strerror))
+    except UnicodeDecodeError:
+        die("%s %s: not UTF-8 text" % (option, path))
+
+
+def plan(args: argparse.Namespace, state: str) -> Topology:
+    """The node ``up`` builds, from its options."""
+    try:
+        topo = Topology.plan(args.prefix, int(args.vms), state, args.secret, args.tls, qemu=int(args.qemu))
+    except ValueError as e:
+        die(str(e))
+    topo.dhcp = args.dhcp
+    topo.boot = GuestBoot(args.image, args.kernel, args.initrd, args.append, args.accel, int(args.memory))
+    if args.user_data is not None:
+        topo.user_data = _read("--user-data", args.user_data)
+    if args.ssh_key is not None:
+        key = _read("--ssh-key", args.ssh_key).strip()
+        if not key.startswith(("ssh-", "ecdsa-", "sk-")) or "\n" in key:
+            die("--ssh-key %s: not one OpenSSH public key (ssh-ed25519 AAAA... comment)" % args.ssh_key)
+        topo.ssh_key = key
+    if args.instances is not None:
+        try:
+            topo.instance_data = check_instance_data(json.loads(_read("--instances", args.instances)), args.instances)
+        except ValueError as e:
+            die(str(e))
+        names = {vm.name for vm in topo.ports}
+        unknown = set(topo.instance_data) - names
+        if unknown:
+            die("--instances %s: no instance %s (this node has %s)" % (args.instances, ", ".join(sorted(unknown)), ", ".join(sorted(names))))
+    return topo
+
+
+def die(message: str) -> NoReturn:
     sys.stderr.write("%s: %s\n" % (SCRIPT, message))
     sys.exit(1)
 
@@ -74,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
                 if args.json and layout is not None:
                     print(json.dumps(layout, indent=2))
                 return 0
-            layout = lab.up(Topology.plan(args.prefix, int(args.vms), lab.state, args.secret, args.tls))
+            layout = lab.up(plan(args, lab.state))
             if args.json:
                 print(json.dumps(layout, indent=2))
         elif args.command == "down":
@@ -87,8 +144,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(format_status(call(os.path.join(lab.state, "agent.sock"), StatusRequest())))
             except (AgentNotRunning, RequestFailed) as e:
                 print("vrouter status: %s" % e, file=sys.stderr)
-            pid = lab._pid("nova.pid")
+            pid = lab.pid("nova.pid")
             print("nova-metadata pid %d" % pid if pid else "nova-metadata not running")
+            for g in (lab.layout() or {}).get("guests", []):
+                pid = lab.pid("guests/%s.pid" % g["name"])
+                state = "running (pid %d)" % pid if pid else "not running (its QEMU exited; see %s)" % lab.procs.path("guests/%s.log" % g["name"])
+                print("guest %s %s %s, console %s" % (g["name"], g["ip"], state, g["console"]))
         else:
             if not lab.is_up():
                 die("prefix %s is not up (run: %s up --prefix %s)" % (args.prefix, SCRIPT, args.prefix))

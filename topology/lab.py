@@ -2,10 +2,13 @@
 
 ``Lab(prefix).up(topology)`` makes the namespaces, links, addresses and routes
 of a ``model.Topology``, starts ``vrouter nova-metadata`` in the fabric
-namespace and ``vrouter agent`` in the compute namespace, then plugs every
-VM's port and provisions the ``metadata`` link-local service through the
-agent's control socket, with the same messages ``vrouter port add`` and
-``vrouter linklocal add`` send.  ``down`` removes exactly what ``up`` made.
+namespace and ``vrouter agent`` in the compute namespace, gives the agent the
+virtual network, plugs every VM's and guest's port and provisions the
+``metadata`` link-local service through the agent's control socket, with the
+same messages ``vrouter network add``, ``vrouter port add`` and ``vrouter
+linklocal add`` send.  With ``dhcp`` the namespace VMs then take their address
+with busybox's udhcpc; QEMU guests boot on their taps (``guests``).  ``down``
+removes exactly what ``up`` made, guests and clients first.
 
 Everything ``up`` creates is listed in ``/run/vrouter/P/created``, one
 ``KIND NAME`` a line (``netns``, ``file``, ``dir``, ``rootdir``: a parent
@@ -16,26 +19,27 @@ Nothing here touches the host's own interfaces, routes or firewall.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 
-from topology import netns
+from topology import guests, netns
 from topology.model import NOVA_PORT, VM, Topology
+from topology.processes import Processes, StartError
 from vrouter.agent.control import AgentNotRunning, RequestFailed, call
 from vrouter.agent.paths import STATE_ROOT
-from vrouter.messages import LinkLocalAdd, PortAdd, StatusRequest
+from vrouter.messages import LinkLocalAdd, NetworkAdd, PortAdd, StatusRequest
 
 ROOT = Path(__file__).resolve().parents[1]
+UDHCPC_SCRIPT = ROOT / "scripts" / "udhcpc-vm.sh"
 BIN = Path(sys.executable).parent  # the venv's bin: vrouter lives beside this python
 
 
@@ -59,6 +63,7 @@ class Lab:
         self.vrouter = os.environ.get("VROUTER") or str(BIN / "vrouter")
         self.compute = prefix + "-compute"
         self.fabric = prefix + "-fabric"
+        self.procs = Processes(self.state, say)
 
     # -- files ------------------------------------------------------------------------------------
 
@@ -97,6 +102,16 @@ class Lab:
             raise LabError(self.already_up())
         if not os.access(self.vrouter, os.X_OK):
             raise LabError("%s not found: run make install (or set VROUTER=/path/to/vrouter)" % self.vrouter)
+        try:
+            if topo.guests:
+                guests.check_boot(topo.boot)
+                guests.qemu_binary()
+                if topo.boot.image:
+                    guests.image_format(topo.boot.image)
+        except guests.GuestError as e:
+            raise LabError(str(e)) from None
+        if topo.dhcp and shutil.which("busybox") is None:
+            raise LabError("--dhcp needs busybox (its udhcpc): apt-get install busybox-static")
         root_new = not os.path.isdir(self.root)
         os.makedirs(self.state, exist_ok=True)
         open(self._path("created"), "w").close()
@@ -110,13 +125,14 @@ class Lab:
                 self.down(quiet=True)
             except Exception as cleanup:  # noqa: BLE001 - the first error is the one to report
                 self.say("netns_setup.sh: cleanup after the failure also failed: %s" % cleanup)
-            if isinstance(e, (OSError, subprocess.SubprocessError)):
+            if isinstance(e, (OSError, subprocess.SubprocessError, StartError, guests.GuestError)):
                 raise LabError(str(e)) from None
             raise
 
     def _up(self, topo: Topology) -> dict:
         self._write("secret", topo.secret, 0o600)
-        self.say("building emulated compute node '%s' with %d VMs" % (self.prefix, len(topo.vms)))
+        with_guests = " and %d QEMU guests" % len(topo.guests) if topo.guests else ""
+        self.say("building emulated compute node '%s' with %d VMs%s" % (self.prefix, len(topo.vms), with_guests))
         for name in (self.compute, self.fabric):
             netns.create(name)
             self._created("netns", name)
@@ -134,20 +150,36 @@ class Lab:
             for vm in topo.vms:
                 netns.create(vm.namespace)
                 self._created("netns", vm.namespace)
+                if topo.dhcp:  # its resolver file, which udhcpc's script writes (never the host's)
+                    os.makedirs("/etc/netns/" + vm.namespace, exist_ok=True)
+                    self._created("dir", "/etc/netns/" + vm.namespace)
+                    open("/etc/netns/%s/resolv.conf" % vm.namespace, "w").close()
+                    self._created("file", "/etc/netns/%s/resolv.conf" % vm.namespace)
                 with netns.Namespace(vm.namespace) as ns:
-                    self._wire_vm(vm, compute, ns)
+                    self._wire_vm(vm, compute, ns, static=not topo.dhcp)
+            for g in topo.guests:
+                compute.create_tap(g.tap)  # as os-vif does before plugging a libvirt guest's port
         if topo.tls:
             self._make_tls(topo)
         self._write("agent.conf", topo.agent_conf())
         self.start_nova()
         self.start_agent()
         sock = os.path.join(self.state, "agent.sock")
-        for vm in topo.vms:
+        net = call(sock, NetworkAdd(topo.vn, topo.subnet, self.prefix + "-net", topo.gateway, topo.dns_server))
+        self.say("network %s set: %s, gateway %s, service address %s" % (net.name, net.subnet, net.gateway, net.dns_server))
+        for vm in topo.ports:
             p = call(sock, PortAdd(vm.port_uuid, vm.instance_uuid, vm.vn_uuid, vm.project_id, vm.ip, vm.ipv6, vm.mac, vm.tap, vm.name))
             vm.vif, vm.metadata_ip, vm.metadata_ip6 = p.vif, p.metadata_ip, p.metadata_ip6
             self.say("port %s plugged as vif0/%d (%s, metadata IP %s)" % (p.uuid, p.vif, p.tap_name, p.metadata_ip))
         call(sock, LinkLocalAdd("metadata", "169.254.169.254", "80", [topo.nova_ip], str(NOVA_PORT)))
         self.say("link-local service metadata set")
+        if topo.dhcp:
+            self._dhcp_clients(topo)
+        if topo.guests:
+            accel = guests.choose_accel(topo.boot.accel)
+            for g in topo.guests:
+                g.pid = guests.start(self.procs, topo, g, accel)
+                self.say("  guest %s booting under %s (pid %d, console %s)" % (g.name, accel.upper(), g.pid, g.console))
         layout = topo.layout()
         self._write("layout.json", json.dumps(layout, indent=2))
         self.say("up: layout in %s; remove everything with: %s down --prefix %s" % (self._path("layout.json"), self.script, self.prefix))
@@ -167,17 +199,35 @@ class Lab:
         # Forwarding stays off until the agent runs; strict reverse-path filtering on: fail closed.
         compute.sysctl({"net.ipv4.ip_forward": "0", "net.ipv4.conf.all.rp_filter": "1", "net.ipv4.conf.default.rp_filter": "1"})
 
-    def _wire_vm(self, vm: VM, compute: netns.Namespace, ns: netns.Namespace) -> None:
-        """The VM's eth0 and its tap in the compute namespace; its addresses and default route."""
+    def _wire_vm(self, vm: VM, compute: netns.Namespace, ns: netns.Namespace, static: bool) -> None:
+        """The VM's eth0 and its tap in the compute namespace; with ``static``, its IPv4 address and
+        default route (else its DHCP client sets them)."""
         compute.ipr.link("add", ifname=vm.tap, kind="veth", peer={"ifname": "eth0", "net_ns_fd": ns.fd})
         eth0 = ns.index("eth0")
         ns.ipr.link("set", index=ns.index("lo"), state="up")
         # no duplicate address detection: the VM's IPv6 link-local address is usable at once
         ns.sysctl({"net.ipv6.conf.eth0.accept_dad": "0"})
         ns.ipr.link("set", index=eth0, address=vm.mac, state="up")
-        ns.ipr.addr("add", index=eth0, address=vm.ip, prefixlen=vm.prefix_len)
         ns.ipr.addr("add", index=eth0, address=vm.ipv6, prefixlen=64, flags=IFA_F_NODAD)
-        ns.ipr.route("add", dst="default", gateway=vm.gateway)
+        if static:
+            ns.ipr.addr("add", index=eth0, address=vm.ip, prefixlen=vm.prefix_len)
+            ns.ipr.route("add", dst="default", gateway=vm.gateway)
+
+    def _dhcp_clients(self, topo: Topology) -> None:
+        """busybox udhcpc in each namespace VM, kept running (it renews); its script applies the
+        lease and writes it to dhcp/NAME.lease.  Waits for every lease."""
+        started = []
+        busybox = shutil.which("busybox") or "busybox"
+        for vm in topo.vms:
+            lease = self._path("dhcp/%s.lease" % vm.name)
+            os.makedirs(os.path.dirname(lease), exist_ok=True)
+            env = ["env", "LEASE_FILE=" + lease, "RESOLV_CONF=/etc/netns/%s/resolv.conf" % vm.namespace]
+            args = env + [busybox, "udhcpc", "-f", "-i", "eth0", "-s", str(UDHCPC_SCRIPT), "-x", "hostname:" + vm.name,
+                          "-O", "staticroutes", "-O", "mtu", "-t", "20", "-T", "1", "-A", "1"]  # fmt: skip
+            started.append((vm, lease, self.procs.spawn(vm.namespace, args, "dhcp/%s.log" % vm.name, "dhcp/%s.pid" % vm.name)))
+        for vm, lease, proc in started:
+            self.procs.wait(30, proc, functools.partial(os.path.exists, lease), "the DHCP client of %s" % vm.name, "dhcp/%s.log" % vm.name)
+        self.say("  %d VMs took their address by DHCP" % len(started))
 
     def _make_tls(self, topo: Topology) -> None:
         """A throw-away CA, Nova's server certificate (IP and DNS names) and the agent's client one."""
@@ -208,31 +258,11 @@ class Lab:
 
     # -- daemons --------------------------------------------------------------------------------
 
-    def _spawn(self, namespace: str, args: list[str], log: str, pidfile: str) -> subprocess.Popen:
-        with open(self._path(log), "ab") as out:
-            proc = subprocess.Popen(["ip", "netns", "exec", namespace, *args], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                    start_new_session=True)  # fmt: skip
-        self._write(pidfile, "%d\n" % proc.pid)
-        return proc
-
-    def _pid(self, pidfile: str) -> int:
-        """The pid in ``pidfile`` if that process still runs, else 0."""
-        try:
-            pid = int(open(self._path(pidfile)).read().strip())
-        except (OSError, ValueError):
-            return 0
-        return pid if _running(pid) else 0
-
-    def _wait(self, seconds: float, proc: subprocess.Popen, ready: Callable[[], bool], what: str, log: str) -> None:
-        deadline = time.monotonic() + seconds
-        while not ready():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                tail = open(self._path(log), errors="replace").read().splitlines()[-15:]
-                raise LabError("%s did not start (the end of its log, %s):\n%s" % (what, self._path(log), "\n".join(tail)))
-            time.sleep(0.05)  # polling the daemon's readiness, with a deadline
+    def pid(self, pidfile: str) -> int:
+        return self.procs.pid(pidfile)
 
     def start_nova(self) -> None:
-        if self._pid("nova.pid"):
+        if self.procs.pid("nova.pid"):
             self.say("  nova-metadata already running")
             return
         tls = []
@@ -240,7 +270,7 @@ class Lab:
             t = self._path("tls/")
             tls = ["--tls-cert", t + "nova.pem", "--tls-key", t + "nova.key", "--tls-client-ca", t + "ca.pem"]
         nova_ip = self._nova_ip()
-        proc = self._spawn(self.fabric, [self.vrouter, "nova-metadata", "--instances", self._path("instances.json"), "--listen", nova_ip,
+        proc = self.procs.spawn(self.fabric, [self.vrouter, "nova-metadata", "--instances", self._path("instances.json"), "--listen", nova_ip,
                                          "--port", str(NOVA_PORT), "--secret-file", self._path("secret"), *tls], "nova.log", "nova.pid")  # fmt: skip
 
         def listening() -> bool:
@@ -252,15 +282,15 @@ class Lab:
             with netns.Namespace(self.fabric) as ns:
                 return ns.run(connect)
 
-        self._wait(15, proc, listening, "nova-metadata", "nova.log")
+        self.procs.wait(15, proc, listening, "nova-metadata", "nova.log")
         self.say("  nova-metadata listening on %s:%d (pid %d)" % (nova_ip, NOVA_PORT, proc.pid))
 
     def start_agent(self) -> None:
-        if self._pid("agent.pid.sh"):
+        if self.procs.pid("agent.pid.sh"):
             self.say("  agent already running")
             return
         extra = os.environ.get("VROUTER_AGENT_ARGS", "").split()
-        proc = self._spawn(self.compute, [self.vrouter, "agent", "--config", self._path("agent.conf"), "--state-dir", self.state, *extra],
+        proc = self.procs.spawn(self.compute, [self.vrouter, "agent", "--config", self._path("agent.conf"), "--state-dir", self.state, *extra],
                            "agent.log", "agent.pid.sh")  # fmt: skip
 
         def answers() -> bool:
@@ -270,35 +300,28 @@ class Lab:
             except (AgentNotRunning, RequestFailed):
                 return False
 
-        self._wait(20, proc, answers, "the agent", "agent.log")
+        self.procs.wait(20, proc, answers, "the agent", "agent.log")
         self.say("  vrouter agent up (pid %d)" % proc.pid)
 
     def _nova_ip(self) -> str:
         layout = self.layout()
         return layout["nova"]["ip"] if layout else Topology.plan(self.prefix, 1, self.state).nova_ip
 
-    def _stop(self, pidfile: str, name: str) -> None:
-        """SIGTERM, up to 10 s, then SIGKILL."""
-        pid = self._pid(pidfile)
-        if pid:
-            os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 10
-            while self._pid(pidfile) and time.monotonic() < deadline:
-                time.sleep(0.05)  # waiting for the process to exit, with a deadline
-            if self._pid(pidfile):
-                self.say("  %s (pid %d) did not stop in 10 s: SIGKILL" % (name, pid))
-                os.kill(pid, signal.SIGKILL)
-            self.say("  stopped %s (pid %d)" % (name, pid))
-        try:
-            os.unlink(self._path(pidfile))
-        except FileNotFoundError:
-            pass
-
     def stop_agent(self) -> None:
-        self._stop("agent.pid.sh", "vrouter agent")
+        self.procs.stop("agent.pid.sh", "vrouter agent")
 
     def stop_nova(self) -> None:
-        self._stop("nova.pid", "nova-metadata")
+        self.procs.stop("nova.pid", "nova-metadata")
+
+    def stop_clients(self) -> None:
+        """The QEMU guests and the DHCP clients."""
+        for kind, what in (("guests", "guest"), ("dhcp", "DHCP client of")):
+            try:
+                names = sorted(n[:-4] for n in os.listdir(self._path(kind)) if n.endswith(".pid"))
+            except FileNotFoundError:
+                continue
+            for name in names:
+                self.procs.stop("%s/%s.pid" % (kind, name), "%s %s" % (what, name))
 
     # -- down -----------------------------------------------------------------------------------
 
@@ -310,6 +333,7 @@ class Lab:
             return False
         if not quiet:
             self.say("removing emulated compute node '%s'" % self.prefix)
+        self.stop_clients()
         self.stop_agent()
         self.stop_nova()
         rootdir = ""
@@ -341,21 +365,6 @@ class Lab:
         if not quiet:
             self.say("down: prefix %s removed" % self.prefix)
         return True
-
-
-def _running(pid: int) -> bool:
-    """Whether ``pid`` runs: not gone, and not a zombie (reaped here when it is our child, as it
-    is when this process started it)."""
-    try:
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:
-            return False
-    except ChildProcessError:
-        pass  # not our child: its parent reaps it
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 def _remove(path: str) -> None:

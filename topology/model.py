@@ -1,15 +1,20 @@
 """The emulated host as data, in the spirit of mininet's ``Topo``: nodes, VMs, links, addresses.
 
 Pure: ``Topology.plan`` decides every name, address and uuid of a node with N
-VMs; ``lab.Lab`` builds it in namespaces and removes it.  The picture::
+namespace VMs and M QEMU guests; ``lab.Lab`` builds it in namespaces and
+removes it.  The picture::
 
     netns P-vmI                 netns P-compute                         netns P-fabric
     eth0 10.1.1.(I+2)/24  ---   tap<port uuid[:11]>
     gw 10.1.1.1                 vhost0 10.10.0.2/24  ----------------  eth0 10.10.0.1/24
                                 agent, dataplane, metadata proxy        nova-metadata :8775
+    QEMU guestJ (virtio-net) -- tap<port uuid[:11]>   (the QEMU process runs in P-compute)
 
-``layout()`` is what ``scripts/netns_setup.sh up --json`` prints and writes to
-``/run/vrouter/P/layout.json``; ``instances()`` is Nova's instance records.
+Every VM and guest is a port of one virtual network, 10.1.1.0/24: gateway
+10.1.1.1, service address (DHCP server, DNS) 10.1.1.2, as Tungsten Fabric
+allocates them.  ``layout()`` is what ``scripts/netns_setup.sh up --json``
+prints and writes to ``/run/vrouter/P/layout.json``; ``instances()`` is Nova's
+instance records, with their user data, keys and passwords.
 """
 
 from __future__ import annotations
@@ -23,16 +28,18 @@ FABRIC_NET = "10.10.0"
 VM_NET = "10.1.1"
 NOVA_PORT = 8775
 PROXY_PORT = 8097
-MAX_VMS = 200
+MAX_VMS = 200  # namespace VMs and guests together: one /24 with .1 and .2 taken
 DEMO_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDemoKeyFor%sOnly%s demo@%s"
+INSTANCE_KEYS = {"name", "hostname", "public_keys", "user_data", "admin_pass", "vendor_data", "vendor_data2", "meta", "availability_zone"}
 
 
 @dataclass
 class VM:
-    """A VM: a namespace whose eth0 is one end of a veth, the other end the port's tap."""
+    """A VM: a namespace whose eth0 is one end of a veth (``kind`` namespace), or a QEMU guest
+    whose virtio NIC is a tap (``kind`` qemu); either way a port on a tap of the compute node."""
 
     name: str
-    namespace: str
+    namespace: str  # "" for a guest
     ip: str
     mac: str
     tap: str
@@ -43,14 +50,30 @@ class VM:
     gateway: str
     prefix_len: int
     ipv6: str
+    kind: str = "namespace"
     vif: int = 0  # the agent's, once the port is plugged
     metadata_ip: str = ""
     metadata_ip6: str = ""
+    pid: int = 0  # a guest's QEMU
+    console: str = ""  # a guest's serial console, a file
+
+
+@dataclass(frozen=True)
+class GuestBoot:
+    """How the QEMU guests boot: from ``image`` (on a copy-on-write overlay) by its own boot loader,
+    or from ``kernel`` and ``initrd`` (with or without an image as its disk)."""
+
+    image: str = ""
+    kernel: str = ""
+    initrd: str = ""
+    append: str = ""
+    accel: str = "auto"  # auto, kvm or tcg
+    memory: int = 0  # MiB; 0: 1024 with an image, 256 without
 
 
 @dataclass
 class Topology:
-    """One compute node, the fabric with Nova, and the VMs, all under ``prefix``."""
+    """One compute node, the fabric with Nova, the VMs and the guests, all under ``prefix``."""
 
     prefix: str
     state_dir: str
@@ -58,7 +81,13 @@ class Topology:
     project: str
     vn: str
     vms: list[VM] = field(default_factory=list)
+    guests: list[VM] = field(default_factory=list)
     tls: bool = False
+    dhcp: bool = False  # namespace VMs take their address with a DHCP client
+    boot: GuestBoot = field(default_factory=GuestBoot)
+    user_data: str | None = None  # every instance's, unless ``instance_data`` says otherwise
+    ssh_key: str | None = None  # every instance's public key, likewise
+    instance_data: dict[str, dict[str, Any]] = field(default_factory=dict)  # by instance name
 
     @property
     def compute(self) -> str:
@@ -76,36 +105,67 @@ class Topology:
     def nova_ip(self) -> str:
         return FABRIC_NET + ".1"
 
+    @property
+    def subnet(self) -> str:
+        return VM_NET + ".0/24"
+
+    @property
+    def gateway(self) -> str:
+        return VM_NET + ".1"
+
+    @property
+    def dns_server(self) -> str:
+        return VM_NET + ".2"
+
+    @property
+    def ports(self) -> list[VM]:
+        return self.vms + self.guests
+
     @classmethod
-    def plan(cls, prefix: str, vms: int, state_dir: str, secret: str | None = None, tls: bool = False) -> Topology:
-        """Names, addresses and uuids for a node with ``vms`` VMs on one network (10.1.1.0/24)."""
-        if not 1 <= vms <= MAX_VMS:
-            raise ValueError("--vms %d: a number from 1 to %d" % (vms, MAX_VMS))
+    def plan(cls, prefix: str, vms: int, state_dir: str, secret: str | None = None, tls: bool = False, qemu: int = 0) -> Topology:
+        """Names, addresses and uuids for a node with ``vms`` namespace VMs and ``qemu`` guests on
+        one network (10.1.1.0/24)."""
+        if not 1 <= vms + qemu <= MAX_VMS or vms < 0 or qemu < 0:
+            raise ValueError("--vms %d and --qemu %d: from 1 to %d in all" % (vms, qemu, MAX_VMS))
         project, vn = str(uuid.uuid4()), str(uuid.uuid4())
         topo = cls(prefix, state_dir, secrets.token_hex(16) if secret is None else secret, project, vn, tls=tls)
-        for i in range(1, vms + 1):
+        for i in range(1, vms + qemu + 1):
             port = str(uuid.uuid4())
             host = i + 2
-            topo.vms.append(VM(
-                name="vm%d" % i, namespace="%s-vm%d" % (prefix, i), ip="%s.%d" % (VM_NET, host),
+            guest = i > vms
+            name = "guest%d" % (i - vms) if guest else "vm%d" % i
+            vm = VM(
+                name=name, namespace="" if guest else "%s-%s" % (prefix, name), ip="%s.%d" % (VM_NET, host),
                 mac="02:00:0a:01:%02x:%02x" % (host >> 8, host & 0xFF), tap="tap" + port[:11], port_uuid=port,
                 instance_uuid=str(uuid.uuid4()), project_id=project, vn_uuid=vn, gateway=VM_NET + ".1", prefix_len=24,
-                ipv6="fd00:10:1:1::%x" % host,
-            ))  # fmt: skip
+                ipv6="fd00:10:1:1::%x" % host, kind="qemu" if guest else "namespace",
+            )  # fmt: skip
+            if guest:
+                vm.console = "%s/guests/%s.console" % (state_dir, name)
+            (topo.guests if guest else topo.vms).append(vm)
         return topo
 
     def instances(self) -> dict[str, Any]:
         """Nova's records of the instances, as ``vrouter nova-metadata --instances`` reads them."""
         out = []
-        for vm in self.vms:
-            out.append({
+        for vm in self.ports:
+            rec: dict[str, Any] = {
                 "uuid": vm.instance_uuid, "name": vm.name, "hostname": vm.name, "project_id": uuid.UUID(self.project).hex,
                 "availability_zone": "nova", "launch_index": 0, "instance_type": "m1.small",
                 "public_keys": {"demo": DEMO_KEY % (vm.name, self.prefix, self.prefix)},
                 "user_data": "#cloud-config\nhostname: %s\n" % vm.name, "meta": {"role": "demo"},
                 "ip": vm.ip, "mac": vm.mac, "port_uuid": vm.port_uuid, "vn_uuid": vm.vn_uuid,
-                "gateway": vm.gateway, "netmask": "255.255.255.0", "security_groups": ["default"],
-            })  # fmt: skip
+                "gateway": vm.gateway, "netmask": "255.255.255.0", "dns_server": self.dns_server, "mtu": 1500,
+                # how the instance takes its address, as network_data.json says: a guest and a
+                # --dhcp VM by DHCP (ipv4_dhcp), a static namespace VM by its fixed address (ipv4)
+                "dhcp": vm.kind == "qemu" or self.dhcp, "security_groups": ["default"],
+            }  # fmt: skip
+            if self.ssh_key is not None:
+                rec["public_keys"] = {"default": self.ssh_key}
+            if self.user_data is not None:
+                rec["user_data"] = self.user_data
+            rec.update(self.instance_data.get(vm.name, {}))
+            out.append(rec)
         return {"instances": out}
 
     def agent_conf(self) -> str:
@@ -136,9 +196,37 @@ class Topology:
                 "url": "%s://%s:%d" % ("https" if self.tls else "http", self.nova_ip, NOVA_PORT),
                 "tls": {"ca": s + "/tls/ca.pem", "cert": s + "/tls/nova.pem", "key": s + "/tls/nova.key"} if self.tls else None,
             },  # fmt: skip
+            "network": {"uuid": self.vn, "subnet": self.subnet, "gateway": self.gateway, "dns_server": self.dns_server, "dhcp": self.dhcp},
             "metadata_service": {"ip": "169.254.169.254", "ip6": "fe80::a9fe:a9fe", "port": 80},
             "metadata_proxy": {"ip": self.vhost_ip, "ip6": "fd00:a9fe:a9fe::1", "port": PROXY_PORT},
             "secret": self.secret,
             "vms": [asdict(v) for v in self.vms],
+            "guests": [asdict(v) for v in self.guests],
             "logs": {"agent": s + "/agent.log", "nova": s + "/nova.log"},
         }
+
+
+def check_instance_data(data: Any, source: str) -> dict[str, dict[str, Any]]:
+    """``--instances FILE``'s content: {"instances": [{"name": ..., ...}]} or {name: {...}}; each
+    entry may set name, hostname, public_keys, user_data, admin_pass, vendor_data, vendor_data2,
+    meta, availability_zone.  ValueError names what is wrong."""
+    items = data.get("instances", data) if isinstance(data, dict) else data
+    if isinstance(items, dict):
+        items = [dict(v, name=k) if isinstance(v, dict) else v for k, v in items.items()]
+    if not isinstance(items, list):
+        raise ValueError('%s: expected {"instances": [...]} or an object by instance name' % source)
+    out: dict[str, dict[str, Any]] = {}
+    for n, item in enumerate(items):
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise ValueError('%s: entry %d: an object with a "name" (vm1, guest1, ...)' % (source, n))
+        unknown = set(item) - INSTANCE_KEYS
+        if unknown:
+            known = ", ".join(sorted(INSTANCE_KEYS))
+            raise ValueError("%s: %s: unknown keys %s (known: %s)" % (source, item["name"], ", ".join(sorted(unknown)), known))
+        if "public_keys" in item and not (isinstance(item["public_keys"], dict) and all(isinstance(v, str) for v in item["public_keys"].values())):
+            raise ValueError("%s: %s: public_keys must map key names to keys" % (source, item["name"]))
+        for key in ("user_data", "admin_pass", "hostname"):
+            if key in item and not isinstance(item[key], str):
+                raise ValueError("%s: %s: %s must be a string" % (source, item["name"], key))
+        out[item["name"]] = {k: v for k, v in item.items() if k != "name"}
+    return out

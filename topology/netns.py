@@ -22,6 +22,7 @@ import errno
 import fcntl
 import os
 import socket
+import struct
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -36,6 +37,10 @@ MS_SHARED = 1 << 20
 MNT_DETACH = 2
 NETLINK_ROUTE = 0
 SIOCGSKNS = 0x894C  # the namespace of a socket, as a new file descriptor
+TUNSETIFF = 0x400454CA
+TUNSETPERSIST = 0x400454CB
+IFF_TAP = 0x0002
+IFF_NO_PI = 0x1000
 
 T = TypeVar("T")
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -178,6 +183,25 @@ class Namespace:
                     f.write(value)
 
         self.run(write)
+
+    def create_tap(self, ifname: str) -> None:
+        """A persistent tap device in this namespace (as os-vif makes one for a libvirt guest),
+        for QEMU to open by name; it goes with the namespace."""
+
+        def make() -> None:
+            try:
+                fd = os.open("/dev/net/tun", os.O_RDWR)
+            except OSError as e:
+                raise NamespaceError(e.errno, "/dev/net/tun: %s (is the tun module loaded?)" % e.strerror) from None
+            try:
+                fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", ifname.encode(), IFF_TAP | IFF_NO_PI))
+                fcntl.ioctl(fd, TUNSETPERSIST, 1)
+            except OSError as e:
+                raise NamespaceError(e.errno, "cannot make tap %s in %s: %s" % (ifname, self.name, e.strerror)) from None
+            finally:
+                os.close(fd)
+
+        self.run(make)
 
     def index(self, ifname: str) -> int:
         found = self.ipr.link_lookup(ifname=ifname)
