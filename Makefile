@@ -1,21 +1,30 @@
 # make demo: install what is needed, build an emulated compute node with 2 VMs, show each VM
 #            reading its own metadata through the trap and the flow table, then remove it all.
 #            make demo KEEP=1 leaves it up and prints the command that removes it.
+#            make demo GUEST=1 also builds the Debian guest image (once) and boots a QEMU guest that
+#            configures itself with cloud-init from the node.
 # make test: install what is needed and run the whole test suite (as root for the namespace tests).
+# make test-guests: only the tests that boot guests (the test initramfs and the Debian image).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-SYSTEM_PKGS := iproute2 libnetfilter-queue-dev libnfnetlink-dev gcc curl iputils-ping procps nftables openssl
+SYSTEM_PKGS := iproute2 libnetfilter-queue-dev libnfnetlink-dev gcc curl iputils-ping procps nftables openssl \
+	qemu-system-x86 qemu-utils cpio openssh-client
+# for make guest-image only: Debian's image builder
+IMAGE_PKGS := mmdebstrap e2fsprogs
+GUEST_DIR := build/guest
+GUEST_IMAGE := $(GUEST_DIR)/debian12.qcow2
+GUEST_INITRAMFS := $(GUEST_DIR)/initramfs/initramfs.cpio.gz
 DEMO_PREFIX ?= demo
 
 BENCH_PKGS := haproxy nginx-light wrk
 SOAK_SECONDS ?= 180
 SOAK_VMS ?= 16
 
-.PHONY: install system-deps venv demo test unit lint soak bench bench-deps clean
+.PHONY: install system-deps busybox venv demo test test-guests guest-image guest-initramfs image-deps unit lint soak bench bench-deps clean
 
-install: system-deps venv
+install: system-deps busybox venv
 
 # Debian packages, installed only when missing (apt-get update only then too).
 system-deps:
@@ -29,6 +38,12 @@ system-deps:
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
+# udhcpc for the namespace VMs' DHCP (netns_setup.sh up --dhcp): any busybox will do; if there is
+# none, busybox-static (which conflicts with Debian's busybox, so it is not installed beside one).
+busybox:
+	@command -v busybox >/dev/null || { echo "installing Debian packages: busybox-static"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends busybox-static >/dev/null; }
+
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml | system-deps
@@ -37,15 +52,40 @@ $(VENV)/.installed: pyproject.toml | system-deps
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
 	$(BIN)/python -m pip install -q -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
-	@$(BIN)/python -c "import netfilterqueue, pyroute2, httptools, uvloop, scapy, pytest, mypy" && touch $@
+	@$(BIN)/python -c "import netfilterqueue, pyroute2, httptools, uvloop, scapy, pytest, mypy, dpkt" && touch $@
 
-demo: install
-	@bash scripts/demo.sh $(DEMO_PREFIX) $(if $(KEEP),keep,)
+demo: install $(if $(GUEST),guest-image,)
+	@bash scripts/demo.sh $(DEMO_PREFIX) $(if $(KEEP),keep,) $(if $(GUEST),guest,)
 
-test: install
+# The test guest: Debian's cloud kernel and busybox in a small initramfs (guest/build_initramfs.sh;
+# the packages are downloaded and unpacked, not installed). Cached in build/guest.
+guest-initramfs: $(GUEST_INITRAMFS)
+$(GUEST_INITRAMFS): guest/build_initramfs.sh guest/initramfs/init guest/initramfs/udhcpc.script | system-deps
+	bash guest/build_initramfs.sh $(GUEST_DIR)/initramfs
+
+# A Debian 12 cloud image with cloud-init (guest/build_image.sh: mmdebstrap from Debian's
+# packages, about 1-2 minutes, 370 MB). Cached in build/guest; rebuilt when the script changes.
+guest-image: $(GUEST_IMAGE)
+$(GUEST_IMAGE): guest/build_image.sh | image-deps
+	bash guest/build_image.sh $@
+
+image-deps: system-deps
+	@missing=""; for p in $(IMAGE_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then echo "installing Debian packages:$$missing"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; fi
+
+# The whole suite, the full boot of the Debian image included (it builds the image once: about a
+# minute and 200 MB of Debian packages; the boot itself about two minutes under TCG).
+test: install guest-initramfs guest-image
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -ra tests
+
+# Only the guests: the test initramfs on a tap, and the Debian image configured by cloud-init.
+test-guests: install guest-initramfs guest-image
+	$(BIN)/python -m pytest -q -ra -m guests tests
 
 # Minutes of 16 VMs running cloud-init's metadata sequence; too long for CI (see the README).
 soak: install
@@ -79,4 +119,4 @@ lint: venv
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache .mypy_cache build
