@@ -26,7 +26,7 @@ cleanup() {
 }
 trap cleanup EXIT
 step() { printf '\n== %s\n' "$*"; }
-field() { $PY -c 'import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2], {}, {"d": d}))' "$LAYOUT" "$1"; }
+field() { $PY -c 'import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2], {"d": d}))' "$LAYOUT" "$1"; }
 
 if [ -n "$GUEST" ]; then
     [ -f "$IMAGE" ] || { echo "no guest image: make demo GUEST=1 builds it (make guest-image)" >&2; exit 1; }
