@@ -10,7 +10,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 SYSTEM_PKGS := iproute2 libnetfilter-queue-dev libnfnetlink-dev gcc curl iputils-ping procps nftables openssl \
-	qemu-system-x86 qemu-utils cpio openssh-client
+	qemu-system-x86 qemu-utils cpio openssh-client tcpdump
 # for make guest-image only: Debian's image builder
 IMAGE_PKGS := mmdebstrap e2fsprogs
 GUEST_DIR := build/guest
@@ -52,7 +52,7 @@ $(VENV)/.installed: pyproject.toml | system-deps
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
 	$(BIN)/python -m pip install -q -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
-	@$(BIN)/python -c "import netfilterqueue, pyroute2, httptools, uvloop, scapy, pytest, mypy, dpkt" && touch $@
+	@$(BIN)/python -c "import netfilterqueue, pyroute2, httptools, uvloop, scapy, pytest, mypy, dpkt, prometheus_client" && touch $@
 
 demo: install $(if $(GUEST),guest-image,)
 	@bash scripts/demo.sh $(DEMO_PREFIX) $(if $(KEEP),keep,) $(if $(GUEST),guest,)

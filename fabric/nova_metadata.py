@@ -5,7 +5,8 @@ True``: ``GET /`` lists versions before any check; every other path needs
 X-Instance-ID, X-Instance-ID-Signature and X-Tenant-ID (400 with Nova's texts
 when one is missing), a signature that matches (403, constant-time compare),
 a known instance (404) whose project is X-Tenant-ID (404).  Instances come
-from a JSON file (re-read when it changes)::
+from a JSON file, re-read when it changes (``vrouter instance set`` edits it;
+a file that does not parse is refused and the instances read before stay)::
 
     {"instances": [{"uuid": "...", "name": "vm1", "project_id": "<32 hex>",
                     "public_keys": {"default": "ssh-ed25519 ..."}, "user_data": "#cloud-config...",
@@ -74,37 +75,101 @@ def signature_matches(instance_id: str, secret: str, signature: str) -> bool:
     return hmac.compare_digest(expected.encode(), signature.encode())
 
 
+class InstancesError(ValueError):
+    """An instances file that cannot be used; the message names the instance and key."""
+
+
+def parse_instances(text: str) -> dict[str, dict]:
+    """The instances of an instances file's text, by uuid; InstancesError naming what is wrong."""
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        raise InstancesError("not JSON: %s" % e) from None
+    items = data.get("instances") if isinstance(data, dict) else data
+    if not isinstance(items, list):
+        raise InstancesError('expected {"instances": [...]} or a list of instances')
+    out: dict[str, dict] = {}
+    for n, inst in enumerate(items):
+        where = "instance %d" % n
+        if not isinstance(inst, dict) or not isinstance(inst.get("uuid"), str) or not inst["uuid"]:
+            raise InstancesError("%s: an object with a uuid (a string)" % where)
+        where = "instance %s" % inst["uuid"]
+        if inst["uuid"] in out:
+            raise InstancesError("%s: twice" % where)
+        for key, kind in (("meta", dict), ("public_keys", dict), ("name", str), ("hostname", str), ("project_id", str)):
+            if key in inst and not isinstance(inst[key], kind):
+                raise InstancesError("%s: %s must be %s" % (where, key, "an object" if kind is dict else "a string"))
+        for key in ("meta", "public_keys"):
+            bad = [k for k, v in inst.get(key, {}).items() if not isinstance(v, str)]
+            if bad:
+                raise InstancesError("%s: %s.%s must be a string" % (where, key, bad[0]))
+        data = inst.get("user_data")
+        if data is not None and not isinstance(data, str):
+            try:
+                base64.b64decode(data["base64"], validate=True)
+            except (TypeError, KeyError, ValueError):
+                raise InstancesError('%s: user_data must be a string or {"base64": "..."}' % where) from None
+        out[inst["uuid"]] = inst
+    return out
+
+
 class InstanceStore:
-    """Instances by uuid from a JSON file, re-read whenever its mtime changes."""
+    """Instances by uuid from a JSON file, re-read when it changes (its inode, size or mtime: an
+    atomic replace is a new inode).  A file that cannot be used is refused, logged once, and the
+    instances it would have replaced stay.  Every request looks (one stat), so the next request
+    after a change sees it; ``watch`` also looks twice a second, to log reloads as they happen."""
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._mtime = -1.0
+        self._seen: tuple[int, int, int] | None = None
         self._lock = threading.Lock()
         self.instances: dict[str, dict] = {}
         self.passwords: dict[str, str] = {}
+        self.loads = 0
+        self.error = ""  # why the file as it is now was refused, if it was
         self.refresh()
 
     def refresh(self) -> None:
         try:
-            mtime = os.stat(self.path).st_mtime
-        except OSError:
+            st = os.stat(self.path)
+        except OSError as e:
+            self._refuse(None, "cannot read it: %s" % e.strerror)
             return
-        if mtime == self._mtime:
+        seen = (st.st_ino, st.st_size, st.st_mtime_ns)
+        if seen == self._seen:
             return
         with self._lock:
+            if seen == self._seen:
+                return
             try:
                 with open(self.path, encoding="utf-8") as f:
-                    data = json.load(f)
-                items = data["instances"] if isinstance(data, dict) else data
-                self.instances = {str(i["uuid"]): i for i in items}
-                self._mtime = mtime
-            except (OSError, ValueError, KeyError, TypeError) as e:
-                log.error("cannot read instances from %s: %s (keeping %d instances)", self.path, e, len(self.instances))
+                    instances = parse_instances(f.read())
+            except (OSError, UnicodeDecodeError, InstancesError) as e:
+                self._refuse(seen, str(getattr(e, "strerror", None) or e))
+                return
+            self._seen = seen
+            first = self.loads == 0
+            self.instances, self.error = instances, ""
+            self.loads += 1
+            if not first:
+                log.info("reloaded %s: %d instances", self.path, len(instances))
+
+    def _refuse(self, seen: tuple[int, int, int] | None, why: str) -> None:
+        if seen is not None and seen == self._seen:
+            return
+        self._seen = seen
+        if why != self.error:
+            self.error = why
+            log.error("refused %s: %s (keeping the %d instances read before)", self.path, why, len(self.instances))
 
     def get(self, uuid: str) -> dict | None:
         self.refresh()
         return self.instances.get(uuid)
+
+    def watch(self, stop: threading.Event, interval: float = 0.5) -> None:
+        """Look for changes until ``stop`` is set (run it in a thread)."""
+        while not stop.wait(interval):
+            self.refresh()
 
 
 def meta_data(inst: dict) -> dict:

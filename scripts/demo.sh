@@ -96,6 +96,21 @@ wait
 step "vrouter vif --list --prefix $PREFIX"
 $VROUTER vif --list --prefix "$PREFIX"
 
+INST1=$(field 'd["vms"][0]["instance_uuid"]')
+step "a fault for vm1 only: its next 2 meta_data.json requests answer 503; vm2 is served as usual"
+$VROUTER metadata fault add --prefix "$PREFIX" --instance "$INST1" --path '/openstack/*/meta_data.json' --status 503 --count 2
+for i in 1 2 1 1; do
+    printf '  vm%s: %s\n' "$i" "$(ip netns exec "$PREFIX-vm$i" curl -s -o /dev/null -w '%{http_code}' -m 10 http://169.254.169.254/openstack/latest/meta_data.json)"
+done
+
+step "live metadata: vrouter instance set changes vm1's user data; its next request sees it"
+printf '#cloud-config\nhostname: changed-live\n' > "$TMP/new-user-data"
+$VROUTER instance set --prefix "$PREFIX" --uuid "$INST1" --user-data "$TMP/new-user-data"
+ip netns exec "$PREFIX-vm1" curl -sS -m 10 http://169.254.169.254/openstack/latest/user_data | sed 's/^/  /'
+
+step "vrouter metadata log --prefix $PREFIX --instance $INST1 (what vm1 asked for and got)"
+$VROUTER metadata log --prefix "$PREFIX" --instance "$INST1"
+
 if [ -n "$KEEP" ]; then
     printf '\nThe node stays up. Try: ip netns exec %s-vm1 curl http://169.254.169.254/openstack\n' "$PREFIX"
     printf 'Remove everything with: scripts/netns_setup.sh down --prefix %s\n' "$PREFIX"

@@ -59,3 +59,28 @@ def test_debian_cloud_image_configures_itself_from_the_node_and_takes_ssh_from_a
         assert requests["dhcp_ack"] >= 1
     finally:
         h.down()
+
+
+def test_cloud_init_meeting_503_on_meta_data_json_is_in_the_journal():
+    """The fault is added as soon as the node is up, before the guest's cloud-init starts (tens of
+    seconds later under TCG); the journal then shows what cloud-init 22.4 does with a 503 on a
+    mandatory file: it asks once in its local stage and once in its network stage (its OpenStack
+    reader retries no answer of 400 or more), then boots without a datasource."""
+    h = EmulatedHost(vms=0, qemu=1, boot=GuestBoot(image=str(IMAGE)))
+    try:
+        g = h.guests[0]
+        rule = h.cli_json("metadata", "fault", "add", "--instance", g["instance_uuid"], "--path", "/openstack/*/meta_data.json",
+                          "--status", "503", "--count", "3")  # fmt: skip
+        console = lambda: open(g["console"], errors="replace").read()  # noqa: E731
+        wait_until(lambda: "finished at" in console() and "Cloud-init v." in console(), 900, "cloud-init to finish", interval=2)
+        log = h.cli_json("metadata", "log", "--instance", g["instance_uuid"])
+        md = [e for e in log if e["path"].endswith("/meta_data.json")]
+        assert md and all(e["status"] == 503 and e["fault"] == rule["id"] for e in md), log
+        assert len(md) == 2  # init-local, then init: one try each
+        assert md[0]["seq"] > [e for e in log if e["path"] == "/openstack"][0]["seq"]  # after it found the service
+        assert console().count("Missing mandatory path: http://169.254.169.254/openstack/") == 2
+        assert "Datasource DataSourceNone" in console()
+        (left,) = h.cli_json("metadata", "fault", "list")
+        assert left["applied"] == 2  # the third 503 was never asked for
+    finally:
+        h.down()

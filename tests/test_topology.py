@@ -3,10 +3,11 @@ without ip(8) (root)."""
 
 import os
 import socket
+import subprocess
 
 import pytest
 
-from tests.conftest import needs_root, unique_prefix
+from tests.conftest import ROOT, needs_root, unique_prefix
 from topology import netns
 from topology.model import MAX_VMS, Topology
 from vrouter.tools import locate
@@ -84,3 +85,15 @@ def test_namespaces_are_made_entered_and_removed_without_ip():
     finally:
         assert netns.delete(a) and netns.delete(b)
     assert not netns.exists(a) and not netns.delete(a)
+
+
+@needs_root
+@pytest.mark.netns
+def test_the_demo_runs_and_leaves_nothing_behind():
+    """make demo's script, under a prefix of its own: each step works, and down removes the node."""
+    prefix = unique_prefix()
+    r = subprocess.run(["bash", str(ROOT / "scripts" / "demo.sh"), prefix], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert r.stdout.count('"uuid"') == 2 and "vm1: 503" in r.stdout and "vm2: 200" in r.stdout and "hostname: changed-live" in r.stdout
+    assert "fault 1" in r.stdout and "down: prefix %s removed" % prefix in r.stdout + r.stderr
+    assert not [n for n in netns.names() if n.startswith(prefix + "-")]

@@ -9,8 +9,12 @@
     vrouter vif --list       list the interfaces
     vrouter dropstats        drop counters by reason
     vrouter status           is the agent up, and how is it doing
+    vrouter metadata log     what each instance asked the metadata service, and got
+    vrouter metadata fault add|list|del   make the metadata path misbehave, per instance
+    vrouter instance set     change an instance's metadata while its node runs
+    vrouter vifdump -i N     the packets of one vif, printed or as pcap
 
-Every command but ``agent`` and ``nova-metadata`` acts on a running agent,
+Every command but ``agent``, ``nova-metadata`` and ``instance`` acts on a running agent,
 found through its state directory: ``--state-dir``, ``--prefix P`` for
 ``/run/vrouter/P``, $VROUTER_STATE_DIR, else the node whose namespace the
 command runs in (``P-compute``), else the one node that is up (see
@@ -22,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
 import ssl
 import sys
@@ -34,8 +37,12 @@ from vrouter.agent.agent import AgentError, run_agent
 from vrouter.agent.config import AgentConfig, ConfigError, load_config, parse_log_level
 from vrouter.agent.control import AgentNotRunning, RequestFailed, call
 from vrouter.agent.paths import StatePaths
+from vrouter.agent.procinfo import alive
 from vrouter.messages import (
     DropStatsRequest,
+    FaultAdd,
+    FaultDel,
+    FaultList,
     LinkLocalAdd,
     LinkLocalDel,
     LinkLocalImport,
@@ -108,8 +115,6 @@ def cmd_nova(args: argparse.Namespace) -> int:
                 secret = f.read().strip()
         except OSError as e:
             raise UsageError("--secret-file %s: %s" % (args.secret_file, e.strerror)) from None
-    if not os.path.exists(args.instances):
-        raise UsageError("--instances %s: no such file" % args.instances)
     ctx = None
     if args.tls_cert:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -117,12 +122,18 @@ def cmd_nova(args: argparse.Namespace) -> int:
         if args.tls_client_ca:
             ctx.load_verify_locations(args.tls_client_ca)
             ctx.verify_mode = ssl.CERT_REQUIRED
+    store = InstanceStore(args.instances)
+    if not store.loads:
+        raise UsageError("--instances %s: %s" % (args.instances, store.error))
     try:
-        server = make_server(args.listen, args.port, NovaMetadata(InstanceStore(args.instances), secret), ctx)
+        server = make_server(args.listen, args.port, NovaMetadata(store, secret), ctx)
     except OSError as e:
         raise UsageError("cannot listen on %s:%d: %s" % (args.listen, args.port, e.strerror)) from None
+    stopping = threading.Event()
+    threading.Thread(target=store.watch, args=(stopping,), name="instances-watch", daemon=True).start()
 
     def stop(*_: object) -> None:
+        stopping.set()
         threading.Thread(target=server.shutdown, daemon=True).start()
 
     signal.signal(signal.SIGTERM, stop)
@@ -274,6 +285,74 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- the metadata path ------------------------------------------------------------------------
+
+
+def cmd_metadata(args: argparse.Namespace) -> int:
+    from vrouter.tools.metadata import follow_log, format_faults, print_log
+
+    if args.what == "log":
+        if args.instance is not None and args.vif is not None:
+            raise UsageError("log: --instance or --vif, not both")
+        if args.duration is not None and not args.follow:
+            raise UsageError("log: --duration goes with --follow")
+        path = StatePaths.of(_state_dir(args)).socket
+
+        def ask(query: Any) -> Any:
+            return call(path, query)
+
+        if args.follow:
+            return follow_log(ask, args.instance, args.vif, args.json, args.duration, sys.stdout)
+        return print_log(ask, args.instance, args.vif, args.json, sys.stdout)
+    if args.oper == "add":
+        rule = _agent_call(args, FaultAdd(
+            args.instance, args.vif, args.all, args.path, args.status, args.delay, args.throttle, args.reset, args.drop, args.count,
+            args.for_s, args.probability,
+        ))  # fmt: skip
+        _print(rule, args.json, "fault %d added\n%s" % (rule.id, format_faults([rule])))
+    elif args.oper in ("del", "delete"):
+        rule = _agent_call(args, FaultDel(args.id))
+        _print(rule, args.json, "fault %d deleted (it applied %d times)" % (rule.id, rule.applied))
+    else:
+        rules = _agent_call(args, FaultList())
+        _print(rules, args.json, format_faults(rules))
+    return 0
+
+
+def cmd_instance(args: argparse.Namespace) -> int:
+    from vrouter.tools.instances import InstanceSetError, change_of, set_instance
+
+    path = args.instances or StatePaths.of(_state_dir(args, single_node=True)).instances
+    try:
+        change = change_of(args.uuid, args.name, args.user_data, args.ssh_key, args.meta or [])
+        inst, done = set_instance(path, change)
+    except InstanceSetError as e:
+        raise UsageError(str(e)) from None
+    _print(inst, args.json, "instance %s (%s): %s set in %s" % (change.uuid, inst.get("name", ""), ", ".join(done), path))
+    return 0
+
+
+def cmd_vifdump(args: argparse.Namespace) -> int:
+    from vrouter.tools.vifdump import run
+
+    paths = StatePaths.of(_state_dir(args))
+
+    def agent_alive() -> bool:
+        try:
+            with open(paths.pid) as f:
+                return alive(int(f.read().strip()))
+        except (OSError, ValueError):
+            return False
+
+    try:
+        return run(lambda req: call(paths.socket, req), agent_alive, args.interface, args.write, args.count, args.duration, args.rewritten,
+                   sys.stdout, sys.stderr)  # fmt: skip
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    except OSError as e:
+        raise UsageError("%s" % e) from None
+
+
 # -- parser -----------------------------------------------------------------------------------
 
 
@@ -388,7 +467,79 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("status", help="is the agent running", description="The running agent's state.")
     _target_args(s)
     s.set_defaults(func=cmd_status)
+
+    _metadata_parsers(sub)
+
+    ins = sub.add_parser("instance", help="change an instance's metadata while its node runs",
+                         description="Edit the instances file that vrouter nova-metadata serves (atomic replace): the next metadata "
+                         "request sees the change.")  # fmt: skip
+    ins.add_argument("oper", choices=["set"])
+    ins.add_argument("--uuid", required=True, help="the instance's uuid")
+    ins.add_argument("--name", help="its name (and hostname)")
+    ins.add_argument("--user-data", "--user_data", dest="user_data", metavar="FILE", help="its user data, from FILE")
+    ins.add_argument("--ssh-key", "--ssh_key", dest="ssh_key", metavar="FILE", help="its public key (public_keys.default), from FILE")
+    ins.add_argument("--meta", action="append", metavar="KEY=VALUE", help="set a metadata item (repeatable)")
+    ins.add_argument("--instances", metavar="FILE", help="the instances file (default: the node's, STATE_DIR/instances.json)")
+    _target_args(ins)
+    ins.set_defaults(func=cmd_instance)
+
+    vd = sub.add_parser("vifdump", help="the packets of one vif, printed or as pcap",
+                        description="Packets of vif N as the dataplane sees them (both directions, and the agent's ARP, DHCP, DNS "
+                        "and ping answers), printed one a line or written as pcap; until -c packets, --duration seconds or Ctrl-C. "
+                        "A reader too slow for the dataplane loses packets (counted at the end); it never slows the VMs.")  # fmt: skip
+    vd.add_argument("-i", "--interface", type=int, required=True, metavar="N", help="vif0/N")
+    vd.add_argument("-w", "--write", metavar="FILE", help="write pcap to FILE (- for stdout) instead of printing")
+    vd.add_argument("-c", "--count", type=int, help="stop after this many packets")
+    vd.add_argument("--duration", type=float, metavar="S", help="stop after this many seconds")
+    vd.add_argument("--rewritten", action="store_true", help="also each NAT packet as on the other side of its rewrite")
+    _target_args(vd)
+    vd.set_defaults(func=cmd_vifdump)
     return parser
+
+
+def _metadata_parsers(sub: Any) -> None:
+    m = sub.add_parser("metadata", help="the metadata path per instance: its journal, and faults to inject",
+                       description="Read the metadata proxy's request journal, and inject faults into it.")  # fmt: skip
+    msub = m.add_subparsers(dest="what", metavar="WHAT", required=True)
+    lg = msub.add_parser("log", help="the requests each instance made and what it got",
+                         description="The proxy's journal, oldest first: time, vif, instance, VM address, method, path, status, bytes "
+                         "each way, Nova's and the whole request's milliseconds, and why the proxy answered itself (rate limit, "
+                         "fault, timeout, bad request...). A ring per instance ([METADATA] metadata_journal_size).")  # fmt: skip
+    who = lg.add_mutually_exclusive_group()
+    who.add_argument("--instance", metavar="UUID", help="only this instance's requests")
+    who.add_argument("--vif", type=int, metavar="N", help="only vif0/N's requests")
+    lg.add_argument("-f", "--follow", action="store_true", help="then print new entries as they come, until Ctrl-C")
+    lg.add_argument("--duration", type=float, metavar="S", help="with --follow: stop after S seconds")
+    _target_args(lg)
+    lg.set_defaults(func=cmd_metadata)
+
+    fl = msub.add_parser("fault", help="inject faults into chosen instances' metadata requests",
+                         description="Make the proxy misbehave for chosen requests, live: the next request sees a change. The first "
+                         "rule (by id) that matches a request applies; every faulted request is marked in the journal.")  # fmt: skip
+    fsub = fl.add_subparsers(dest="oper", metavar="OPER", required=True)
+    add = fsub.add_parser("add", help="add a rule", description="Add a fault rule: whose requests, which paths, what happens, how long.")
+    target = add.add_argument_group("whose requests (one of)")
+    target.add_argument("--instance", metavar="UUID", help="one instance's")
+    target.add_argument("--vif", type=int, metavar="N", help="vif0/N's")
+    target.add_argument("--all", action="store_true", help="every instance's")
+    add.add_argument("--path", default="/*", metavar="GLOB", help="request paths it applies to (default /*: all), e.g. '/openstack/*/user_data'")
+    effect = add.add_argument_group("what happens (one of)")
+    effect.add_argument("--status", type=int, metavar="CODE", help="answered by the proxy with CODE and a body like Nova's")
+    effect.add_argument("--delay", type=float, metavar="SECONDS", help="the request waits SECONDS before it goes to Nova")
+    effect.add_argument("--throttle", type=int, metavar="BYTES_PER_S", help="the answer's body at BYTES_PER_S")
+    effect.add_argument("--reset", action="store_true", help="the connection is reset half-way through the answer's body")
+    effect.add_argument("--drop", action="store_true", help="no answer: the connection hangs until the VM gives up (at most 600 s)")
+    bound = add.add_argument_group("for how long (default: until deleted)")
+    bound.add_argument("--count", type=int, metavar="N", help="the first N matching requests")
+    bound.add_argument("--for", dest="for_s", type=float, metavar="SECONDS", help="SECONDS from now")
+    bound.add_argument("--probability", type=float, metavar="P", help="each matching request with probability P")
+    _target_args(add)
+    ls = fsub.add_parser("list", help="the rules in force", description="The rules in force, how often each applied and what is left of it.")
+    _target_args(ls)
+    d = fsub.add_parser("del", aliases=["delete"], help="delete a rule", description="Delete a fault rule.")
+    d.add_argument("id", type=int, help="the rule's ID (see fault list)")
+    _target_args(d)
+    fl.set_defaults(func=cmd_metadata)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,6 +30,7 @@ from typing import Any, TypeVar, Union
 from vrouter.services.metadata.fairness import Fairness
 
 T = TypeVar("T")
+MAX_MESSAGE = 1 << 24  # bytes of one line (a journal page is the largest)
 
 
 class MessageError(ValueError):
@@ -236,6 +237,7 @@ class Identity:
     vm_ip: str
     port_uuid: str
     vm_name: str = ""
+    vif: int = 0
 
 
 @dataclass(frozen=True)
@@ -257,6 +259,7 @@ class ProxyConfig:
     read_timeout: float
     fairness: Fairness
     tls: TlsFiles | None = None
+    journal_size: int = 500  # entries kept per instance
 
 
 @dataclass
@@ -315,11 +318,172 @@ class ProxyLoad:
 
 
 @dataclass
+class VifMetadataCounters:
+    """The vRouter agent's own metadata counters, for one vif."""
+
+    requests: int = 0
+    responses: int = 0
+    proxy_sessions: int = 0
+    internal_errors: int = 0
+
+
+@dataclass
+class Histogram:
+    """Prometheus-style: cumulative counts per upper bound (seconds), then the sum and count."""
+
+    bounds: list[float]
+    counts: list[int]
+    sum: float = 0.0
+    count: int = 0
+
+
+@dataclass
 class ProxyReport:
     stats: ProxyCounters
     load: ProxyLoad
     memory: dict[str, int]
     pid: int
+    per_vif: dict[int, VifMetadataCounters] = field(default_factory=dict)
+    by_instance: dict[str, dict[int, int]] = field(default_factory=dict)  # instance -> status -> answers
+    nova_seconds: Histogram | None = None
+    request_seconds: Histogram | None = None
+    journal_dropped: int = 0
+
+
+@dataclass
+class JournalQuery:
+    """Entries after number ``since``; of one instance or vif if given."""
+
+    since: int = 0
+    instance: str | None = None
+    vif: int | None = None
+    limit: int = 1000
+
+
+@dataclass
+class ProxyJournalQuery(JournalQuery):
+    """The same, from the agent to its proxy process."""
+
+
+@dataclass
+class JournalEntry:
+    seq: int
+    time: float
+    vif: int
+    instance: str
+    vm_ip: str
+    method: str
+    path: str
+    status: int
+    bytes_in: int
+    bytes_out: int
+    nova_ms: float
+    total_ms: float
+    reason: str
+    fault: int
+
+
+@dataclass
+class JournalPage:
+    entries: list[JournalEntry]
+    last: int  # the number of the newest entry of the whole journal
+    dropped: int  # entries pushed out of full rings so far
+
+
+@dataclass
+class FaultAdd:
+    """``vrouter metadata fault add``, as typed."""
+
+    instance: str | None = None
+    vif: int | None = None
+    all: bool = False
+    path: str = "/*"
+    status: int | None = None
+    delay: float | None = None
+    throttle: int | None = None
+    reset: bool = False
+    drop: bool = False
+    count: int | None = None
+    for_s: float | None = None
+    probability: float | None = None
+
+
+@dataclass
+class FaultSpec:
+    """A rule as the proxy process applies it."""
+
+    id: int
+    instance: str
+    vif: int
+    path: str
+    effect: str
+    value: float
+    count: int
+    until: float  # CLOCK_MONOTONIC deadline, 0: none
+    probability: float
+    for_s: float
+    applied: int = 0  # times it applied so far, as the agent last heard (a new proxy process goes on from there)
+
+
+@dataclass
+class SetFaults:
+    rules: list[FaultSpec]
+
+
+@dataclass
+class FaultList:
+    pass
+
+
+@dataclass
+class ProxyFaultList(FaultList):
+    """The same, from the agent to its proxy process."""
+
+
+@dataclass
+class FaultDel:
+    id: int = 0
+
+
+@dataclass
+class FaultRecord:
+    id: int
+    target: str  # "instance U", "vif N" or "all"
+    path: str
+    effect: str
+    value: float
+    count: int  # 0: not bounded by a count
+    for_s: float
+    probability: float
+    applied: int
+    left_s: float | None = None  # seconds until it ends, when bounded by time
+
+
+@dataclass
+class VifdumpStart:
+    """Send vif ``vif``'s packets, as the dataplane sees them, to the datagram socket ``socket``."""
+
+    vif: int = 0
+    socket: str = ""
+    rewritten: bool = False
+
+
+@dataclass
+class VifdumpStarted:
+    vif: int
+    name: str
+    mac: str  # the VM's MAC ("" for vhost0), for the frames a pcap shows
+
+
+@dataclass
+class VifdumpStop:
+    socket: str = ""
+
+
+@dataclass
+class VifdumpStopped:
+    sent: int
+    lost: int  # packets the reader was too slow for
 
 
 @dataclass
@@ -360,6 +524,7 @@ class ProxyStatus(ProxyCounters):
     pid: int = 0
     restarts: int = 0
     error: str | None = None
+    per_vif: dict[int, VifMetadataCounters] = field(default_factory=dict)
 
 
 @dataclass
@@ -399,6 +564,12 @@ CONTROL_OPS: dict[str, tuple[type, Any]] = {
     "network.list": (NetworkList, list[NetworkRecord]),
     "vif.list": (VifList, list[VifRecord]),
     "dropstats": (DropStatsRequest, DropStats),
+    "metadata.log": (JournalQuery, JournalPage),
+    "metadata.fault.add": (FaultAdd, FaultRecord),
+    "metadata.fault.list": (FaultList, list[FaultRecord]),
+    "metadata.fault.del": (FaultDel, FaultRecord),
+    "vifdump.start": (VifdumpStart, VifdumpStarted),
+    "vifdump.stop": (VifdumpStop, VifdumpStopped),
 }
 # ... the agent to its metadata proxy process
 PROXY_OPS: dict[str, tuple[type, Any]] = {
@@ -406,9 +577,13 @@ PROXY_OPS: dict[str, tuple[type, Any]] = {
     "identities": (Identities, Ack),
     "upstream": (SetUpstream, Ack),
     "stats": (ProxyStatsRequest, ProxyReport),
+    "journal": (ProxyJournalQuery, JournalPage),
+    "faults": (SetFaults, Ack),
+    "faults.list": (ProxyFaultList, list[FaultRecord]),
 }
 OPS = CONTROL_OPS | PROXY_OPS
 OP_OF: dict[type, str] = {req: op for op, (req, _) in OPS.items()}
+assert len(OP_OF) == len(OPS), "each operation has a request class of its own"
 
 
 # -- the wire -----------------------------------------------------------------------------------------

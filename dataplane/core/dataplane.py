@@ -11,7 +11,8 @@ agent, OVS's upcall handler and revalidator):
 * ``flowsetup.FlowSetup``: flow set-up on a miss;
 * ``lifecycle.Lifecycle``: TCP close, eviction of closed pairs, aging;
 * ``entries.Entries``: the per-entry state and limits the three share;
-* ``vif.VifTable``, ``services.LinkLocalTable`` and ``traps.TrapTable``: what set-up reads.
+* ``vif.VifTable``, ``services.LinkLocalTable`` and ``traps.TrapTable``: what set-up reads;
+* ``capture.Captures``: vifdump's copies, in the path only while a capture runs.
 
 This class is what the agent configures: vifs plugged and unplugged, the
 link-local services, and the aging steps it schedules.  Changing a vif or a
@@ -20,6 +21,7 @@ service removes the flows that depended on it.
 
 from __future__ import annotations
 
+from dataplane.core.capture import Captures
 from dataplane.core.entries import Entries, Limits, PortAllocator
 from dataplane.core.fastpath import PacketPath, Verdict
 from dataplane.core.flowsetup import FlowSetup
@@ -56,10 +58,15 @@ class Dataplane:
         self.flow_setup = FlowSetup(table, self.entries, self.lifecycle, self.vif_table, self.services, self.traps, vhost_ip, proxy_port, ports)
         self.path = PacketPath(table, self.entries, self.vif_table, self.flow_setup, self.lifecycle)
         self.process = self.path.process  # the per-packet entry point, without a call of ours around it
+        self.captures = Captures(self.path, self.vif_table, table, self.entries)
+        self.captures.on_change = self._capturing
         self.drops = self.path.drops
         self.age_step = self.lifecycle.age_step
         self.evict_closed = self.lifecycle.evict_closed
         self.age = self.lifecycle.age
+
+    def _capturing(self, active: bool) -> None:
+        self.process = self.captures.process if active else self.path.process
 
     @property
     def setups(self) -> int:
@@ -87,6 +94,8 @@ class Dataplane:
         vif = self.vif_table.remove(index)
         if vif is None:
             return 0
+        for key in [k for k in self.path.vif_drops if k[0] == index]:
+            del self.path.vif_drops[key]
         return self.entries.delete([i for i, st in self.entries.live() if st.vin == index or st.out is vif])
 
     # -- link-local services --------------------------------------------------------------------

@@ -82,10 +82,13 @@ class Entries:
         # for the default table)
         self.states: list[FlowState | None] = [None] * table.capacity
         self.linklocal_flows = 0  # link-local pairs on the node, counted against its cap
+        self.added = 0  # entries set up since start
+        self.removed = 0  # entries removed since start
 
     def keep(self, index: int, state: FlowState) -> None:
         """Hold the state of a new entry (the benchmarks give generated entries theirs)."""
         self.states[index] = state
+        self.added += 1
 
     def live(self) -> Iterator[tuple[int, FlowState]]:
         """Every live entry this dataplane set up, with its state (a walk of the table's flags)."""
@@ -149,6 +152,7 @@ class Entries:
             removed = self.table.delete(i)
             self._forget(removed)
             n += len(removed)
+        self.removed += n
         return n
 
     def _forget(self, indices: list[int]) -> None:

@@ -37,15 +37,17 @@ from vrouter.agent.config import AgentConfig
 from vrouter.agent.control import ControlServer
 from vrouter.agent.host import HostNetwork, in_namespace_hint, sysctl
 from vrouter.agent.linklocal import ServiceError, ServiceTable
+from vrouter.agent.metrics import AgentCollector, MetricsServer, SetupRate
 from vrouter.agent.networks import Network, NetworkError, NetworkTable
 from vrouter.agent.operations import Operations
 from vrouter.agent.paths import StatePaths
 from vrouter.agent.ports import Port, PortError, PortTable
 from vrouter.agent.procinfo import alive
-from vrouter.messages import Identity, NovaAddress, ProxyConfig, TlsFiles
+from vrouter.messages import Identity, NovaAddress, ProxyConfig, ProxyReport, TlsFiles
 from vrouter.services.dns import Instance, Zone
 from vrouter.services.guests import GuestServices, Settings
 from vrouter.services.metadata.fairness import Fairness
+from vrouter.services.metadata.faults import FaultError
 from vrouter.services.metadata.nova_side import client_tls
 from vrouter.services.metadata.supervisor import ProxyProcess, ProxyProcessError
 
@@ -100,10 +102,13 @@ class Agent:
         self._pkt0: Pkt0 | None = None
         self._guests: GuestServices | None = None
         self._control: ControlServer | None = None
+        self._metrics: MetricsServer | None = None
+        self.setup_rate = SetupRate()
         self._made_table = False  # our nftables table exists: delete it at stop
         self._reserved_before: str | None = None
         self._proxy_ip6 = False
         self._wrote_pid = False
+        self.next_fault_id = 1
 
     # -- start and stop -------------------------------------------------------------------------
 
@@ -134,7 +139,8 @@ class Agent:
                 client_tls(tls.ca, tls.cert, tls.key)
             except (OSError, ssl.SSLError) as e:
                 raise AgentError("[METADATA] TLS files: %s" % e) from None
-        return ProxyConfig([vhost_ip, PROXY_IP6], c.metadata_proxy_port, c.metadata_proxy_secret, self.nova_timeout, fairness, tls)
+        return ProxyConfig([vhost_ip, PROXY_IP6], c.metadata_proxy_port, c.metadata_proxy_secret, self.nova_timeout, fairness, tls,
+                           c.metadata_journal_size)  # fmt: skip
 
     async def run(self) -> None:
         if os.geteuid() != 0:
@@ -201,8 +207,10 @@ class Agent:
         except NftError as e:
             raise AgentError("cannot create the nftables table: %s" % e) from None
         host.enable_forwarding(True)
-        self._control = ControlServer(self.paths.socket, Operations(self, node).handlers(), (PortError, ServiceError, NetworkError))
+        self._control = ControlServer(self.paths.socket, Operations(self, node).handlers(), (PortError, ServiceError, NetworkError, FaultError))
         await self._control.start()
+        if cfg.metrics_port:
+            await self._start_metrics(node, vhost_ip, cfg.metrics_port)
         with open(self.paths.pid, "w") as f:
             f.write("%d\n" % os.getpid())
         self._wrote_pid = True
@@ -222,8 +230,25 @@ class Agent:
         for t in tasks:
             t.cancel()
 
+    async def _start_metrics(self, node: Node, vhost_ip: str, port: int) -> None:
+        async def report() -> ProxyReport | None:
+            try:
+                return await node.proxy.report()
+            except ProxyProcessError:
+                return None
+
+        metrics = self._metrics = MetricsServer(AgentCollector(self, node), report)
+        try:
+            await metrics.start(vhost_ip, port)
+        except OSError as e:
+            raise AgentError("[DEFAULT] metrics_port %d: cannot listen on %s:%d: %s (set metrics_port to a free port, or 0 to serve no metrics)"
+                             % (port, vhost_ip, port, e.strerror or e)) from None  # fmt: skip
+        log.info("metrics for Prometheus at http://%s:%d/metrics", vhost_ip, port)
+
     async def shutdown(self) -> None:
         """Undo whatever ``run`` did, whether it finished or failed half-way."""
+        if self._metrics is not None:
+            await self._metrics.stop()
         if self._control is not None:
             await self._control.stop()
         if self._made_table:
@@ -313,7 +338,7 @@ class Agent:
         """Who is behind each metadata IP, as the proxy process is told (IPv4 and IPv6)."""
         out: dict[str, Identity] = {}
         for p in self.ports.ports.values():
-            who = Identity(p.instance_uuid, p.vm_project_uuid, p.ip_address, p.uuid, p.vm_name)
+            who = Identity(p.instance_uuid, p.vm_project_uuid, p.ip_address, p.uuid, p.vm_name, p.vif)
             out[p.metadata_ip] = who
             out[p.metadata_ip6] = who
         return out
@@ -351,8 +376,12 @@ class Agent:
         aging never stalls the packets behind it for more than a few milliseconds."""
         dp = node.dataplane
         budget, slots = AGING_BUDGET // AGING_STEPS, dp.table.capacity // AGING_STEPS
+        step = 0
         while True:
             await asyncio.sleep(1.0 / AGING_STEPS)
+            step += 1
+            if step % AGING_STEPS == 0:  # once a second: for the set-up rate
+                self.setup_rate.sample(time.monotonic(), dp.entries.added)
             n = dp.age_step(self.cfg.flow_cache_timeout, budget, evict_limit=EVICT_PER_STEP, slots=slots)
             if n:
                 log.debug("removed %d flow entries", n)

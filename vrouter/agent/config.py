@@ -38,6 +38,7 @@ class ConfigError(ValueError):
 class AgentConfig:
     log_level: int = logging.INFO
     log_file: str = ""
+    metrics_port: int = 8085  # Prometheus metrics on vhost0 (the vRouter agent's introspect port); 0: none
     vhost_name: str = "vhost0"
     vhost_ip: str = ""  # empty: read from the vhost interface
     metadata_proxy_secret: str = ""
@@ -53,6 +54,7 @@ class AgentConfig:
     metadata_base_query_rate_limit: int = 10
     metadata_burst_window_duration: float = 10.0
     metadata_burst_query_rate_limit: int = 10
+    metadata_journal_size: int = 500  # requests the journal keeps per instance; 0: no journal
     flow_entries: int = 524_288
     flow_overflow_entries: int = 0  # 0: 20% of flow_entries
     flow_cache_timeout: int = 180
@@ -163,6 +165,9 @@ SCHEMA: dict[str, dict[str, tuple[str, Parser]]] = {
     "DEFAULT": {
         "log_level": ("log_level", parse_log_level),
         "log_file": ("log_file", _str),
+        # This project's: the vRouter agent serves its introspect on this port ([DEFAULT]
+        # http_server_port); here it is the Prometheus metrics' port, 0 to serve none.
+        "metrics_port": ("metrics_port", lambda s, k, v: _int(s, k, v, 0, 65535)),
     },
     "VIRTUAL-HOST-INTERFACE": {
         "name": ("vhost_name", _str),
@@ -187,6 +192,7 @@ SCHEMA: dict[str, dict[str, tuple[str, Parser]]] = {
         "metadata_base_query_rate_limit": ("metadata_base_query_rate_limit", lambda s, k, v: _int(s, k, v, 1, 1 << 30)),
         "metadata_burst_window_duration": ("metadata_burst_window_duration", _seconds),
         "metadata_burst_query_rate_limit": ("metadata_burst_query_rate_limit", lambda s, k, v: _int(s, k, v, 1, 1 << 30)),
+        "metadata_journal_size": ("metadata_journal_size", lambda s, k, v: _int(s, k, v, 0, 100_000)),
     },
     "FLOWS": {
         "flow_entries": ("flow_entries", lambda s, k, v: _int(s, k, v, 4, 1 << 24)),

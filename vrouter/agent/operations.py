@@ -12,20 +12,30 @@ import dataclasses
 import logging
 import os
 import time
+import uuid as uuidlib
 from typing import TYPE_CHECKING
 
+from dataplane.core.capture import Capture
+from dataplane.linux.vifdump import DatagramSink
 from flows.layout import DROP_NAMES
 from vrouter.agent.kernel_stats import kernel_ip_drops, queue_drops
 from vrouter.agent.linklocal import ServiceError, to_schema
 from vrouter.agent.linklocal import validate as validate_service
 from vrouter.agent.networks import Network
 from vrouter.agent.networks import validate as validate_network
-from vrouter.agent.ports import Port
+from vrouter.agent.ports import Port, PortError
 from vrouter.agent.ports import validate as validate_port
 from vrouter.agent.procinfo import own_memory
 from vrouter.messages import (
     DropStats,
     DropStatsRequest,
+    FaultAdd,
+    FaultDel,
+    FaultList,
+    FaultRecord,
+    FaultSpec,
+    JournalPage,
+    JournalQuery,
     LinkLocalAdd,
     LinkLocalChanged,
     LinkLocalDel,
@@ -42,12 +52,18 @@ from vrouter.messages import (
     PortList,
     PortPlugged,
     PortUnplugged,
+    ProxyJournalQuery,
     ProxyStatus,
     Status,
     StatusRequest,
+    VifdumpStart,
+    VifdumpStarted,
+    VifdumpStop,
+    VifdumpStopped,
     VifList,
     VifRecord,
 )
+from vrouter.services.metadata.faults import FaultError, Rule, check, effect_text
 from vrouter.services.metadata.supervisor import ProxyProcessError
 
 if TYPE_CHECKING:
@@ -61,6 +77,7 @@ class Operations:
     def __init__(self, agent: Agent, node: Node) -> None:
         self.agent = agent
         self.node = node
+        self.captures: dict[str, Capture] = {}  # by the reader's socket path
 
     def handlers(self) -> dict[str, Handler]:
         return {
@@ -77,6 +94,12 @@ class Operations:
             "network.list": self.network_list,
             "vif.list": self.vif_list,
             "dropstats": self.dropstats,
+            "metadata.log": self.metadata_log,
+            "metadata.fault.add": self.fault_add,
+            "metadata.fault.list": self.fault_list,
+            "metadata.fault.del": self.fault_del,
+            "vifdump.start": self.vifdump_start,
+            "vifdump.stop": self.vifdump_stop,
         }
 
     # -- status ---------------------------------------------------------------------------------
@@ -91,7 +114,7 @@ class Operations:
         else:
             memory.update({"proxy_" + k: v for k, v in report.memory.items()})
             counters = dataclasses.asdict(report.stats) | dataclasses.asdict(report.load)
-            proxy = ProxyStatus(**counters, pid=node.proxy.pid, restarts=node.proxy.restarts)
+            proxy = ProxyStatus(**counters, pid=node.proxy.pid, restarts=node.proxy.restarts, per_vif=report.per_vif)
         verdicts = node.shell.verdicts
         return Status(
             pid=os.getpid(),
@@ -220,3 +243,116 @@ class Operations:
         counts["Dataplane Error"] = self.node.shell.errors
         counts.update(kernel_ip_drops())
         return DropStats(counts)
+
+    # -- vifdump -------------------------------------------------------------------------------
+
+    def vifdump_start(self, req: VifdumpStart) -> VifdumpStarted:
+        vif = self.node.dataplane.vifs.get(req.vif)
+        if vif is None:
+            known = ", ".join("vif0/%d" % i for i in sorted(self.node.dataplane.vifs))
+            raise PortError("vif0/%d does not exist (there are %s; see vrouter vif --list)" % (req.vif, known))
+        self._reap_captures()
+        if req.socket in self.captures:
+            raise PortError("a capture already goes to %s" % req.socket)
+        try:
+            sink = DatagramSink(req.socket)
+        except OSError as e:
+            raise PortError("cannot reach the capture socket %s: %s" % (req.socket, e.strerror or e)) from None
+        capture = self.captures[req.socket] = Capture(vif.index, sink, req.rewritten)
+        self.node.dataplane.captures.add(capture)
+        log.info("vifdump: capturing vif0/%d (%s) to %s", vif.index, vif.name, req.socket)
+        return VifdumpStarted(vif.index, vif.name, vif.mac or "")
+
+    def vifdump_stop(self, req: VifdumpStop) -> VifdumpStopped:
+        capture = self.captures.pop(req.socket, None)
+        if capture is None:
+            raise PortError("no capture goes to %s" % req.socket)
+        self.node.dataplane.captures.remove(capture)
+        log.info("vifdump: capture of vif0/%d ended: %d packets, %d lost", capture.vif, capture.sent, capture.lost)
+        return VifdumpStopped(capture.sent, capture.lost)
+
+    def _reap_captures(self) -> None:
+        """Forget captures whose reader went without saying (the dataplane already ended them)."""
+        for path, c in list(self.captures.items()):
+            if c.sink.gone or c not in self.node.dataplane.captures.by_vif.get(c.vif, ()):
+                self.node.dataplane.captures.remove(c)
+                del self.captures[path]
+
+    # -- the metadata path: journal and faults --------------------------------------------------
+
+    async def metadata_log(self, req: JournalQuery) -> JournalPage:
+        instance = None if req.instance is None else _instance_uuid(req.instance)
+        if req.vif is not None and req.vif < 0:
+            raise FaultError("--vif %d: not a vif" % req.vif)
+        query = ProxyJournalQuery(max(0, req.since), instance, req.vif, min(max(1, req.limit), 5000))
+        try:
+            return await self.node.proxy.journal(query)
+        except ProxyProcessError as e:
+            raise FaultError("the journal is the metadata proxy process's: %s" % e) from None
+
+    async def _faults_in_force(self) -> list[FaultSpec]:
+        """The agent's copy of the rules, less those the proxy has ended (their count or time is up)."""
+        proxy = self.node.proxy
+        try:
+            alive = {r.id: r.applied for r in await proxy.fault_records()}
+        except ProxyProcessError:
+            return [f for f in proxy.faults if not f.until or time.monotonic() < f.until]
+        return [dataclasses.replace(f, applied=alive[f.id]) for f in proxy.faults if f.id in alive]
+
+    async def fault_add(self, req: FaultAdd) -> FaultRecord:
+        instance = None if req.instance is None else _instance_uuid(req.instance)
+        effect, value = check(instance, req.vif, req.all, req.path, req.status, req.delay, req.throttle, req.reset, req.drop, req.count,
+                              req.for_s, req.probability)  # fmt: skip
+        agent = self.agent
+        fid, agent.next_fault_id = agent.next_fault_id, agent.next_fault_id + 1
+        now = time.monotonic()
+        spec = FaultSpec(fid, instance or "", req.vif or 0, req.path, effect, value, req.count or 0, now + req.for_s if req.for_s else 0.0,
+                         req.probability or 1.0, req.for_s or 0.0)  # fmt: skip
+        if instance and not any(p.instance_uuid == instance for p in agent.ports.ports.values()):
+            log.warning("metadata fault %d: no port of this node belongs to instance %s (yet)", fid, instance)
+        if req.vif and req.vif not in self.node.dataplane.vifs:
+            log.warning("metadata fault %d: no vif0/%d on this node (yet)", fid, req.vif)
+        rules = await self._faults_in_force()
+        try:
+            await self.node.proxy.set_faults([*rules, spec])
+        except ProxyProcessError as e:
+            raise FaultError("fault %d kept, but the metadata proxy process did not take it (%s): it applies once the process is back"
+                             % (fid, e)) from None  # fmt: skip
+        record = Rule.of(spec).record(now)
+        log.info("metadata fault %d: %s %s -> %s", fid, record.target, spec.path, effect_text(record))
+        return record
+
+    async def fault_list(self, _: FaultList) -> list[FaultRecord]:
+        proxy = self.node.proxy
+        try:
+            records = await proxy.fault_records()
+        except ProxyProcessError as e:
+            raise FaultError("the metadata proxy process does not answer (%s)" % e) from None
+        applied = {r.id: r.applied for r in records}  # what a new proxy process would go on from
+        proxy.faults = [dataclasses.replace(f, applied=applied[f.id]) for f in proxy.faults if f.id in applied]
+        return records
+
+    async def fault_del(self, req: FaultDel) -> FaultRecord:
+        proxy = self.node.proxy
+        try:
+            records = {r.id: r for r in await proxy.fault_records()}
+        except ProxyProcessError as e:
+            raise FaultError("the metadata proxy process does not answer (%s)" % e) from None
+        if req.id not in records:
+            known = ", ".join(str(i) for i in sorted(records)) or "none"
+            raise FaultError("no fault %d in force (in force: %s; see vrouter metadata fault list)" % (req.id, known))
+        try:
+            await proxy.set_faults(
+                [dataclasses.replace(f, applied=records[f.id].applied) for f in proxy.faults if f.id != req.id and f.id in records]
+            )
+        except ProxyProcessError as e:
+            raise FaultError("the metadata proxy process did not take the change (%s)" % e) from None
+        log.info("metadata fault %d deleted", req.id)
+        return records[req.id]
+
+
+def _instance_uuid(value: str) -> str:
+    try:
+        return str(uuidlib.UUID(value))
+    except ValueError:
+        raise FaultError("--instance %r: not a uuid" % value) from None

@@ -10,6 +10,7 @@ directory given by ``--state-dir``.  It holds:
     linklocal.json    the link-local services, in global-vrouter-config's schema
     networks/<uuid>.json one file per configured virtual network (its IPAM)
     agent.pid         the agent's pid
+    instances.json    Nova's instances, for ``vrouter nova-metadata`` (a node built by netns_setup.sh)
 """
 
 from __future__ import annotations
@@ -30,12 +31,13 @@ class StatePaths:
     linklocal: str
     pid: str
     networks: str
+    instances: str
 
     @classmethod
     def of(cls, state_dir: str) -> StatePaths:
         j = os.path.join
         return cls(state_dir, j(state_dir, "agent.sock"), j(state_dir, "flows.shm"), j(state_dir, "ports"), j(state_dir, "linklocal.json"),
-                   j(state_dir, "agent.pid"), j(state_dir, "networks"))  # fmt: skip
+                   j(state_dir, "agent.pid"), j(state_dir, "networks"), j(state_dir, "instances.json"))  # fmt: skip
 
 
 def prefix_dir(prefix: str) -> str:

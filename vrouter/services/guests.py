@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from dataplane.core.capture import RX, TX
 from dataplane.core.dataplane import Dataplane
 from dataplane.core.frames import (
     ALL_NODES6,
@@ -97,6 +98,7 @@ class GuestServices:
         self.directory = directory
         self.settings = settings
         self._send = send
+        self.captures = dataplane.captures
         self.stats = ServiceCounters()
         self.dhcp = dhcp.DhcpServer(settings.dhcp_lease_time, settings.dns_domain)
         self._pending: dict[int, _Pending] = {}
@@ -109,6 +111,8 @@ class GuestServices:
         if vif.ifindex and self._send(vif.name, frame):
             vif.tx_packets += 1
             vif.tx_bytes += len(frame) - 14  # as the dataplane counts: IP bytes
+            if self.captures.by_vif:
+                self.captures.frame(vif, TX, frame)
 
     def _drop(self, reason: DropReason, vif: Vif) -> None:
         self.dataplane.path.drop(reason, vif)
@@ -223,6 +227,8 @@ class GuestServices:
             return
         vif.rx_packets += 1
         vif.rx_bytes += max(0, len(frame) - 14)
+        if self.captures.by_vif:
+            self.captures.frame(vif, RX, frame)
         port = self.directory.port_of(vif.index)
         if port is None:
             return

@@ -16,6 +16,10 @@ def format_status(st: Status) -> str:
         text += "\nmetadata proxy process pid %d (restarts: %d): %d requests, %d VM connections open, %d idle to Nova" % (
             proxy.pid, proxy.restarts, proxy.requests, proxy.vm_connections, proxy.upstream_idle,
         )  # fmt: skip
+    if proxy.per_vif:
+        text += "\nmetadata per vif (the vRouter agent's counters):\n    vif      requests  responses  proxy sessions  internal errors"
+        for vif, c in sorted(proxy.per_vif.items()):
+            text += "\n    vif0/%-3d %8d  %9d  %14d  %15d" % (vif, c.requests, c.responses, c.proxy_sessions, c.internal_errors)
     if st.verdict_write_errors:
         text += "\nNFQUEUE verdict writes failed %d times (their packets were dropped; see the agent's log)" % st.verdict_write_errors
     return text

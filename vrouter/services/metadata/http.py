@@ -11,6 +11,11 @@ hop-by-hop headers; Host is the Nova host's.
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from vrouter.messages import Identity
+    from vrouter.services.metadata.faults import Rule
 
 RELAYED_METHODS = {b"GET", b"HEAD", b"POST", b"PUT", b"DELETE"}
 IDENTITY_HEADERS = {b"x-instance-id", b"x-tenant-id", b"x-instance-id-signature", b"x-forwarded-for"}
@@ -49,9 +54,10 @@ REASONS = {
 class Request:
     """One request from a VM, as parsed, and what relaying it needs."""
 
-    __slots__ = ("method", "target", "headers", "body", "keep_alive", "http11", "local", "wire")
+    __slots__ = ("method", "target", "headers", "body", "keep_alive", "http11", "local", "wire", "t0", "t_relay", "t_nova", "size",
+                 "out", "status", "ident", "fault", "recorded")  # fmt: skip
 
-    def __init__(self) -> None:
+    def __init__(self, t0: float = 0.0) -> None:
         self.method = b""
         self.target = b""
         self.headers: list[tuple[bytes, bytes]] = []
@@ -60,6 +66,16 @@ class Request:
         self.http11 = True
         self.local = 0  # a status the proxy answers itself, then closes
         self.wire = b""  # the request as sent to Nova (kept for one retry on a new connection)
+        # for the journal
+        self.t0 = t0  # when it began (time.monotonic)
+        self.t_relay = 0.0  # when it went to Nova
+        self.t_nova = 0.0  # when Nova's answer head came
+        self.size = 0  # bytes of its head and body
+        self.out = 0  # bytes of its answer
+        self.status = 0  # of its answer, once it started
+        self.ident: Identity | None = None  # who asked, once known
+        self.fault: Rule | None = None  # the fault rule it met
+        self.recorded = False
 
 
 class Refuse(Exception):
@@ -67,6 +83,38 @@ class Refuse(Exception):
 
     def __init__(self, status: int) -> None:
         self.status = status
+
+
+# What Nova (through webob) says with a status, for a fault that answers with it
+_NOVA_TEXT = {
+    400: "The server could not comply with the request since it is either malformed or otherwise incorrect.",
+    403: "Access was denied to this resource.",
+    404: "The resource could not be found.",
+    429: "Too many requests.",
+    500: "The server has either erred or is incapable of performing the requested operation.",
+    502: "Bad gateway.",
+    503: "The server is currently unavailable. Please try again at a later time.",
+    504: "The gateway has timed out.",
+}
+NOVA_REASONS = {200: b"OK", 204: b"No Content", 301: b"Moved Permanently", 302: b"Found", 304: b"Not Modified", 401: b"Unauthorized",
+                403: b"Forbidden", 404: b"Not Found", 405: b"Method Not Allowed", 409: b"Conflict", 503: b"Service Unavailable",
+                504: b"Gateway Timeout"}  # fmt: skip
+
+
+def nova_like_response(status: int, close: bool, head: bool = False) -> bytes:
+    """An answer as Nova's metadata API would give it with ``status`` (webob's plain-text page)."""
+    reason = NOVA_REASONS.get(status) or REASONS.get(status, b"Error")
+    if status < 300:
+        body = b"" if status == 204 else b"{}"
+        ctype = b"application/json"
+    else:
+        detail = _NOVA_TEXT.get(status, "")
+        body = ("%d %s\n\n%s\n\n   " % (status, reason.decode(), detail) if detail else "%d %s\n\n" % (status, reason.decode())).encode()
+        ctype = b"text/plain; charset=UTF-8"
+    out = b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n" % (status, reason, ctype, len(body))
+    if close:
+        out += b"Connection: close\r\n"
+    return out + b"\r\n" + (b"" if head else body)
 
 
 def simple_response(status: int, close: bool, head: bool = False) -> bytes:

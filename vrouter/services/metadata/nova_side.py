@@ -66,7 +66,7 @@ class Responder(Protocol):
     @property
     def gone(self) -> bool: ...  # the VM's connection is closed
 
-    def answer_started(self, status: int) -> None: ...
+    def answer_started(self, status: int, head_len: int) -> None: ...
 
     def answer_data(self, data: bytes) -> None: ...
 
@@ -236,8 +236,9 @@ class NovaConnection(asyncio.Protocol):
         elif not req.http11:
             out.append(b"Connection: keep-alive\r\n")
         out.append(b"\r\n")
-        client.answer_started(status)
-        self._out.append(b"".join(out))
+        head = b"".join(out)
+        client.answer_started(status, len(head))
+        self._out.append(head)
         if req.method == b"HEAD":
             # llhttp cannot be told that a response has no body, so this connection is not reused
             self._reusable = False

@@ -9,7 +9,8 @@ instance uuid keyed with the shared secret) and Host, and relays the request
 to Nova over a keep-alive pool.
 
 This module holds what both sides share: the listening sockets, identity and
-signing, the counters, and the pool of connections to Nova.  The VM side
+signing, the counters (the proxy's, and the agent's per vif), the journal,
+the fault rules, and the pool of connections to Nova.  The VM side
 (``vm_side.VMConnection``) and the Nova side (``nova_side.NovaConnection``)
 are asyncio Protocols around llhttp (httptools): no task, no coroutine and no
 per-request object tree on the path of a pooled keep-alive request, which is
@@ -22,11 +23,14 @@ import asyncio
 import logging
 import socket
 import ssl
+import time
 from collections.abc import Callable
 
-from vrouter.messages import Identity, ProxyCounters, ProxyLoad
+from vrouter.messages import Identity, ProxyCounters, ProxyLoad, VifMetadataCounters
 from vrouter.services.metadata.fairness import Fairness, RateLimiter
+from vrouter.services.metadata.faults import Faults
 from vrouter.services.metadata.http import NOT_RELAYED, Request
+from vrouter.services.metadata.journal import UNKNOWN, Journal
 from vrouter.services.metadata.nova_side import NovaConnection, Responder, Upstream
 from vrouter.services.metadata.signing import sign_instance_id, tenant_header
 from vrouter.services.metadata.states import Upstream as UpstreamState
@@ -34,6 +38,7 @@ from vrouter.services.metadata.vm_side import VMConnection
 
 log = logging.getLogger("vrouter.metadata")
 _POOLED = UpstreamState.IDLE  # a connection to Nova that can take a request
+_clock = time.monotonic
 
 
 class MetadataProxy:
@@ -47,6 +52,7 @@ class MetadataProxy:
         idle_timeout: float = 60.0,
         max_idle_upstream: int = 64,
         fairness: Fairness | None = None,
+        journal_size: int = 500,
     ) -> None:
         self.identify = identify  # metadata IP -> who, or None
         self.upstream = upstream  # where Nova is, for one connection, or None
@@ -60,6 +66,9 @@ class MetadataProxy:
         self.open_per_peer: dict[str, int] = {}
         self.stats = ProxyCounters()
         self.clients: set[VMConnection] = set()
+        self.journal = Journal(journal_size)
+        self.faults = Faults()
+        self.per_vif: dict[int, VifMetadataCounters] = {}
         self._idle: list[NovaConnection] = []
         self._signed: dict[Identity, bytes] = {}
         self._servers: list[asyncio.base_events.Server] = []
@@ -68,6 +77,35 @@ class MetadataProxy:
     def load(self) -> ProxyLoad:
         """Open connections: from VMs, and idle in the keep-alive pool towards Nova."""
         return ProxyLoad(vm_connections=sum(self.open_per_peer.values()), upstream_idle=len(self._idle))
+
+    def vif_counters(self, vif: int) -> VifMetadataCounters:
+        c = self.per_vif.get(vif)
+        if c is None:
+            c = self.per_vif[vif] = VifMetadataCounters()
+        return c
+
+    def record(self, req: Request, peer_ip: str, status: int, reason: str) -> None:
+        """``req`` is done with (answered with ``status``, or 0 if it never was): into the journal
+        (which tallies the counters by instance and the histograms).  Once a request."""
+        if req.recorded:
+            return
+        req.recorded = True
+        total = _clock() - req.t0
+        ident = req.ident or self.identify(peer_ip)
+        fault = req.fault
+        self.journal.add(
+            req.t0, ident.vif if ident else 0, ident.instance_uuid if ident else UNKNOWN, ident.vm_ip if ident else peer_ip, req.method,
+            req.target, status, req.size, req.out, req.t_nova - req.t_relay if req.t_nova else -1.0, total, reason,
+            fault.id if fault is not None else 0,
+        )  # fmt: skip
+
+    def vif_report(self) -> dict[int, VifMetadataCounters]:
+        """The agent's counters per vif, responses from the journal's tally."""
+        responses = self.journal.bring_up_to_date().responses()
+        out = {}
+        for vif, c in self.per_vif.items():
+            out[vif] = VifMetadataCounters(c.requests, responses.get(vif, 0), c.proxy_sessions, c.internal_errors)
+        return out
 
     async def start(self, host: str | list[str], port: int) -> None:
         loop = asyncio.get_running_loop()

@@ -5,10 +5,13 @@ one event loop, while the second core idled; the real vRouter also keeps its
 dataplane (the kernel module) and the agent's proxy apart.  So the agent starts
 ``python -m vrouter.services.metadata.worker FD`` in the compute namespace with
 one end of a socketpair and drives it with the messages of ``vrouter.messages``
-(``ProxyConfig``, ``Identities``, ``SetUpstream``, ``ProxyStatsRequest``), each
-answered.  Every update is acknowledged, so that when ``vrouter port add``
+(``ProxyConfig``, ``Identities``, ``SetUpstream``, ``SetFaults``, and the
+queries ``ProxyStatsRequest``, ``ProxyJournalQuery``, ``ProxyFaultList``),
+each answered.  Every update is acknowledged, so that when ``vrouter port add``
 returns the proxy already knows the port.  The worker exits when the socket
-closes: an agent that dies, even by SIGKILL, takes its proxy with it.
+closes: an agent that dies, even by SIGKILL, takes its proxy with it.  A
+restarted process gets the identities, Nova's address and the fault rules
+again; its journal and counters start empty.
 """
 
 from __future__ import annotations
@@ -20,15 +23,22 @@ import sys
 from typing import Any
 
 from vrouter.messages import (
+    MAX_MESSAGE,
     OP_OF,
+    FaultRecord,
+    FaultSpec,
     Identities,
     Identity,
+    JournalPage,
     MessageError,
     NovaAddress,
     ProxyConfig,
+    ProxyFaultList,
+    ProxyJournalQuery,
     ProxyReport,
     ProxyStatsRequest,
     Refused,
+    SetFaults,
     SetUpstream,
     decode_answer,
     encode_request,
@@ -51,6 +61,7 @@ class ProxyProcess:
         self.config = config
         self.identities: dict[str, Identity] = {}
         self.upstream: NovaAddress | None = None
+        self.faults: list[FaultSpec] = []
         self.restarts = 0
         self._proc: asyncio.subprocess.Process | None = None
         self._reader: asyncio.StreamReader | None = None
@@ -78,7 +89,7 @@ class ProxyProcess:
             raise ProxyProcessError("cannot start the metadata proxy process (%s -m %s): %s" % (sys.executable, WORKER_MODULE, e)) from None
         finally:
             theirs.close()
-        self._reader, self._writer = await asyncio.open_connection(sock=ours)
+        self._reader, self._writer = await asyncio.open_connection(sock=ours, limit=MAX_MESSAGE)
         try:
             await self._call(self.config, timeout=30)
         except ProxyProcessError:
@@ -86,6 +97,8 @@ class ProxyProcess:
             raise
         await self._call(Identities(self.identities))
         await self._call(SetUpstream(self.upstream))
+        if self.faults:
+            await self._call(SetFaults(self.faults))
 
     async def _call(self, request: Any, timeout: float = 10.0) -> Any:
         async with self._lock:
@@ -126,9 +139,22 @@ class ProxyProcess:
         except ProxyProcessError as e:  # the watchdog restarts it with the current state
             log.error("%s", e)
 
+    async def set_faults(self, rules: list[FaultSpec]) -> None:
+        """Replace the fault rules; ProxyProcessError if the process did not take them (they are
+        kept, and given to the next process)."""
+        self.faults = rules
+        await self._call(SetFaults(rules), timeout=3)
+
     async def report(self) -> ProxyReport:
         """Its counters, load and memory; ProxyProcessError if it does not answer."""
         return await self._call(ProxyStatsRequest(), timeout=3)  # well inside the CLI's own 10 s
+
+    async def journal(self, query: ProxyJournalQuery) -> JournalPage:
+        return await self._call(query, timeout=3)
+
+    async def fault_records(self) -> list[FaultRecord]:
+        """The rules in force as the process applies them (how often each applied, what time is left)."""
+        return await self._call(ProxyFaultList(), timeout=3)
 
     async def _watchdog(self) -> None:
         while not self._stopping:

@@ -22,6 +22,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import struct
+import time
 from collections import deque
 from typing import TYPE_CHECKING, NoReturn
 
@@ -36,6 +38,7 @@ from vrouter.services.metadata.http import (
     REQUEST_LINE,
     Refuse,
     Request,
+    nova_like_response,
     simple_response,
 )
 from vrouter.services.metadata.states import ANSWER_NEXT, READ_NEXT, AnswerEvent, Answering, ReadEvent, Reading, StateError
@@ -56,6 +59,15 @@ _HEAD_BEGINS, _HEAD_ENDS, _REQUEST_ENDS, _LAST_REQUEST_ENDS = (
     ReadEvent.LAST_REQUEST_ENDS,
 )
 _RELAY, _ANSWER_STARTS, _ANSWER_ENDS = AnswerEvent.RELAY, AnswerEvent.ANSWER_STARTS, AnswerEvent.ANSWER_ENDS
+RESET_AFTER = 0.05  # seconds between the half answer of a reset fault and its RST (for it to leave)
+DROP_HOLD = 600.0  # seconds a drop fault holds a connection whose VM does not give up
+_clock = time.monotonic  # the journal's durations: the loop's clock (libuv's) is in milliseconds
+# why the proxy refused a request before it was whole, for the journal
+_LOCAL_REASONS = {400: "bad request", 408: "timeout", 413: "too large", 414: "too large", 431: "too large", 501: "method not relayed"}
+
+
+def _path(req: Request) -> str:
+    return req.target.split(b"?", 1)[0].decode("latin-1")
 
 
 class VMConnection(asyncio.Protocol):
@@ -72,6 +84,9 @@ class VMConnection(asyncio.Protocol):
         self.current: Request | None = None  # relayed, its answer not finished
         self.nova: NovaConnection | None = None  # carrying the current request
         self.write_paused = False  # the transport's buffer towards the VM is full (flow control)
+        self._held: list[bytes] | None = None  # an answer held back by a throttle or reset fault
+        self._head_len = 0  # of the held answer
+        self._trickle: asyncio.TimerHandle | None = None
         self._req: Request | None = None  # being read
         self._url: list[bytes] = []
         self._head_size = 0
@@ -106,12 +121,21 @@ class VMConnection(asyncio.Protocol):
             p.stats.connections_refused += 1
             if p.stats.connections_refused == 1 or p.stats.connections_refused % 1000 == 0:
                 log.warning("%s has %d connections open to the metadata proxy: refused (429)", self.peer_ip, open_now - 1)
-            self._local(429, True, False)
+            self._local(429, True, False, None, "too many connections")
             self._close()
             return
+        ident = p.identify(self.peer_ip)
+        if ident is not None:
+            p.vif_counters(ident.vif).proxy_sessions += 1
         self._timer.set(p.idle_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        req = self.current
+        if req is not None and not req.recorded:  # the VM went away before its answer ended
+            self.proxy.record(req, self.peer_ip, 0, "fault" if req.fault is not None else "gone")
+        if self._trickle is not None:
+            self._trickle.cancel()
+            self._trickle = None
         self._answer_state(AnswerEvent.CLOSE)
         self._read(ReadEvent.STOP)
         self._timer.cancel()
@@ -133,7 +157,10 @@ class VMConnection(asyncio.Protocol):
     def eof_received(self) -> bool:
         # the VM has sent all it will: answer what is queued, then close
         self._read(ReadEvent.STOP)
-        return self.current is not None or bool(self.queue)  # False: close now
+        req = self.current
+        if req is not None and req.fault is not None and req.fault.effect == "drop":
+            return False  # it gave up waiting for the answer that a drop fault holds back: close now
+        return req is not None or bool(self.queue)  # False: close now
 
     def pause_writing(self) -> None:
         # the VM reads slower than Nova answers: stop reading Nova until it catches up
@@ -185,7 +212,7 @@ class VMConnection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self.reading = READ_NEXT[self.reading][_HEAD_BEGINS] or self._bad(_HEAD_BEGINS)
-        self._req = Request()
+        self._req = Request(_clock())
         self._url = []
         self._head_size = 0
         self._head_bytes = 0
@@ -242,6 +269,7 @@ class VMConnection(asyncio.Protocol):
         if self._body:
             req.body = b"".join(self._body)
             self._body = []
+        req.size = len(req.method) + 14 + self._head_size + self._body_size  # as on the wire (less chunked framing)
         self._timer.clear()
         self.queue.append(req)
 
@@ -251,10 +279,10 @@ class VMConnection(asyncio.Protocol):
         """Answer ``status`` after whatever is queued, then close; read nothing more."""
         if self._req is not None and status in (413, 414, 431, 408):
             self.proxy.stats.requests += 1  # it was a request, refused before it was complete
-        self._req = None
         self._read(ReadEvent.STOP)
         self._timer.clear()
-        r = Request()
+        r = self._req or Request(_clock())
+        self._req = None
         r.local = status
         self.queue.append(r)
         self._next()
@@ -281,46 +309,74 @@ class VMConnection(asyncio.Protocol):
     def _start(self, req: Request) -> None:
         p = self.proxy
         head = req.method == b"HEAD"
+        ident = req.ident = p.identify(self.peer_ip)
+        if ident is not None:
+            (p.per_vif.get(ident.vif) or p.vif_counters(ident.vif)).requests += 1
         if req.local:
-            self._local(req.local, True, head)
+            self._local(req.local, True, head, req, _LOCAL_REASONS.get(req.local, "refused"))
             return
         p.stats.requests += 1
         close = not req.keep_alive
         if req.method not in RELAYED_METHODS:
-            self._local(501, close, head)
+            self._local(501, close, head, req, "method not relayed")
             return
-        ident = p.identify(self.peer_ip)
         upstream = p.upstream()
         if ident is None or upstream is None:
             if ident is None:
                 log.warning("metadata request from unknown source %s: 500", self.peer_ip)
             else:
                 log.warning("metadata request from %s but no metadata service is configured: 500", ident.vm_ip)
-            self._local(500, close, head)
+            self._local(500, close, head, req, "unknown source" if ident is None else "no metadata service")
             return
-        if p.fairness.rate_limit and not p.limiter.allow(ident.port_uuid, asyncio.get_running_loop().time()):
+        loop = self._timer.loop
+        if p.fairness.rate_limit and not p.limiter.allow(ident.port_uuid, loop.time()):
             p.stats.rate_limited += 1
-            self._local(429, close, head)
+            self._local(429, close, head, req, "rate limit")
             return
+        rule = p.faults.match(ident.instance_uuid, ident.vif, _path(req), _clock()) if p.faults.rules else None
+        if rule is not None:
+            req.fault = rule
+            if rule.effect == "status":
+                self._local(int(rule.value), close, head, req, "fault", nova_like_response(int(rule.value), close, head))
+                return
         self.current = req
         self.answering = ANSWER_NEXT[self.answering][_RELAY] or self._bad(_RELAY)
         req.wire = p.request_bytes(req, ident, upstream)
+        if rule is not None and rule.effect == "drop":
+            self._timer.set(DROP_HOLD)  # no answer: the connection waits until the VM gives up (or this long)
+            return
+        if rule is not None and rule.effect == "delay":
+            loop.call_later(rule.value, self._relay_late, req, upstream)
+            return
+        req.t_relay = _clock()
         p.relay(self, req, upstream, 1)
 
-    def _local(self, status: int, close: bool, head: bool) -> None:
+    def _relay_late(self, req: Request, upstream: Upstream) -> None:
+        if self.current is req and not self.gone:
+            req.t_relay = _clock()
+            self.proxy.relay(self, req, upstream, 1)
+
+    def _local(self, status: int, close: bool, head: bool, req: Request | None = None, reason: str = "", answer: bytes = b"") -> None:
         """An answer of the proxy's own.  Not held for the FIN (``_hold_for_fin``): a refused VM may
         still be sending, and closing with unread data resets the connection, which would discard
         a held answer."""
-        self._write(simple_response(status, close, head))
+        data = answer or simple_response(status, close, head)
+        self._write(data)
         self.proxy.stats.count(status)
+        if req is not None:
+            req.out += len(data)
+            self.proxy.record(req, self.peer_ip, status, reason)
         if close:
             self._read(ReadEvent.STOP)
 
     def _internal_error(self, e: BaseException) -> None:
         self.proxy.stats.internal_errors += 1
         log.error("metadata proxy: internal error serving %s", self.peer_ip, exc_info=e)
+        ident = self.proxy.identify(self.peer_ip)
+        if ident is not None:
+            self.proxy.vif_counters(ident.vif).internal_errors += 1
         if self.answering is _READY or self.answering is Answering.RELAYED:
-            self._local(500, True, False)
+            self._local(500, True, False, self.current, "internal error")
         self._close()
 
     # -- what the Nova side calls ---------------------------------------------------------------
@@ -330,29 +386,80 @@ class VMConnection(asyncio.Protocol):
         """The connection is closed: nothing more can be answered."""
         return self.answering is _CLOSED
 
-    def answer_started(self, status: int) -> None:
-        """Nova's answer head is on its way to the VM."""
+    def answer_started(self, status: int, head_len: int) -> None:
+        """Nova's answer head (the first ``head_len`` bytes of what follows) is on its way."""
         self.answering = ANSWER_NEXT[self.answering][_ANSWER_STARTS] or self._bad(_ANSWER_STARTS)
         self.proxy.stats.count(status)
+        req = self.current
+        if req is not None:
+            req.t_nova = _clock()
+            req.status = status
+            if req.fault is not None and req.fault.effect in ("throttle", "reset"):
+                self._held = []
+                self._head_len = head_len
 
     def answer_data(self, data: bytes) -> None:
         """Part of Nova's answer, as it goes to the VM."""
+        if self._held is not None:
+            self._held.append(data)
+            return
         self._write(data)
+        if self.current is not None:
+            self.current.out += len(data)
 
     def answer_done(self, data: bytes, close: bool) -> None:
         """The end of the answer (``data``, possibly empty); ``close``: the answer's framing or
         the request said the connection ends with it."""
         req = self.current
-        self.current = None
         self.nova = None
-        if close or (req is not None and not req.keep_alive):
+        ends = close or (req is not None and not req.keep_alive)
+        if ends:
             self._read(ReadEvent.STOP)
             self.queue.clear()  # an answer ended by our close cannot be followed by another
+        if self._held is not None and req is not None and req.fault is not None:
+            self._held.append(data)
+            answer, self._held = b"".join(self._held), None
+            if req.fault.effect == "reset":
+                cut = self._head_len + (len(answer) - self._head_len) // 2
+                self._write(answer[:cut])
+                req.out += cut
+                self.proxy.record(req, self.peer_ip, req.status, "fault")
+                self._read(ReadEvent.STOP)
+                self._trickle = self._timer.loop.call_later(RESET_AFTER, self._reset)
+                return
+            self._write(answer[: self._head_len])
+            req.out += self._head_len
+            self._send_slowly(req, answer[self._head_len :], int(req.fault.value), ends)
+            return
+        if ends:
             self._hold_for_fin()
         if data:
             self._write(data)
+            if req is not None:
+                req.out += len(data)
+        self._answer_ended(req)
+
+    def _answer_ended(self, req: Request | None) -> None:
+        self.current = None
+        if req is not None:
+            self.proxy.record(req, self.peer_ip, req.status, "fault" if req.fault is not None else "")
         self.answering = ANSWER_NEXT[self.answering][_ANSWER_ENDS] or self._bad(_ANSWER_ENDS)
         self._next()
+
+    def _send_slowly(self, req: Request, body: bytes, per_second: int, ends: bool) -> None:
+        """A throttle fault: ``body`` at ``per_second`` bytes a second, a tenth of it every 0.1 s."""
+        step = max(1, per_second // 10)
+        self._trickle = None
+        if body:
+            self._write(body[:step])
+            req.out += min(step, len(body))
+            body = body[step:]
+            if body:
+                self._trickle = self._timer.loop.call_later(0.1, self._send_slowly, req, body, per_second, ends)
+                return
+        if ends:
+            self._hold_for_fin()
+        self._answer_ended(req)
 
     def answer_failed(self, upstream: Upstream, why: str) -> None:
         """Nova failed for the current request: 502 if nothing was answered yet, else cut the VM off."""
@@ -364,12 +471,14 @@ class VMConnection(asyncio.Protocol):
         streaming = self.answering is Answering.STREAMING
         self._answer_state(AnswerEvent.FAILED)
         if streaming:
+            if self.current is not None:
+                self.proxy.record(self.current, self.peer_ip, self.current.status, "nova failed mid-body")
             self._close(abort=True)
             return
         req = self.current
         assert req is not None
         self.current = None
-        self._local(502, not req.keep_alive, req.method == b"HEAD")
+        self._local(502, not req.keep_alive, req.method == b"HEAD", req, "nova failed")
         self._next()
 
     # -- the socket -----------------------------------------------------------------------------
@@ -417,6 +526,19 @@ class VMConnection(asyncio.Protocol):
                 self.transport.abort()
             else:
                 self.transport.close()
+
+    def _reset(self) -> None:
+        """A reset fault: what was written has left; now a RST (SO_LINGER 0), not a FIN."""
+        self._trickle = None
+        t = self.transport
+        if t is None or t.is_closing():
+            return
+        sock = t.get_extra_info("socket")
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except (OSError, AttributeError):
+            pass
+        self._close(abort=True)
 
     def _on_timer(self) -> None:
         if self.reading is _IDLE or self.reading is _DONE:

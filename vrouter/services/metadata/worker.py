@@ -5,8 +5,10 @@ of a socketpair; the agent holds the other, see ``supervisor``) and answers
 each: ``ProxyConfig`` starts the proxy (the answer comes once it listens),
 ``Identities`` and ``SetUpstream`` replace who is behind each metadata IP and
 where Nova is (a fabric IP is picked at random per connection),
-``ProxyStatsRequest`` reports its counters, load and memory.  It exits when the
-socket closes.
+``ProxyStatsRequest`` reports its counters, load and memory,
+``ProxyJournalQuery`` reads the journal, ``SetFaults`` replaces the fault
+rules and ``ProxyFaultList`` lists them as they stand (how often each applied).
+It exits when the socket closes.
 """
 
 from __future__ import annotations
@@ -20,22 +22,29 @@ import signal
 import socket
 import ssl
 import sys
+import time
 
 from vrouter import eventloop
 from vrouter.agent.procinfo import own_memory
 from vrouter.messages import (
+    MAX_MESSAGE,
     PROXY_OPS,
     Ack,
     Identities,
     Identity,
+    JournalPage,
     MessageError,
     ProxyConfig,
+    ProxyFaultList,
+    ProxyJournalQuery,
     ProxyReport,
     ProxyStatsRequest,
+    SetFaults,
     SetUpstream,
     decode_request,
     encode_answer,
 )
+from vrouter.services.metadata.faults import Rule
 from vrouter.services.metadata.nova_side import Upstream, client_tls
 from vrouter.services.metadata.proxy import MetadataProxy
 
@@ -72,8 +81,29 @@ class Worker:
             up = request.upstream
             self.upstreams = [Upstream(ip, up.port, self.tls) for ip in up.ips] if up else []
             return Ack()
-        if isinstance(request, ProxyStatsRequest) and self.proxy is not None:
-            return ProxyReport(self.proxy.stats, self.proxy.load(), own_memory(), os.getpid())
+        p = self.proxy
+        if p is None:
+            raise WorkerError("%s before the proxy is configured" % type(request).__name__)
+        if isinstance(request, ProxyStatsRequest):
+            tally = p.journal.bring_up_to_date()
+            return ProxyReport(p.stats, p.load(), own_memory(), os.getpid(), p.vif_report(), tally.statuses(), tally.nova.message(),
+                               tally.request.message(), p.journal.dropped)  # fmt: skip
+        if isinstance(request, ProxyJournalQuery):
+            entries = p.journal.query(request.since, request.instance, request.vif, request.limit)
+            return JournalPage([e.message() for e in entries], p.journal.last, p.journal.dropped)
+        if isinstance(request, SetFaults):
+            applied = {r.id: r.applied for r in p.faults.rules}
+            rules = []
+            for f in request.rules:
+                rule = Rule.of(f)
+                rule.applied = max(applied.get(f.id, 0), f.applied)
+                rules.append(rule)
+            p.faults.set(rules)
+            return Ack()
+        if isinstance(request, ProxyFaultList):
+            now = time.monotonic()
+            p.faults.expire(now)
+            return [r.record(now) for r in p.faults.rules]
         raise WorkerError("%s before the proxy is configured" % type(request).__name__)
 
     async def _configure(self, c: ProxyConfig) -> None:
@@ -83,7 +113,9 @@ class Worker:
         except (OSError, ssl.SSLError) as e:
             raise WorkerError("[METADATA] TLS files: %s" % e) from None
         try:
-            self.proxy = MetadataProxy(self.identify, self.upstream, c.secret, read_timeout=c.read_timeout, fairness=c.fairness)
+            self.proxy = MetadataProxy(
+                self.identify, self.upstream, c.secret, read_timeout=c.read_timeout, fairness=c.fairness, journal_size=c.journal_size
+            )
             await self.proxy.start(c.hosts, c.port)
             gc.freeze()  # start-up's objects stay: out of the collector's full passes
         except OSError as e:
@@ -92,7 +124,7 @@ class Worker:
 
 async def serve(fd: int) -> None:
     sock = socket.socket(fileno=fd)
-    reader, writer = await asyncio.open_connection(sock=sock)
+    reader, writer = await asyncio.open_connection(sock=sock, limit=MAX_MESSAGE)
     worker = Worker()
     try:
         while line := await reader.readline():

@@ -1,0 +1,200 @@
+"""The agent's metrics for Prometheus, at ``http://<vhost0 address>:<metrics_port>/metrics``.
+
+Port 8085 by default: the vRouter agent's introspect port (``[DEFAULT]
+http_server_port`` there); ``[DEFAULT] metrics_port`` here, 0 to serve none.
+It listens on vhost0's address in the compute namespace only.
+
+The text is made by the official client (prometheus_client) from what the
+agent and its proxy process hold at the moment of the scrape: nothing is
+counted twice, and nothing is kept for Prometheus between scrapes.  A scrape
+asks the proxy process for its report first (``vrouter_metadata_proxy_up`` is
+0 when it does not answer, and its metrics are left out).
+
+Names follow Prometheus' conventions: ``vrouter_`` first, base units
+(seconds, bytes), ``_total`` on counters.  A flow is one entry of the table
+(one direction), as ``flow -l`` lists them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from flows.layout import DROP_NAMES, DropReason
+from vrouter.messages import Histogram, ProxyReport
+
+if TYPE_CHECKING:
+    from vrouter.agent.agent import Agent, Node
+
+log = logging.getLogger("vrouter.agent")
+
+RATE_WINDOW = 10.0  # seconds over which vrouter_flow_setups_per_second is measured
+MAX_HEAD = 8192
+READ_TIMEOUT = 5.0
+
+
+class SetupRate:
+    """Flow entries set up per second over the last ``RATE_WINDOW`` seconds, sampled by the agent."""
+
+    def __init__(self) -> None:
+        self.samples: deque[tuple[float, int]] = deque()
+
+    def sample(self, now: float, added: int) -> None:
+        self.samples.append((now, added))
+        while len(self.samples) > 2 and now - self.samples[1][0] >= RATE_WINDOW:
+            self.samples.popleft()
+
+    def rate(self) -> float:
+        if len(self.samples) < 2:
+            return 0.0
+        (t0, n0), (t1, n1) = self.samples[0], self.samples[-1]
+        return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+
+
+def _histogram(name: str, doc: str, h: Histogram) -> HistogramMetricFamily:
+    buckets = [("%g" % le, n) for le, n in zip(h.bounds, h.counts, strict=True)] + [("+Inf", h.count)]
+    return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=h.sum)
+
+
+class AgentCollector(Collector):
+    """The metrics of one agent, from its state and the proxy's last report."""
+
+    def __init__(self, agent: Agent, node: Node) -> None:
+        self.agent = agent
+        self.node = node
+        self.report: ProxyReport | None = None  # set before each scrape
+
+    def collect(self) -> Iterator[Metric]:
+        node, agent = self.node, self.agent
+        dp = node.dataplane
+        vifs = sorted(dp.vifs.values(), key=lambda v: v.index)
+        packets = CounterMetricFamily("vrouter_vif_packets", "Packets through a vif.", labels=["vif", "name", "direction"])
+        octets = CounterMetricFamily("vrouter_vif_bytes", "IP bytes through a vif.", labels=["vif", "name", "direction"])
+        drops = CounterMetricFamily("vrouter_vif_drops", "Packets of a vif the dataplane dropped, by reason (as dropstats names them).",
+                                    labels=["vif", "name", "reason"])  # fmt: skip
+        flows = GaugeMetricFamily("vrouter_vif_flows", "Flow entries that count against a vif's limit.", labels=["vif", "name"])
+        by_vif: dict[int, list[tuple[DropReason, int]]] = {}
+        for (index, reason), n in sorted(dp.path.vif_drops.items()):
+            by_vif.setdefault(index, []).append((reason, n))
+        for v in vifs:
+            i = str(v.index)
+            packets.add_metric([i, v.name, "rx"], v.rx_packets)
+            packets.add_metric([i, v.name, "tx"], v.tx_packets)
+            octets.add_metric([i, v.name, "rx"], v.rx_bytes)
+            octets.add_metric([i, v.name, "tx"], v.tx_bytes)
+            for reason, n in by_vif.get(v.index, ()):
+                drops.add_metric([i, v.name, DROP_NAMES.get(reason, str(reason))], n)
+            flows.add_metric([i, v.name], v.flows)
+        yield from (packets, octets, drops, flows)
+        node_drops = CounterMetricFamily("vrouter_drops", "Packets the dataplane dropped, by reason, on every vif and none.", labels=["reason"])
+        for reason, n in sorted(dp.drops.items()):
+            node_drops.add_metric([DROP_NAMES.get(reason, str(reason))], n)
+        yield node_drops
+        yield GaugeMetricFamily("vrouter_flows_active", "Flow entries in the table (one direction each, as flow -l lists them).",
+                                value=node.table.active)  # fmt: skip
+        yield CounterMetricFamily("vrouter_flow_setups", "Flow entries set up since the agent started.", value=dp.entries.added)
+        yield CounterMetricFamily("vrouter_flow_removals", "Flow entries removed (aged, closed, or with their vif or service).",
+                                  value=dp.entries.removed)  # fmt: skip
+        yield GaugeMetricFamily("vrouter_flow_setups_per_second", "Flow entries set up per second over the last %g s." % RATE_WINDOW,
+                                value=agent.setup_rate.rate())  # fmt: skip
+        yield GaugeMetricFamily("vrouter_ports", "VM ports plugged.", value=len(agent.ports.ports))
+        yield CounterMetricFamily("vrouter_metadata_proxy_restarts", "Times the metadata proxy process was restarted.", value=node.proxy.restarts)
+        r = self.report
+        yield GaugeMetricFamily("vrouter_metadata_proxy_up", "Whether the metadata proxy process answered this scrape.", value=int(r is not None))
+        if r is None:
+            return
+        by = CounterMetricFamily("vrouter_metadata_requests", "Metadata requests answered, by instance and status ('unknown': no instance).",
+                                 labels=["instance", "status"])  # fmt: skip
+        for instance, statuses in sorted(r.by_instance.items()):
+            for status, n in sorted(statuses.items()):
+                by.add_metric([instance or "unknown", str(status)], n)
+        yield by
+        per = {
+            "requests": CounterMetricFamily("vrouter_metadata_vif_requests", "Metadata requests from a vif (the vRouter agent's counter).",
+                                            labels=["vif"]),
+            "responses": CounterMetricFamily("vrouter_metadata_vif_responses", "Metadata responses to a vif.", labels=["vif"]),
+            "proxy_sessions": CounterMetricFamily("vrouter_metadata_vif_proxy_sessions", "Connections from a vif to the proxy.", labels=["vif"]),
+            "internal_errors": CounterMetricFamily("vrouter_metadata_vif_internal_errors", "Internal errors serving a vif.", labels=["vif"]),
+        }  # fmt: skip
+        for vif, c in sorted(r.per_vif.items()):
+            for name, family in per.items():
+                family.add_metric([str(vif)], getattr(c, name))
+        yield from per.values()
+        if r.nova_seconds is not None:
+            yield _histogram("vrouter_metadata_nova_latency_seconds", "From a request's relay to Nova to the head of Nova's answer.", r.nova_seconds)
+        if r.request_seconds is not None:
+            yield _histogram("vrouter_metadata_request_duration_seconds", "From a request's first byte to its answer's last.", r.request_seconds)
+        yield GaugeMetricFamily("vrouter_metadata_proxy_vm_connections", "Connections from VMs open at the proxy.", value=r.load.vm_connections)
+        yield GaugeMetricFamily("vrouter_metadata_proxy_nova_idle_connections", "Idle keep-alive connections to Nova.", value=r.load.upstream_idle)
+        s = r.stats
+        yield CounterMetricFamily("vrouter_metadata_proxy_upstream_errors", "Requests Nova failed.", value=s.upstream_errors)
+        yield CounterMetricFamily("vrouter_metadata_proxy_rate_limited", "Requests answered 429 by the rate limit.", value=s.rate_limited)
+        yield CounterMetricFamily("vrouter_metadata_journal_dropped", "Journal entries pushed out of full rings.", value=r.journal_dropped)
+
+
+class MetricsServer:
+    """A small HTTP/1.1 server for ``GET /metrics`` in the agent's event loop."""
+
+    def __init__(self, collector: AgentCollector, refresh: Callable[[], Awaitable[ProxyReport | None]]) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(collector)
+        self.collector = collector
+        self.refresh = refresh
+        self.scrapes = 0
+        self._server: asyncio.base_events.Server | None = None
+
+    async def start(self, host: str, port: int) -> None:
+        """OSError (with the address) if the port cannot be had."""
+        self._server = await asyncio.start_server(self._client, host, port, reuse_address=True, limit=MAX_HEAD)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                try:
+                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT)
+                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ConnectionError):
+                    return
+                line = head.split(b"\r\n", 1)[0].split()
+                close = b"connection: close" in head.lower() or len(line) != 3 or line[2] != b"HTTP/1.1"
+                status, ctype, body = await self._answer(line)
+                head_only = len(line) == 3 and line[0] == b"HEAD"
+                writer.write(b"HTTP/1.1 %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n%s\r\n" % (
+                    status, ctype, len(body), b"Connection: close\r\n" if close else b""))  # fmt: skip
+                if not head_only:
+                    writer.write(body)
+                await writer.drain()
+                if close:
+                    return
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    async def _answer(self, line: list[bytes]) -> tuple[bytes, bytes, bytes]:
+        text = b"text/plain; charset=utf-8"
+        if len(line) != 3 or not line[2].startswith(b"HTTP/1."):
+            return b"400 Bad Request", text, b"not an HTTP/1.x request\n"
+        method, target = line[0], line[1].split(b"?", 1)[0]
+        if target != b"/metrics":
+            return b"404 Not Found", text, b"the metrics are at /metrics\n"
+        if method not in (b"GET", b"HEAD"):
+            return b"405 Method Not Allowed", text, b"GET /metrics\n"
+        self.collector.report = await self.refresh()
+        self.scrapes += 1
+        began = time.perf_counter()
+        body = generate_latest(self.registry)
+        log.debug("metrics scrape: %d bytes in %.1f ms", len(body), (time.perf_counter() - began) * 1000)
+        return b"200 OK", CONTENT_TYPE_LATEST.encode(), body
