@@ -10,7 +10,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 SYSTEM_PKGS := iproute2 libnetfilter-queue-dev libnfnetlink-dev gcc curl iputils-ping procps nftables openssl \
-	qemu-system-x86 qemu-utils cpio openssh-client tcpdump
+	qemu-system-x86 qemu-utils cpio openssh-client tcpdump hping3
 # for make guest-image only: Debian's image builder
 IMAGE_PKGS := mmdebstrap e2fsprogs
 GUEST_DIR := build/guest

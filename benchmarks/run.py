@@ -186,6 +186,46 @@ s.close()
 """
 
 
+FAIR_CLIENT = r"""
+import json, socket, sys, time
+rate, seconds = float(sys.argv[1]), float(sys.argv[2])
+REQ = b"GET /openstack/latest/meta_data.json HTTP/1.1\r\nHost: 169.254.169.254\r\nConnection: close\r\n\r\n"
+lat, failed = [], 0
+start = time.monotonic()
+i = 0
+while True:
+    scheduled = start + i / rate
+    if scheduled - start > seconds:
+        break
+    time.sleep(max(0.0, scheduled - time.monotonic()))
+    try:
+        s = socket.create_connection(("169.254.169.254", 80), timeout=4)
+        s.settimeout(4)
+        s.sendall(REQ)
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        s.close()
+        if not data.startswith(b"HTTP/1.1 200"):
+            failed += 1
+    except OSError:
+        failed += 1
+    lat.append(time.monotonic() - scheduled)
+    i += 1
+lat.sort()
+p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+print(json.dumps({"n": len(lat), "failed": failed, "p50_ms": lat[len(lat) // 2] * 1000, "p99_ms": p99 * 1000}))
+"""
+FLOODS = {
+    "syn": ["--flood", "-S", "-p", "80", "169.254.169.254"],
+    "udp": ["--flood", "--udp", "-p", "9", "VM2"],
+    "ping": ["--flood", "--icmp", "VM2"],
+}
+
+
 def sh(*cmd: str, check: bool = True, timeout: float = 120, **kw) -> subprocess.CompletedProcess:  # noqa: ANN003
     r = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, **kw)
     if check and r.returncode != 0:
@@ -418,6 +458,31 @@ class Bench:
         stream = json.loads(sink_t.communicate(timeout=30)[0])
         return {**udp, "tcp_mbit": round(stream["bytes"] * 8 / stream["seconds"] / 1e6, 1)}
 
+    def fairness(self) -> dict:
+        """vm1 floods (hping3, as fast as it can); vm2 makes new metadata connections at 50/s and
+        pings the gateway 100 times: its p99, failures and ping loss, beside the same with no flood."""
+        a, b = self.vms[0], self.vms[1]
+        out = {}
+        for kind in ["none", *FLOODS]:
+            flood = None
+            if kind != "none":
+                cmd = [x.replace("VM2", b["ip"]) for x in FLOODS[kind]]
+                quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+                flood = subprocess.Popen(["ip", "netns", "exec", a["namespace"], "hping3", *cmd], **quiet)
+                time.sleep(1)  # the flood under way (a benchmark, not a test)
+            try:
+                r = json.loads(sh("ip", "netns", "exec", b["namespace"], sys.executable, "-c", FAIR_CLIENT, "50", str(self.seconds),
+                                  timeout=self.seconds + 60).stdout)  # fmt: skip
+                ping = sh("ip", "netns", "exec", b["namespace"], "ping", "-q", "-c", "100", "-i", "0.01", "-W", "1", b["gateway"], check=False).stdout
+                m = re.search(r"(\d+) received", ping)
+                r["ping_lost"] = 100 - int(m.group(1)) if m else 100
+            finally:
+                if flood is not None:
+                    flood.terminate()
+                    flood.wait(10)
+            out[kind] = r
+        return out
+
     def agent_rss_kib(self) -> int:
         status = json.loads(sh(VROUTER, "status", "--json", "--state-dir", self.state).stdout)
         mem = status["memory"]
@@ -485,6 +550,8 @@ def main() -> int:
             if r == 0:
                 res["project_vm2vm"] = b.vm_to_vm()
                 res["agent_rss_kib"] = b.agent_rss_kib()
+                print("round 1 of %d: a VM flooding, another reading its metadata ..." % args.repeat, flush=True)
+                res["fairness"] = b.fairness()
             print("round %d of %d: kernel DNAT ..." % (r + 1, args.repeat), flush=True)
             b.kernel()
             runs["kernel"].append(b.metadata_figures(args.rate, "kernel"))
@@ -540,6 +607,13 @@ def main() -> int:
         fmt_row("flow setup (pair), 400K live flows (ns)", res["flows_400k"]["setup_ns"], res["flows_1k"]["setup_ns"], "1K flows", "-", None, "ns"),
         fmt_row("agent + proxy process memory, RSS (KiB)", res["agent_rss_kib"], None, "", "-", None, "KiB"),
     ]  # fmt: skip
+    fair = res["fairness"]
+    for kind, label in (("syn", "a SYN flood to 169.254.169.254"), ("udp", "a UDP flood to it"), ("ping", "a ping flood to it")):
+        f = fair[kind]
+        ok = f["failed"] == 0 and f["ping_lost"] == 0 and f["p99_ms"] < 100
+        name = "another VM's metadata p99 (new connections) during %s (%d failed of %d, %d%% pings lost)" % (
+            label, f["failed"], f["n"], f["ping_lost"])  # fmt: skip
+        rows.append(fmt_row(name, f["p99_ms"], fair["none"]["p99_ms"], "no flood", "< 100 ms, none failed or lost", ok, "ms"))
     cpu = "CPU during the keep-alive run from 1 VM, % of one core (2 cores in all; wrk has the rest): " + "; ".join(
         "%s: %s" % (name, ", ".join("%s %d" % kv for kv in res[name]["cpu_keepalive_1vm"].items())) for name in ("project", "haproxy", "kernel")
     )

@@ -151,6 +151,7 @@ class DropReason(enum.IntEnum):
     INVALID_DHCP = 14
     INVALID_DNS = 15
     INVALID_ARP = 16
+    FLOW_SETUP_RATE = 17
 
 
 DROP_NAMES = {
@@ -170,6 +171,7 @@ DROP_NAMES = {
     DropReason.INVALID_DHCP: "Invalid DHCP",
     DropReason.INVALID_DNS: "Invalid DNS",
     DropReason.INVALID_ARP: "Invalid ARP",
+    DropReason.FLOW_SETUP_RATE: "Flow Setup Rate Limit",
 }
 
 # The short form `flow -l` shows in D(...)

@@ -146,6 +146,31 @@ def test_linklocal_limits_per_vm_and_per_host():
     assert d.process(md[2], TAP1).accept
 
 
+def test_near_the_nodes_link_local_cap_no_vm_takes_more_than_a_quarter():
+    # the vRouter's defaults let one VM hold the node's whole cap (2048 and 2048); here a VM that
+    # floods takes three quarters of it at most, and the others still get theirs
+    d = make(Limits(max_vm_linklocal_flows=64, max_system_linklocal_flows=64))
+    took = sum(d.process(seg("10.1.1.3", "169.254.169.254", 40000 + i, 80, "S"), TAP1).accept for i in range(100))
+    assert took == 48 and d.entries.linklocal_flows == 48
+    assert all(d.process(seg("10.1.1.4", "169.254.169.254", 40000 + i, 80, "S"), TAP2).accept for i in range(16))  # the rest is vm2's
+    assert d.process(seg("10.1.1.4", "169.254.169.254", 41000, 80, "S"), TAP2).reason == DropReason.LINK_LOCAL_LIMIT  # the node's cap
+
+
+def test_a_vms_flow_setup_rate_is_capped_by_a_token_bucket():
+    d = make(Limits(vm_setup_rate=10))
+    t0 = 5_000_000_000
+
+    def new_flow(port, now, tap=TAP1, src="10.1.1.3"):
+        return d.process(seg(src, "10.1.1.4" if tap == TAP1 else "10.1.1.3", port, 9, "S"), tap, now)
+
+    assert [new_flow(30000 + i, t0).accept for i in range(12)] == [True] * 10 + [False, False]  # a second's worth, then no more
+    assert new_flow(30020, t0).reason == DropReason.FLOW_SETUP_RATE
+    assert new_flow(31000, t0, TAP2, "10.1.1.4").accept  # another VM has its own bucket
+    assert new_flow(30000, t0).accept  # a live flow is no set-up
+    assert new_flow(30030, t0 + 100_000_000).accept and not new_flow(30031, t0 + 100_000_000).accept  # one a tenth of a second
+    assert d.drops[DropReason.FLOW_SETUP_RATE] == 4
+
+
 def test_closed_pairs_stop_counting_against_the_limits_at_once():
     # a VM making one short metadata connection after another must not hit its link-local cap
     # with connections that are already closed and only wait out the grace period

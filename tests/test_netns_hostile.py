@@ -121,6 +121,16 @@ def hostile():
         h.down()
 
 
+@pytest.fixture
+def fresh_pair():
+    """A node of its own with agent.conf's defaults, for a test that floods it."""
+    h = EmulatedHost(vms=2)
+    try:
+        yield h
+    finally:
+        h.down()
+
+
 def vm2_requests(h, n):
     return subprocess.Popen(["ip", "netns", "exec", h.vm_ns(1), sys.executable, "-c", REQUESTS, str(n), "169.254.169.254"],
                             stdout=subprocess.PIPE, text=True)  # fmt: skip
@@ -324,3 +334,36 @@ def test_overloaded_queue_drops_and_counts_without_crashing(hostile):
     assert h.cli_json("status")["pid"] > 0
     assert h.cli_json("dropstats")["Queue Overflow"] > before
     wait_until(lambda: h.metadata(1)[0] == 200, 15, "vm2 served after the flood")
+
+
+@pytest.mark.parametrize(
+    "flood",
+    [
+        ["--flood", "-S", "-p", "80", "169.254.169.254"],  # SYN flood to the metadata address
+        ["--flood", "--udp", "-p", "9", "VM2"],  # UDP flood to the other VM
+        ["--flood", "--icmp", "VM2"],  # ping flood to the other VM
+    ],
+    ids=["syn-to-metadata", "udp-to-vm", "ping-to-vm"],
+)
+def test_a_flooding_vm_fills_only_its_own_queue(fresh_pair, flood):
+    """hping3 floods from vm1 as fast as it can; vm2's metadata requests all succeed and its
+    pings to the gateway lose nothing, and what the flood loses is counted on vm1's vif."""
+    h = fresh_pair
+    a, b = h.vms
+    cmd = [x.replace("VM2", b["ip"]) for x in flood]
+    flooder = subprocess.Popen(["ip", "netns", "exec", a["namespace"], "hping3", *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: h.cli_json("vif", "--get", str(a["vif"]))["rx_packets"] > 20000, 30, "the flood to be under way")
+        requests = vm2_requests(h, 30)
+        ping = h.in_vm(1, "ping", "-c", "50", "-i", "0.02", "-W", "2", b["gateway"], timeout=60)
+        answers = json.loads(requests.communicate(timeout=120)[0])
+        mine = h.cli_json("vif", "--get", str(a["vif"]))
+    finally:
+        flooder.terminate()
+        flooder.wait(10)
+    assert answers["codes"] == [b["instance_uuid"]] * 30, answers
+    assert " 0% packet loss" in ping.stdout, ping.stdout
+    assert mine["drops"] > 0 and set(mine["drop_reasons"]) & {"Queue Overflow", "Link-local Limit", "Flow Limit"}, mine
+    theirs = h.cli_json("vif", "--get", str(b["vif"]))
+    assert "Queue Overflow" not in theirs["drop_reasons"], theirs
+    print("\nvm2 during a %s flood: 30 requests, worst %.3f s; vm1's drops %s" % (flood[1], answers["worst"], mine["drop_reasons"]))

@@ -213,6 +213,8 @@ class VifRecord:
     tx_bytes: int
     drops: int
     flows: int
+    drop_reasons: dict[str, int] = field(default_factory=dict)  # as dropstats names them; Queue Overflow: its queue's
+    queues: list[int] = field(default_factory=list)  # its NFQUEUE queues: a VM's data and service queues
 
 
 @dataclass

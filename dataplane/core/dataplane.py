@@ -96,6 +96,7 @@ class Dataplane:
             return 0
         for key in [k for k in self.path.vif_drops if k[0] == index]:
             del self.path.vif_drops[key]
+        self.entries.forget_rate(index)
         return self.entries.delete([i for i, st in self.entries.live() if st.vin == index or st.out is vif])
 
     # -- link-local services --------------------------------------------------------------------

@@ -18,7 +18,13 @@ per entry, kept here.  Rules:
   gateway) has no reverse and counts like a Drop entry.
 * Limits: a VM over ``max_vm_flows`` entries gets new flows refused until its
   use falls to 90% of the limit (the vRouter's hysteresis); link-local pairs are
-  capped per VM and per node.
+  capped per VM and per node, and (for node caps of 16 and more) once three
+  quarters of the node's cap are used a VM holding a quarter of it gets no more
+  (one VM cannot take what the others need: the vRouter's defaults give one VM
+  the whole node's cap).
+* Rate: with ``vm_setup_rate``, a VM sets up at most that many flows a second
+  (a token bucket per VM, a second's worth deep); refusals are counted as
+  ``Flow Setup Rate Limit``.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ from dataplane.core.vif import Vif
 from flows.layout import Action, DropReason
 from flows.table import FlowTable
 
+FAIR_SHARE_FROM = 16  # node link-local caps this large keep a quarter for the other VMs
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -41,6 +49,7 @@ class Limits:
     max_vm_flows: int = 0
     max_vm_linklocal_flows: int = 2048
     max_system_linklocal_flows: int = 2048
+    vm_setup_rate: int = 0  # flows one VM may set up a second, with a second's worth of burst (0: no limit)
 
 
 class PortAllocator(Protocol):
@@ -83,6 +92,7 @@ class Entries:
         self.states: list[FlowState | None] = [None] * table.capacity
         self.linklocal_flows = 0  # link-local pairs on the node, counted against its cap
         self.added = 0  # entries set up since start
+        self._tokens: dict[int, list[float]] = {}  # vif index -> [flow set-ups left, when last looked (ns)]
         self.removed = 0  # entries removed since start
 
     def keep(self, index: int, state: FlowState) -> None:
@@ -117,11 +127,34 @@ class Entries:
             if vif.flow_limited or vif.flows + 2 > limit:
                 vif.flow_limited = True
                 return DropReason.FLOW_LIMIT
-        if link_local and (
-            vif.linklocal_flows >= self.limits.max_vm_linklocal_flows or self.linklocal_flows >= self.limits.max_system_linklocal_flows
-        ):
-            return DropReason.LINK_LOCAL_LIMIT
+        if link_local:
+            node_cap = self.limits.max_system_linklocal_flows
+            used = self.linklocal_flows
+            if vif.linklocal_flows >= self.limits.max_vm_linklocal_flows or used >= node_cap:
+                return DropReason.LINK_LOCAL_LIMIT
+            if node_cap >= FAIR_SHARE_FROM and used >= node_cap * 3 // 4 and vif.linklocal_flows >= node_cap // 4:
+                return DropReason.LINK_LOCAL_LIMIT  # near the node's cap: no VM takes more than a quarter of it
         return DropReason.NONE
+
+    def over_rate(self, vif: Vif, now: int) -> bool:
+        """Whether ``vif`` has used up its flow set-ups for now (and takes one if not)."""
+        rate = self.limits.vm_setup_rate
+        if not rate:
+            return False
+        bucket = self._tokens.get(vif.index)
+        if bucket is None:
+            bucket = self._tokens[vif.index] = [float(rate), float(now)]
+        tokens = min(float(rate), bucket[0] + (now - bucket[1]) * rate / 1e9)
+        bucket[1] = now
+        if tokens < 1:
+            bucket[0] = tokens
+            return True
+        bucket[0] = tokens - 1
+        return False
+
+    def forget_rate(self, vif_index: int) -> None:
+        """A vif went: its set-up bucket with it."""
+        self._tokens.pop(vif_index, None)
 
     def charge(self, st: FlowState) -> None:
         """Count a pair (or a Drop entry) against its vifs' limits."""

@@ -102,6 +102,8 @@ class FlowSetup:
         refused = self.entries.over_limit(vif, False)
         if refused:
             return _REFUSED[refused]
+        if self.entries.over_rate(vif, now):
+            return _REFUSED[DropReason.FLOW_SETUP_RATE]
         if trap is not None:
             try:
                 return self._trap_entry(vif, key, trap, now), _NONE

@@ -1,9 +1,19 @@
 """The thin I/O shell: read packets from NFQUEUE, ask the Dataplane, give the verdict.
 
-Runs inside the agent's asyncio loop: the queue's netlink socket is watched
-for readability and drained without blocking.  The binding reads and parses
-the packets; the verdicts of one drain go back in one write
-(``dataplane.linux.verdicts``), not in a system call each.
+Runs inside the agent's asyncio loop.  There is a queue per VM (and one for the
+node: the fabric's replies, taps not plugged), each its own netlink socket,
+watched for readability.  The binding reads and parses the packets; the
+verdicts of one drain go back in one write (``dataplane.linux.verdicts``), not
+in a system call each.
+
+Fairness: a drain of one queue takes at most ``DRAIN_BUDGET`` packets, then
+gives the loop back, so that every other queue with packets waiting is drained
+before this one again: a VM flooding its queue takes its share of the loop and
+no more, and the kernel drops what overflows its queue (its length is the
+VM's limit of queued packets), counted for that queue.  The budget is kept by
+the packet callback, which ends the binding's read loop by raising after the
+packet it has just given a verdict (one packet is one netlink message, so
+nothing read is left without a verdict).
 """
 
 from __future__ import annotations
@@ -19,57 +29,106 @@ from dataplane.linux.verdicts import NF_ACCEPT, NF_DROP, VerdictWriter
 
 log = logging.getLogger("vrouter.dataplane")
 
-QUEUE_MAXLEN = 4096  # packets the kernel holds for us before it drops (fail closed)
+QUEUE_MAXLEN = 4096  # packets the kernel holds for the node's queue before it drops (fail closed)
+DRAIN_BUDGET = 128  # packets one drain of one queue takes before the others get their turn
+
+
+class _Enough(Exception):
+    """This drain has had its budget."""
+
+
+class _Queue:
+    """One NFQUEUE queue: its binding, its verdict writer, its share of each turn."""
+
+    def __init__(self, shell: QueueShell, num: int, max_len: int) -> None:
+        self.shell = shell
+        self.dataplane = shell.dataplane
+        self.num = num
+        self.nfq = NetfilterQueue()
+        self.nfq.bind(num, self.handle, max_len=max_len, mode=COPY_PACKET, range=0xFFFF)
+        self.verdicts = VerdictWriter(self.nfq.get_fd(), num)
+        self.left = DRAIN_BUDGET
+
+    def handle(self, pkt: Packet) -> None:
+        verdicts = self.verdicts
+        try:
+            v = self.dataplane.process(pkt.get_payload(), pkt.indev, time.time_ns())
+        except Exception:  # a bug must not stop the dataplane: drop the packet and say so once
+            self.shell.failed()
+            verdicts.verdict(pkt.id, NF_DROP)
+        else:
+            if not v.accept:
+                verdicts.verdict(pkt.id, NF_DROP)
+            elif v.payload is None:
+                verdicts.accept(pkt.id)
+            else:
+                verdicts.verdict(pkt.id, NF_ACCEPT, v.payload)
+        self.left -= 1
+        if not self.left:
+            raise _Enough
+
+    def drain(self) -> None:
+        self.left = DRAIN_BUDGET
+        try:
+            self.nfq.run(block=False)
+        except _Enough:
+            pass  # the rest waits in the socket; the loop calls again once the others had a turn
+        finally:
+            self.verdicts.flush()
+
+    def close(self) -> None:
+        self.verdicts.flush()
+        self.nfq.unbind()
 
 
 class QueueShell:
     def __init__(self, dataplane: Dataplane, queue_num: int = 0) -> None:
         self.dataplane = dataplane
-        self.queue_num = queue_num
-        self.nfq = NetfilterQueue()
+        self.queue_num = queue_num  # the node's queue
+        self.queues: dict[int, _Queue] = {}
         self.errors = 0
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.verdicts: VerdictWriter | None = None
-
-    def _handle(self, pkt: Packet) -> None:
-        verdicts = self.verdicts
-        assert verdicts is not None
-        try:
-            v = self.dataplane.process(pkt.get_payload(), pkt.indev, time.time_ns())
-        except Exception:  # a bug must not stop the dataplane: drop the packet and say so once
-            self.errors += 1
-            if self.errors == 1 or self.errors % 10000 == 0:
-                log.exception("dataplane error on a packet (%d so far); packet dropped", self.errors)
-            verdicts.verdict(pkt.id, NF_DROP)
-            return
-        if not v.accept:
-            verdicts.verdict(pkt.id, NF_DROP)
-        elif v.payload is None:
-            verdicts.accept(pkt.id)
-        else:
-            verdicts.verdict(pkt.id, NF_ACCEPT, v.payload)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.nfq.bind(self.queue_num, self._handle, max_len=QUEUE_MAXLEN, mode=COPY_PACKET, range=0xFFFF)
-        self.verdicts = VerdictWriter(self.nfq.get_fd(), self.queue_num)
+        """Read the node's queue (OSError if it cannot be bound)."""
         self._loop = loop
-        loop.add_reader(self.nfq.get_fd(), self._drain)
+        self.add(self.queue_num, QUEUE_MAXLEN)
         log.info("reading NFQUEUE %d", self.queue_num)
 
-    def _drain(self) -> None:
-        try:
-            self.nfq.run(block=False)
-        finally:
-            assert self.verdicts is not None
-            self.verdicts.flush()
+    def add(self, num: int, max_len: int) -> None:
+        """Read queue ``num`` too (OSError if it cannot be bound: another process has it)."""
+        if num in self.queues:
+            return
+        assert self._loop is not None
+        q = _Queue(self, num, max_len)
+        self.queues[num] = q
+        self._loop.add_reader(q.nfq.get_fd(), q.drain)
 
-    def stop(self) -> None:
+    def remove(self, num: int) -> None:
+        q = self.queues.pop(num, None)
+        if q is None:
+            return
         if self._loop is not None:
             try:
-                self._loop.remove_reader(self.nfq.get_fd())
+                self._loop.remove_reader(q.nfq.get_fd())
             except (ValueError, OSError):
                 pass
-            self._loop = None
-        if self.verdicts is not None:
-            self.verdicts.flush()
-        self.nfq.unbind()
+        q.close()
+
+    def failed(self) -> None:
+        self.errors += 1
+        if self.errors == 1 or self.errors % 10000 == 0:
+            log.exception("dataplane error on a packet (%d so far); packet dropped", self.errors)
+
+    @property
+    def verdict_writes(self) -> int:
+        return sum(q.verdicts.writes for q in self.queues.values())
+
+    @property
+    def verdict_errors(self) -> int:
+        return sum(q.verdicts.errors for q in self.queues.values())
+
+    def stop(self) -> None:
+        for num in list(self.queues):
+            self.remove(num)
+        self._loop = None

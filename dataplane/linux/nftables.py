@@ -9,6 +9,23 @@ vrouter``) sends a VM's TCP to fe80::a9fe:a9fe and the proxy's packets back
 to the per-port IPv6 metadata addresses.  Nothing else on the host is
 touched: the tables are created at start and deleted, by name, at stop.
 
+Queues per VM: each plugged VM has two queues of its own, so that a VM flooding
+the dataplane fills only its own (the kernel drops what does not fit, counted
+for that queue).  Its service queue takes what its tap sends to the node's
+services (link-local addresses 169.254.0.0/16, the limited broadcast of DHCP,
+the gateways and service addresses of the virtual networks) and what the node
+sends back to its metadata IPs; its data queue takes the rest of what its tap
+sends (to other VMs).  Two, because a VM can be made to send: a ping flood to
+it has its kernel answer every echo, and those answers, its own packets, must
+not queue before its metadata requests (the vRouter likewise traps the
+service traffic to its agent apart from the datapath's forwarding).
+Everything else (the fabric's replies, taps not plugged, a metadata IP of no
+VM) goes to the node's queue.  With many VMs the per-VM
+rules sit in buckets (chains) chosen by the low bits of the interface index or
+of the metadata IP, so that a packet meets a few dozen rules, not one a VM.
+The tables are replaced whole, in one transaction, when the VMs change: no
+packet ever finds them half made.
+
 Why netlink and not the ``nft`` command: many kernels (this project's CI
 machine among them) are built without ``CONFIG_NFT_QUEUE``, so nft's native
 ``queue`` statement fails.  They do have ``CONFIG_NFT_COMPAT`` and the
@@ -25,7 +42,7 @@ import errno
 import os
 import socket
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 TABLE_NAME = "vrouter"
@@ -42,6 +59,9 @@ NFT_MSG_GETTABLE = 1
 NFT_MSG_DELTABLE = 2
 NFT_MSG_NEWCHAIN = 3
 NFT_MSG_NEWRULE = 6
+NFT_META_IIF = 4
+NFT_REG_VERDICT = 0
+NFT_JUMP = -3
 
 NLM_F_REQUEST = 0x1
 NLM_F_ACK = 0x4
@@ -140,16 +160,39 @@ def _nfqueue(queue: int, total: int) -> bytes:
     return _expr("target", _str(1, "NFQUEUE"), _be32(2, 3), _attr(3, info))
 
 
+def _jump(chain: str) -> bytes:
+    # immediate { dreg verdict, data { verdict { code NFT_JUMP, chain } } }
+    return _expr("immediate", _be32(1, NFT_REG_VERDICT), _nest(2, _nest(2, _be32(1, NFT_JUMP), _str(2, chain))))
+
+
+@dataclass(frozen=True)
+class VmQueue:
+    """One VM's queues: for its packets to the node's services and back, and for the rest it sends."""
+
+    ifindex: int  # its tap's (0: absent; its metadata IPs are still queued)
+    queue: int  # what its tap sends to other VMs
+    service_queue: int  # what its tap sends to the services, and the node's packets to its metadata IPs
+    metadata_ip: bytes  # 4 bytes
+    metadata_ip6: bytes  # 16 bytes
+
+
 @dataclass(frozen=True)
 class QueueRules:
     """What the table sends to NFQUEUE."""
 
     tap_prefix: str = "tap"
     metadata_net: tuple[bytes, bytes] = (socket.inet_aton("169.254.0.0"), socket.inet_aton("255.255.0.0"))
-    queue_num: int = 0
+    queue_num: int = 0  # the node's queue
     queue_total: int = 1
     vhost_name: str = "vhost0"
     nat_ports: tuple[int, int] = (61000, 65535)  # the fabric's replies to link-local NAT flows
+    vms: tuple[VmQueue, ...] = ()
+    service_ips: tuple[bytes, ...] = ()  # 4 bytes each: the networks' gateways and service addresses
+
+
+def buckets_for(n: int) -> int:
+    """How many bucket chains for ``n`` VMs: none below 16 (a packet meets at most 16 rules)."""
+    return 1 if n <= 16 else 16 if n <= 512 else 64
 
 
 class NftSocket:
@@ -244,37 +287,56 @@ class NftSocket:
 
     def create_queue_table6(self, rules: QueueRules, name: str = TABLE_NAME) -> None:
         """The IPv6 table: a VM's TCP to fe80::a9fe:a9fe, and the proxy's packets back to the
-        per-port IPv6 metadata addresses (fd00:a9fe:a9fe::/64), go to NFQUEUE. The rest of a VM's
-        IPv6 (neighbour discovery among it) is the kernel's."""
-        self.delete_table(name, NFPROTO_IPV6)
-        queue = _nfqueue(rules.queue_num, rules.queue_total)
+        per-port IPv6 metadata addresses (fd00:a9fe:a9fe::/64), go to NFQUEUE: the VM's queue,
+        else the node's. The rest of a VM's IPv6 (neighbour discovery among it) is the kernel's."""
+        node = _nfqueue(rules.queue_num, rules.queue_total)
         md6 = socket.inet_pton(socket.AF_INET6, "fe80::a9fe:a9fe")
         net6 = socket.inet_pton(socket.AF_INET6, "fd00:a9fe:a9fe::")
         mask6 = b"\xff" * 8 + b"\0" * 8
-        tap = _cmp_eq(rules.tap_prefix.encode())
-        msgs = _skeleton(name) + [
-            _queue_rule(
-                name, "from_vms", queue, _meta(NFT_META_IIFNAME), tap, _payload(24, 16), _cmp_eq(md6), _meta(NFT_META_L4PROTO), _cmp_eq(b"\x06")
-            ),  # fmt: skip
-            _queue_rule(name, "to_metadata_ips", queue, _payload(24, 16), _bitwise_mask(mask6), _cmp_eq(net6)),
+        to_md6 = (_payload(24, 16), _cmp_eq(md6), _meta(NFT_META_L4PROTO), _cmp_eq(b"\x06"))
+        msgs = self._replacing(name, NFPROTO_IPV6)
+        iif = _meta(NFT_META_IIF)
+        vms_in = [(vm.ifindex, (iif, _cmp_eq(struct.pack("=I", vm.ifindex)), *to_md6), vm.service_queue) for vm in rules.vms if vm.ifindex]
+        vms_out = [(vm.metadata_ip6[-1], (_payload(24, 16), _cmp_eq(vm.metadata_ip6)), vm.service_queue) for vm in rules.vms]
+        msgs += _bucketed(name, "from_vms", (_meta(NFT_META_IIF),), 4, vms_in)
+        msgs += _bucketed(name, "to_metadata_ips", (_payload(39, 1),), 1, vms_out)
+        msgs += [
+            _queue_rule(name, "from_vms", node, _meta(NFT_META_IIFNAME), _cmp_eq(rules.tap_prefix.encode()), *to_md6),
+            _queue_rule(name, "to_metadata_ips", node, _payload(24, 16), _bitwise_mask(mask6), _cmp_eq(net6)),
         ]
         self.batch(msgs, NFPROTO_IPV6)
 
     def create_queue_table(self, rules: QueueRules, name: str = TABLE_NAME) -> None:
-        """The IPv4 table, in one transaction (replacing a stale one): everything from the taps; TCP
-        and UDP arriving on vhost0 for the link-local NAT port range; the compute node's own
-        packets to the per-port metadata IPs."""
-        self.delete_table(name)
+        """The IPv4 table, in one transaction (replacing the one there): what each VM's tap sends
+        to a service (a jump to ``from_vms_to_services``) to its service queue, the rest to its
+        data queue, what the node sends to its metadata IP to its service queue; then, to the
+        node's queue, the rest from the taps, TCP and UDP arriving on vhost0 for the link-local
+        NAT port range, and the compute node's own packets to other per-port metadata IPs."""
         net, mask = rules.metadata_net
-        queue = _nfqueue(rules.queue_num, rules.queue_total)
+        node = _nfqueue(rules.queue_num, rules.queue_total)
         lo, hi = rules.nat_ports
-        msgs = _skeleton(name) + [_queue_rule(name, "from_vms", queue, _meta(NFT_META_IIFNAME), _cmp_eq(rules.tap_prefix.encode()))]
+        msgs = self._replacing(name, NFPROTO_IPV4)
+        iif = _meta(NFT_META_IIF)
+        svc_in = [(vm.ifindex, (iif, _cmp_eq(struct.pack("=I", vm.ifindex))), vm.service_queue) for vm in rules.vms if vm.ifindex]
+        vms_in = [(vm.ifindex, (iif, _cmp_eq(struct.pack("=I", vm.ifindex))), vm.queue) for vm in rules.vms if vm.ifindex]
+        vms_out = [(vm.metadata_ip[-1], (_payload(16, 4), _cmp_eq(vm.metadata_ip)), vm.service_queue) for vm in rules.vms]
+        svc = "from_vms_to_services"
+        msgs.append((NFT_MSG_NEWCHAIN, NLM_F_CREATE, _str(1, name) + _str(3, svc)))
+        msgs += _bucketed(name, svc, (iif,), 4, svc_in)  # no match (a tap not plugged): back, to the rules below
+        daddr = _payload(16, 4)
+        to_services = [(daddr, _bitwise_mask(mask), _cmp_eq(net)), (daddr, _cmp_eq(b"\xff" * 4))]
+        to_services += [(daddr, _cmp_eq(ip)) for ip in dict.fromkeys(rules.service_ips)]
+        for matches in to_services:
+            msgs.append((NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, _rule(name, "from_vms", *matches, _jump(svc))))
+        msgs += _bucketed(name, "from_vms", (iif,), 4, vms_in)
+        msgs += _bucketed(name, "to_metadata_ips", (_payload(19, 1),), 1, vms_out)
+        msgs.append(_queue_rule(name, "from_vms", node, _meta(NFT_META_IIFNAME), _cmp_eq(rules.tap_prefix.encode())))
         for proto in (6, 17):
             msgs.append(
                 _queue_rule(
                     name,
                     "from_vms",
-                    queue,
+                    node,
                     _meta(NFT_META_IIFNAME),
                     _cmp_eq(rules.vhost_name.encode() + b"\0"),
                     _meta(NFT_META_L4PROTO),
@@ -284,8 +346,39 @@ class NftSocket:
                     _cmp(NFT_CMP_LTE, struct.pack("!H", hi)),
                 )  # fmt: skip
             )
-        msgs.append(_queue_rule(name, "to_metadata_ips", queue, _payload(16, 4), _bitwise_mask(mask), _cmp_eq(net)))
+        msgs.append(_queue_rule(name, "to_metadata_ips", node, _payload(16, 4), _bitwise_mask(mask), _cmp_eq(net)))
         self.batch(msgs)
+
+    def _replacing(self, name: str, family: int) -> list[tuple[int, int, bytes]]:
+        """The start of a batch that makes our table anew: deleting the one there in the same
+        transaction, so that the new rules replace the old ones at once."""
+        drop = [(NFT_MSG_DELTABLE, 0, _str(1, name))] if self.table_exists(name, family) else []
+        return drop + _skeleton(name)
+
+
+Message = tuple[int, int, bytes]  # (command, flags, payload) of a batch
+VmRule = tuple[int, tuple[bytes, ...], int]  # (the bucket selector's value, the matches, the queue)
+
+
+def _bucketed(table: str, chain: str, key: tuple[bytes, ...], width: int, vms: Sequence[VmRule]) -> list[Message]:
+    """Rules of ``chain`` sending each VM's packets (matched by its ``matches``) to its queue: in
+    the chain itself for a few VMs, else in bucket chains that ``key`` (loaded into the register,
+    ``width`` bytes; host order for 4) masked to its low bits selects, one jump rule a bucket."""
+    n = buckets_for(len(vms))
+    if n == 1:
+        return [_queue_rule(table, chain, _nfqueue(q, 1), *matches) for _, matches, q in vms]
+    msgs: list[Message] = []
+    for b in range(n):
+        bucket = "%s_%d" % (chain, b)
+        msgs.append((NFT_MSG_NEWCHAIN, NLM_F_CREATE, _str(1, table) + _str(3, bucket)))
+        if width == 4:
+            mask, value = struct.pack("=I", n - 1), struct.pack("=I", b)
+        else:
+            mask, value = bytes([n - 1]), bytes([b])
+        msgs.append((NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, _rule(table, chain, *key, _bitwise_mask(mask), _cmp_eq(value), _jump(bucket))))
+    for sel, matches, q in vms:
+        msgs.append(_queue_rule(table, "%s_%d" % (chain, sel & (n - 1)), _nfqueue(q, 1), *matches))
+    return msgs
 
 
 def _skeleton(table: str) -> list[tuple[int, int, bytes]]:

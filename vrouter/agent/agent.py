@@ -29,13 +29,14 @@ from dataclasses import dataclass
 from dataplane.core.dataplane import Dataplane, Limits
 from dataplane.core.vif import PROXY_IP6, Vif
 from dataplane.linux.nfqueue import QueueShell
-from dataplane.linux.nftables import NftError, NftSocket, QueueRules
+from dataplane.linux.nftables import NftError, NftSocket, QueueRules, VmQueue
 from dataplane.linux.pkt0 import Pkt0
 from dataplane.linux.ports import PORT_RANGE, SocketPortAllocator
 from flows.table import FlowTable
 from vrouter.agent.config import AgentConfig
 from vrouter.agent.control import ControlServer
-from vrouter.agent.host import HostNetwork, in_namespace_hint, sysctl
+from vrouter.agent.host import HostNetwork, in_namespace_hint, raise_open_files_limit, sysctl
+from vrouter.agent.kernel_stats import queue_drops
 from vrouter.agent.linklocal import ServiceError, ServiceTable
 from vrouter.agent.metrics import AgentCollector, MetricsServer, SetupRate
 from vrouter.agent.networks import Network, NetworkError, NetworkTable
@@ -109,6 +110,7 @@ class Agent:
         self._proxy_ip6 = False
         self._wrote_pid = False
         self.next_fault_id = 1
+        self.queue_drops_gone = 0  # queue overflows of VMs unplugged since start
 
     # -- start and stop -------------------------------------------------------------------------
 
@@ -162,6 +164,7 @@ class Agent:
             max_vm_flows=cfg.vm_flow_limit(table.capacity),
             max_vm_linklocal_flows=cfg.max_vm_linklocal_flows,
             max_system_linklocal_flows=cfg.max_system_linklocal_flows,
+            vm_setup_rate=cfg.vm_flow_setup_rate,
         )
         nat_ports = SocketPortAllocator(vhost_ip, *PORT_RANGE)
         dataplane = Dataplane(table, vhost_ip, cfg.metadata_proxy_port, limits, nat_ports)
@@ -194,18 +197,19 @@ class Agent:
         except OSError as e:
             raise AgentError("cannot open pkt0 (an AF_PACKET socket in %s): %s" % (in_namespace_hint(), e)) from None
         guests.start(loop, vhost_ip)
+        raise_open_files_limit()
         try:
             shell.start(loop)
         except OSError as e:
             raise AgentError("cannot bind NFQUEUE %d (%s): is another agent using it?" % (self.queue_num, e)) from None
         try:
-            with NftSocket() as nft:
-                self._made_table = True  # also when half made: a failed batch leaves nothing, delete is a no-op
-                rules = QueueRules(queue_num=self.queue_num, vhost_name=cfg.vhost_name, nat_ports=PORT_RANGE)
-                nft.create_queue_table(rules)
-                nft.create_queue_table6(rules)
-        except NftError as e:
-            raise AgentError("cannot create the nftables table: %s" % e) from None
+            for vif in list(dataplane.vifs.values()):
+                if vif.kind == "Virtual":
+                    self._add_queue(vif.index)
+        except PortError as e:
+            raise AgentError(str(e)) from None
+        self._made_table = True  # also when half made: a failed batch leaves nothing, delete is a no-op
+        self.apply_queue_rules()
         host.enable_forwarding(True)
         self._control = ControlServer(self.paths.socket, Operations(self, node).handlers(), (PortError, ServiceError, NetworkError, FaultError))
         await self._control.start()
@@ -294,6 +298,9 @@ class Agent:
             log.warning("port %s: tap %s not present yet; plugged when it appears", port.uuid, port.tap_name)
         vif = Vif(port.vif, port.tap_name, ifindex, port.ip_address, port.mac, port.vrf, port_uuid=port.uuid, ip6=port.ipv6_address)
         self.node.dataplane.add_vif(vif)
+        if self._shell is not None and self._shell.queues:
+            self._add_queue(port.vif)
+            self.apply_queue_rules()
         plugged = self.node.dataplane.vifs[port.vif]
         self.node.services.advertise(plugged)  # IPv6: a router advertisement at once, not in 30 s
         return vif
@@ -302,8 +309,56 @@ class Agent:
         """Unplug a port (already out of the port table); return how many flow entries went."""
         assert self.node is not None
         flows = self.node.dataplane.remove_vif(port.vif)
+        self.apply_queue_rules()  # its packets to the node's queue (and dropped there), then its queue goes
+        self._remove_queue(port.vif)
         await self.node.host.unplug(port.tap_name, port.ip_address, port.metadata_ip)
         return flows
+
+    # -- queues per VM ----------------------------------------------------------------------------
+
+    def queues_of(self, vif_index: int) -> tuple[int, int]:
+        """A VM's own NFQUEUE queues: (data, services), the node's plus twice its vif index, plus one."""
+        q = self.queue_num + 2 * vif_index
+        return q, q + 1
+
+    def overflows_of(self, vif_index: int, overflows: dict[int, int]) -> int:
+        """What the kernel dropped from a VM's queues, given every queue's count."""
+        return sum(overflows.get(q, 0) for q in self.queues_of(vif_index))
+
+    def _add_queue(self, vif_index: int) -> None:
+        assert self._shell is not None
+        for q in self.queues_of(vif_index):
+            try:
+                self._shell.add(q, self.cfg.vm_queue_length)
+            except OSError as e:
+                self._remove_queue(vif_index)
+                raise PortError("vif0/%d: cannot bind its NFQUEUE queue %d (%s): is another process using it?" % (vif_index, q, e)) from None
+
+    def _remove_queue(self, vif_index: int) -> None:
+        if self._shell is None:
+            return
+        for q in self.queues_of(vif_index):
+            if q in self._shell.queues:
+                self.queue_drops_gone += queue_drops(q)  # its count leaves /proc with it
+                self._shell.remove(q)
+
+    def apply_queue_rules(self) -> None:
+        """The nftables tables as the vifs are now: each VM's tap and metadata IPs to its queue."""
+        if not self._made_table or self.node is None:
+            return
+        vms = tuple(
+            VmQueue(v.ifindex, *self.queues_of(v.index), v.metadata_ip_bytes, v.metadata_ip6_bytes)
+            for v in sorted(self.node.dataplane.vifs.values(), key=lambda v: v.index)
+            if v.kind == "Virtual"
+        )  # fmt: skip
+        services = tuple(socket.inet_aton(a) for n in self.networks.networks.values() for a in (n.gateway, n.dns_server) if a)
+        rules = QueueRules(queue_num=self.queue_num, vhost_name=self.cfg.vhost_name, nat_ports=PORT_RANGE, vms=vms, service_ips=services)
+        try:
+            with NftSocket() as nft:
+                nft.create_queue_table(rules)
+                nft.create_queue_table6(rules)
+        except NftError as e:
+            raise AgentError("cannot create the nftables table: %s" % e) from None
 
     def services_changed(self) -> int:
         """The link-local services changed: the dataplane's table follows; return how many flow
@@ -319,6 +374,7 @@ class Agent:
             net = self.networks.networks.get(vn)
             addresses = None if net is None else (ipaddress.IPv4Address(net.gateway).packed, ipaddress.IPv4Address(net.dns_server).packed)
             self.node.dataplane.set_guest_addresses(vrf, addresses)
+        self.apply_queue_rules()  # what the VMs send to a gateway or service address: to their service queues
 
     # -- what the services ask (services.guests.Directory) ---------------------------------------
 

@@ -61,6 +61,8 @@ class AgentConfig:
     max_vm_flows: float = 100.0  # percent of the table one VM may hold, as in contrail-vrouter-agent.conf
     max_vm_linklocal_flows: int = 2048
     max_system_linklocal_flows: int = 2048
+    vm_queue_length: int = 4096  # packets of one VM the kernel queues for the dataplane before it drops
+    vm_flow_setup_rate: int = 0  # flows one VM may set up a second (0: no limit)
     # [SERVICES]: the agent's DHCP, DNS and router advertisements for guests
     dhcp_lease_time: int = 4294967295  # the vRouter agent's default: infinite
     dns_domain: str = "novalocal"  # for networks that name none
@@ -201,6 +203,9 @@ SCHEMA: dict[str, dict[str, tuple[str, Parser]]] = {
         "max_vm_flows": ("max_vm_flows", _percent),
         "max_vm_linklocal_flows": ("max_vm_linklocal_flows", lambda s, k, v: _int(s, k, v, 1, 1 << 24)),
         "max_system_linklocal_flows": ("max_system_linklocal_flows", lambda s, k, v: _int(s, k, v, 1, 1 << 24)),
+        # This project's: a queue per VM (its length), and the per-VM flow set-up rate the vRouter has
+        "vm_queue_length": ("vm_queue_length", lambda s, k, v: _int(s, k, v, 16, 65536)),
+        "vm_flow_setup_rate": ("vm_flow_setup_rate", lambda s, k, v: _int(s, k, v, 0, 1 << 24)),
     },
     "SERVICES": {
         "dhcp_lease_time": ("dhcp_lease_time", lambda s, k, v: _int(s, k, v, 4, 0xFFFFFFFF)),

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import socket
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -28,6 +29,16 @@ log = logging.getLogger("vrouter.host")
 VROUTER_MAC = "00:00:5e:00:01:00"
 METADATA_IP6 = "fe80::a9fe:a9fe"
 ROUTER_IP6 = "fe80::5e00:100"  # the vRouter's link-local address, as the vRouter agent's advertisements give it
+
+
+def raise_open_files_limit() -> None:
+    """A queue per VM is a socket per VM: the soft limit of open files up to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
 
 
 def sysctl(path: str, value: str) -> None:

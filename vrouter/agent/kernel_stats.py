@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 
-def queue_drops(queue_num: int) -> int:
-    """Packets the kernel dropped because our NFQUEUE was full or could not reach us (fail
-    closed): queue_dropped + user_dropped of /proc/net/netfilter/nfnetlink_queue."""
+def all_queue_drops() -> dict[int, int]:
+    """Packets the kernel dropped because one of the namespace's NFQUEUE queues was full or could
+    not reach its reader (fail closed), by queue: queue_dropped + user_dropped of
+    /proc/net/netfilter/nfnetlink_queue (only bound queues are listed)."""
+    out = {}
     try:
         with open("/proc/net/netfilter/nfnetlink_queue") as f:
             for line in f:
                 cols = line.split()
-                if len(cols) >= 7 and cols[0] == str(queue_num):
-                    return int(cols[5]) + int(cols[6])
+                if len(cols) >= 7 and cols[0].isdigit():
+                    out[int(cols[0])] = int(cols[5]) + int(cols[6])
     except OSError:
         pass
-    return 0
+    return out
+
+
+def queue_drops(queue_num: int) -> int:
+    """The same, for one queue."""
+    return all_queue_drops().get(queue_num, 0)
 
 
 def kernel_ip_drops() -> dict[str, int]:

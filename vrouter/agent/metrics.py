@@ -28,7 +28,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from flows.layout import DROP_NAMES, DropReason
+from flows.layout import DROP_NAMES
+from vrouter.agent.kernel_stats import all_queue_drops
 from vrouter.messages import Histogram, ProxyReport
 
 if TYPE_CHECKING:
@@ -81,22 +82,27 @@ class AgentCollector(Collector):
         drops = CounterMetricFamily("vrouter_vif_drops", "Packets of a vif the dataplane dropped, by reason (as dropstats names them).",
                                     labels=["vif", "name", "reason"])  # fmt: skip
         flows = GaugeMetricFamily("vrouter_vif_flows", "Flow entries that count against a vif's limit.", labels=["vif", "name"])
-        by_vif: dict[int, list[tuple[DropReason, int]]] = {}
+        by_vif: dict[int, list[tuple[str, int]]] = {}
         for (index, reason), n in sorted(dp.path.vif_drops.items()):
-            by_vif.setdefault(index, []).append((reason, n))
+            by_vif.setdefault(index, []).append((DROP_NAMES.get(reason, str(reason)), n))
+        overflows = all_queue_drops()
         for v in vifs:
             i = str(v.index)
+            overflow = agent.overflows_of(v.index, overflows) if v.kind == "Virtual" else 0
+            if overflow:
+                drops.add_metric([i, v.name, "Queue Overflow"], overflow)
             packets.add_metric([i, v.name, "rx"], v.rx_packets)
             packets.add_metric([i, v.name, "tx"], v.tx_packets)
             octets.add_metric([i, v.name, "rx"], v.rx_bytes)
             octets.add_metric([i, v.name, "tx"], v.tx_bytes)
-            for reason, n in by_vif.get(v.index, ()):
-                drops.add_metric([i, v.name, DROP_NAMES.get(reason, str(reason))], n)
+            for name, n in by_vif.get(v.index, ()):
+                drops.add_metric([i, v.name, name], n)
             flows.add_metric([i, v.name], v.flows)
         yield from (packets, octets, drops, flows)
         node_drops = CounterMetricFamily("vrouter_drops", "Packets the dataplane dropped, by reason, on every vif and none.", labels=["reason"])
         for reason, n in sorted(dp.drops.items()):
             node_drops.add_metric([DROP_NAMES.get(reason, str(reason))], n)
+        node_drops.add_metric(["Queue Overflow"], sum(overflows.get(q, 0) for q in node.shell.queues) + agent.queue_drops_gone)
         yield node_drops
         yield GaugeMetricFamily("vrouter_flows_active", "Flow entries in the table (one direction each, as flow -l lists them).",
                                 value=node.table.active)  # fmt: skip

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from dataplane.core.capture import Capture
 from dataplane.linux.vifdump import DatagramSink
 from flows.layout import DROP_NAMES
-from vrouter.agent.kernel_stats import kernel_ip_drops, queue_drops
+from vrouter.agent.kernel_stats import all_queue_drops, kernel_ip_drops
 from vrouter.agent.linklocal import ServiceError, to_schema
 from vrouter.agent.linklocal import validate as validate_service
 from vrouter.agent.networks import Network
@@ -115,7 +115,6 @@ class Operations:
             memory.update({"proxy_" + k: v for k, v in report.memory.items()})
             counters = dataclasses.asdict(report.stats) | dataclasses.asdict(report.load)
             proxy = ProxyStatus(**counters, pid=node.proxy.pid, restarts=node.proxy.restarts, per_vif=report.per_vif)
-        verdicts = node.shell.verdicts
         return Status(
             pid=os.getpid(),
             uptime_s=round(time.time() - agent.started, 1),
@@ -131,8 +130,8 @@ class Operations:
             services=node.services.stats,
             linklocal_nat_ports_in_use=node.nat_ports.in_use,
             dataplane_errors=node.shell.errors,
-            verdict_write_errors=verdicts.errors if verdicts else 0,
-            verdict_writes=verdicts.writes if verdicts else 0,
+            verdict_write_errors=node.shell.verdict_errors,
+            verdict_writes=node.shell.verdict_writes,
         )
 
     # -- ports ----------------------------------------------------------------------------------
@@ -215,31 +214,31 @@ class Operations:
     # -- inspection -----------------------------------------------------------------------------
 
     def vif_list(self, _: VifList) -> list[VifRecord]:
-        return [
-            VifRecord(
-                vif=v.index,
-                name=v.name,
-                type=v.kind,
-                ifindex=v.ifindex,
-                mac=v.mac or "",
-                ip=v.ip,
-                vrf=v.vrf,
-                metadata_ip=v.metadata_ip if v.kind == "Virtual" else "",
-                port_uuid=v.port_uuid,
-                rx_packets=v.rx_packets,
-                rx_bytes=v.rx_bytes,
-                tx_packets=v.tx_packets,
-                tx_bytes=v.tx_bytes,
-                drops=v.drops,
-                flows=v.flows,
-            )  # fmt: skip
-            for v in sorted(self.node.dataplane.vifs.values(), key=lambda v: v.index)
-        ]
+        dp, agent = self.node.dataplane, self.agent
+        overflows = all_queue_drops()
+        reasons: dict[int, dict[str, int]] = {}
+        for (index, reason), n in dp.path.vif_drops.items():
+            reasons.setdefault(index, {})[DROP_NAMES[reason]] = n
+        out = []
+        for v in sorted(dp.vifs.values(), key=lambda v: v.index):
+            queues = list(agent.queues_of(v.index)) if v.kind == "Virtual" else [agent.queue_num]
+            mine = dict(reasons.get(v.index, {}))
+            overflow = agent.overflows_of(v.index, overflows) if v.kind == "Virtual" else 0
+            if overflow:
+                mine["Queue Overflow"] = overflow
+            out.append(VifRecord(
+                vif=v.index, name=v.name, type=v.kind, ifindex=v.ifindex, mac=v.mac or "", ip=v.ip, vrf=v.vrf,
+                metadata_ip=v.metadata_ip if v.kind == "Virtual" else "", port_uuid=v.port_uuid, rx_packets=v.rx_packets,
+                rx_bytes=v.rx_bytes, tx_packets=v.tx_packets, tx_bytes=v.tx_bytes, drops=v.drops + overflow, flows=v.flows,
+                drop_reasons=mine, queues=queues,
+            ))  # fmt: skip
+        return out
 
     def dropstats(self, _: DropStatsRequest) -> DropStats:
         drops = self.node.dataplane.drops
         counts = {DROP_NAMES[r]: drops.get(r, 0) for r in DROP_NAMES}
-        counts["Queue Overflow"] = queue_drops(self.agent.queue_num)
+        overflows = all_queue_drops()
+        counts["Queue Overflow"] = sum(overflows.get(q, 0) for q in self.node.shell.queues) + self.agent.queue_drops_gone
         counts["Dataplane Error"] = self.node.shell.errors
         counts.update(kernel_ip_drops())
         return DropStats(counts)

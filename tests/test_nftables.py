@@ -1,0 +1,92 @@
+"""The dataplane's nftables tables, made in a namespace of the test's own and read back with nft
+(needs root): two queues per VM (what it sends to the services, the rest), in buckets when the VMs
+are many, replaced whole."""
+
+import re
+import socket
+import subprocess
+
+import pytest
+
+from dataplane.linux.nftables import NftSocket, QueueRules, VmQueue, buckets_for
+from tests.conftest import needs_root, unique_prefix
+from topology import netns
+
+pytestmark = [pytest.mark.netns, needs_root]
+
+
+def vms(n: int) -> tuple[VmQueue, ...]:
+    return tuple(
+        VmQueue(100 + i, 2 * (3 + i), 2 * (3 + i) + 1, socket.inet_aton("169.254.%d.%d" % ((3 + i) >> 8, (3 + i) & 0xFF)),
+                socket.inet_pton(socket.AF_INET6, "fd00:a9fe:a9fe::%x" % (3 + i)))
+        for i in range(n)
+    )  # fmt: skip
+
+
+@pytest.fixture
+def ns():
+    name = unique_prefix() + "-nft"
+    netns.create(name)
+    try:
+        with netns.Namespace(name) as n:
+            yield n
+    finally:
+        netns.delete(name)
+
+
+def ruleset(ns) -> str:  # noqa: ANN001
+    return subprocess.run(["ip", "netns", "exec", ns.name, "nft", "list", "ruleset"], capture_output=True, text=True).stdout
+
+
+def apply(ns, rules: QueueRules) -> None:  # noqa: ANN001
+    def make() -> None:
+        with NftSocket() as nft:
+            nft.create_queue_table(rules)
+            nft.create_queue_table6(rules)
+
+    ns.run(make)
+
+
+def chain(text: str, name: str, family: str = "ip") -> str:
+    table = text.split("table %s vrouter" % family)[1]
+    return table.split("chain %s {" % name)[1].split("}")[0]
+
+
+def test_a_few_vms_get_a_rule_each_before_the_nodes_catch_alls(ns):
+    gateway, service = socket.inet_aton("10.1.1.1"), socket.inet_aton("10.1.1.2")
+    apply(ns, QueueRules(vms=vms(3), service_ips=(gateway, service, gateway)))
+    text = ruleset(ns)
+    from_vms = chain(text, "from_vms")
+    assert from_vms.count("iif ") == 3
+    assert from_vms.index('iifname "tap*"') > from_vms.rindex("iif ")  # the VMs' own rules come first
+    # what goes to a service jumps to the VMs' service queues first, once an address
+    jumps = [line.strip() for line in from_vms.splitlines() if "jump from_vms_to_services" in line]
+    assert jumps == [
+        "ip daddr 169.254.0.0/16 jump from_vms_to_services",
+        "ip daddr 255.255.255.255 jump from_vms_to_services",
+        "ip daddr 10.1.1.1 jump from_vms_to_services",
+        "ip daddr 10.1.1.2 jump from_vms_to_services",
+    ]
+    assert from_vms.index("jump") < from_vms.index("iif ")
+    assert chain(text, "from_vms_to_services").count("iif ") == 3
+    assert len(re.findall(r"ip daddr 169\.254\.0\.\d+ ", text)) == 3 and "ip daddr 169.254.0.0/16" in text
+    assert text.count("ip6 daddr fd00:a9fe:a9fe::") >= 3
+    assert "jump" not in text.split("table ip6 vrouter")[1]
+
+
+def test_many_vms_sit_in_buckets_and_a_replacement_is_whole(ns):
+    apply(ns, QueueRules(vms=vms(40)))
+    text = ruleset(ns)
+    n = buckets_for(40)
+    assert n == 16
+    assert len(re.findall(r"jump from_vms_\d+\b", text)) == 2 * n  # IPv4 and IPv6
+    assert len(re.findall(r"jump from_vms_to_services_\d+\b", text)) == n
+    assert text.count("jump to_metadata_ips_") == 2 * n
+    bucket_rules = sum(c.split("}")[0].count("iif ") for c in re.split(r"chain from_vms_\d+ ", text)[1:])
+    assert bucket_rules == 2 * 40  # each VM once per family, in the bucket of its interface's low bits
+    service_rules = sum(c.split("}")[0].count("iif ") for c in re.split(r"chain from_vms_to_services_\d+ ", text)[1:])
+    assert service_rules == 40
+    apply(ns, QueueRules(vms=vms(2)))  # fewer again: the old chains are gone with the old table
+    text = ruleset(ns)
+    assert not re.search(r"from_vms_\d|from_vms_to_services_\d", text)
+    assert text.count("table ip vrouter") == 1 and text.count("table ip6 vrouter") == 1
