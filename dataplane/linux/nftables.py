@@ -63,6 +63,12 @@ NFT_META_IIF = 4
 NFT_REG_VERDICT = 0
 NFT_JUMP = -3
 
+SOL_NETLINK = 270
+NETLINK_CAP_ACK = 10
+SO_SNDBUFFORCE = 32
+SO_RCVBUFFORCE = 33
+ACK_BUFFER = 64 << 20  # a bound on the acks' memory, not an allocation
+
 NLM_F_REQUEST = 0x1
 NLM_F_ACK = 0x4
 NLM_F_CREATE = 0x400
@@ -200,6 +206,14 @@ class NftSocket:
 
     def __init__(self) -> None:
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+        # A batch is acknowledged message by message while it is sent, before we read a reply: a
+        # table of a thousand VMs is thousands of acks.  Short ones (no copy of the request), and
+        # room for them all (forced past rmem_max as root), or the kernel drops them (ENOBUFS).
+        self.sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, ACK_BUFFER)
+        except OSError:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, ACK_BUFFER)
         self.sock.bind((0, 0))
         self.seq = int.from_bytes(os.urandom(3), "big")
 
@@ -233,7 +247,13 @@ class NftSocket:
             parts.append(msg)
         _, end = self._msg(NFNL_MSG_BATCH_END, NLM_F_REQUEST, 0, b"", NFNL_SUBSYS_NFTABLES)
         parts.append(end)
-        self.sock.sendall(b"".join(parts))
+        data = b"".join(parts)
+        if len(data) > 64 << 10:  # a transaction is one datagram: the send buffer must hold it whole
+            try:
+                self.sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, len(data) + 4096)
+            except OSError:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, len(data) + 4096)
+        self.sock.sendall(data)
         self._acks(waiting)
 
     def _replies(self) -> Iterator[tuple[int, int, int]]:

@@ -58,6 +58,7 @@ AGING_BUDGET = 20_000  # flows looked at per second for idleness
 AGING_STEPS = 50  # aging steps per second: each looks at AGING_BUDGET / AGING_STEPS flows
 EVICT_PER_STEP = 100  # closed TCP pairs removed per step at most (5,000 pairs/s, about 1 ms a step)
 TAP_SCAN_INTERVAL = 1.0
+RULES_DELAY = 0.2  # seconds from a change of the VMs to the tables' rebuild, for every change meanwhile
 
 
 class AgentError(Exception):
@@ -111,6 +112,8 @@ class Agent:
         self._wrote_pid = False
         self.next_fault_id = 1
         self.queue_drops_gone = 0  # queue overflows of VMs unplugged since start
+        self._rules_due: asyncio.TimerHandle | None = None  # the tables' next rebuild
+        self._leaving: set[int] = set()  # queues of unplugged VMs, unbound at the next rebuild
 
     # -- start and stop -------------------------------------------------------------------------
 
@@ -142,7 +145,7 @@ class Agent:
             except (OSError, ssl.SSLError) as e:
                 raise AgentError("[METADATA] TLS files: %s" % e) from None
         return ProxyConfig([vhost_ip, PROXY_IP6], c.metadata_proxy_port, c.metadata_proxy_secret, self.nova_timeout, fairness, tls,
-                           c.metadata_journal_size)  # fmt: skip
+                           c.metadata_journal_size, c.metadata_journal_node_size)  # fmt: skip
 
     async def run(self) -> None:
         if os.geteuid() != 0:
@@ -251,6 +254,8 @@ class Agent:
 
     async def shutdown(self) -> None:
         """Undo whatever ``run`` did, whether it finished or failed half-way."""
+        if self._rules_due is not None:
+            self._rules_due.cancel()
         if self._metrics is not None:
             await self._metrics.stop()
         if self._control is not None:
@@ -300,7 +305,7 @@ class Agent:
         self.node.dataplane.add_vif(vif)
         if self._shell is not None and self._shell.queues:
             self._add_queue(port.vif)
-            self.apply_queue_rules()
+            self.rules_changed()
         plugged = self.node.dataplane.vifs[port.vif]
         self.node.services.advertise(plugged)  # IPv6: a router advertisement at once, not in 30 s
         return vif
@@ -309,8 +314,9 @@ class Agent:
         """Unplug a port (already out of the port table); return how many flow entries went."""
         assert self.node is not None
         flows = self.node.dataplane.remove_vif(port.vif)
-        self.apply_queue_rules()  # its packets to the node's queue (and dropped there), then its queue goes
-        self._remove_queue(port.vif)
+        # its queues go once the rules no longer send to them (what is in them then is dropped)
+        self._leaving.update(self.queues_of(port.vif))
+        self.rules_changed()
         await self.node.host.unplug(port.tap_name, port.ip_address, port.metadata_ip)
         return flows
 
@@ -328,6 +334,7 @@ class Agent:
     def _add_queue(self, vif_index: int) -> None:
         assert self._shell is not None
         for q in self.queues_of(vif_index):
+            self._leaving.discard(q)  # unplugged and plugged again before the rules changed: kept
             try:
                 self._shell.add(q, self.cfg.vm_queue_length)
             except OSError as e:
@@ -342,8 +349,27 @@ class Agent:
                 self.queue_drops_gone += queue_drops(q)  # its count leaves /proc with it
                 self._shell.remove(q)
 
+    def rules_changed(self) -> None:
+        """The VMs or the networks changed: the tables follow within ``RULES_DELAY``, once for all
+        the changes made meanwhile (a thousand ports plugged one after the other make a few tables,
+        not a thousand).  Until then a new VM's packets go to the node's queue, as a tap not yet
+        plugged does, and a VM's packets still reach the dataplane: only the fair share waits."""
+        if self._rules_due is None and self._made_table:
+            self._rules_due = asyncio.get_running_loop().call_later(RULES_DELAY, self._apply_due_rules)
+
+    def _apply_due_rules(self) -> None:
+        self._rules_due = None
+        try:
+            self.apply_queue_rules()
+        except AgentError as e:
+            log.error("%s; the previous tables stay, and the VMs plugged since share the node's queue", e)
+
     def apply_queue_rules(self) -> None:
-        """The nftables tables as the vifs are now: each VM's tap and metadata IPs to its queue."""
+        """The nftables tables as the vifs are now: each VM's tap and metadata IPs to its queues;
+        then the queues of VMs unplugged meanwhile go."""
+        if self._rules_due is not None:
+            self._rules_due.cancel()
+            self._rules_due = None
         if not self._made_table or self.node is None:
             return
         vms = tuple(
@@ -359,6 +385,11 @@ class Agent:
                 nft.create_queue_table6(rules)
         except NftError as e:
             raise AgentError("cannot create the nftables table: %s" % e) from None
+        leaving, self._leaving = self._leaving, set()
+        for q in leaving:
+            if self._shell is not None and q in self._shell.queues:
+                self.queue_drops_gone += queue_drops(q)  # its count leaves /proc with it
+                self._shell.remove(q)
 
     def services_changed(self) -> int:
         """The link-local services changed: the dataplane's table follows; return how many flow
@@ -374,7 +405,7 @@ class Agent:
             net = self.networks.networks.get(vn)
             addresses = None if net is None else (ipaddress.IPv4Address(net.gateway).packed, ipaddress.IPv4Address(net.dns_server).packed)
             self.node.dataplane.set_guest_addresses(vrf, addresses)
-        self.apply_queue_rules()  # what the VMs send to a gateway or service address: to their service queues
+        self.rules_changed()  # what the VMs send to a gateway or service address: to their service queues
 
     # -- what the services ask (services.guests.Directory) ---------------------------------------
 
