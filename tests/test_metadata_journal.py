@@ -14,7 +14,7 @@ from tests.test_metadata_proxy import ProxyThread, Upstream_, exchange
 from vrouter.messages import FaultSpec, Identity
 from vrouter.services.metadata.faults import FaultError, Faults, Rule, check
 from vrouter.services.metadata.http import nova_like_response
-from vrouter.services.metadata.journal import Journal, Latency
+from vrouter.services.metadata.journal import MIN_PER_RING, Journal, Latency
 
 A = Identity("0b9c4f2e-7a51-4c4b-9d6e-0d3c1f5a2b77", "5a3f0c1e-2d4b-4f6a-8c9e-0b1d2f3a4c5e", "10.1.1.3", "port-a", "vm-a", 3)
 B = Identity("1c8d5e3f-8b62-4d5c-8e7f-1e4d2a6b3c88", "5a3f0c1e-2d4b-4f6a-8c9e-0b1d2f3a4c5e", "10.1.1.4", "port-b", "vm-b", 4)
@@ -144,6 +144,22 @@ def test_a_full_ring_drops_its_oldest_and_rings_are_per_instance():
     off = Journal(size=0)
     off.add(0.0, 3, "a", "", b"GET", b"/", 200, 1, 1, 0.001, 0.001)
     assert off.query() == [] and off.bring_up_to_date().request.message().count == 1  # not kept, but counted
+
+
+def test_many_instances_share_the_nodes_bound_equally():
+    j = Journal(size=100, node_size=1000)
+    for n in range(20):  # 20 instances of 100 entries each would be 2,000: each keeps 1000 / 20
+        for i in range(100):
+            j.add(float(i), 3 + n, "vm%d" % n, "10.1.1.3", b"GET", b"/%d" % i, 200, 10, 20, 0.001, 0.002)
+    assert j.count <= 1000 and j.per_ring == 50
+    assert all(len(ring) <= 50 for ring in j.rings.values())
+    assert [e.path for e in j.query(instance="vm0")][-1] == "/99"  # the newest stay
+    assert j.dropped == 2000 - j.count
+    crowd = Journal(size=100, node_size=1000)
+    for i in range(20):  # a share is never under MIN_PER_RING
+        for n in range(200):
+            crowd.add(0.0, 3, "vm%d" % n, "", b"GET", b"/", 200, 1, 1, 0.001, 0.001)
+    assert crowd.per_ring == MIN_PER_RING and crowd.count == 200 * MIN_PER_RING
 
 
 def test_latency_histogram_is_cumulative_with_an_inf_bucket():

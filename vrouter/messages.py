@@ -262,6 +262,7 @@ class ProxyConfig:
     fairness: Fairness
     tls: TlsFiles | None = None
     journal_size: int = 500  # entries kept per instance
+    journal_node_size: int = 50_000  # entries kept in all
 
 
 @dataclass

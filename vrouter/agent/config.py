@@ -55,6 +55,7 @@ class AgentConfig:
     metadata_burst_window_duration: float = 10.0
     metadata_burst_query_rate_limit: int = 10
     metadata_journal_size: int = 500  # requests the journal keeps per instance; 0: no journal
+    metadata_journal_node_size: int = 50_000  # requests it keeps in all (at least 16 an instance)
     flow_entries: int = 524_288
     flow_overflow_entries: int = 0  # 0: 20% of flow_entries
     flow_cache_timeout: int = 180
@@ -195,6 +196,7 @@ SCHEMA: dict[str, dict[str, tuple[str, Parser]]] = {
         "metadata_burst_window_duration": ("metadata_burst_window_duration", _seconds),
         "metadata_burst_query_rate_limit": ("metadata_burst_query_rate_limit", lambda s, k, v: _int(s, k, v, 1, 1 << 30)),
         "metadata_journal_size": ("metadata_journal_size", lambda s, k, v: _int(s, k, v, 0, 100_000)),
+        "metadata_journal_node_size": ("metadata_journal_node_size", lambda s, k, v: _int(s, k, v, 1000, 10_000_000)),
     },
     "FLOWS": {
         "flow_entries": ("flow_entries", lambda s, k, v: _int(s, k, v, 4, 1 << 24)),

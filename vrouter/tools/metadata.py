@@ -56,7 +56,7 @@ def print_log(ask: Ask, instance: str | None, vif: int | None, as_json: bool, ou
     if as_json:
         out.write(json.dumps(to_json(entries), indent=2) + "\n")
     elif page.dropped:
-        out.write("(%d older entries were dropped from full rings: [METADATA] metadata_journal_size)\n" % page.dropped)
+        out.write("(%d older entries were dropped from full rings: [METADATA] metadata_journal_size, metadata_journal_node_size)\n" % page.dropped)
     return 0
 
 

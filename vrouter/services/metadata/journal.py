@@ -6,7 +6,10 @@ Nova's latency (to its answer's head) and the whole request's, and why the
 proxy answered itself when it did (rate limit, fault, timeout, bad request,
 ...).  Bounded: a ring per instance (``[METADATA] metadata_journal_size``
 entries; a full ring drops its oldest), so that a chatty VM cannot push the
-others' entries out.  Entries are numbered in the order they were made, so a
+others' entries out; and on the node (``metadata_journal_node_size``, an
+entry being about 450 bytes): when the rings together would hold more, every
+ring is cut to an equal share of it (at least ``MIN_PER_RING``), so that a
+thousand instances do not hold 500 entries each.  Entries are numbered in the order they were made, so a
 reader follows the journal by asking for what came after the last it saw.
 
 The counters by instance and status, the responses per vif and the latency
@@ -37,6 +40,7 @@ from vrouter.messages import Histogram, JournalEntry
 
 UNKNOWN = ""  # the ring of requests whose source is no instance
 TALLY_EVERY = 1024  # entries between two tallies, when nobody reads them sooner
+MIN_PER_RING = 16  # what an instance keeps however many there are
 
 
 class Entry(NamedTuple):
@@ -72,8 +76,11 @@ def _entry(raw: Raw, wall_offset: float) -> Entry:
 
 
 class Journal:
-    def __init__(self, size: int = 500) -> None:
+    def __init__(self, size: int = 500, node_size: int = 50_000) -> None:
         self.size = size  # entries kept per instance; 0: no journal
+        self.node_size = node_size  # entries kept in all (but MIN_PER_RING an instance at least)
+        self.per_ring = size  # what a ring keeps now: less once there are many
+        self.count = 0  # entries in the rings
         self.rings: dict[str, deque[Raw]] = {}
         self.last = 0  # the last entry's number
         self.dropped = 0  # entries pushed out of full rings
@@ -93,10 +100,25 @@ class Journal:
             return
         ring = self.rings.get(instance)
         if ring is None:
-            ring = self.rings[instance] = deque(maxlen=self.size)
-        elif len(ring) == self.size:
+            ring = self.rings[instance] = deque()
+        elif len(ring) >= self.per_ring:
+            ring.popleft()
             self.dropped += 1
+            self.count -= 1
         ring.append(raw)
+        self.count += 1
+        if self.count > self.node_size and self.count > MIN_PER_RING * len(self.rings):
+            self._share()  # (not again while every ring is at its floor: that would cost each request)
+
+    def _share(self) -> None:
+        """More entries than the node keeps: every ring to an equal share (once per new instance
+        at most: until then each ring keeps to its share as it goes)."""
+        self.per_ring = max(MIN_PER_RING, min(self.size, self.node_size // len(self.rings)))
+        for ring in self.rings.values():
+            while len(ring) > self.per_ring:
+                ring.popleft()
+                self.dropped += 1
+                self.count -= 1
 
     def bring_up_to_date(self) -> Tally:
         """The tally, with every entry made so far."""

@@ -53,6 +53,7 @@ class MetadataProxy:
         max_idle_upstream: int = 64,
         fairness: Fairness | None = None,
         journal_size: int = 500,
+        journal_node_size: int = 50_000,
     ) -> None:
         self.identify = identify  # metadata IP -> who, or None
         self.upstream = upstream  # where Nova is, for one connection, or None
@@ -66,7 +67,7 @@ class MetadataProxy:
         self.open_per_peer: dict[str, int] = {}
         self.stats = ProxyCounters()
         self.clients: set[VMConnection] = set()
-        self.journal = Journal(journal_size)
+        self.journal = Journal(journal_size, journal_node_size)
         self.faults = Faults()
         self.per_vif: dict[int, VifMetadataCounters] = {}
         self._idle: list[NovaConnection] = []
@@ -109,7 +110,7 @@ class MetadataProxy:
 
     async def start(self, host: str | list[str], port: int) -> None:
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(lambda: VMConnection(self), host, port, reuse_address=True, backlog=1024)
+        server = await loop.create_server(lambda: VMConnection(self), host, port, reuse_address=True, backlog=4096)
         for sock in server.sockets:
             # Delayed ACKs from the first segment (accepted connections inherit it): the ACK of a
             # request goes with its answer instead of in a segment of its own, one crossing of the

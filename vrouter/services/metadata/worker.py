@@ -114,7 +114,13 @@ class Worker:
             raise WorkerError("[METADATA] TLS files: %s" % e) from None
         try:
             self.proxy = MetadataProxy(
-                self.identify, self.upstream, c.secret, read_timeout=c.read_timeout, fairness=c.fairness, journal_size=c.journal_size
+                self.identify,
+                self.upstream,
+                c.secret,
+                read_timeout=c.read_timeout,
+                fairness=c.fairness,
+                journal_size=c.journal_size,
+                journal_node_size=c.journal_node_size,
             )
             await self.proxy.start(c.hosts, c.port)
             gc.freeze()  # start-up's objects stay: out of the collector's full passes
