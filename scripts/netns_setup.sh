@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build or remove an emulated Tungsten Fabric compute node in network namespaces.
 #
-#   netns_setup.sh up [--vms N] [--prefix P] [--secret S] [--tls] [--dhcp] [--json]
+#   netns_setup.sh up [--vms N] [--networks K] [--prefix P] [--secret S] [--tls] [--dhcp] [--json]
 #                     [--qemu M (--image FILE | --kernel K [--initrd I] [--append A]) [--accel auto|kvm|tcg] [--memory MIB]]
 #                     [--user-data FILE] [--ssh-key PUBKEY_FILE] [--instances FILE]
 #   netns_setup.sh down [--prefix P]
@@ -14,8 +14,11 @@
 # namespace (10.10.0.1:8775) and `vrouter agent` in the compute namespace (vhost0 10.10.0.2), plugs
 # every VM's port and provisions the `metadata` link-local service (169.254.169.254:80 ->
 # 10.10.0.1:8775) through the agent's control socket, with the messages `vrouter network add`,
-# `vrouter port add` and `vrouter linklocal add` send. The VMs' network is 10.1.1.0/24: gateway
-# 10.1.1.1, service address (the agent's DHCP server and DNS) 10.1.1.2.
+# `vrouter port add` and `vrouter linklocal add` send. Virtual network J (1 to K) is 10.1.J.0/24:
+# gateway 10.1.J.1, service address (the agent's DHCP server and DNS) 10.1.J.2, a VRF of its own;
+# the VMs are dealt out to the networks in turn, and VMs of different networks do not reach each
+# other. --networks K: K networks (default: as many as the VMs need, 252 a network: one, 10.1.1.0/24,
+# up to 252 VMs). Up to 2000 VMs and guests in all.
 #
 # --dhcp: the namespace VMs take their address with busybox udhcpc (kept running; leases in
 # /run/vrouter/P/dhcp/) instead of a static one. --qemu M: M QEMU guests besides the namespace

@@ -68,10 +68,11 @@ class EmulatedHost:
     """A compute node built by topology.lab, with helpers that act inside its namespaces."""
 
     def __init__(self, vms: int, tls: bool = False, state_root: str | None = None, qemu: int = 0, dhcp: bool = False,
-                 boot: GuestBoot | None = None, user_data: str | None = None, ssh_key: str | None = None) -> None:  # fmt: skip
+                 boot: GuestBoot | None = None, user_data: str | None = None, ssh_key: str | None = None,
+                 networks: int = 0) -> None:  # fmt: skip
         self.prefix = unique_prefix()
         self.lab = Lab(self.prefix, state_root=state_root, say=lambda text: None)
-        topo = Topology.plan(self.prefix, vms, self.lab.state, tls=tls, qemu=qemu)
+        topo = Topology.plan(self.prefix, vms, self.lab.state, tls=tls, qemu=qemu, networks=networks)
         topo.dhcp = dhcp
         topo.user_data, topo.ssh_key = user_data, ssh_key
         if boot is not None:

@@ -23,6 +23,25 @@ def test_plan_gives_every_vm_its_own_names_and_addresses():
         Topology.plan("ab", MAX_VMS + 1, "/x")
 
 
+def test_vms_are_dealt_out_to_networks_each_its_own_subnet():
+    t = Topology.plan("ab", 7, "/x", secret="s", networks=3)
+    assert [n.subnet for n in t.networks] == ["10.1.1.0/24", "10.1.2.0/24", "10.1.3.0/24"]
+    assert [v.ip for v in t.vms] == ["10.1.1.3", "10.1.2.3", "10.1.3.3", "10.1.1.4", "10.1.2.4", "10.1.3.4", "10.1.1.5"]
+    assert [v.gateway for v in t.vms[:3]] == ["10.1.1.1", "10.1.2.1", "10.1.3.1"]
+    assert len({v.mac for v in t.vms}) == 7 and len({v.ipv6 for v in t.vms}) == 7
+    assert t.vms[1].vn_uuid == t.networks[1].uuid and t.vms[1].network == "ab-net2"
+    inst = t.instances()["instances"]
+    assert inst[2]["dns_server"] == "10.1.3.2" and inst[2]["vn_uuid"] == t.networks[2].uuid
+    assert [n["subnet"] for n in t.layout()["networks"]] == [n.subnet for n in t.networks]
+    one = Topology.plan("ab", 252, "/x")  # one network as long as the VMs fit, as before
+    assert len(one.networks) == 1 and one.vms[-1].ip == "10.1.1.254"
+    many = Topology.plan("ab", 1000, "/x")  # as many as they need
+    assert len(many.networks) == 4 and len({v.ip for v in many.vms}) == 1000
+    for bad in (2, 8):
+        with pytest.raises(ValueError, match="--networks"):
+            Topology.plan("ab", 7 if bad == 8 else 600, "/x", networks=bad)
+
+
 def test_layout_and_instances_describe_the_same_vms():
     t = Topology.plan("ab", 2, "/run/vrouter/ab", secret="s", tls=True)
     layout, inst = t.layout(), t.instances()["instances"]

@@ -1,6 +1,6 @@
 """``python -m topology``: what ``scripts/netns_setup.sh`` runs.
 
-netns_setup.sh up [--vms N] [--prefix P] [--secret S] [--tls] [--dhcp] [--json]
+netns_setup.sh up [--vms N] [--networks K] [--prefix P] [--secret S] [--tls] [--dhcp] [--json]
                   [--qemu M (--image FILE | --kernel K [--initrd I] [--append A]) [--accel auto|kvm|tcg] [--memory MIB]]
                   [--user-data FILE] [--ssh-key PUBKEY_FILE] [--instances FILE]
 netns_setup.sh down [--prefix P]
@@ -38,6 +38,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     ap = _Parser(prog=SCRIPT, add_help=False)
     ap.add_argument("command", nargs="?")
     ap.add_argument("--vms", default="2")
+    ap.add_argument("--networks", default="0")
     ap.add_argument("--prefix", default="vr")
     ap.add_argument("--secret")
     ap.add_argument("--tls", action="store_true")
@@ -65,6 +66,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
         ap.error("unknown command %s" % args.command)
     if not args.vms.isdigit() or not args.qemu.isdigit() or not 1 <= int(args.vms) + int(args.qemu) <= MAX_VMS:
         die("--vms %s --qemu %s: numbers, from 1 to %d VMs and guests in all" % (args.vms, args.qemu, MAX_VMS))
+    if not args.networks.isdigit():
+        die("--networks %s: a number of virtual networks (0 or absent: as many as the VMs need)" % args.networks)
     if not args.memory.isdigit() or (int(args.memory) and not 64 <= int(args.memory) <= 16384):
         die("--memory %s: MiB, from 64 to 16384" % args.memory)
     if int(args.qemu) == 0:
@@ -89,7 +92,7 @@ def _read(option: str, path: str) -> str:
 def plan(args: argparse.Namespace, state: str) -> Topology:
     """The node ``up`` builds, from its options."""
     try:
-        topo = Topology.plan(args.prefix, int(args.vms), state, args.secret, args.tls, qemu=int(args.qemu))
+        topo = Topology.plan(args.prefix, int(args.vms), state, args.secret, args.tls, qemu=int(args.qemu), networks=int(args.networks))
     except ValueError as e:
         die(str(e))
     topo.dhcp = args.dhcp

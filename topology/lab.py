@@ -165,12 +165,17 @@ class Lab:
         self.start_nova()
         self.start_agent()
         sock = os.path.join(self.state, "agent.sock")
-        net = call(sock, NetworkAdd(topo.vn, topo.subnet, self.prefix + "-net", topo.gateway, topo.dns_server))
-        self.say("network %s set: %s, gateway %s, service address %s" % (net.name, net.subnet, net.gateway, net.dns_server))
+        for n in topo.networks:
+            net = call(sock, NetworkAdd(n.uuid, n.subnet, n.name, n.gateway, n.dns_server))
+            self.say("network %s set: %s, gateway %s, service address %s" % (net.name, net.subnet, net.gateway, net.dns_server))
+        quiet = len(topo.ports) > 50
         for vm in topo.ports:
             p = call(sock, PortAdd(vm.port_uuid, vm.instance_uuid, vm.vn_uuid, vm.project_id, vm.ip, vm.ipv6, vm.mac, vm.tap, vm.name))
             vm.vif, vm.metadata_ip, vm.metadata_ip6 = p.vif, p.metadata_ip, p.metadata_ip6
-            self.say("port %s plugged as vif0/%d (%s, metadata IP %s)" % (p.uuid, p.vif, p.tap_name, p.metadata_ip))
+            if not quiet:
+                self.say("port %s plugged as vif0/%d (%s, metadata IP %s)" % (p.uuid, p.vif, p.tap_name, p.metadata_ip))
+        if quiet:
+            self.say("%d ports plugged, vif0/%d to vif0/%d (the layout lists them)" % (len(topo.ports), topo.ports[0].vif, topo.ports[-1].vif))
         call(sock, LinkLocalAdd("metadata", "169.254.169.254", "80", [topo.nova_ip], str(NOVA_PORT)))
         self.say("link-local service metadata set")
         if topo.dhcp:

@@ -10,9 +10,13 @@ removes it.  The picture::
                                 agent, dataplane, metadata proxy        nova-metadata :8775
     QEMU guestJ (virtio-net) -- tap<port uuid[:11]>   (the QEMU process runs in P-compute)
 
-Every VM and guest is a port of one virtual network, 10.1.1.0/24: gateway
-10.1.1.1, service address (DHCP server, DNS) 10.1.1.2, as Tungsten Fabric
-allocates them.  ``layout()`` is what ``scripts/netns_setup.sh up --json``
+Every VM and guest is a port of a virtual network: network J (1 to K) is
+10.1.J.0/24, with gateway 10.1.J.1 and service address (DHCP server, DNS)
+10.1.J.2, as Tungsten Fabric allocates them, and a VRF of its own in the agent.
+The VMs are dealt out to the networks in turn (vm1 to network 1, vm2 to network
+2, ...); VMs of different networks do not reach each other, as on a vRouter
+with no policy between them.  One network, 10.1.1.0/24, unless the VMs need
+more (252 a network) or ``networks`` asks for more.  ``layout()`` is what ``scripts/netns_setup.sh up --json``
 prints and writes to ``/run/vrouter/P/layout.json``; ``instances()`` is Nova's
 instance records, with their user data, keys and passwords.
 """
@@ -25,12 +29,39 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 FABRIC_NET = "10.10.0"
-VM_NET = "10.1.1"
+VM_NET = "10.1.1"  # the first network's
+VM_NET_BASE = "10.1"
 NOVA_PORT = 8775
 PROXY_PORT = 8097
-MAX_VMS = 200  # namespace VMs and guests together: one /24 with .1 and .2 taken
+MAX_VMS = 2000  # namespace VMs and guests together
+PER_NETWORK = 252  # a /24 with .1 (gateway), .2 (service address) and .255 taken
+MAX_NETWORKS = 250
 DEMO_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDemoKeyFor%sOnly%s demo@%s"
 INSTANCE_KEYS = {"name", "hostname", "public_keys", "user_data", "admin_pass", "vendor_data", "vendor_data2", "meta", "availability_zone"}
+
+
+@dataclass
+class Net:
+    """A virtual network: its own subnet and, in the agent, its own VRF."""
+
+    name: str
+    uuid: str
+    number: int  # J of 10.1.J.0/24
+
+    @property
+    def subnet(self) -> str:
+        return "%s.%d.0/24" % (VM_NET_BASE, self.number)
+
+    @property
+    def gateway(self) -> str:
+        return "%s.%d.1" % (VM_NET_BASE, self.number)
+
+    @property
+    def dns_server(self) -> str:
+        return "%s.%d.2" % (VM_NET_BASE, self.number)
+
+    def as_dict(self, dhcp: bool) -> dict[str, Any]:
+        return {"name": self.name, "uuid": self.uuid, "subnet": self.subnet, "gateway": self.gateway, "dns_server": self.dns_server, "dhcp": dhcp}
 
 
 @dataclass
@@ -51,6 +82,7 @@ class VM:
     prefix_len: int
     ipv6: str
     kind: str = "namespace"
+    network: str = ""  # its network's name
     vif: int = 0  # the agent's, once the port is plugged
     metadata_ip: str = ""
     metadata_ip6: str = ""
@@ -79,7 +111,7 @@ class Topology:
     state_dir: str
     secret: str
     project: str
-    vn: str
+    networks: list[Net]
     vms: list[VM] = field(default_factory=list)
     guests: list[VM] = field(default_factory=list)
     tls: bool = False
@@ -106,39 +138,56 @@ class Topology:
         return FABRIC_NET + ".1"
 
     @property
+    def vn(self) -> str:
+        """The first network's uuid."""
+        return self.networks[0].uuid
+
+    @property
     def subnet(self) -> str:
-        return VM_NET + ".0/24"
+        return self.networks[0].subnet
 
     @property
     def gateway(self) -> str:
-        return VM_NET + ".1"
+        return self.networks[0].gateway
 
     @property
     def dns_server(self) -> str:
-        return VM_NET + ".2"
+        return self.networks[0].dns_server
+
+    def network_of(self, vm: VM) -> Net:
+        return next(n for n in self.networks if n.uuid == vm.vn_uuid)
 
     @property
     def ports(self) -> list[VM]:
         return self.vms + self.guests
 
     @classmethod
-    def plan(cls, prefix: str, vms: int, state_dir: str, secret: str | None = None, tls: bool = False, qemu: int = 0) -> Topology:
+    def plan(cls, prefix: str, vms: int, state_dir: str, secret: str | None = None, tls: bool = False, qemu: int = 0, networks: int = 0) -> Topology:
         """Names, addresses and uuids for a node with ``vms`` namespace VMs and ``qemu`` guests on
-        one network (10.1.1.0/24)."""
-        if not 1 <= vms + qemu <= MAX_VMS or vms < 0 or qemu < 0:
+        ``networks`` virtual networks (0: as many as they need, 252 VMs a network)."""
+        total = vms + qemu
+        if not 1 <= total <= MAX_VMS or vms < 0 or qemu < 0:
             raise ValueError("--vms %d and --qemu %d: from 1 to %d in all" % (vms, qemu, MAX_VMS))
-        project, vn = str(uuid.uuid4()), str(uuid.uuid4())
-        topo = cls(prefix, state_dir, secrets.token_hex(16) if secret is None else secret, project, vn, tls=tls)
-        for i in range(1, vms + qemu + 1):
+        need = -(-total // PER_NETWORK)
+        k = networks or need
+        if not need <= k <= min(MAX_NETWORKS, total):
+            raise ValueError(
+                "--networks %d: from %d (%d VMs and guests, %d a network) to %d" % (k, need, total, PER_NETWORK, min(MAX_NETWORKS, total))
+            )
+        project = str(uuid.uuid4())
+        nets = [Net("%s-net" % prefix if j == 1 else "%s-net%d" % (prefix, j), str(uuid.uuid4()), j) for j in range(1, k + 1)]
+        topo = cls(prefix, state_dir, secrets.token_hex(16) if secret is None else secret, project, nets, tls=tls)
+        for i in range(1, total + 1):
             port = str(uuid.uuid4())
-            host = i + 2
+            net = nets[(i - 1) % k]
+            host = (i - 1) // k + 3
             guest = i > vms
             name = "guest%d" % (i - vms) if guest else "vm%d" % i
             vm = VM(
-                name=name, namespace="" if guest else "%s-%s" % (prefix, name), ip="%s.%d" % (VM_NET, host),
-                mac="02:00:0a:01:%02x:%02x" % (host >> 8, host & 0xFF), tap="tap" + port[:11], port_uuid=port,
-                instance_uuid=str(uuid.uuid4()), project_id=project, vn_uuid=vn, gateway=VM_NET + ".1", prefix_len=24,
-                ipv6="fd00:10:1:1::%x" % host, kind="qemu" if guest else "namespace",
+                name=name, namespace="" if guest else "%s-%s" % (prefix, name), ip="%s.%d.%d" % (VM_NET_BASE, net.number, host),
+                mac="02:00:0a:%02x:00:%02x" % (net.number, host), tap="tap" + port[:11], port_uuid=port,
+                instance_uuid=str(uuid.uuid4()), project_id=project, vn_uuid=net.uuid, gateway=net.gateway, prefix_len=24,
+                ipv6="fd00:10:1:%x::%x" % (net.number, host), kind="qemu" if guest else "namespace", network=net.name,
             )  # fmt: skip
             if guest:
                 vm.console = "%s/guests/%s.console" % (state_dir, name)
@@ -155,7 +204,7 @@ class Topology:
                 "public_keys": {"demo": DEMO_KEY % (vm.name, self.prefix, self.prefix)},
                 "user_data": "#cloud-config\nhostname: %s\n" % vm.name, "meta": {"role": "demo"},
                 "ip": vm.ip, "mac": vm.mac, "port_uuid": vm.port_uuid, "vn_uuid": vm.vn_uuid,
-                "gateway": vm.gateway, "netmask": "255.255.255.0", "dns_server": self.dns_server, "mtu": 1500,
+                "gateway": vm.gateway, "netmask": "255.255.255.0", "dns_server": self.network_of(vm).dns_server, "mtu": 1500,
                 # how the instance takes its address, as network_data.json says: a guest and a
                 # --dhcp VM by DHCP (ipv4_dhcp), a static namespace VM by its fixed address (ipv4)
                 "dhcp": vm.kind == "qemu" or self.dhcp, "security_groups": ["default"],
@@ -196,7 +245,8 @@ class Topology:
                 "url": "%s://%s:%d" % ("https" if self.tls else "http", self.nova_ip, NOVA_PORT),
                 "tls": {"ca": s + "/tls/ca.pem", "cert": s + "/tls/nova.pem", "key": s + "/tls/nova.key"} if self.tls else None,
             },  # fmt: skip
-            "network": {"uuid": self.vn, "subnet": self.subnet, "gateway": self.gateway, "dns_server": self.dns_server, "dhcp": self.dhcp},
+            "network": self.networks[0].as_dict(self.dhcp),  # the first, as before there were several
+            "networks": [n.as_dict(self.dhcp) for n in self.networks],
             "metadata_service": {"ip": "169.254.169.254", "ip6": "fe80::a9fe:a9fe", "port": 80},
             "metadata_proxy": {"ip": self.vhost_ip, "ip6": "fd00:a9fe:a9fe::1", "port": PROXY_PORT},
             "secret": self.secret,
