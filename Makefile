@@ -18,7 +18,7 @@ GUEST_IMAGE := $(GUEST_DIR)/debian12.qcow2
 GUEST_INITRAMFS := $(GUEST_DIR)/initramfs/initramfs.cpio.gz
 DEMO_PREFIX ?= demo
 
-BENCH_PKGS := haproxy nginx-light wrk
+BENCH_PKGS := haproxy nginx-light wrk iperf3
 SOAK_SECONDS ?= 180
 SOAK_VMS ?= 16
 

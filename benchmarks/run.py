@@ -300,6 +300,13 @@ class Bench:
                 raise RuntimeError("nothing listens on %s:%d in %s" % (ip, port, ns))
             time.sleep(0.1)  # polling for a listener, with a deadline
 
+    def wait_listening(self, ns: str, port: int) -> None:
+        deadline = time.monotonic() + 15
+        while not sh("ip", "netns", "exec", ns, "ss", "-Hltn", "sport = :%d" % port, check=False).stdout.strip():
+            if time.monotonic() > deadline:
+                raise RuntimeError("nothing listens on port %d in %s" % (port, ns))
+            time.sleep(0.05)  # polling for a listener, with a deadline
+
     # -- switching between the project and the references --------------------------------------
 
     def project(self) -> None:
@@ -450,6 +457,7 @@ class Bench:
             "udp_pps": round(got["packets"] / got["seconds"]) if got["seconds"] else 0,
             "udp_delivered": round(got["packets"] / sent, 3) if sent else 0,
         }
+        udp.update(self.iperf3_udp(a, b))
         if not tcp:
             return udp
         sink_t = subprocess.Popen(["ip", "netns", "exec", b["namespace"], sys.executable, "-c", TCP_SINK, b["ip"]], stdout=subprocess.PIPE, text=True)
@@ -457,6 +465,30 @@ class Bench:
         sh("ip", "netns", "exec", a["namespace"], sys.executable, "-c", TCP_SOURCE, b["ip"], str(self.seconds), timeout=self.seconds + 30)
         stream = json.loads(sink_t.communicate(timeout=30)[0])
         return {**udp, "tcp_mbit": round(stream["bytes"] * 8 / stream["seconds"] / 1e6, 1)}
+
+    def iperf3_udp(self, a: dict, b: dict) -> dict:
+        """Small UDP packets (64-byte payloads) from a C sender, iperf3 at full speed (-b 0): what
+        the receiver got a second, and the share of what was sent."""
+        server = subprocess.Popen(["ip", "netns", "exec", b["namespace"], "iperf3", "-s", "-1", "-B", b["ip"], "-p", "5201"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        end: dict = {}
+        try:
+            self.wait_listening(b["namespace"], 5201)  # not by connecting: iperf3 -s -1 would serve that one and exit
+            r = sh("ip", "netns", "exec", a["namespace"], "iperf3", "-u", "-c", b["ip"], "-p", "5201", "-l", "64", "-b", "0",
+                   "-t", str(int(self.seconds)), "--json", timeout=self.seconds + 60, check=False)  # fmt: skip
+            if r.stdout.strip():
+                end = json.loads(r.stdout).get("end", {}).get("sum", {})
+        finally:
+            try:
+                server.wait(10)  # it exits after its one test
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait(10)
+        packets, lost, secs = end.get("packets", 0), end.get("lost_packets", 0), end.get("seconds", 0)
+        return {
+            "iperf3_udp_pps": round((packets - lost) / secs) if secs else 0,
+            "iperf3_udp_delivered": round((packets - lost) / packets, 3) if packets else 0,
+        }
 
     def fairness(self) -> dict:
         """vm1 floods (hping3, as fast as it can); vm2 makes new metadata connections at 50/s and
@@ -578,32 +610,38 @@ def main() -> int:
         json.dump(res, f, indent=2)
     p, k, h = res["project"], res["kernel"], res["haproxy"]
     errors = {name: sum(v.get("errors", 0) for v in r.values()) for name, r in (("project", p), ("kernel", k), ("haproxy", h))}
-    lk = res["flows_400k"]["lookup_ns"] / res["flows_1k"]["lookup_ns"]
+    spread = res["flows_400k"]["packet_spread_ns"] / res["flows_1k"]["packet_spread_ns"]
     rows = [
         "| figure | this project | reference | ratio | target | met |",
         "| --- | ---: | ---: | ---: | --- | --- |",
-        fmt_row("metadata req/s, keep-alive, 1 VM", p["keepalive_1vm"]["rps"], h["keepalive_1vm"]["rps"], "haproxy", ">= 1.0x haproxy",
-                p["keepalive_1vm"]["rps"] >= h["keepalive_1vm"]["rps"], "/s"),
-        fmt_row("metadata req/s, keep-alive, 8 VMs", p["keepalive_8vm"]["rps"], h["keepalive_8vm"]["rps"], "haproxy", ">= 1.0x haproxy",
-                p["keepalive_8vm"]["rps"] >= h["keepalive_8vm"]["rps"], "/s"),
+        fmt_row("metadata req/s, keep-alive, 1 VM", p["keepalive_1vm"]["rps"], h["keepalive_1vm"]["rps"], "haproxy", ">= 1.5x haproxy",
+                p["keepalive_1vm"]["rps"] >= 1.5 * h["keepalive_1vm"]["rps"], "/s"),
+        fmt_row("metadata req/s, keep-alive, 8 VMs", p["keepalive_8vm"]["rps"], h["keepalive_8vm"]["rps"], "haproxy", ">= 1.5x haproxy",
+                p["keepalive_8vm"]["rps"] >= 1.5 * h["keepalive_8vm"]["rps"], "/s"),
         fmt_row("  (kernel DNAT, keep-alive, 8 VMs)", p["keepalive_8vm"]["rps"], k["keepalive_8vm"]["rps"], "kernel", "-", None, "/s"),
-        fmt_row("new metadata connections/s", p["new_conn"]["rps"], k["new_conn"]["rps"], "kernel", ">= 7,500/s and >= 0.5x kernel",
-                p["new_conn"]["rps"] >= 7500 and p["new_conn"]["rps"] >= 0.5 * k["new_conn"]["rps"], "/s"),
-        fmt_row("  (haproxy, new connections/s)", p["new_conn"]["rps"], h["new_conn"]["rps"], "haproxy", "-", None, "/s"),
+        fmt_row("new metadata connections/s", p["new_conn"]["rps"], k["new_conn"]["rps"], "kernel", ">= 0.5x kernel",
+                p["new_conn"]["rps"] >= 0.5 * k["new_conn"]["rps"], "/s"),
+        fmt_row("  (haproxy, new connections/s)", p["new_conn"]["rps"], h["new_conn"]["rps"], "haproxy", ">= 1.0x haproxy",
+                p["new_conn"]["rps"] >= h["new_conn"]["rps"], "/s"),
         fmt_row("latency p50 at %d req/s (ms)" % args.rate, p["latency"]["p50_ms"], h["latency"]["p50_ms"], "haproxy", "-", None, "ms"),
-        fmt_row("latency p99 at %d req/s (ms)" % args.rate, p["latency"]["p99_ms"], h["latency"]["p99_ms"], "haproxy", "<= 2x haproxy",
-                p["latency"]["p99_ms"] <= 2 * h["latency"]["p99_ms"], "ms"),
-        fmt_row("VM-to-VM small UDP packets/s", res["project_vm2vm"]["udp_pps"], res["kernel_vm2vm"]["udp_pps"], "kernel",
-                ">= 100,000/s", res["project_vm2vm"]["udp_pps"] >= 100_000, "/s"),
+        fmt_row("latency p99 at %d req/s (ms)" % args.rate, p["latency"]["p99_ms"], h["latency"]["p99_ms"], "haproxy", "<= 1.0x haproxy",
+                p["latency"]["p99_ms"] <= h["latency"]["p99_ms"], "ms"),
+        fmt_row("VM-to-VM small UDP packets/s (iperf3 -u -l 64 -b 0)", res["project_vm2vm"]["iperf3_udp_pps"],
+                res["kernel_vm2vm"]["iperf3_udp_pps"], "kernel", ">= 0.5x kernel",
+                0 < res["project_vm2vm"]["iperf3_udp_pps"] >= 0.5 * res["kernel_vm2vm"]["iperf3_udp_pps"], "/s"),
+        fmt_row("  (accept-only NFQUEUE consumer, no dataplane; iperf3)", res["project_vm2vm"]["iperf3_udp_pps"],
+                res["floor_vm2vm"]["iperf3_udp_pps"], "floor", "-", None, "/s"),
+        fmt_row("VM-to-VM small UDP packets/s (Python sender)", res["project_vm2vm"]["udp_pps"], res["kernel_vm2vm"]["udp_pps"], "kernel",
+                "-", None, "/s"),
         fmt_row("  (accept-only NFQUEUE consumer, no dataplane)", res["project_vm2vm"]["udp_pps"], res["floor_vm2vm"]["udp_pps"], "floor", "-",
                 None, "/s"),
         fmt_row("VM-to-VM TCP throughput (Mbit/s)", res["project_vm2vm"]["tcp_mbit"], res["kernel_vm2vm"]["tcp_mbit"], "kernel", "-", None, "Mbit/s"),
         fmt_row("flow lookup, 400K live flows (ns)", res["flows_400k"]["lookup_ns"], res["flows_1k"]["lookup_ns"], "1K flows",
-                "<= 1.2x 1K", lk <= 1.2, "ns"),
+                "- (retired)", None, "ns"),
         fmt_row("  (lookup among the same 1,000 flows, 400K live)", res["flows_400k"]["lookup_same_set_ns"],
                 res["flows_1k"]["lookup_same_set_ns"], "1K flows", "-", None, "ns"),
-        fmt_row("  (per-packet path, packets spread over all live flows)", res["flows_400k"]["packet_spread_ns"],
-                res["flows_1k"]["packet_spread_ns"], "1K flows", "-", None, "ns"),
+        fmt_row("per-packet path, packets spread over all live flows (ns)", res["flows_400k"]["packet_spread_ns"],
+                res["flows_1k"]["packet_spread_ns"], "1K flows", "<= 1.5x 1K", spread <= 1.5, "ns"),
         fmt_row("flow setup (pair), 400K live flows (ns)", res["flows_400k"]["setup_ns"], res["flows_1k"]["setup_ns"], "1K flows", "-", None, "ns"),
         fmt_row("agent + proxy process memory, RSS (KiB)", res["agent_rss_kib"], None, "", "-", None, "KiB"),
     ]  # fmt: skip

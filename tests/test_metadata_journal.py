@@ -156,7 +156,7 @@ def test_many_instances_share_the_nodes_bound_equally():
     assert [e.path for e in j.query(instance="vm0")][-1] == "/99"  # the newest stay
     assert j.dropped == 2000 - j.count
     crowd = Journal(size=100, node_size=1000)
-    for i in range(20):  # a share is never under MIN_PER_RING
+    for _ in range(20):  # a share is never under MIN_PER_RING
         for n in range(200):
             crowd.add(0.0, 3, "vm%d" % n, "", b"GET", b"/", 200, 1, 1, 0.001, 0.001)
     assert crowd.per_ring == MIN_PER_RING and crowd.count == 200 * MIN_PER_RING
