@@ -342,12 +342,13 @@ class Agent:
                 raise PortError("vif0/%d: cannot bind its NFQUEUE queue %d (%s): is another process using it?" % (vif_index, q, e)) from None
 
     def _remove_queue(self, vif_index: int) -> None:
-        if self._shell is None:
-            return
         for q in self.queues_of(vif_index):
-            if q in self._shell.queues:
-                self.queue_drops_gone += queue_drops(q)  # its count leaves /proc with it
-                self._shell.remove(q)
+            self._unbind(q)
+
+    def _unbind(self, q: int) -> None:
+        if self._shell is not None and q in self._shell.queues:
+            self.queue_drops_gone += queue_drops(q)  # its count leaves /proc with it
+            self._shell.remove(q)
 
     def rules_changed(self) -> None:
         """The VMs or the networks changed: the tables follow within ``RULES_DELAY``, once for all
@@ -387,9 +388,7 @@ class Agent:
             raise AgentError("cannot create the nftables table: %s" % e) from None
         leaving, self._leaving = self._leaving, set()
         for q in leaving:
-            if self._shell is not None and q in self._shell.queues:
-                self.queue_drops_gone += queue_drops(q)  # its count leaves /proc with it
-                self._shell.remove(q)
+            self._unbind(q)
 
     def services_changed(self) -> int:
         """The link-local services changed: the dataplane's table follows; return how many flow
