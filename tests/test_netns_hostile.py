@@ -367,3 +367,45 @@ def test_a_flooding_vm_fills_only_its_own_queue(fresh_pair, flood):
     theirs = h.cli_json("vif", "--get", str(b["vif"]))
     assert "Queue Overflow" not in theirs["drop_reasons"], theirs
     print("\nvm2 during a %s flood: 30 requests, worst %.3f s; vm1's drops %s" % (flood[1], answers["worst"], mine["drop_reasons"]))
+
+
+SQUAT = r"""
+import sys, time
+from netfilterqueue import NetfilterQueue
+q = NetfilterQueue()
+q.bind(int(sys.argv[1]), lambda pkt: pkt.drop())
+print("bound", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_queue_that_cannot_be_bound_is_refused_naming_it(fresh_pair):
+    """Another process holds the NFQUEUE queue a port would get: plugging it fails, naming the vif
+    and the queue, and leaves nothing half plugged; once the queue is free the port plugs."""
+    h = fresh_pair
+    vm = h.vms[1]
+    data, services = 2 * vm["vif"], 2 * vm["vif"] + 1
+
+    def bound() -> set[int]:
+        text = h.in_compute("cat", "/proc/net/netfilter/nfnetlink_queue").stdout
+        return {int(line.split()[0]) for line in text.splitlines() if line.split()}
+
+    assert {data, services} <= bound()
+    assert h.cli("port", "del", "--uuid", vm["port_uuid"]).returncode == 0
+    wait_until(lambda: not {data, services} & bound(), 10, "the unplugged VM's queues to go")
+    squatter = subprocess.Popen(["ip", "netns", "exec", h.compute, sys.executable, "-c", SQUAT, str(services)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    add = ["port", "add", "--uuid", vm["port_uuid"], "--instance-uuid", vm["instance_uuid"], "--vn-uuid", vm["vn_uuid"],
+           "--vm-project-uuid", vm["project_id"], "--ip-address", vm["ip"], "--mac", vm["mac"], "--tap-name", vm["tap"]]  # fmt: skip
+    try:
+        assert squatter.stdout.readline().strip() == "bound"
+        r = h.cli(*add)
+        assert r.returncode != 0 and "vif0/%d: cannot bind its NFQUEUE queue %d" % (vm["vif"], services) in r.stderr, r.stderr
+        assert not {data, services} & bound() - {services}  # its data queue was let go too
+        assert vm["port_uuid"] not in {p["uuid"] for p in h.cli_json("port", "list")}
+    finally:
+        squatter.stdin.close()
+        squatter.wait(10)
+    r = h.cli(*add)
+    assert r.returncode == 0, r.stderr
+    wait_until(lambda: h.metadata(1)[0] == 200, 15, "metadata once the queue was free")

@@ -304,7 +304,12 @@ class Agent:
         vif = Vif(port.vif, port.tap_name, ifindex, port.ip_address, port.mac, port.vrf, port_uuid=port.uuid, ip6=port.ipv6_address)
         self.node.dataplane.add_vif(vif)
         if self._shell is not None and self._shell.queues:
-            self._add_queue(port.vif)
+            try:
+                self._add_queue(port.vif)
+            except PortError:
+                self.node.dataplane.remove_vif(port.vif)  # not half plugged
+                await self.node.host.unplug(port.tap_name, port.ip_address, port.metadata_ip)
+                raise
             self.rules_changed()
         plugged = self.node.dataplane.vifs[port.vif]
         self.node.services.advertise(plugged)  # IPv6: a router advertisement at once, not in 30 s

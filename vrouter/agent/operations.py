@@ -141,8 +141,15 @@ class Operations:
         return PortPlugged(**port.to_dict(), tap_present=bool(vif and vif.ifindex))
 
     async def port_add(self, req: PortAdd) -> PortPlugged:
-        port = self.agent.ports.add(validate_port(dataclasses.asdict(req)))
-        await self.agent.plug(port)
+        new = validate_port(dataclasses.asdict(req))
+        known = new.uuid in self.agent.ports.ports
+        port = self.agent.ports.add(new)
+        try:
+            await self.agent.plug(port)
+        except PortError:
+            if not known:  # nothing of it stays: not in the table, not on disk
+                self.agent.ports.remove(port.uuid)
+            raise
         self.agent.networks_changed()  # a new network's VRF traps its gateway and service address
         await self.agent.tell_proxy()
         log.info("port %s plugged: vif0/%d %s %s vm %s", port.uuid, port.vif, port.tap_name, port.ip_address, port.instance_uuid)
