@@ -37,24 +37,7 @@ def proxy(upstream):
 
 
 def get(proxy: ProxyThread, path: str, source: str = "127.0.0.1", timeout: float = 5) -> bytes:
-    with socket.socket() as s:
-        s.settimeout(timeout)
-        s.bind((source, 0))
-        s.connect(("127.0.0.1", proxy.port))
-        s.sendall(GET % path.encode())
-        data = b""
-        while True:
-            try:
-                chunk = s.recv(65536)
-            except TimeoutError:
-                break
-            if not chunk:
-                break
-            data += chunk
-            head, sep, body = data.partition(b"\r\n\r\n")
-            if sep and b"content-length:" in head.lower() and len(body) >= int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0]):
-                break
-        return data
+    return exchange(proxy.port, GET % path.encode(), source=source, timeout=timeout)
 
 
 def status(answer: bytes) -> int:

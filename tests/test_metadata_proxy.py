@@ -138,9 +138,10 @@ def proxy(upstream):
     p.close()
 
 
-def exchange(port: int, raw: bytes, responses: int = 1, head: bool = False) -> bytes:
-    """Send raw bytes, read until `responses` complete responses (Content-Length or chunked) or EOF."""
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+def exchange(port: int, raw: bytes, responses: int = 1, head: bool = False, source: str = "", timeout: float = 5) -> bytes:
+    """Send raw bytes (from address ``source``, if given), read until `responses` complete responses
+    (Content-Length or chunked), EOF or ``timeout``."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout, source_address=(source, 0) if source else None) as s:
         s.sendall(raw)
         data = b""
         while True:
