@@ -332,9 +332,15 @@ class Agent:
         q = self.queue_num + 2 * vif_index
         return q, q + 1
 
-    def overflows_of(self, vif_index: int, overflows: dict[int, int]) -> int:
-        """What the kernel dropped from a VM's queues, given every queue's count."""
-        return sum(overflows.get(q, 0) for q in self.queues_of(vif_index))
+    def overflows_of(self, vif: Vif, overflows: dict[int, int]) -> int:
+        """What the kernel dropped from a VM's queues (0 for a host vif), given every queue's count
+        (``kernel_stats.all_queue_drops``)."""
+        return sum(overflows.get(q, 0) for q in self.queues_of(vif.index)) if vif.kind == "Virtual" else 0
+
+    def all_overflows(self, overflows: dict[int, int]) -> int:
+        """What the kernel dropped from every queue the agent reads, and from those of VMs gone."""
+        assert self._shell is not None
+        return sum(overflows.get(q, 0) for q in self._shell.queues) + self.queue_drops_gone
 
     def _add_queue(self, vif_index: int) -> None:
         assert self._shell is not None

@@ -88,7 +88,7 @@ class AgentCollector(Collector):
         overflows = all_queue_drops()
         for v in vifs:
             i = str(v.index)
-            overflow = agent.overflows_of(v.index, overflows) if v.kind == "Virtual" else 0
+            overflow = agent.overflows_of(v, overflows)
             if overflow:
                 drops.add_metric([i, v.name, "Queue Overflow"], overflow)
             packets.add_metric([i, v.name, "rx"], v.rx_packets)
@@ -102,7 +102,7 @@ class AgentCollector(Collector):
         node_drops = CounterMetricFamily("vrouter_drops", "Packets the dataplane dropped, by reason, on every vif and none.", labels=["reason"])
         for reason, n in sorted(dp.drops.items()):
             node_drops.add_metric([DROP_NAMES.get(reason, str(reason))], n)
-        node_drops.add_metric(["Queue Overflow"], sum(overflows.get(q, 0) for q in node.shell.queues) + agent.queue_drops_gone)
+        node_drops.add_metric(["Queue Overflow"], agent.all_overflows(overflows))
         yield node_drops
         yield GaugeMetricFamily("vrouter_flows_active", "Flow entries in the table (one direction each, as flow -l lists them).",
                                 value=node.table.active)  # fmt: skip

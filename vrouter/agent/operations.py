@@ -230,7 +230,7 @@ class Operations:
         for v in sorted(dp.vifs.values(), key=lambda v: v.index):
             queues = list(agent.queues_of(v.index)) if v.kind == "Virtual" else [agent.queue_num]
             mine = dict(reasons.get(v.index, {}))
-            overflow = agent.overflows_of(v.index, overflows) if v.kind == "Virtual" else 0
+            overflow = agent.overflows_of(v, overflows)
             if overflow:
                 mine["Queue Overflow"] = overflow
             out.append(VifRecord(
@@ -244,8 +244,7 @@ class Operations:
     def dropstats(self, _: DropStatsRequest) -> DropStats:
         drops = self.node.dataplane.drops
         counts = {DROP_NAMES[r]: drops.get(r, 0) for r in DROP_NAMES}
-        overflows = all_queue_drops()
-        counts["Queue Overflow"] = sum(overflows.get(q, 0) for q in self.node.shell.queues) + self.agent.queue_drops_gone
+        counts["Queue Overflow"] = self.agent.all_overflows(all_queue_drops())
         counts["Dataplane Error"] = self.node.shell.errors
         counts.update(kernel_ip_drops())
         return DropStats(counts)
