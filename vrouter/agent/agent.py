@@ -214,10 +214,10 @@ class Agent:
         self._made_table = True  # also when half made: a failed batch leaves nothing, delete is a no-op
         self.apply_queue_rules()
         host.enable_forwarding(True)
+        if cfg.metrics_port:  # before the control socket: once that answers, the agent is up
+            await self._start_metrics(node, vhost_ip, cfg.metrics_port)
         self._control = ControlServer(self.paths.socket, Operations(self, node).handlers(), (PortError, ServiceError, NetworkError, FaultError))
         await self._control.start()
-        if cfg.metrics_port:
-            await self._start_metrics(node, vhost_ip, cfg.metrics_port)
         with open(self.paths.pid, "w") as f:
             f.write("%d\n" % os.getpid())
         self._wrote_pid = True
