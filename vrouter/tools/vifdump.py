@@ -32,6 +32,7 @@ from typing import Any, BinaryIO, TextIO
 
 import dpkt
 
+from dataplane.core import frames
 from dataplane.core.capture import FRAME, OTHER_SIDE, RECORD, RX, SNAPLEN
 from dataplane.core.frames import VROUTER_MAC
 from flows.layout import DROP_NAMES, DropReason
@@ -43,8 +44,9 @@ _ETH = struct.Struct("!6s6sH")
 
 
 def mac_bytes(mac: str) -> bytes:
+    """The VM's MAC for the frames' headers; zeros when the agent gave none (or one it cannot parse)."""
     try:
-        return bytes.fromhex(mac.replace(":", "")) if mac else b"\0" * 6
+        return frames.mac_bytes(mac) if mac else b"\0" * 6
     except ValueError:
         return b"\0" * 6
 
@@ -104,7 +106,7 @@ def _arp(a: Any) -> str:
     if a.op == dpkt.arp.ARP_OP_REQUEST:
         return "ARP, Request who-has %s tell %s" % (tpa, spa)
     if a.op == dpkt.arp.ARP_OP_REPLY:
-        return "ARP, Reply %s is-at %s" % (spa, ":".join("%02x" % b for b in a.sha))
+        return "ARP, Reply %s is-at %s" % (spa, frames.mac_text(a.sha))
     return "ARP, op %d" % a.op
 
 
