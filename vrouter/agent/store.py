@@ -8,17 +8,20 @@ import tempfile
 from typing import Any
 
 
-def write_json_atomic(path: str, data: Any) -> None:
-    """Write ``data`` to ``path`` so that a reader sees the old file or the new one, never half."""
+def write_json_atomic(path: str, data: Any, sort_keys: bool = True, mode: int | None = None) -> None:
+    """Write ``data`` to ``path`` so that a reader sees the old file or the new one, never half;
+    ``mode``: the new file's permissions (else mkstemp's 0600)."""
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
+            json.dump(data, f, indent=2, sort_keys=sort_keys)
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -18,11 +18,11 @@ import base64
 import fcntl
 import json
 import os
-import tempfile
 import uuid as uuidlib
 from dataclasses import dataclass, field
 
 from fabric.nova_metadata import InstancesError, parse_instances
+from vrouter.agent.store import write_json_atomic
 
 MAX_USER_DATA = 65535  # Nova's limit, on the base64 form
 MAX_META_ITEMS = 128
@@ -114,7 +114,6 @@ def apply(inst: dict, change: InstanceChange) -> list[str]:
 def set_instance(path: str, change: InstanceChange) -> tuple[dict, list[str]]:
     """Apply ``change`` to the instance in the file at ``path`` and replace the file; return the
     instance as written and what changed."""
-    directory = os.path.dirname(os.path.abspath(path))
     try:
         lock = open(path + ".lock", "a")
     except OSError as e:
@@ -138,19 +137,8 @@ def set_instance(path: str, change: InstanceChange) -> tuple[dict, list[str]]:
         data = json.loads(text)
         items = data["instances"] if isinstance(data, dict) else data
         items[[i.get("uuid") for i in items].index(change.uuid)] = inst
-        fd, tmp = tempfile.mkstemp(prefix=".instances.", dir=directory)
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(data, f, indent=2)
-                f.write("\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, os.stat(path).st_mode & 0o777)
-            os.replace(tmp, path)
+            write_json_atomic(path, data, sort_keys=False, mode=os.stat(path).st_mode & 0o777)
         except OSError as e:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
             raise InstanceSetError("cannot write %s: %s" % (path, e.strerror)) from None
     return inst, done
