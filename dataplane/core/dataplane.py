@@ -12,7 +12,9 @@ agent, OVS's upcall handler and revalidator):
 * ``lifecycle.Lifecycle``: TCP close, eviction of closed pairs, aging;
 * ``entries.Entries``: the per-entry state and limits the three share;
 * ``vif.VifTable``, ``services.LinkLocalTable`` and ``traps.TrapTable``: what set-up reads;
-* ``capture.Captures``: vifdump's copies, in the path only while a capture runs.
+* ``capture.Captures``: vifdump's copies, in the path only while a capture runs;
+* ``overlay.Overlay``: routes to VMs on other nodes, their tunnels, the local labels;
+  ``from_fabric`` is the entry point of the packets tunnels bring.
 
 This class is what the agent configures: vifs plugged and unplugged, the
 link-local services, and the aging steps it schedules.  Changing a vif or a
@@ -21,15 +23,19 @@ service removes the flows that depended on it.
 
 from __future__ import annotations
 
+import time
+
 from dataplane.core.capture import Captures
 from dataplane.core.entries import Entries, Limits, PortAllocator
 from dataplane.core.fastpath import PacketPath, Verdict
 from dataplane.core.flowsetup import FlowSetup
 from dataplane.core.lifecycle import Lifecycle
+from dataplane.core.overlay import TUNNEL_NH_BASE, Overlay, Route
+from dataplane.core.packet import Malformed, parse
 from dataplane.core.services import LinkLocalService, LinkLocalTable
 from dataplane.core.traps import TrapTable
 from dataplane.core.vif import Vif, VifTable
-from flows.layout import Action
+from flows.layout import Action, DropReason, make_key
 from flows.table import FlowTable
 
 __all__ = ["Dataplane", "Limits", "Verdict"]
@@ -53,9 +59,12 @@ class Dataplane:
         self.host = self.vif_table.host
         self.services = LinkLocalTable(vhost_ip)
         self.traps = TrapTable()
+        self.overlay = Overlay(vhost_ip)
         self.entries = Entries(table, limits or Limits(), ports)
         self.lifecycle = Lifecycle(table, self.entries)
-        self.flow_setup = FlowSetup(table, self.entries, self.lifecycle, self.vif_table, self.services, self.traps, vhost_ip, proxy_port, ports)
+        self.flow_setup = FlowSetup(
+            table, self.entries, self.lifecycle, self.vif_table, self.services, self.traps, vhost_ip, proxy_port, ports, self.overlay
+        )
         self.path = PacketPath(table, self.entries, self.vif_table, self.flow_setup, self.lifecycle)
         self.process = self.path.process  # the per-packet entry point, without a call of ours around it
         self.captures = Captures(self.path, self.vif_table, table, self.entries)
@@ -88,16 +97,66 @@ class Dataplane:
                 return
             self.remove_vif(vif.index)
         self.vif_table.add(vif)
+        self.overlay.add_vif(vif)
 
     def remove_vif(self, index: int) -> int:
         """Forget a vif and remove every flow to or from it; return how many entries went."""
         vif = self.vif_table.remove(index)
         if vif is None:
             return 0
+        self.overlay.remove_vif(vif)
         for key in [k for k in self.path.vif_drops if k[0] == index]:
             del self.path.vif_drops[key]
         self.entries.forget_rate(index)
         return self.entries.delete([i for i, st in self.entries.live() if st.vin == index or st.out is vif])
+
+    # -- the overlay --------------------------------------------------------------------------------
+
+    def set_routes(self, routes: list[Route]) -> int:
+        """Replace the routes to VMs on other nodes; the flows of routes that changed or went
+        go.  Return how many entries went."""
+        changed = self.overlay.set_routes(routes)
+        if not changed:
+            return 0
+        doomed = []
+        for i, st in self.entries.live():
+            if (st.out is not None and st.out.kind == "Tunnel") or st.vin >= TUNNEL_NH_BASE:
+                e = self.table.read(i)
+                vrf = e.vrf
+                if (vrf, e.src[:4]) in changed or (vrf, e.dst[:4]) in changed:
+                    doomed.append(i)
+        return self.entries.delete(doomed)
+
+    def from_fabric(self, pkt: bytes, indev: int, now: int | None = None) -> Verdict:
+        """The verdict for a packet a tunnel brought (MPLS over UDP to vhost0): its inner
+        packet for the VM its label names, or a drop."""
+        if now is None:
+            now = time.time_ns()
+        path = self.path
+        d = self.overlay.decap(pkt)
+        if d is None:
+            return path.drop(DropReason.INVALID_PACKET)
+        inner, tunnel = d.inner, d.tunnel.vif
+        try:
+            p = parse(inner)
+        except Malformed:
+            return path.drop(DropReason.INVALID_PACKET, tunnel)
+        if len(p.src) != 4:
+            return path.drop(DropReason.INVALID_PACKET, tunnel)
+        tunnel.rx_packets += 1
+        tunnel.rx_bytes += len(inner)
+        key = make_key(tunnel.index, p.src, p.dst, p.proto, p.sport, p.dport)
+        index = self.table.lookup(key)
+        if index < 0:
+            index, refused = self.flow_setup.from_tunnel(d, p, key, now)
+            if refused:
+                return path.drop(refused, tunnel)
+        elif self.entries.states[index].out is not d.vif:  # type: ignore[union-attr]
+            return path.drop(DropReason.INVALID_SOURCE, tunnel)  # the label names another VM
+        v = path.hit(inner, tunnel, index, now, p.proto, p.tcp_flags, p.ihl)
+        if v.accept and v.payload is None:
+            return Verdict(True, inner)
+        return v
 
     # -- link-local services --------------------------------------------------------------------
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from dataplane.core.nat import Patch
+from dataplane.core.overlay import Encap
 from dataplane.core.traps import Trap
 from dataplane.core.vif import Vif
 from flows.layout import Action, DropReason
@@ -65,9 +66,9 @@ class FlowState:
 
     __slots__ = ("action", "patch", "out", "vin", "reason", "charge", "link_local", "port", "fresh", "closed_at", "trap")
 
-    def __init__(self, action: Action, patch: Patch | None, out: Vif | None, vin: int, reason: DropReason = DropReason.NONE) -> None:
+    def __init__(self, action: Action, patch: Patch | Encap | None, out: Vif | None, vin: int, reason: DropReason = DropReason.NONE) -> None:
         self.action = action
-        self.patch = patch  # the NAT rewrite of this direction, or None
+        self.patch = patch  # the NAT rewrite or the encapsulation of this direction, or None
         self.out = out  # the vif the packets leave by (counted as its TX), None for Drop
         self.vin = vin  # the vif index the packets come in on
         self.reason = reason  # for Drop

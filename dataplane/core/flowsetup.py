@@ -15,9 +15,15 @@ key it has already made.  Rules kept here:
   ICMP echo at the network's addresses: a trap entry, ``traps``); the link-local services (metadata: NAT to the
   local proxy from the port's metadata IP; others: NAT straight to the fabric
   from vhost0 with a port reserved by a real socket); the VM ports of the same
-  VRF (Forward); else a Drop entry (No L3 Route).  TCP and UDP only to
+  VRF (Forward); a VM of the same VRF on another node (Forward through its
+  node's tunnel: the forward half encapsulates, ``overlay``); else a Drop
+  entry (No L3 Route).  TCP and UDP only to
   link-local addresses; other protocols there get a Drop entry (Invalid
   Protocol).
+* A packet from a tunnel (``from_tunnel``) sets up a pair only for the local
+  VM its label names, addressed to that VM, from a route of the VM's VRF
+  through the tunnel it came by; otherwise nothing is set up (No L3 Route,
+  Invalid Source).
 * Forward and reverse entries are written together (``FlowTable.add_pair``);
   a stale entry with the new reverse key (left by an earlier flow) is removed
   first.
@@ -34,6 +40,7 @@ import struct
 from dataplane.core.entries import Entries, FlowState, PortAllocator
 from dataplane.core.lifecycle import Lifecycle
 from dataplane.core.nat import Patch, Rewrite
+from dataplane.core.overlay import Decapped, Overlay, Route, Tunnel
 from dataplane.core.packet import ICMP, TCP, UDP, Parsed
 from dataplane.core.services import LinkLocalService, LinkLocalTable
 from dataplane.core.traps import ANY_SOURCE, Trap, TrapTable
@@ -70,6 +77,7 @@ class FlowSetup:
         vhost_ip: str,
         proxy_port: int,
         ports: PortAllocator | None,
+        overlay: Overlay,
     ) -> None:
         self.table = table
         self.entries = entries
@@ -82,6 +90,7 @@ class FlowSetup:
         self.proxy_ip6_bytes = ipaddress.IPv6Address(PROXY_IP6).packed
         self.proxy_port = proxy_port
         self.ports = ports
+        self.overlay = overlay
         self.setups = 0  # pairs set up since start
         self._md_deltas: dict[tuple[bytes, bytes, int, bytes, bytes], tuple[int, int, bytes, int, int, bytes]] = {}
 
@@ -123,6 +132,10 @@ class FlowSetup:
             if p.dst[0] == 169 and p.dst[1] == 254 and p.proto not in (TCP, UDP):
                 return self._drop_entry(vif, key, DropReason.INVALID_PROTOCOL, now), _NONE
             dst = self.vifs.by_ip.get((vif.vrf, p.dst))
+            if dst is None and not v6:
+                remote = self.overlay.route(vif.vrf, p.dst)
+                if remote is not None:
+                    return self._to_tunnel(vif, *remote, p, key, now), _NONE
             if dst is None or dst is vif:
                 return self._drop_entry(vif, key, DropReason.NO_ROUTE, now), _NONE
             return self._forward(vif, dst, p, key, now), _NONE
@@ -175,6 +188,41 @@ class FlowSetup:
         fst = FlowState(Action.FORWARD, None, dst, vif.index)
         rst = FlowState(Action.FORWARD, None, vif, dst.index)
         return self._pair(key, fspec, fst, rkey, rspec, rst, (vif, dst), False, now)
+
+    def _to_tunnel(self, vif: Vif, route: Route, tunnel: Tunnel, p: Parsed, key: bytes, now: int) -> int:
+        rports = (p.sport, p.dport) if p.proto == ICMP else (p.dport, p.sport)
+        rkey = make_key(tunnel.nh, p.dst, p.src, p.proto, *rports)
+        fspec = FlowSpec(Action.FORWARD, vrf=vif.vrf, dvrf=vif.vrf, src_nh=vif.nh, vif=vif.index)
+        rspec = FlowSpec(Action.FORWARD, vrf=vif.vrf, dvrf=vif.vrf, src_nh=tunnel.nh, vif=0)
+        fst = FlowState(Action.FORWARD, self.overlay.encap_to(route, tunnel, key), tunnel.vif, vif.index)
+        rst = FlowState(Action.FORWARD, None, vif, tunnel.nh)
+        return self._pair(key, fspec, fst, rkey, rspec, rst, (vif,), False, now)
+
+    def from_tunnel(self, d: Decapped, p: Parsed, key: bytes, now: int) -> Outcome:
+        """Set up the flow of a packet that came by a tunnel (``key``: of its inner packet, keyed
+        by the tunnel's next hop) for the local vif its label names."""
+        vif, tunnel = d.vif, d.tunnel
+        if self.lifecycle.evict_due(now):
+            self.lifecycle.evict_closed(now, 2)
+        if p.dst != vif.ip_bytes:
+            return _REFUSED[DropReason.NO_ROUTE]
+        remote = self.overlay.route(vif.vrf, p.src)
+        if remote is None or remote[1] is not tunnel:
+            return _REFUSED[DropReason.INVALID_SOURCE]
+        refused = self.entries.over_limit(vif, False)
+        if refused:
+            return _REFUSED[refused]
+        route = remote[0]
+        rports = (p.sport, p.dport) if p.proto == ICMP else (p.dport, p.sport)
+        rkey = make_key(vif.index, p.dst, p.src, p.proto, *rports)
+        fspec = FlowSpec(Action.FORWARD, vrf=vif.vrf, dvrf=vif.vrf, src_nh=tunnel.nh, vif=0)
+        rspec = FlowSpec(Action.FORWARD, vrf=vif.vrf, dvrf=vif.vrf, src_nh=vif.nh, vif=vif.index)
+        fst = FlowState(Action.FORWARD, None, vif, tunnel.nh)
+        rst = FlowState(Action.FORWARD, self.overlay.encap_to(route, tunnel, rkey), tunnel.vif, vif.index)
+        try:
+            return self._pair(key, fspec, fst, rkey, rspec, rst, (vif,), False, now), _NONE
+        except TableFull:
+            return _REFUSED[DropReason.FLOW_TABLE_FULL]
 
     def metadata_deltas(self, src: bytes, dst: bytes, dport: int, md: bytes, proxy: bytes) -> tuple[int, int, bytes, int, int, bytes]:
         """What a metadata NAT pair's patches share: the checksum changes and the new addresses,

@@ -21,15 +21,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 from netfilterqueue import COPY_PACKET, NetfilterQueue, Packet
 
-from dataplane.core.dataplane import Dataplane
+from dataplane.core.dataplane import Dataplane, Verdict
 from dataplane.linux.verdicts import NF_ACCEPT, NF_DROP, VerdictWriter
 
 log = logging.getLogger("vrouter.dataplane")
 
 QUEUE_MAXLEN = 4096  # packets the kernel holds for the node's queue before it drops (fail closed)
+Process = Callable[[bytes, int, int], Verdict]  # (packet, ifindex it came in on, now) -> verdict
 DRAIN_BUDGET = 128  # packets one drain of one queue takes before the others get their turn
 
 
@@ -40,9 +42,10 @@ class _Enough(Exception):
 class _Queue:
     """One NFQUEUE queue: its binding, its verdict writer, its share of each turn."""
 
-    def __init__(self, shell: QueueShell, num: int, max_len: int) -> None:
+    def __init__(self, shell: QueueShell, num: int, max_len: int, process: Process | None = None) -> None:
         self.shell = shell
         self.dataplane = shell.dataplane
+        self.process = process  # None: the dataplane's per-packet path (which a capture may replace)
         self.num = num
         self.nfq = NetfilterQueue()
         self.nfq.bind(num, self.handle, max_len=max_len, mode=COPY_PACKET, range=0xFFFF)
@@ -52,7 +55,7 @@ class _Queue:
     def handle(self, pkt: Packet) -> None:
         verdicts = self.verdicts
         try:
-            v = self.dataplane.process(pkt.get_payload(), pkt.indev, time.time_ns())
+            v = (self.process or self.dataplane.process)(pkt.get_payload(), pkt.indev, time.time_ns())
         except Exception:  # a bug must not stop the dataplane: drop the packet and say so once
             self.shell.failed()
             verdicts.verdict(pkt.id, NF_DROP)
@@ -95,12 +98,13 @@ class QueueShell:
         self.add(self.queue_num, QUEUE_MAXLEN)
         log.info("reading NFQUEUE %d", self.queue_num)
 
-    def add(self, num: int, max_len: int) -> None:
-        """Read queue ``num`` too (OSError if it cannot be bound: another process has it)."""
+    def add(self, num: int, max_len: int, process: Process | None = None) -> None:
+        """Read queue ``num`` too, with ``process`` for its packets (default: the dataplane's
+        per-packet path); OSError if it cannot be bound: another process has it."""
         if num in self.queues:
             return
         assert self._loop is not None
-        q = _Queue(self, num, max_len)
+        q = _Queue(self, num, max_len, process)
         self.queues[num] = q
         self._loop.add_reader(q.nfq.get_fd(), q.drain)
 

@@ -194,6 +194,8 @@ class QueueRules:
     nat_ports: tuple[int, int] = (61000, 65535)  # the fabric's replies to link-local NAT flows
     vms: tuple[VmQueue, ...] = ()
     service_ips: tuple[bytes, ...] = ()  # 4 bytes each: the networks' gateways and service addresses
+    tunnel_queue: int = -1  # MPLS over UDP from other nodes (UDP to tunnel_port on vhost0); -1: none
+    tunnel_port: int = 6635
 
 
 def buckets_for(n: int) -> int:
@@ -331,7 +333,8 @@ class NftSocket:
         to a service (a jump to ``from_vms_to_services``) to its service queue, the rest to its
         data queue, what the node sends to its metadata IP to its service queue; then, to the
         node's queue, the rest from the taps, TCP and UDP arriving on vhost0 for the link-local
-        NAT port range, and the compute node's own packets to other per-port metadata IPs."""
+        NAT port range, and the compute node's own packets to other per-port metadata IPs; to the
+        tunnel queue, MPLS over UDP arriving on vhost0."""
         net, mask = rules.metadata_net
         node = _nfqueue(rules.queue_num, rules.queue_total)
         lo, hi = rules.nat_ports
@@ -351,14 +354,27 @@ class NftSocket:
         msgs += _bucketed(name, "from_vms", (iif,), 4, vms_in)
         msgs += _bucketed(name, "to_metadata_ips", (_payload(19, 1),), 1, vms_out)
         msgs.append(_queue_rule(name, "from_vms", node, _meta(NFT_META_IIFNAME), _cmp_eq(rules.tap_prefix.encode())))
+        vhost = (_meta(NFT_META_IIFNAME), _cmp_eq(rules.vhost_name.encode() + b"\0"))
+        if rules.tunnel_queue >= 0:
+            msgs.append(
+                _queue_rule(
+                    name,
+                    "from_vms",
+                    _nfqueue(rules.tunnel_queue, 1),
+                    *vhost,
+                    _meta(NFT_META_L4PROTO),
+                    _cmp_eq(b"\x11"),
+                    _payload(2, 2, NFT_PAYLOAD_TRANSPORT_HEADER),
+                    _cmp_eq(struct.pack("!H", rules.tunnel_port)),
+                )  # fmt: skip
+            )
         for proto in (6, 17):
             msgs.append(
                 _queue_rule(
                     name,
                     "from_vms",
                     node,
-                    _meta(NFT_META_IIFNAME),
-                    _cmp_eq(rules.vhost_name.encode() + b"\0"),
+                    *vhost,
                     _meta(NFT_META_L4PROTO),
                     _cmp_eq(bytes([proto])),
                     _payload(2, 2, NFT_PAYLOAD_TRANSPORT_HEADER),
