@@ -10,7 +10,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 SYSTEM_PKGS := iproute2 libnetfilter-queue-dev libnfnetlink-dev gcc curl iputils-ping procps nftables openssl \
-	qemu-system-x86 qemu-utils cpio openssh-client tcpdump hping3
+	qemu-system-x86 qemu-utils cpio openssh-client tcpdump hping3 etcd-server
 # for make guest-image only: Debian's image builder
 IMAGE_PKGS := mmdebstrap e2fsprogs
 GUEST_DIR := build/guest
@@ -26,7 +26,10 @@ SOAK_VMS ?= 16
 
 install: system-deps busybox venv
 
-# Debian packages, installed only when missing (apt-get update only then too).
+# Debian packages, installed only when missing (apt-get update only then too).  No service they
+# bring is started on the host (policy-rc.d says no while apt runs): etcd-server's etcd runs only
+# inside the lab's namespaces (topology/etcd.py), so when this installs it, its etcd.service,
+# which the package enables, is also disabled.
 system-deps:
 	@missing=""; for p in $(SYSTEM_PKGS); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
@@ -34,8 +37,13 @@ system-deps:
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  if [ "$$(id -u)" != 0 ]; then echo "need root to install:$$missing" >&2; exit 1; fi; \
+	  made=""; if [ ! -e /usr/sbin/policy-rc.d ]; then printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; made=1; fi; \
 	  DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; rc=$$?; \
+	  [ -n "$$made" ] && rm -f /usr/sbin/policy-rc.d; \
+	  case " $$missing " in *" etcd-server "*) \
+	    systemctl disable etcd.service >/dev/null 2>&1 || true; systemctl stop etcd.service >/dev/null 2>&1 || true;; \
+	  esac; exit $$rc; \
 	fi
 
 # udhcpc for the namespace VMs' DHCP (netns_setup.sh up --dhcp): any busybox will do; if there is
@@ -52,7 +60,7 @@ $(VENV)/.installed: pyproject.toml | system-deps
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
 	$(BIN)/python -m pip install -q -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
-	@$(BIN)/python -c "import netfilterqueue, pyroute2, httptools, uvloop, scapy, pytest, mypy, dpkt, prometheus_client" && touch $@
+	@$(BIN)/python -c "import netfilterqueue, pyroute2, httptools, uvloop, scapy, pytest, mypy, dpkt, prometheus_client, etcd3gw" && touch $@
 
 demo: install $(if $(GUEST),guest-image,)
 	@bash scripts/demo.sh $(DEMO_PREFIX) $(if $(KEEP),keep,) $(if $(GUEST),guest,)
