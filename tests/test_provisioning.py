@@ -41,11 +41,22 @@ def test_config_reads_contrail_sections():
         ("[NOPE]\nx = 1\n", "NOPE"),
         ("[DEFAULT]\nlog_level = LOUD\n", "log_level"),
         ("[METADATA]\nmetadata_use_ssl = true\n", "metadata_ca_cert"),
+        ("[ETCD]\nservers = 10.10.0.1:2379\n", "servers"),
+        ("[ETCD]\nservers = http://10.10.0.1:99999\n", "servers"),
+        ("[ETCD]\nkey_prefix = vrouter\n", "key_prefix"),
+        ("[DEFAULT]\nhostname = bad name\n", "hostname"),
     ],
 )
 def test_bad_config_names_the_key(text, named):
     with pytest.raises(ConfigError, match=named):
         parse_config(text)
+
+
+def test_config_reads_the_cluster_keys():
+    cfg = parse_config("[DEFAULT]\nhostname = vr-compute2\n[ETCD]\nservers = http://10.10.0.1:2379, http://10.10.0.9:2379/\nkey_prefix = /cloud/a/\n")
+    assert cfg.hostname == "vr-compute2" and cfg.etcd_servers == ("http://10.10.0.1:2379", "http://10.10.0.9:2379")
+    assert cfg.etcd_key_prefix == "/cloud/a/"
+    assert parse_config("").etcd_servers == ()  # none: the local files alone
 
 
 def test_port_defaults_and_normalisation():

@@ -13,12 +13,15 @@
     vrouter metadata fault add|list|del   make the metadata path misbehave, per instance
     vrouter instance set     change an instance's metadata while its node runs
     vrouter vifdump -i N     the packets of one vif, printed or as pcap
+    vrouter rt --dump VRF    the routes of a VRF (local VMs, and VMs on other nodes by tunnel)
+    vrouter nh --list|--get ID   next hops (interfaces, tunnels)
+    vrouter mpls --dump      MPLS labels to next hops
 
 Every command but ``agent``, ``nova-metadata`` and ``instance`` acts on a running agent,
 found through its state directory: ``--state-dir``, ``--prefix P`` for
-``/run/vrouter/P``, $VROUTER_STATE_DIR, else the node whose namespace the
-command runs in (``P-compute``), else the one node that is up (see
-``vrouter.tools.locate``).
+``/run/vrouter/P`` (with ``--node I``: node I of a cluster), $VROUTER_STATE_DIR,
+else the node whose namespace the command runs in (``P-compute``, ``P-computeI``),
+else the one node that is up (see ``vrouter.tools.locate``).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import ssl
 import sys
@@ -47,12 +51,16 @@ from vrouter.messages import (
     LinkLocalDel,
     LinkLocalImport,
     LinkLocalList,
+    MplsDump,
     NetworkAdd,
     NetworkDel,
     NetworkList,
+    NhGet,
+    NhList,
     PortAdd,
     PortDel,
     PortList,
+    RouteDump,
     StatusRequest,
     VifList,
     to_json,
@@ -61,6 +69,7 @@ from vrouter.tools.dropstats import format_dropstats
 from vrouter.tools.flow import NoTable
 from vrouter.tools.locate import Ambiguous
 from vrouter.tools.locate import state_dir as locate_state_dir
+from vrouter.tools.overlay import format_mpls, format_nh, format_nh_list, format_rt
 from vrouter.tools.status import format_status
 from vrouter.tools.vif import format_vifs
 
@@ -70,7 +79,7 @@ class UsageError(Exception):
 
 
 def _state_dir(args: argparse.Namespace, single_node: bool = True) -> str:
-    return locate_state_dir(getattr(args, "state_dir", None), getattr(args, "prefix", None), single_node)
+    return locate_state_dir(getattr(args, "state_dir", None), getattr(args, "prefix", None), single_node, getattr(args, "node", None))
 
 
 def _print(data: Any, as_json: bool, text: str) -> None:
@@ -279,6 +288,28 @@ def cmd_dropstats(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rt(args: argparse.Namespace) -> int:
+    table = _agent_call(args, RouteDump(args.dump))
+    _print(table, args.json, format_rt(table))
+    return 0
+
+
+def cmd_nh(args: argparse.Namespace) -> int:
+    if args.get is not None:
+        nh = _agent_call(args, NhGet(args.get))
+        _print(nh, args.json, format_nh(nh))
+    else:
+        nhs = _agent_call(args, NhList())
+        _print(nhs, args.json, format_nh_list(nhs))
+    return 0
+
+
+def cmd_mpls(args: argparse.Namespace) -> int:
+    labels = _agent_call(args, MplsDump())
+    _print(labels, args.json, format_mpls(labels))
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     st = _agent_call(args, StatusRequest())
     _print(st, args.json, format_status(st))
@@ -323,6 +354,9 @@ def cmd_instance(args: argparse.Namespace) -> int:
     from vrouter.tools.instances import InstanceSetError, change_of, set_instance
 
     path = args.instances or StatePaths.of(_state_dir(args, single_node=True)).instances
+    if not args.instances and not os.path.exists(path):  # a node of a cluster: Nova's file is the cluster's
+        above = os.path.join(os.path.dirname(os.path.dirname(path)), "instances.json")
+        path = above if os.path.exists(above) else path
     try:
         change = change_of(args.uuid, args.name, args.user_data, args.ssh_key, args.meta or [])
         inst, done = set_instance(path, change)
@@ -363,7 +397,14 @@ def _target_args(p: argparse.ArgumentParser) -> None:
         help="the agent's state directory (default: $VROUTER_STATE_DIR, else the node whose namespace this runs in, else the one node that is up)",
     )
     g.add_argument("-p", "--prefix", help="shorthand for --state-dir /run/vrouter/PREFIX (as netns_setup.sh --prefix)")
+    g.add_argument("--node", type=_node_number, metavar="I", help="node I of a cluster of several (netns_setup.sh up --nodes K)")
     p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _node_number(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 999:
+        raise argparse.ArgumentTypeError("%r: a node number, 1 to 999" % text)
+    return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -463,6 +504,26 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("dropstats", help="drop counters by reason", description="Dropped packets, by reason.")
     _target_args(d)
     d.set_defaults(func=cmd_dropstats)
+
+    rt = sub.add_parser("rt", help="the routes of a VRF (rt --dump VRF)", description="The routing table of a VRF: local VMs and, through "
+                        "tunnels, the VMs of its network on other nodes.")  # fmt: skip
+    rt.add_argument("--dump", type=int, required=True, metavar="VRF", help="the VRF (vrouter network list shows each network's)")
+    _target_args(rt)
+    rt.set_defaults(func=cmd_rt)
+
+    nh = sub.add_parser("nh", help="next hops (nh --list, nh --get ID)", description="Next hops: VM interfaces (Encap), tunnels to other "
+                        "nodes (Tunnel, MPLS over UDP), vhost0 (Receive), Drop.")  # fmt: skip
+    g = nh.add_mutually_exclusive_group(required=True)
+    g.add_argument("--list", action="store_true", help="every next hop")
+    g.add_argument("--get", type=int, metavar="ID", help="next hop ID")
+    _target_args(nh)
+    nh.set_defaults(func=cmd_nh)
+
+    mp = sub.add_parser("mpls", help="MPLS labels and their next hops (mpls --dump)", description="The MPLS input label map: each local VM "
+                        "interface's label and its next hop.")  # fmt: skip
+    mp.add_argument("--dump", action="store_true", required=True, help="every label")
+    _target_args(mp)
+    mp.set_defaults(func=cmd_mpls)
 
     s = sub.add_parser("status", help="is the agent running", description="The running agent's state.")
     _target_args(s)

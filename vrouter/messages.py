@@ -227,6 +227,73 @@ class DropStats:
     counts: dict[str, int]  # dropstats' names, in its order
 
 
+# -- the overlay: routes, next hops, labels (vrouter rt, nh, mpls) ------------------------------------
+
+
+@dataclass
+class RouteDump:
+    vrf: int
+
+
+@dataclass
+class RouteRecord:
+    """One route of a VRF, as ``rt --dump VRF`` shows it."""
+
+    prefix: str  # 10.1.1.3 or fd00:10:1:1::3
+    prefix_len: int  # 32 (or 128)
+    nh: int  # its next hop's id
+    label: int  # the MPLS label a packet to it carries (-1: none, a local route)
+    flags: str  # L (label valid), P (proxy ARP): as rt prints them
+    mac: str = ""  # the VM's MAC (the stitched MAC of a local route)
+    node: str = ""  # the compute node that hosts the address
+    port_uuid: str = ""
+
+
+@dataclass
+class RouteTable:
+    vrf: int
+    network: str  # the virtual network's name ("" if the VRF has none)
+    vn_uuid: str
+    routes: list[RouteRecord] = field(default_factory=list)
+
+
+@dataclass
+class NhList:
+    pass
+
+
+@dataclass
+class NhGet:
+    id: int
+
+
+@dataclass
+class NhRecord:
+    """A next hop, as ``nh --list`` and ``nh --get ID`` show it."""
+
+    id: int
+    type: str  # Encap (a VM interface), Tunnel (MPLS over UDP to another node), Receive (vhost0), Drop
+    vrf: int
+    ref_count: int  # routes and labels that use it
+    flags: list[str]  # Valid, MPLSoUDP, Policy, ...
+    oif: int = -1  # the vif it leaves by (Encap, Receive; a tunnel's: vhost0, vif 0)
+    mac: str = ""  # Encap: the VM's MAC; Tunnel: none (the fabric's is the kernel's)
+    sip: str = ""  # Tunnel: this node's vhost0 address
+    dip: str = ""  # Tunnel: the other node's vhost0 address
+    node: str = ""  # Tunnel: the other node's name
+
+
+@dataclass
+class MplsDump:
+    pass
+
+
+@dataclass
+class MplsRecord:
+    label: int
+    nh: int
+
+
 # -- agent -> metadata proxy process --------------------------------------------------------------
 
 
@@ -531,6 +598,21 @@ class ProxyStatus(ProxyCounters):
 
 
 @dataclass
+class ClusterStatus:
+    """The node's link to the cloud's etcd (``vrouter.agent.cluster``)."""
+
+    node: str
+    servers: list[str]
+    connected: bool
+    revision: int  # etcd's revision of the last change applied on this node
+    resyncs: int  # full loads since start (one per (re)connection)
+    remote_routes: int
+    remote_nodes: int
+    pending: int  # changes made on this node that wait for etcd
+    last_change_ms: float  # when the last change from etcd was applied (ms since the epoch)
+
+
+@dataclass
 class Status:
     pid: int
     uptime_s: float
@@ -548,6 +630,7 @@ class Status:
     dataplane_errors: int
     verdict_write_errors: int  # failed writes of verdicts: their packets were dropped
     verdict_writes: int
+    cluster: ClusterStatus | None = None  # None: no etcd configured, the local files alone
 
 
 # -- the operations -----------------------------------------------------------------------------------
@@ -573,6 +656,10 @@ CONTROL_OPS: dict[str, tuple[type, Any]] = {
     "metadata.fault.del": (FaultDel, FaultRecord),
     "vifdump.start": (VifdumpStart, VifdumpStarted),
     "vifdump.stop": (VifdumpStop, VifdumpStopped),
+    "rt.dump": (RouteDump, RouteTable),
+    "nh.list": (NhList, list[NhRecord]),
+    "nh.get": (NhGet, NhRecord),
+    "mpls.dump": (MplsDump, list[MplsRecord]),
 }
 # ... the agent to its metadata proxy process
 PROXY_OPS: dict[str, tuple[type, Any]] = {

@@ -28,11 +28,12 @@ from dataclasses import dataclass
 
 from dataplane.core.dataplane import Dataplane, Limits
 from dataplane.core.vif import PROXY_IP6, Vif
-from dataplane.linux.nfqueue import QueueShell
+from dataplane.linux.nfqueue import QUEUE_MAXLEN, QueueShell
 from dataplane.linux.nftables import NftError, NftSocket, QueueRules, VmQueue
 from dataplane.linux.pkt0 import Pkt0
 from dataplane.linux.ports import PORT_RANGE, SocketPortAllocator
 from flows.table import FlowTable
+from vrouter.agent.cluster import Cluster
 from vrouter.agent.config import AgentConfig
 from vrouter.agent.control import ControlServer
 from vrouter.agent.host import HostNetwork, in_namespace_hint, raise_open_files_limit, sysctl
@@ -114,6 +115,7 @@ class Agent:
         self.queue_drops_gone = 0  # queue overflows of VMs unplugged since start
         self._rules_due: asyncio.TimerHandle | None = None  # the tables' next rebuild
         self._leaving: set[int] = set()  # queues of unplugged VMs, unbound at the next rebuild
+        self.cluster: Cluster | None = None  # with [ETCD] servers: the cloud's configuration
 
     # -- start and stop -------------------------------------------------------------------------
 
@@ -203,8 +205,10 @@ class Agent:
         raise_open_files_limit()
         try:
             shell.start(loop)
+            if cfg.etcd_servers:  # tunnels from the other nodes: a queue of their own
+                shell.add(self.tunnel_queue, QUEUE_MAXLEN, dataplane.from_fabric)
         except OSError as e:
-            raise AgentError("cannot bind NFQUEUE %d (%s): is another agent using it?" % (self.queue_num, e)) from None
+            raise AgentError("cannot bind NFQUEUE %d or %d (%s): is another agent using it?" % (self.queue_num, self.tunnel_queue, e)) from None
         try:
             for vif in list(dataplane.vifs.values()):
                 if vif.kind == "Virtual":
@@ -214,6 +218,9 @@ class Agent:
         self._made_table = True  # also when half made: a failed batch leaves nothing, delete is a no-op
         self.apply_queue_rules()
         host.enable_forwarding(True)
+        if cfg.etcd_servers:
+            self.cluster = Cluster(self, cfg.hostname or socket.gethostname(), vhost_ip, cfg.etcd_servers, cfg.etcd_key_prefix)
+            self.cluster.start(loop)
         if cfg.metrics_port:  # before the control socket: once that answers, the agent is up
             await self._start_metrics(node, vhost_ip, cfg.metrics_port)
         self._control = ControlServer(self.paths.socket, Operations(self, node).handlers(), (PortError, ServiceError, NetworkError, FaultError))
@@ -258,6 +265,8 @@ class Agent:
             self._rules_due.cancel()
         if self._metrics is not None:
             await self._metrics.stop()
+        if self.cluster is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.cluster.stop)
         if self._control is not None:
             await self._control.stop()
         if self._made_table:
@@ -327,6 +336,11 @@ class Agent:
 
     # -- queues per VM ----------------------------------------------------------------------------
 
+    @property
+    def tunnel_queue(self) -> int:
+        """The queue of MPLS over UDP from the other nodes (between the node's and the VMs')."""
+        return self.queue_num + 1
+
     def queues_of(self, vif_index: int) -> tuple[int, int]:
         """A VM's own NFQUEUE queues: (data, services), the node's plus twice its vif index, plus one."""
         q = self.queue_num + 2 * vif_index
@@ -390,7 +404,8 @@ class Agent:
             if v.kind == "Virtual"
         )  # fmt: skip
         services = tuple(socket.inet_aton(a) for n in self.networks.networks.values() for a in (n.gateway, n.dns_server) if a)
-        rules = QueueRules(queue_num=self.queue_num, vhost_name=self.cfg.vhost_name, nat_ports=PORT_RANGE, vms=vms, service_ips=services)
+        rules = QueueRules(queue_num=self.queue_num, vhost_name=self.cfg.vhost_name, nat_ports=PORT_RANGE, vms=vms, service_ips=services,
+                           tunnel_queue=self.tunnel_queue if self.cfg.etcd_servers else -1)  # fmt: skip
         try:
             with NftSocket() as nft:
                 nft.create_queue_table(rules)
@@ -415,6 +430,8 @@ class Agent:
             net = self.networks.networks.get(vn)
             addresses = None if net is None else (ipaddress.IPv4Address(net.gateway).packed, ipaddress.IPv4Address(net.dns_server).packed)
             self.node.dataplane.set_guest_addresses(vrf, addresses)
+        if self.cluster is not None:  # a network's first port here: the routes to its VMs elsewhere
+            self.cluster.apply_routes()
         self.rules_changed()  # what the VMs send to a gateway or service address: to their service queues
 
     # -- what the services ask (services.guests.Directory) ---------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 import configparser
 import ipaddress
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -69,6 +70,10 @@ class AgentConfig:
     dns_domain: str = "novalocal"  # for networks that name none
     dns_forwarders: tuple[str, ...] = ()  # fabric resolvers for names outside the networks; none: REFUSED
     ra_interval: float = 30.0
+    # the cloud's configuration store: [DEFAULT] hostname and [ETCD]
+    hostname: str = ""  # this node's name in the cluster (empty: the host's name)
+    etcd_servers: tuple[str, ...] = ()  # http://IP:PORT of etcd; none: the local files alone
+    etcd_key_prefix: str = "/vrouter/"
 
     def vm_flow_limit(self, capacity: int) -> int:
         """max_vm_flows in entries (0: no limit below the table's own size)."""
@@ -147,6 +152,28 @@ def _ip_list(section: str, key: str, value: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _urls(section: str, key: str, value: str) -> tuple[str, ...]:
+    out = []
+    for item in (i.strip() for i in value.split(",")):
+        m = re.fullmatch(r"(https?)://([^/:\s]+)(?::(\d{1,5}))?/?", item)
+        if not m or (m.group(3) and not 0 < int(m.group(3)) < 65536):
+            raise ConfigError("[%s] %s = %r: %r is not a URL such as http://10.10.0.1:2379" % (section, key, value, item))
+        out.append(item.rstrip("/"))
+    return tuple(out)
+
+
+def _key_prefix(section: str, key: str, value: str) -> str:
+    if not re.fullmatch(r"/([A-Za-z0-9_.-]+/)*", value):
+        raise ConfigError("[%s] %s = %r: a key prefix such as /vrouter/ (starting and ending with /)" % (section, key, value))
+    return value
+
+
+def _hostname(section: str, key: str, value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", value):
+        raise ConfigError("[%s] %s = %r: a node name (letters, digits, . _ -)" % (section, key, value))
+    return value
+
+
 def _domain(section: str, key: str, value: str) -> str:
     v = value.strip().strip(".").lower()
     if v and not all(label and len(label) <= 63 and label.replace("-", "").isalnum() for label in v.split(".")):
@@ -171,6 +198,14 @@ SCHEMA: dict[str, dict[str, tuple[str, Parser]]] = {
         # This project's: the vRouter agent serves its introspect on this port ([DEFAULT]
         # http_server_port); here it is the Prometheus metrics' port, 0 to serve none.
         "metrics_port": ("metrics_port", lambda s, k, v: _int(s, k, v, 0, 65535)),
+        # contrail-vrouter-agent.conf's: this node's name among the cluster's nodes
+        "hostname": ("hostname", _hostname),
+    },
+    # This project's: where the cloud's configuration lives (the real agent gets it from the
+    # control node over XMPP; here from etcd, which every agent watches)
+    "ETCD": {
+        "servers": ("etcd_servers", _urls),
+        "key_prefix": ("etcd_key_prefix", _key_prefix),
     },
     "VIRTUAL-HOST-INTERFACE": {
         "name": ("vhost_name", _str),

@@ -9,13 +9,16 @@ answer goes back.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import logging
 import os
 import time
 import uuid as uuidlib
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
 
 from dataplane.core.capture import Capture
+from dataplane.core.overlay import DROP_NH, RECEIVE_NH, label_of
 from dataplane.linux.vifdump import DatagramSink
 from flows.layout import DROP_NAMES
 from vrouter.agent.kernel_stats import all_queue_drops, kernel_ip_drops
@@ -43,10 +46,15 @@ from vrouter.messages import (
     LinkLocalImport,
     LinkLocalImported,
     LinkLocalList,
+    MplsDump,
+    MplsRecord,
     NetworkAdd,
     NetworkDel,
     NetworkList,
     NetworkRecord,
+    NhGet,
+    NhList,
+    NhRecord,
     PortAdd,
     PortDel,
     PortList,
@@ -54,6 +62,9 @@ from vrouter.messages import (
     PortUnplugged,
     ProxyJournalQuery,
     ProxyStatus,
+    RouteDump,
+    RouteRecord,
+    RouteTable,
     Status,
     StatusRequest,
     VifdumpStart,
@@ -100,6 +111,10 @@ class Operations:
             "metadata.fault.del": self.fault_del,
             "vifdump.start": self.vifdump_start,
             "vifdump.stop": self.vifdump_stop,
+            "rt.dump": self.rt_dump,
+            "nh.list": self.nh_list,
+            "nh.get": self.nh_get,
+            "mpls.dump": self.mpls_dump,
         }
 
     # -- status ---------------------------------------------------------------------------------
@@ -132,7 +147,20 @@ class Operations:
             dataplane_errors=node.shell.errors,
             verdict_write_errors=node.shell.verdict_errors,
             verdict_writes=node.shell.verdict_writes,
+            cluster=agent.cluster.state() if agent.cluster else None,
         )
+
+    # -- the cluster ------------------------------------------------------------------------------
+
+    async def _publish(self, writing: Coroutine[Any, Any, bool] | None, what: str) -> None:
+        """A change made here, written to the cloud's etcd (if there is one); while etcd does not
+        answer it waits there (the change stands here)."""
+        if writing is not None and not await writing:
+            log.warning("%s: changed on this node; etcd does not answer, so the other nodes learn it when it does", what)
+
+    async def _publish_services(self) -> None:
+        cluster = self.agent.cluster
+        await self._publish(cluster.publish_services() if cluster else None, "link-local services")
 
     # -- ports ----------------------------------------------------------------------------------
 
@@ -152,6 +180,7 @@ class Operations:
             raise
         self.agent.networks_changed()  # a new network's VRF traps its gateway and service address
         await self.agent.tell_proxy()
+        await self._publish(self.agent.cluster.publish_port(port) if self.agent.cluster else None, "port %s" % port.uuid)
         log.info("port %s plugged: vif0/%d %s %s vm %s", port.uuid, port.vif, port.tap_name, port.ip_address, port.instance_uuid)
         return self._plugged(port)
 
@@ -159,6 +188,7 @@ class Operations:
         port = self.agent.ports.remove(req.uuid)
         flows = await self.agent.unplug(port)
         await self.agent.tell_proxy()
+        await self._publish(self.agent.cluster.withdraw_port(port) if self.agent.cluster else None, "port %s" % port.uuid)
         log.info("port %s unplugged: vif0/%d, %d flow entries removed", port.uuid, port.vif, flows)
         return PortUnplugged(**port.to_dict(), flows_removed=flows)
 
@@ -172,16 +202,18 @@ class Operations:
         return NetworkRecord(net.uuid, net.name, net.subnet, net.gateway, net.dns_server, net.dhcp, net.mtu, net.domain, routes,
                              self.agent.ports.vrfs.get(net.uuid, 0))  # fmt: skip
 
-    def network_add(self, req: NetworkAdd) -> NetworkRecord:
+    async def network_add(self, req: NetworkAdd) -> NetworkRecord:
         net = self.agent.networks.add(validate_network(req.vn_uuid, req.subnet, req.name, req.gateway, req.dns_server, req.dhcp, req.mtu,
                                                        req.domain, req.host_routes))  # fmt: skip
         self.agent.networks_changed()
+        await self._publish(self.agent.cluster.publish_network(net) if self.agent.cluster else None, "network %s" % net.uuid)
         log.info("network %s (%s): %s, gateway %s, service address %s", net.name, net.uuid, net.subnet, net.gateway, net.dns_server)
         return self._network(net)
 
-    def network_del(self, req: NetworkDel) -> NetworkRecord:
+    async def network_del(self, req: NetworkDel) -> NetworkRecord:
         net = self.agent.networks.remove(req.vn_uuid)
         self.agent.networks_changed()
+        await self._publish(self.agent.cluster.publish_network(net, removed=True) if self.agent.cluster else None, "network %s" % net.uuid)
         log.info("network %s (%s) removed", net.name, net.uuid)
         return self._network(net)
 
@@ -194,6 +226,7 @@ class Operations:
         s = self.agent.services.add(validate_service(dataclasses.asdict(req)))
         flows = self.agent.services_changed()
         await self.agent.tell_proxy()
+        await self._publish_services()
         log.info("link-local service %s: %s:%d -> %s:%d", s.name, s.ip, s.port, ",".join(s.fabric_ips) or s.fabric_dns_name, s.fabric_port)
         return LinkLocalChanged(s.name, flows)
 
@@ -201,6 +234,7 @@ class Operations:
         s = self.agent.services.remove(req.linklocal_service_name)
         flows = self.agent.services_changed()
         await self.agent.tell_proxy()
+        await self._publish_services()
         log.info("link-local service %s removed, %d flow entries removed", s.name, flows)
         return LinkLocalChanged(s.name, flows)
 
@@ -212,6 +246,7 @@ class Operations:
         services = self.agent.services.replace_all(entries)
         flows = self.agent.services_changed()
         await self.agent.tell_proxy()
+        await self._publish_services()
         log.info("link-local services replaced by import: %d services, %d flow entries removed", len(services), flows)
         return LinkLocalImported(len(services), flows)
 
@@ -248,6 +283,55 @@ class Operations:
         counts["Dataplane Error"] = self.node.shell.errors
         counts.update(kernel_ip_drops())
         return DropStats(counts)
+
+    # -- the overlay: rt, nh, mpls ----------------------------------------------------------------
+
+    def rt_dump(self, req: RouteDump) -> RouteTable:
+        dp = self.node.dataplane
+        vn = next((u for u, v in self.agent.ports.vrfs.items() if v == req.vrf), "")
+        if not vn:
+            known = ", ".join(str(v) for v in sorted(self.agent.ports.vrfs.values())) or "none: no port is plugged"
+            raise PortError("VRF %d: no such VRF on this node (VRFs: %s)" % (req.vrf, known))
+        net = self.agent.networks.networks.get(vn)
+        routes = [
+            RouteRecord(v.ip, 32, v.nh, label_of(v.index), "LP", v.mac or "", self.agent.cluster.node if self.agent.cluster else "", v.port_uuid)
+            for v in dp.vifs.values()
+            if v.kind == "Virtual" and v.vrf == req.vrf and v.ip
+        ]  # fmt: skip
+        for (vrf, _), (r, t) in dp.overlay.routes.items():
+            if vrf == req.vrf:
+                routes.append(RouteRecord(r.ip, 32, t.nh, r.label, "LP", "", r.node, r.port_uuid))
+        routes.sort(key=lambda r: ipaddress.ip_address(r.prefix))
+        return RouteTable(req.vrf, net.name if net else "", vn, routes)
+
+    def _nexthops(self) -> list[NhRecord]:
+        dp = self.node.dataplane
+        refs: dict[int, int] = {}
+        for _, t in dp.overlay.routes.values():
+            refs[t.nh] = refs.get(t.nh, 0) + 1
+        out = [
+            NhRecord(RECEIVE_NH, "Receive", 0, 1, ["Valid", "Policy"], oif=0),
+            NhRecord(DROP_NH, "Drop", 0, 1, ["Valid"]),
+        ]
+        for v in sorted(dp.vifs.values(), key=lambda v: v.index):
+            if v.kind == "Virtual":
+                out.append(NhRecord(v.nh, "Encap", v.vrf, 2, ["Valid", "Policy"], oif=v.index, mac=v.mac or ""))  # its route and label
+        for t in sorted(dp.overlay.tunnels.values(), key=lambda t: t.nh):
+            out.append(NhRecord(t.nh, "Tunnel", 0, refs.get(t.nh, 0), ["Valid", "MPLSoUDP"], oif=0, sip=dp.vhost_ip, dip=t.dst, node=t.node))
+        return out
+
+    def nh_list(self, _: NhList) -> list[NhRecord]:
+        return self._nexthops()
+
+    def nh_get(self, req: NhGet) -> NhRecord:
+        for nh in self._nexthops():
+            if nh.id == req.id:
+                return nh
+        raise PortError("next hop %d: no such next hop (see vrouter nh --list)" % req.id)
+
+    def mpls_dump(self, _: MplsDump) -> list[MplsRecord]:
+        vifs = self.node.dataplane.overlay.by_label
+        return [MplsRecord(label, vifs[label].nh) for label in sorted(vifs)]
 
     # -- vifdump -------------------------------------------------------------------------------
 

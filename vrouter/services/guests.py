@@ -248,13 +248,16 @@ class GuestServices:
         net = self.directory.network_of(port.vn_uuid)
         vm_ip = vif.ip_bytes
         by_ip = self.dataplane.vif_table.by_ip
+        remote = self.dataplane.overlay.routes
 
         def answers_for(ip: bytes) -> bool:
             if net is None:
                 return True  # not configured yet: every address but the VM's own, as proxy ARP did
             other = by_ip.get((vif.vrf, ip))
-            return ip in (ipaddress.IPv4Address(net.gateway).packed, ipaddress.IPv4Address(net.dns_server).packed) or (
-                other is not None and other is not vif
+            return (
+                ip in (ipaddress.IPv4Address(net.gateway).packed, ipaddress.IPv4Address(net.dns_server).packed)
+                or (other is not None and other is not vif)
+                or (vif.vrf, ip) in remote  # a VM of the network on another node: behind the tunnel
             )
 
         outcome, reply = arp.answer(msg, vm_ip, answers_for)

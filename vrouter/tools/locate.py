@@ -1,12 +1,14 @@
 """Which agent a tool acts on, when the user did not say.
 
-In order: ``--state-dir DIR``; ``--prefix P`` (``/run/vrouter/P``);
-``$VROUTER_STATE_DIR``; the node whose namespace the tool runs in (inside
-``P-compute``, prefix P, as ``ip netns exec P-compute vrouter flow -l``
-expects); else, outside any node's namespace, the one node that is up (an
-agent's socket or flow table in ``/run/vrouter/*``).  With several up, the
-error names them; with none, the default prefix ``vr`` (whose absence the
-tool then reports as "no vrouter agent is running").
+In order: ``--state-dir DIR``; ``--prefix P`` (``/run/vrouter/P``) with
+``--node I`` for node I of a cluster of several (``/run/vrouter/P/computeI``;
+``--node 1`` of a single node is the node); ``$VROUTER_STATE_DIR``; the node
+whose namespace the tool runs in (inside ``P-compute``, prefix P, as ``ip netns
+exec P-compute vrouter flow -l`` expects; inside ``P-computeI``, node I of
+prefix P); else, outside any node's namespace, the one node that is up (an
+agent's socket or flow table in ``/run/vrouter/*`` or ``/run/vrouter/*/compute*``).
+With several up, the error names them; with none, the default prefix ``vr``
+(whose absence the tool then reports as "no vrouter agent is running").
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import re
 
 from vrouter.agent.paths import DEFAULT_PREFIX, STATE_ROOT, prefix_dir
 
-_COMPUTE_NS = re.compile(r"^(?P<prefix>[a-z][a-z0-9]{0,7})-compute$")
+_COMPUTE_NS = re.compile(r"^(?P<prefix>[a-z][a-z0-9]{0,7})-compute(?P<node>[1-9][0-9]{0,2})?$")
 
 
 class Ambiguous(Exception):
@@ -36,41 +38,86 @@ def current_namespace() -> str:
 
 
 def prefix_of_namespace(name: str) -> str | None:
-    """The prefix of a compute node's namespace name (``P-compute``), or None."""
+    """The prefix of a compute node's namespace name (``P-compute``, ``P-computeI``), or None."""
     m = _COMPUTE_NS.match(name)
     return m.group("prefix") if m else None
 
 
+def node_of_namespace(name: str) -> tuple[str, int] | None:
+    """(prefix, node) of a compute node's namespace name: node 0 for ``P-compute``, I for ``P-computeI``."""
+    m = _COMPUTE_NS.match(name)
+    return (m.group("prefix"), int(m.group("node") or 0)) if m else None
+
+
+def node_dir(prefix: str, node: int) -> str:
+    """The state directory of node ``node`` of ``prefix``: ``P/computeI``; node 0 (or 1 of a single
+    node) is ``P`` itself."""
+    top = prefix_dir(prefix)
+    if node == 0:
+        return top
+    d = os.path.join(top, "compute%d" % node)
+    return top if node == 1 and not os.path.isdir(d) else d
+
+
+def _has_agent(d: str) -> bool:
+    return any(os.path.exists(os.path.join(d, f)) for f in ("agent.sock", "flows.shm"))
+
+
 def nodes_up() -> list[str]:
-    """The prefixes under the state root whose agent has a socket or a flow table."""
+    """The nodes under the state root whose agent has a socket or a flow table: ``P`` for a single
+    node, ``P/computeI`` for the nodes of a cluster."""
     root = os.environ.get("VROUTER_STATE_ROOT") or STATE_ROOT
     try:
         names = sorted(os.listdir(root))
     except OSError:
         return []
-    return [n for n in names if any(os.path.exists(os.path.join(root, n, f)) for f in ("agent.sock", "flows.shm"))]
+    up = []
+    for n in names:
+        if _has_agent(os.path.join(root, n)):
+            up.append(n)
+        try:
+            subs = sorted(os.listdir(os.path.join(root, n)))
+        except OSError:
+            continue
+        up += ["%s/%s" % (n, c) for c in subs if re.fullmatch(r"compute[0-9]+", c) and _has_agent(os.path.join(root, n, c))]
+    return up
 
 
-def state_dir(explicit_dir: str | None, prefix: str | None, single_node: bool = True) -> str:
+def state_dir(explicit_dir: str | None, prefix: str | None, single_node: bool = True, node: int | None = None) -> str:
     """The state directory a tool acts on (see the module's text).  ``single_node``: fall back to
     the one node that is up (the tools); the agent itself does not."""
     if explicit_dir:
         return explicit_dir
     if prefix:
-        return prefix_dir(prefix)
+        return node_dir(prefix, node) if node else _one_of(prefix_dir(prefix), prefix)
     env = os.environ.get("VROUTER_STATE_DIR")
     if env:
         return env
-    ours = prefix_of_namespace(current_namespace())
+    ours = node_of_namespace(current_namespace())
     if ours:
-        return prefix_dir(ours)
+        return node_dir(ours[0], node or ours[1])
     if single_node:
         up = nodes_up()
+        prefixes = sorted({u.split("/")[0] for u in up})
+        if node and len(prefixes) == 1:
+            return node_dir(prefixes[0], node)
         if len(up) == 1:
-            return prefix_dir(up[0])
+            return os.path.join(os.path.dirname(prefix_dir("x")), up[0])
         if len(up) > 1:
             raise Ambiguous(
-                "%d vrouter nodes are up (%s): say which with --prefix P, or run the command inside its compute namespace "
-                "(ip netns exec P-compute ...)" % (len(up), ", ".join(up))
+                "%d vrouter nodes are up (%s): say which with --prefix P (and --node I for node I of a cluster), or run the command "
+                "inside its compute namespace (ip netns exec P-compute ...)" % (len(up), ", ".join(up))
             )
     return prefix_dir(DEFAULT_PREFIX)
+
+
+def _one_of(top: str, prefix: str) -> str:
+    """``--prefix P`` alone: the node, or, for a cluster of several, an error naming them."""
+    if _has_agent(top) or not os.path.isdir(top):
+        return top
+    nodes = sorted(int(c[7:]) for c in os.listdir(top) if re.fullmatch(r"compute[0-9]+", c))
+    if not nodes:
+        return top
+    if len(nodes) == 1:
+        return os.path.join(top, "compute%d" % nodes[0])
+    raise Ambiguous("prefix %s is a cluster of %d nodes: say which with --node I (1 to %d)" % (prefix, len(nodes), nodes[-1]))

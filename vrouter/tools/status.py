@@ -20,6 +20,12 @@ def format_status(st: Status) -> str:
         text += "\nmetadata per vif (the vRouter agent's counters):\n    vif      requests  responses  proxy sessions  internal errors"
         for vif, c in sorted(proxy.per_vif.items()):
             text += "\n    vif0/%-3d %8d  %9d  %14d  %15d" % (vif, c.requests, c.responses, c.proxy_sessions, c.internal_errors)
+    cl = st.cluster
+    if cl is not None:
+        text += "\ncluster: node %s, etcd %s %s, revision %d, %d resyncs, %d routes to %d other nodes%s" % (
+            cl.node, ", ".join(cl.servers), "connected" if cl.connected else "NOT REACHABLE", cl.revision, cl.resyncs, cl.remote_routes,
+            cl.remote_nodes, ", %d changes waiting for etcd" % cl.pending if cl.pending else "",
+        )  # fmt: skip
     if st.verdict_write_errors:
         text += "\nNFQUEUE verdict writes failed %d times (their packets were dropped; see the agent's log)" % st.verdict_write_errors
     return text

@@ -1,0 +1,366 @@
+"""The agent's part in the cloud: the configuration every node shares, kept in etcd.
+
+The real vRouter agent gets the cloud's configuration (global-vrouter-config, virtual networks)
+and the routes to other nodes' VMs from the control node over XMPP; here every agent watches the
+same etcd.  Keys, under ``[ETCD] key_prefix`` (default ``/vrouter/``), values JSON:
+
+    global-vrouter-config/linklocal/<name>   a link-local service, as ``linklocal list --json``
+    virtual-networks/<vn uuid>              a network: subnet, gateway, service address, ...
+    nodes/<node>                            a compute node: its vhost0 address
+    ports/<port uuid>                       a VM port and the node that hosts it
+    routes/<vn uuid>/<address>              the port's route: address, network, node, its
+                                            vhost0 address, the MPLS label its node gave it
+
+Rules kept here:
+
+* etcd is the truth for what is cloud-wide (link-local services, networks) and for other
+  nodes' routes; this node is the truth for its own ports (Nova plugs them here, as nova-compute
+  tells the real agent), which it publishes with their routes.
+* A change made on this node (``vrouter linklocal add``, ``network add``, ``port add``) is
+  applied here at once and written to etcd; while etcd cannot be reached it is kept and written
+  when etcd is back (``pending``), so that nothing typed is lost.  Changes from etcd are applied
+  as they come (``follow``), in one batch per watch event batch.
+* Each time the follower (re)connects it loads everything (a resync): the view here is replaced
+  by etcd's, with what is pending laid over it; then this node's own keys are made right: its
+  node record, each of its ports and routes put, and keys that name this node for ports it no
+  longer has deleted.  A port that moved to another node is that node's: only keys that still
+  name this node are ever deleted here.
+* The files the agent keeps (linklocal.json, networks/) are the local cache of what etcd said;
+  the view of the other nodes (ports, routes) is cached in ``cluster.json``, so that an agent
+  restarted while etcd is down still forwards to the VMs it knew.
+* Every etcd call is made from one writer thread or the follower's thread, never the loop's:
+  the packets never wait for etcd.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from dataplane.core.overlay import Route, label_of
+from vrouter.agent.linklocal import ServiceError, to_schema
+from vrouter.agent.networks import Network, NetworkError
+from vrouter.agent.networks import validate as validate_network
+from vrouter.agent.ports import Port
+from vrouter.agent.store import read_json, write_json_atomic
+from vrouter.cluster.store import ConfigStore, Event, Follower, StoreError
+from vrouter.messages import ClusterStatus
+
+if TYPE_CHECKING:
+    from vrouter.agent.agent import Agent
+
+log = logging.getLogger("vrouter.cluster")
+
+LINKLOCAL = "global-vrouter-config/linklocal/"
+NETWORKS = "virtual-networks/"
+NODES = "nodes/"
+PORTS = "ports/"
+ROUTES = "routes/"
+CACHE_DELAY = 1.0  # seconds from a change of the other nodes' view to its cache file
+
+
+def route_key(vn_uuid: str, ip: str) -> str:
+    return "%s%s/%s" % (ROUTES, vn_uuid, ip)
+
+
+class Cluster:
+    """One agent's link to the cloud's etcd."""
+
+    def __init__(self, agent: Agent, node: str, vhost_ip: str, servers: tuple[str, ...], key_prefix: str) -> None:
+        self.agent = agent
+        self.node = node
+        self.vhost_ip = vhost_ip
+        self.servers = list(servers)
+        self.store = ConfigStore(list(servers), key_prefix)
+        self.view: dict[str, Any] = {}  # etcd's keys (relative) and values, as last heard
+        self.pending: dict[str, Any] = {}  # key -> value, or None: a delete; written when etcd answers
+        self.revision = 0
+        self.resyncs = 0
+        self.last_change = 0.0
+        self._connected = False
+        self._lock = threading.Lock()  # pending: the loop adds, the writer takes
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="etcd-writer")
+        self._follower: Follower | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._cache_due: asyncio.TimerHandle | None = None
+        self.cache_path = os.path.join(agent.state_dir, "cluster.json")
+
+    # -- start and stop ---------------------------------------------------------------------------
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Follow etcd from now on; until it answers, the cached view of the other nodes."""
+        self._loop = loop
+        try:
+            cached = read_json(self.cache_path)
+            if isinstance(cached, dict) and isinstance(cached.get("view"), dict):
+                self.view = {k: v for k, v in cached["view"].items() if k.startswith((PORTS, ROUTES, NODES))}
+                self.apply_routes()
+                log.info("cluster: %d routes from the cache until etcd answers", sum(k.startswith(ROUTES) for k in self.view))
+        except (OSError, ValueError):
+            pass
+
+        def soon(fn: Callable[..., None]) -> Callable[..., None]:
+            def call(*args: Any) -> None:  # noqa: ANN401 - the follower's arguments
+                loop.call_soon_threadsafe(fn, *args)
+
+            return call
+
+        self._follower = Follower(self.store, soon(self._synced), soon(self._events), soon(self._state))
+        self._follower.start()
+        log.info("cluster: node %s following etcd at %s (keys under %s)", self.node, ", ".join(self.servers), self.store.prefix)
+
+    def stop(self) -> None:
+        if self._follower is not None:
+            self._follower.stop()
+        if self._cache_due is not None:
+            self._cache_due.cancel()
+            self._write_cache()
+        self._writer.shutdown(wait=True, cancel_futures=False)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    def state(self) -> ClusterStatus:
+        nodes = {v.get("node") for k, v in self.view.items() if k.startswith(ROUTES) and isinstance(v, dict)} - {self.node}
+        remote = len(self.agent.node.dataplane.overlay.routes) if self.agent.node else 0
+        return ClusterStatus(self.node, self.servers, self._connected, self.revision, self.resyncs, remote, len(nodes), len(self.pending),
+                            round(self.last_change * 1000, 1))  # fmt: skip
+
+    # -- from the follower (in the loop) -----------------------------------------------------------
+
+    def _state(self, up: bool) -> None:
+        if up != self._connected:
+            self._connected = up
+            if up:
+                log.info("cluster: etcd at %s answers", ", ".join(self.servers))
+            else:
+                log.warning("cluster: etcd at %s does not answer; traffic goes on, changes wait for it", ", ".join(self.servers))
+
+    def _synced(self, snapshot: dict[str, Any], revision: int) -> None:
+        self._connected = True
+        self.resyncs += 1
+        view = dict(snapshot)
+        for key, value in self.pending.items():  # what this node changed meanwhile stands
+            if value is None:
+                view.pop(key, None)
+            else:
+                view[key] = value
+        for key, value in self._own().items():
+            view[key] = value
+        self.view = view
+        self.revision = max(self.revision, revision)
+        log.info("cluster: resync %d at revision %d: %d keys", self.resyncs, revision, len(snapshot))
+        self._apply_all()
+        self._submit(self._reconcile, dict(snapshot), self._own())
+
+    def _events(self, events: list[Event]) -> None:
+        kinds = set()
+        for e in events:
+            if e.kind == "put":
+                self.view[e.key] = e.value
+            else:
+                self.view.pop(e.key, None)
+            self.revision = max(self.revision, e.revision)
+            kinds.add(e.key.split("/", 1)[0])
+        self.last_change = time.time()
+        if "global-vrouter-config" in kinds:
+            self._apply_services()
+        if "virtual-networks" in kinds:
+            self._apply_networks()
+        if kinds & {"routes", "ports", "nodes"}:
+            self.apply_routes()
+
+    # -- what etcd says, applied here -------------------------------------------------------------
+
+    def _apply_all(self) -> None:
+        self._apply_services()
+        self._apply_networks()
+        self.apply_routes()
+
+    def _apply_services(self) -> None:
+        agent = self.agent
+        entries = [v for k, v in sorted(self.view.items()) if k.startswith(LINKLOCAL) and isinstance(v, dict)]
+        now = sorted(json.dumps(to_schema(s), sort_keys=True) for s in agent.services.services.values())
+        if sorted(json.dumps(e, sort_keys=True) for e in entries) == now:
+            return
+        try:
+            services = agent.services.replace_all(entries)
+        except ServiceError as e:
+            log.error("cluster: the global-vrouter-config's link-local services are unusable (%s); the previous ones stay", e)
+            return
+        flows = agent.services_changed()
+        log.info("cluster: link-local services now %s (%d flow entries removed)", ", ".join(s.name for s in services) or "none", flows)
+        self._spawn(agent.tell_proxy())
+
+    def _apply_networks(self) -> None:
+        agent = self.agent
+        wanted: dict[str, Network] = {}
+        for key, raw in self.view.items():
+            if not key.startswith(NETWORKS) or not isinstance(raw, dict):
+                continue
+            try:
+                routes = ["%s via %s" % (r["prefix"], r["nexthop"]) for r in raw.get("host_routes", [])]
+                net = validate_network(raw.get("uuid"), raw.get("subnet"), raw.get("name"), raw.get("gateway"), raw.get("dns_server"),
+                                       raw.get("dhcp", True), raw.get("mtu"), raw.get("domain"), routes)  # fmt: skip
+            except (NetworkError, KeyError, TypeError) as e:
+                log.error("cluster: %s is not a usable network (%s); ignored", key, e)
+                continue
+            wanted[net.uuid] = net
+        changed = False
+        for uuid, net in wanted.items():
+            if agent.networks.networks.get(uuid) != net:
+                agent.networks.add(net)
+                changed = True
+        for uuid in [u for u in agent.networks.networks if u not in wanted]:
+            agent.networks.remove(uuid)
+            changed = True
+        if changed:
+            log.info("cluster: %d virtual networks", len(wanted))
+            agent.networks_changed()  # and the routes, for the VRFs that changed
+
+    def apply_routes(self) -> None:
+        agent = self.agent
+        if agent.node is None:
+            return
+        vrfs = agent.ports.vrfs
+        routes = []
+        for key, r in self.view.items():
+            if not key.startswith(ROUTES) or not isinstance(r, dict) or r.get("node") == self.node:
+                continue
+            vrf = vrfs.get(str(r.get("vn_uuid")))
+            if not vrf:
+                continue  # no VM of that network here: nothing of ours can reach it
+            try:
+                ipaddress.IPv4Address(str(r["address"]))
+                ipaddress.IPv4Address(str(r["node_ip"]))
+                routes.append(Route(vrf, str(r["address"]), str(r["node"]), str(r["node_ip"]), int(r["label"]), str(r.get("mac", "")),
+                                    str(r.get("port_uuid", ""))))  # fmt: skip
+            except (KeyError, ValueError, TypeError) as e:
+                log.error("cluster: route %s is unusable (%s); ignored", key, e)
+        gone = agent.node.dataplane.set_routes(routes)
+        if gone:
+            log.info("cluster: routes changed, %d flow entries removed", gone)
+        self._cache_later()
+
+    # -- this node's own keys ---------------------------------------------------------------------
+
+    def port_keys(self, port: Port) -> dict[str, Any]:
+        record = dict(port.to_dict(), node=self.node)
+        route = {
+            "address": port.ip_address, "prefix_len": 32, "vn_uuid": port.vn_uuid, "node": self.node, "node_ip": self.vhost_ip,
+            "label": label_of(port.vif), "mac": port.mac, "port_uuid": port.uuid, "vm_name": port.vm_name,
+        }  # fmt: skip
+        return {PORTS + port.uuid: record, route_key(port.vn_uuid, port.ip_address): route}
+
+    def _own(self) -> dict[str, Any]:
+        own: dict[str, Any] = {NODES + self.node: {"name": self.node, "vhost_ip": self.vhost_ip, "encapsulation": "MPLSoUDP"}}
+        for port in self.agent.ports.ports.values():
+            own.update(self.port_keys(port))
+        return own
+
+    def _reconcile(self, snapshot: dict[str, Any], own: dict[str, Any]) -> None:
+        """In the writer: what is pending, then this node's keys (``own``) as its ports are."""
+        self._flush()
+        if self.pending:
+            return  # etcd went again: the next resync does the rest
+        try:
+            for key, value in own.items():
+                if snapshot.get(key) != value:
+                    self.store.put(key, value)
+            for key, value in snapshot.items():
+                if key.startswith((PORTS, ROUTES)) and isinstance(value, dict) and value.get("node") == self.node and key not in own:
+                    self.store.delete(key)
+                    log.info("cluster: %s removed (this node has no such port now)", key)
+        except StoreError as e:
+            log.warning("cluster: publishing this node's ports: %s; again at the next resync", e)
+
+    def _flush(self) -> None:
+        """In the writer: write what is pending, in order; what fails stays pending."""
+        while True:
+            with self._lock:
+                if not self.pending:
+                    return
+                key = next(iter(self.pending))
+                value = self.pending[key]
+            try:
+                if value is None:
+                    self.store.delete(key)
+                else:
+                    self.store.put(key, value)
+            except StoreError as e:
+                log.warning("cluster: %d changes wait for etcd (%s)", len(self.pending), e)
+                return
+            with self._lock:
+                if self.pending.get(key, ...) is value:
+                    del self.pending[key]
+
+    # -- changes made here ---------------------------------------------------------------------------
+
+    def _submit(self, fn: Callable[..., None], *args: Any) -> asyncio.Future[None]:  # noqa: ANN401 - the writer's arguments
+        assert self._loop is not None
+        return self._loop.run_in_executor(self._writer, fn, *args)
+
+    def _spawn(self, coro: Any) -> None:  # noqa: ANN401 - a coroutine
+        assert self._loop is not None
+        self._loop.create_task(coro)
+
+    async def write(self, changes: dict[str, Any]) -> bool:
+        """Write changes made here (key -> value, or None to delete) to etcd, after what is
+        pending; True if etcd took them, False if they wait for it (they are kept)."""
+        for key, value in changes.items():
+            with self._lock:
+                self.pending.pop(key, None)  # to the end: written after what was there before
+                self.pending[key] = value
+            if value is None:
+                self.view.pop(key, None)
+            else:
+                self.view[key] = value
+        await self._submit(self._flush)
+        with self._lock:
+            return not any(k in self.pending for k in changes)
+
+    async def publish_port(self, port: Port) -> bool:
+        return await self.write(self.port_keys(port))
+
+    async def withdraw_port(self, port: Port) -> bool:
+        """Delete the port's keys, those that still name this node (a port plugged on another
+        node meanwhile is that node's)."""
+        changes: dict[str, Any] = {}
+        for key in self.port_keys(port):
+            current = self.view.get(key)
+            if current is None or (isinstance(current, dict) and current.get("node") == self.node):
+                changes[key] = None
+        return await self.write(changes)
+
+    async def publish_services(self) -> bool:
+        """This node's link-local services as the global config: put each, delete the others."""
+        mine = {LINKLOCAL + s.name.lower(): to_schema(s) for s in self.agent.services.services.values()}
+        changes: dict[str, Any] = {k: v for k, v in mine.items() if self.view.get(k) != v}
+        changes.update({k: None for k in self.view if k.startswith(LINKLOCAL) and k not in mine})
+        return await self.write(changes)
+
+    async def publish_network(self, net: Network, removed: bool = False) -> bool:
+        return await self.write({NETWORKS + net.uuid: None if removed else net.to_dict()})
+
+    # -- the cache of the other nodes' view ---------------------------------------------------------
+
+    def _cache_later(self) -> None:
+        if self._loop is not None and self._cache_due is None:
+            self._cache_due = self._loop.call_later(CACHE_DELAY, self._write_cache)
+
+    def _write_cache(self) -> None:
+        self._cache_due = None
+        view = {k: v for k, v in self.view.items() if k.startswith((PORTS, ROUTES, NODES))}
+        try:
+            write_json_atomic(self.cache_path, {"node": self.node, "revision": self.revision, "view": view})
+        except OSError as e:
+            log.error("cluster: cannot write %s: %s", self.cache_path, e)
