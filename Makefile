@@ -22,7 +22,7 @@ BENCH_PKGS := haproxy nginx-light wrk iperf3
 SOAK_SECONDS ?= 180
 SOAK_VMS ?= 16
 
-.PHONY: install system-deps busybox venv demo test test-guests guest-image guest-initramfs image-deps unit lint soak bench bench-deps clean
+.PHONY: install system-deps busybox venv demo test test-guests guest-image guest-initramfs image-deps unit lint soak bench bench-deps clean cluster-latency
 
 install: system-deps busybox venv
 
@@ -98,6 +98,10 @@ test-guests: install guest-initramfs guest-image
 # Minutes of 16 VMs running cloud-init's metadata sequence; too long for CI (see the README).
 soak: install
 	$(BIN)/python scripts/soak.py --vms $(SOAK_VMS) --seconds $(SOAK_SECONDS)
+
+# How long a change of the global config takes to reach every agent of a 3-node cluster (100 changes).
+cluster-latency: install
+	$(BIN)/python benchmarks/cluster.py --nodes 3 --changes 100
 
 # The benchmark suite beside its references (haproxy, kernel DNAT, nginx upstream); see benchmarks/run.py.
 BENCH_ARGS ?= --repeat 3

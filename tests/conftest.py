@@ -69,10 +69,10 @@ class EmulatedHost:
 
     def __init__(self, vms: int, tls: bool = False, state_root: str | None = None, qemu: int = 0, dhcp: bool = False,
                  boot: GuestBoot | None = None, user_data: str | None = None, ssh_key: str | None = None,
-                 networks: int = 0) -> None:  # fmt: skip
+                 networks: int = 0, nodes: int = 1) -> None:  # fmt: skip
         self.prefix = unique_prefix()
         self.lab = Lab(self.prefix, state_root=state_root, say=lambda text: None)
-        topo = Topology.plan(self.prefix, vms, self.lab.state, tls=tls, qemu=qemu, networks=networks)
+        topo = Topology.plan(self.prefix, vms, self.lab.state, tls=tls, qemu=qemu, networks=networks, nodes=nodes)
         topo.dhcp = dhcp
         topo.user_data, topo.ssh_key = user_data, ssh_key
         if boot is not None:
@@ -81,7 +81,8 @@ class EmulatedHost:
         self.guests = self.layout["guests"]
         self.vms = self.layout["vms"]
         self.compute = self.layout["namespaces"]["compute"]
-        self.state_dir = self.layout["state_dir"]
+        self.nodes = self.layout["nodes"]
+        self.state_dir = self.nodes[0]["state_dir"]  # the first node's agent (the only one, but for a cluster)
 
     def setup(self, *args: str, timeout: float = 60, env: dict | None = None) -> subprocess.CompletedProcess:
         """netns_setup.sh COMMAND --prefix P [ARGS]; ``env``: extra environment variables."""
@@ -145,11 +146,12 @@ class EmulatedHost:
                 out[key] = value
         return out
 
-    def cli(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([str(VROUTER), *args, "--state-dir", self.state_dir], capture_output=True, text=True, timeout=30)
+    def cli(self, *args: str, node: int = 1) -> subprocess.CompletedProcess:
+        state = self.nodes[node - 1]["state_dir"]
+        return subprocess.run([str(VROUTER), *args, "--state-dir", state], capture_output=True, text=True, timeout=30)
 
-    def cli_json(self, *args: str) -> object:
-        r = self.cli(*args, "--json")
+    def cli_json(self, *args: str, node: int = 1) -> object:
+        r = self.cli(*args, "--json", node=node)
         assert r.returncode == 0, r.stderr
         return json.loads(r.stdout)
 

@@ -45,7 +45,7 @@ def test_vms_are_dealt_out_to_networks_each_its_own_subnet():
 def test_layout_and_instances_describe_the_same_vms():
     t = Topology.plan("ab", 2, "/run/vrouter/ab", secret="s", tls=True)
     layout, inst = t.layout(), t.instances()["instances"]
-    assert layout["namespaces"] == {"compute": "ab-compute", "fabric": "ab-fabric", "vms": ["ab-vm1", "ab-vm2"]}
+    assert layout["namespaces"] == {"compute": "ab-compute", "computes": ["ab-compute"], "fabric": "ab-fabric", "vms": ["ab-vm1", "ab-vm2"]}
     assert layout["nova"]["url"] == "https://10.10.0.1:8775" and layout["secret"] == "s"
     assert [i["uuid"] for i in inst] == [v["instance_uuid"] for v in layout["vms"]]
     assert inst[0]["project_id"] == layout["vms"][0]["project_id"].replace("-", "")  # Nova's form: no dashes
@@ -116,3 +116,45 @@ def test_the_demo_runs_and_leaves_nothing_behind():
     assert r.stdout.count('"uuid"') == 2 and "vm1: 503" in r.stdout and "vm2: 200" in r.stdout and "hostname: changed-live" in r.stdout
     assert "fault 1" in r.stdout and "down: prefix %s removed" % prefix in r.stdout + r.stderr
     assert not [n for n in netns.names() if n.startswith(prefix + "-")]
+
+
+def test_tools_find_the_nodes_of_a_cluster(tmp_path, monkeypatch):
+    monkeypatch.setenv("VROUTER_STATE_ROOT", str(tmp_path))
+    monkeypatch.delenv("VROUTER_STATE_DIR", raising=False)
+    monkeypatch.setattr(locate, "current_namespace", lambda: "")
+    for n in (1, 2, 3):
+        (tmp_path / "cl" / ("compute%d" % n)).mkdir(parents=True)
+        (tmp_path / "cl" / ("compute%d" % n) / "agent.sock").touch()
+    assert locate.node_of_namespace("cl-compute2") == ("cl", 2) and locate.node_of_namespace("cl-compute") == ("cl", 0)
+    assert locate.state_dir(None, "cl", node=2) == str(tmp_path / "cl" / "compute2")
+    assert locate.state_dir(None, None, node=3) == str(tmp_path / "cl" / "compute3")  # the one cluster up
+    with pytest.raises(locate.Ambiguous, match=r"cluster of 3 nodes: say which with --node I"):
+        locate.state_dir(None, "cl")
+    with pytest.raises(locate.Ambiguous, match=r"3 vrouter nodes are up \(cl/compute1, cl/compute2, cl/compute3\)"):
+        locate.state_dir(None, None)
+    monkeypatch.setattr(locate, "current_namespace", lambda: "cl-compute3")
+    assert locate.state_dir(None, None) == str(tmp_path / "cl" / "compute3")  # inside node 3
+    # a single node's --node 1 is the node
+    (tmp_path / "one").mkdir()
+    (tmp_path / "one" / "agent.sock").touch()
+    assert locate.state_dir(None, "one", node=1) == str(tmp_path / "one")
+
+
+def test_a_cluster_plan_spreads_the_vms_over_nodes_and_networks():
+    t = Topology.plan("cl", 6, "/run/vrouter/cl", nodes=3, networks=2)
+    assert [(v.name, v.node, v.network) for v in t.vms] == [
+        ("vm1", 1, "cl-net"), ("vm2", 1, "cl-net2"), ("vm3", 2, "cl-net"), ("vm4", 2, "cl-net2"), ("vm5", 3, "cl-net"), ("vm6", 3, "cl-net2"),
+    ]  # fmt: skip
+    assert [t.compute_of(n) for n in (1, 2, 3)] == ["cl-compute1", "cl-compute2", "cl-compute3"]
+    assert [t.vhost_ip_of(n) for n in (1, 2, 3)] == ["10.10.0.2", "10.10.0.3", "10.10.0.4"]
+    assert t.clustered and t.own_etcd and t.etcd_urls == ["http://10.10.0.1:2379"]
+    conf = t.agent_conf(2)
+    assert "hostname = cl-compute2" in conf and "servers = http://10.10.0.1:2379" in conf and "ip = 10.10.0.3/24" in conf
+    layout = t.layout()
+    assert [n["state_dir"] for n in layout["nodes"]] == ["/run/vrouter/cl/compute%d" % n for n in (1, 2, 3)]
+    assert layout["nodes"][1]["vms"] == ["vm3", "vm4"] and layout["etcd"]["namespace"] == "cl-fabric"
+    single = Topology.plan("one", 2, "/run/vrouter/one")
+    assert single.compute_of(1) == "one-compute" and single.state_of(1) == "/run/vrouter/one" and not single.clustered
+    assert "[ETCD]" not in single.agent_conf() and single.layout()["etcd"] is None
+    with pytest.raises(ValueError, match="--nodes 4: from 1 to 3"):
+        Topology.plan("cl", 3, "/x", nodes=4)

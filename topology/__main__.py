@@ -1,11 +1,12 @@
 """``python -m topology``: what ``scripts/netns_setup.sh`` runs.
 
-netns_setup.sh up [--vms N] [--networks K] [--prefix P] [--secret S] [--tls] [--dhcp] [--json]
+netns_setup.sh up [--vms N] [--networks K] [--nodes K] [--etcd URL,...] [--prefix P] [--secret S] [--tls] [--dhcp] [--json]
                   [--qemu M (--image FILE | --kernel K [--initrd I] [--append A]) [--accel auto|kvm|tcg] [--memory MIB]]
                   [--user-data FILE] [--ssh-key PUBKEY_FILE] [--instances FILE]
-netns_setup.sh down [--prefix P]
+netns_setup.sh down [--node I] [--prefix P]
 netns_setup.sh status [--prefix P]
-netns_setup.sh stop-agent|start-agent|stop-nova|start-nova [--prefix P]
+netns_setup.sh stop-agent|start-agent [--node I] [--prefix P]
+netns_setup.sh stop-nova|start-nova|stop-etcd|start-etcd [--prefix P]
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ import sys
 from typing import NoReturn
 
 from topology.lab import Lab, LabError
-from topology.model import MAX_VMS, GuestBoot, Topology, check_instance_data
+from topology.model import MAX_NODES, MAX_VMS, GuestBoot, Topology, check_instance_data
 from vrouter.agent.control import AgentNotRunning, RequestFailed, call
 from vrouter.messages import StatusRequest
 from vrouter.tools.status import format_status
 
 SCRIPT = os.environ.get("NETNS_SETUP", "netns_setup.sh")
-COMMANDS = ["up", "down", "status", "stop-agent", "start-agent", "stop-nova", "start-nova"]
+COMMANDS = ["up", "down", "status", "stop-agent", "start-agent", "stop-nova", "start-nova", "stop-etcd", "start-etcd"]
 USAGE = __doc__.split("\n\n")[1].replace("netns_setup.sh", SCRIPT)
 
 
@@ -39,6 +40,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("command", nargs="?")
     ap.add_argument("--vms", default="2")
     ap.add_argument("--networks", default="0")
+    ap.add_argument("--nodes", default="1")
+    ap.add_argument("--node", default="")
+    ap.add_argument("--etcd", default="")
     ap.add_argument("--prefix", default="vr")
     ap.add_argument("--secret")
     ap.add_argument("--tls", action="store_true")
@@ -68,6 +72,16 @@ def parse(argv: list[str]) -> argparse.Namespace:
         die("--vms %s --qemu %s: numbers, from 1 to %d VMs and guests in all" % (args.vms, args.qemu, MAX_VMS))
     if not args.networks.isdigit():
         die("--networks %s: a number of virtual networks (0 or absent: as many as the VMs need)" % args.networks)
+    if not args.nodes.isdigit() or not 1 <= int(args.nodes) <= MAX_NODES:
+        die("--nodes %s: a number of compute nodes, 1 to %d" % (args.nodes, MAX_NODES))
+    if args.node and (not args.node.isdigit() or not 1 <= int(args.node) <= MAX_NODES):
+        die("--node %s: a node number, 1 to %d" % (args.node, MAX_NODES))
+    if args.etcd:
+        for url in args.etcd.split(","):
+            if not re.fullmatch(r"https?://[^/:\s]+(:\d{1,5})?/?", url.strip()):
+                die("--etcd %s: %r is not a URL such as http://10.10.0.1:2379" % (args.etcd, url))
+    if int(args.nodes) > 1 and int(args.qemu):
+        die("--qemu goes with one node for now (--nodes 1)")
     if not args.memory.isdigit() or (int(args.memory) and not 64 <= int(args.memory) <= 16384):
         die("--memory %s: MiB, from 64 to 16384" % args.memory)
     if int(args.qemu) == 0:
@@ -92,9 +106,11 @@ def _read(option: str, path: str) -> str:
 def plan(args: argparse.Namespace, state: str) -> Topology:
     """The node ``up`` builds, from its options."""
     try:
-        topo = Topology.plan(args.prefix, int(args.vms), state, args.secret, args.tls, qemu=int(args.qemu), networks=int(args.networks))
+        topo = Topology.plan(args.prefix, int(args.vms), state, args.secret, args.tls, qemu=int(args.qemu), networks=int(args.networks),
+                             nodes=int(args.nodes))  # fmt: skip
     except ValueError as e:
         die(str(e))
+    topo.etcd_servers = [u.strip().rstrip("/") for u in args.etcd.split(",") if u.strip()]
     topo.dhcp = args.dhcp
     topo.boot = GuestBoot(args.image, args.kernel, args.initrd, args.append, args.accel, int(args.memory))
     if args.user_data is not None:
@@ -138,15 +154,24 @@ def main(argv: list[str] | None = None) -> int:
             if args.json:
                 print(json.dumps(layout, indent=2))
         elif args.command == "down":
-            lab.down()
+            if args.node:
+                lab.remove_node(int(args.node))
+            else:
+                lab.down()
         elif args.command == "status":
             if not lab.is_up():
                 print("prefix %s is not up" % args.prefix)
                 return 1
-            try:
-                print(format_status(call(os.path.join(lab.state, "agent.sock"), StatusRequest())))
-            except (AgentNotRunning, RequestFailed) as e:
-                print("vrouter status: %s" % e, file=sys.stderr)
+            nodes = lab.nodes()
+            for n, namespace, state in nodes:
+                if len(nodes) > 1:
+                    print("node %d (%s):" % (n, namespace))
+                try:
+                    print(format_status(call(os.path.join(state, "agent.sock"), StatusRequest())))
+                except (AgentNotRunning, RequestFailed) as e:
+                    print("vrouter status: %s" % e, file=sys.stderr)
+            if lab.pid("etcd.pid"):
+                print("etcd pid %d" % lab.pid("etcd.pid"))
             pid = lab.pid("nova.pid")
             print("nova-metadata pid %d" % pid if pid else "nova-metadata not running")
             for g in (lab.layout() or {}).get("guests", []):
@@ -156,7 +181,12 @@ def main(argv: list[str] | None = None) -> int:
         else:
             if not lab.is_up():
                 die("prefix %s is not up (run: %s up --prefix %s)" % (args.prefix, SCRIPT, args.prefix))
-            {"stop-agent": lab.stop_agent, "start-agent": lab.start_agent, "stop-nova": lab.stop_nova, "start-nova": lab.start_nova}[args.command]()
+            if args.command == "stop-agent":
+                lab.stop_agent(int(args.node or 1))
+            elif args.command == "start-agent":
+                lab.start_agent(int(args.node or 1))
+            else:
+                {"stop-nova": lab.stop_nova, "start-nova": lab.start_nova, "stop-etcd": lab.stop_etcd, "start-etcd": lab.start_etcd}[args.command]()
     except (LabError, AgentNotRunning, RequestFailed, OSError) as e:
         die(str(e))
     return 0

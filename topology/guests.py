@@ -168,14 +168,14 @@ def command(vm: VM, topo: Topology, accel: str, disk: str) -> list[str]:
 
 
 def start(procs: Processes, topo: Topology, vm: VM, accel: str) -> int:
-    """Start ``vm``'s QEMU in the compute namespace; its pid.  GuestError if it dies at once."""
+    """Start ``vm``'s QEMU in its node's compute namespace; its pid.  GuestError if it dies at once."""
     os.makedirs(procs.path("guests"), exist_ok=True)
     disk = ""
     if topo.boot.image:
         disk = procs.path("guests/%s.qcow2" % vm.name)
         overlay(topo.boot.image, disk)
     log, pidfile = "guests/%s.log" % vm.name, "guests/%s.pid" % vm.name
-    proc = procs.spawn(topo.compute, command(vm, topo, accel, disk), log, pidfile)
+    proc = procs.spawn(topo.compute_of(vm.node), command(vm, topo, accel, disk), log, pidfile)
     deadline = time.monotonic() + 1.0  # QEMU refuses a bad command line, device or file at once
     while time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)  # watching for an early exit, with a deadline

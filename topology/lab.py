@@ -19,6 +19,7 @@ Nothing here touches the host's own interfaces, routes or firewall.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -26,21 +27,26 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 
-from topology import guests, netns
-from topology.model import NOVA_PORT, VM, Topology
+from topology import etcd, guests, netns
+from topology.model import FABRIC_MTU, NOVA_PORT, VM, Topology
 from topology.processes import Processes, StartError
 from vrouter.agent.control import AgentNotRunning, RequestFailed, call
 from vrouter.agent.paths import STATE_ROOT
+from vrouter.cluster.store import ConfigStore, StoreError
 from vrouter.messages import LinkLocalAdd, NetworkAdd, PortAdd, StatusRequest
 
 ROOT = Path(__file__).resolve().parents[1]
 UDHCPC_SCRIPT = ROOT / "scripts" / "udhcpc-vm.sh"
 BIN = Path(sys.executable).parent  # the venv's bin: vrouter lives beside this python
+
+
+FABRIC_BRIDGE = "br-fabric"
 
 
 class LabError(Exception):
@@ -82,7 +88,7 @@ class Lab:
         os.replace(tmp, path)
 
     def is_up(self) -> bool:
-        return netns.exists(self.compute) or os.path.exists(self._path("created"))
+        return netns.exists(self.compute) or netns.exists(self.compute + "1") or os.path.exists(self._path("created"))
 
     def already_up(self) -> str:
         return "prefix %s is already up (namespace %s exists); run: %s down --prefix %s" % (self.prefix, self.compute, self.script, self.prefix)
@@ -132,20 +138,31 @@ class Lab:
     def _up(self, topo: Topology) -> dict:
         self._write("secret", topo.secret, 0o600)
         with_guests = " and %d QEMU guests" % len(topo.guests) if topo.guests else ""
-        self.say("building emulated compute node '%s' with %d VMs%s" % (self.prefix, len(topo.vms), with_guests))
-        for name in (self.compute, self.fabric):
+        nodes = range(1, topo.nodes + 1)
+        if topo.nodes == 1:
+            self.say("building emulated compute node '%s' with %d VMs%s" % (self.prefix, len(topo.vms), with_guests))
+        else:
+            self.say("building emulated cloud '%s': %d compute nodes, %d VMs%s" % (self.prefix, topo.nodes, len(topo.vms), with_guests))
+        computes = [topo.compute_of(n) for n in nodes]
+        for name in [*computes, self.fabric]:
             netns.create(name)
             self._created("netns", name)
-        # The compute namespace's own resolver file: fabric names for services given by DNS name.
+        # The compute namespaces' own resolver files: fabric names for services given by DNS name.
         if not os.path.isdir("/etc/netns"):
             self._created("dir", "/etc/netns")
-        os.makedirs("/etc/netns/" + self.compute, exist_ok=True)
-        self._created("dir", "/etc/netns/" + self.compute)
-        with open("/etc/netns/%s/hosts" % self.compute, "w") as f:
-            f.write("127.0.0.1 localhost\n%s nova.fabric fabric\n" % topo.nova_ip)
-        self._created("file", "/etc/netns/%s/hosts" % self.compute)
-        with netns.Namespace(self.compute) as compute, netns.Namespace(self.fabric) as fabric:
-            self._wire_fabric(topo, compute, fabric)
+        for name in computes:
+            os.makedirs("/etc/netns/" + name, exist_ok=True)
+            self._created("dir", "/etc/netns/" + name)
+            with open("/etc/netns/%s/hosts" % name, "w") as f:
+                f.write("127.0.0.1 localhost\n%s nova.fabric fabric\n" % topo.nova_ip)
+            self._created("file", "/etc/netns/%s/hosts" % name)
+        with contextlib.ExitStack() as stack:
+            fabric = stack.enter_context(netns.Namespace(self.fabric))
+            ns_of = {n: stack.enter_context(netns.Namespace(topo.compute_of(n))) for n in nodes}
+            if topo.nodes == 1 and not topo.clustered:
+                self._wire_fabric(topo, ns_of[1], fabric)
+            else:
+                self._wire_fabric_bridge(topo, ns_of, fabric)
             self._write("instances.json", json.dumps(topo.instances(), indent=2))
             for vm in topo.vms:
                 netns.create(vm.namespace)
@@ -156,28 +173,41 @@ class Lab:
                     open("/etc/netns/%s/resolv.conf" % vm.namespace, "w").close()
                     self._created("file", "/etc/netns/%s/resolv.conf" % vm.namespace)
                 with netns.Namespace(vm.namespace) as ns:
-                    self._wire_vm(vm, compute, ns, static=not topo.dhcp)
+                    self._wire_vm(vm, ns_of[vm.node], ns, static=not topo.dhcp)
             for g in topo.guests:
-                compute.create_tap(g.tap)  # as os-vif does before plugging a libvirt guest's port
+                ns_of[g.node].create_tap(g.tap)  # as os-vif does before plugging a libvirt guest's port
         if topo.tls:
             self._make_tls(topo)
-        self._write("agent.conf", topo.agent_conf())
+        for n in nodes:
+            os.makedirs(topo.state_of(n), exist_ok=True)
+            self._write(self._node_file(topo, n, "agent.conf"), topo.agent_conf(n))
+        if topo.own_etcd:
+            self.start_etcd()
         self.start_nova()
-        self.start_agent()
-        sock = os.path.join(self.state, "agent.sock")
-        for n in topo.networks:
-            net = call(sock, NetworkAdd(n.uuid, n.subnet, n.name, n.gateway, n.dns_server))
-            self.say("network %s set: %s, gateway %s, service address %s" % (net.name, net.subnet, net.gateway, net.dns_server))
+        for n in nodes:
+            self.start_agent(n, topo)
+        first = os.path.join(topo.state_of(1), "agent.sock")
+        for net in topo.networks:  # with etcd, once: every agent learns it from there
+            for n in nodes if not topo.clustered else [1]:
+                r = call(os.path.join(topo.state_of(n), "agent.sock"), NetworkAdd(net.uuid, net.subnet, net.name, net.gateway, net.dns_server))
+            self.say("network %s set: %s, gateway %s, service address %s" % (r.name, r.subnet, r.gateway, r.dns_server))
         quiet = len(topo.ports) > 50
         for vm in topo.ports:
+            sock = os.path.join(topo.state_of(vm.node), "agent.sock")
             p = call(sock, PortAdd(vm.port_uuid, vm.instance_uuid, vm.vn_uuid, vm.project_id, vm.ip, vm.ipv6, vm.mac, vm.tap, vm.name))
             vm.vif, vm.metadata_ip, vm.metadata_ip6 = p.vif, p.metadata_ip, p.metadata_ip6
             if not quiet:
-                self.say("port %s plugged as vif0/%d (%s, metadata IP %s)" % (p.uuid, p.vif, p.tap_name, p.metadata_ip))
+                on = " on node %d" % vm.node if topo.nodes > 1 else ""
+                self.say("port %s plugged as vif0/%d%s (%s, metadata IP %s)" % (p.uuid, p.vif, on, p.tap_name, p.metadata_ip))
         if quiet:
-            self.say("%d ports plugged, vif0/%d to vif0/%d (the layout lists them)" % (len(topo.ports), topo.ports[0].vif, topo.ports[-1].vif))
-        call(sock, LinkLocalAdd("metadata", "169.254.169.254", "80", [topo.nova_ip], str(NOVA_PORT)))
+            self.say("%d ports plugged (the layout lists them)" % len(topo.ports))
+        metadata = LinkLocalAdd("metadata", "169.254.169.254", "80", [topo.nova_ip], str(NOVA_PORT))
+        for n in nodes if not topo.clustered else [1]:
+            call(os.path.join(topo.state_of(n), "agent.sock"), metadata)
         self.say("link-local service metadata set")
+        if topo.clustered:
+            self.wait_converged(topo)
+        del first
         if topo.dhcp:
             self._dhcp_clients(topo)
         if topo.guests:
@@ -189,6 +219,30 @@ class Lab:
         self._write("layout.json", json.dumps(layout, indent=2))
         self.say("up: layout in %s; remove everything with: %s down --prefix %s" % (self._path("layout.json"), self.script, self.prefix))
         return layout
+
+    def _node_file(self, topo: Topology, node: int, name: str) -> str:
+        """A node's file, relative to the lab's state directory."""
+        return os.path.relpath(os.path.join(topo.state_of(node), name), self.state)
+
+    def wait_converged(self, topo: Topology, timeout: float = 30) -> None:
+        """Until every node's agent has every route it should have from etcd (the other nodes' VMs
+        of the networks it has VMs of) and the link-local services."""
+        deadline = time.monotonic() + timeout
+        for n in range(1, topo.nodes + 1):
+            mine = {vm.vn_uuid for vm in topo.vms_of(n)}
+            want = sum(1 for vm in topo.ports if vm.node != n and vm.vn_uuid in mine)
+            sock = os.path.join(topo.state_of(n), "agent.sock")
+            while True:
+                st = call(sock, StatusRequest())
+                c = st.cluster
+                if c is not None and c.connected and c.remote_routes >= want and st.linklocal_services >= 1:
+                    break
+                if time.monotonic() > deadline:
+                    have = "%d of %d routes" % (c.remote_routes, want) if c is not None else "no cluster"
+                    raise LabError("node %d did not converge from etcd within %.0f s (%s); see %s" % (n, timeout, have, sock[:-10] + "agent.log"))
+                time.sleep(0.05)  # polling the agents' state, with a deadline
+        if topo.nodes > 1:
+            self.say("  every node has the routes to the others' VMs")
 
     def _wire_fabric(self, topo: Topology, compute: netns.Namespace, fabric: netns.Namespace) -> None:
         """lo up in both, vhost0 (compute) to eth0 (fabric), the compute node's default route."""
@@ -203,6 +257,26 @@ class Lab:
         compute.ipr.route("add", dst="default", gateway=topo.nova_ip)
         # Forwarding stays off until the agent runs; strict reverse-path filtering on: fail closed.
         compute.sysctl({"net.ipv4.ip_forward": "0", "net.ipv4.conf.all.rp_filter": "1", "net.ipv4.conf.default.rp_filter": "1"})
+
+    def _wire_fabric_bridge(self, topo: Topology, nodes: dict[int, netns.Namespace], fabric: netns.Namespace) -> None:
+        """The fabric as a bridge (Nova's and etcd's address on it) and each node's vhost0 a port of
+        it, at the fabric's MTU; each node's default route to the fabric."""
+        fabric.ipr.link("set", index=fabric.index("lo"), state="up")
+        fabric.ipr.link("add", ifname=FABRIC_BRIDGE, kind="bridge")
+        br = fabric.index(FABRIC_BRIDGE)
+        fabric.ipr.link("set", index=br, mtu=FABRIC_MTU, state="up")
+        fabric.ipr.addr("add", index=br, address=topo.nova_ip, prefixlen=24)
+        for n, compute in nodes.items():
+            compute.ipr.link("set", index=compute.index("lo"), state="up")
+            peer = "vhost-c%d" % n
+            compute.ipr.link("add", ifname="vhost0", kind="veth", peer={"ifname": peer, "net_ns_fd": fabric.fd})
+            vhost0 = compute.index("vhost0")
+            fabric.ipr.link("set", index=fabric.index(peer), mtu=FABRIC_MTU, master=br, state="up")
+            compute.ipr.link("set", index=vhost0, mtu=FABRIC_MTU)
+            compute.ipr.addr("add", index=vhost0, address=topo.vhost_ip_of(n), prefixlen=24)
+            compute.ipr.link("set", index=vhost0, state="up")
+            compute.ipr.route("add", dst="default", gateway=topo.nova_ip)
+            compute.sysctl({"net.ipv4.ip_forward": "0", "net.ipv4.conf.all.rp_filter": "1", "net.ipv4.conf.default.rp_filter": "1"})
 
     def _wire_vm(self, vm: VM, compute: netns.Namespace, ns: netns.Namespace, static: bool) -> None:
         """The VM's eth0 and its tap in the compute namespace; with ``static``, its IPv4 address and
@@ -290,30 +364,78 @@ class Lab:
         self.procs.wait(15, proc, listening, "nova-metadata", "nova.log")
         self.say("  nova-metadata listening on %s:%d (pid %d)" % (nova_ip, NOVA_PORT, proc.pid))
 
-    def start_agent(self) -> None:
-        if self.procs.pid("agent.pid.sh"):
-            self.say("  agent already running")
+    def nodes(self, topo: Topology | None = None) -> list[tuple[int, str, str]]:
+        """(node, its namespace, its state directory) of each compute node: from ``topo`` while
+        ``up`` builds it, else from the layout (a node of old: the one)."""
+        if topo is not None:
+            return [(n, topo.compute_of(n), topo.state_of(n)) for n in range(1, topo.nodes + 1)]
+        layout = self.layout() or {}
+        if layout.get("nodes"):
+            return [(d["node"], d["namespace"], d["state_dir"]) for d in layout["nodes"]]
+        found = sorted(int(c[7:]) for c in _listdir(self.state) if c.startswith("compute") and c[7:].isdigit())
+        if found:
+            return [(n, "%s%d" % (self.compute, n), self._path("compute%d" % n)) for n in found]
+        return [(1, self.compute, self.state)]
+
+    def _node(self, node: int, topo: Topology | None = None) -> tuple[str, str]:
+        for n, ns, state in self.nodes(topo):
+            if n == node:
+                return ns, state
+        raise LabError("--node %d: prefix %s has nodes 1 to %d" % (node, self.prefix, len(self.nodes(topo))))
+
+    def start_agent(self, node: int = 1, topo: Topology | None = None) -> None:
+        namespace, state = self._node(node, topo)
+        rel = os.path.relpath(state, self.state)
+        pidfile, log = os.path.normpath(rel + "/agent.pid.sh"), os.path.normpath(rel + "/agent.log")
+        what = "the agent" if namespace == self.compute else "the agent of node %d" % node
+        if self.procs.pid(pidfile):
+            self.say("  %s already running" % what)
             return
         extra = os.environ.get("VROUTER_AGENT_ARGS", "").split()
-        proc = self.procs.spawn(self.compute, [self.vrouter, "agent", "--config", self._path("agent.conf"), "--state-dir", self.state, *extra],
-                           "agent.log", "agent.pid.sh")  # fmt: skip
+        proc = self.procs.spawn(namespace, [self.vrouter, "agent", "--config", os.path.join(state, "agent.conf"), "--state-dir", state, *extra],
+                                log, pidfile)  # fmt: skip
 
         def answers() -> bool:
             try:
-                call(self._path("agent.sock"), StatusRequest(), timeout=2)
+                call(os.path.join(state, "agent.sock"), StatusRequest(), timeout=2)
                 return True
             except (AgentNotRunning, RequestFailed):
                 return False
 
-        self.procs.wait(20, proc, answers, "the agent", "agent.log")
-        self.say("  vrouter agent up (pid %d)" % proc.pid)
+        self.procs.wait(20, proc, answers, what, log)
+        self.say("  vrouter agent up in %s (pid %d)" % (namespace, proc.pid))
 
     def _nova_ip(self) -> str:
         layout = self.layout()
         return layout["nova"]["ip"] if layout else Topology.plan(self.prefix, 1, self.state).nova_ip
 
-    def stop_agent(self) -> None:
-        self.procs.stop("agent.pid.sh", "vrouter agent")
+    def stop_agent(self, node: int = 1) -> None:
+        namespace, state = self._node(node)
+        rel = os.path.relpath(state, self.state)
+        self.procs.stop(os.path.normpath(rel + "/agent.pid.sh"), "vrouter agent" if namespace == self.compute else "vrouter agent of node %d" % node)
+
+    def stop_agents(self) -> None:
+        for n, _, _ in self.nodes():
+            self.stop_agent(n)
+
+    def start_etcd(self) -> None:
+        """The cloud's etcd, in the fabric namespace on Nova's fabric address (its data kept in the
+        state directory, so that a restart keeps every key)."""
+        layout = self.layout()
+        if layout is not None and (layout.get("etcd") or {}).get("namespace") is None:
+            why = "it uses " + ", ".join(layout["etcd"]["urls"]) if layout.get("etcd") else "a single node configured by its files"
+            raise LabError("prefix %s has no etcd of its own (%s); up --nodes K starts one" % (self.prefix, why))
+        if self.procs.pid(etcd.PIDFILE):
+            self.say("  etcd already running")
+            return
+        try:
+            pid = etcd.start(self.procs, self.fabric, self._nova_ip(), self._path("etcd"))
+        except etcd.EtcdError as e:
+            raise LabError(str(e)) from None
+        self.say("  etcd listening on %s (pid %d, data in %s)" % (etcd.url(self._nova_ip()), pid, self._path("etcd")))
+
+    def stop_etcd(self) -> None:
+        etcd.stop(self.procs)
 
     def stop_nova(self) -> None:
         self.procs.stop("nova.pid", "nova-metadata")
@@ -328,6 +450,53 @@ class Lab:
             for name in names:
                 self.procs.stop("%s/%s.pid" % (kind, name), "%s %s" % (what, name))
 
+    def remove_node(self, node: int) -> None:
+        """Take node ``node`` out of a cluster as ``down`` takes a whole one: its agent stopped, its
+        ports, routes and node record deleted from etcd (so that no other node keeps a route to
+        it), its VMs' namespaces and its own removed, the layout without it."""
+        layout = self.layout()
+        nodes = (layout or {}).get("nodes") or []
+        if len(nodes) < 2:
+            raise LabError("down --node %d: prefix %s is not a cluster of several nodes (use down)" % (node, self.prefix))
+        mine = next((d for d in nodes if d["node"] == node), None)
+        if mine is None:
+            raise LabError("down --node %d: prefix %s has nodes %s" % (node, self.prefix, ", ".join(str(d["node"]) for d in nodes)))
+        assert layout is not None
+        self.say("removing node %d (%s) of '%s'" % (node, mine["namespace"], self.prefix))
+        self.stop_agent(node)
+        store = ConfigStore(layout["etcd"]["urls"], layout["etcd"]["key_prefix"])
+
+        def forget() -> int:
+            _, everything = store.get_all()
+            keys = [k for k, v in everything.items() if k.startswith(("ports/", "routes/")) and isinstance(v, dict) and v.get("node") == mine["name"]]
+            for k in [*keys, "nodes/" + mine["name"]]:
+                store.delete(k)
+            return len(keys)
+
+        try:
+            with netns.Namespace(mine["namespace"]) as ns:  # where the node reached etcd from
+                gone = ns.run(forget)
+            self.say("  %d keys of node %d deleted from etcd" % (gone, node))
+        except (StoreError, OSError) as e:
+            raise LabError("down --node %d: its keys could not be deleted from etcd (%s); start etcd and run it again" % (node, e)) from None
+        finally:
+            store.close()
+        vms = [v for v in layout["vms"] if v.get("node") == node]
+        doomed = {v["namespace"] for v in vms} | {mine["namespace"]}
+        for name in sorted(doomed):
+            if netns.delete(name):
+                self.say("  deleted netns %s" % name)
+        with open(self._path("created")) as f:
+            kept = [line for line in f.read().splitlines() if not (line.startswith("netns ") and line[6:] in doomed)]
+        self._write("created", "".join(line + "\n" for line in kept))
+        layout["vms"] = [v for v in layout["vms"] if v.get("node") != node]
+        layout["nodes"] = [d for d in nodes if d["node"] != node]
+        layout["namespaces"]["vms"] = [v["namespace"] for v in layout["vms"]]
+        layout["namespaces"]["computes"] = [d["namespace"] for d in layout["nodes"]]
+        self._write("layout.json", json.dumps(layout, indent=2))
+        shutil.rmtree(mine["state_dir"], ignore_errors=True)
+        self.say("down: node %d of prefix %s removed" % (node, self.prefix))
+
     # -- down -----------------------------------------------------------------------------------
 
     def down(self, quiet: bool = False) -> bool:
@@ -339,15 +508,16 @@ class Lab:
         if not quiet:
             self.say("removing emulated compute node '%s'" % self.prefix)
         self.stop_clients()
-        self.stop_agent()
+        self.stop_agents()
         self.stop_nova()
+        self.stop_etcd()
         rootdir = ""
         try:
             with open(self._path("created")) as f:
                 created = [line.split(" ", 1) for line in f.read().splitlines() if " " in line]
         except FileNotFoundError:
             # `up` died before writing its list: only the two fixed names are known to be ours
-            created = [["netns", self.compute], ["netns", self.fabric]]
+            created = [["netns", ns] for _, ns, _ in self.nodes()] + [["netns", self.fabric]]
         for kind, name in reversed(created):
             if kind == "netns":
                 if netns.delete(name) and not quiet:
@@ -370,6 +540,13 @@ class Lab:
         if not quiet:
             self.say("down: prefix %s removed" % self.prefix)
         return True
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []
 
 
 def _remove(path: str) -> None:

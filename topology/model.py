@@ -36,6 +36,10 @@ PROXY_PORT = 8097
 MAX_VMS = 2000  # namespace VMs and guests together
 PER_NETWORK = 252  # a /24 with .1 (gateway), .2 (service address) and .255 taken
 MAX_NETWORKS = 250
+MAX_NODES = 64
+ETCD_PORT = 2379
+ETCD_KEY_PREFIX = "/vrouter/"
+FABRIC_MTU = 9000  # the fabric's links with several nodes: room for MPLS over UDP around a VM's 1500
 DEMO_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDemoKeyFor%sOnly%s demo@%s"
 INSTANCE_KEYS = {"name", "hostname", "public_keys", "user_data", "admin_pass", "vendor_data", "vendor_data2", "meta", "availability_zone"}
 
@@ -83,6 +87,7 @@ class VM:
     ipv6: str
     kind: str = "namespace"
     network: str = ""  # its network's name
+    node: int = 1  # the compute node that hosts it (1 to K)
     vif: int = 0  # the agent's, once the port is plugged
     metadata_ip: str = ""
     metadata_ip6: str = ""
@@ -120,10 +125,40 @@ class Topology:
     user_data: str | None = None  # every instance's, unless ``instance_data`` says otherwise
     ssh_key: str | None = None  # every instance's public key, likewise
     instance_data: dict[str, dict[str, Any]] = field(default_factory=dict)  # by instance name
+    nodes: int = 1  # compute nodes; several: P-compute1..K on a fabric bridge, configured through etcd
+    etcd_servers: list[str] = field(default_factory=list)  # an existing etcd cluster's; none: our own (for several nodes)
+    etcd_prefix: str = ETCD_KEY_PREFIX
 
     @property
     def compute(self) -> str:
-        return self.prefix + "-compute"
+        """The first node's namespace."""
+        return self.compute_of(1)
+
+    def compute_of(self, node: int) -> str:
+        return self.prefix + "-compute" if self.nodes == 1 else "%s-compute%d" % (self.prefix, node)
+
+    def vhost_ip_of(self, node: int) -> str:
+        return "%s.%d" % (FABRIC_NET, 1 + node)
+
+    def state_of(self, node: int) -> str:
+        """Node ``node``'s agent's state directory."""
+        return self.state_dir if self.nodes == 1 else "%s/compute%d" % (self.state_dir, node)
+
+    @property
+    def clustered(self) -> bool:
+        """The nodes' configuration is in etcd (several nodes, or an etcd given)."""
+        return self.nodes > 1 or bool(self.etcd_servers)
+
+    @property
+    def own_etcd(self) -> bool:
+        return self.clustered and not self.etcd_servers
+
+    @property
+    def etcd_urls(self) -> list[str]:
+        return self.etcd_servers or ["http://%s:%d" % (self.nova_ip, ETCD_PORT)]
+
+    def vms_of(self, node: int) -> list[VM]:
+        return [vm for vm in self.ports if vm.node == node]
 
     @property
     def fabric(self) -> str:
@@ -162,12 +197,17 @@ class Topology:
         return self.vms + self.guests
 
     @classmethod
-    def plan(cls, prefix: str, vms: int, state_dir: str, secret: str | None = None, tls: bool = False, qemu: int = 0, networks: int = 0) -> Topology:
-        """Names, addresses and uuids for a node with ``vms`` namespace VMs and ``qemu`` guests on
-        ``networks`` virtual networks (0: as many as they need, 252 VMs a network)."""
+    def plan(cls, prefix: str, vms: int, state_dir: str, secret: str | None = None, tls: bool = False, qemu: int = 0, networks: int = 0,
+             nodes: int = 1) -> Topology:  # fmt: skip
+        """Names, addresses and uuids for ``nodes`` compute nodes with ``vms`` namespace VMs and
+        ``qemu`` guests in all on ``networks`` virtual networks (0: as many as they need, 252 VMs a
+        network).  The VMs are dealt to the nodes in blocks (vm1 and vm2 on node 1 of 3 nodes with
+        6 VMs), to the networks in turn, so that each node has VMs of several networks."""
         total = vms + qemu
         if not 1 <= total <= MAX_VMS or vms < 0 or qemu < 0:
             raise ValueError("--vms %d and --qemu %d: from 1 to %d in all" % (vms, qemu, MAX_VMS))
+        if not 1 <= nodes <= min(MAX_NODES, total):
+            raise ValueError("--nodes %d: from 1 to %d (one VM a node at least)" % (nodes, min(MAX_NODES, total)))
         need = -(-total // PER_NETWORK)
         k = networks or need
         if not need <= k <= min(MAX_NETWORKS, total):
@@ -176,7 +216,7 @@ class Topology:
             )
         project = str(uuid.uuid4())
         nets = [Net("%s-net" % prefix if j == 1 else "%s-net%d" % (prefix, j), str(uuid.uuid4()), j) for j in range(1, k + 1)]
-        topo = cls(prefix, state_dir, secrets.token_hex(16) if secret is None else secret, project, nets, tls=tls)
+        topo = cls(prefix, state_dir, secrets.token_hex(16) if secret is None else secret, project, nets, tls=tls, nodes=nodes)
         for i in range(1, total + 1):
             port = str(uuid.uuid4())
             net = nets[(i - 1) % k]
@@ -188,6 +228,7 @@ class Topology:
                 mac="02:00:0a:%02x:00:%02x" % (net.number, host), tap="tap" + port[:11], port_uuid=port,
                 instance_uuid=str(uuid.uuid4()), project_id=project, vn_uuid=net.uuid, gateway=net.gateway, prefix_len=24,
                 ipv6="fd00:10:1:%x::%x" % (net.number, host), kind="qemu" if guest else "namespace", network=net.name,
+                node=(i - 1) * nodes // total + 1,
             )  # fmt: skip
             if guest:
                 vm.console = "%s/guests/%s.console" % (state_dir, name)
@@ -217,18 +258,21 @@ class Topology:
             out.append(rec)
         return {"instances": out}
 
-    def agent_conf(self) -> str:
+    def agent_conf(self, node: int = 1) -> str:
         ssl = "metadata_use_ssl = false"
         if self.tls:
             t = self.state_dir + "/tls"
             ssl = "metadata_use_ssl = true\nmetadata_ca_cert = %s/ca.pem\n" % t
             ssl += "metadata_client_cert = %s/agent.pem\nmetadata_client_key = %s/agent.key" % (t, t)
+        cluster = ""
+        if self.clustered:
+            cluster = "hostname = %s\n\n[ETCD]\nservers = %s\nkey_prefix = %s\n" % (self.compute_of(node), ",".join(self.etcd_urls), self.etcd_prefix)
         return (
-            "# Written by netns_setup.sh for prefix %s\n[DEFAULT]\nlog_level = SYS_INFO\n\n"
+            "# Written by netns_setup.sh for prefix %s\n[DEFAULT]\nlog_level = SYS_INFO\n%s\n"
             "[VIRTUAL-HOST-INTERFACE]\nname = vhost0\nip = %s/24\ngateway = %s\n\n"
             "[METADATA]\nmetadata_proxy_secret = %s\nmetadata_proxy_port = %d\n%s\n\n"
             "[FLOWS]\nflow_cache_timeout = 180\n"
-        ) % (self.prefix, self.vhost_ip, self.nova_ip, self.secret, PROXY_PORT, ssl)
+        ) % (self.prefix, cluster, self.vhost_ip_of(node), self.nova_ip, self.secret, PROXY_PORT, ssl)
 
     def layout(self) -> dict[str, Any]:
         """What netns_setup.sh up --json prints (and writes to layout.json)."""
@@ -236,7 +280,8 @@ class Topology:
         return {
             "prefix": self.prefix,
             "state_dir": s,
-            "namespaces": {"compute": self.compute, "fabric": self.fabric, "vms": [v.namespace for v in self.vms]},
+            "namespaces": {"compute": self.compute, "computes": [self.compute_of(n) for n in range(1, self.nodes + 1)], "fabric": self.fabric,
+                           "vms": [v.namespace for v in self.vms]},  # fmt: skip
             "vhost0": {"ip": self.vhost_ip, "namespace": self.compute},
             "nova": {
                 "ip": self.nova_ip,
@@ -252,8 +297,15 @@ class Topology:
             "secret": self.secret,
             "vms": [asdict(v) for v in self.vms],
             "guests": [asdict(v) for v in self.guests],
-            "logs": {"agent": s + "/agent.log", "nova": s + "/nova.log"},
-        }
+            "logs": {"agent": self.state_of(1) + "/agent.log", "nova": s + "/nova.log"},
+            "nodes": [
+                {"node": n, "name": self.compute_of(n), "namespace": self.compute_of(n), "vhost0": self.vhost_ip_of(n), "state_dir": self.state_of(n),
+                 "agent_log": self.state_of(n) + "/agent.log", "vms": [v.name for v in self.vms_of(n)]}
+                for n in range(1, self.nodes + 1)
+            ],
+            "etcd": {"urls": self.etcd_urls, "key_prefix": self.etcd_prefix, "namespace": self.fabric if self.own_etcd else None}
+            if self.clustered else None,
+        }  # fmt: skip
 
 
 def check_instance_data(data: Any, source: str) -> dict[str, dict[str, Any]]:

@@ -1,0 +1,253 @@
+"""Several compute nodes configured through etcd, VM to VM across them over MPLS over UDP (needs
+root).  The cluster: 3 nodes, 2 VMs each, 2 networks (vm1, vm2 on node 1; vm3, vm4 on node 2;
+vm5, vm6 on node 3; vm1, vm3, vm5 on the first network, vm2, vm4, vm6 on the second), etcd and
+Nova in the fabric namespace."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import VROUTER, EmulatedHost, wait_until
+from topology import netns
+from vrouter.cluster.store import ConfigStore
+
+ECHO = str(Path(__file__).with_name("echo_server.py"))
+pytestmark = [pytest.mark.netns, pytest.mark.skipif(os.geteuid() != 0, reason="namespace tests need root")]
+
+SINK = """
+import hashlib, socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind((sys.argv[1], 5001)); s.listen(1)
+print("listening", flush=True)
+c, _ = s.accept(); h = hashlib.sha256(); n = 0
+while True:
+    b = c.recv(65536)
+    if not b:
+        break
+    h.update(b); n += len(b)
+c.sendall(("%d %s" % (n, h.hexdigest())).encode()); c.close()
+"""
+SEND = """
+import os, socket, sys
+data = os.urandom(int(sys.argv[2])); s = socket.create_connection((sys.argv[1], 5001), timeout=20)
+s.sendall(data); s.shutdown(socket.SHUT_WR); print(s.recv(200).decode(), __import__("hashlib").sha256(data).hexdigest())
+"""
+
+
+@pytest.fixture(scope="module")
+def cloud():
+    h = EmulatedHost(vms=6, nodes=3, networks=2)
+    try:
+        yield h
+    finally:
+        h.down()
+
+
+def vm(h: EmulatedHost, name: str) -> dict:
+    return next(v for v in h.vms if v["name"] == name)
+
+
+def ping(h: EmulatedHost, src: str, dst: str, count: int = 2, wait: float = 2) -> bool:
+    r = h.in_vm(h.vms.index(vm(h, src)), "ping", "-c", str(count), "-W", str(wait), vm(h, dst)["ip"])
+    return r.returncode == 0 and " 0% packet loss" in r.stdout
+
+
+def tcp_transfer(h: EmulatedHost, src: str, dst: str, size: int = 4_000_000) -> None:
+    """``size`` random bytes over TCP from ``src`` to ``dst``, and their hash checked at the other end."""
+    ip = vm(h, dst)["ip"]
+    sink = subprocess.Popen(["ip", "netns", "exec", vm(h, dst)["namespace"], sys.executable, "-c", SINK, ip], stdout=subprocess.PIPE, text=True)
+    try:
+        assert sink.stdout.readline().strip() == "listening"
+        r = h.in_vm(h.vms.index(vm(h, src)), sys.executable, "-c", SEND, ip, str(size), timeout=60)
+        assert r.returncode == 0, r.stderr
+        got, digest, sent = r.stdout.split()
+        assert int(got) == size and digest == sent
+    finally:
+        sink.kill()
+        sink.wait()
+
+
+def route_nh(h: EmulatedHost, node: int, ip: str) -> dict | None:
+    """The route to ``ip`` in node ``node``'s VRF of the first network, as rt --dump shows it."""
+    vrf = next(n["vrf"] for n in h.cli_json("network", "list", node=node) if n["subnet"] == "10.1.1.0/24")
+    return next((r for r in h.cli_json("rt", "--dump", str(vrf), node=node)["routes"] if r["prefix"] == ip), None)
+
+
+def services(h: EmulatedHost, node: int) -> set[str]:
+    return {s["linklocal_service_name"] for s in h.cli_json("linklocal", "list", node=node)["linklocal_services"]["linklocal_service_entry"]}
+
+
+def test_layout_names_each_vms_node(cloud):
+    h = cloud
+    assert [n["namespace"] for n in h.nodes] == ["%s-compute%d" % (h.prefix, i) for i in (1, 2, 3)]
+    assert [(v["name"], v["node"], v["ip"]) for v in h.vms] == [
+        ("vm1", 1, "10.1.1.3"), ("vm2", 1, "10.1.2.3"), ("vm3", 2, "10.1.1.4"),
+        ("vm4", 2, "10.1.2.4"), ("vm5", 3, "10.1.1.5"), ("vm6", 3, "10.1.2.5"),
+    ]  # fmt: skip
+    assert h.layout["etcd"]["namespace"] == h.prefix + "-fabric"
+    for node in (1, 2, 3):
+        c = h.cli_json("status", node=node)["cluster"]
+        assert c["connected"] and c["remote_routes"] == 4 and c["remote_nodes"] == 2
+
+
+def test_every_vm_reads_its_own_metadata(cloud):
+    for i, v in enumerate(cloud.vms):
+        status, body = cloud.metadata(i)
+        assert status == 200 and v["instance_uuid"] in body, (v["name"], status, body[:200])
+
+
+def test_vms_on_different_nodes_ping_and_talk_tcp_and_networks_stay_apart(cloud):
+    h = cloud
+    assert ping(h, "vm1", "vm3") and ping(h, "vm1", "vm5") and ping(h, "vm6", "vm2")
+    tcp_transfer(h, "vm1", "vm5")
+    tcp_transfer(h, "vm4", "vm2", 1_000_000)
+    assert not ping(h, "vm1", "vm4", count=1, wait=1)  # another network, on another node
+    assert not ping(h, "vm2", "vm5", count=1, wait=1)
+
+
+def test_the_overlay_tools_show_routes_tunnels_labels_and_flows(cloud):
+    h = cloud
+    r = route_nh(h, 1, "10.1.1.5")  # vm5, on node 3
+    assert r is not None and r["node"] == h.nodes[2]["name"] and "L" in r["flags"] and r["label"] >= 16
+    tunnel = h.cli_json("nh", "--get", str(r["nh"]), node=1)
+    assert tunnel["type"] == "Tunnel" and tunnel["sip"] == h.nodes[0]["vhost0"] and tunnel["dip"] == h.nodes[2]["vhost0"]
+    assert "MPLSoUDP" in tunnel["flags"]
+    # the label node 1 uses for vm5 is the one node 3 gave vm5's interface
+    labels = {m["label"]: m["nh"] for m in h.cli_json("mpls", "--dump", node=3)}
+    assert labels[r["label"]] == vm(h, "vm5")["vif"]
+    text = h.cli("rt", "--dump", str(tunnel["vrf"] or 1), node=1).stdout
+    assert "vRouter inet4 routing table" in text
+    assert "Sip:%s Dip:%s" % (h.nodes[0]["vhost0"], h.nodes[2]["vhost0"]) in h.cli("nh", "--list", node=1).stdout
+    assert ping(h, "vm1", "vm5", count=1)
+    flows = h.cli_json("flow", "-l", node=3)
+    assert any(f["nh"] >= 0x10000 and f["src"] == "10.1.1.3" for f in flows), flows  # keyed by the tunnel's next hop
+    # inside a node's namespace the tools act on that node
+    inside = subprocess.run(["ip", "netns", "exec", h.nodes[1]["namespace"], str(VROUTER), "mpls", "--dump", "--json"], capture_output=True,
+                            text=True)  # fmt: skip
+    assert inside.returncode == 0 and {m["nh"] for m in json.loads(inside.stdout)} == {vm(h, "vm3")["vif"], vm(h, "vm4")["vif"]}
+
+
+def test_a_linklocal_service_added_on_node_1_is_used_from_node_3(cloud):
+    h = cloud
+    fabric = h.layout["namespaces"]["fabric"]
+    echo = subprocess.Popen(["ip", "netns", "exec", fabric, sys.executable, ECHO, "7007", "10.10.0.1"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert echo.stdout.readline().strip() == "ready"
+        r = h.cli("linklocal", "add", "--name", "echo", "--ip", "169.254.10.10",
+                  "--port", "7", "--fabric-ip", "10.10.0.1", "--fabric-port", "7007", node=1)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        wait_until(lambda: "echo" in services(h, 3), 10,
+                   "the service on node 3")  # fmt: skip
+        with h.open_connection(4, "169.254.10.10", 7, b"hello from node 3\n") as (_, answer):
+            # NATed to the fabric from node 3's vhost0
+            assert answer.startswith(b"10.10.0.1:7007 %s:" % h.nodes[2]["vhost0"].encode()) and b"hello from node 3" in answer
+    finally:
+        h.cli("linklocal", "del", "--name", "echo", node=2)  # deleted from any node: gone everywhere
+        echo.stdin.close()
+        echo.wait(10)
+    wait_until(lambda: all(services(h, n) == {"metadata"} for n in (1, 2, 3)), 10, "the service gone everywhere")
+
+
+@pytest.fixture
+def cluster():
+    h = EmulatedHost(vms=6, nodes=3, networks=2)
+    try:
+        yield h
+    finally:
+        h.down()
+
+
+def port_add_args(v: dict, project: str) -> list[str]:
+    return ["port", "add", "--uuid", v["port_uuid"], "--instance-uuid", v["instance_uuid"], "--vn-uuid", v["vn_uuid"], "--vm-project-uuid",
+            project, "--ip-address", v["ip"], "--mac", v["mac"], "--tap-name", v["tap"], "--vm-name", v["name"]]  # fmt: skip
+
+
+def test_etcd_stopped_then_started_again(cluster):
+    h = cluster
+    vm3 = vm(h, "vm3")
+    assert h.cli("port", "del", "--uuid", vm3["port_uuid"], node=2).returncode == 0
+    wait_until(lambda: route_nh(h, 1, "10.1.1.4") is None, 10, "vm3's route gone from node 1")
+    r = h.setup("stop-etcd")
+    assert r.returncode == 0, r.stderr
+    wait_until(lambda: not h.cli_json("status", node=1)["cluster"]["connected"], 10, "node 1 to notice etcd is gone")
+    # traffic between the VMs that were up goes on
+    assert ping(h, "vm1", "vm5") and ping(h, "vm6", "vm2")
+    # changes made now wait: a port plugged on node 2, a service added on node 1
+    assert h.cli(*port_add_args(vm3, vm3["project_id"]), node=2).returncode == 0
+    r = h.cli("linklocal", "add", "--name", "ntp", "--ip", "169.254.10.11", "--linklocal_service_port",
+              "123", "--fabric-ip", "10.10.0.1", "--fabric-port", "123", node=1)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert h.cli_json("status", node=1)["cluster"]["pending"] >= 1
+    assert not ping(h, "vm1", "vm3", count=1, wait=1)  # node 1 has not heard of it
+    resyncs = {n: h.cli_json("status", node=n)["cluster"]["resyncs"] for n in (1, 2, 3)}
+    r = h.setup("start-etcd")
+    assert r.returncode == 0, r.stderr
+    for n in (1, 2, 3):
+        wait_until(lambda n=n: h.cli_json("status", node=n)["cluster"]["resyncs"] > resyncs[n], 15, "node %d to resync" % n)
+    wait_until(lambda: route_nh(h, 1, "10.1.1.4") is not None, 10, "vm3's route on node 1 again")
+    assert ping(h, "vm1", "vm3")
+    wait_until(lambda: "ntp" in services(h, 3), 10, "ntp on node 3")
+    assert all(h.cli_json("status", node=n)["cluster"]["pending"] == 0 for n in (1, 2, 3))
+
+
+def test_an_agent_killed_and_restarted_converges_and_the_others_keep_their_routes(cluster):
+    h = cluster
+    assert ping(h, "vm3", "vm1")
+    pid = int(open(os.path.join(h.nodes[0]["state_dir"], "agent.pid")).read())
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: not os.path.exists("/proc/%d" % pid) or open("/proc/%d/stat" % pid).read().split()[2] == "Z", 10, "the agent gone")
+    # node 2 and 3 keep the routes to node 1's VMs (vm1 is still up, just unreachable for now)
+    assert route_nh(h, 2, "10.1.1.3") is not None and route_nh(h, 3, "10.1.1.3") is not None
+    r = h.setup("start-agent", "--node", "1")
+    assert r.returncode == 0, r.stderr
+    wait_until(lambda: h.cli_json("status", node=1)["cluster"]["remote_routes"] == 4, 15, "node 1 to converge from etcd")
+    assert ping(h, "vm3", "vm1") and ping(h, "vm1", "vm5")
+    assert route_nh(h, 2, "10.1.1.3") is not None
+
+
+def test_a_port_moved_to_another_node_is_reached_there_and_no_stale_route_stays(cluster):
+    h = cluster
+    vm5 = vm(h, "vm5")  # on node 3; moves to node 2 as a live migration moves it
+    assert h.cli("port", "del", "--uuid", vm5["port_uuid"], node=3).returncode == 0
+    subprocess.run(["ip", "-n", h.nodes[2]["namespace"], "link", "set", vm5["tap"], "netns", h.nodes[1]["namespace"]], check=True)
+    assert h.cli(*port_add_args(vm5, vm5["project_id"]), node=2).returncode == 0
+    wait_until(lambda: (route_nh(h, 1, "10.1.1.5") or {}).get("node") == h.nodes[1]["name"], 10, "node 1's route to vm5 via node 2")
+    assert ping(h, "vm1", "vm5") and ping(h, "vm5", "vm1")
+    tunnel = h.cli_json("nh", "--get", str(route_nh(h, 1, "10.1.1.5")["nh"]), node=1)
+    assert tunnel["dip"] == h.nodes[1]["vhost0"]
+    # node 3 now reaches it through node 2, and etcd has one route and one port record for it
+    assert (route_nh(h, 3, "10.1.1.5") or {}).get("node") == h.nodes[1]["name"]
+    assert ping(h, "vm6", "vm4")
+
+    def keys() -> dict:
+        store = ConfigStore(h.layout["etcd"]["urls"])
+        with netns.Namespace(h.layout["namespaces"]["fabric"]) as ns:
+            return ns.run(lambda: store.get_all()[1])
+
+    everything = keys()
+    assert [k for k in everything if k.endswith("/10.1.1.5")] == ["routes/%s/10.1.1.5" % vm5["vn_uuid"]]
+    assert everything["ports/" + vm5["port_uuid"]]["node"] == h.nodes[1]["name"]
+
+
+def test_a_node_removed_takes_its_keys_and_routes_with_it(cluster):
+    h = cluster
+    r = h.setup("down", "--node", "3")
+    assert r.returncode == 0, r.stderr
+    assert not netns.exists(h.nodes[2]["namespace"]) and not netns.exists(vm(h, "vm5")["namespace"])
+    for n in (1, 2):
+        wait_until(lambda n=n: h.cli_json("status", node=n)["cluster"]["remote_routes"] == 2, 10, "node %d without node 3's routes" % n)
+    assert route_nh(h, 1, "10.1.1.5") is None
+    assert ping(h, "vm1", "vm3")
+    layout = h.lab.layout()
+    assert [n["node"] for n in layout["nodes"]] == [1, 2] and len(layout["vms"]) == 4
+    t = time.monotonic()
+    h.down()  # the rest goes as usual
+    assert not netns.exists(h.nodes[0]["namespace"]) and time.monotonic() - t < 30
