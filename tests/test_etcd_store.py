@@ -336,6 +336,10 @@ def test_store_round_trip(cloud, caplog):
             ]
             cancel()
             assert list(events) == []  # ends once cancelled
+            # compare and delete: only while the key holds what we wrote
+            assert not store.delete_if("ports/p2", {"ip": "10.0.0.4"}) and store.get("ports/p2") == {"ip": "10.0.0.5"}
+            assert store.delete_if("ports/p2", {"ip": "10.0.0.5"}) and store.get("ports/p2") is None
+            store.put("ports/p2", {"ip": "10.0.0.5"})
             assert store.delete_prefix("ports/") == 2 and store.get_all("ports/")[1] == {}
             assert store.get_all()[1] == {"networks/n1": {"subnet": "10.0.0.0/24"}}
             assert store.healthy()

@@ -24,7 +24,7 @@ Rules kept here:
   by etcd's, with what is pending laid over it; then this node's own keys are made right: its
   node record, each of its ports and routes put, and keys that name this node for ports it no
   longer has deleted.  A port that moved to another node is that node's: only keys that still
-  name this node are ever deleted here.
+  hold this node's record are ever deleted here (compare and delete in one etcd transaction).
 * The files the agent keeps (linklocal.json, networks/) are the local cache of what etcd said;
   the view of the other nodes (ports, routes) is cached in ``cluster.json``, so that an agent
   restarted while etcd is down still forwards to the VMs it knew.
@@ -53,6 +53,7 @@ from vrouter.agent.ports import Port
 from vrouter.agent.store import read_json, write_json_atomic
 from vrouter.cluster.store import ConfigStore, Event, Follower, StoreError
 from vrouter.messages import ClusterStatus
+from vrouter.services.dns import Instance
 
 if TYPE_CHECKING:
     from vrouter.agent.agent import Agent
@@ -65,6 +66,15 @@ NODES = "nodes/"
 PORTS = "ports/"
 ROUTES = "routes/"
 CACHE_DELAY = 1.0  # seconds from a change of the other nodes' view to its cache file
+
+
+class DeleteIf:
+    """A pending delete of a key that still holds ``value`` (this node's record of it)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:  # noqa: ANN401 - a JSON value
+        self.value = value
 
 
 def route_key(vn_uuid: str, ip: str) -> str:
@@ -150,7 +160,7 @@ class Cluster:
         self.resyncs += 1
         view = dict(snapshot)
         for key, value in self.pending.items():  # what this node changed meanwhile stands
-            if value is None:
+            if value is None or isinstance(value, DeleteIf):
                 view.pop(key, None)
             else:
                 view[key] = value
@@ -251,6 +261,14 @@ class Cluster:
             log.info("cluster: routes changed, %d flow entries removed", gone)
         self._cache_later()
 
+    def instances_of(self, vn_uuid: str) -> tuple[Instance, ...]:
+        """The named VMs of a network on the other nodes, for the network's DNS zone."""
+        out = []
+        for key, p in self.view.items():
+            if key.startswith(PORTS) and isinstance(p, dict) and p.get("node") != self.node and p.get("vn_uuid") == vn_uuid and p.get("vm_name"):
+                out.append(Instance(str(p["vm_name"]), str(p.get("ip_address", "")), str(p.get("ipv6_address", ""))))
+        return tuple(out)
+
     # -- this node's own keys ---------------------------------------------------------------------
 
     def port_keys(self, port: Port) -> dict[str, Any]:
@@ -278,7 +296,7 @@ class Cluster:
                     self.store.put(key, value)
             for key, value in snapshot.items():
                 if key.startswith((PORTS, ROUTES)) and isinstance(value, dict) and value.get("node") == self.node and key not in own:
-                    self.store.delete(key)
+                    self.store.delete_if(key, value)
                     log.info("cluster: %s removed (this node has no such port now)", key)
         except StoreError as e:
             log.warning("cluster: publishing this node's ports: %s; again at the next resync", e)
@@ -294,6 +312,8 @@ class Cluster:
             try:
                 if value is None:
                     self.store.delete(key)
+                elif isinstance(value, DeleteIf):
+                    self.store.delete_if(key, value.value)
                 else:
                     self.store.put(key, value)
             except StoreError as e:
@@ -314,13 +334,14 @@ class Cluster:
         self._loop.create_task(coro)
 
     async def write(self, changes: dict[str, Any]) -> bool:
-        """Write changes made here (key -> value, or None to delete) to etcd, after what is
-        pending; True if etcd took them, False if they wait for it (they are kept)."""
+        """Write changes made here (key -> value, None to delete, ``DeleteIf`` to delete what is
+        still ours) to etcd, after what is pending; True if etcd took them, False if they wait
+        for it (they are kept)."""
         for key, value in changes.items():
             with self._lock:
                 self.pending.pop(key, None)  # to the end: written after what was there before
                 self.pending[key] = value
-            if value is None:
+            if value is None or isinstance(value, DeleteIf):
                 self.view.pop(key, None)
             else:
                 self.view[key] = value
@@ -335,10 +356,10 @@ class Cluster:
         """Delete the port's keys, those that still name this node (a port plugged on another
         node meanwhile is that node's)."""
         changes: dict[str, Any] = {}
-        for key in self.port_keys(port):
+        for key, ours in self.port_keys(port).items():
             current = self.view.get(key)
             if current is None or (isinstance(current, dict) and current.get("node") == self.node):
-                changes[key] = None
+                changes[key] = DeleteIf(ours)  # in etcd too: only if no other node has written it meanwhile
         return await self.write(changes)
 
     async def publish_services(self) -> bool:

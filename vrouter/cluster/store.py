@@ -358,6 +358,16 @@ class ConfigStore:
         answer = self._post("/kv/deleterange", {"key": b64(self._full(key))})
         return int(answer.get("deleted", 0)) > 0
 
+    def delete_if(self, key: str, value: Any) -> bool:
+        """Remove ``key`` only while it holds ``value`` (as ``put`` wrote it), in one transaction:
+        a key another writer has changed meanwhile stays.  Whether it went."""
+        full = b64(self._full(key))
+        txn = {
+            "compare": [{"key": full, "result": "EQUAL", "target": "VALUE", "value": b64(encode_value(value))}],
+            "success": [{"request_delete_range": {"key": full}}],
+        }
+        return bool(self._post("/kv/txn", txn).get("succeeded"))
+
     def delete_prefix(self, under: str) -> int:
         """Remove every key under prefix + ``under`` ("" for all of them); how many went."""
         start = self._full(under, "prefix", empty=True)
