@@ -446,6 +446,8 @@ class Agent:
         net = self.networks.networks.get(vn_uuid)
         domain = (net.domain if net is not None else "") or self.cfg.dns_domain
         names = tuple(Instance(p.vm_name, p.ip_address, p.ipv6_address) for p in self.ports.ports.values() if p.vn_uuid == vn_uuid and p.vm_name)
+        if self.cluster is not None:  # and the network's instances on the other nodes
+            names += self.cluster.instances_of(vn_uuid)
         return Zone(domain, names)
 
     def identities(self) -> dict[str, Identity]:
