@@ -127,6 +127,7 @@ class InstanceStore:
         self.passwords: dict[str, str] = {}
         self.loads = 0
         self.error = ""  # why the file as it is now was refused, if it was
+        self.shared: dict[str, dict] = {}  # instances of other labs of the cloud, from etcd (``follow``)
         self.refresh()
 
     def refresh(self) -> None:
@@ -164,7 +165,41 @@ class InstanceStore:
 
     def get(self, uuid: str) -> dict | None:
         self.refresh()
-        return self.instances.get(uuid)
+        return self.instances.get(uuid) or self.shared.get(uuid)
+
+    def follow(self, endpoints: list[str], prefix: str) -> object:
+        """Also serve the instances under ``prefix``instances/ in etcd (one record each, as in the
+        file, by uuid), which labs that joined the cloud write there; followed live.  Returns the
+        follower (``stop`` it at exit)."""
+        from vrouter.cluster.store import ConfigStore, Event, Follower
+
+        def usable(key: str, value: object) -> dict | None:
+            try:
+                return parse_instances(json.dumps({"instances": [value]}))[key]
+            except (InstancesError, KeyError, TypeError, ValueError):
+                log.error("etcd: instances/%s is not a usable instance record; ignored", key)
+                return None
+
+        def synced(snapshot: dict, _revision: int) -> None:
+            self.shared = {k: v for k, v in ((k, usable(k, v)) for k, v in snapshot.items()) if v is not None}
+            log.info("etcd: %d instances of the cloud's other labs", len(self.shared))
+
+        def events(batch: list[Event]) -> None:
+            shared = dict(self.shared)
+            for e in batch:
+                rec = usable(e.key, e.value) if e.kind == "put" else None
+                if rec is None:
+                    shared.pop(e.key, None)
+                else:
+                    shared[e.key] = rec
+            self.shared = shared
+
+        def state(up: bool) -> None:
+            log.log(logging.INFO if up else logging.WARNING, "etcd at %s %s", ", ".join(endpoints), "answers" if up else "does not answer")
+
+        follower = Follower(ConfigStore(endpoints, prefix.rstrip("/") + "/instances/"), synced, events, state)
+        follower.start()
+        return follower
 
     def watch(self, stop: threading.Event, interval: float = 0.5) -> None:
         """Look for changes until ``stop`` is set (run it in a thread)."""

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import VROUTER, EmulatedHost, wait_until
+from tests.conftest import SETUP, VROUTER, EmulatedHost, unique_prefix, wait_until
 from topology import netns
 from vrouter.cluster.store import ConfigStore
 
@@ -110,6 +110,23 @@ def test_vms_on_different_nodes_ping_and_talk_tcp_and_networks_stay_apart(cloud)
     tcp_transfer(h, "vm4", "vm2", 1_000_000)
     assert not ping(h, "vm1", "vm4", count=1, wait=1)  # another network, on another node
     assert not ping(h, "vm2", "vm5", count=1, wait=1)
+
+
+ASK = """
+import socket, sys, dpkt
+q = dpkt.dns.DNS(id=7, qd=[dpkt.dns.DNS.Q(name=sys.argv[2], type=dpkt.dns.DNS_A)])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3); s.sendto(bytes(q), (sys.argv[1], 53))
+a = dpkt.dns.DNS(s.recv(2048))
+print(" ".join(socket.inet_ntoa(r.rdata) for r in a.an if r.type == dpkt.dns.DNS_A) or "rcode%d" % a.rcode)
+"""
+
+
+def test_dns_answers_for_the_networks_vms_on_other_nodes(cloud):
+    h = cloud
+    r = h.in_vm(0, sys.executable, "-c", ASK, "10.1.1.2", "vm5")  # vm1 on node 1 asks for vm5 on node 3
+    assert r.stdout.strip() == "10.1.1.5", r.stdout + r.stderr
+    r = h.in_vm(0, sys.executable, "-c", ASK, "10.1.1.2", "vm4")  # another network's VM
+    assert r.stdout.strip().startswith("rcode"), r.stdout + r.stderr
 
 
 def test_the_overlay_tools_show_routes_tunnels_labels_and_flows(cloud):
@@ -251,3 +268,47 @@ def test_a_node_removed_takes_its_keys_and_routes_with_it(cluster):
     t = time.monotonic()
     h.down()  # the rest goes as usual
     assert not netns.exists(h.nodes[0]["namespace"]) and time.monotonic() - t < 30
+
+
+def test_a_second_prefix_joins_the_cloud_through_its_etcd():
+    """Nodes on several machines, as two prefixes on this one: the second lab's node joins the
+    first's cloud (its etcd, its Nova, its networks) over a veth fabric link."""
+    a = EmulatedHost(vms=2, nodes=2)
+    b_prefix = unique_prefix()
+    b = None
+    try:
+        r = subprocess.run(["bash", str(SETUP), "up", "--prefix", b_prefix, "--vms", "2", "--join", ",".join(a.layout["etcd"]["urls"]),
+                            "--node-id", "3", "--secret", a.layout["secret"], "--fabric-link", a.layout["namespaces"]["fabric"], "--json"],
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        b = json.loads(r.stdout)
+        assert [n["vhost0"] for n in b["nodes"]] == ["10.10.0.4"]
+        assert b["networks"][0]["uuid"] == a.layout["networks"][0]["uuid"]  # the cloud's network
+        assert [v["ip"] for v in b["vms"]] == ["10.1.1.5", "10.1.1.6"]  # after the cloud's vm1 and vm2
+        # each of its VMs reads its own metadata from the cloud's Nova, and reaches the cloud's VMs
+        for v in b["vms"]:
+            r = subprocess.run(["ip", "netns", "exec", v["namespace"], "curl", "-s", "-m", "5", "http://169.254.169.254/openstack/latest/meta_data.json"],
+                               capture_output=True, text=True, timeout=15)  # fmt: skip
+            assert v["instance_uuid"] in r.stdout, r.stdout[:300]
+        r = subprocess.run(
+            ["ip", "netns", "exec", b["vms"][0]["namespace"], "ping", "-c", "2", "-W", "2", "10.1.1.3"], capture_output=True, text=True
+        )
+        assert " 0% packet loss" in r.stdout, r.stdout
+        assert ping(a, "vm2", "vm1")
+        assert (route_nh(a, 1, "10.1.1.5") or {}).get("node") == b_prefix + "-compute"
+        assert a.cli_json("status", node=2)["cluster"]["remote_nodes"] == 2
+        r = subprocess.run(["bash", str(SETUP), "down", "--prefix", b_prefix], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        b = None
+        # what it told the cloud went with it: no route to its VMs stays
+        wait_until(lambda: a.cli_json("status", node=1)["cluster"]["remote_routes"] == 1, 10, "node 1 without the other lab's routes")
+        store = ConfigStore(a.layout["etcd"]["urls"])
+        with netns.Namespace(a.layout["namespaces"]["fabric"]) as ns:
+            keys = ns.run(lambda: store.get_all()[1])
+        assert not [k for k, v in keys.items() if isinstance(v, dict) and v.get("node") == b_prefix + "-compute"]
+        assert not [k for k in keys if k.startswith("instances/")]
+        assert ping(a, "vm2", "vm1")
+    finally:
+        if b is not None:
+            subprocess.run(["bash", str(SETUP), "down", "--prefix", b_prefix], capture_output=True, timeout=60)
+        a.down()

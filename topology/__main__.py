@@ -1,6 +1,7 @@
 """``python -m topology``: what ``scripts/netns_setup.sh`` runs.
 
 netns_setup.sh up [--vms N] [--networks K] [--nodes K] [--etcd URL,...] [--prefix P] [--secret S] [--tls] [--dhcp] [--json]
+                  [--join URL,... --node-id I --secret S [--fabric-link NS]]
                   [--qemu M (--image FILE | --kernel K [--initrd I] [--append A]) [--accel auto|kvm|tcg] [--memory MIB]]
                   [--user-data FILE] [--ssh-key PUBKEY_FILE] [--instances FILE]
 netns_setup.sh down [--node I] [--prefix P]
@@ -43,6 +44,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--nodes", default="1")
     ap.add_argument("--node", default="")
     ap.add_argument("--etcd", default="")
+    ap.add_argument("--join", default="")
+    ap.add_argument("--node-id", default="")
+    ap.add_argument("--fabric-link", default="")
     ap.add_argument("--prefix", default="vr")
     ap.add_argument("--secret")
     ap.add_argument("--tls", action="store_true")
@@ -76,10 +80,24 @@ def parse(argv: list[str]) -> argparse.Namespace:
         die("--nodes %s: a number of compute nodes, 1 to %d" % (args.nodes, MAX_NODES))
     if args.node and (not args.node.isdigit() or not 1 <= int(args.node) <= MAX_NODES):
         die("--node %s: a node number, 1 to %d" % (args.node, MAX_NODES))
-    if args.etcd:
-        for url in args.etcd.split(","):
+    for option in ("etcd", "join"):
+        for url in getattr(args, option).split(",") if getattr(args, option) else []:
             if not re.fullmatch(r"https?://[^/:\s]+(:\d{1,5})?/?", url.strip()):
-                die("--etcd %s: %r is not a URL such as http://10.10.0.1:2379" % (args.etcd, url))
+                die("--%s %s: %r is not a URL such as http://10.10.0.1:2379" % (option, getattr(args, option), url))
+    if args.join:
+        if args.etcd:
+            die("--join URL is the cloud's etcd: no --etcd with it")
+        if not args.node_id.isdigit() or not 2 <= int(args.node_id) <= 250 - int(args.nodes):
+            die(
+                "--join needs --node-id I: this lab's first node's number in the cloud, 2 to %d (its vhost0 is 10.10.0.(1+I))"
+                % (250 - int(args.nodes))
+            )
+        if not args.secret:
+            die("--join needs --secret S: the cloud's metadata secret (its first prefix's layout.json has it)")
+        if int(args.qemu) or args.tls or args.instances:
+            die("--join goes without --qemu, --tls and --instances for now")
+    elif args.node_id or args.fabric_link:
+        die("--node-id and --fabric-link go with --join URL")
     if int(args.nodes) > 1 and int(args.qemu):
         die("--qemu goes with one node for now (--nodes 1)")
     if not args.memory.isdigit() or (int(args.memory) and not 64 <= int(args.memory) <= 16384):
@@ -110,7 +128,9 @@ def plan(args: argparse.Namespace, state: str) -> Topology:
                              nodes=int(args.nodes))  # fmt: skip
     except ValueError as e:
         die(str(e))
-    topo.etcd_servers = [u.strip().rstrip("/") for u in args.etcd.split(",") if u.strip()]
+    topo.etcd_servers = [u.strip().rstrip("/") for u in (args.join or args.etcd).split(",") if u.strip()]
+    if args.join:
+        topo.join, topo.node_base, topo.fabric_link = True, int(args.node_id), args.fabric_link
     topo.dhcp = args.dhcp
     topo.boot = GuestBoot(args.image, args.kernel, args.initrd, args.append, args.accel, int(args.memory))
     if args.user_data is not None:

@@ -30,11 +30,12 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 
 from topology import etcd, guests, netns
-from topology.model import FABRIC_MTU, NOVA_PORT, VM, Topology
+from topology.model import FABRIC_MTU, NOVA_PORT, VM, Net, Topology
 from topology.processes import Processes, StartError
 from vrouter.agent.control import AgentNotRunning, RequestFailed, call
 from vrouter.agent.paths import STATE_ROOT
@@ -47,6 +48,7 @@ BIN = Path(sys.executable).parent  # the venv's bin: vrouter lives beside this p
 
 
 FABRIC_BRIDGE = "br-fabric"
+T = TypeVar("T")
 
 
 class LabError(Exception):
@@ -163,6 +165,9 @@ class Lab:
                 self._wire_fabric(topo, ns_of[1], fabric)
             else:
                 self._wire_fabric_bridge(topo, ns_of, fabric)
+            others: dict[str, int] = {}  # the cloud's VMs of other labs, by network (a lab that joins one)
+            if topo.join:
+                others = self._adopt(topo, ns_of[1])
             self._write("instances.json", json.dumps(topo.instances(), indent=2))
             for vm in topo.vms:
                 netns.create(vm.namespace)
@@ -183,11 +188,13 @@ class Lab:
             self._write(self._node_file(topo, n, "agent.conf"), topo.agent_conf(n))
         if topo.own_etcd:
             self.start_etcd()
-        self.start_nova()
+        if topo.own_nova:
+            self.start_nova(topo)
         for n in nodes:
             self.start_agent(n, topo)
-        first = os.path.join(topo.state_of(1), "agent.sock")
-        for net in topo.networks:  # with etcd, once: every agent learns it from there
+        if topo.join:  # the cloud's Nova serves our instances from etcd
+            self._in_cloud(topo, lambda store: [store.put("instances/" + r["uuid"], r) for r in topo.instances()["instances"]])
+        for net in topo.networks if topo.own_nova else []:  # with etcd, once: every agent learns it from there
             for n in nodes if not topo.clustered else [1]:
                 r = call(os.path.join(topo.state_of(n), "agent.sock"), NetworkAdd(net.uuid, net.subnet, net.name, net.gateway, net.dns_server))
             self.say("network %s set: %s, gateway %s, service address %s" % (r.name, r.subnet, r.gateway, r.dns_server))
@@ -202,12 +209,11 @@ class Lab:
         if quiet:
             self.say("%d ports plugged (the layout lists them)" % len(topo.ports))
         metadata = LinkLocalAdd("metadata", "169.254.169.254", "80", [topo.nova_ip], str(NOVA_PORT))
-        for n in nodes if not topo.clustered else [1]:
+        for n in (nodes if not topo.clustered else [1]) if topo.own_nova else []:  # a lab that joins: the cloud's
             call(os.path.join(topo.state_of(n), "agent.sock"), metadata)
-        self.say("link-local service metadata set")
+            self.say("link-local service metadata set")
         if topo.clustered:
-            self.wait_converged(topo)
-        del first
+            self.wait_converged(topo, others)
         if topo.dhcp:
             self._dhcp_clients(topo)
         if topo.guests:
@@ -224,13 +230,14 @@ class Lab:
         """A node's file, relative to the lab's state directory."""
         return os.path.relpath(os.path.join(topo.state_of(node), name), self.state)
 
-    def wait_converged(self, topo: Topology, timeout: float = 30) -> None:
+    def wait_converged(self, topo: Topology, others: dict[str, int] | None = None, timeout: float = 30) -> None:
         """Until every node's agent has every route it should have from etcd (the other nodes' VMs
-        of the networks it has VMs of) and the link-local services."""
+        of the networks it has VMs of; ``others``: how many the cloud's other labs have, by network)
+        and the link-local services."""
         deadline = time.monotonic() + timeout
         for n in range(1, topo.nodes + 1):
             mine = {vm.vn_uuid for vm in topo.vms_of(n)}
-            want = sum(1 for vm in topo.ports if vm.node != n and vm.vn_uuid in mine)
+            want = sum(1 for vm in topo.ports if vm.node != n and vm.vn_uuid in mine) + sum((others or {}).get(vn, 0) for vn in mine)
             sock = os.path.join(topo.state_of(n), "agent.sock")
             while True:
                 st = call(sock, StatusRequest())
@@ -265,7 +272,10 @@ class Lab:
         fabric.ipr.link("add", ifname=FABRIC_BRIDGE, kind="bridge")
         br = fabric.index(FABRIC_BRIDGE)
         fabric.ipr.link("set", index=br, mtu=FABRIC_MTU, state="up")
-        fabric.ipr.addr("add", index=br, address=topo.nova_ip, prefixlen=24)
+        if topo.own_nova:  # a lab that joins a cloud uses the cloud's Nova and etcd
+            fabric.ipr.addr("add", index=br, address=topo.nova_ip, prefixlen=24)
+        if topo.fabric_link:
+            self._uplink(topo, fabric, br)
         for n, compute in nodes.items():
             compute.ipr.link("set", index=compute.index("lo"), state="up")
             peer = "vhost-c%d" % n
@@ -277,6 +287,58 @@ class Lab:
             compute.ipr.link("set", index=vhost0, state="up")
             compute.ipr.route("add", dst="default", gateway=topo.nova_ip)
             compute.sysctl({"net.ipv4.ip_forward": "0", "net.ipv4.conf.all.rp_filter": "1", "net.ipv4.conf.default.rp_filter": "1"})
+
+    def _uplink(self, topo: Topology, fabric: netns.Namespace, br: int) -> None:
+        """A veth from our fabric bridge to the bridge br-fabric of namespace ``topo.fabric_link``
+        (the cloud's fabric on this machine, or a namespace whose bridge has the real link to it);
+        its far end goes with our fabric namespace at ``down``."""
+        if not netns.exists(topo.fabric_link):
+            raise LabError("--fabric-link %s: no such namespace" % topo.fabric_link)
+        with netns.Namespace(topo.fabric_link) as other:
+            there = (other.ipr.link_lookup(ifname=FABRIC_BRIDGE) or [0])[0]
+            if not there:
+                raise LabError("--fabric-link %s: it has no bridge %s (the fabric of a cloud built with up --nodes K has one)"
+                               % (topo.fabric_link, FABRIC_BRIDGE))  # fmt: skip
+            far = "%s-up" % self.prefix
+            fabric.ipr.link("add", ifname="uplink", kind="veth", peer={"ifname": far, "net_ns_fd": other.fd})
+            other.ipr.link("set", index=other.index(far), mtu=FABRIC_MTU, master=there, state="up")
+        fabric.ipr.link("set", index=fabric.index("uplink"), mtu=FABRIC_MTU, master=br, state="up")
+
+    def _in_cloud(self, topo: Topology, fn: Callable[[ConfigStore], T]) -> T:
+        """``fn(store)`` on the cloud's etcd, from node 1's namespace (where vhost0 reaches it)."""
+        store = ConfigStore(topo.etcd_urls, topo.etcd_prefix)
+        try:
+            with netns.Namespace(topo.compute_of(1)) as ns:
+                return ns.run(lambda: fn(store))
+        except StoreError as e:
+            raise LabError("the cloud's etcd (%s): %s" % (", ".join(topo.etcd_urls), e)) from None
+        finally:
+            store.close()
+
+    def _adopt(self, topo: Topology, ns: netns.Namespace) -> dict[str, int]:
+        """A lab that joins a cloud: the cloud's networks and the addresses its VMs have, from etcd;
+        our VMs on those networks at free addresses, our nodes' vhost0 addresses checked free.
+        Returns how many VMs the cloud has, by network."""
+        everything = self._in_cloud(topo, lambda store: store.get_all()[1])
+        nets = sorted((n for n in (Net.of_record(v) for k, v in everything.items() if k.startswith("virtual-networks/") and isinstance(v, dict))
+                       if n is not None), key=lambda n: n.number)  # fmt: skip
+        routes = [v for k, v in everything.items() if k.startswith("routes/") and isinstance(v, dict)]
+        taken = {v.get("vhost_ip"): k[6:] for k, v in everything.items() if k.startswith("nodes/") and isinstance(v, dict)}
+        for n in range(1, topo.nodes + 1):
+            if topo.vhost_ip_of(n) in taken:
+                raise LabError(
+                    "--node-id %d: vhost0 %s is node %s's already; choose a free one"
+                    % (topo.node_base, topo.vhost_ip_of(n), taken[topo.vhost_ip_of(n)])
+                )
+        try:
+            topo.adopt(nets, {str(r.get("address")) for r in routes})
+        except ValueError as e:
+            raise LabError("--join: %s" % e) from None
+        self.say("  joined the cloud at %s: %d networks, %d VMs, %d nodes" % (", ".join(topo.etcd_urls), len(nets), len(routes), len(taken)))
+        by_vn: dict[str, int] = {}
+        for r in routes:
+            by_vn[str(r.get("vn_uuid"))] = by_vn.get(str(r.get("vn_uuid")), 0) + 1
+        return by_vn
 
     def _wire_vm(self, vm: VM, compute: netns.Namespace, ns: netns.Namespace, static: bool) -> None:
         """The VM's eth0 and its tap in the compute namespace; with ``static``, its IPv4 address and
@@ -340,17 +402,23 @@ class Lab:
     def pid(self, pidfile: str) -> int:
         return self.procs.pid(pidfile)
 
-    def start_nova(self) -> None:
+    def start_nova(self, topo: Topology | None = None) -> None:
         if self.procs.pid("nova.pid"):
             self.say("  nova-metadata already running")
             return
+        layout = self.layout() or {}
+        if topo is None and (layout.get("etcd") or {}).get("joined"):
+            raise LabError("prefix %s joined a cloud: its instances are served by the cloud's Nova" % self.prefix)
+        cloud = (["--etcd", ",".join(topo.etcd_urls), "--etcd-prefix", topo.etcd_prefix] if topo.clustered else []) if topo is not None else (
+            ["--etcd", ",".join(layout["etcd"]["urls"]), "--etcd-prefix", layout["etcd"]["key_prefix"]] if layout.get("etcd") else [])  # fmt: skip
         tls = []
         if os.path.exists(self._path("tls/nova.pem")):
             t = self._path("tls/")
             tls = ["--tls-cert", t + "nova.pem", "--tls-key", t + "nova.key", "--tls-client-ca", t + "ca.pem"]
         nova_ip = self._nova_ip()
         proc = self.procs.spawn(self.fabric, [self.vrouter, "nova-metadata", "--instances", self._path("instances.json"), "--listen", nova_ip,
-                                         "--port", str(NOVA_PORT), "--secret-file", self._path("secret"), *tls], "nova.log", "nova.pid")  # fmt: skip
+                                         "--port", str(NOVA_PORT), "--secret-file", self._path("secret"), *tls, *cloud],
+                                "nova.log", "nova.pid")  # fmt: skip
 
         def listening() -> bool:
             def connect() -> bool:
@@ -464,23 +532,11 @@ class Lab:
         assert layout is not None
         self.say("removing node %d (%s) of '%s'" % (node, mine["namespace"], self.prefix))
         self.stop_agent(node)
-        store = ConfigStore(layout["etcd"]["urls"], layout["etcd"]["key_prefix"])
-
-        def forget() -> int:
-            _, everything = store.get_all()
-            keys = [k for k, v in everything.items() if k.startswith(("ports/", "routes/")) and isinstance(v, dict) and v.get("node") == mine["name"]]
-            for k in [*keys, "nodes/" + mine["name"]]:
-                store.delete(k)
-            return len(keys)
-
         try:
-            with netns.Namespace(mine["namespace"]) as ns:  # where the node reached etcd from
-                gone = ns.run(forget)
-            self.say("  %d keys of node %d deleted from etcd" % (gone, node))
+            gone = self._forget(layout, [mine], [])
         except (StoreError, OSError) as e:
             raise LabError("down --node %d: its keys could not be deleted from etcd (%s); start etcd and run it again" % (node, e)) from None
-        finally:
-            store.close()
+        self.say("  %d keys of node %d deleted from etcd" % (gone, node))
         vms = [v for v in layout["vms"] if v.get("node") == node]
         doomed = {v["namespace"] for v in vms} | {mine["namespace"]}
         for name in sorted(doomed):
@@ -497,6 +553,25 @@ class Lab:
         shutil.rmtree(mine["state_dir"], ignore_errors=True)
         self.say("down: node %d of prefix %s removed" % (node, self.prefix))
 
+    def _forget(self, layout: dict, nodes: list[dict], instances: list[str]) -> int:
+        """Delete from the cloud's etcd the keys of ``nodes`` (their ports, routes and node records)
+        and the ``instances``' records; asked from the first of those nodes' namespaces.  Returns
+        how many keys went."""
+        store = ConfigStore(layout["etcd"]["urls"], layout["etcd"]["key_prefix"])
+        names = {d["name"] for d in nodes}
+
+        def forget() -> int:
+            _, everything = store.get_all()
+            keys = [k for k, v in everything.items() if k.startswith(("ports/", "routes/")) and isinstance(v, dict) and v.get("node") in names]
+            keys += ["nodes/" + n for n in sorted(names)] + ["instances/" + u for u in instances]
+            return sum(store.delete(k) for k in keys)
+
+        try:
+            with netns.Namespace(nodes[0]["namespace"]) as ns:  # where the node reached etcd from
+                return ns.run(forget)
+        finally:
+            store.close()
+
     # -- down -----------------------------------------------------------------------------------
 
     def down(self, quiet: bool = False) -> bool:
@@ -508,7 +583,15 @@ class Lab:
         if not quiet:
             self.say("removing emulated compute node '%s'" % self.prefix)
         self.stop_clients()
-        self.stop_agents()
+        self.stop_agents()  # first: a running agent would publish its ports again
+        layout = self.layout() or {}
+        if (layout.get("etcd") or {}).get("joined"):  # the cloud stays: what we told it goes
+            try:
+                gone = self._forget(layout, layout["nodes"], [v["instance_uuid"] for v in layout["vms"] + layout["guests"]])
+                if not quiet:
+                    self.say("  %d keys deleted from the cloud's etcd" % gone)
+            except (StoreError, OSError) as e:
+                self.say("  could not delete this lab's keys from the cloud's etcd (%s): its nodes' routes stay there" % e)
         self.stop_nova()
         self.stop_etcd()
         rootdir = ""

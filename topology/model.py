@@ -52,6 +52,17 @@ class Net:
     uuid: str
     number: int  # J of 10.1.J.0/24
 
+    @classmethod
+    def of_record(cls, record: dict[str, Any]) -> Net | None:
+        """A network as the cloud's etcd holds it (``virtual-networks/UUID``), if it is one of ours
+        (10.1.J.0/24, the gateway .1 and service address .2)."""
+        subnet = str(record.get("subnet", ""))
+        parts = subnet.split(".")
+        if len(parts) != 4 or ".".join(parts[:2]) != VM_NET_BASE or parts[3] != "0/24" or not parts[2].isdigit():
+            return None
+        net = cls(str(record.get("name") or ""), str(record.get("uuid") or ""), int(parts[2]))
+        return net if net.uuid and (record.get("gateway"), record.get("dns_server")) == (net.gateway, net.dns_server) else None
+
     @property
     def subnet(self) -> str:
         return "%s.%d.0/24" % (VM_NET_BASE, self.number)
@@ -128,6 +139,9 @@ class Topology:
     nodes: int = 1  # compute nodes; several: P-compute1..K on a fabric bridge, configured through etcd
     etcd_servers: list[str] = field(default_factory=list)  # an existing etcd cluster's; none: our own (for several nodes)
     etcd_prefix: str = ETCD_KEY_PREFIX
+    join: bool = False  # a lab joining the cloud of etcd_servers: its Nova, networks and services are the cloud's
+    node_base: int = 1  # the cloud's number of this lab's first node (--node-id): its vhost0 is 10.10.0.(1 + it)
+    fabric_link: str = ""  # a namespace whose bridge br-fabric is the cloud's fabric: reached by a veth
 
     @property
     def compute(self) -> str:
@@ -138,7 +152,7 @@ class Topology:
         return self.prefix + "-compute" if self.nodes == 1 else "%s-compute%d" % (self.prefix, node)
 
     def vhost_ip_of(self, node: int) -> str:
-        return "%s.%d" % (FABRIC_NET, 1 + node)
+        return "%s.%d" % (FABRIC_NET, self.node_base + node)
 
     def state_of(self, node: int) -> str:
         """Node ``node``'s agent's state directory."""
@@ -154,8 +168,35 @@ class Topology:
         return self.clustered and not self.etcd_servers
 
     @property
+    def own_nova(self) -> bool:
+        return not self.join
+
+    @property
     def etcd_urls(self) -> list[str]:
         return self.etcd_servers or ["http://%s:%d" % (self.nova_ip, ETCD_PORT)]
+
+    def adopt(self, networks: list[Net], used: set[str]) -> None:
+        """Join a cloud: its networks (from etcd) instead of our own, the VMs dealt to them in turn,
+        each VM the next address of its network that no VM of the cloud has (``used``).
+        ValueError if a network is full."""
+        if not networks:
+            raise ValueError("the cloud has no virtual network (nothing under virtual-networks/ in etcd)")
+        self.networks = networks
+        host = {n.uuid: 3 for n in networks}
+        for i, vm in enumerate(self.ports):
+            net = networks[i % len(networks)]
+            h = host[net.uuid]
+            while "%s.%d.%d" % (VM_NET_BASE, net.number, h) in used:
+                h += 1
+            if h > 254:
+                raise ValueError("network %s (%s) has no free address for %s" % (net.name, net.subnet, vm.name))
+            host[net.uuid] = h + 1
+            vm.ip, vm.mac, vm.ipv6 = (
+                "%s.%d.%d" % (VM_NET_BASE, net.number, h),
+                "02:00:0a:%02x:00:%02x" % (net.number, h),
+                "fd00:10:1:%x::%x" % (net.number, h),
+            )
+            vm.vn_uuid, vm.gateway, vm.network = net.uuid, net.gateway, net.name
 
     def vms_of(self, node: int) -> list[VM]:
         return [vm for vm in self.ports if vm.node == node]
@@ -303,7 +344,8 @@ class Topology:
                  "agent_log": self.state_of(n) + "/agent.log", "vms": [v.name for v in self.vms_of(n)]}
                 for n in range(1, self.nodes + 1)
             ],
-            "etcd": {"urls": self.etcd_urls, "key_prefix": self.etcd_prefix, "namespace": self.fabric if self.own_etcd else None}
+            "etcd": {"urls": self.etcd_urls, "key_prefix": self.etcd_prefix, "namespace": self.fabric if self.own_etcd else None,
+                     "joined": self.join, "fabric_link": self.fabric_link or None}
             if self.clustered else None,
         }  # fmt: skip
 

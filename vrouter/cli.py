@@ -140,6 +140,8 @@ def cmd_nova(args: argparse.Namespace) -> int:
         raise UsageError("cannot listen on %s:%d: %s" % (args.listen, args.port, e.strerror)) from None
     stopping = threading.Event()
     threading.Thread(target=store.watch, args=(stopping,), name="instances-watch", daemon=True).start()
+    if args.etcd:
+        store.follow([u.strip() for u in args.etcd.split(",") if u.strip()], args.etcd_prefix)
 
     def stop(*_: object) -> None:
         stopping.set()
@@ -435,6 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM)")
     n.add_argument("--tls-key", help="its private key")
     n.add_argument("--tls-client-ca", help="require client certificates signed by this CA")
+    n.add_argument("--etcd", metavar="URL[,URL]", help="also serve the instances other labs of the cloud keep in this etcd (PREFIX/instances/UUID)")
+    n.add_argument("--etcd-prefix", default="/vrouter/", metavar="PREFIX", help="their key prefix (default /vrouter/)")
     n.add_argument("-v", "--verbose", action="store_true", help="log every request")
     n.set_defaults(func=cmd_nova)
 
