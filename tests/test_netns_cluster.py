@@ -95,6 +95,9 @@ def test_layout_names_each_vms_node(cloud):
     for node in (1, 2, 3):
         c = h.cli_json("status", node=node)["cluster"]
         assert c["connected"] and c["remote_routes"] == 4 and c["remote_nodes"] == 2
+    r = subprocess.run(["ip", "netns", "exec", h.nodes[1]["namespace"], "curl", "-s", "-f", "http://%s:8085/metrics" % h.nodes[1]["vhost0"]],
+                       capture_output=True, text=True, timeout=15)  # fmt: skip
+    assert "vrouter_cluster_connected 1.0" in r.stdout and "vrouter_cluster_remote_routes 4.0" in r.stdout, r.stdout[-500:]
 
 
 def test_every_vm_reads_its_own_metadata(cloud):
@@ -228,6 +231,21 @@ def test_an_agent_killed_and_restarted_converges_and_the_others_keep_their_route
     wait_until(lambda: h.cli_json("status", node=1)["cluster"]["remote_routes"] == 4, 15, "node 1 to converge from etcd")
     assert ping(h, "vm3", "vm1") and ping(h, "vm1", "vm5")
     assert route_nh(h, 2, "10.1.1.3") is not None
+
+
+def test_an_agent_restarted_while_etcd_is_away_forwards_from_its_cache(cluster):
+    h = cluster
+    assert h.setup("stop-etcd").returncode == 0
+    assert h.setup("stop-agent", "--node", "1").returncode == 0
+    r = h.setup("start-agent", "--node", "1")
+    assert r.returncode == 0, r.stderr
+    c = h.cli_json("status", node=1)["cluster"]
+    assert not c["connected"] and c["remote_routes"] == 4  # the other nodes' routes, from cluster.json
+    assert ping(h, "vm1", "vm3") and ping(h, "vm5", "vm1")
+    status, body = h.metadata(0)
+    assert status == 200 and vm(h, "vm1")["instance_uuid"] in body  # its services from its own files
+    assert h.setup("start-etcd").returncode == 0
+    wait_until(lambda: h.cli_json("status", node=1)["cluster"]["connected"], 15, "node 1 back on etcd")
 
 
 def test_a_port_moved_to_another_node_is_reached_there_and_no_stale_route_stays(cluster):

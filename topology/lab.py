@@ -168,6 +168,9 @@ class Lab:
             others: dict[str, int] = {}  # the cloud's VMs of other labs, by network (a lab that joins one)
             if topo.join:
                 others = self._adopt(topo, ns_of[1])
+            elif topo.etcd_servers and not self._in_cloud(topo, lambda store: store.healthy()):
+                raise LabError("--etcd %s: no etcd answers there from %s (its vhost0 %s, through the fabric)"
+                               % (",".join(topo.etcd_servers), topo.compute_of(1), topo.vhost_ip_of(1)))  # fmt: skip
             self._write("instances.json", json.dumps(topo.instances(), indent=2))
             for vm in topo.vms:
                 netns.create(vm.namespace)

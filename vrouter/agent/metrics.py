@@ -112,6 +112,13 @@ class AgentCollector(Collector):
         yield GaugeMetricFamily("vrouter_flow_setups_per_second", "Flow entries set up per second over the last %g s." % RATE_WINDOW,
                                 value=agent.setup_rate.rate())  # fmt: skip
         yield GaugeMetricFamily("vrouter_ports", "VM ports plugged.", value=len(agent.ports.ports))
+        if agent.cluster is not None:
+            cl = agent.cluster.state()
+            yield GaugeMetricFamily("vrouter_cluster_connected", "Whether the cloud's etcd answers this node.", value=int(cl.connected))
+            yield GaugeMetricFamily("vrouter_cluster_remote_routes", "Routes to VMs on other nodes (through their tunnels).", value=cl.remote_routes)
+            yield GaugeMetricFamily("vrouter_cluster_pending_changes", "Changes made on this node that wait for etcd.", value=cl.pending)
+            yield CounterMetricFamily("vrouter_cluster_resyncs", "Full loads from etcd (one per (re)connection).", value=cl.resyncs)
+            yield GaugeMetricFamily("vrouter_cluster_revision", "etcd's revision of the last change applied on this node.", value=cl.revision)
         yield CounterMetricFamily("vrouter_metadata_proxy_restarts", "Times the metadata proxy process was restarted.", value=node.proxy.restarts)
         r = self.report
         yield GaugeMetricFamily("vrouter_metadata_proxy_up", "Whether the metadata proxy process answered this scrape.", value=int(r is not None))
