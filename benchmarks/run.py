@@ -233,6 +233,40 @@ def sh(*cmd: str, check: bool = True, timeout: float = 120, **kw) -> subprocess.
     return r
 
 
+def wait_listening(ns: str, port: int) -> None:
+    deadline = time.monotonic() + 15
+    while not sh("ip", "netns", "exec", ns, "ss", "-Hltn", "sport = :%d" % port, check=False).stdout.strip():
+        if time.monotonic() > deadline:
+            raise RuntimeError("nothing listens on port %d in %s" % (port, ns))
+        time.sleep(0.05)  # polling for a listener, with a deadline
+
+
+def iperf3_udp(a: dict, b: dict, seconds: float) -> dict:
+    """Small UDP packets (64-byte payloads) from a C sender, iperf3 at full speed (-b 0), from VM
+    ``a`` to VM ``b`` (layout records): what the receiver got a second, and the share of what was
+    sent."""
+    server = subprocess.Popen(["ip", "netns", "exec", b["namespace"], "iperf3", "-s", "-1", "-B", b["ip"], "-p", "5201"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    end: dict = {}
+    try:
+        wait_listening(b["namespace"], 5201)  # not by connecting: iperf3 -s -1 would serve that one and exit
+        r = sh("ip", "netns", "exec", a["namespace"], "iperf3", "-u", "-c", b["ip"], "-p", "5201", "-l", "64", "-b", "0",
+               "-t", str(int(seconds)), "--json", timeout=seconds + 60, check=False)  # fmt: skip
+        if r.stdout.strip():
+            end = json.loads(r.stdout).get("end", {}).get("sum", {})
+    finally:
+        try:
+            server.wait(10)  # it exits after its one test
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(10)
+    packets, lost, secs = end.get("packets", 0), end.get("lost_packets", 0), end.get("seconds", 0)
+    return {
+        "iperf3_udp_pps": round((packets - lost) / secs) if secs else 0,
+        "iperf3_udp_delivered": round((packets - lost) / packets, 3) if packets else 0,
+    }
+
+
 class Bench:
     def __init__(self, prefix: str, seconds: float) -> None:
         self.prefix = prefix
@@ -301,11 +335,7 @@ class Bench:
             time.sleep(0.1)  # polling for a listener, with a deadline
 
     def wait_listening(self, ns: str, port: int) -> None:
-        deadline = time.monotonic() + 15
-        while not sh("ip", "netns", "exec", ns, "ss", "-Hltn", "sport = :%d" % port, check=False).stdout.strip():
-            if time.monotonic() > deadline:
-                raise RuntimeError("nothing listens on port %d in %s" % (port, ns))
-            time.sleep(0.05)  # polling for a listener, with a deadline
+        wait_listening(ns, port)
 
     # -- switching between the project and the references --------------------------------------
 
@@ -467,28 +497,7 @@ class Bench:
         return {**udp, "tcp_mbit": round(stream["bytes"] * 8 / stream["seconds"] / 1e6, 1)}
 
     def iperf3_udp(self, a: dict, b: dict) -> dict:
-        """Small UDP packets (64-byte payloads) from a C sender, iperf3 at full speed (-b 0): what
-        the receiver got a second, and the share of what was sent."""
-        server = subprocess.Popen(["ip", "netns", "exec", b["namespace"], "iperf3", "-s", "-1", "-B", b["ip"], "-p", "5201"],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-        end: dict = {}
-        try:
-            self.wait_listening(b["namespace"], 5201)  # not by connecting: iperf3 -s -1 would serve that one and exit
-            r = sh("ip", "netns", "exec", a["namespace"], "iperf3", "-u", "-c", b["ip"], "-p", "5201", "-l", "64", "-b", "0",
-                   "-t", str(int(self.seconds)), "--json", timeout=self.seconds + 60, check=False)  # fmt: skip
-            if r.stdout.strip():
-                end = json.loads(r.stdout).get("end", {}).get("sum", {})
-        finally:
-            try:
-                server.wait(10)  # it exits after its one test
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait(10)
-        packets, lost, secs = end.get("packets", 0), end.get("lost_packets", 0), end.get("seconds", 0)
-        return {
-            "iperf3_udp_pps": round((packets - lost) / secs) if secs else 0,
-            "iperf3_udp_delivered": round((packets - lost) / packets, 3) if packets else 0,
-        }
+        return iperf3_udp(a, b, self.seconds)
 
     def fairness(self) -> dict:
         """vm1 floods (hping3, as fast as it can); vm2 makes new metadata connections at 50/s and

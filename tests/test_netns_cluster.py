@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -41,13 +42,18 @@ s.sendall(data); s.shutdown(socket.SHUT_WR); print(s.recv(200).decode(), __impor
 """
 
 
-@pytest.fixture(scope="module")
-def cloud():
+def three_nodes() -> Iterator[EmulatedHost]:
     h = EmulatedHost(vms=6, nodes=3, networks=2)
     try:
         yield h
     finally:
         h.down()
+
+
+@pytest.fixture(scope="module")
+def cloud():
+    """The cluster the tests that change nothing for good share."""
+    yield from three_nodes()
 
 
 def vm(h: EmulatedHost, name: str) -> dict:
@@ -178,11 +184,8 @@ def test_a_linklocal_service_added_on_node_1_is_used_from_node_3(cloud):
 
 @pytest.fixture
 def cluster():
-    h = EmulatedHost(vms=6, nodes=3, networks=2)
-    try:
-        yield h
-    finally:
-        h.down()
+    """A cluster of its own, for a test that breaks something."""
+    yield from three_nodes()
 
 
 def port_add_args(v: dict, project: str) -> list[str]:

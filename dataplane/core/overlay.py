@@ -37,8 +37,8 @@ import ipaddress
 import struct
 import zlib
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
-from dataplane.core.nat import _fold
 from dataplane.core.vif import Vif
 
 MPLS_UDP_PORT = 6635
@@ -48,6 +48,8 @@ DROP_NH = 1
 TUNNEL_NH_BASE = 0x10000
 OUTER = 32  # bytes of outer IPv4 (20), UDP (8) and one label (4)
 _HEAD = struct.Struct("!BBHHHBBH4s4sHHHHI")  # IPv4, UDP, MPLS
+_OUTER = struct.Struct("!2xH2xH1xB2x4s4s2xH4xI")  # total length, fragment field, protocol, addresses, UDP port, label word
+_PARTS = struct.Struct("!2sH6sH12sH6s")  # the same, as constant parts around the lengths and the checksum
 _IP_CSUM_AT = 10
 
 
@@ -58,24 +60,30 @@ def label_of(vif_index: int) -> int:
 
 class Encap:
     """MPLS over UDP to one node with one label: ``apply4`` (and ``apply``, for the general path)
-    put the outer headers before a packet, as a NAT ``Patch`` rewrites one."""
+    put the outer headers before a packet, as a NAT ``Patch`` rewrites one.  Per packet, one
+    struct call puts the two lengths and the IP checksum between the prepared constant parts."""
 
-    __slots__ = ("src", "dst", "label", "sport", "_base", "_mpls")
+    __slots__ = ("src", "dst", "label", "sport", "_base", "_a", "_b", "_c", "_tail")
 
     def __init__(self, src: bytes, dst: bytes, label: int, sport: int) -> None:
         self.src, self.dst, self.label, self.sport = src, dst, label, sport
-        self._mpls = (label << 12) | 0x100 | 64
+        whole = _HEAD.pack(0x45, 0, 0, 0, 0, 64, 17, 0, src, dst, sport, MPLS_UDP_PORT, 0, 0, (label << 12) | 0x100 | 64)
         # the IPv4 header's words with total length and checksum 0: per packet, add the length
-        words = _HEAD.pack(0x45, 0, 0, 0, 0, 64, 17, 0, src, dst, 0, 0, 0, 0, 0)[:20]
-        self._base = sum(int.from_bytes(words[i : i + 2], "big") for i in range(0, 20, 2))
+        self._base = sum(int.from_bytes(whole[i : i + 2], "big") for i in range(0, 20, 2))
+        # the constant parts around the total length (2-3), the IP checksum (10-11) and the UDP length (24-25)
+        self._a, self._b, self._c, self._tail = whole[:2], whole[4:10], whole[12:24], whole[26:]
 
     def header(self, inner_len: int) -> bytes:
         total = inner_len + OUTER
-        csum = ~_fold(self._base + total) & 0xFFFF
-        return _HEAD.pack(0x45, 0, total, 0, 0, 64, 17, csum, self.src, self.dst, self.sport, MPLS_UDP_PORT, total - 20, 0, self._mpls)
+        x = self._base + total
+        x = (x & 0xFFFF) + (x >> 16)  # folded twice: ~(x + carry) keeps the low 16 bits right
+        return _PARTS.pack(self._a, total, self._b, ~(x + (x >> 16)) & 0xFFFF, self._c, total - 20, self._tail)
 
     def apply4(self, pkt: bytes) -> bytes:
-        return self.header(len(pkt)) + pkt
+        total = len(pkt) + OUTER
+        x = self._base + total
+        x = (x & 0xFFFF) + (x >> 16)
+        return _PARTS.pack(self._a, total, self._b, ~(x + (x >> 16)) & 0xFFFF, self._c, total - 20, self._tail) + pkt
 
     def apply(self, buf: bytearray, ihl: int) -> None:
         buf[:0] = self.header(len(buf))
@@ -120,8 +128,7 @@ class Route:
         return ipaddress.IPv4Address(self.ip).packed
 
 
-@dataclass(frozen=True)
-class Decapped:
+class Decapped(NamedTuple):  # a tuple: made for every packet a tunnel brings
     """What a tunnel packet carried: the inner packet, the tunnel it came by, the local vif its label names."""
 
     inner: bytes
@@ -194,18 +201,15 @@ class Overlay:
         """An MPLS over UDP packet from the fabric: what it carries, or None (dropped: not from a
         known node, not to our port, a label stack of more than one, a label of no local vif,
         or truncated)."""
-        if len(pkt) < OUTER + 20 or pkt[0] != 0x45 or pkt[9] != 17 or int.from_bytes(pkt[6:8], "big") & 0x3FFF:
+        if len(pkt) < OUTER + 20 or pkt[0] != 0x45:
             return None
-        if int.from_bytes(pkt[22:24], "big") != MPLS_UDP_PORT or pkt[16:20] != self.vhost_bytes:
-            return None
-        tunnel = self.tunnels.get(pkt[12:16])
+        total, frag, proto, src, dst, dport, word = _OUTER.unpack_from(pkt)
+        if proto != 17 or frag & 0x3FFF or dport != MPLS_UDP_PORT or dst != self.vhost_bytes or not word & 0x100 or total > len(pkt):
+            return None  # not MPLS over UDP to us, a fragment, or not one label (bottom of stack)
+        tunnel = self.tunnels.get(src)
         if tunnel is None:
-            return None
-        word = int.from_bytes(pkt[28:32], "big")
-        if not word & 0x100:  # one label, bottom of stack
             return None
         vif = self.by_label.get(word >> 12)
         if vif is None:
             return None
-        total = int.from_bytes(pkt[2:4], "big")
         return Decapped(pkt[OUTER:total], tunnel, vif)
