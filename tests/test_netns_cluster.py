@@ -275,6 +275,23 @@ def test_a_port_moved_to_another_node_is_reached_there_and_no_stale_route_stays(
     assert everything["ports/" + vm5["port_uuid"]]["node"] == h.nodes[1]["name"]
 
 
+def test_a_node_restarted_after_its_port_moved_away_does_not_take_it_back(cluster):
+    h = cluster
+    vm5 = vm(h, "vm5")
+    assert h.setup("stop-agent", "--node", "3").returncode == 0  # its port files stay
+    subprocess.run(["ip", "-n", h.nodes[2]["namespace"], "link", "set", vm5["tap"], "netns", h.nodes[1]["namespace"]], check=True)
+    assert h.cli(*port_add_args(vm5, vm5["project_id"]), node=2).returncode == 0
+    wait_until(lambda: (route_nh(h, 1, "10.1.1.5") or {}).get("node") == h.nodes[1]["name"], 10, "node 1's route to vm5 via node 2")
+    resyncs = h.cli_json("status", node=1)["cluster"]["resyncs"]
+    r = h.setup("start-agent", "--node", "3")
+    assert r.returncode == 0, r.stderr
+    wait_until(lambda: h.cli_json("status", node=3)["cluster"]["resyncs"] >= 1, 15, "node 3 to resync")
+    assert (route_nh(h, 1, "10.1.1.5") or {}).get("node") == h.nodes[1]["name"]  # still node 2's
+    assert (route_nh(h, 3, "10.1.1.5") or {}).get("node") == h.nodes[1]["name"]  # node 3 reaches it there too
+    assert ping(h, "vm1", "vm5") and ping(h, "vm6", "vm2")
+    assert h.cli_json("status", node=1)["cluster"]["resyncs"] == resyncs
+
+
 def test_a_node_removed_takes_its_keys_and_routes_with_it(cluster):
     h = cluster
     r = h.setup("down", "--node", "3")

@@ -141,3 +141,31 @@ def test_removing_the_vif_takes_its_tunnel_flows_and_label(pair):
     b.from_fabric(a.process(req, TAP).payload, VHOST)
     assert b.remove_vif(3) == 2
     assert b.from_fabric(a.process(req, TAP).payload, VHOST).reason == DropReason.INVALID_PACKET
+
+
+def test_a_flow_that_found_no_route_finds_the_route_that_comes():
+    a = node(A_IP, "10.1.1.3", 3)
+    echo = bytes(IP(src="10.1.1.3", dst="10.1.1.4") / ICMP(id=9, seq=1))
+    for _ in range(3):  # every packet keeps its Drop entry alive
+        assert a.process(echo, TAP).reason == DropReason.NO_ROUTE
+    a.set_routes([Route(1, "10.1.1.4", "b", B_IP, label_of(3))])
+    assert a.process(echo, TAP).accept
+    # and the same for a VM plugged on this node
+    a.set_routes([])
+    assert a.process(echo, TAP).reason == DropReason.NO_ROUTE
+    a.add_vif(Vif(4, "tap4", TAP + 1, "10.1.1.4", "02:00:0a:01:00:04", vrf=1))
+    v = a.process(echo, TAP)
+    assert v.accept and v.payload is None  # forwarded on this node, not encapsulated
+
+
+def test_a_gone_tunnel_takes_its_drop_counts():
+    a, b = node(A_IP, "10.1.1.3", 3), node(B_IP, "10.1.1.4", 3)
+    a.set_routes([Route(1, "10.1.1.4", "b", B_IP, label_of(3))])
+    b.set_routes([Route(1, "10.1.1.3", "a", A_IP, label_of(3))])
+    forged = Encap(bytes([10, 10, 0, 2]), bytes([10, 10, 0, 3]), label_of(3), 50000).apply4(
+        bytes(IP(src="10.1.1.77", dst="10.1.1.4") / UDP(sport=1, dport=2))
+    )
+    assert b.from_fabric(forged, VHOST).reason == DropReason.INVALID_SOURCE
+    assert any(k[0] >= TUNNEL_NH_BASE for k in b.path.vif_drops)
+    b.set_routes([])
+    assert not any(k[0] >= TUNNEL_NH_BASE for k in b.path.vif_drops)

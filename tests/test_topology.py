@@ -128,8 +128,10 @@ def test_tools_find_the_nodes_of_a_cluster(tmp_path, monkeypatch):
     assert locate.node_of_namespace("cl-compute2") == ("cl", 2) and locate.node_of_namespace("cl-compute") == ("cl", 0)
     assert locate.state_dir(None, "cl", node=2) == str(tmp_path / "cl" / "compute2")
     assert locate.state_dir(None, None, node=3) == str(tmp_path / "cl" / "compute3")  # the one cluster up
-    with pytest.raises(locate.Ambiguous, match=r"cluster of 3 nodes: say which with --node I"):
+    with pytest.raises(locate.Ambiguous, match=r"cluster of 3 nodes: say which with --node I \(1, 2, 3\)"):
         locate.state_dir(None, "cl")
+    with pytest.raises(locate.Ambiguous, match=r"prefix cl has no node 9 \(its nodes: 1, 2, 3\)"):
+        locate.state_dir(None, "cl", node=9)
     with pytest.raises(locate.Ambiguous, match=r"3 vrouter nodes are up \(cl/compute1, cl/compute2, cl/compute3\)"):
         locate.state_dir(None, None)
     monkeypatch.setattr(locate, "current_namespace", lambda: "cl-compute3")

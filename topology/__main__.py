@@ -82,8 +82,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
         die("--node %s: a node number, 1 to %d" % (args.node, MAX_NODES))
     for option in ("etcd", "join"):
         for url in getattr(args, option).split(",") if getattr(args, option) else []:
-            if not re.fullmatch(r"https?://[^/:\s]+(:\d{1,5})?/?", url.strip()):
+            m = re.fullmatch(r"https?://[^/:\s]+(:(\d{1,5}))?/?", url.strip())
+            if not m or (m.group(2) and not 1 <= int(m.group(2)) <= 65535):
                 die("--%s %s: %r is not a URL such as http://10.10.0.1:2379" % (option, getattr(args, option), url))
+    if args.node and args.command not in ("stop-agent", "start-agent", "down"):
+        die("--node I goes with stop-agent, start-agent and down")
     if args.join:
         if args.etcd:
             die("--join URL is the cloud's etcd: no --etcd with it")

@@ -313,7 +313,7 @@ class Lab:
         try:
             with netns.Namespace(topo.compute_of(1)) as ns:
                 return ns.run(lambda: fn(store))
-        except StoreError as e:
+        except (StoreError, ValueError) as e:
             raise LabError("the cloud's etcd (%s): %s" % (", ".join(topo.etcd_urls), e)) from None
         finally:
             store.close()
@@ -449,10 +449,11 @@ class Lab:
         return [(1, self.compute, self.state)]
 
     def _node(self, node: int, topo: Topology | None = None) -> tuple[str, str]:
-        for n, ns, state in self.nodes(topo):
+        nodes = self.nodes(topo)
+        for n, ns, state in nodes:
             if n == node:
                 return ns, state
-        raise LabError("--node %d: prefix %s has nodes 1 to %d" % (node, self.prefix, len(self.nodes(topo))))
+        raise LabError("--node %d: prefix %s has nodes %s" % (node, self.prefix, ", ".join(str(n) for n, _, _ in nodes)))
 
     def start_agent(self, node: int = 1, topo: Topology | None = None) -> None:
         namespace, state = self._node(node, topo)
@@ -535,8 +536,9 @@ class Lab:
         assert layout is not None
         self.say("removing node %d (%s) of '%s'" % (node, mine["namespace"], self.prefix))
         self.stop_agent(node)
+        theirs = [v["instance_uuid"] for v in layout["vms"] if v.get("node") == node] if layout["etcd"].get("joined") else []
         try:
-            gone = self._forget(layout, [mine], [])
+            gone = self._forget(layout, [mine], theirs)
         except (StoreError, OSError) as e:
             raise LabError("down --node %d: its keys could not be deleted from etcd (%s); start etcd and run it again" % (node, e)) from None
         self.say("  %d keys of node %d deleted from etcd" % (gone, node))
@@ -588,9 +590,10 @@ class Lab:
         self.stop_clients()
         self.stop_agents()  # first: a running agent would publish its ports again
         layout = self.layout() or {}
-        if (layout.get("etcd") or {}).get("joined"):  # the cloud stays: what we told it goes
+        if layout.get("etcd") and layout["etcd"].get("namespace") is None:  # an etcd that stays: what we told it goes
             try:
-                gone = self._forget(layout, layout["nodes"], [v["instance_uuid"] for v in layout["vms"] + layout["guests"]])
+                joined = layout["etcd"].get("joined")
+                gone = self._forget(layout, layout["nodes"], [v["instance_uuid"] for v in layout["vms"] + layout["guests"]] if joined else [])
                 if not quiet:
                     self.say("  %d keys deleted from the cloud's etcd" % gone)
             except (StoreError, OSError) as e:

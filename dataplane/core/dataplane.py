@@ -98,6 +98,20 @@ class Dataplane:
             self.remove_vif(vif.index)
         self.vif_table.add(vif)
         self.overlay.add_vif(vif)
+        if vif.ip_bytes:  # a VM that pinged it before it was here must reach it now
+            self.entries.delete(self._no_route_to({(vif.vrf, vif.ip_bytes)}))
+
+    def _no_route_to(self, targets: set[tuple[int, bytes]]) -> list[int]:
+        """The Drop entries (No L3 Route) of flows to these (VRF, IPv4 address): a flow that found
+        no route keeps its Drop entry alive with every packet, so it would never find the route
+        that came since."""
+        doomed = []
+        for i, st in self.entries.live():
+            if st.action == Action.DROP and st.reason == DropReason.NO_ROUTE:
+                e = self.table.read(i)
+                if e.family == 4 and (e.vrf, e.dst[:4]) in targets:
+                    doomed.append(i)
+        return doomed
 
     def remove_vif(self, index: int) -> int:
         """Forget a vif and remove every flow to or from it; return how many entries went."""
@@ -114,11 +128,16 @@ class Dataplane:
 
     def set_routes(self, routes: list[Route]) -> int:
         """Replace the routes to VMs on other nodes; the flows of routes that changed or went
-        go.  Return how many entries went."""
+        go, and so do the Drop entries of flows that found no route to a route that came.
+        Return how many entries went."""
+        tunnels = set(self.overlay.by_nh)
         changed = self.overlay.set_routes(routes)
+        for nh in tunnels - set(self.overlay.by_nh):  # a tunnel gone: its drop counts with it
+            for key in [k for k in self.path.vif_drops if k[0] == nh]:
+                del self.path.vif_drops[key]
         if not changed:
             return 0
-        doomed = []
+        doomed = self._no_route_to(changed)
         for i, st in self.entries.live():
             if (st.out is not None and st.out.kind == "Tunnel") or st.vin >= TUNNEL_NH_BASE:
                 e = self.table.read(i)

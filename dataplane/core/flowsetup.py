@@ -212,6 +212,8 @@ class FlowSetup:
         refused = self.entries.over_limit(vif, False)
         if refused:
             return _REFUSED[refused]
+        if self.entries.over_rate(vif, now):  # flows set up towards the VM count as its own
+            return _REFUSED[DropReason.FLOW_SETUP_RATE]
         route = remote[0]
         rports = (p.sport, p.dport) if p.proto == ICMP else (p.dport, p.sport)
         rkey = make_key(vif.index, p.dst, p.src, p.proto, *rports)

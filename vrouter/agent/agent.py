@@ -266,7 +266,10 @@ class Agent:
         if self._metrics is not None:
             await self._metrics.stop()
         if self.cluster is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self.cluster.stop)
+            try:
+                await self.cluster.stop()
+            except Exception:  # the rest of the shutdown (tables, forwarding, taps) must happen
+                log.exception("stopping the cluster's follower failed")
         if self._control is not None:
             await self._control.stop()
         if self._made_table:

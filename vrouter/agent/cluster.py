@@ -24,7 +24,9 @@ Rules kept here:
   by etcd's, with what is pending laid over it; then this node's own keys are made right: its
   node record, each of its ports and routes put, and keys that name this node for ports it no
   longer has deleted.  A port that moved to another node is that node's: only keys that still
-  hold this node's record are ever deleted here (compare and delete in one etcd transaction).
+  hold this node's record are ever deleted here (compare and delete in one etcd transaction),
+  and a port of this node's files that etcd says another node plugged since (it moved while
+  this agent was down) is unplugged here, not published again.
 * The files the agent keeps (linklocal.json, networks/) are the local cache of what etcd said;
   the view of the other nodes (ports, routes) is cached in ``cluster.json``, so that an agent
   restarted while etcd is down still forwards to the VMs it knew.
@@ -51,7 +53,7 @@ from vrouter.agent.networks import Network, NetworkError
 from vrouter.agent.networks import validate as validate_network
 from vrouter.agent.ports import Port
 from vrouter.agent.store import read_json, write_json_atomic
-from vrouter.cluster.store import ConfigStore, Event, Follower, StoreError
+from vrouter.cluster.store import ConfigStore, Event, Follower, StoreError, StoreRefused
 from vrouter.messages import ClusterStatus
 from vrouter.services.dns import Instance
 
@@ -101,6 +103,7 @@ class Cluster:
         self._follower: Follower | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._cache_due: asyncio.TimerHandle | None = None
+        self._stopping = False
         self.cache_path = os.path.join(agent.state_dir, "cluster.json")
 
     # -- start and stop ---------------------------------------------------------------------------
@@ -127,13 +130,20 @@ class Cluster:
         self._follower.start()
         log.info("cluster: node %s following etcd at %s (keys under %s)", self.node, ", ".join(self.servers), self.store.prefix)
 
-    def stop(self) -> None:
-        if self._follower is not None:
-            self._follower.stop()
+    async def stop(self) -> None:
+        """Stop following and writing (what still waits for etcd is not written: it is published
+        again at the next start's resync, or lost if it was a change of the global config made
+        while etcd was away); the cache is written first."""
+        self._stopping = True  # the writer writes nothing more; what the follower still hands on is ignored
         if self._cache_due is not None:
             self._cache_due.cancel()
             self._write_cache()
-        self._writer.shutdown(wait=True, cancel_futures=False)
+        loop = asyncio.get_running_loop()
+        if self._follower is not None:
+            await loop.run_in_executor(None, self._follower.stop)
+        await loop.run_in_executor(None, lambda: self._writer.shutdown(wait=True, cancel_futures=True))
+        if self.pending:
+            log.warning("cluster: stopping with %d changes etcd has not had: %s", len(self.pending), ", ".join(sorted(self.pending)))
 
     @property
     def connected(self) -> bool:
@@ -156,23 +166,57 @@ class Cluster:
                 log.warning("cluster: etcd at %s does not answer; traffic goes on, changes wait for it", ", ".join(self.servers))
 
     def _synced(self, snapshot: dict[str, Any], revision: int) -> None:
+        if self._stopping:
+            return
         self._connected = True
         self.resyncs += 1
         view = dict(snapshot)
-        for key, value in self.pending.items():  # what this node changed meanwhile stands
-            if value is None or isinstance(value, DeleteIf):
+        with self._lock:
+            pending = dict(self.pending)
+        for key, value in pending.items():  # what this node changed meanwhile stands
+            if value is None:
                 view.pop(key, None)
+            elif isinstance(value, DeleteIf):
+                if view.get(key) == value.value:  # ours still: it goes; another node's now: it stays
+                    view.pop(key)
             else:
                 view[key] = value
-        for key, value in self._own().items():
-            view[key] = value
+        own = self._claims(snapshot)
+        view.update(own)
         self.view = view
         self.revision = max(self.revision, revision)
         log.info("cluster: resync %d at revision %d: %d keys", self.resyncs, revision, len(snapshot))
         self._apply_all()
-        self._submit(self._reconcile, dict(snapshot), self._own())
+        self._submit(self._reconcile, dict(snapshot), own)
+
+    def _claims(self, snapshot: dict[str, Any]) -> dict[str, Any]:
+        """This node's own keys as its ports are, less those of ports another node has published
+        since (a port moved away while this agent was down or etcd away: the other node hosts it
+        now; ``port add`` here claims it back)."""
+        own = self._own()
+        for port in list(self.agent.ports.ports.values()):
+            there = snapshot.get(PORTS + port.uuid)
+            if isinstance(there, dict) and there.get("node") not in (None, self.node):
+                log.warning("cluster: port %s is plugged on node %s now (it moved while this node was away): unplugged here",
+                            port.uuid, there.get("node"))  # fmt: skip
+                for key in self.port_keys(port):
+                    own.pop(key, None)
+                self._spawn(self._give_up(port))
+        return own
+
+    async def _give_up(self, port: Port) -> None:
+        """Unplug a port that another node hosts now (its tap went with the VM)."""
+        agent = self.agent
+        if agent.ports.ports.get(port.uuid) is not port:
+            return  # changed meanwhile
+        agent.ports.remove(port.uuid)
+        await agent.unplug(port)
+        await agent.tell_proxy()
+        self.apply_routes()  # its address is a remote route now
 
     def _events(self, events: list[Event]) -> None:
+        if self._stopping:
+            return
         kinds = set()
         for e in events:
             if e.kind == "put":
@@ -183,18 +227,23 @@ class Cluster:
             kinds.add(e.key.split("/", 1)[0])
         self.last_change = time.time()
         if "global-vrouter-config" in kinds:
-            self._apply_services()
+            self._guarded(self._apply_services)
         if "virtual-networks" in kinds:
-            self._apply_networks()
+            self._guarded(self._apply_networks)
         if kinds & {"routes", "ports", "nodes"}:
-            self.apply_routes()
+            self._guarded(self.apply_routes)
 
     # -- what etcd says, applied here -------------------------------------------------------------
 
     def _apply_all(self) -> None:
-        self._apply_services()
-        self._apply_networks()
-        self.apply_routes()
+        for apply in (self._apply_services, self._apply_networks, self.apply_routes):
+            self._guarded(apply)
+
+    def _guarded(self, apply: Callable[[], None]) -> None:
+        try:
+            apply()
+        except Exception:  # a value no check foresaw must not stop the rest, nor the resync
+            log.exception("cluster: applying etcd's %s failed; the rest is applied", apply.__name__.strip("_").replace("apply_", ""))
 
     def _apply_services(self) -> None:
         agent = self.agent
@@ -204,7 +253,7 @@ class Cluster:
             return
         try:
             services = agent.services.replace_all(entries)
-        except ServiceError as e:
+        except (ServiceError, TypeError, ValueError, KeyError, AttributeError) as e:
             log.error("cluster: the global-vrouter-config's link-local services are unusable (%s); the previous ones stay", e)
             return
         flows = agent.services_changed()
@@ -221,7 +270,7 @@ class Cluster:
                 routes = ["%s via %s" % (r["prefix"], r["nexthop"]) for r in raw.get("host_routes", [])]
                 net = validate_network(raw.get("uuid"), raw.get("subnet"), raw.get("name"), raw.get("gateway"), raw.get("dns_server"),
                                        raw.get("dhcp", True), raw.get("mtu"), raw.get("domain"), routes)  # fmt: skip
-            except (NetworkError, KeyError, TypeError) as e:
+            except (NetworkError, KeyError, TypeError, ValueError, AttributeError) as e:
                 log.error("cluster: %s is not a usable network (%s); ignored", key, e)
                 continue
             wanted[net.uuid] = net
@@ -252,9 +301,11 @@ class Cluster:
             try:
                 ipaddress.IPv4Address(str(r["address"]))
                 ipaddress.IPv4Address(str(r["node_ip"]))
+                if not 16 <= int(r["label"]) < 1 << 20:
+                    raise ValueError("label %r: not an MPLS label of a VM interface (16 to 2^20-1)" % r["label"])
                 routes.append(Route(vrf, str(r["address"]), str(r["node"]), str(r["node_ip"]), int(r["label"]), str(r.get("mac", "")),
                                     str(r.get("port_uuid", ""))))  # fmt: skip
-            except (KeyError, ValueError, TypeError) as e:
+            except (KeyError, ValueError, TypeError, AttributeError) as e:
                 log.error("cluster: route %s is unusable (%s); ignored", key, e)
         gone = agent.node.dataplane.set_routes(routes)
         if gone:
@@ -292,6 +343,8 @@ class Cluster:
             return  # etcd went again: the next resync does the rest
         try:
             for key, value in own.items():
+                if self._stopping:
+                    return
                 if snapshot.get(key) != value:
                     self.store.put(key, value)
             for key, value in snapshot.items():
@@ -303,7 +356,7 @@ class Cluster:
 
     def _flush(self) -> None:
         """In the writer: write what is pending, in order; what fails stays pending."""
-        while True:
+        while not self._stopping:
             with self._lock:
                 if not self.pending:
                     return
@@ -316,6 +369,8 @@ class Cluster:
                     self.store.delete_if(key, value.value)
                 else:
                     self.store.put(key, value)
+            except StoreRefused as e:  # asking again would not help: say so, and go on with the rest
+                log.error("cluster: etcd refused the change of %s, which is dropped: %s", key, e)
             except StoreError as e:
                 log.warning("cluster: %d changes wait for etcd (%s)", len(self.pending), e)
                 return

@@ -18,13 +18,13 @@ from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from dataplane.core.capture import Capture
-from dataplane.core.overlay import DROP_NH, RECEIVE_NH, label_of
+from dataplane.core.overlay import DROP_NH, OUTER, RECEIVE_NH, label_of
 from dataplane.linux.vifdump import DatagramSink
 from flows.layout import DROP_NAMES
 from vrouter.agent.kernel_stats import all_queue_drops, kernel_ip_drops
 from vrouter.agent.linklocal import ServiceError, to_schema
 from vrouter.agent.linklocal import validate as validate_service
-from vrouter.agent.networks import Network
+from vrouter.agent.networks import Network, NetworkError
 from vrouter.agent.networks import validate as validate_network
 from vrouter.agent.ports import Port, PortError
 from vrouter.agent.ports import validate as validate_port
@@ -170,7 +170,8 @@ class Operations:
 
     async def port_add(self, req: PortAdd) -> PortPlugged:
         new = validate_port(dataclasses.asdict(req))
-        known = new.uuid in self.agent.ports.ports
+        before = self.agent.ports.ports.get(new.uuid)  # the table replaces it: this stays as it was
+        known = before is not None
         port = self.agent.ports.add(new)
         try:
             await self.agent.plug(port)
@@ -180,7 +181,10 @@ class Operations:
             raise
         self.agent.networks_changed()  # a new network's VRF traps its gateway and service address
         await self.agent.tell_proxy()
-        await self._publish(self.agent.cluster.publish_port(port) if self.agent.cluster else None, "port %s" % port.uuid)
+        cluster = self.agent.cluster
+        if cluster is not None and before is not None and (before.ip_address, before.vn_uuid) != (port.ip_address, port.vn_uuid):
+            await self._publish(cluster.withdraw_port(before), "port %s's old route" % port.uuid)  # the new one replaces it
+        await self._publish(cluster.publish_port(port) if cluster else None, "port %s" % port.uuid)
         log.info("port %s plugged: vif0/%d %s %s vm %s", port.uuid, port.vif, port.tap_name, port.ip_address, port.instance_uuid)
         return self._plugged(port)
 
@@ -203,8 +207,13 @@ class Operations:
                              self.agent.ports.vrfs.get(net.uuid, 0))  # fmt: skip
 
     async def network_add(self, req: NetworkAdd) -> NetworkRecord:
-        net = self.agent.networks.add(validate_network(req.vn_uuid, req.subnet, req.name, req.gateway, req.dns_server, req.dhcp, req.mtu,
-                                                       req.domain, req.host_routes))  # fmt: skip
+        net = validate_network(req.vn_uuid, req.subnet, req.name, req.gateway, req.dns_server, req.dhcp, req.mtu, req.domain, req.host_routes)
+        if self.agent.cluster is not None:
+            most = _mtu(self.agent.cfg.vhost_name) - OUTER
+            if net.mtu > most:
+                raise NetworkError("--mtu %d: at most %d here, vhost0's MTU less the %d bytes of MPLS over UDP (the overlay never fragments)"
+                                   % (net.mtu, most, OUTER))  # fmt: skip
+        net = self.agent.networks.add(net)
         self.agent.networks_changed()
         await self._publish(self.agent.cluster.publish_network(net) if self.agent.cluster else None, "network %s" % net.uuid)
         log.info("network %s (%s): %s, gateway %s, service address %s", net.name, net.uuid, net.subnet, net.gateway, net.dns_server)
@@ -438,6 +447,14 @@ class Operations:
             raise FaultError("the metadata proxy process did not take the change (%s)" % e) from None
         log.info("metadata fault %d deleted", req.id)
         return records[req.id]
+
+
+def _mtu(ifname: str) -> int:
+    try:
+        with open("/sys/class/net/%s/mtu" % ifname) as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 1500
 
 
 def _instance_uuid(value: str) -> str:

@@ -64,6 +64,10 @@ class StoreError(Exception):
     """etcd unreachable or refused; the message names the endpoint(s) and what to do."""
 
 
+class StoreRefused(StoreError):
+    """etcd answered, and refused the request (asking again would not help)."""
+
+
 @dataclass(frozen=True)
 class Event:
     """One change under the prefix: ``kind`` "put" or "delete", ``key`` relative to the prefix,
@@ -303,7 +307,7 @@ class ConfigStore:
                 failures.append("%s: %s" % (self.endpoints[i], _why(e, self.timeout)))
                 continue
             except etcd_errors.Etcd3Exception as e:
-                raise StoreError("etcd at %s refused %s: %s" % (self.endpoints[i], path, _why(e))) from None
+                raise StoreRefused("etcd at %s refused %s: %s" % (self.endpoints[i], path, _why(e))) from None
             self._answered(i, client)
             return answer if isinstance(answer, dict) else {}
         raise self._unreachable(failures)

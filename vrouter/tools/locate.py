@@ -56,7 +56,19 @@ def node_dir(prefix: str, node: int) -> str:
     if node == 0:
         return top
     d = os.path.join(top, "compute%d" % node)
-    return top if node == 1 and not os.path.isdir(d) else d
+    if node == 1 and not os.path.isdir(d):
+        return top
+    nodes = _nodes_of(top)
+    if nodes and node not in nodes:
+        raise Ambiguous("prefix %s has no node %d (its nodes: %s)" % (prefix, node, ", ".join(map(str, nodes))))
+    return d
+
+
+def _nodes_of(top: str) -> list[int]:
+    try:
+        return sorted(int(c[7:]) for c in os.listdir(top) if re.fullmatch(r"compute[0-9]+", c))
+    except OSError:
+        return []
 
 
 def _has_agent(d: str) -> bool:
@@ -115,9 +127,9 @@ def _one_of(top: str, prefix: str) -> str:
     """``--prefix P`` alone: the node, or, for a cluster of several, an error naming them."""
     if _has_agent(top) or not os.path.isdir(top):
         return top
-    nodes = sorted(int(c[7:]) for c in os.listdir(top) if re.fullmatch(r"compute[0-9]+", c))
+    nodes = _nodes_of(top)
     if not nodes:
         return top
     if len(nodes) == 1:
         return os.path.join(top, "compute%d" % nodes[0])
-    raise Ambiguous("prefix %s is a cluster of %d nodes: say which with --node I (1 to %d)" % (prefix, len(nodes), nodes[-1]))
+    raise Ambiguous("prefix %s is a cluster of %d nodes: say which with --node I (%s)" % (prefix, len(nodes), ", ".join(map(str, nodes))))
