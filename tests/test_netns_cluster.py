@@ -182,6 +182,35 @@ def test_a_linklocal_service_added_on_node_1_is_used_from_node_3(cloud):
     wait_until(lambda: all(services(h, n) == {"metadata"} for n in (1, 2, 3)), 10, "the service gone everywhere")
 
 
+def test_malformed_values_in_etcd_are_left_out_and_nothing_else(cloud):
+    h = cloud
+    store = ConfigStore(h.layout["etcd"]["urls"])
+    junk = {
+        "global-vrouter-config/linklocal/bad": {"linklocal_service_name": "bad", "linklocal_service_ip": 5},
+        "routes/%s/10.1.1.77" % h.vms[0]["vn_uuid"]: {"address": "10.1.1.77", "vn_uuid": h.vms[0]["vn_uuid"], "node": "x",
+                                                       "node_ip": "10.10.0.9", "label": 1 << 24},
+        "virtual-networks/not-a-uuid": {"subnet": 7},
+    }  # fmt: skip
+    good = {"linklocal_service_name": "ntp", "linklocal_service_ip": "169.254.10.12", "linklocal_service_port": 123,
+            "ip_fabric_service_ip": ["10.10.0.1"], "ip_fabric_service_port": 123}  # fmt: skip
+    with netns.Namespace(h.layout["namespaces"]["fabric"]) as ns:
+        ns.run(lambda: [store.put(k, v) for k, v in junk.items()])
+        try:
+            ns.run(lambda: store.put("global-vrouter-config/linklocal/ntp", good))
+            wait_until(lambda: all("ntp" in services(h, n) for n in (1, 2, 3)), 10, "the good service on every node")
+            for n in (1, 2, 3):
+                assert services(h, n) == {"metadata", "ntp"}
+                c = h.cli_json("status", node=n)["cluster"]
+                assert c["connected"] and c["remote_routes"] == 4  # the bad route left out
+            assert ping(h, "vm1", "vm5")
+            for node in h.nodes:
+                log = open(node["agent_log"]).read()
+                assert "Traceback" not in log and "left out" in log and "is unusable" in log
+        finally:
+            ns.run(lambda: [store.delete(k) for k in [*junk, "global-vrouter-config/linklocal/ntp"]])
+    wait_until(lambda: all(services(h, n) == {"metadata"} for n in (1, 2, 3)), 10, "the services as before")
+
+
 @pytest.fixture
 def cluster():
     """A cluster of its own, for a test that breaks something."""

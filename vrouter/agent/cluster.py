@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 from dataplane.core.overlay import Route, label_of
 from vrouter.agent.linklocal import ServiceError, to_schema
+from vrouter.agent.linklocal import validate as validate_service
 from vrouter.agent.networks import Network, NetworkError
 from vrouter.agent.networks import validate as validate_network
 from vrouter.agent.ports import Port
@@ -247,7 +248,20 @@ class Cluster:
 
     def _apply_services(self) -> None:
         agent = self.agent
-        entries = [v for k, v in sorted(self.view.items()) if k.startswith(LINKLOCAL) and isinstance(v, dict)]
+        entries, used = [], set()
+        for key, raw in sorted(self.view.items()):  # one by one: a bad entry is left out, not all of them
+            if not key.startswith(LINKLOCAL):
+                continue
+            try:
+                s = validate_service(raw)
+            except (ServiceError, TypeError, ValueError, KeyError, AttributeError) as e:
+                log.error("cluster: %s is not a usable link-local service (%s); left out", key, e)
+                continue
+            if (s.ip, s.port) in used:
+                log.error("cluster: %s uses %s:%d, which a service before it has; left out", key, s.ip, s.port)
+                continue
+            used.add((s.ip, s.port))
+            entries.append(raw)
         now = sorted(json.dumps(to_schema(s), sort_keys=True) for s in agent.services.services.values())
         if sorted(json.dumps(e, sort_keys=True) for e in entries) == now:
             return
