@@ -168,6 +168,27 @@ def test_a_qemu_guest_on_a_tap_takes_its_lease_resolves_an_instance_and_reads_it
     assert not os.path.exists(g["console"])  # down removed the state directory with the overlay and console
 
 
+@pytest.mark.guests
+@pytest.mark.skipif(not (INITRAMFS / "initramfs.cpio.gz").exists(), reason="make guest-initramfs builds the test guest (make test does)")
+def test_a_qemu_guest_on_another_node_reaches_a_vm_over_the_overlay():
+    """Two nodes: vm1 (a namespace) on node 1, guest1 (QEMU) on node 2; the guest's DHCP, DNS for
+    vm1, metadata, and a ping to vm1 through the tunnel between the nodes."""
+    boot = GuestBoot(kernel=str(INITRAMFS / "vmlinuz"), initrd=str(INITRAMFS / "initramfs.cpio.gz"),
+                     append="panic=-1 guest.test=lease,dns,metadata,ping guest.resolve=vm1 guest.ping=10.1.1.3", accel="tcg")  # fmt: skip
+    h = EmulatedHost(vms=1, qemu=1, boot=boot, nodes=2)
+    try:
+        g = h.guests[0]
+        assert g["node"] == 2 and h.vms[0]["node"] == 1
+        results = wait_until(lambda: (r := h.guest_results(0)).get("done") is not None and r, 180, "the guest's tests")
+        assert results["dhcp"] == "bound" and results["lease.ip"] == g["ip"]
+        assert results["dns.vm1"] == "ok" and h.vms[0]["ip"] in results["dns.vm1.addresses"]  # an instance of node 1
+        assert results["metadata.status"] == "200" and g["instance_uuid"] in results["metadata.body"]
+        assert results["ping.10.1.1.3.rc"] == "0"  # vm1, on node 1, through the tunnel
+        assert h.cli_json("status", node=2)["cluster"]["remote_routes"] == 1
+    finally:
+        h.down()
+
+
 def _up(prefix, *args):
     from tests.conftest import SETUP
 

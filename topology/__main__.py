@@ -101,8 +101,6 @@ def parse(argv: list[str]) -> argparse.Namespace:
             die("--join goes without --qemu, --tls and --instances for now")
     elif args.node_id or args.fabric_link:
         die("--node-id and --fabric-link go with --join URL")
-    if int(args.nodes) > 1 and int(args.qemu):
-        die("--qemu goes with one node for now (--nodes 1)")
     if not args.memory.isdigit() or (int(args.memory) and not 64 <= int(args.memory) <= 16384):
         die("--memory %s: MiB, from 64 to 16384" % args.memory)
     if int(args.qemu) == 0:
