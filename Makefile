@@ -3,6 +3,8 @@
 #            make demo KEEP=1 leaves it up and prints the command that removes it.
 #            make demo GUEST=1 also builds the Debian guest image (once) and boots a QEMU guest that
 #            configures itself with cloud-init from the node.
+#            make demo NODES=1 builds a cloud of three compute nodes configured through etcd instead:
+#            a VM on each, metadata, pings over the overlay, a link-local service, rt/nh/mpls.
 # make test: install what is needed and run the whole test suite (as root for the namespace tests).
 # make test-guests: only the tests that boot guests (the test initramfs and the Debian image).
 SHELL := /bin/bash
@@ -63,7 +65,7 @@ $(VENV)/.installed: pyproject.toml | system-deps
 	@$(BIN)/python -c "import netfilterqueue, pyroute2, httptools, uvloop, scapy, pytest, mypy, dpkt, prometheus_client, etcd3gw" && touch $@
 
 demo: install $(if $(GUEST),guest-image,)
-	@bash scripts/demo.sh $(DEMO_PREFIX) $(if $(KEEP),keep,) $(if $(GUEST),guest,)
+	@bash scripts/demo.sh $(DEMO_PREFIX) $(if $(KEEP),keep,) $(if $(GUEST),guest,) $(if $(NODES),nodes,)
 
 # The test guest: Debian's cloud kernel and busybox in a small initramfs (guest/build_initramfs.sh;
 # the packages are downloaded and unpacked, not installed). Cached in build/guest.

@@ -4,14 +4,18 @@
 # With `guest` (make demo GUEST=1): a node with one namespace VM and one QEMU guest booting the
 # Debian cloud image; cloud-init configures the guest from the node (DHCP, metadata), and the
 # demo shows what it did, from the console and from inside the guest over SSH.
-# Usage: scripts/demo.sh [PREFIX] [keep] [guest]
+# With `nodes` (make demo NODES=1): a cloud of three compute nodes configured through etcd, a VM
+# on each reading its own metadata and pinging the others over MPLS over UDP, a link-local service
+# added on node 1 that node 3 has at once, and the vRouter's rt, nh and mpls tools.
+# Usage: scripts/demo.sh [PREFIX] [keep] [guest] [nodes]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PREFIX=${1:-demo}
 KEEP=""
 GUEST=""
+NODES=""
 for a in "${@:2}"; do
-    case "$a" in keep) KEEP=1 ;; guest) GUEST=1 ;; "") ;; *) echo "demo.sh: unknown argument $a" >&2; exit 2 ;; esac
+    case "$a" in keep) KEEP=1 ;; guest) GUEST=1 ;; nodes) NODES=1 ;; "") ;; *) echo "demo.sh: unknown argument $a" >&2; exit 2 ;; esac
 done
 SETUP=scripts/netns_setup.sh
 VROUTER=.venv/bin/vrouter
@@ -59,6 +63,39 @@ EOF
     $VROUTER flow -l --prefix "$PREFIX" | head -40
     if [ -n "$KEEP" ]; then
         printf '\nThe node and the guest stay up. Its console: %s\n' "$CONSOLE"
+        printf 'Remove everything with: scripts/netns_setup.sh down --prefix %s\n' "$PREFIX"
+    fi
+    exit 0
+fi
+
+if [ -n "$NODES" ]; then
+    step "building a cloud: compute nodes $PREFIX-compute1..3 on one fabric, etcd and Nova in $PREFIX-fabric, a VM on each node"
+    $SETUP up --nodes 3 --vms 3 --prefix "$PREFIX"
+    LAYOUT=/run/vrouter/$PREFIX/layout.json
+    for i in 1 2 3; do
+        read -r name ip node < <(field "' '.join(str(d['vms'][$((i - 1))][k]) for k in ('name', 'ip', 'node'))")
+        step "$name ($ip, on node $node): its own metadata, and a ping to the VMs of the other nodes"
+        printf '  hostname from the metadata service: %s\n' "$(ip netns exec "$PREFIX-vm$i" curl -sS -m 10 http://169.254.169.254/latest/meta-data/hostname)"
+        for j in 1 2 3; do
+            [ "$i" = "$j" ] && continue
+            dst=$(field "d['vms'][$((j - 1))]['ip']")
+            printf '  ping vm%s %s: %s\n' "$j" "$dst" "$(ip netns exec "$PREFIX-vm$i" ping -c 2 -W 2 "$dst" | grep -o '[0-9]*% packet loss')"
+        done
+    done
+    step "vrouter rt --dump 1 --prefix $PREFIX --node 1 (vm1 here; vm2 and vm3 through tunnels, with the labels their nodes gave them)"
+    $VROUTER rt --dump 1 --prefix "$PREFIX" --node 1
+    step "vrouter nh --list --prefix $PREFIX --node 1 (the tunnels: MPLS over UDP to the other nodes' vhost0)"
+    $VROUTER nh --list --prefix "$PREFIX" --node 1 | grep -A3 Tunnel
+    step "vrouter mpls --dump --prefix $PREFIX --node 2"
+    $VROUTER mpls --dump --prefix "$PREFIX" --node 2
+    step "a link-local service added on node 1 goes to etcd; node 3 has it"
+    $VROUTER linklocal add --prefix "$PREFIX" --node 1 --name ntp --ip 169.254.10.123 --port 123 --fabric-ip 10.10.0.1 --fabric-port 123
+    for _ in $(seq 50); do $VROUTER linklocal list --prefix "$PREFIX" --node 3 | grep -q ntp && break; sleep 0.1; done  # a demo waiting, with a bound
+    $VROUTER linklocal list --prefix "$PREFIX" --node 3
+    step "status of node 3's link to the cloud"
+    $VROUTER status --prefix "$PREFIX" --node 3 | grep cluster
+    if [ -n "$KEEP" ]; then
+        printf '\nThe cloud stays up. Try: ip netns exec %s-compute2 .venv/bin/vrouter flow -l\n' "$PREFIX"
         printf 'Remove everything with: scripts/netns_setup.sh down --prefix %s\n' "$PREFIX"
     fi
     exit 0

@@ -118,6 +118,20 @@ def test_the_demo_runs_and_leaves_nothing_behind():
     assert not [n for n in netns.names() if n.startswith(prefix + "-")]
 
 
+@needs_root
+@pytest.mark.netns
+def test_the_cloud_demo_runs_and_leaves_nothing_behind():
+    """make demo NODES=1: three nodes, each VM's metadata, pings over the overlay, the tools."""
+    prefix = unique_prefix()
+    r = subprocess.run(["bash", str(ROOT / "scripts" / "demo.sh"), prefix, "nodes"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert r.stdout.count("0% packet loss") == 6 and "100%" not in r.stdout
+    assert all("hostname from the metadata service: vm%d" % i in r.stdout for i in (1, 2, 3))
+    assert "Sip:10.10.0.2 Dip:10.10.0.4" in r.stdout and "MPLS Input Label Map" in r.stdout and "ntp " in r.stdout
+    assert "down: prefix %s removed" % prefix in r.stdout + r.stderr
+    assert not [n for n in netns.names() if n.startswith(prefix + "-")]
+
+
 def test_tools_find_the_nodes_of_a_cluster(tmp_path, monkeypatch):
     monkeypatch.setenv("VROUTER_STATE_ROOT", str(tmp_path))
     monkeypatch.delenv("VROUTER_STATE_DIR", raising=False)

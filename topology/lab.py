@@ -586,7 +586,8 @@ class Lab:
                 self.say("nothing is up for prefix %s" % self.prefix)
             return False
         if not quiet:
-            self.say("removing emulated compute node '%s'" % self.prefix)
+            several = len(self.nodes()) > 1
+            self.say("removing emulated %s '%s'" % ("cloud" if several else "compute node", self.prefix))
         self.stop_clients()
         self.stop_agents()  # first: a running agent would publish its ports again
         layout = self.layout() or {}
