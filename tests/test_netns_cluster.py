@@ -302,6 +302,8 @@ def test_a_port_moved_to_another_node_is_reached_there_and_no_stale_route_stays(
     everything = keys()
     assert [k for k in everything if k.endswith("/10.1.1.5")] == ["routes/%s/10.1.1.5" % vm5["vn_uuid"]]
     assert everything["ports/" + vm5["port_uuid"]]["node"] == h.nodes[1]["name"]
+    net = everything["virtual-networks/" + vm5["vn_uuid"]]
+    assert net["subnet"] == "10.1.1.0/24" and net["vrf"] == "default-domain:default-project:%s:%s" % (net["name"], net["name"])
 
 
 def test_a_node_restarted_after_its_port_moved_away_does_not_take_it_back(cluster):

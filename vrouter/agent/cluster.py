@@ -5,7 +5,8 @@ and the routes to other nodes' VMs from the control node over XMPP; here every a
 same etcd.  Keys, under ``[ETCD] key_prefix`` (default ``/vrouter/``), values JSON:
 
     global-vrouter-config/linklocal/<name>   a link-local service, as ``linklocal list --json``
-    virtual-networks/<vn uuid>              a network: subnet, gateway, service address, ...
+    virtual-networks/<vn uuid>              a network: subnet, gateway, service address, its VRF's
+                                            name (each node numbers the VRF itself), ...
     nodes/<node>                            a compute node: its vhost0 address
     ports/<port uuid>                       a VM port and the node that hosts it
     routes/<vn uuid>/<address>              the port's route: address, network, node, its
@@ -18,7 +19,9 @@ Rules kept here:
   tells the real agent), which it publishes with their routes.
 * A change made on this node (``vrouter linklocal add``, ``network add``, ``port add``) is
   applied here at once and written to etcd; while etcd cannot be reached it is kept and written
-  when etcd is back (``pending``), so that nothing typed is lost.  Changes from etcd are applied
+  when etcd is back (``pending``), so that nothing typed is lost while the agent runs (what
+  still waits when it stops is logged by key; its ports are published again at the next start's
+  resync, a global change is not).  Changes from etcd are applied
   as they come (``follow``), in one batch per watch event batch.
 * Each time the follower (re)connects it loads everything (a resync): the view here is replaced
   by etcd's, with what is pending laid over it; then this node's own keys are made right: its
@@ -439,7 +442,10 @@ class Cluster:
         return await self.write(changes)
 
     async def publish_network(self, net: Network, removed: bool = False) -> bool:
-        return await self.write({NETWORKS + net.uuid: None if removed else net.to_dict()})
+        """The network as the cloud knows it, with its VRF's name (its routing instance, as
+        Tungsten Fabric names them); each node numbers that VRF itself (``vrouter network list``)."""
+        record = dict(net.to_dict(), vrf="default-domain:default-project:%s:%s" % (net.name, net.name))
+        return await self.write({NETWORKS + net.uuid: None if removed else record})
 
     # -- the cache of the other nodes' view ---------------------------------------------------------
 
