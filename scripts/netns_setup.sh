@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Build or remove an emulated Tungsten Fabric compute node in network namespaces.
 #
-#   netns_setup.sh up [--vms N] [--networks K] [--prefix P] [--secret S] [--tls] [--dhcp] [--json]
+#   netns_setup.sh up [--vms N] [--networks K] [--nodes K] [--etcd URL,...] [--flow-entries E] [--prefix P] [--secret S]
+#                     [--tls] [--dhcp] [--json] [--join URL,... --node-id I --secret S [--fabric-link NS]]
 #                     [--qemu M (--image FILE | --kernel K [--initrd I] [--append A]) [--accel auto|kvm|tcg] [--memory MIB]]
 #                     [--user-data FILE] [--ssh-key PUBKEY_FILE] [--instances FILE]
-#   netns_setup.sh down [--prefix P]
+#   netns_setup.sh down [--node I] [--prefix P]
 #   netns_setup.sh status [--prefix P]
-#   netns_setup.sh stop-agent|start-agent|stop-nova|start-nova [--prefix P]
+#   netns_setup.sh stop-agent|start-agent [--node I] [--prefix P]
+#   netns_setup.sh stop-nova|start-nova|stop-etcd|start-etcd [--prefix P]
 #
 # `up` creates namespaces P-compute, P-fabric and P-vm1..P-vmN (default prefix vr), one veth per VM
 # (compute side named tap + the first 11 characters of the port uuid, VM side eth0), and vhost0
@@ -37,6 +39,12 @@
 # Everything it creates is listed in /run/vrouter/P/created, and the layout (namespaces; per VM ip,
 # mac, tap, port uuid, instance uuid, project id, metadata IP; Nova's address; the shared secret) is
 # written to /run/vrouter/P/layout.json. `down` removes exactly what `up` created.
+#
+# --nodes K builds a cloud of K compute nodes (P-compute1..K) on one fabric bridge, configured
+# through one etcd in P-fabric (or --etcd URL's); --join URL adds this prefix's nodes to an existing
+# cloud (its etcd, Nova and networks), --fabric-link NS joining our fabric to NS's bridge br-fabric
+# by a veth; down --node I removes one node and its keys. See the README, Several compute nodes.
+# --flow-entries E sizes each agent's flow table (128 bytes an entry; for clouds of many nodes).
 #
 # start-agent passes $VROUTER_AGENT_ARGS to `vrouter agent` (e.g. "--nova-timeout 2").
 #

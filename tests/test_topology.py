@@ -169,6 +169,9 @@ def test_a_cluster_plan_spreads_the_vms_over_nodes_and_networks():
     layout = t.layout()
     assert [n["state_dir"] for n in layout["nodes"]] == ["/run/vrouter/cl/compute%d" % n for n in (1, 2, 3)]
     assert layout["nodes"][1]["vms"] == ["vm3", "vm4"] and layout["etcd"]["namespace"] == "cl-fabric"
+    assert "flow_entries" not in conf
+    t.flow_entries = 16384
+    assert "flow_entries = 16384" in t.agent_conf(3)
     single = Topology.plan("one", 2, "/run/vrouter/one")
     assert single.compute_of(1) == "one-compute" and single.state_of(1) == "/run/vrouter/one" and not single.clustered
     assert "[ETCD]" not in single.agent_conf() and single.layout()["etcd"] is None

@@ -1,6 +1,6 @@
 """``python -m topology``: what ``scripts/netns_setup.sh`` runs.
 
-netns_setup.sh up [--vms N] [--networks K] [--nodes K] [--etcd URL,...] [--prefix P] [--secret S] [--tls] [--dhcp] [--json]
+netns_setup.sh up [--vms N] [--networks K] [--nodes K] [--etcd URL,...] [--flow-entries E] [--prefix P] [--secret S] [--tls] [--dhcp] [--json]
                   [--join URL,... --node-id I --secret S [--fabric-link NS]]
                   [--qemu M (--image FILE | --kernel K [--initrd I] [--append A]) [--accel auto|kvm|tcg] [--memory MIB]]
                   [--user-data FILE] [--ssh-key PUBKEY_FILE] [--instances FILE]
@@ -47,6 +47,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--join", default="")
     ap.add_argument("--node-id", default="")
     ap.add_argument("--fabric-link", default="")
+    ap.add_argument("--flow-entries", default="0")
     ap.add_argument("--prefix", default="vr")
     ap.add_argument("--secret")
     ap.add_argument("--tls", action="store_true")
@@ -85,6 +86,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
             m = re.fullmatch(r"https?://[^/:\s]+(:(\d{1,5}))?/?", url.strip())
             if not m or (m.group(2) and not 1 <= int(m.group(2)) <= 65535):
                 die("--%s %s: %r is not a URL such as http://10.10.0.1:2379" % (option, getattr(args, option), url))
+    if not args.flow_entries.isdigit() or (int(args.flow_entries) and not 1024 <= int(args.flow_entries) <= 1 << 24):
+        die("--flow-entries %s: each agent's flow table, 1024 to %d entries (default: the agent's, 524288)" % (args.flow_entries, 1 << 24))
     if args.node and args.command not in ("stop-agent", "start-agent", "down"):
         die("--node I goes with stop-agent, start-agent and down")
     if args.join:
@@ -129,6 +132,7 @@ def plan(args: argparse.Namespace, state: str) -> Topology:
                              nodes=int(args.nodes))  # fmt: skip
     except ValueError as e:
         die(str(e))
+    topo.flow_entries = int(args.flow_entries)
     topo.etcd_servers = [u.strip().rstrip("/") for u in (args.join or args.etcd).split(",") if u.strip()]
     if args.join:
         topo.join, topo.node_base, topo.fabric_link = True, int(args.node_id), args.fabric_link

@@ -142,6 +142,7 @@ class Topology:
     join: bool = False  # a lab joining the cloud of etcd_servers: its Nova, networks and services are the cloud's
     node_base: int = 1  # the cloud's number of this lab's first node (--node-id): its vhost0 is 10.10.0.(1 + it)
     fabric_link: str = ""  # a namespace whose bridge br-fabric is the cloud's fabric: reached by a veth
+    flow_entries: int = 0  # each agent's flow table ([FLOWS] flow_entries); 0: the agent's default
 
     @property
     def compute(self) -> str:
@@ -312,8 +313,17 @@ class Topology:
             "# Written by netns_setup.sh for prefix %s\n[DEFAULT]\nlog_level = SYS_INFO\n%s\n"
             "[VIRTUAL-HOST-INTERFACE]\nname = vhost0\nip = %s/24\ngateway = %s\n\n"
             "[METADATA]\nmetadata_proxy_secret = %s\nmetadata_proxy_port = %d\n%s\n\n"
-            "[FLOWS]\nflow_cache_timeout = 180\n"
-        ) % (self.prefix, cluster, self.vhost_ip_of(node), self.nova_ip, self.secret, PROXY_PORT, ssl)
+            "[FLOWS]\nflow_cache_timeout = 180\n%s"
+        ) % (
+            self.prefix,
+            cluster,
+            self.vhost_ip_of(node),
+            self.nova_ip,
+            self.secret,
+            PROXY_PORT,
+            ssl,
+            "flow_entries = %d\n" % self.flow_entries if self.flow_entries else "",
+        )
 
     def layout(self) -> dict[str, Any]:
         """What netns_setup.sh up --json prints (and writes to layout.json)."""
