@@ -169,3 +169,30 @@ def test_a_gone_tunnel_takes_its_drop_counts():
     assert any(k[0] >= TUNNEL_NH_BASE for k in b.path.vif_drops)
     b.set_routes([])
     assert not any(k[0] >= TUNNEL_NH_BASE for k in b.path.vif_drops)
+
+
+def test_the_inner_packets_fast_read_agrees_with_parse():
+    import random
+
+    from dataplane.core.packet import Malformed, fast4, parse
+
+    rnd = random.Random(7)
+    shapes = [
+        IP(src="10.1.1.3", dst="10.1.1.4") / TCP(sport=1, dport=2, flags="S"),
+        IP(src="10.1.1.3", dst="10.1.1.4") / TCP(sport=1, dport=2, flags="PA", options=[("MSS", 1460)]) / Raw(b"x" * 30),
+        IP(src="10.1.1.3", dst="10.1.1.4") / UDP(sport=3, dport=4) / Raw(b"y" * 9),
+        IP(src="10.1.1.3", dst="10.1.1.4") / ICMP(id=5),
+        IP(src="10.1.1.3", dst="10.1.1.4", options=[b"\x01" * 4]) / UDP(sport=3, dport=4),
+        IP(src="10.1.1.3", dst="10.1.1.4", flags="MF") / UDP(sport=3, dport=4),
+    ]
+    for shape in shapes:
+        raw = bytes(shape)
+        for cut in [len(raw)] + [rnd.randrange(len(raw)) for _ in range(20)]:
+            pkt = raw[:cut]
+            fast = fast4(pkt)
+            try:
+                slow = parse(pkt)
+            except Malformed:
+                slow = None
+            assert fast is None or fast == slow, (shape.summary(), cut)
+    assert fast4(bytes(shapes[1])) is not None and fast4(bytes(shapes[2])) is not None  # the common ones take it

@@ -23,7 +23,6 @@ reason.  Rules kept here:
 
 from __future__ import annotations
 
-import struct
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -32,7 +31,7 @@ from typing import NamedTuple
 from dataplane.core.entries import Entries
 from dataplane.core.flowsetup import FlowSetup
 from dataplane.core.lifecycle import Lifecycle
-from dataplane.core.packet import TCP, TCP_FIN, TCP_RST, TCP_SYN, UDP, Malformed, Parsed, parse
+from dataplane.core.packet import FAST4, TCP, TCP_FIN, TCP_RST, TCP_SYN, UDP, Malformed, Parsed, parse
 from dataplane.core.traps import Trap
 from dataplane.core.vif import Vif, VifTable
 from flows.layout import F_NEW_FLOW, KEY, Action, DropReason, make_key
@@ -49,9 +48,7 @@ _ACCEPT = Verdict(True)
 _TRAPPED = Verdict(False)  # handed to the agent's services: the kernel drops its copy, nothing is counted as dropped
 _DROP = Action.DROP
 _FIN_RST = TCP_FIN | TCP_RST
-# An IPv4 header of 20 bytes and the ports after it (total length, fragment field, protocol,
-# addresses, ports) in one read
-_FAST4 = struct.Struct("!2xH2xH1xB2x4s4sHH")
+_FAST4 = FAST4  # an IPv4 header of 20 bytes and the ports after it, in one read
 
 
 TrapHandler = Callable[[Trap, bytes, Vif, int], None]  # (service, IP packet, vif it came in on, IP header length)
