@@ -23,6 +23,7 @@ DEMO_PREFIX ?= demo
 BENCH_PKGS := haproxy nginx-light wrk iperf3
 SOAK_SECONDS ?= 180
 SOAK_VMS ?= 16
+SOAK_NODES ?= 1
 
 .PHONY: install system-deps busybox venv demo test test-guests guest-image guest-initramfs image-deps unit lint soak bench bench-deps clean cluster-latency
 
@@ -99,7 +100,7 @@ test-guests: install guest-initramfs guest-image
 
 # Minutes of 16 VMs running cloud-init's metadata sequence; too long for CI (see the README).
 soak: install
-	$(BIN)/python scripts/soak.py --vms $(SOAK_VMS) --seconds $(SOAK_SECONDS)
+	$(BIN)/python scripts/soak.py --vms $(SOAK_VMS) --nodes $(SOAK_NODES) --seconds $(SOAK_SECONDS)
 
 # How long a change of the global config takes to reach every agent of a 3-node cluster (100 changes).
 cluster-latency: install

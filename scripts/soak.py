@@ -1,8 +1,9 @@
 """Soak: many VMs booting at once, each running cloud-init's metadata sequence again and again.
 
-    sudo .venv/bin/python scripts/soak.py [--vms 16] [--seconds 180] [--prefix soak]   (make soak)
+    sudo .venv/bin/python scripts/soak.py [--vms 16] [--nodes 1] [--seconds 180] [--prefix soak]   (make soak)
 
-Builds its own emulated host (removed at the end, pass or fail), with flows aging after 10 s so
+Builds its own emulated host (with --nodes K, a cloud of K nodes over etcd, the VMs spread over
+them; removed at the end, pass or fail), with flows aging after 10 s so
 that the end state is reached quickly. Every VM loops over cloud-init's OpenStack datasource
 requests (version list, meta_data.json, user_data, vendor_data*.json, network_data.json, then the
 EC2 tree), a new connection per request as cloud-init's url_helper makes them, checking each
@@ -12,13 +13,13 @@ the shared flow table's touched pages) of the agent and its proxy process, flow 
 and open files back where they were after warm-up.
 Bounded: --seconds of traffic, one request at a time a VM, from one process that makes each
 VM's sockets in its namespace (so a thousand VMs need no thousand clients). Reports the agent's
-memory (agent and proxy process together) per VM.
+memory (agent and proxy process together) per VM. With several nodes every figure is the sum
+over the nodes' agents (memory per VM: all the agents' over all the VMs).
 """
 
 from __future__ import annotations
 
 import argparse
-import configparser
 import json
 import os
 import resource
@@ -38,7 +39,15 @@ def run(*cmd: str, **kw) -> subprocess.CompletedProcess:  # noqa: ANN003
     return subprocess.run(list(cmd), capture_output=True, text=True, **kw)
 
 
-def agent_state(state_dir: str) -> dict:
+def agent_state(state_dirs: list[str]) -> dict:
+    """The agents' figures, summed over the nodes (``proxy``: the VM connections summed)."""
+    each = [one_agent(d) for d in state_dirs]
+    out: dict = {k: sum(e[k] for e in each) for k in ("rss_kib", "anon_kib", "fds", "flows", "nat_ports", "upstream_idle")}
+    out["proxy"] = {"vm_connections": sum(e["proxy"]["vm_connections"] for e in each)}
+    return out
+
+
+def one_agent(state_dir: str) -> dict:
     st = json.loads(run(VROUTER, "status", "--json", "--state-dir", state_dir).stdout)
     mem = st["memory"]
     # RSS also counts the pages of the shared flow table that flows have touched so far (it grows
@@ -57,10 +66,19 @@ def agent_state(state_dir: str) -> dict:
     }
 
 
-def wait_flows_gone(state_dir: str, timeout: float) -> dict:
+def drops(state_dirs: list[str]) -> dict[str, int]:
+    """dropstats summed over the nodes, the reasons that counted."""
+    total: dict[str, int] = {}
+    for d in state_dirs:
+        for k, v in json.loads(run(VROUTER, "dropstats", "--json", "--state-dir", d).stdout).items():
+            total[k] = total.get(k, 0) + v
+    return {k: v for k, v in total.items() if v}
+
+
+def wait_flows_gone(state_dirs: list[str], timeout: float) -> dict:
     deadline = time.monotonic() + timeout
     while True:
-        s = agent_state(state_dir)
+        s = agent_state(state_dirs)
         if s["flows"] == 0 or time.monotonic() > deadline:
             return s
         time.sleep(1)  # polling the agent's state with a deadline
@@ -69,6 +87,7 @@ def wait_flows_gone(state_dir: str, timeout: float) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--vms", type=int, default=16)
+    ap.add_argument("--nodes", type=int, default=1)
     ap.add_argument("--seconds", type=float, default=180)
     ap.add_argument("--prefix", default="soak")
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "soak.json"))
@@ -83,27 +102,20 @@ def main() -> int:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # a namespace handle and a socket a VM
     lab = Lab(args.prefix)
     try:
-        layout = lab.up(Topology.plan(args.prefix, args.vms, lab.state))
+        topo = Topology.plan(args.prefix, args.vms, lab.state, nodes=args.nodes)
+        topo.flow_cache_timeout = 10  # the end state (every flow aged out) comes quickly
+        layout = lab.up(topo)
     except (LabError, ValueError) as e:
         print("soak: %s" % e, file=sys.stderr)
         return 1
-    state = layout["state_dir"]
+    state = [n["state_dir"] for n in layout["nodes"]]
     driver = None
     try:
-        conf = os.path.join(state, "agent.conf")
-        cp = configparser.ConfigParser(interpolation=None, default_section="__none__")
-        cp.optionxform = str
-        cp.read(conf)
-        cp.set("FLOWS", "flow_cache_timeout", "10")
-        with open(conf, "w") as f:
-            cp.write(f)
-        lab.stop_agent()
-        lab.start_agent()
-
         driver = CloudInitClients(layout["vms"])
         wave = driver.wave
         before = agent_state(state)
-        print("warm-up: %d VMs boot at once, 10 s" % args.vms, flush=True)
+        on = " on %d nodes" % args.nodes if args.nodes > 1 else ""
+        print("warm-up: %d VMs%s boot at once, 10 s" % (args.vms, on), flush=True)
         warm = wave(10)
         settled = wait_flows_gone(state, 60)
         print("after warm-up, flows aged out: %s" % {k: v for k, v in settled.items() if k != "proxy"}, flush=True)
@@ -117,6 +129,7 @@ def main() -> int:
         failed = sum(r["failed"] for r in results + warm)
         report = {
             "vms": args.vms,
+            "nodes": args.nodes,
             "seconds": round(elapsed, 1),
             "requests_ok": ok,
             "requests_failed": failed,
@@ -129,7 +142,7 @@ def main() -> int:
                 "heap": round(settled["anon_kib"] / args.vms, 1),
                 "rss_under_load": round(busy["rss_kib"] / args.vms, 1),
             },
-            "drops": {k: v for k, v in json.loads(run(VROUTER, "dropstats", "--json", "--state-dir", state).stdout).items() if v},
+            "drops": drops(state),
             "agent_before_traffic": before,
             "agent_after_warmup": settled,
             "agent_under_load": busy,
@@ -141,8 +154,8 @@ def main() -> int:
         growth = end["anon_kib"] - settled["anon_kib"]
         # The request journal fills up to its bound as the soak goes (a ring per instance, a bound on
         # the node): growth, but bounded, not a leak; allowed for at half a KiB an entry.
-        journal = min(AgentConfig.metadata_journal_size * args.vms, AgentConfig.metadata_journal_node_size)
-        allowed = 8192 + journal // 2
+        journal = min(AgentConfig.metadata_journal_size * args.vms, AgentConfig.metadata_journal_node_size * args.nodes)
+        allowed = 8192 * args.nodes + journal // 2  # 8 MiB a node
         verdict = (
             failed == 0
             and end["flows"] == 0
@@ -155,7 +168,7 @@ def main() -> int:
         for name, st in (("after warm-up", settled), ("under load", busy), ("after aging", end)):
             print("agent %-14s RSS %d KiB (heap %d KiB), %d fds (+%d idle Nova connections), %d flows, %d NAT ports"
                   % (name + ":", st["rss_kib"], st["anon_kib"], st["fds"], st["upstream_idle"], st["flows"], st["nat_ports"]))  # fmt: skip
-        print("heap growth since warm-up: %+d KiB (allowed: %d KiB, 8 MiB and the request journal's bound of %d entries)"
+        print("heap growth since warm-up: %+d KiB (allowed: %d KiB, 8 MiB a node and the request journal's bound of %d entries)"
               % (growth, allowed, journal))  # fmt: skip
         per = report["agent_memory_per_vm_kib"]
         print("agent and proxy memory per VM (fixed part included): RSS %.0f KiB, heap %.0f KiB; under load RSS %.0f KiB"

@@ -143,6 +143,7 @@ class Topology:
     node_base: int = 1  # the cloud's number of this lab's first node (--node-id): its vhost0 is 10.10.0.(1 + it)
     fabric_link: str = ""  # a namespace whose bridge br-fabric is the cloud's fabric: reached by a veth
     flow_entries: int = 0  # each agent's flow table ([FLOWS] flow_entries); 0: the agent's default
+    flow_cache_timeout: int = 180  # seconds before an idle flow goes ([FLOWS] flow_cache_timeout)
 
     @property
     def compute(self) -> str:
@@ -313,7 +314,7 @@ class Topology:
             "# Written by netns_setup.sh for prefix %s\n[DEFAULT]\nlog_level = SYS_INFO\n%s\n"
             "[VIRTUAL-HOST-INTERFACE]\nname = vhost0\nip = %s/24\ngateway = %s\n\n"
             "[METADATA]\nmetadata_proxy_secret = %s\nmetadata_proxy_port = %d\n%s\n\n"
-            "[FLOWS]\nflow_cache_timeout = 180\n%s"
+            "[FLOWS]\nflow_cache_timeout = %d\n%s"
         ) % (
             self.prefix,
             cluster,
@@ -322,6 +323,7 @@ class Topology:
             self.secret,
             PROXY_PORT,
             ssl,
+            self.flow_cache_timeout,
             "flow_entries = %d\n" % self.flow_entries if self.flow_entries else "",
         )
 
