@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build or remove an emulated Tungsten Fabric compute node in network namespaces.
 #
-#   netns_setup.sh up [--vms N] [--networks K] [--nodes K] [--etcd URL,...] [--flow-entries E] [--prefix P] [--secret S]
+#   netns_setup.sh up [--vms N] [--networks K] [--nodes K] [--etcd URL,... [--fabric-link NS]] [--flow-entries E] [--prefix P] [--secret S]
 #                     [--tls] [--dhcp] [--json] [--join URL,... --node-id I --secret S [--fabric-link NS]]
 #                     [--qemu M (--image FILE | --kernel K [--initrd I] [--append A]) [--accel auto|kvm|tcg] [--memory MIB]]
 #                     [--user-data FILE] [--ssh-key PUBKEY_FILE] [--instances FILE]
@@ -41,7 +41,7 @@
 # written to /run/vrouter/P/layout.json. `down` removes exactly what `up` created.
 #
 # --nodes K builds a cloud of K compute nodes (P-compute1..K) on one fabric bridge, configured
-# through one etcd in P-fabric (or --etcd URL's); --join URL adds this prefix's nodes to an existing
+# through one etcd in P-fabric (or --etcd URL's, reached through --fabric-link NS); --join URL adds this prefix's nodes to an existing
 # cloud (its etcd, Nova and networks), --fabric-link NS joining our fabric to NS's bridge br-fabric
 # by a veth; down --node I removes one node and its keys. See the README, Several compute nodes.
 # --flow-entries E sizes each agent's flow table (128 bytes an entry; for clouds of many nodes).

@@ -381,3 +381,47 @@ def test_a_second_prefix_joins_the_cloud_through_its_etcd():
         if b is not None:
             subprocess.run(["bash", str(SETUP), "down", "--prefix", b_prefix], capture_output=True, timeout=60)
         a.down()
+
+
+def test_a_cloud_on_an_existing_etcd_reached_through_a_fabric_link(tmp_path):
+    """up --nodes 2 --etcd URL --fabric-link NS: the nodes' configuration in an etcd the lab did not
+    start (here one in a namespace of this test's, on its bridge br-fabric), and at down the
+    nodes' keys deleted from it while it stays."""
+    from topology import etcd
+    from topology.processes import Processes
+
+    ext = unique_prefix() + "-etcd"
+    netns.create(ext)
+    procs = Processes(str(tmp_path), say=lambda text: None)
+    prefix = unique_prefix()
+    try:
+        with netns.Namespace(ext) as ns:
+            ns.ipr.link("set", index=ns.index("lo"), state="up")
+            ns.ipr.link("add", ifname="br-fabric", kind="bridge")
+            br = ns.index("br-fabric")
+            ns.ipr.link("set", index=br, mtu=9000, state="up")
+            ns.ipr.addr("add", index=br, address="10.10.0.250", prefixlen=24)
+        etcd.start(procs, ext, "10.10.0.250", str(tmp_path / "data"))
+        url = "http://10.10.0.250:2379"
+        r = subprocess.run(["bash", str(SETUP), "up", "--prefix", prefix, "--nodes", "2", "--vms", "2", "--etcd", url, "--fabric-link", ext,
+                            "--json"], capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        layout = json.loads(r.stdout)
+        assert layout["etcd"]["namespace"] is None and layout["etcd"]["urls"] == [url]
+        a, b = layout["vms"]
+        r = subprocess.run(["ip", "netns", "exec", a["namespace"], "ping", "-c", "2", "-W", "2", b["ip"]], capture_output=True, text=True)
+        assert " 0% packet loss" in r.stdout, r.stdout
+        store = ConfigStore([url])
+        with netns.Namespace(ext) as ns:
+            keys = ns.run(lambda: store.get_all()[1])
+        assert {k for k in keys if k.startswith("nodes/")} == {"nodes/%s-compute1" % prefix, "nodes/%s-compute2" % prefix}
+        r = subprocess.run(["bash", str(SETUP), "down", "--prefix", prefix], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        with netns.Namespace(ext) as ns:
+            keys = ns.run(lambda: store.get_all()[1])
+        assert not [k for k in keys if k.startswith(("nodes/", "ports/", "routes/"))]  # its nodes' keys went
+        assert [k for k in keys if k.startswith("virtual-networks/")]  # what it wrote for the cloud stays
+    finally:
+        subprocess.run(["bash", str(SETUP), "down", "--prefix", prefix], capture_output=True, timeout=60)
+        etcd.stop(procs)
+        netns.delete(ext)

@@ -1,6 +1,7 @@
 """``python -m topology``: what ``scripts/netns_setup.sh`` runs.
 
-netns_setup.sh up [--vms N] [--networks K] [--nodes K] [--etcd URL,...] [--flow-entries E] [--prefix P] [--secret S] [--tls] [--dhcp] [--json]
+netns_setup.sh up [--vms N] [--networks K] [--nodes K] [--etcd URL,... [--fabric-link NS]] [--flow-entries E] [--prefix P] [--secret S]
+                  [--tls] [--dhcp] [--json]
                   [--join URL,... --node-id I --secret S [--fabric-link NS]]
                   [--qemu M (--image FILE | --kernel K [--initrd I] [--append A]) [--accel auto|kvm|tcg] [--memory MIB]]
                   [--user-data FILE] [--ssh-key PUBKEY_FILE] [--instances FILE]
@@ -102,8 +103,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
             die("--join needs --secret S: the cloud's metadata secret (its first prefix's layout.json has it)")
         if int(args.qemu) or args.tls or args.instances:
             die("--join goes without --qemu, --tls and --instances for now")
-    elif args.node_id or args.fabric_link:
-        die("--node-id and --fabric-link go with --join URL")
+    elif args.node_id:
+        die("--node-id goes with --join URL")
+    elif args.fabric_link and not args.etcd:
+        die("--fabric-link NS goes with --join URL or --etcd URL (it is how the fabric reaches them)")
     if not args.memory.isdigit() or (int(args.memory) and not 64 <= int(args.memory) <= 16384):
         die("--memory %s: MiB, from 64 to 16384" % args.memory)
     if int(args.qemu) == 0:
@@ -134,8 +137,9 @@ def plan(args: argparse.Namespace, state: str) -> Topology:
         die(str(e))
     topo.flow_entries = int(args.flow_entries)
     topo.etcd_servers = [u.strip().rstrip("/") for u in (args.join or args.etcd).split(",") if u.strip()]
+    topo.fabric_link = args.fabric_link
     if args.join:
-        topo.join, topo.node_base, topo.fabric_link = True, int(args.node_id), args.fabric_link
+        topo.join, topo.node_base = True, int(args.node_id)
     topo.dhcp = args.dhcp
     topo.boot = GuestBoot(args.image, args.kernel, args.initrd, args.append, args.accel, int(args.memory))
     if args.user_data is not None:
