@@ -104,6 +104,9 @@ def test_layout_names_each_vms_node(cloud):
     r = subprocess.run(["ip", "netns", "exec", h.nodes[1]["namespace"], "curl", "-s", "-f", "http://%s:8085/metrics" % h.nodes[1]["vhost0"]],
                        capture_output=True, text=True, timeout=15)  # fmt: skip
     assert "vrouter_cluster_connected 1.0" in r.stdout and "vrouter_cluster_remote_routes 4.0" in r.stdout, r.stdout[-500:]
+    st = h.setup("status")
+    assert st.returncode == 0 and all("node %d (%s-compute%d):" % (n, h.prefix, n) in st.stdout for n in (1, 2, 3)), st.stdout
+    assert st.stdout.count("cluster: node") == 3 and "etcd pid" in st.stdout
 
 
 def test_every_vm_reads_its_own_metadata(cloud):
