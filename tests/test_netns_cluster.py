@@ -157,6 +157,7 @@ def test_the_overlay_tools_show_routes_tunnels_labels_and_flows(cloud):
     assert ping(h, "vm1", "vm5", count=1)
     flows = h.cli_json("flow", "-l", node=3)
     assert any(f["nh"] >= 0x10000 and f["src"] == "10.1.1.3" for f in flows), flows  # keyed by the tunnel's next hop
+    assert "Sinfo %s)" % h.nodes[0]["vhost0"] in h.cli("flow", "-l", node=3).stdout  # the node it came from
     # inside a node's namespace the tools act on that node
     inside = subprocess.run(["ip", "netns", "exec", h.nodes[1]["namespace"], str(VROUTER), "mpls", "--dump", "--json"], capture_output=True,
                             text=True)  # fmt: skip

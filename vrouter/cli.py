@@ -36,6 +36,7 @@ import sys
 import threading
 from typing import Any
 
+from dataplane.core.overlay import TUNNEL_NH_BASE
 from vrouter import __version__, eventloop
 from vrouter.agent.agent import AgentError, run_agent
 from vrouter.agent.config import AgentConfig, ConfigError, load_config, parse_log_level
@@ -268,7 +269,13 @@ def cmd_flow(args: argparse.Namespace) -> int:
     table = open_table(path)
     try:
         entries = [e for e in table.dump() if terms is None or matches(e, terms)]
-        _print([entry_dict(e) for e in entries], args.json, format_table(table, entries) if not args.json else "")
+        tunnels = {}
+        if any(e.src_nh >= TUNNEL_NH_BASE for e in entries):  # the table holds next hop ids: the agent knows their nodes
+            try:
+                tunnels = {nh.id: nh.dip for nh in call(StatePaths.of(_state_dir(args)).socket, NhList(), timeout=2) if nh.type == "Tunnel"}
+            except (AgentNotRunning, RequestFailed):
+                pass
+        _print([entry_dict(e) for e in entries], args.json, format_table(table, entries, tunnels) if not args.json else "")
     finally:
         table.close()
     return 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from collections.abc import Mapping
 from typing import TextIO
 
 from flows.layout import ACTION_LETTER, DROP_NAMES, DROP_SHORT, Action, DropReason, Flag, nat_letters
@@ -95,7 +96,10 @@ def entry_dict(e: FlowEntry) -> dict:
     }
 
 
-def format_entry(e: FlowEntry) -> str:
+def format_entry(e: FlowEntry, tunnels: Mapping[int, str] | None = None) -> str:
+    """One flow as ``flow -l`` prints it; ``tunnels`` (tunnel next hop id -> the other node's
+    vhost0, from the agent) fills Sinfo of flows that came by a tunnel, as the vRouter shows
+    their source node there."""
     rindex = "%d" % e.rindex if e.flags & Flag.RFLOW_VALID else ""
     idx = "%9d<=>%-9s" % (e.index, rindex)
     src = "%s:%d" % (_addr(e.src), e.sport)
@@ -106,11 +110,11 @@ def format_entry(e: FlowEntry) -> str:
         + "%-22s %s\n" % ("", dst)
         + "(Gen: %d, K(nh):%d, Action:%s, Flags:%s, TCP:%s, QOS:-1, S(nh):%d,  Stats:%d/%d,\n"
         % (e.gen, e.nh, action_text(e), flags_text(e.flags), tcp, e.src_nh, e.packets, e.bytes)
-        + " SPort %d, TTL 0, Sinfo 0.0.0.0)\n" % e.nat_sport
+        + " SPort %d, TTL 0, Sinfo %s)\n" % (e.nat_sport, (tunnels or {}).get(e.src_nh, "0.0.0.0"))
     )
 
 
-def format_table(table: FlowTable, entries: list[FlowEntry]) -> str:
+def format_table(table: FlowTable, entries: list[FlowEntry], tunnels: Mapping[int, str] | None = None) -> str:
     size = table.capacity * 128
     lines = [
         "Flow table(size %d, entries %d)" % (size, table.capacity),
@@ -122,7 +126,7 @@ def format_table(table: FlowTable, entries: list[FlowEntry]) -> str:
         HEADER,
         "-" * 83,
     ]
-    body = "\n".join(format_entry(e) for e in sorted(entries, key=lambda e: e.index))
+    body = "\n".join(format_entry(e, tunnels) for e in sorted(entries, key=lambda e: e.index))
     return "\n".join(lines) + "\n" + body
 
 
