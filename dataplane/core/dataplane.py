@@ -101,17 +101,25 @@ class Dataplane:
         if vif.ip_bytes:  # a VM that pinged it before it was here must reach it now
             self.entries.delete(self._no_route_to({(vif.vrf, vif.ip_bytes)}))
 
-    def _no_route_to(self, targets: set[tuple[int, bytes]]) -> list[int]:
+    def _no_route_to(self, targets: set[tuple[int, bytes]], tunnels: bool = False) -> list[int]:
         """The Drop entries (No L3 Route) of flows to these (VRF, IPv4 address): a flow that found
         no route keeps its Drop entry alive with every packet, so it would never find the route
-        that came since."""
+        that came since.  With ``tunnels``, in the same pass, also the entries of tunnel flows
+        to or from them (their route changed or went)."""
         doomed = []
         for i, st in self.entries.live():
-            if st.action == Action.DROP and st.reason == DropReason.NO_ROUTE:
+            no_route = st.action == Action.DROP and st.reason == DropReason.NO_ROUTE
+            tunnel = tunnels and ((st.out is not None and st.out.kind == "Tunnel") or st.vin >= TUNNEL_NH_BASE)
+            if no_route or tunnel:
                 e = self.table.read(i)
-                if e.family == 4 and (e.vrf, e.dst[:4]) in targets:
+                if e.family == 4 and ((e.vrf, e.dst[:4]) in targets or (tunnel and (e.vrf, e.src[:4]) in targets)):
                     doomed.append(i)
         return doomed
+
+    def _forget_drops(self, index: int) -> None:
+        """The per-vif drop counts of a vif or tunnel that went."""
+        for key in [k for k in self.path.vif_drops if k[0] == index]:
+            del self.path.vif_drops[key]
 
     def remove_vif(self, index: int) -> int:
         """Forget a vif and remove every flow to or from it; return how many entries went."""
@@ -119,8 +127,7 @@ class Dataplane:
         if vif is None:
             return 0
         self.overlay.remove_vif(vif)
-        for key in [k for k in self.path.vif_drops if k[0] == index]:
-            del self.path.vif_drops[key]
+        self._forget_drops(index)
         self.entries.forget_rate(index)
         return self.entries.delete([i for i, st in self.entries.live() if st.vin == index or st.out is vif])
 
@@ -133,18 +140,10 @@ class Dataplane:
         tunnels = set(self.overlay.by_nh)
         changed = self.overlay.set_routes(routes)
         for nh in tunnels - set(self.overlay.by_nh):  # a tunnel gone: its drop counts with it
-            for key in [k for k in self.path.vif_drops if k[0] == nh]:
-                del self.path.vif_drops[key]
+            self._forget_drops(nh)
         if not changed:
             return 0
-        doomed = self._no_route_to(changed)
-        for i, st in self.entries.live():
-            if (st.out is not None and st.out.kind == "Tunnel") or st.vin >= TUNNEL_NH_BASE:
-                e = self.table.read(i)
-                vrf = e.vrf
-                if (vrf, e.src[:4]) in changed or (vrf, e.dst[:4]) in changed:
-                    doomed.append(i)
-        return self.entries.delete(doomed)
+        return self.entries.delete(self._no_route_to(changed, tunnels=True))
 
     def from_fabric(self, pkt: bytes, indev: int, now: int | None = None) -> Verdict:
         """The verdict for a packet a tunnel brought (MPLS over UDP to vhost0): its inner
