@@ -78,6 +78,9 @@ def test_endpoints():
             ConfigStore([bad])
     with pytest.raises(ValueError, match="no etcd endpoint"):
         ConfigStore([])
+    # what agent.conf and netns_setup.sh take
+    assert all(cluster.is_client_url(u) for u in ("http://10.10.0.1:2379", "https://etcd.lab", "http://10.10.0.1:2379/"))
+    assert not any(cluster.is_client_url(u) for u in ("10.10.0.1:2379", "http://x:0", "http://x:99999", "ftp://x", "http://x:2379/v3"))
 
 
 def test_values_are_sorted_json():

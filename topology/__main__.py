@@ -23,6 +23,7 @@ from typing import NoReturn
 from topology.lab import Lab, LabError
 from topology.model import MAX_NODES, MAX_VMS, GuestBoot, Topology, check_instance_data
 from vrouter.agent.control import AgentNotRunning, RequestFailed, call
+from vrouter.cluster.store import is_client_url
 from vrouter.messages import StatusRequest
 from vrouter.tools.status import format_status
 
@@ -84,8 +85,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
         die("--node %s: a node number, 1 to %d" % (args.node, MAX_NODES))
     for option in ("etcd", "join"):
         for url in getattr(args, option).split(",") if getattr(args, option) else []:
-            m = re.fullmatch(r"https?://[^/:\s]+(:(\d{1,5}))?/?", url.strip())
-            if not m or (m.group(2) and not 1 <= int(m.group(2)) <= 65535):
+            if not is_client_url(url.strip()):
                 die("--%s %s: %r is not a URL such as http://10.10.0.1:2379" % (option, getattr(args, option), url))
     if not args.flow_entries.isdigit() or (int(args.flow_entries) and not 1024 <= int(args.flow_entries) <= 1 << 24):
         die("--flow-entries %s: each agent's flow table, 1024 to %d entries (default: the agent's, 524288)" % (args.flow_entries, 1 << 24))

@@ -14,6 +14,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from vrouter.cluster.store import is_client_url
+
 LOG_LEVELS = {
     "SYS_EMERG": logging.CRITICAL,
     "SYS_ALERT": logging.CRITICAL,
@@ -155,8 +157,7 @@ def _ip_list(section: str, key: str, value: str) -> tuple[str, ...]:
 def _urls(section: str, key: str, value: str) -> tuple[str, ...]:
     out = []
     for item in (i.strip() for i in value.split(",")):
-        m = re.fullmatch(r"(https?)://([^/:\s]+)(?::(\d{1,5}))?/?", item)
-        if not m or (m.group(3) and not 0 < int(m.group(3)) < 65536):
+        if not is_client_url(item):
             raise ConfigError("[%s] %s = %r: %r is not a URL such as http://10.10.0.1:2379" % (section, key, value, item))
         out.append(item.rstrip("/"))
     return tuple(out)

@@ -187,6 +187,16 @@ def watch_events(message: dict[str, Any], prefix: bytes) -> list[Event]:
     return events
 
 
+_CLIENT_URL = re.compile(r"https?://[^/:\s]+(?::(\d{1,5}))?/?")
+
+
+def is_client_url(text: str) -> bool:
+    """Whether ``text`` is an etcd client URL as agent.conf and netns_setup.sh take one:
+    http(s), a host, an optional port from 1 to 65535, no path."""
+    m = _CLIENT_URL.fullmatch(text)
+    return m is not None and (m.group(1) is None or 1 <= int(m.group(1)) <= 65535)
+
+
 @dataclass(frozen=True)
 class Endpoint:
     """An etcd client URL, split for etcd3gw."""
