@@ -41,6 +41,7 @@ from vrouter.agent.control import AgentNotRunning, RequestFailed, call
 from vrouter.agent.paths import STATE_ROOT
 from vrouter.cluster.store import ConfigStore, StoreError
 from vrouter.messages import LinkLocalAdd, NetworkAdd, PortAdd, StatusRequest
+from vrouter.tools import locate
 
 ROOT = Path(__file__).resolve().parents[1]
 UDHCPC_SCRIPT = ROOT / "scripts" / "udhcpc-vm.sh"
@@ -309,14 +310,10 @@ class Lab:
 
     def _in_cloud(self, topo: Topology, fn: Callable[[ConfigStore], T]) -> T:
         """``fn(store)`` on the cloud's etcd, from node 1's namespace (where vhost0 reaches it)."""
-        store = ConfigStore(topo.etcd_urls, topo.etcd_prefix)
         try:
-            with netns.Namespace(topo.compute_of(1)) as ns:
-                return ns.run(lambda: fn(store))
+            return in_etcd(topo.etcd_urls, topo.etcd_prefix, topo.compute_of(1), fn)
         except (StoreError, ValueError) as e:
             raise LabError("the cloud's etcd (%s): %s" % (", ".join(topo.etcd_urls), e)) from None
-        finally:
-            store.close()
 
     def _adopt(self, topo: Topology, ns: netns.Namespace) -> dict[str, int]:
         """A lab that joins a cloud: the cloud's networks and the addresses its VMs have, from etcd;
@@ -443,7 +440,7 @@ class Lab:
         layout = self.layout() or {}
         if layout.get("nodes"):
             return [(d["node"], d["namespace"], d["state_dir"]) for d in layout["nodes"]]
-        found = sorted(int(c[7:]) for c in _listdir(self.state) if c.startswith("compute") and c[7:].isdigit())
+        found = locate.node_numbers(self.state)
         if found:
             return [(n, "%s%d" % (self.compute, n), self._path("compute%d" % n)) for n in found]
         return [(1, self.compute, self.state)]
@@ -560,22 +557,17 @@ class Lab:
 
     def _forget(self, layout: dict, nodes: list[dict], instances: list[str]) -> int:
         """Delete from the cloud's etcd the keys of ``nodes`` (their ports, routes and node records)
-        and the ``instances``' records; asked from the first of those nodes' namespaces.  Returns
-        how many keys went."""
-        store = ConfigStore(layout["etcd"]["urls"], layout["etcd"]["key_prefix"])
+        and the ``instances``' records; asked from the first of those nodes' namespaces (where the
+        node reached etcd from).  Returns how many keys went."""
         names = {d["name"] for d in nodes}
 
-        def forget() -> int:
+        def forget(store: ConfigStore) -> int:
             _, everything = store.get_all()
             keys = [k for k, v in everything.items() if k.startswith(("ports/", "routes/")) and isinstance(v, dict) and v.get("node") in names]
             keys += ["nodes/" + n for n in sorted(names)] + ["instances/" + u for u in instances]
             return sum(store.delete(k) for k in keys)
 
-        try:
-            with netns.Namespace(nodes[0]["namespace"]) as ns:  # where the node reached etcd from
-                return ns.run(forget)
-        finally:
-            store.close()
+        return in_etcd(layout["etcd"]["urls"], layout["etcd"]["key_prefix"], nodes[0]["namespace"], forget)
 
     # -- down -----------------------------------------------------------------------------------
 
@@ -632,11 +624,19 @@ class Lab:
         return True
 
 
-def _listdir(path: str) -> list[str]:
-    try:
-        return os.listdir(path)
-    except OSError:
-        return []
+def in_etcd(urls: list[str], prefix: str, namespace: str, fn: Callable[[ConfigStore], T]) -> T:
+    """``fn(store)`` on the etcd at ``urls``, from a thread in ``namespace`` (a store's connections
+    are made in the namespace of the thread that uses it, and closed there at the end)."""
+    store = ConfigStore(urls, prefix)
+
+    def run() -> T:
+        try:
+            return fn(store)
+        finally:
+            store.close()
+
+    with netns.Namespace(namespace) as ns:
+        return ns.run(run)
 
 
 def _remove(path: str) -> None:

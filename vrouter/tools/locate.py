@@ -58,13 +58,14 @@ def node_dir(prefix: str, node: int) -> str:
     d = os.path.join(top, "compute%d" % node)
     if node == 1 and not os.path.isdir(d):
         return top
-    nodes = _nodes_of(top)
+    nodes = node_numbers(top)
     if nodes and node not in nodes:
         raise Ambiguous("prefix %s has no node %d (its nodes: %s)" % (prefix, node, ", ".join(map(str, nodes))))
     return d
 
 
-def _nodes_of(top: str) -> list[int]:
+def node_numbers(top: str) -> list[int]:
+    """The nodes of a cluster's state directory ``top`` (its ``computeI`` directories), in order."""
     try:
         return sorted(int(c[7:]) for c in os.listdir(top) if re.fullmatch(r"compute[0-9]+", c))
     except OSError:
@@ -87,11 +88,7 @@ def nodes_up() -> list[str]:
     for n in names:
         if _has_agent(os.path.join(root, n)):
             up.append(n)
-        try:
-            subs = sorted(os.listdir(os.path.join(root, n)))
-        except OSError:
-            continue
-        up += ["%s/%s" % (n, c) for c in subs if re.fullmatch(r"compute[0-9]+", c) and _has_agent(os.path.join(root, n, c))]
+        up += ["%s/compute%d" % (n, k) for k in node_numbers(os.path.join(root, n)) if _has_agent(os.path.join(root, n, "compute%d" % k))]
     return up
 
 
@@ -127,7 +124,7 @@ def _one_of(top: str, prefix: str) -> str:
     """``--prefix P`` alone: the node, or, for a cluster of several, an error naming them."""
     if _has_agent(top) or not os.path.isdir(top):
         return top
-    nodes = _nodes_of(top)
+    nodes = node_numbers(top)
     if not nodes:
         return top
     if len(nodes) == 1:
