@@ -21,14 +21,13 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.run import iperf3_udp, sh, wait_listening  # noqa: E402
+from benchmarks.run import iperf3, iperf3_udp  # noqa: E402
 from topology.lab import Lab  # noqa: E402
 from topology.model import Topology  # noqa: E402
 from vrouter.agent.control import call  # noqa: E402
@@ -41,19 +40,7 @@ def names(sock: str) -> set[str]:
 
 def iperf3_tcp(a: dict, b: dict, seconds: float) -> float:
     """TCP from VM ``a`` to VM ``b``, Mbit/s received."""
-    server = subprocess.Popen(["ip", "netns", "exec", b["namespace"], "iperf3", "-s", "-1", "-B", b["ip"], "-p", "5202"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    try:
-        wait_listening(b["namespace"], 5202)
-        r = sh("ip", "netns", "exec", a["namespace"], "iperf3", "-c", b["ip"], "-p", "5202", "-t", str(int(seconds)), "--json",
-               timeout=seconds + 60, check=False)  # fmt: skip
-        end = json.loads(r.stdout).get("end", {}) if r.stdout.strip() else {}
-    finally:
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(10)
+    end = iperf3(a, b, seconds, port=5202)
     return round(end.get("sum_received", {}).get("bits_per_second", 0) / 1e6, 1)
 
 

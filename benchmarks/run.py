@@ -241,25 +241,29 @@ def wait_listening(ns: str, port: int) -> None:
         time.sleep(0.05)  # polling for a listener, with a deadline
 
 
-def iperf3_udp(a: dict, b: dict, seconds: float) -> dict:
-    """Small UDP packets (64-byte payloads) from a C sender, iperf3 at full speed (-b 0), from VM
-    ``a`` to VM ``b`` (layout records): what the receiver got a second, and the share of what was
-    sent."""
-    server = subprocess.Popen(["ip", "netns", "exec", b["namespace"], "iperf3", "-s", "-1", "-B", b["ip"], "-p", "5201"],
+def iperf3(a: dict, b: dict, seconds: float, *client: str, port: int = 5201) -> dict:
+    """One iperf3 test from VM ``a`` to VM ``b`` (layout records), ``client`` its options (-u,
+    -l, -b ...): the "end" of iperf3's JSON report ({} if it gave none).  The server serves that
+    one test and exits."""
+    server = subprocess.Popen(["ip", "netns", "exec", b["namespace"], "iperf3", "-s", "-1", "-B", b["ip"], "-p", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    end: dict = {}
     try:
-        wait_listening(b["namespace"], 5201)  # not by connecting: iperf3 -s -1 would serve that one and exit
-        r = sh("ip", "netns", "exec", a["namespace"], "iperf3", "-u", "-c", b["ip"], "-p", "5201", "-l", "64", "-b", "0",
-               "-t", str(int(seconds)), "--json", timeout=seconds + 60, check=False)  # fmt: skip
-        if r.stdout.strip():
-            end = json.loads(r.stdout).get("end", {}).get("sum", {})
+        wait_listening(b["namespace"], port)  # not by connecting: iperf3 -s -1 would serve that one and exit
+        r = sh("ip", "netns", "exec", a["namespace"], "iperf3", *client, "-c", b["ip"], "-p", str(port), "-t", str(int(seconds)), "--json",
+               timeout=seconds + 60, check=False)  # fmt: skip
+        return json.loads(r.stdout).get("end", {}) if r.stdout.strip() else {}
     finally:
         try:
             server.wait(10)  # it exits after its one test
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait(10)
+
+
+def iperf3_udp(a: dict, b: dict, seconds: float) -> dict:
+    """Small UDP packets (64-byte payloads) from a C sender, iperf3 at full speed (-b 0), from VM
+    ``a`` to VM ``b``: what the receiver got a second, and the share of what was sent."""
+    end = iperf3(a, b, seconds, "-u", "-l", "64", "-b", "0").get("sum", {})
     packets, lost, secs = end.get("packets", 0), end.get("lost_packets", 0), end.get("seconds", 0)
     return {
         "iperf3_udp_pps": round((packets - lost) / secs) if secs else 0,
