@@ -75,6 +75,10 @@ class Net:
     def dns_server(self) -> str:
         return "%s.%d.2" % (VM_NET_BASE, self.number)
 
+    def host(self, n: int) -> tuple[str, str, str]:
+        """Host ``n`` of the network: (its IPv4 address, its MAC, its IPv6 address)."""
+        return "%s.%d.%d" % (VM_NET_BASE, self.number, n), "02:00:0a:%02x:00:%02x" % (self.number, n), "fd00:10:1:%x::%x" % (self.number, n)
+
     def as_dict(self, dhcp: bool) -> dict[str, Any]:
         return {"name": self.name, "uuid": self.uuid, "subnet": self.subnet, "gateway": self.gateway, "dns_server": self.dns_server, "dhcp": dhcp}
 
@@ -188,16 +192,12 @@ class Topology:
         for i, vm in enumerate(self.ports):
             net = networks[i % len(networks)]
             h = host[net.uuid]
-            while "%s.%d.%d" % (VM_NET_BASE, net.number, h) in used:
+            while net.host(h)[0] in used:
                 h += 1
             if h > 254:
                 raise ValueError("network %s (%s) has no free address for %s" % (net.name, net.subnet, vm.name))
             host[net.uuid] = h + 1
-            vm.ip, vm.mac, vm.ipv6 = (
-                "%s.%d.%d" % (VM_NET_BASE, net.number, h),
-                "02:00:0a:%02x:00:%02x" % (net.number, h),
-                "fd00:10:1:%x::%x" % (net.number, h),
-            )
+            vm.ip, vm.mac, vm.ipv6 = net.host(h)
             vm.vn_uuid, vm.gateway, vm.network = net.uuid, net.gateway, net.name
 
     def vms_of(self, node: int) -> list[VM]:
@@ -266,11 +266,11 @@ class Topology:
             host = (i - 1) // k + 3
             guest = i > vms
             name = "guest%d" % (i - vms) if guest else "vm%d" % i
+            ip, mac, ip6 = net.host(host)
             vm = VM(
-                name=name, namespace="" if guest else "%s-%s" % (prefix, name), ip="%s.%d.%d" % (VM_NET_BASE, net.number, host),
-                mac="02:00:0a:%02x:00:%02x" % (net.number, host), tap="tap" + port[:11], port_uuid=port,
+                name=name, namespace="" if guest else "%s-%s" % (prefix, name), ip=ip, mac=mac, tap="tap" + port[:11], port_uuid=port,
                 instance_uuid=str(uuid.uuid4()), project_id=project, vn_uuid=net.uuid, gateway=net.gateway, prefix_len=24,
-                ipv6="fd00:10:1:%x::%x" % (net.number, host), kind="qemu" if guest else "namespace", network=net.name,
+                ipv6=ip6, kind="qemu" if guest else "namespace", network=net.name,
                 node=(i - 1) * nodes // total + 1,
             )  # fmt: skip
             if guest:
