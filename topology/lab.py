@@ -198,8 +198,11 @@ class Lab:
             self.start_agent(n, topo)
         if topo.join:  # the cloud's Nova serves our instances from etcd
             self._in_cloud(topo, lambda store: [store.put("instances/" + r["uuid"], r) for r in topo.instances()["instances"]])
-        for net in topo.networks if topo.own_nova else []:  # with etcd, once: every agent learns it from there
-            for n in nodes if not topo.clustered else [1]:
+        # The networks and the metadata service, given to each node, or with etcd once (to node 1): every
+        # agent learns them from there; a lab that joins a cloud has the cloud's.
+        provisioned = [] if not topo.own_nova else [1] if topo.clustered else list(nodes)
+        for net in topo.networks if provisioned else []:
+            for n in provisioned:
                 r = call(os.path.join(topo.state_of(n), "agent.sock"), NetworkAdd(net.uuid, net.subnet, net.name, net.gateway, net.dns_server))
             self.say("network %s set: %s, gateway %s, service address %s" % (r.name, r.subnet, r.gateway, r.dns_server))
         quiet = len(topo.ports) > 50
@@ -213,8 +216,9 @@ class Lab:
         if quiet:
             self.say("%d ports plugged (the layout lists them)" % len(topo.ports))
         metadata = LinkLocalAdd("metadata", "169.254.169.254", "80", [topo.nova_ip], str(NOVA_PORT))
-        for n in (nodes if not topo.clustered else [1]) if topo.own_nova else []:  # a lab that joins: the cloud's
+        for n in provisioned:
             call(os.path.join(topo.state_of(n), "agent.sock"), metadata)
+        if provisioned:
             self.say("link-local service metadata set")
         if topo.clustered:
             self.wait_converged(topo, others)
