@@ -18,6 +18,7 @@ import pytest
 
 from tests.conftest import SETUP, VROUTER, EmulatedHost, unique_prefix, wait_until
 from topology import netns
+from topology.lab import in_etcd
 from vrouter.cluster.store import ConfigStore
 
 ECHO = str(Path(__file__).with_name("echo_server.py"))
@@ -84,6 +85,11 @@ def route_nh(h: EmulatedHost, node: int, ip: str) -> dict | None:
     """The route to ``ip`` in node ``node``'s VRF of the first network, as rt --dump shows it."""
     vrf = next(n["vrf"] for n in h.cli_json("network", "list", node=node) if n["subnet"] == "10.1.1.0/24")
     return next((r for r in h.cli_json("rt", "--dump", str(vrf), node=node)["routes"] if r["prefix"] == ip), None)
+
+
+def etcd_keys(urls: list[str], namespace: str) -> dict:
+    """Every key under /vrouter/ and its value, read from ``namespace`` (where that etcd is reached)."""
+    return in_etcd(urls, "/vrouter/", namespace, lambda store: store.get_all()[1])
 
 
 def services(h: EmulatedHost, node: int) -> set[str]:
@@ -298,12 +304,7 @@ def test_a_port_moved_to_another_node_is_reached_there_and_no_stale_route_stays(
     assert (route_nh(h, 3, "10.1.1.5") or {}).get("node") == h.nodes[1]["name"]
     assert ping(h, "vm6", "vm4")
 
-    def keys() -> dict:
-        store = ConfigStore(h.layout["etcd"]["urls"])
-        with netns.Namespace(h.layout["namespaces"]["fabric"]) as ns:
-            return ns.run(lambda: store.get_all()[1])
-
-    everything = keys()
+    everything = etcd_keys(h.layout["etcd"]["urls"], h.layout["namespaces"]["fabric"])
     assert [k for k in everything if k.endswith("/10.1.1.5")] == ["routes/%s/10.1.1.5" % vm5["vn_uuid"]]
     assert everything["ports/" + vm5["port_uuid"]]["node"] == h.nodes[1]["name"]
     net = everything["virtual-networks/" + vm5["vn_uuid"]]
@@ -375,9 +376,7 @@ def test_a_second_prefix_joins_the_cloud_through_its_etcd():
         b = None
         # what it told the cloud went with it: no route to its VMs stays
         wait_until(lambda: a.cli_json("status", node=1)["cluster"]["remote_routes"] == 1, 10, "node 1 without the other lab's routes")
-        store = ConfigStore(a.layout["etcd"]["urls"])
-        with netns.Namespace(a.layout["namespaces"]["fabric"]) as ns:
-            keys = ns.run(lambda: store.get_all()[1])
+        keys = etcd_keys(a.layout["etcd"]["urls"], a.layout["namespaces"]["fabric"])
         assert not [k for k, v in keys.items() if isinstance(v, dict) and v.get("node") == b_prefix + "-compute"]
         assert not [k for k in keys if k.startswith("instances/")]
         assert ping(a, "vm2", "vm1")
@@ -415,14 +414,11 @@ def test_a_cloud_on_an_existing_etcd_reached_through_a_fabric_link(tmp_path):
         a, b = layout["vms"]
         r = subprocess.run(["ip", "netns", "exec", a["namespace"], "ping", "-c", "2", "-W", "2", b["ip"]], capture_output=True, text=True)
         assert " 0% packet loss" in r.stdout, r.stdout
-        store = ConfigStore([url])
-        with netns.Namespace(ext) as ns:
-            keys = ns.run(lambda: store.get_all()[1])
+        keys = etcd_keys([url], ext)
         assert {k for k in keys if k.startswith("nodes/")} == {"nodes/%s-compute1" % prefix, "nodes/%s-compute2" % prefix}
         r = subprocess.run(["bash", str(SETUP), "down", "--prefix", prefix], capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, r.stderr
-        with netns.Namespace(ext) as ns:
-            keys = ns.run(lambda: store.get_all()[1])
+        keys = etcd_keys([url], ext)
         assert not [k for k in keys if k.startswith(("nodes/", "ports/", "routes/"))]  # its nodes' keys went
         assert [k for k in keys if k.startswith("virtual-networks/")]  # what it wrote for the cloud stays
     finally:
