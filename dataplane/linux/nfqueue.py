@@ -39,13 +39,23 @@ class _Enough(Exception):
     """This drain has had its budget."""
 
 
+class _Fixed:
+    """A queue's own per-packet function (the tunnel queue's), in the place of the dataplane's."""
+
+    __slots__ = ("process",)
+
+    def __init__(self, process: Process) -> None:
+        self.process = process
+
+
 class _Queue:
     """One NFQUEUE queue: its binding, its verdict writer, its share of each turn."""
 
     def __init__(self, shell: QueueShell, num: int, max_len: int, process: Process | None = None) -> None:
         self.shell = shell
-        self.dataplane = shell.dataplane
-        self.process = process  # None: the dataplane's per-packet path (which a capture may replace)
+        # what gives the verdicts: the dataplane, whose ``process`` a capture may replace (so it is
+        # looked up per packet, as before there were other kinds of queue), or ``process`` itself
+        self.source: Dataplane | _Fixed = shell.dataplane if process is None else _Fixed(process)
         self.num = num
         self.nfq = NetfilterQueue()
         self.nfq.bind(num, self.handle, max_len=max_len, mode=COPY_PACKET, range=0xFFFF)
@@ -55,7 +65,7 @@ class _Queue:
     def handle(self, pkt: Packet) -> None:
         verdicts = self.verdicts
         try:
-            v = (self.process or self.dataplane.process)(pkt.get_payload(), pkt.indev, time.time_ns())
+            v = self.source.process(pkt.get_payload(), pkt.indev, time.time_ns())
         except Exception:  # a bug must not stop the dataplane: drop the packet and say so once
             self.shell.failed()
             verdicts.verdict(pkt.id, NF_DROP)
