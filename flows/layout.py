@@ -29,9 +29,10 @@ Record (little-endian, 128 bytes)::
      72   8  bytes
      80   8  setup time, ns since the epoch
      88   8  last used, ns since the epoch
-     96   4  overflow chain, index + 1 (0: none): in a bucket's first entry the
-             head of the bucket's overflow chain, in an overflow entry the next
-             link; it belongs to the slot, not to the flow in it
+     96   4  overflow chain, index + 1 (0: none): in the first entry of a bucket
+             that a writer owns, the head of that writer's overflow chain of the
+             bucket (one writer: the bucket's first entry); in an overflow entry
+             the next link; it belongs to the slot, not to the flow in it
     100   2  source vif
     102   2  flags1 (Flag1: this project's; vr_flow.h's fe_flags1 holds only HBS bits)
     104  24  reserved
@@ -83,6 +84,10 @@ U16 = struct.Struct("<H")
 
 # File header: magic, version, record size, bucket size, main entries, overflow entries, owner pid.
 HEADER = struct.Struct("<8sIIIIII")
+# ... and at OFF_WRITERS, how many writers (dataplane workers) share the table: entry i is
+# written only by writer i % writers (0 in a file written before there were workers: one).
+OFF_WRITERS = 32
+MAX_WRITERS = BUCKET_SIZE  # each writer owns at least one entry of every bucket
 
 
 class Action(enum.IntEnum):

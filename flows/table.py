@@ -7,6 +7,20 @@ goes to the overflow area and is linked into the bucket's overflow chain.
 Forward and reverse flows are set up and removed together, each holding the
 other's index.  Every reuse of a slot bumps its generation id, so a reader
 holding an old (index, generation) never takes a new flow for the old one.
+
+Writers.  The table may be shared by several writers (the dataplane's
+workers, one process each), and the rule is one writer per entry: **entry i
+is written only by writer i % writers** (the count is in the header).  A
+writer places its flows only in its own entries of a bucket (with two
+writers, ways 0 and 2 or 1 and 3; with four, one way each) and of the
+overflow area, keeps the head of its own overflow chain of a bucket in the
+first entry of the bucket it owns, and looks up, ages and removes only its
+own entries: both halves of a pair are always one writer's, because both
+directions of a flow reach the worker that owns it.  Readers (``flow -l``)
+see one table and follow every writer's chain.  At most ``MAX_WRITERS``, so
+that every writer owns a way of every bucket.  A writer that opens the file
+again (a worker restarted) clears its own entries first: their per-flow state
+died with the process, so they are flushed, never left half owned.
 """
 
 from __future__ import annotations
@@ -35,6 +49,7 @@ from flows.layout import (
     KEY,
     KEY_LEN,
     MAGIC,
+    MAX_WRITERS,
     OFF_FLAGS,
     OFF_FLAGS1,
     OFF_GEN,
@@ -44,6 +59,7 @@ from flows.layout import (
     OFF_RINDEX,
     OFF_TCPFLAGS,
     OFF_VIF,
+    OFF_WRITERS,
     RECORD_SIZE,
     U16,
     U32,
@@ -63,8 +79,8 @@ def _tag(h: int) -> int:
     return (h >> 24) | 1
 
 
-_ACTIVE_BYTE = bytes(b & 1 for b in range(256))  # translate: the ACTIVE bit of a flags byte
-_NONZERO_BYTE = bytes([0]) + bytes([1]) * 255  # translate: a tag that is not 0 (an entry in use)
+_ACTIVE_BYTE = bytes(b & 1 for b in range(256))  # translate: the ACTIVE bit of a flags byte, or a tag in use (odd)
+NOT_MINE = 2  # the tag of another writer's entry: even, so no lookup matches it, and not 0 (free)
 _ONE = re.compile(b"\x01")
 
 DEFAULT_ENTRIES = 524_288
@@ -134,10 +150,15 @@ def table_size(entries: int, overflow: int) -> int:
 class FlowTable:
     """A flow table over ``buf``; ``writable`` tables keep the free lists the dataplane needs."""
 
-    def __init__(self, buf: mmap.mmap | bytearray, writable: bool) -> None:
+    def __init__(self, buf: mmap.mmap | bytearray, writable: bool, writer: int = 0) -> None:
+        """``writer``: which of the header's writers this one is (writable tables only)."""
         magic, version, rec, bucket, entries, overflow, _pid = HEADER.unpack_from(buf, 0)
         if magic != MAGIC or version != VERSION or rec != RECORD_SIZE or bucket != BUCKET_SIZE:
             raise TableFormatError("not a flow table of this version (magic %r, version %d)" % (magic, version))
+        self.writers = U32.unpack_from(buf, OFF_WRITERS)[0] or 1
+        if not 0 <= writer < self.writers or self.writers > MAX_WRITERS:
+            raise TableFormatError("writer %d of a table for %d writers (at most %d)" % (writer, self.writers, MAX_WRITERS))
+        self.writer = writer
         self.buf = buf
         self.view = memoryview(buf)
         self.entries = entries
@@ -164,15 +185,21 @@ class FlowTable:
         self._prev = array("I", bytes(4 * overflow if writable else 0))  # 0: the chain's first
         self._bucket_of = array("I", bytes(4 * overflow if writable else 0))
         if writable:
-            self._free_overflow = [i for i in range(self.capacity - 1, entries - 1, -1) if not self.flags(i) & F_ACTIVE]
+            n, w = self.writers, writer
+            if n > 1:  # another writer's entries: never free, never matched
+                for other in range(n):
+                    if other != w:
+                        self._tags[other::n] = bytes([NOT_MINE]) * len(range(other, self.capacity, n))
+            self._free_overflow = [i for i in range(self.capacity - 1, entries - 1, -1) if i % n == w and not self.flags(i) & F_ACTIVE]
             for i in self.active_indices():
-                off = HEADER_SIZE + i * RECORD_SIZE
-                self._tags[i] = _tag(zlib.crc32(buf[off : off + KEY_LEN]))
-                self.active += 1
-            if len(self._free_overflow) < overflow:  # some chains exist: copy them
+                if i % n == w:
+                    off = HEADER_SIZE + i * RECORD_SIZE
+                    self._tags[i] = _tag(zlib.crc32(buf[off : off + KEY_LEN]))
+                    self.active += 1
+            if len(self._free_overflow) < len(range(entries + (w - entries) % n, self.capacity, n)):  # some chains: copy them
                 for b in range(self.nbuckets):
-                    self._head[b] = U32.unpack_from(buf, HEADER_SIZE + b * BUCKET_BYTES + OFF_OFLOW_NEXT)[0]
-                for i in range(overflow):
+                    self._head[b] = U32.unpack_from(buf, HEADER_SIZE + self._head_slot(b) * RECORD_SIZE + OFF_OFLOW_NEXT)[0]
+                for i in range((w - entries) % n, overflow, n):
                     self._next[i] = U32.unpack_from(buf, HEADER_SIZE + (entries + i) * RECORD_SIZE + OFF_OFLOW_NEXT)[0]
                 for b, nxt in enumerate(self._head):
                     prev = 0
@@ -184,11 +211,12 @@ class FlowTable:
     # -- construction -------------------------------------------------------------------------
 
     @staticmethod
-    def new_buffer(entries: int, overflow: int) -> bytearray:
+    def new_buffer(entries: int, overflow: int, writers: int = 1) -> bytearray:
         """An empty table in memory, for tests and tools."""
         entries = _round_entries(entries)
         buf = bytearray(table_size(entries, overflow))
         HEADER.pack_into(buf, 0, MAGIC, VERSION, RECORD_SIZE, BUCKET_SIZE, entries, overflow, 0)
+        U32.pack_into(buf, OFF_WRITERS, _writers(writers))
         return buf
 
     @classmethod
@@ -198,9 +226,11 @@ class FlowTable:
         return cls(cls.new_buffer(entries, overflow), writable=True)
 
     @classmethod
-    def create_file(cls, path: str, entries: int = DEFAULT_ENTRIES, overflow: int | None = None) -> FlowTable:
-        """Create (or replace) the shared-memory file and map it read-write; the whole table is
-        allocated at once, so a full machine fails here and not at the 100,000th flow."""
+    def create_file(cls, path: str, entries: int = DEFAULT_ENTRIES, overflow: int | None = None, writers: int = 1) -> FlowTable:
+        """Create (or replace) the shared-memory file and map it read-write, as writer 0 of
+        ``writers``; the whole table is allocated at once, so a full machine fails here and
+        not at the 100,000th flow."""
+        writers = _writers(writers)
         entries = _round_entries(entries)
         if overflow is None:
             overflow = entries // 5
@@ -213,8 +243,30 @@ class FlowTable:
         finally:
             os.close(fd)
         HEADER.pack_into(mm, 0, MAGIC, VERSION, RECORD_SIZE, BUCKET_SIZE, entries, overflow, os.getpid())
+        U32.pack_into(mm, OFF_WRITERS, writers)
         os.replace(tmp, path)
         return cls(mm, writable=True)
+
+    @classmethod
+    def open_writer(cls, path: str, writer: int) -> FlowTable:
+        """Map an agent's table read-write as one of its writers (a dataplane worker).  What the
+        file holds in this writer's entries (a worker that died had them) is cleared first: the
+        per-flow state of those flows went with the process.  TableFormatError if the file is
+        not a table for this writer."""
+        fd = os.open(path, os.O_RDWR)
+        try:
+            size = os.fstat(fd).st_size
+            if size < HEADER_SIZE:
+                raise TableFormatError("%s is too short to be a flow table" % path)
+            mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        finally:
+            os.close(fd)
+        try:
+            clear_writer(mm, writer)
+            return cls(mm, writable=True, writer=writer)
+        except TableFormatError:
+            mm.close()
+            raise
 
     @classmethod
     def open_readonly(cls, path: str) -> FlowTable:
@@ -296,6 +348,7 @@ class FlowTable:
         return -1
 
     def _scan(self, key: bytes) -> int:
+        """A reader's lookup: the bucket's records, then each writer's overflow chain."""
         buf = self.buf
         first = self._bucket(key) * BUCKET_SIZE
         base = HEADER_SIZE + first * RECORD_SIZE
@@ -306,14 +359,21 @@ class FlowTable:
             if not rel % RECORD_SIZE and buf[pos + OFF_FLAGS] & 1:
                 return first + rel // RECORD_SIZE
             pos = buf.find(key, pos + 1, end)
-        nxt = U32.unpack_from(buf, base + OFF_OFLOW_NEXT)[0]
-        while nxt:
-            i = nxt - 1
-            off = HEADER_SIZE + i * RECORD_SIZE
-            if buf[off : off + KEY_LEN] == key and buf[off + OFF_FLAGS] & 1:
-                return i
-            nxt = U32.unpack_from(buf, off + OFF_OFLOW_NEXT)[0]
+        for head in range(first, first + min(self.writers, BUCKET_SIZE)):
+            nxt = U32.unpack_from(buf, HEADER_SIZE + head * RECORD_SIZE + OFF_OFLOW_NEXT)[0]
+            while nxt:
+                i = nxt - 1
+                off = HEADER_SIZE + i * RECORD_SIZE
+                if buf[off : off + KEY_LEN] == key and buf[off + OFF_FLAGS] & 1:
+                    return i
+                nxt = U32.unpack_from(buf, off + OFF_OFLOW_NEXT)[0]
         return -1
+
+    def _head_slot(self, bucket: int) -> int:
+        """The entry that holds the head of this writer's overflow chain of ``bucket``: the first
+        of the bucket's entries it owns."""
+        first = bucket * BUCKET_SIZE
+        return first + (self.writer - first) % self.writers
 
     def read(self, index: int) -> FlowEntry:
         off = HEADER_SIZE + index * RECORD_SIZE
@@ -339,8 +399,8 @@ class FlowTable:
         """Indices of the active entries in [start, end): the walk of aging, a slice of the table
         at a time.  The writer reads its tags (one contiguous byte an entry, 0 when free); a
         reader copies the flag bytes out of the records."""
-        if self.writable:
-            return [start + m.start() for m in _ONE.finditer(self._tags[start:end].translate(_NONZERO_BYTE))]
+        if self.writable:  # its own entries in use: an odd tag
+            return [start + m.start() for m in _ONE.finditer(self._tags[start:end].translate(_ACTIVE_BYTE))]
         base = HEADER_SIZE + OFF_FLAGS
         low = self.view[base + start * RECORD_SIZE : base + end * RECORD_SIZE : RECORD_SIZE].tobytes()
         return [start + m.start() for m in _ONE.finditer(low.translate(_ACTIVE_BYTE))]
@@ -366,7 +426,7 @@ class FlowTable:
             # linked at the chain's head: in the records (for readers) and in the writer's copy
             head = self._head[bucket]
             U32.pack_into(self.buf, HEADER_SIZE + i * RECORD_SIZE + OFF_OFLOW_NEXT, head)
-            U32.pack_into(self.buf, HEADER_SIZE + first * RECORD_SIZE + OFF_OFLOW_NEXT, i + 1)
+            U32.pack_into(self.buf, HEADER_SIZE + (first + (self.writer - first) % self.writers) * RECORD_SIZE + OFF_OFLOW_NEXT, i + 1)
             o = i - self.entries
             self._next[o] = head
             self._prev[o] = 0
@@ -401,7 +461,7 @@ class FlowTable:
             bucket = self._bucket_of[o]
             if self._head[bucket] == index + 1:  # always, for an entry this table linked
                 self._head[bucket] = after
-                U32.pack_into(self.buf, HEADER_SIZE + bucket * BUCKET_BYTES + OFF_OFLOW_NEXT, after)
+                U32.pack_into(self.buf, HEADER_SIZE + self._head_slot(bucket) * RECORD_SIZE + OFF_OFLOW_NEXT, after)
         if after:
             back[after - 1 - entries] = prev
         links[o] = back[o] = 0
@@ -488,6 +548,27 @@ class FlowTable:
 
     def owner(self) -> int:
         return HEADER.unpack_from(self.buf, 0)[6]
+
+
+def _writers(writers: int) -> int:
+    if not 1 <= writers <= MAX_WRITERS:
+        raise ValueError("a flow table has 1 to %d writers, not %d" % (MAX_WRITERS, writers))
+    return writers
+
+
+def clear_writer(buf: mmap.mmap | bytearray, writer: int) -> int:
+    """Clear every entry of ``writer`` (flags and overflow links: its chain heads are in its own
+    entries too); return how many were active."""
+    _magic, _version, _rec, _bucket, entries, overflow, _pid = HEADER.unpack_from(buf, 0)
+    n = U32.unpack_from(buf, OFF_WRITERS)[0] or 1
+    cleared = 0
+    for i in range(writer, entries + overflow, n):
+        off = HEADER_SIZE + i * RECORD_SIZE
+        if U16.unpack_from(buf, off + OFF_FLAGS)[0] & F_ACTIVE:
+            cleared += 1
+            U16.pack_into(buf, off + OFF_FLAGS, 0)
+        U32.pack_into(buf, off + OFF_OFLOW_NEXT, 0)
+    return cleared
 
 
 def _round_entries(entries: int) -> int:

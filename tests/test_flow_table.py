@@ -241,3 +241,70 @@ def test_tag_index_agrees_with_the_records_through_churn():
     assert again._prev == t._prev and [again._bucket_of[i - t.entries] for i in live.values() if i >= t.entries] == [
         t._bucket_of[i - t.entries] for i in live.values() if i >= t.entries
     ]
+
+
+@pytest.mark.parametrize("writers", [2, 3, 4])
+def test_writers_share_one_table_each_in_its_own_entries(writers):
+    # several writers (the dataplane's workers) over one buffer, with random set-ups and removals in
+    # a small table so that buckets fill and every writer's overflow chains form and break: each
+    # writes only entries i with i % writers == its number, finds only its own flows, and a reader
+    # (flow -l) finds everyone's by the records, chains included
+    buf = FlowTable.new_buffer(64, 48, writers=writers)
+    ts = [FlowTable(buf, writable=True, writer=w) for w in range(writers)]
+    rnd = random.Random(writers)
+    live: list[dict[bytes, int]] = [{} for _ in ts]
+    for step in range(3000):
+        w = rnd.randrange(writers)
+        t, mine = ts[w], live[w]
+        if mine and rnd.random() < 0.4:
+            k = rnd.choice(sorted(mine))
+            removed = t.delete(mine[k])
+            for kk in [kk for kk, i in mine.items() if i in removed]:
+                del mine[kk]
+        else:
+            n = rnd.randrange(100000) * writers + w  # the flows of one writer are its own
+            if key(n) in mine:
+                continue
+            try:
+                fi, ri = t.add_pair(key(n), FWD, rkey(n), FWD)
+            except TableFull:
+                continue
+            assert fi % writers == ri % writers == w
+            mine[key(n)], mine[rkey(n)] = fi, ri
+        if step % 150 == 0:
+            reader = FlowTable(buf, writable=False)
+            everyone = {k: i for m in live for k, i in m.items()}
+            assert sorted(reader.active_indices()) == sorted(everyone.values())
+            for k, i in everyone.items():
+                assert reader.lookup(k) == i
+            for v, (tv, m) in enumerate(zip(ts, live, strict=True)):
+                assert tv.active == len(m)
+                assert tv.active_between(0, tv.capacity) == sorted(m.values())
+                for k, i in everyone.items():
+                    assert tv.lookup(k) == (i if k in m else -1), (v, i)
+                _check_back_links(tv)
+    assert sum(t.overflow // writers - len(t._free_overflow) for t in ts) > 8  # the overflow area was really used
+    # a writer opened again over the same memory (a worker restarted) starts empty, the others untouched
+    from flows.table import clear_writer
+
+    assert clear_writer(buf, 1) == len(live[1])
+    again = FlowTable(buf, writable=True, writer=1)
+    assert again.active == 0 and all(again.lookup(k) == -1 for k in live[1])
+    reader = FlowTable(buf, writable=False)
+    assert sorted(reader.active_indices()) == sorted(i for m in (live[0], *live[2:]) for i in m.values())
+    for m in (live[0], *live[2:]):
+        for k, i in m.items():
+            assert reader.lookup(k) == i
+    n = 7 * writers + 1
+    fi, _ = again.add_pair(key(n), FWD, rkey(n), FWD)
+    assert fi % writers == 1 and reader.lookup(key(n)) == fi
+
+
+def test_a_table_refuses_a_writer_it_was_not_made_for():
+    from flows.table import TableFormatError
+
+    buf = FlowTable.new_buffer(64, 16, writers=2)
+    with pytest.raises(TableFormatError):
+        FlowTable(buf, writable=True, writer=2)
+    with pytest.raises(ValueError):
+        FlowTable.new_buffer(64, 16, writers=5)

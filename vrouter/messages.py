@@ -631,6 +631,8 @@ class Status:
     verdict_write_errors: int  # failed writes of verdicts: their packets were dropped
     verdict_writes: int
     cluster: ClusterStatus | None = None  # None: no etcd configured, the local files alone
+    dataplane_workers: list[int] = field(default_factory=list)  # each worker's pid (0: being restarted), the agent's first
+    dataplane_worker_restarts: int = 0
 
 
 # -- the operations -----------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from __future__ import annotations
 import time
 
 from dataplane.core.capture import Captures
-from dataplane.core.entries import Entries, Limits, PortAllocator
+from dataplane.core.entries import Entries, FlowShares, Limits, PortAllocator
 from dataplane.core.fastpath import PacketPath, Verdict
 from dataplane.core.flowsetup import FlowSetup
 from dataplane.core.lifecycle import Lifecycle
@@ -51,6 +51,7 @@ class Dataplane:
         proxy_port: int = 8097,
         limits: Limits | None = None,
         ports: PortAllocator | None = None,
+        shares: FlowShares | None = None,
     ) -> None:
         self.table = table
         self.vhost_ip = vhost_ip
@@ -60,7 +61,7 @@ class Dataplane:
         self.services = LinkLocalTable(vhost_ip)
         self.traps = TrapTable()
         self.overlay = Overlay(vhost_ip)
-        self.entries = Entries(table, limits or Limits(), ports)
+        self.entries = Entries(table, limits or Limits(), ports, shares)
         self.lifecycle = Lifecycle(table, self.entries)
         self.flow_setup = FlowSetup(
             table, self.entries, self.lifecycle, self.vif_table, self.services, self.traps, vhost_ip, proxy_port, ports, self.overlay

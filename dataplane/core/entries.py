@@ -25,6 +25,11 @@ per entry, kept here.  Rules:
 * Rate: with ``vm_setup_rate``, a VM sets up at most that many flows a second
   (a token bucket per VM, a second's worth deep); refusals are counted as
   ``Flow Setup Rate Limit``.
+* Several workers: each counts the flows of the entries it owns; with ``shares``
+  it publishes its count of each vif (and of the node's link-local pairs, as vif
+  0) and checks ``max_vm_flows`` and the node's link-local cap against the sum
+  over every worker.  The rate and a VM's link-local cap are its owner's alone
+  (its service queue is one worker's).
 """
 
 from __future__ import annotations
@@ -61,6 +66,14 @@ class PortAllocator(Protocol):
     def release(self, handle: object) -> None: ...
 
 
+class FlowShares(Protocol):
+    """Every worker's count of a vif's flow entries (vif 0: the node's link-local pairs)."""
+
+    def publish(self, vif: int, count: int) -> None: ...
+
+    def others(self, vif: int) -> int: ...
+
+
 class FlowState:
     """What the dataplane does with the packets of one entry, prepared at flow set-up."""
 
@@ -83,10 +96,11 @@ class FlowState:
 class Entries:
     """The dataplane's state of each live entry, and the limits the entries count against."""
 
-    def __init__(self, table: FlowTable, limits: Limits, ports: PortAllocator | None = None) -> None:
+    def __init__(self, table: FlowTable, limits: Limits, ports: PortAllocator | None = None, shares: FlowShares | None = None) -> None:
         self.table = table
         self.limits = limits
         self.ports = ports
+        self.shares = shares
         # by entry index: with 400K live flows a dict lookup of an index reads its hash slot, its
         # entry and its key object, each a cache miss; a list item is one read (5 MB of pointers
         # for the default table)
@@ -122,15 +136,17 @@ class Entries:
     def over_limit(self, vif: Vif, link_local: bool) -> DropReason:
         """Why one more flow of ``vif``'s (a pair: two entries) would be refused, or NONE."""
         limit = self.limits.max_vm_flows
+        shares = self.shares
         if limit:
-            if vif.flow_limited and vif.flows <= limit * 9 // 10:
+            flows = vif.flows if shares is None else vif.flows + shares.others(vif.index)
+            if vif.flow_limited and flows <= limit * 9 // 10:
                 vif.flow_limited = False
-            if vif.flow_limited or vif.flows + 2 > limit:
+            if vif.flow_limited or flows + 2 > limit:
                 vif.flow_limited = True
                 return DropReason.FLOW_LIMIT
         if link_local:
             node_cap = self.limits.max_system_linklocal_flows
-            used = self.linklocal_flows
+            used = self.linklocal_flows if shares is None else self.linklocal_flows + shares.others(0)
             if vif.linklocal_flows >= self.limits.max_vm_linklocal_flows or used >= node_cap:
                 return DropReason.LINK_LOCAL_LIMIT
             if node_cap >= FAIR_SHARE_FROM and used >= node_cap * 3 // 4 and vif.linklocal_flows >= node_cap // 4:
@@ -165,6 +181,8 @@ class Entries:
                 v.linklocal_flows += 1
         if st.link_local:
             self.linklocal_flows += 1
+        if self.shares is not None:
+            self._publish(st)
 
     def uncharge(self, st: FlowState) -> None:
         """Stop counting a pair that was counted (not yet closed)."""
@@ -176,6 +194,16 @@ class Entries:
                 v.linklocal_flows -= 1
         if st.link_local:
             self.linklocal_flows -= 1
+        if self.shares is not None:
+            self._publish(st)
+
+    def _publish(self, st: FlowState) -> None:
+        shares = self.shares
+        assert shares is not None
+        for v in st.charge:
+            shares.publish(v.index, v.flows)
+        if st.link_local:
+            shares.publish(0, self.linklocal_flows)
 
     # -- removal --------------------------------------------------------------------------------
 

@@ -1,8 +1,9 @@
 """The thin I/O shell: read packets from NFQUEUE, ask the Dataplane, give the verdict.
 
-Runs inside the agent's asyncio loop.  There is a queue per VM (and one for the
-node: the fabric's replies, taps not plugged), each its own netlink socket,
-watched for readability.  The binding reads and parses the packets; the
+Runs inside the agent's asyncio loop, and in each dataplane worker's
+(``dataplane.linux.worker``).  There are queues per VM (and one for the node:
+the fabric's replies, taps not plugged), each its own netlink socket, watched
+for readability; a shell reads those of its worker.  The binding reads and parses the packets; the
 verdicts of one drain go back in one write (``dataplane.linux.verdicts``), not
 in a system call each.
 
@@ -102,10 +103,10 @@ class QueueShell:
         self.errors = 0
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+    def start(self, loop: asyncio.AbstractEventLoop, max_len: int = QUEUE_MAXLEN) -> None:
         """Read the node's queue (OSError if it cannot be bound)."""
         self._loop = loop
-        self.add(self.queue_num, QUEUE_MAXLEN)
+        self.add(self.queue_num, max_len)
         log.info("reading NFQUEUE %d", self.queue_num)
 
     def add(self, num: int, max_len: int, process: Process | None = None) -> None:

@@ -20,7 +20,10 @@ it has its kernel answer every echo, and those answers, its own packets, must
 not queue before its metadata requests (the vRouter likewise traps the
 service traffic to its agent apart from the datapath's forwarding).
 Everything else (the fabric's replies, taps not plugged, a metadata IP of no
-VM) goes to the node's queue.  With many VMs the per-VM
+VM) goes to the node's queue.  With several dataplane workers a VM's data queue
+is a group (``VmQueue.queues_total``) that xt_NFQUEUE balances by a hash of the
+addresses, the same both ways, and each worker's share of the link-local NAT
+ports goes to its own node queue (``QueueRules.nat_ranges``).  With many VMs the per-VM
 rules sit in buckets (chains) chosen by the low bits of the interface index or
 of the metadata IP, so that a packet meets a few dozen rules, not one a VM.
 The tables are replaced whole, in one transaction, when the VMs change: no
@@ -176,10 +179,11 @@ class VmQueue:
     """One VM's queues: for its packets to the node's services and back, and for the rest it sends."""
 
     ifindex: int  # its tap's (0: absent; its metadata IPs are still queued)
-    queue: int  # what its tap sends to other VMs
+    queue: int  # what its tap sends to other VMs (the first of ``queues_total``, balanced by addresses)
     service_queue: int  # what its tap sends to the services, and the node's packets to its metadata IPs
     metadata_ip: bytes  # 4 bytes
     metadata_ip6: bytes  # 16 bytes
+    queues_total: int = 1  # its data queues: one a dataplane worker
 
 
 @dataclass(frozen=True)
@@ -192,6 +196,8 @@ class QueueRules:
     queue_total: int = 1
     vhost_name: str = "vhost0"
     nat_ports: tuple[int, int] = (61000, 65535)  # the fabric's replies to link-local NAT flows
+    # ... or, with several dataplane workers, each worker's share of them: (first, last, its node queue)
+    nat_ranges: tuple[tuple[int, int, int], ...] = ()
     vms: tuple[VmQueue, ...] = ()
     service_ips: tuple[bytes, ...] = ()  # 4 bytes each: the networks' gateways and service addresses
     tunnel_queue: int = -1  # MPLS over UDP from other nodes (UDP to tunnel_port on vhost0); -1: none
@@ -318,8 +324,8 @@ class NftSocket:
         to_md6 = (_payload(24, 16), _cmp_eq(md6), _meta(NFT_META_L4PROTO), _cmp_eq(b"\x06"))
         msgs = self._replacing(name, NFPROTO_IPV6)
         iif = _meta(NFT_META_IIF)
-        vms_in = [(vm.ifindex, (iif, _cmp_eq(struct.pack("=I", vm.ifindex)), *to_md6), vm.service_queue) for vm in rules.vms if vm.ifindex]
-        vms_out = [(vm.metadata_ip6[-1], (_payload(24, 16), _cmp_eq(vm.metadata_ip6)), vm.service_queue) for vm in rules.vms]
+        vms_in = [(vm.ifindex, (iif, _cmp_eq(struct.pack("=I", vm.ifindex)), *to_md6), vm.service_queue, 1) for vm in rules.vms if vm.ifindex]
+        vms_out = [(vm.metadata_ip6[-1], (_payload(24, 16), _cmp_eq(vm.metadata_ip6)), vm.service_queue, 1) for vm in rules.vms]
         msgs += _bucketed(name, "from_vms", (_meta(NFT_META_IIF),), 4, vms_in)
         msgs += _bucketed(name, "to_metadata_ips", (_payload(39, 1),), 1, vms_out)
         msgs += [
@@ -340,9 +346,9 @@ class NftSocket:
         lo, hi = rules.nat_ports
         msgs = self._replacing(name, NFPROTO_IPV4)
         iif = _meta(NFT_META_IIF)
-        svc_in = [(vm.ifindex, (iif, _cmp_eq(struct.pack("=I", vm.ifindex))), vm.service_queue) for vm in rules.vms if vm.ifindex]
-        vms_in = [(vm.ifindex, (iif, _cmp_eq(struct.pack("=I", vm.ifindex))), vm.queue) for vm in rules.vms if vm.ifindex]
-        vms_out = [(vm.metadata_ip[-1], (_payload(16, 4), _cmp_eq(vm.metadata_ip)), vm.service_queue) for vm in rules.vms]
+        svc_in = [(vm.ifindex, (iif, _cmp_eq(struct.pack("=I", vm.ifindex))), vm.service_queue, 1) for vm in rules.vms if vm.ifindex]
+        vms_in = [(vm.ifindex, (iif, _cmp_eq(struct.pack("=I", vm.ifindex))), vm.queue, vm.queues_total) for vm in rules.vms if vm.ifindex]
+        vms_out = [(vm.metadata_ip[-1], (_payload(16, 4), _cmp_eq(vm.metadata_ip)), vm.service_queue, 1) for vm in rules.vms]
         svc = "from_vms_to_services"
         msgs.append((NFT_MSG_NEWCHAIN, NLM_F_CREATE, _str(1, name) + _str(3, svc)))
         msgs += _bucketed(name, svc, (iif,), 4, svc_in)  # no match (a tap not plugged): back, to the rules below
@@ -368,20 +374,21 @@ class NftSocket:
                     _cmp_eq(struct.pack("!H", rules.tunnel_port)),
                 )  # fmt: skip
             )
-        for proto in (6, 17):
-            msgs.append(
-                _queue_rule(
-                    name,
-                    "from_vms",
-                    node,
-                    *vhost,
-                    _meta(NFT_META_L4PROTO),
-                    _cmp_eq(bytes([proto])),
-                    _payload(2, 2, NFT_PAYLOAD_TRANSPORT_HEADER),
-                    _cmp(NFT_CMP_GTE, struct.pack("!H", lo)),
-                    _cmp(NFT_CMP_LTE, struct.pack("!H", hi)),
-                )  # fmt: skip
-            )
+        for first, last, queue in rules.nat_ranges or ((lo, hi, rules.queue_num),):
+            for proto in (6, 17):
+                msgs.append(
+                    _queue_rule(
+                        name,
+                        "from_vms",
+                        _nfqueue(queue, rules.queue_total),
+                        *vhost,
+                        _meta(NFT_META_L4PROTO),
+                        _cmp_eq(bytes([proto])),
+                        _payload(2, 2, NFT_PAYLOAD_TRANSPORT_HEADER),
+                        _cmp(NFT_CMP_GTE, struct.pack("!H", first)),
+                        _cmp(NFT_CMP_LTE, struct.pack("!H", last)),
+                    )  # fmt: skip
+                )
         msgs.append(_queue_rule(name, "to_metadata_ips", node, _payload(16, 4), _bitwise_mask(mask), _cmp_eq(net)))
         self.batch(msgs)
 
@@ -393,7 +400,7 @@ class NftSocket:
 
 
 Message = tuple[int, int, bytes]  # (command, flags, payload) of a batch
-VmRule = tuple[int, tuple[bytes, ...], int]  # (the bucket selector's value, the matches, the queue)
+VmRule = tuple[int, tuple[bytes, ...], int, int]  # (the bucket selector's value, the matches, the first queue, how many balanced)
 
 
 def _bucketed(table: str, chain: str, key: tuple[bytes, ...], width: int, vms: Sequence[VmRule]) -> list[Message]:
@@ -402,7 +409,7 @@ def _bucketed(table: str, chain: str, key: tuple[bytes, ...], width: int, vms: S
     ``width`` bytes; host order for 4) masked to its low bits selects, one jump rule a bucket."""
     n = buckets_for(len(vms))
     if n == 1:
-        return [_queue_rule(table, chain, _nfqueue(q, 1), *matches) for _, matches, q in vms]
+        return [_queue_rule(table, chain, _nfqueue(q, total), *matches) for _, matches, q, total in vms]
     msgs: list[Message] = []
     for b in range(n):
         bucket = "%s_%d" % (chain, b)
@@ -412,8 +419,8 @@ def _bucketed(table: str, chain: str, key: tuple[bytes, ...], width: int, vms: S
         else:
             mask, value = bytes([n - 1]), bytes([b])
         msgs.append((NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, _rule(table, chain, *key, _bitwise_mask(mask), _cmp_eq(value), _jump(bucket))))
-    for sel, matches, q in vms:
-        msgs.append(_queue_rule(table, "%s_%d" % (chain, sel & (n - 1)), _nfqueue(q, 1), *matches))
+    for sel, matches, q, total in vms:
+        msgs.append(_queue_rule(table, "%s_%d" % (chain, sel & (n - 1)), _nfqueue(q, total), *matches))
     return msgs
 
 

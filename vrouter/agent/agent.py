@@ -1,4 +1,4 @@
-"""``vrouter agent``: the compute node's agent and userspace dataplane in one process.
+"""``vrouter agent``: the compute node's agent, and its userspace dataplane's first worker.
 
 Start-up, in this order so that no packet meets a half-built node: map the
 flow table, load ports and link-local services from the state directory,
@@ -11,6 +11,12 @@ While it runs: aging in small steps, a scan for taps that (re)appear, the
 resolver of fabric DNS names, and the services for guests (DHCP, DNS, ARP,
 ICMP, router advertisements: ``vrouter.services.guests``, on the dataplane's
 traps and pkt0).  What the CLI may ask is in ``operations``.
+
+The dataplane runs in ``[FLOWS] dataplane_workers`` workers (``dataplane.linux.workers``):
+this process's loop is worker 0, the others are processes it starts after
+binding its own queues and before the nftables table sends anything to theirs.
+Every change of the dataplane's configuration goes to all of them through
+``Agent.pool``, and every operation returns once they have applied it.
 """
 
 from __future__ import annotations
@@ -27,11 +33,30 @@ import time
 from dataclasses import dataclass
 
 from dataplane.core.dataplane import Dataplane, Limits
+from dataplane.core.traps import Trap
 from dataplane.core.vif import PROXY_IP6, Vif
+from dataplane.linux.aging import age_forever
 from dataplane.linux.nfqueue import QUEUE_MAXLEN, QueueShell
 from dataplane.linux.nftables import NftError, NftSocket, QueueRules, VmQueue
 from dataplane.linux.pkt0 import Pkt0
 from dataplane.linux.ports import PORT_RANGE, SocketPortAllocator
+from dataplane.linux.workers import (
+    AddVif,
+    QueueLayout,
+    RemoveVif,
+    SetGuestAddresses,
+    SetHostIfindex,
+    SetResolved,
+    SetServices,
+    Setup,
+    SharedCounts,
+    Totals,
+    Trapped,
+    WorkerError,
+    WorkerPool,
+    default_workers,
+    stats_of,
+)
 from flows.table import FlowTable
 from vrouter.agent.cluster import Cluster
 from vrouter.agent.config import AgentConfig
@@ -55,9 +80,6 @@ from vrouter.services.metadata.supervisor import ProxyProcess, ProxyProcessError
 
 log = logging.getLogger("vrouter.agent")
 
-AGING_BUDGET = 20_000  # flows looked at per second for idleness
-AGING_STEPS = 50  # aging steps per second: each looks at AGING_BUDGET / AGING_STEPS flows
-EVICT_PER_STEP = 100  # closed TCP pairs removed per step at most (5,000 pairs/s, about 1 ms a step)
 TAP_SCAN_INTERVAL = 1.0
 RULES_DELAY = 0.2  # seconds from a change of the VMs to the tables' rebuild, for every change meanwhile
 
@@ -80,6 +102,7 @@ class Node:
     shell: QueueShell
     pkt0: Pkt0
     services: GuestServices
+    pool: WorkerPool  # the dataplane's other workers
 
 
 class Agent:
@@ -116,6 +139,9 @@ class Agent:
         self._rules_due: asyncio.TimerHandle | None = None  # the tables' next rebuild
         self._leaving: set[int] = set()  # queues of unplugged VMs, unbound at the next rebuild
         self.cluster: Cluster | None = None  # with [ETCD] servers: the cloud's configuration
+        self.layout = QueueLayout(queue_num, cfg.dataplane_workers or default_workers(), groups=not cfg.etcd_servers)
+        self._pool: WorkerPool | None = None
+        self._counts: SharedCounts | None = None
 
     # -- start and stop -------------------------------------------------------------------------
 
@@ -164,20 +190,33 @@ class Agent:
             )
         proxy_config = self._proxy_config(vhost_ip)
         overflow = cfg.flow_overflow_entries or cfg.flow_entries // 5
-        table = self._table = FlowTable.create_file(self.paths.flows, cfg.flow_entries, overflow)
+        layout = self.layout
+        table = self._table = FlowTable.create_file(self.paths.flows, cfg.flow_entries, overflow, writers=layout.workers)
         limits = Limits(
             max_vm_flows=cfg.vm_flow_limit(table.capacity),
             max_vm_linklocal_flows=cfg.max_vm_linklocal_flows,
             max_system_linklocal_flows=cfg.max_system_linklocal_flows,
             vm_setup_rate=cfg.vm_flow_setup_rate,
         )
-        nat_ports = SocketPortAllocator(vhost_ip, *PORT_RANGE)
-        dataplane = Dataplane(table, vhost_ip, cfg.metadata_proxy_port, limits, nat_ports)
-        dataplane.set_host_ifindex(await host.ifindex(cfg.vhost_name))
+        nat_ports = SocketPortAllocator(vhost_ip, *layout.nat_ports(0, *PORT_RANGE))
+        counts = self._counts = SharedCounts(self.paths.flow_counts, layout.workers, 0, create=True) if layout.workers > 1 else None
+        dataplane = Dataplane(table, vhost_ip, cfg.metadata_proxy_port, limits, nat_ports, counts)
+
+        def setup(w: int) -> Setup:
+            return Setup(w, layout.workers, self.paths.flows, self.paths.flow_counts, vhost_ip, cfg.metadata_proxy_port, limits,
+                         layout.nat_ports(w, *PORT_RANGE),
+                         layout.node_queue(w), QUEUE_MAXLEN, cfg.flow_cache_timeout, logging.getLogger().level)  # fmt: skip
+
+        pool = self._pool = WorkerPool(setup, layout.workers, self._trapped)
+        host_ifindex = await host.ifindex(cfg.vhost_name)
+        dataplane.set_host_ifindex(host_ifindex)
+        pool.apply(SetHostIfindex(host_ifindex))
         self._reserved_before = host.reserve_ports(*PORT_RANGE)
         for problem in self.ports.load() + self.services.load() + self.networks.load():
             log.error("ignoring unusable state: %s", problem)
-        dataplane.set_services(list(self.services.services.values()))
+        services = list(self.services.services.values())
+        dataplane.set_services(services)
+        pool.apply(SetServices(services))
         await host.add_proxy_ip6(PROXY_IP6)
         self._proxy_ip6 = True
         proxy = self._proxy = ProxyProcess(proxy_config)
@@ -186,7 +225,7 @@ class Agent:
         pkt0 = self._pkt0 = Pkt0()
         guests = self._guests = GuestServices(dataplane, self, settings, pkt0.send)
         pkt0.on_frame = guests.on_frame
-        node = self.node = Node(host, vhost_ip, table, dataplane, nat_ports, proxy, shell, pkt0, guests)
+        node = self.node = Node(host, vhost_ip, table, dataplane, nat_ports, proxy, shell, pkt0, guests, pool)
         for port in self.ports.ports.values():
             await self.plug(port)
         self.networks_changed()
@@ -210,9 +249,13 @@ class Agent:
         except OSError as e:
             raise AgentError("cannot bind NFQUEUE %d or %d (%s): is another agent using it?" % (self.queue_num, self.tunnel_queue, e)) from None
         try:
+            await pool.start()
+        except WorkerError as e:
+            raise AgentError(str(e)) from None
+        try:
             for vif in list(dataplane.vifs.values()):
                 if vif.kind == "Virtual":
-                    self._add_queue(vif.index)
+                    await self._add_queues(vif.index)
         except PortError as e:
             raise AgentError(str(e)) from None
         self._made_table = True  # also when half made: a failed batch leaves nothing, delete is a no-op
@@ -223,7 +266,8 @@ class Agent:
             self.cluster.start(loop)
         if cfg.metrics_port:  # before the control socket: once that answers, the agent is up
             await self._start_metrics(node, vhost_ip, cfg.metrics_port)
-        self._control = ControlServer(self.paths.socket, Operations(self, node).handlers(), (PortError, ServiceError, NetworkError, FaultError))
+        self._control = ControlServer(self.paths.socket, Operations(self, node).handlers(), (PortError, ServiceError, NetworkError, FaultError),
+                                      pool.settle if layout.workers > 1 else None)  # fmt: skip
         await self._control.start()
         with open(self.paths.pid, "w") as f:
             f.write("%d\n" % os.getpid())
@@ -232,8 +276,9 @@ class Agent:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         log.info(
-            "agent up: vhost0 %s, metadata proxy port %d, %d ports, %d link-local services, flow table %d+%d entries",
+            "agent up: vhost0 %s, metadata proxy port %d, %d ports, %d link-local services, flow table %d+%d entries, %d dataplane workers",
             vhost_ip, cfg.metadata_proxy_port, len(self.ports.ports), len(self.services.services), table.entries, table.overflow,
+            layout.workers,
         )  # fmt: skip
         # What start-up made (modules, tables) lives as long as the agent: keep it out of the
         # garbage collector's full passes, which would otherwise walk it all and stall packets.
@@ -245,11 +290,12 @@ class Agent:
             t.cancel()
 
     async def _start_metrics(self, node: Node, vhost_ip: str, port: int) -> None:
-        async def report() -> ProxyReport | None:
+        async def report() -> tuple[ProxyReport | None, Totals]:
             try:
-                return await node.proxy.report()
+                proxy: ProxyReport | None = await node.proxy.report()
             except ProxyProcessError:
-                return None
+                proxy = None
+            return proxy, await self.totals()
 
         metrics = self._metrics = MetricsServer(AgentCollector(self, node), report)
         try:
@@ -293,6 +339,8 @@ class Agent:
             host.close()
         if self._shell is not None:
             self._shell.stop()
+        if self._pool is not None:
+            await self._pool.stop()
         if self._guests is not None:
             self._guests.stop(asyncio.get_running_loop())
         if self._pkt0 is not None:
@@ -302,6 +350,9 @@ class Agent:
         if self._table is not None:
             self._table.close()
             _unlink(self.paths.flows)
+        if self._counts is not None:
+            self._counts.close()
+            _unlink(self.paths.flow_counts)
         if self._wrote_pid:
             _unlink(self.paths.pid)
 
@@ -315,11 +366,12 @@ class Agent:
             log.warning("port %s: tap %s not present yet; plugged when it appears", port.uuid, port.tap_name)
         vif = Vif(port.vif, port.tap_name, ifindex, port.ip_address, port.mac, port.vrf, port_uuid=port.uuid, ip6=port.ipv6_address)
         self.node.dataplane.add_vif(vif)
+        self.pool.apply(AddVif(vif))
         if self._shell is not None and self._shell.queues:
             try:
-                self._add_queue(port.vif)
+                await self._add_queues(port.vif)
             except PortError:
-                self.node.dataplane.remove_vif(port.vif)  # not half plugged
+                self.pool.apply(RemoveVif(port.vif), self.node.dataplane.remove_vif(port.vif))  # not half plugged
                 await self.node.host.unplug(port.tap_name, port.ip_address, port.metadata_ip)
                 raise
             self.rules_changed()
@@ -330,7 +382,7 @@ class Agent:
     async def unplug(self, port: Port) -> int:
         """Unplug a port (already out of the port table); return how many flow entries went."""
         assert self.node is not None
-        flows = self.node.dataplane.remove_vif(port.vif)
+        flows = await self.pool.apply(RemoveVif(port.vif), self.node.dataplane.remove_vif(port.vif))
         # its queues go once the rules no longer send to them (what is in them then is dropped)
         self._leaving.update(self.queues_of(port.vif))
         self.rules_changed()
@@ -340,14 +392,18 @@ class Agent:
     # -- queues per VM ----------------------------------------------------------------------------
 
     @property
+    def pool(self) -> WorkerPool:
+        assert self._pool is not None
+        return self._pool
+
+    @property
     def tunnel_queue(self) -> int:
         """The queue of MPLS over UDP from the other nodes (between the node's and the VMs')."""
-        return self.queue_num + 1
+        return self.layout.tunnel_queue
 
-    def queues_of(self, vif_index: int) -> tuple[int, int]:
-        """A VM's own NFQUEUE queues: (data, services), the node's plus twice its vif index, plus one."""
-        q = self.queue_num + 2 * vif_index
-        return q, q + 1
+    def queues_of(self, vif_index: int) -> tuple[int, ...]:
+        """A VM's own NFQUEUE queues: its data queues (one a worker), then its service queue."""
+        return self.layout.queues_of(vif_index)
 
     def overflows_of(self, vif: Vif, overflows: dict[int, int]) -> int:
         """What the kernel dropped from a VM's queues (0 for a host vif), given every queue's count
@@ -355,28 +411,47 @@ class Agent:
         return sum(overflows.get(q, 0) for q in self.queues_of(vif.index)) if vif.kind == "Virtual" else 0
 
     def all_overflows(self, overflows: dict[int, int]) -> int:
-        """What the kernel dropped from every queue the agent reads, and from those of VMs gone."""
+        """What the kernel dropped from every queue the dataplane reads, and from those of VMs gone."""
         assert self._shell is not None
-        return sum(overflows.get(q, 0) for q in self._shell.queues) + self.queue_drops_gone
+        return sum(overflows.get(q, 0) for q in set(self._shell.queues) | self.pool.queues()) + self.queue_drops_gone
 
-    def _add_queue(self, vif_index: int) -> None:
+    async def _add_queues(self, vif_index: int) -> None:
+        """Bind a VM's queues, each in the worker that reads it; PortError (nothing of them left
+        bound) if one cannot be."""
         assert self._shell is not None
-        for q in self.queues_of(vif_index):
-            self._leaving.discard(q)  # unplugged and plugged again before the rules changed: kept
-            try:
-                self._shell.add(q, self.cfg.vm_queue_length)
-            except OSError as e:
-                self._remove_queue(vif_index)
-                raise PortError("vif0/%d: cannot bind its NFQUEUE queue %d (%s): is another process using it?" % (vif_index, q, e)) from None
+        layout = self.layout
+        self._leaving.difference_update(self.queues_of(vif_index))  # unplugged and plugged again before the rules changed: kept
+        try:
+            for q in layout.read_by(vif_index, 0):
+                if q not in self._shell.queues:
+                    try:
+                        self._shell.add(q, self.cfg.vm_queue_length)
+                    except OSError as e:
+                        raise PortError("vif0/%d: cannot bind its NFQUEUE queue %d (%s): is another process using it?" % (vif_index, q, e)) from None
+            for w in range(1, layout.workers):
+                try:
+                    await self.pool.bind(w, layout.read_by(vif_index, w), self.cfg.vm_queue_length)
+                except WorkerError as e:
+                    raise PortError("vif0/%d: %s" % (vif_index, e)) from None
+        except PortError:
+            self._remove_queues(vif_index)
+            raise
 
-    def _remove_queue(self, vif_index: int) -> None:
+    def _remove_queues(self, vif_index: int) -> None:
         for q in self.queues_of(vif_index):
             self._unbind(q)
 
     def _unbind(self, q: int) -> None:
-        if self._shell is not None and q in self._shell.queues:
+        """Stop reading queue ``q`` (in the worker that reads it), keeping its count of drops."""
+        local = self._shell is not None and q in self._shell.queues
+        remote = [w for w in self.pool.workers if q in w.queues]
+        if local or remote:
             self.queue_drops_gone += queue_drops(q)  # its count leaves /proc with it
+        if local:
+            assert self._shell is not None
             self._shell.remove(q)
+        for w in remote:
+            self.pool.unbind(w.writer, (q,))
 
     def rules_changed(self) -> None:
         """The VMs or the networks changed: the tables follow within ``RULES_DELAY``, once for all
@@ -401,14 +476,17 @@ class Agent:
             self._rules_due = None
         if not self._made_table or self.node is None:
             return
+        layout = self.layout
         vms = tuple(
-            VmQueue(v.ifindex, *self.queues_of(v.index), v.metadata_ip_bytes, v.metadata_ip6_bytes)
+            VmQueue(v.ifindex, layout.data_queues(v.index)[0], layout.service_queue(v.index), v.metadata_ip_bytes, v.metadata_ip6_bytes,
+                    len(layout.data_queues(v.index)))
             for v in sorted(self.node.dataplane.vifs.values(), key=lambda v: v.index)
             if v.kind == "Virtual"
         )  # fmt: skip
         services = tuple(socket.inet_aton(a) for n in self.networks.networks.values() for a in (n.gateway, n.dns_server) if a)
+        nat = tuple((*layout.nat_ports(w, *PORT_RANGE), layout.node_queue(w)) for w in range(layout.workers)) if layout.workers > 1 else ()
         rules = QueueRules(queue_num=self.queue_num, vhost_name=self.cfg.vhost_name, nat_ports=PORT_RANGE, vms=vms, service_ips=services,
-                           tunnel_queue=self.tunnel_queue if self.cfg.etcd_servers else -1)  # fmt: skip
+                           tunnel_queue=self.tunnel_queue if self.cfg.etcd_servers else -1, nat_ranges=nat)  # fmt: skip
         try:
             with NftSocket() as nft:
                 nft.create_queue_table(rules)
@@ -419,12 +497,13 @@ class Agent:
         for q in leaving:
             self._unbind(q)
 
-    def services_changed(self) -> int:
-        """The link-local services changed: the dataplane's table follows; return how many flow
-        entries went with services that changed or went."""
+    def services_changed(self) -> asyncio.Future[int]:
+        """The link-local services changed: the dataplane's table follows, in every worker; the
+        future is how many flow entries went with services that changed or went."""
         assert self.node is not None
         self._resolve_now.set()
-        return self.node.dataplane.set_services(list(self.services.services.values()))
+        services = list(self.services.services.values())
+        return self.pool.apply(SetServices(services), self.node.dataplane.set_services(services))
 
     def networks_changed(self) -> None:
         """Networks or ports changed: the dataplane traps for each VRF's gateway and service address."""
@@ -432,7 +511,7 @@ class Agent:
         for vn, vrf in self.ports.vrfs.items():
             net = self.networks.networks.get(vn)
             addresses = None if net is None else (ipaddress.IPv4Address(net.gateway).packed, ipaddress.IPv4Address(net.dns_server).packed)
-            self.node.dataplane.set_guest_addresses(vrf, addresses)
+            self.pool.apply(SetGuestAddresses(vrf, addresses), self.node.dataplane.set_guest_addresses(vrf, addresses))
         if self.cluster is not None:  # a network's first port here: the routes to its VMs elsewhere
             self.cluster.apply_routes()
         self.rules_changed()  # what the VMs send to a gateway or service address: to their service queues
@@ -490,20 +569,24 @@ class Agent:
                     await self.plug(port)
 
     async def _aging(self, node: Node) -> None:
-        """In small steps, AGING_STEPS a second: closed TCP pairs go (at most EVICT_PER_STEP a step) and a
-        bounded share of the live flows is looked at for idleness (AGING_BUDGET a second), so that
-        aging never stalls the packets behind it for more than a few milliseconds."""
+        """Aging of worker 0's flows (each worker ages its own), and the set-up rate once a second."""
         dp = node.dataplane
-        budget, slots = AGING_BUDGET // AGING_STEPS, dp.table.capacity // AGING_STEPS
-        step = 0
-        while True:
-            await asyncio.sleep(1.0 / AGING_STEPS)
-            step += 1
-            if step % AGING_STEPS == 0:  # once a second: for the set-up rate
-                self.setup_rate.sample(time.monotonic(), dp.entries.added)
-            n = dp.age_step(self.cfg.flow_cache_timeout, budget, evict_limit=EVICT_PER_STEP, slots=slots)
-            if n:
-                log.debug("removed %d flow entries", n)
+        await age_forever(dp, lambda: self.cfg.flow_cache_timeout, lambda: self.setup_rate.sample(time.monotonic(), dp.entries.added))
+
+    def _trapped(self, t: Trapped) -> None:
+        """A packet another worker trapped for the services (counted as the vif's RX there)."""
+        if self.node is None:
+            return
+        vif = self.node.dataplane.vifs.get(t.vif)
+        if vif is not None:
+            self.node.services.on_trap(Trap(t.trap), t.packet, vif, t.ihl)
+
+    async def totals(self) -> Totals:
+        """The dataplane's counters, every worker's added up."""
+        node = self.node
+        assert node is not None
+        local = stats_of(node.dataplane, node.shell, node.nat_ports.in_use, {})
+        return Totals.of(local, await self.pool.stats())
 
     async def _resolver(self, node: Node) -> None:
         """Resolve fabric DNS names of services in the background; again every dns_interval."""
@@ -522,6 +605,7 @@ class Agent:
                 if node.dataplane.services.resolved.get(name) != addrs:
                     log.info("link-local service %s: %s is %s", s.name, name, ", ".join(addrs))
                     node.dataplane.set_resolved(name, addrs)
+                    self.pool.apply(SetResolved(name, addrs))
                     await self.tell_proxy()
             self._resolve_now.clear()
             try:

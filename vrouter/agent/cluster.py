@@ -51,6 +51,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from dataplane.core.overlay import Route, label_of
+from dataplane.linux.workers import SetRoutes
 from vrouter.agent.linklocal import ServiceError, to_schema
 from vrouter.agent.linklocal import validate as validate_service
 from vrouter.agent.networks import Network, NetworkError
@@ -273,8 +274,9 @@ class Cluster:
         except (ServiceError, TypeError, ValueError, KeyError, AttributeError) as e:
             log.error("cluster: the global-vrouter-config's link-local services are unusable (%s); the previous ones stay", e)
             return
-        flows = agent.services_changed()
-        log.info("cluster: link-local services now %s (%d flow entries removed)", ", ".join(s.name for s in services) or "none", flows)
+        removed = agent.services_changed()
+        names = ", ".join(s.name for s in services) or "none"
+        removed.add_done_callback(lambda f: log.info("cluster: link-local services now %s (%d flow entries removed)", names, f.result()))
         self._spawn(agent.tell_proxy())
 
     def _apply_networks(self) -> None:
@@ -324,9 +326,8 @@ class Cluster:
                                     str(r.get("port_uuid", ""))))  # fmt: skip
             except (KeyError, ValueError, TypeError, AttributeError) as e:
                 log.error("cluster: route %s is unusable (%s); ignored", key, e)
-        gone = agent.node.dataplane.set_routes(routes)
-        if gone:
-            log.info("cluster: routes changed, %d flow entries removed", gone)
+        gone = agent.pool.apply(SetRoutes(routes), agent.node.dataplane.set_routes(routes))
+        gone.add_done_callback(_log_routes_changed)
         self._cache_later()
 
     def instances_of(self, vn_uuid: str) -> tuple[Instance, ...]:
@@ -460,3 +461,8 @@ class Cluster:
             write_json_atomic(self.cache_path, {"node": self.node, "revision": self.revision, "view": view})
         except OSError as e:
             log.error("cluster: cannot write %s: %s", self.cache_path, e)
+
+
+def _log_routes_changed(removed: asyncio.Future[int]) -> None:
+    if removed.result():
+        log.info("cluster: routes changed, %d flow entries removed", removed.result())

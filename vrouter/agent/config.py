@@ -67,6 +67,7 @@ class AgentConfig:
     max_system_linklocal_flows: int = 2048
     vm_queue_length: int = 4096  # packets of one VM the kernel queues for the dataplane before it drops
     vm_flow_setup_rate: int = 0  # flows one VM may set up a second (0: no limit)
+    dataplane_workers: int = 0  # processes reading the queues (0: one a core, at most 4)
     # [SERVICES]: the agent's DHCP, DNS and router advertisements for guests
     dhcp_lease_time: int = 4294967295  # the vRouter agent's default: infinite
     dns_domain: str = "novalocal"  # for networks that name none
@@ -244,6 +245,8 @@ SCHEMA: dict[str, dict[str, tuple[str, Parser]]] = {
         # This project's: a queue per VM (its length), and the per-VM flow set-up rate the vRouter has
         "vm_queue_length": ("vm_queue_length", lambda s, k, v: _int(s, k, v, 16, 65536)),
         "vm_flow_setup_rate": ("vm_flow_setup_rate", lambda s, k, v: _int(s, k, v, 0, 1 << 24)),
+        # ... and how many dataplane workers (the table's writers: at most the 4 ways of a bucket)
+        "dataplane_workers": ("dataplane_workers", lambda s, k, v: _int(s, k, v, 0, 4)),
     },
     "SERVICES": {
         "dhcp_lease_time": ("dhcp_lease_time", lambda s, k, v: _int(s, k, v, 4, 0xFFFFFFFF)),

@@ -3,7 +3,8 @@
 A Unix socket in the agent's state directory, so the CLI reaches the agent
 from any namespace.  Each request is decoded into its dataclass and handed to
 the agent's handler for that operation; the handler's answer (a dataclass, or
-a list of them) goes back.  An error a user can act on is the text of one of
+a list of them) goes back, once ``settle`` (if given) has returned: the agent's
+dataplane workers have applied what the operation changed.  An error a user can act on is the text of one of
 the ``expected`` exceptions; anything else is logged and answered as an
 internal error.
 """
@@ -35,13 +36,15 @@ class RequestFailed(Exception):
 
 
 class ControlServer:
-    def __init__(self, path: str, handlers: dict[str, Handler], expected: tuple[type[Exception], ...]) -> None:
+    def __init__(self, path: str, handlers: dict[str, Handler], expected: tuple[type[Exception], ...],
+                 settle: Callable[[], Awaitable[None]] | None = None) -> None:  # fmt: skip
         missing = set(CONTROL_OPS) - set(handlers)
         if missing:
             raise ValueError("no handler for %s" % ", ".join(sorted(missing)))
         self.path = path
         self.handlers = handlers
         self.expected = expected
+        self.settle = settle
         self._server: asyncio.base_events.Server | None = None
 
     async def start(self) -> None:
@@ -85,9 +88,13 @@ class ControlServer:
         except MessageError as e:
             return encode_answer(error="bad request: %s" % e)
         try:
-            result = self.handlers[op](request)
-            if asyncio.iscoroutine(result):
-                result = await result
+            try:
+                result = self.handlers[op](request)
+                if asyncio.iscoroutine(result):
+                    result = await result
+            finally:
+                if self.settle is not None:  # what the operation changed is in force when it answers
+                    await self.settle()
         except self.expected as e:
             return encode_answer(error=str(e))
         except Exception as e:

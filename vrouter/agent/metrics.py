@@ -28,6 +28,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from dataplane.linux.workers import Totals
 from flows.layout import DROP_NAMES
 from vrouter.agent.kernel_stats import all_queue_drops
 from vrouter.messages import Histogram, ProxyReport
@@ -72,10 +73,14 @@ class AgentCollector(Collector):
         self.agent = agent
         self.node = node
         self.report: ProxyReport | None = None  # set before each scrape
+        self.totals: Totals | None = None  # ... and the dataplane workers' counters added up
 
     def collect(self) -> Iterator[Metric]:
         node, agent = self.node, self.agent
         dp = node.dataplane
+        t = self.totals
+        if t is None:
+            return
         vifs = sorted(dp.vifs.values(), key=lambda v: v.index)
         packets = CounterMetricFamily("vrouter_vif_packets", "Packets through a vif.", labels=["vif", "name", "direction"])
         octets = CounterMetricFamily("vrouter_vif_bytes", "IP bytes through a vif.", labels=["vif", "name", "direction"])
@@ -83,7 +88,7 @@ class AgentCollector(Collector):
                                     labels=["vif", "name", "reason"])  # fmt: skip
         flows = GaugeMetricFamily("vrouter_vif_flows", "Flow entries that count against a vif's limit.", labels=["vif", "name"])
         by_vif: dict[int, list[tuple[str, int]]] = {}
-        for (index, reason), n in sorted(dp.path.vif_drops.items()):
+        for (index, reason), n in sorted(t.vif_drops.items()):
             by_vif.setdefault(index, []).append((DROP_NAMES.get(reason, str(reason)), n))
         overflows = all_queue_drops()
         for v in vifs:
@@ -91,24 +96,25 @@ class AgentCollector(Collector):
             overflow = agent.overflows_of(v, overflows)
             if overflow:
                 drops.add_metric([i, v.name, "Queue Overflow"], overflow)
-            packets.add_metric([i, v.name, "rx"], v.rx_packets)
-            packets.add_metric([i, v.name, "tx"], v.tx_packets)
-            octets.add_metric([i, v.name, "rx"], v.rx_bytes)
-            octets.add_metric([i, v.name, "tx"], v.tx_bytes)
+            rx_p, rx_b, tx_p, tx_b, _, nflows = t.vif(v.index)
+            packets.add_metric([i, v.name, "rx"], rx_p)
+            packets.add_metric([i, v.name, "tx"], tx_p)
+            octets.add_metric([i, v.name, "rx"], rx_b)
+            octets.add_metric([i, v.name, "tx"], tx_b)
             for name, n in by_vif.get(v.index, ()):
                 drops.add_metric([i, v.name, name], n)
-            flows.add_metric([i, v.name], v.flows)
+            flows.add_metric([i, v.name], nflows)
         yield from (packets, octets, drops, flows)
         node_drops = CounterMetricFamily("vrouter_drops", "Packets the dataplane dropped, by reason, on every vif and none.", labels=["reason"])
-        for reason, n in sorted(dp.drops.items()):
+        for reason, n in sorted(t.drops.items()):
             node_drops.add_metric([DROP_NAMES.get(reason, str(reason))], n)
         node_drops.add_metric(["Queue Overflow"], agent.all_overflows(overflows))
         yield node_drops
         yield GaugeMetricFamily("vrouter_flows_active", "Flow entries in the table (one direction each, as flow -l lists them).",
-                                value=node.table.active)  # fmt: skip
-        yield CounterMetricFamily("vrouter_flow_setups", "Flow entries set up since the agent started.", value=dp.entries.added)
+                                value=t.active)  # fmt: skip
+        yield CounterMetricFamily("vrouter_flow_setups", "Flow entries set up since the agent started.", value=t.added)
         yield CounterMetricFamily("vrouter_flow_removals", "Flow entries removed (aged, closed, or with their vif or service).",
-                                  value=dp.entries.removed)  # fmt: skip
+                                  value=t.removed)  # fmt: skip
         yield GaugeMetricFamily("vrouter_flow_setups_per_second", "Flow entries set up per second over the last %g s." % RATE_WINDOW,
                                 value=agent.setup_rate.rate())  # fmt: skip
         yield GaugeMetricFamily("vrouter_ports", "VM ports plugged.", value=len(agent.ports.ports))
@@ -156,7 +162,7 @@ class AgentCollector(Collector):
 class MetricsServer:
     """A small HTTP/1.1 server for ``GET /metrics`` in the agent's event loop."""
 
-    def __init__(self, collector: AgentCollector, refresh: Callable[[], Awaitable[ProxyReport | None]]) -> None:
+    def __init__(self, collector: AgentCollector, refresh: Callable[[], Awaitable[tuple[ProxyReport | None, Totals]]]) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(collector)
         self.collector = collector
@@ -205,7 +211,7 @@ class MetricsServer:
             return b"404 Not Found", text, b"the metrics are at /metrics\n"
         if method not in (b"GET", b"HEAD"):
             return b"405 Method Not Allowed", text, b"GET /metrics\n"
-        self.collector.report = await self.refresh()
+        self.collector.report, self.collector.totals = await self.refresh()
         self.scrapes += 1
         began = time.perf_counter()
         body = generate_latest(self.registry)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from dataplane.core.capture import Capture
 from dataplane.core.overlay import DROP_NH, OUTER, RECEIVE_NH, label_of
 from dataplane.linux.vifdump import DatagramSink
+from dataplane.linux.workers import AddCapture, WorkerError
 from flows.layout import DROP_NAMES
 from vrouter.agent.kernel_stats import all_queue_drops, kernel_ip_drops
 from vrouter.agent.linklocal import ServiceError, to_schema
@@ -89,6 +90,8 @@ class Operations:
         self.agent = agent
         self.node = node
         self.captures: dict[str, Capture] = {}  # by the reader's socket path
+        self._capture_ids: dict[str, int] = {}  # ... and its id in the other dataplane workers
+        self._capture_id = 0
 
     def handlers(self) -> dict[str, Handler]:
         return {
@@ -122,6 +125,7 @@ class Operations:
     async def status(self, _: StatusRequest) -> Status:
         node, agent = self.node, self.agent
         memory = own_memory()
+        totals = await agent.totals()
         try:
             report = await node.proxy.report()
         except ProxyProcessError as e:
@@ -137,17 +141,19 @@ class Operations:
             metadata_proxy_port=agent.cfg.metadata_proxy_port,
             ports=len(agent.ports.ports),
             linklocal_services=len(agent.services.services),
-            flows_active=node.table.active,
-            flow_setups=node.dataplane.setups,
+            flows_active=totals.active,
+            flow_setups=totals.setups,
             memory=memory,
             flow_table=agent.paths.flows,
             proxy=proxy,
             services=node.services.stats,
-            linklocal_nat_ports_in_use=node.nat_ports.in_use,
-            dataplane_errors=node.shell.errors,
-            verdict_write_errors=node.shell.verdict_errors,
-            verdict_writes=node.shell.verdict_writes,
+            linklocal_nat_ports_in_use=totals.nat_in_use,
+            dataplane_errors=totals.errors,
+            verdict_write_errors=totals.verdict_errors,
+            verdict_writes=totals.verdict_writes,
             cluster=agent.cluster.state() if agent.cluster else None,
+            dataplane_workers=[os.getpid(), *node.pool.pids],
+            dataplane_worker_restarts=node.pool.restarts,
         )
 
     # -- the cluster ------------------------------------------------------------------------------
@@ -233,7 +239,7 @@ class Operations:
 
     async def linklocal_add(self, req: LinkLocalAdd) -> LinkLocalChanged:
         s = self.agent.services.add(validate_service(dataclasses.asdict(req)))
-        flows = self.agent.services_changed()
+        flows = await self.agent.services_changed()
         await self.agent.tell_proxy()
         await self._publish_services()
         log.info("link-local service %s: %s:%d -> %s:%d", s.name, s.ip, s.port, ",".join(s.fabric_ips) or s.fabric_dns_name, s.fabric_port)
@@ -241,7 +247,7 @@ class Operations:
 
     async def linklocal_del(self, req: LinkLocalDel) -> LinkLocalChanged:
         s = self.agent.services.remove(req.linklocal_service_name)
-        flows = self.agent.services_changed()
+        flows = await self.agent.services_changed()
         await self.agent.tell_proxy()
         await self._publish_services()
         log.info("link-local service %s removed, %d flow entries removed", s.name, flows)
@@ -253,7 +259,7 @@ class Operations:
         except (KeyError, TypeError):
             raise ServiceError("not a global-vrouter-config: expected linklocal_services.linklocal_service_entry") from None
         services = self.agent.services.replace_all(entries)
-        flows = self.agent.services_changed()
+        flows = await self.agent.services_changed()
         await self.agent.tell_proxy()
         await self._publish_services()
         log.info("link-local services replaced by import: %d services, %d flow entries removed", len(services), flows)
@@ -264,11 +270,12 @@ class Operations:
 
     # -- inspection -----------------------------------------------------------------------------
 
-    def vif_list(self, _: VifList) -> list[VifRecord]:
+    async def vif_list(self, _: VifList) -> list[VifRecord]:
         dp, agent = self.node.dataplane, self.agent
+        totals = await agent.totals()
         overflows = all_queue_drops()
         reasons: dict[int, dict[str, int]] = {}
-        for (index, reason), n in dp.path.vif_drops.items():
+        for (index, reason), n in totals.vif_drops.items():
             reasons.setdefault(index, {})[DROP_NAMES[reason]] = n
         out = []
         for v in sorted(dp.vifs.values(), key=lambda v: v.index):
@@ -277,19 +284,21 @@ class Operations:
             overflow = agent.overflows_of(v, overflows)
             if overflow:
                 mine["Queue Overflow"] = overflow
+            rx_p, rx_b, tx_p, tx_b, drops, flows = totals.vif(v.index)
             out.append(VifRecord(
                 vif=v.index, name=v.name, type=v.kind, ifindex=v.ifindex, mac=v.mac or "", ip=v.ip, vrf=v.vrf,
-                metadata_ip=v.metadata_ip if v.kind == "Virtual" else "", port_uuid=v.port_uuid, rx_packets=v.rx_packets,
-                rx_bytes=v.rx_bytes, tx_packets=v.tx_packets, tx_bytes=v.tx_bytes, drops=v.drops + overflow, flows=v.flows,
+                metadata_ip=v.metadata_ip if v.kind == "Virtual" else "", port_uuid=v.port_uuid, rx_packets=rx_p,
+                rx_bytes=rx_b, tx_packets=tx_p, tx_bytes=tx_b, drops=drops + overflow, flows=flows,
                 drop_reasons=mine, queues=queues,
             ))  # fmt: skip
         return out
 
-    def dropstats(self, _: DropStatsRequest) -> DropStats:
-        drops = self.node.dataplane.drops
+    async def dropstats(self, _: DropStatsRequest) -> DropStats:
+        totals = await self.agent.totals()
+        drops = totals.drops
         counts = {DROP_NAMES[r]: drops.get(r, 0) for r in DROP_NAMES}
         counts["Queue Overflow"] = self.agent.all_overflows(all_queue_drops())
-        counts["Dataplane Error"] = self.node.shell.errors
+        counts["Dataplane Error"] = totals.errors
         counts.update(kernel_ip_drops())
         return DropStats(counts)
 
@@ -344,7 +353,7 @@ class Operations:
 
     # -- vifdump -------------------------------------------------------------------------------
 
-    def vifdump_start(self, req: VifdumpStart) -> VifdumpStarted:
+    async def vifdump_start(self, req: VifdumpStart) -> VifdumpStarted:
         vif = self.node.dataplane.vifs.get(req.vif)
         if vif is None:
             known = ", ".join("vif0/%d" % i for i in sorted(self.node.dataplane.vifs))
@@ -358,23 +367,37 @@ class Operations:
             raise PortError("cannot reach the capture socket %s: %s" % (req.socket, e.strerror or e)) from None
         capture = self.captures[req.socket] = Capture(vif.index, sink, req.rewritten)
         self.node.dataplane.captures.add(capture)
+        self._capture_id += 1
+        self._capture_ids[req.socket] = self._capture_id
+        try:
+            await self.node.pool.add_capture(AddCapture(self._capture_id, vif.index, req.socket, req.rewritten))
+        except WorkerError as e:
+            self._end_capture(req.socket, capture)
+            raise PortError(str(e)) from None
         log.info("vifdump: capturing vif0/%d (%s) to %s", vif.index, vif.name, req.socket)
         return VifdumpStarted(vif.index, vif.name, vif.mac or "")
 
-    def vifdump_stop(self, req: VifdumpStop) -> VifdumpStopped:
-        capture = self.captures.pop(req.socket, None)
+    async def vifdump_stop(self, req: VifdumpStop) -> VifdumpStopped:
+        capture = self.captures.get(req.socket)
         if capture is None:
             raise PortError("no capture goes to %s" % req.socket)
+        cid = self._capture_ids.get(req.socket, 0)
+        sent, lost = (await self.agent.totals()).captures.get(cid, (0, 0))  # the workers' copies
+        self._end_capture(req.socket, capture)
+        sent, lost = sent + capture.sent, lost + capture.lost
+        log.info("vifdump: capture of vif0/%d ended: %d packets, %d lost", capture.vif, sent, lost)
+        return VifdumpStopped(sent, lost)
+
+    def _end_capture(self, path: str, capture: Capture) -> None:
         self.node.dataplane.captures.remove(capture)
-        log.info("vifdump: capture of vif0/%d ended: %d packets, %d lost", capture.vif, capture.sent, capture.lost)
-        return VifdumpStopped(capture.sent, capture.lost)
+        self.captures.pop(path, None)
+        self.node.pool.remove_capture(self._capture_ids.pop(path, 0))
 
     def _reap_captures(self) -> None:
         """Forget captures whose reader went without saying (the dataplane already ended them)."""
         for path, c in list(self.captures.items()):
             if c.sink.gone or c not in self.node.dataplane.captures.by_vif.get(c.vif, ()):
-                self.node.dataplane.captures.remove(c)
-                del self.captures[path]
+                self._end_capture(path, c)
 
     # -- the metadata path: journal and faults --------------------------------------------------
 

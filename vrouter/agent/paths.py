@@ -6,6 +6,7 @@ directory given by ``--state-dir``.  It holds:
 
     agent.sock        the control socket (``vrouter.agent.control``)
     flows.shm         the flow table (``flows.table``), mapped by the tools
+    flows.counts      each dataplane worker's flow count of each vif (``dataplane.linux.workers``)
     ports/<uuid>.json one file per plugged port, written atomically
     linklocal.json    the link-local services, in global-vrouter-config's schema
     networks/<uuid>.json one file per configured virtual network (its IPAM)
@@ -32,12 +33,13 @@ class StatePaths:
     pid: str
     networks: str
     instances: str
+    flow_counts: str
 
     @classmethod
     def of(cls, state_dir: str) -> StatePaths:
         j = os.path.join
         return cls(state_dir, j(state_dir, "agent.sock"), j(state_dir, "flows.shm"), j(state_dir, "ports"), j(state_dir, "linklocal.json"),
-                   j(state_dir, "agent.pid"), j(state_dir, "networks"), j(state_dir, "instances.json"))  # fmt: skip
+                   j(state_dir, "agent.pid"), j(state_dir, "networks"), j(state_dir, "instances.json"), j(state_dir, "flows.counts"))  # fmt: skip
 
 
 def prefix_dir(prefix: str) -> str:

@@ -9,6 +9,10 @@ def format_status(st: Status) -> str:
     text = "agent pid %d up %.0f s: vhost0 %s, metadata proxy port %d, %d ports, %d link-local services, %d active flow entries" % (
         st.pid, st.uptime_s, st.vhost_ip, st.metadata_proxy_port, st.ports, st.linklocal_services, st.flows_active,
     )  # fmt: skip
+    if len(st.dataplane_workers) > 1:
+        text += "\ndataplane workers: %d, pids %s (restarts: %d)" % (
+            len(st.dataplane_workers), " ".join(str(p) if p else "(restarting)" for p in st.dataplane_workers), st.dataplane_worker_restarts,
+        )  # fmt: skip
     proxy = st.proxy
     if proxy.error is not None:
         text += "\nmetadata proxy process: %s" % proxy.error
