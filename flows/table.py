@@ -190,13 +190,15 @@ class FlowTable:
                 for other in range(n):
                     if other != w:
                         self._tags[other::n] = bytes([NOT_MINE]) * len(range(other, self.capacity, n))
-            self._free_overflow = [i for i in range(self.capacity - 1, entries - 1, -1) if i % n == w and not self.flags(i) & F_ACTIVE]
+            mine = range(entries + (w - entries) % n, self.capacity, n)  # its entries of the overflow area
+            low = bytes(self.view[HEADER_SIZE + mine.start * RECORD_SIZE + OFF_FLAGS :: n * RECORD_SIZE])[: len(mine)]
+            self._free_overflow = [i for i, f in zip(mine, low, strict=True) if not f & F_ACTIVE][::-1]
             for i in self.active_indices():
                 if i % n == w:
                     off = HEADER_SIZE + i * RECORD_SIZE
                     self._tags[i] = _tag(zlib.crc32(buf[off : off + KEY_LEN]))
                     self.active += 1
-            if len(self._free_overflow) < len(range(entries + (w - entries) % n, self.capacity, n)):  # some chains: copy them
+            if len(self._free_overflow) < len(mine):  # some chains: copy them
                 for b in range(self.nbuckets):
                     self._head[b] = U32.unpack_from(buf, HEADER_SIZE + self._head_slot(b) * RECORD_SIZE + OFF_OFLOW_NEXT)[0]
                 for i in range((w - entries) % n, overflow, n):
@@ -558,16 +560,20 @@ def _writers(writers: int) -> int:
 
 def clear_writer(buf: mmap.mmap | bytearray, writer: int) -> int:
     """Clear every entry of ``writer`` (flags and overflow links: its chain heads are in its own
-    entries too); return how many were active."""
+    entries too); return how many were active.  Strided copies, not a loop over the entries."""
     _magic, _version, _rec, _bucket, entries, overflow, _pid = HEADER.unpack_from(buf, 0)
     n = U32.unpack_from(buf, OFF_WRITERS)[0] or 1
-    cleared = 0
-    for i in range(writer, entries + overflow, n):
-        off = HEADER_SIZE + i * RECORD_SIZE
-        if U16.unpack_from(buf, off + OFF_FLAGS)[0] & F_ACTIVE:
-            cleared += 1
-            U16.pack_into(buf, off + OFF_FLAGS, 0)
-        U32.pack_into(buf, off + OFF_OFLOW_NEXT, 0)
+    view = memoryview(buf)
+    try:
+        first, step = HEADER_SIZE + writer * RECORD_SIZE, n * RECORD_SIZE
+        end = HEADER_SIZE + (entries + overflow) * RECORD_SIZE
+        count = len(range(first, end, step))
+        cleared = bytes(view[first + OFF_FLAGS : end : step]).translate(_ACTIVE_BYTE).count(1)
+        zeros = bytes(count)
+        for off in (OFF_FLAGS, OFF_FLAGS + 1, *range(OFF_OFLOW_NEXT, OFF_OFLOW_NEXT + 4)):
+            view[first + off : end : step] = zeros
+    finally:
+        view.release()
     return cleared
 
 
