@@ -184,6 +184,7 @@ class FlowTable:
         self._next = array("I", bytes(4 * overflow if writable else 0))
         self._prev = array("I", bytes(4 * overflow if writable else 0))  # 0: the chain's first
         self._bucket_of = array("I", bytes(4 * overflow if writable else 0))
+        self.active_known = False  # the tags hold this writer's entries (set once they are read from the records)
         if writable:
             n, w = self.writers, writer
             if n > 1:  # another writer's entries: never free, never matched
@@ -209,6 +210,7 @@ class FlowTable:
                         self._prev[nxt - 1 - entries] = prev
                         self._bucket_of[nxt - 1 - entries] = b
                         prev, nxt = nxt, self._next[nxt - 1 - entries]
+            self.active_known = True
 
     # -- construction -------------------------------------------------------------------------
 
@@ -392,7 +394,11 @@ class FlowTable:
         return self.buf[HEADER_SIZE + index * RECORD_SIZE + OFF_GEN]
 
     def active_indices(self) -> Iterator[int]:
-        """Indices of active entries: one strided copy of the flag bytes, searched at C speed."""
+        """Indices of active entries: a writer's own, from its tags (one byte an entry, in its
+        cache); a reader's, from one strided copy of the records' flag bytes; searched at C speed."""
+        if self.writable and self.active_known:
+            yield from (m.start() for m in _ONE.finditer(self._tags.translate(_ACTIVE_BYTE)))
+            return
         low = bytes(self.view[HEADER_SIZE + OFF_FLAGS :: RECORD_SIZE])[: self.capacity]
         for m in _ONE.finditer(low.translate(_ACTIVE_BYTE)):
             yield m.start()
