@@ -61,8 +61,12 @@ def test_a_restarted_worker_is_given_the_configuration_as_it_stands():
     for msg in (AddVif(v3), SetServices([]), AddVif(v4), SetGuestAddresses(1, None), SetRoutes([]), RemoveVif(3), Flush(),
                 SetGuestAddresses(1, (b"\n\1\1\1", b"\n\1\1\2")), SetRoutes(routes), AddVif(v3)):  # fmt: skip
         pool._keep(msg)
+    v4.rx_packets = 99  # the agent's own vif counts on; what a restarted worker is given does not
     kept = list(pool._config.values())
-    assert kept == [SetServices([]), AddVif(v4), SetGuestAddresses(1, (b"\n\1\1\1", b"\n\1\1\2")), SetRoutes(routes), AddVif(v3)]
+    assert [type(m) for m in kept] == [SetServices, AddVif, SetGuestAddresses, SetRoutes, AddVif]
+    assert [m.vif.index for m in kept if isinstance(m, AddVif)] == [4, 3]
+    assert kept[1].vif.rx_packets == 0  # type: ignore[attr-defined]
+    assert kept[2] == SetGuestAddresses(1, (b"\n\1\1\1", b"\n\1\1\2")) and kept[3] == SetRoutes(routes)
 
 
 def test_totals_add_every_workers_counters():

@@ -32,6 +32,7 @@ message sent so far: an operation returns only after that.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import mmap
 import os
@@ -320,6 +321,7 @@ class _Worker:
         self.reader_task: asyncio.Task[None] | None = None
         self.queues: dict[int, int] = {}  # the queues it reads -> their length
         self.up = False
+        self.restarting = False
 
     def send(self, msg: object) -> asyncio.Future[Any]:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -409,20 +411,26 @@ class WorkerPool:
         finally:
             w.up = False
             w.fail_waiting("dataplane worker %d is gone" % w.writer)
-        if not self._stopping:
+        if not self._stopping and not w.restarting:  # (a process that failed to start is the restart's own)
             self._watch.append(asyncio.get_running_loop().create_task(self._restart(w)))
 
     async def _restart(self, w: _Worker) -> None:
-        await self._kill(w)
-        while not self._stopping:
-            await asyncio.sleep(RESTART_DELAY)
-            try:
-                await self._spawn(w)
-            except WorkerError as e:
-                log.error("%s; trying again", e)
-                continue
-            self.restarts += 1
-            return
+        w.restarting = True
+        try:
+            await self._kill(w)
+            while not self._stopping:
+                await asyncio.sleep(RESTART_DELAY)
+                try:
+                    await self._spawn(w)
+                except WorkerError as e:
+                    log.error("%s; trying again", e)
+                    continue
+                self.restarts += 1
+                break
+        finally:
+            w.restarting = False
+        if not w.up and not self._stopping:  # it died again before this restart was over
+            self._watch.append(asyncio.get_running_loop().create_task(self._restart(w)))
 
     async def _kill(self, w: _Worker) -> None:
         w.up = False
@@ -465,8 +473,8 @@ class WorkerPool:
         else:
             key = type(msg)
         self._config.pop(key, None)
-        if not isinstance(msg, RemoveVif):
-            self._config[key] = msg
+        if not isinstance(msg, RemoveVif):  # as it is now: the agent's own Vif goes on counting its packets
+            self._config[key] = copy.deepcopy(msg)
 
     def _broadcast(self, msg: object) -> list[asyncio.Future[Any]]:
         self._keep(msg)
