@@ -318,14 +318,18 @@ class NftSocket:
         per-port IPv6 metadata addresses (fd00:a9fe:a9fe::/64), go to NFQUEUE: the VM's queue,
         else the node's. The rest of a VM's IPv6 (neighbour discovery among it) is the kernel's."""
         node = _nfqueue(rules.queue_num, rules.queue_total)
+        md6 = socket.inet_pton(socket.AF_INET6, "fe80::a9fe:a9fe")
         net6 = socket.inet_pton(socket.AF_INET6, "fd00:a9fe:a9fe::")
         mask6 = b"\xff" * 8 + b"\0" * 8
+        to_md6 = (_payload(24, 16), _cmp_eq(md6), _meta(NFT_META_L4PROTO), _cmp_eq(b"\x06"))
         msgs = self._replacing(name, NFPROTO_IPV6)
-        n = buckets_for(len(rules.vms))
-        for chain, key, width, vms in _vm_rules6(rules.vms):
-            msgs += _bucketed(name, chain, key, width, vms, n)
+        iif = _meta(NFT_META_IIF)
+        vms_in = [(vm.ifindex, (iif, _cmp_eq(struct.pack("=I", vm.ifindex)), *to_md6), vm.service_queue, 1) for vm in rules.vms if vm.ifindex]
+        vms_out = [(vm.metadata_ip6[-1], (_payload(24, 16), _cmp_eq(vm.metadata_ip6)), vm.service_queue, 1) for vm in rules.vms]
+        msgs += _bucketed(name, "from_vms", (_meta(NFT_META_IIF),), 4, vms_in)
+        msgs += _bucketed(name, "to_metadata_ips", (_payload(39, 1),), 1, vms_out)
         msgs += [
-            _queue_rule(name, "from_vms", node, _meta(NFT_META_IIFNAME), _cmp_eq(rules.tap_prefix.encode()), *_TO_MD6),
+            _queue_rule(name, "from_vms", node, _meta(NFT_META_IIFNAME), _cmp_eq(rules.tap_prefix.encode()), *to_md6),
             _queue_rule(name, "to_metadata_ips", node, _payload(24, 16), _bitwise_mask(mask6), _cmp_eq(net6)),
         ]
         self.batch(msgs, NFPROTO_IPV6)
@@ -341,17 +345,20 @@ class NftSocket:
         node = _nfqueue(rules.queue_num, rules.queue_total)
         lo, hi = rules.nat_ports
         msgs = self._replacing(name, NFPROTO_IPV4)
-        n = buckets_for(len(rules.vms))
-        (svc, svc_key, svc_width, svc_in), data, out = _vm_rules4(rules.vms)
+        iif = _meta(NFT_META_IIF)
+        svc_in = [(vm.ifindex, (iif, _cmp_eq(struct.pack("=I", vm.ifindex))), vm.service_queue, 1) for vm in rules.vms if vm.ifindex]
+        vms_in = [(vm.ifindex, (iif, _cmp_eq(struct.pack("=I", vm.ifindex))), vm.queue, vm.queues_total) for vm in rules.vms if vm.ifindex]
+        vms_out = [(vm.metadata_ip[-1], (_payload(16, 4), _cmp_eq(vm.metadata_ip)), vm.service_queue, 1) for vm in rules.vms]
+        svc = "from_vms_to_services"
         msgs.append((NFT_MSG_NEWCHAIN, NLM_F_CREATE, _str(1, name) + _str(3, svc)))
-        msgs += _bucketed(name, svc, svc_key, svc_width, svc_in, n)  # no match (a tap not plugged): back, to the rules below
+        msgs += _bucketed(name, svc, (iif,), 4, svc_in)  # no match (a tap not plugged): back, to the rules below
         daddr = _payload(16, 4)
         to_services = [(daddr, _bitwise_mask(mask), _cmp_eq(net)), (daddr, _cmp_eq(b"\xff" * 4))]
         to_services += [(daddr, _cmp_eq(ip)) for ip in dict.fromkeys(rules.service_ips)]
         for matches in to_services:
             msgs.append((NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, _rule(name, "from_vms", *matches, _jump(svc))))
-        for chain, key, width, vms in (data, out):
-            msgs += _bucketed(name, chain, key, width, vms, n)
+        msgs += _bucketed(name, "from_vms", (iif,), 4, vms_in)
+        msgs += _bucketed(name, "to_metadata_ips", (_payload(19, 1),), 1, vms_out)
         msgs.append(_queue_rule(name, "from_vms", node, _meta(NFT_META_IIFNAME), _cmp_eq(rules.tap_prefix.encode())))
         vhost = (_meta(NFT_META_IIFNAME), _cmp_eq(rules.vhost_name.encode() + b"\0"))
         if rules.tunnel_queue >= 0:
@@ -385,14 +392,6 @@ class NftSocket:
         msgs.append(_queue_rule(name, "to_metadata_ips", node, _payload(16, 4), _bitwise_mask(mask), _cmp_eq(net)))
         self.batch(msgs)
 
-    def add_vms(self, rules: QueueRules, vms: Sequence[VmQueue], name: str = TABLE_NAME) -> None:
-        """Append the rules of ``vms`` to the tables made from ``rules`` (and any VMs appended since),
-        in their chains or buckets: a VM just plugged has its queues at once, not at the next
-        rebuild.  The caller rebuilds instead when the VMs would need another number of buckets."""
-        n = buckets_for(len(rules.vms))
-        self.batch([m for chain, _, _, rs in _vm_rules4(vms) for m in _vm_queue_rules(name, chain, rs, n)])
-        self.batch([m for chain, _, _, rs in _vm_rules6(vms) for m in _vm_queue_rules(name, chain, rs, n)], NFPROTO_IPV6)
-
     def _replacing(self, name: str, family: int) -> list[tuple[int, int, bytes]]:
         """The start of a batch that makes our table anew: deleting the one there in the same
         transaction, so that the new rules replace the old ones at once."""
@@ -404,50 +403,13 @@ Message = tuple[int, int, bytes]  # (command, flags, payload) of a batch
 VmRule = tuple[int, tuple[bytes, ...], int, int]  # (the bucket selector's value, the matches, the first queue, how many balanced)
 
 
-_TO_MD6 = (_payload(24, 16), _cmp_eq(socket.inet_pton(socket.AF_INET6, "fe80::a9fe:a9fe")), _meta(NFT_META_L4PROTO), _cmp_eq(b"\x06"))
-VmChain = tuple[str, tuple[bytes, ...], int, list[VmRule]]  # (chain, the bucket selector, its width, the VMs' rules)
-
-
-def _vm_rules4(vms: Sequence[VmQueue]) -> tuple[VmChain, VmChain, VmChain]:
-    """The per-VM rules of the IPv4 table: what a tap sends to the services, the rest it sends,
-    what the node sends to a metadata IP."""
-    iif = _meta(NFT_META_IIF)
-    svc_in: list[VmRule] = [(vm.ifindex, (iif, _cmp_eq(struct.pack("=I", vm.ifindex))), vm.service_queue, 1) for vm in vms if vm.ifindex]
-    vms_in: list[VmRule] = [(vm.ifindex, (iif, _cmp_eq(struct.pack("=I", vm.ifindex))), vm.queue, vm.queues_total) for vm in vms if vm.ifindex]
-    vms_out: list[VmRule] = [(vm.metadata_ip[-1], (_payload(16, 4), _cmp_eq(vm.metadata_ip)), vm.service_queue, 1) for vm in vms]
-    return ("from_vms_to_services", (iif,), 4, svc_in), ("from_vms", (iif,), 4, vms_in), ("to_metadata_ips", (_payload(19, 1),), 1, vms_out)
-
-
-def _vm_rules6(vms: Sequence[VmQueue]) -> tuple[VmChain, VmChain]:
-    """The per-VM rules of the IPv6 table: a tap's TCP to fe80::a9fe:a9fe, the node's to a metadata IP."""
-    iif = _meta(NFT_META_IIF)
-    vms_in: list[VmRule] = [(vm.ifindex, (iif, _cmp_eq(struct.pack("=I", vm.ifindex)), *_TO_MD6), vm.service_queue, 1) for vm in vms if vm.ifindex]
-    vms_out: list[VmRule] = [(vm.metadata_ip6[-1], (_payload(24, 16), _cmp_eq(vm.metadata_ip6)), vm.service_queue, 1) for vm in vms]
-    return ("from_vms", (iif,), 4, vms_in), ("to_metadata_ips", (_payload(39, 1),), 1, vms_out)
-
-
-def _vm_chain(chain: str, sel: int, n: int) -> str:
-    """The chain that holds a VM's rule of ``chain``: ``chain_vms``, or its bucket of ``n``."""
-    return chain + "_vms" if n == 1 else "%s_%d" % (chain, sel & (n - 1))
-
-
-def _vm_queue_rules(table: str, chain: str, vms: Sequence[VmRule], n: int) -> list[Message]:
-    return [_queue_rule(table, _vm_chain(chain, sel, n), _nfqueue(q, total), *matches) for sel, matches, q, total in vms]
-
-
-def _bucketed(table: str, chain: str, key: tuple[bytes, ...], width: int, vms: Sequence[VmRule], n: int) -> list[Message]:
+def _bucketed(table: str, chain: str, key: tuple[bytes, ...], width: int, vms: Sequence[VmRule]) -> list[Message]:
     """Rules of ``chain`` sending each VM's packets (matched by its ``matches``) to its queue: in
-    a chain of their own (``chain_vms``, jumped to) for a few VMs, else in ``n`` bucket chains
-    that ``key`` (loaded into the register, ``width`` bytes; host order for 4) masked to its low
-    bits selects, one jump rule a bucket.  Either way a VM plugged later is appended there
-    (``NftSocket.add_vms``), before what ``chain`` does after."""
+    the chain itself for a few VMs, else in bucket chains that ``key`` (loaded into the register,
+    ``width`` bytes; host order for 4) masked to its low bits selects, one jump rule a bucket."""
+    n = buckets_for(len(vms))
     if n == 1:
-        sub = chain + "_vms"
-        return [
-            (NFT_MSG_NEWCHAIN, NLM_F_CREATE, _str(1, table) + _str(3, sub)),
-            (NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, _rule(table, chain, _jump(sub))),
-            *_vm_queue_rules(table, chain, vms, n),
-        ]
+        return [_queue_rule(table, chain, _nfqueue(q, total), *matches) for _, matches, q, total in vms]
     msgs: list[Message] = []
     for b in range(n):
         bucket = "%s_%d" % (chain, b)
@@ -457,7 +419,9 @@ def _bucketed(table: str, chain: str, key: tuple[bytes, ...], width: int, vms: S
         else:
             mask, value = bytes([n - 1]), bytes([b])
         msgs.append((NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, _rule(table, chain, *key, _bitwise_mask(mask), _cmp_eq(value), _jump(bucket))))
-    return msgs + _vm_queue_rules(table, chain, vms, n)
+    for sel, matches, q, total in vms:
+        msgs.append(_queue_rule(table, "%s_%d" % (chain, sel & (n - 1)), _nfqueue(q, total), *matches))
+    return msgs
 
 
 def _skeleton(table: str) -> list[tuple[int, int, bytes]]:

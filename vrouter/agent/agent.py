@@ -37,7 +37,7 @@ from dataplane.core.traps import Trap
 from dataplane.core.vif import PROXY_IP6, Vif
 from dataplane.linux.aging import age_forever
 from dataplane.linux.nfqueue import QUEUE_MAXLEN, QueueShell
-from dataplane.linux.nftables import NftError, NftSocket, QueueRules, VmQueue, buckets_for
+from dataplane.linux.nftables import NftError, NftSocket, QueueRules, VmQueue
 from dataplane.linux.pkt0 import Pkt0
 from dataplane.linux.ports import PORT_RANGE, SocketPortAllocator
 from dataplane.linux.workers import (
@@ -142,8 +142,6 @@ class Agent:
         self.layout = QueueLayout(queue_num, cfg.dataplane_workers or default_workers(), groups=not cfg.etcd_servers)
         self._pool: WorkerPool | None = None
         self._counts: SharedCounts | None = None
-        self._applied: QueueRules | None = None  # the tables as last made
-        self._appended = 0  # VMs whose rules were appended to them since
 
     # -- start and stop -------------------------------------------------------------------------
 
@@ -376,7 +374,6 @@ class Agent:
                 self.pool.apply(RemoveVif(port.vif), self.node.dataplane.remove_vif(port.vif))  # not half plugged
                 await self.node.host.unplug(port.tap_name, port.ip_address, port.metadata_ip)
                 raise
-            self._add_rules(vif)
             self.rules_changed()
         plugged = self.node.dataplane.vifs[port.vif]
         self.node.services.advertise(plugged)  # IPv6: a router advertisement at once, not in 30 s
@@ -456,32 +453,11 @@ class Agent:
         for w in remote:
             self.pool.unbind(w.writer, (q,))
 
-    def _vm_queue(self, v: Vif) -> VmQueue:
-        data = self.layout.data_queues(v.index)
-        return VmQueue(v.ifindex, data[0], self.layout.service_queue(v.index), v.metadata_ip_bytes, v.metadata_ip6_bytes, len(data))
-
-    def _add_rules(self, vif: Vif) -> None:
-        """A VM just plugged gets its rules at once, appended to the tables (the rebuild that
-        follows puts them in order): none of its packets goes by the node's queue, so no flow
-        of it is set up by another worker than the one that reads its queues afterwards."""
-        applied = self._applied
-        if applied is None:
-            return
-        if buckets_for(len(applied.vms) + self._appended + 1) != buckets_for(len(applied.vms)):
-            self.apply_queue_rules()  # another number of buckets: the whole tables now
-            return
-        try:
-            with NftSocket() as nft:
-                nft.add_vms(applied, [self._vm_queue(vif)])
-            self._appended += 1
-        except NftError as e:
-            log.error("vif0/%d: its rules could not be added to the nftables table (%s); they come with the next rebuild", vif.index, e)
-
     def rules_changed(self) -> None:
-        """The VMs or the networks changed: the tables are made anew within ``RULES_DELAY``, once
-        for all the changes made meanwhile (a thousand ports plugged one after the other make a
-        few tables, not a thousand).  A VM just plugged already has its rules (``_add_rules``);
-        the rebuild drops those of VMs gone and puts the new ones in their buckets."""
+        """The VMs or the networks changed: the tables follow within ``RULES_DELAY``, once for all
+        the changes made meanwhile (a thousand ports plugged one after the other make a few tables,
+        not a thousand).  Until then a new VM's packets go to the node's queue, as a tap not yet
+        plugged does, and a VM's packets still reach the dataplane: only the fair share waits."""
         if self._rules_due is None and self._made_table:
             self._rules_due = asyncio.get_running_loop().call_later(RULES_DELAY, self._apply_due_rules)
 
@@ -501,7 +477,12 @@ class Agent:
         if not self._made_table or self.node is None:
             return
         layout = self.layout
-        vms = tuple(self._vm_queue(v) for v in sorted(self.node.dataplane.vifs.values(), key=lambda v: v.index) if v.kind == "Virtual")
+        vms = tuple(
+            VmQueue(v.ifindex, layout.data_queues(v.index)[0], layout.service_queue(v.index), v.metadata_ip_bytes, v.metadata_ip6_bytes,
+                    len(layout.data_queues(v.index)))
+            for v in sorted(self.node.dataplane.vifs.values(), key=lambda v: v.index)
+            if v.kind == "Virtual"
+        )  # fmt: skip
         services = tuple(socket.inet_aton(a) for n in self.networks.networks.values() for a in (n.gateway, n.dns_server) if a)
         nat = tuple((*layout.nat_ports(w, *PORT_RANGE), layout.node_queue(w)) for w in range(layout.workers)) if layout.workers > 1 else ()
         rules = QueueRules(queue_num=self.queue_num, vhost_name=self.cfg.vhost_name, nat_ports=PORT_RANGE, vms=vms, service_ips=services,
@@ -512,7 +493,6 @@ class Agent:
                 nft.create_queue_table6(rules)
         except NftError as e:
             raise AgentError("cannot create the nftables table: %s" % e) from None
-        self._applied, self._appended = rules, 0
         leaving, self._leaving = self._leaving, set()
         for q in leaving:
             self._unbind(q)
