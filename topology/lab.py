@@ -220,6 +220,8 @@ class Lab:
             call(os.path.join(topo.state_of(n), "agent.sock"), metadata)
         if provisioned:
             self.say("link-local service metadata set")
+        for n in nodes:  # every port's queues in force before anything runs in the VMs (see wait_rules)
+            self.wait_rules(topo, n)
         if topo.clustered:
             self.wait_converged(topo, others)
         if topo.dhcp:
@@ -237,6 +239,18 @@ class Lab:
     def _node_file(self, topo: Topology, node: int, name: str) -> str:
         """A node's file, relative to the lab's state directory."""
         return os.path.relpath(os.path.join(topo.state_of(node), name), self.state)
+
+    def wait_rules(self, topo: Topology, node: int, timeout: float = 10) -> None:
+        """Until node ``node``'s agent has rebuilt its nftables tables for the ports just plugged
+        (within 0.2 s of the last change): until then a VM's packets go to the node's queue, and
+        with several dataplane workers a connection opened then is set up by worker 0 and breaks
+        when the rebuild queues it to another."""
+        deadline = time.monotonic() + timeout
+        sock = os.path.join(topo.state_of(node), "agent.sock")
+        while call(sock, StatusRequest()).rules_pending:
+            if time.monotonic() > deadline:
+                raise LabError("node %d's agent did not rebuild its nftables tables within %.0f s (see its log)" % (node, timeout))
+            time.sleep(0.05)
 
     def wait_converged(self, topo: Topology, others: dict[str, int] | None = None, timeout: float = 30) -> None:
         """Until every node's agent has every route it should have from etcd (the other nodes' VMs

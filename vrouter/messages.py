@@ -633,6 +633,7 @@ class Status:
     cluster: ClusterStatus | None = None  # None: no etcd configured, the local files alone
     dataplane_workers: list[int] = field(default_factory=list)  # each worker's pid (0: being restarted), the agent's first
     dataplane_worker_restarts: int = 0
+    rules_pending: bool = False  # a change of the ports or networks waits for the nftables tables' rebuild
 
 
 # -- the operations -----------------------------------------------------------------------------------

@@ -453,6 +453,11 @@ class Agent:
         for w in remote:
             self.pool.unbind(w.writer, (q,))
 
+    @property
+    def rules_pending(self) -> bool:
+        """Whether the tables' rebuild for a change of the ports or networks is still to come."""
+        return self._rules_due is not None
+
     def rules_changed(self) -> None:
         """The VMs or the networks changed: the tables follow within ``RULES_DELAY``, once for all
         the changes made meanwhile (a thousand ports plugged one after the other make a few tables,

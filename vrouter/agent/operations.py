@@ -154,6 +154,7 @@ class Operations:
             cluster=agent.cluster.state() if agent.cluster else None,
             dataplane_workers=[os.getpid(), *node.pool.pids],
             dataplane_worker_restarts=node.pool.restarts,
+            rules_pending=agent.rules_pending,
         )
 
     # -- the cluster ------------------------------------------------------------------------------
