@@ -1,16 +1,8 @@
-"""The event loop the agent and its proxy process run on: uvloop (a dependency), else asyncio's."""
+"""The event loop the agent and its proxy process run on: uvloop (a dependency), else asyncio's
+(``dataplane.linux.children.run``, which the dataplane's workers run on too)."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Coroutine
-from typing import Any
+from dataplane.linux.children import run
 
-
-def run(main: Coroutine[Any, Any, None]) -> None:
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(main)
-    else:
-        uvloop.run(main)
+__all__ = ["run"]

@@ -26,6 +26,7 @@ from dataplane.core.dataplane import Dataplane
 from dataplane.core.traps import Trap
 from dataplane.core.vif import Vif
 from dataplane.linux.aging import age_forever
+from dataplane.linux.children import run
 from dataplane.linux.nfqueue import QueueShell
 from dataplane.linux.ports import SocketPortAllocator
 from dataplane.linux.vifdump import DatagramSink
@@ -187,12 +188,7 @@ def main() -> int:
     if len(sys.argv) != 2 or not sys.argv[1].isdigit():
         print("usage: python -m dataplane.linux.worker FD (started by the vrouter agent)", file=sys.stderr)
         return 2
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(serve(int(sys.argv[1])))
-    else:
-        uvloop.run(serve(int(sys.argv[1])))
+    run(serve(int(sys.argv[1])))
     return 0
 
 

@@ -37,7 +37,6 @@ import logging
 import mmap
 import os
 import pickle
-import socket
 import struct
 import sys
 from collections.abc import Callable
@@ -49,6 +48,7 @@ from dataplane.core.entries import Limits
 from dataplane.core.overlay import Route
 from dataplane.core.services import LinkLocalService
 from dataplane.core.vif import Vif
+from dataplane.linux.children import spawn
 from dataplane.linux.nfqueue import QueueShell
 from flows.layout import MAX_WRITERS, DropReason
 
@@ -363,17 +363,10 @@ class WorkerPool:
             await self._spawn(w)
 
     async def _spawn(self, w: _Worker) -> None:
-        ours, theirs = socket.socketpair()
         try:
-            w.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", WORKER_MODULE, str(theirs.fileno()), pass_fds=[theirs.fileno()], stdin=asyncio.subprocess.DEVNULL
-            )
+            w.proc, reader, w.out = await spawn(WORKER_MODULE, MAX_MESSAGE)
         except OSError as e:
-            ours.close()
             raise WorkerError("cannot start dataplane worker %d (%s -m %s): %s" % (w.writer, sys.executable, WORKER_MODULE, e)) from None
-        finally:
-            theirs.close()
-        reader, w.out = await asyncio.open_connection(sock=ours, limit=MAX_MESSAGE)
         w.up = True
         w.reader_task = asyncio.get_running_loop().create_task(self._read(w, reader))
         try:

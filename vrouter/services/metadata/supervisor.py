@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import sys
 from typing import Any
 
+from dataplane.linux.children import spawn
 from vrouter.messages import (
     MAX_MESSAGE,
     OP_OF,
@@ -79,17 +79,10 @@ class ProxyProcess:
         self._watch = asyncio.get_running_loop().create_task(self._watchdog())
 
     async def _spawn(self) -> None:
-        ours, theirs = socket.socketpair()
         try:
-            self._proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", WORKER_MODULE, str(theirs.fileno()), pass_fds=[theirs.fileno()], stdin=asyncio.subprocess.DEVNULL
-            )
+            self._proc, self._reader, self._writer = await spawn(WORKER_MODULE, MAX_MESSAGE)
         except OSError as e:
-            ours.close()
             raise ProxyProcessError("cannot start the metadata proxy process (%s -m %s): %s" % (sys.executable, WORKER_MODULE, e)) from None
-        finally:
-            theirs.close()
-        self._reader, self._writer = await asyncio.open_connection(sock=ours, limit=MAX_MESSAGE)
         try:
             await self._call(self.config, timeout=30)
         except ProxyProcessError:
