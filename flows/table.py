@@ -434,7 +434,7 @@ class FlowTable:
             # linked at the chain's head: in the records (for readers) and in the writer's copy
             head = self._head[bucket]
             U32.pack_into(self.buf, HEADER_SIZE + i * RECORD_SIZE + OFF_OFLOW_NEXT, head)
-            U32.pack_into(self.buf, HEADER_SIZE + (first + (self.writer - first) % self.writers) * RECORD_SIZE + OFF_OFLOW_NEXT, i + 1)
+            U32.pack_into(self.buf, HEADER_SIZE + self._head_slot(bucket) * RECORD_SIZE + OFF_OFLOW_NEXT, i + 1)
             o = i - self.entries
             self._next[o] = head
             self._prev[o] = 0

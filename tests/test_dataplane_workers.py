@@ -1,18 +1,20 @@
 """The dataplane workers' pure parts: which worker reads which queue, what a restarted worker is
 given again, and the node's counters added up."""
 
+from types import SimpleNamespace
+
 import pytest
 
 from dataplane.core.overlay import Route
 from dataplane.core.vif import Vif
 from dataplane.linux.workers import (
     AddVif,
-    Flush,
     QueueLayout,
     RemoveVif,
     SetGuestAddresses,
     SetRoutes,
     SetServices,
+    Sync,
     Totals,
     WorkerPool,
     WorkerStats,
@@ -55,10 +57,10 @@ def test_every_queue_is_read_by_exactly_one_worker(workers, groups):
 
 
 def test_a_restarted_worker_is_given_the_configuration_as_it_stands():
-    pool = WorkerPool(lambda w: None, 3, lambda t: None)  # type: ignore[arg-type,return-value]
+    pool = WorkerPool(lambda w: SimpleNamespace(node_queue=w), 3, lambda t: None)  # type: ignore[arg-type,return-value]
     v3, v4 = Vif(3, "tap3", 7, "10.1.1.3"), Vif(4, "tap4", 8, "10.1.1.4")
     routes = [Route(1, "10.1.1.9", "n2", "10.10.0.3", 25)]
-    for msg in (AddVif(v3), SetServices([]), AddVif(v4), SetGuestAddresses(1, None), SetRoutes([]), RemoveVif(3), Flush(),
+    for msg in (AddVif(v3), SetServices([]), AddVif(v4), SetGuestAddresses(1, None), SetRoutes([]), RemoveVif(3), Sync(),
                 SetGuestAddresses(1, (b"\n\1\1\1", b"\n\1\1\2")), SetRoutes(routes), AddVif(v3)):  # fmt: skip
         pool._keep(msg)
     v4.rx_packets = 99  # the agent's own vif counts on; what a restarted worker is given does not

@@ -35,7 +35,6 @@ from dataplane.linux.workers import (
     AddCapture,
     AddVif,
     BindQueues,
-    Flush,
     RemoveCapture,
     RemoveVif,
     Reply,
@@ -94,8 +93,6 @@ class Worker:
             return dp.set_guest_addresses(msg.vrf, msg.addresses)
         elif isinstance(msg, SetRoutes):
             return dp.set_routes(msg.routes)
-        elif isinstance(msg, Flush):
-            return dp.flush()
         elif isinstance(msg, BindQueues):
             for q in msg.remove:
                 self.shell.remove(q)

@@ -1,7 +1,7 @@
 """The dataplane's workers: processes that each read their own queues over the one flow table.
 
 The agent's own event loop is worker 0 (its ``Dataplane``, as with one worker);
-with ``[DEFAULT] dataplane_workers`` N > 1 it starts workers 1..N-1 as
+with ``[FLOWS] dataplane_workers`` N > 1 it starts workers 1..N-1 as
 ``python -m dataplane.linux.worker FD`` in the compute namespace, one end of a
 socketpair each, and drives them with the messages below.  What each owns
 (the layout is ``QueueLayout``'s, the nftables rules follow it):
@@ -101,8 +101,7 @@ class QueueLayout:
 
     def read_by(self, vif: int, worker: int) -> tuple[int, ...]:
         """The queues of a VM that ``worker`` reads."""
-        data = self.data_queues(vif)
-        mine = tuple(q for i, q in enumerate(data) if i == worker) if len(data) > 1 else (data if worker == 0 else ())
+        mine = self.data_queues(vif)[worker : worker + 1]  # data queue i is worker i's (one queue: worker 0's)
         return (*mine, self.service_queue(vif)) if self.owner(vif) == worker else mine
 
     def nat_ports(self, worker: int, first: int, last: int) -> tuple[int, int]:
@@ -214,11 +213,6 @@ class SetRoutes:
 
 
 @dataclass(frozen=True)
-class Flush:
-    pass
-
-
-@dataclass(frozen=True)
 class BindQueues:
     """Read queues ``add`` (``max_len`` packets each), stop reading ``remove``."""
 
@@ -254,7 +248,6 @@ class Sync:
 class WorkerStats:
     """One worker's counters (the answer to ``StatsRequest``)."""
 
-    pid: int = 0
     vifs: dict[int, tuple[int, int, int, int, int, int]] = field(default_factory=dict)  # rx p, rx b, tx p, tx b, drops, flows
     vif_drops: dict[tuple[int, DropReason], int] = field(default_factory=dict)  # (vif, reason) -> packets
     drops: dict[DropReason, int] = field(default_factory=dict)  # reason -> packets
@@ -266,7 +259,6 @@ class WorkerStats:
     verdict_writes: int = 0
     verdict_errors: int = 0
     nat_in_use: int = 0
-    queues: tuple[int, ...] = ()
     captures: dict[int, tuple[int, int]] = field(default_factory=dict)  # id -> sent, lost
 
 
@@ -312,8 +304,9 @@ class WorkerError(Exception):
 
 
 class _Worker:
-    def __init__(self, writer: int) -> None:
+    def __init__(self, writer: int, node_queue: int) -> None:
         self.writer = writer
+        self.node_queue = node_queue
         self.proc: asyncio.subprocess.Process | None = None
         self.out: asyncio.StreamWriter | None = None
         self.seq = 0
@@ -346,9 +339,8 @@ class WorkerPool:
     def __init__(self, setup: Callable[[int], Setup], workers: int, on_trap: Callable[[Trapped], None]) -> None:
         """``workers``: all of them, the agent's own loop (worker 0) included."""
         self.setup = setup  # the Setup of worker w
-        self.count = workers
         self.on_trap = on_trap
-        self.workers = [_Worker(w) for w in range(1, workers)]
+        self.workers = [_Worker(w, setup(w).node_queue) for w in range(1, workers)]
         self.restarts = 0
         self._config: dict[object, object] = {}  # what every worker must be given again when restarted
         self._captures: dict[int, AddCapture] = {}
@@ -404,7 +396,12 @@ class WorkerPool:
         finally:
             w.up = False
             w.fail_waiting("dataplane worker %d is gone" % w.writer)
-        if not self._stopping and not w.restarting:  # (a process that failed to start is the restart's own)
+        if not w.restarting:  # (a process that failed to start is the restart's own)
+            self._restart_later(w)
+
+    def _restart_later(self, w: _Worker) -> None:
+        if not self._stopping:
+            self._watch = [t for t in self._watch if not t.done()]
             self._watch.append(asyncio.get_running_loop().create_task(self._restart(w)))
 
     async def _restart(self, w: _Worker) -> None:
@@ -422,8 +419,8 @@ class WorkerPool:
                 break
         finally:
             w.restarting = False
-        if not w.up and not self._stopping:  # it died again before this restart was over
-            self._watch.append(asyncio.get_running_loop().create_task(self._restart(w)))
+        if not w.up:  # it died again before this restart was over
+            self._restart_later(w)
 
     async def _kill(self, w: _Worker) -> None:
         w.up = False
@@ -455,7 +452,7 @@ class WorkerPool:
     def _keep(self, msg: object) -> None:
         """Keep what a restarted worker must be given again: the last of each kind (per vif, per
         VRF, per name), in the order of the last change."""
-        if isinstance(msg, Flush | Sync | StatsRequest):
+        if isinstance(msg, Sync | StatsRequest):
             return
         if isinstance(msg, AddVif | RemoveVif):
             key: object = ("vif", msg.vif.index if isinstance(msg, AddVif) else msg.index)
@@ -527,7 +524,7 @@ class WorkerPool:
 
     def queues(self) -> set[int]:
         """Every queue the workers read (their node queues and the VMs')."""
-        return {q for w in self.workers for q in w.queues} | {self.setup(w.writer).node_queue for w in self.workers}
+        return {q for w in self.workers for q in w.queues} | {w.node_queue for w in self.workers}
 
     async def add_capture(self, c: AddCapture) -> None:
         """Every worker copies the packets of ``c.vif`` to ``c.path`` too; WorkerError if one
@@ -555,7 +552,6 @@ class WorkerPool:
 def stats_of(dp: Dataplane, shell: QueueShell, nat_in_use: int, captures: dict[int, tuple[int, int]]) -> WorkerStats:
     """A dataplane's counters, as a worker reports them."""
     return WorkerStats(
-        pid=os.getpid(),
         vifs={v.index: (v.rx_packets, v.rx_bytes, v.tx_packets, v.tx_bytes, v.drops, v.flows) for v in dp.vifs.values()},
         vif_drops=dict(dp.path.vif_drops),
         drops=dict(dp.drops),
@@ -567,7 +563,6 @@ def stats_of(dp: Dataplane, shell: QueueShell, nat_in_use: int, captures: dict[i
         verdict_writes=shell.verdict_writes,
         verdict_errors=shell.verdict_errors,
         nat_in_use=nat_in_use,
-        queues=tuple(sorted(shell.queues)),
         captures=captures,
     )
 
