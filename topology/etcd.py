@@ -10,19 +10,32 @@ metrics or pprof listener (``--listen-metrics-urls`` unset, pprof off).  Its
 data (the write-ahead log preallocates 64 MB segments) stays in ``data_dir``,
 so a restart on the same directory keeps every key and the revision count.
 ``stop`` is ``Processes.stop``: SIGTERM, then SIGKILL after 10 s.
+
+``Etcd`` is the cloud's etcd as a lab uses it: its own (``up --nodes K``),
+started and stopped in the fabric namespace on Nova's address with its data in
+the state directory; or a cloud's (``--etcd URL``, ``--join URL``), asked from
+node 1's namespace, where vhost0 reaches it.  ``in_etcd`` runs a function on a
+store from a thread in a namespace.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
+from typing import TypeVar
 
 from topology import netns
+from topology.errors import LabError
+from topology.fabric import Fabric
+from topology.model import Topology
 from topology.processes import Processes, StartError
-from vrouter.cluster.store import ConfigStore
+from topology.state import StateDir
+from vrouter.cluster.store import ConfigStore, StoreError
 
 LOG = "etcd.log"
 PIDFILE = "etcd.pid"
+T = TypeVar("T")
 
 
 class EtcdError(Exception):
@@ -97,3 +110,93 @@ def start(procs: Processes, namespace: str, ip: str, data_dir: str, name: str = 
 def stop(procs: Processes) -> None:
     """Stop the etcd ``start`` started (nothing if none runs); its data directory stays."""
     procs.stop(PIDFILE, "etcd")
+
+
+def in_etcd(urls: list[str], prefix: str, namespace: str, fn: Callable[[ConfigStore], T]) -> T:
+    """``fn(store)`` on the etcd at ``urls``, from a thread in ``namespace`` (a store's connections
+    are made in the namespace of the thread that uses it, and closed there at the end)."""
+    store = ConfigStore(urls, prefix)
+
+    def run() -> T:
+        try:
+            return fn(store)
+        finally:
+            store.close()
+
+    with netns.Namespace(namespace) as ns:
+        return ns.run(run)
+
+
+class Etcd:
+    """The etcd of the cloud that ``files.prefix`` builds or joins."""
+
+    def __init__(self, files: StateDir, procs: Processes, say: Callable[[str], None], fabric: Fabric) -> None:
+        self.files = files
+        self.procs = procs
+        self.say = say
+        self.fabric = fabric
+
+    def start(self) -> None:
+        """The cloud's etcd, in the fabric namespace on Nova's fabric address (its data kept in the
+        state directory, so that a restart keeps every key)."""
+        layout = self.files.layout()
+        if layout is not None and (layout.get("etcd") or {}).get("namespace") is None:
+            why = "it uses " + ", ".join(layout["etcd"]["urls"]) if layout.get("etcd") else "a single node configured by its files"
+            raise LabError("prefix %s has no etcd of its own (%s); up --nodes K starts one" % (self.files.prefix, why))
+        if self.procs.pid(PIDFILE):
+            self.say("  etcd already running")
+            return
+        ip, data = self.fabric.nova_ip(), self.files.path("etcd")
+        try:
+            pid = start(self.procs, self.fabric.name, ip, data)
+        except EtcdError as e:
+            raise LabError(str(e)) from None
+        self.say("  etcd listening on %s (pid %d, data in %s)" % (url(ip), pid, data))
+
+    def stop(self) -> None:
+        stop(self.procs)
+
+    def ask(self, topo: Topology, fn: Callable[[ConfigStore], T]) -> T:
+        """``fn(store)`` on the cloud's etcd, from node 1's namespace (where vhost0 reaches it)."""
+        try:
+            return in_etcd(topo.etcd_urls, topo.etcd_prefix, topo.compute_of(1), fn)
+        except (StoreError, ValueError) as e:
+            raise LabError("the cloud's etcd (%s): %s" % (", ".join(topo.etcd_urls), e)) from None
+
+    def check(self, topo: Topology) -> None:
+        """That the etcd given with ``--etcd`` answers from node 1, through the fabric."""
+        if not self.ask(topo, lambda store: store.healthy()):
+            raise LabError("--etcd %s: no etcd answers there from %s (its vhost0 %s, through the fabric)"
+                           % (",".join(topo.etcd_servers), topo.compute_of(1), topo.vhost_ip_of(1)))  # fmt: skip
+
+    def publish_instances(self, topo: Topology) -> None:
+        """Our instances' records, for the cloud's Nova (a lab that joins a cloud has no Nova of its own)."""
+        self.ask(topo, lambda store: [store.put("instances/" + r["uuid"], r) for r in topo.instances()["instances"]])
+
+    def forget(self, layout: dict, nodes: list[dict], instances: list[str]) -> int:
+        """Delete from the cloud's etcd the keys of ``nodes`` (their ports, routes and node records)
+        and the ``instances``' records; asked from the first of those nodes' namespaces (where the
+        node reached etcd from).  Returns how many keys went."""
+        names = {d["name"] for d in nodes}
+
+        def forget(store: ConfigStore) -> int:
+            _, everything = store.get_all()
+            keys = [k for k, v in everything.items() if k.startswith(("ports/", "routes/")) and isinstance(v, dict) and v.get("node") in names]
+            keys += ["nodes/" + n for n in sorted(names)] + ["instances/" + u for u in instances]
+            return sum(store.delete(k) for k in keys)
+
+        return in_etcd(layout["etcd"]["urls"], layout["etcd"]["key_prefix"], nodes[0]["namespace"], forget)
+
+    def forget_lab(self, quiet: bool) -> None:
+        """At ``down``, when the etcd is not ours and stays: what this lab told it goes (its nodes'
+        keys, and its instances if it joined the cloud)."""
+        layout = self.files.layout() or {}
+        if not (layout.get("etcd") and layout["etcd"].get("namespace") is None):
+            return
+        try:
+            joined = layout["etcd"].get("joined")
+            gone = self.forget(layout, layout["nodes"], [v["instance_uuid"] for v in layout["vms"] + layout["guests"]] if joined else [])
+            if not quiet:
+                self.say("  %d keys deleted from the cloud's etcd" % gone)
+        except (StoreError, OSError) as e:
+            self.say("  could not delete this lab's keys from the cloud's etcd (%s): its nodes' routes stay there" % e)

@@ -15,6 +15,11 @@ otherwise: with ``--accel auto`` a KVM guest is tried once per host boot with
 the project's test kernel (``make guest-initramfs``), and the answer kept in
 ``build/guest/``; on machines where ``/dev/kvm`` exists but KVM guests hang,
 the probe times out and TCG is used.
+
+``Guests`` is the lab's side: the guests' options checked before anything is
+built, each guest's tap made on its node (as os-vif does before plugging a
+libvirt guest's port), the guests started once their ports are plugged, and
+stopped first at ``down``.
 """
 
 from __future__ import annotations
@@ -24,8 +29,10 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+from topology import netns
 from topology.model import VM, GuestBoot, Topology
 from topology.processes import Processes
 
@@ -182,3 +189,37 @@ def start(procs: Processes, topo: Topology, vm: VM, accel: str) -> int:
     if proc.poll() is not None:
         raise GuestError("guest %s: QEMU exited with %s: %s" % (vm.name, proc.returncode, procs.log_tail(log, 5)))
     return proc.pid
+
+
+class Guests:
+    """The QEMU guests of a lab."""
+
+    def __init__(self, procs: Processes, say: Callable[[str], None]) -> None:
+        self.procs = procs
+        self.say = say
+
+    @staticmethod
+    def check(topo: Topology) -> None:
+        """GuestError for a boot that cannot work or a QEMU or image missing, before anything is built."""
+        if not topo.guests:
+            return
+        check_boot(topo.boot)
+        qemu_binary()
+        if topo.boot.image:
+            image_format(topo.boot.image)
+
+    def create_taps(self, topo: Topology, nodes: dict[int, netns.Namespace]) -> None:
+        """Each guest's tap on its node of ``nodes`` (their namespaces, by node)."""
+        for g in topo.guests:
+            nodes[g.node].create_tap(g.tap)  # as os-vif does before plugging a libvirt guest's port
+
+    def start(self, topo: Topology) -> None:
+        if not topo.guests:
+            return
+        accel = choose_accel(topo.boot.accel)
+        for g in topo.guests:
+            g.pid = start(self.procs, topo, g, accel)
+            self.say("  guest %s booting under %s (pid %d, console %s)" % (g.name, accel.upper(), g.pid, g.console))
+
+    def stop(self) -> None:
+        self.procs.stop_each("guests", "guest")

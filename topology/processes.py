@@ -81,6 +81,15 @@ class Processes:
         except FileNotFoundError:
             pass
 
+    def stop_each(self, directory: str, what: str) -> None:
+        """Each process with a pidfile in ``directory`` (``guests``, ``dhcp``), by name: "WHAT NAME"."""
+        try:
+            names = sorted(n[:-4] for n in os.listdir(self.path(directory)) if n.endswith(".pid"))
+        except FileNotFoundError:
+            return
+        for name in names:
+            self.stop("%s/%s.pid" % (directory, name), "%s %s" % (what, name))
+
 
 def running(pid: int) -> bool:
     """Whether ``pid`` runs: not gone, and not a zombie (reaped here when it is our child, as it
