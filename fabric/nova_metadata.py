@@ -171,7 +171,8 @@ class InstanceStore:
         """Also serve the instances under ``prefix``instances/ in etcd (one record each, as in the
         file, by uuid), which labs that joined the cloud write there; followed live.  Returns the
         follower (``stop`` it at exit)."""
-        from vrouter.cluster.store import ConfigStore, Event, Follower
+        from infra.etcd import ConfigStore, Follower
+        from infra.etcd_wire import Event
 
         def usable(key: str, value: object) -> dict | None:
             try:

@@ -1,25 +1,19 @@
-"""The dataplane workers' pure parts: which worker reads which queue, what a restarted worker is
-given again, and the node's counters added up."""
+"""The dataplane workers' pure parts: which worker reads which queue, the configuration API that
+changes every worker and what a restarted worker is given again, and the node's counters added up."""
 
+import asyncio
 from types import SimpleNamespace
 
 import pytest
 
+from dataplane.core.dataplane import Dataplane
 from dataplane.core.overlay import Route
 from dataplane.core.vif import Vif
-from dataplane.linux.workers import (
-    AddVif,
-    QueueLayout,
-    RemoveVif,
-    SetGuestAddresses,
-    SetRoutes,
-    SetServices,
-    Sync,
-    Totals,
-    WorkerPool,
-    WorkerStats,
-)
+from dataplane.linux.layout import QueueLayout
+from dataplane.linux.totals import Totals, WorkerStats
+from dataplane.linux.workers import CONFIGURE, Dataplanes, WorkerPool
 from flows.layout import DropReason
+from flows.table import FlowTable
 
 
 def test_one_worker_keeps_the_layout_of_before():
@@ -58,17 +52,26 @@ def test_every_queue_is_read_by_exactly_one_worker(workers, groups):
 
 def test_a_restarted_worker_is_given_the_configuration_as_it_stands():
     pool = WorkerPool(lambda w: SimpleNamespace(node_queue=w), 3, lambda t: None)  # type: ignore[arg-type,return-value]
+    dps = Dataplanes(Dataplane(FlowTable.in_memory(256), "10.10.0.2"), pool)
     v3, v4 = Vif(3, "tap3", 7, "10.1.1.3"), Vif(4, "tap4", 8, "10.1.1.4")
     routes = [Route(1, "10.1.1.9", "n2", "10.10.0.3", 25)]
-    for msg in (AddVif(v3), SetServices([]), AddVif(v4), SetGuestAddresses(1, None), SetRoutes([]), RemoveVif(3), Sync(),
-                SetGuestAddresses(1, (b"\n\1\1\1", b"\n\1\1\2")), SetRoutes(routes), AddVif(v3)):  # fmt: skip
-        pool._keep(msg)
+
+    async def configure() -> list[int]:
+        return [
+            await f
+            for f in (dps.add_vif(v3), dps.set_services([]), dps.add_vif(v4), dps.set_guest_addresses(1, None), dps.set_routes([]),
+                      dps.remove_vif(3), dps.set_guest_addresses(1, (b"\n\1\1\1", b"\n\1\1\2")), dps.set_routes(routes), dps.add_vif(v3))
+        ]  # fmt: skip
+
+    assert asyncio.run(configure()) == [0] * 9  # no worker runs: worker 0's answers alone
+    assert sorted(dps.local.vifs) == [0, 3, 4]  # worker 0's own dataplane (vhost0 its vif0/0) was changed at once
     v4.rx_packets = 99  # the agent's own vif counts on; what a restarted worker is given does not
     kept = list(pool._config.values())
-    assert [type(m) for m in kept] == [SetServices, AddVif, SetGuestAddresses, SetRoutes, AddVif]
-    assert [m.vif.index for m in kept if isinstance(m, AddVif)] == [4, 3]
-    assert kept[1].vif.rx_packets == 0  # type: ignore[attr-defined]
-    assert kept[2] == SetGuestAddresses(1, (b"\n\1\1\1", b"\n\1\1\2")) and kept[3] == SetRoutes(routes)
+    assert [m.method for m in kept] == ["set_services", "add_vif", "set_guest_addresses", "set_routes", "add_vif"]
+    assert [m.args[0].index for m in kept if m.method == "add_vif"] == [4, 3]
+    assert kept[1].args[0].rx_packets == 0
+    assert kept[2].args == (1, (b"\n\1\1\1", b"\n\1\1\2")) and kept[3].args == (routes,)
+    assert all(m.method in CONFIGURE for m in kept)
 
 
 def test_totals_add_every_workers_counters():

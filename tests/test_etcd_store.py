@@ -1,4 +1,4 @@
-"""The etcd layer: vrouter.cluster.store (ConfigStore, Follower) and topology.etcd.
+"""The etcd layer: infra.etcd (ConfigStore, Follower), infra.etcd_wire and topology.etcd.
 
 Pure parts (keys, ranges, the watch stream's messages, the Follower's states against a fake
 store) need no root.  The rest runs a real etcd in a namespace of its own (``PREFIX-etcd``, etcd
@@ -24,11 +24,12 @@ import pytest
 import requests
 from etcd3gw.client import Etcd3Client
 
+from infra import etcd_wire as wire
+from infra.etcd import ConfigStore, Endpoint, Follower
+from infra.etcd_wire import Event, StoreError
 from tests.conftest import needs_root, unique_prefix, wait_until
 from topology import etcd, netns
 from topology.processes import Processes
-from vrouter.cluster import store as cluster
-from vrouter.cluster.store import ConfigStore, Event, Follower, StoreError
 
 IP = "10.77.0.1"
 PREFIX = b"/vrouter/"
@@ -42,19 +43,19 @@ def integration(test):
 
 
 def b64(text: str) -> str:
-    return cluster.b64(text.encode())
+    return wire.b64(text.encode())
 
 
 # -- keys, values, ranges -------------------------------------------------------------------------
 
 
 def test_prefix_ranges():
-    assert cluster.range_end(b"/vrouter/") == b"/vrouter0"
-    assert cluster.range_end(b"a\xff\xff") == b"b"
-    assert cluster.range_end(b"\xff") == b"\0" and cluster.range_end(b"") == b"\0"
-    assert cluster.normalize_prefix("/vrouter") == "/vrouter/" and cluster.normalize_prefix("/x/") == "/x/"
+    assert wire.range_end(b"/vrouter/") == b"/vrouter0"
+    assert wire.range_end(b"a\xff\xff") == b"b"
+    assert wire.range_end(b"\xff") == b"\0" and wire.range_end(b"") == b"\0"
+    assert wire.normalize_prefix("/vrouter") == "/vrouter/" and wire.normalize_prefix("/x/") == "/x/"
     with pytest.raises(ValueError):
-        cluster.normalize_prefix("")
+        wire.normalize_prefix("")
 
 
 def test_keys_are_relative():
@@ -65,36 +66,36 @@ def test_keys_are_relative():
             store.put(bad, 1)  # refused before anything is sent
     with pytest.raises(ValueError, match="relative"):
         store.get_all("/ports")
-    assert cluster.relative_key(b"/lab/ports/p1", b"/lab/") == "ports/p1"
-    assert cluster.relative_key(b"/other/p1", b"/lab/") is None
+    assert wire.relative_key(b"/lab/ports/p1", b"/lab/") == "ports/p1"
+    assert wire.relative_key(b"/other/p1", b"/lab/") is None
 
 
 def test_endpoints():
-    ep = cluster.Endpoint.parse("http://[fd00::1]:2379/")
+    ep = Endpoint.parse("http://[fd00::1]:2379/")
     assert (ep.url, ep.protocol, ep.host, ep.port) == ("http://[fd00::1]:2379", "http", "fd00::1", 2379)
-    assert cluster.Endpoint.parse("https://etcd.lab").port == 2379
+    assert Endpoint.parse("https://etcd.lab").port == 2379
     for bad in ("10.10.0.1:2379", "http://10.10.0.1:99999", "ftp://x", "http://x:2379/v3"):
         with pytest.raises(ValueError, match="client URL"):
             ConfigStore([bad])
     with pytest.raises(ValueError, match="no etcd endpoint"):
         ConfigStore([])
     # what agent.conf and netns_setup.sh take
-    assert all(cluster.is_client_url(u) for u in ("http://10.10.0.1:2379", "https://etcd.lab", "http://10.10.0.1:2379/"))
-    assert not any(cluster.is_client_url(u) for u in ("10.10.0.1:2379", "http://x:0", "http://x:99999", "ftp://x", "http://x:2379/v3"))
+    assert all(wire.is_client_url(u) for u in ("http://10.10.0.1:2379", "https://etcd.lab", "http://10.10.0.1:2379/"))
+    assert not any(wire.is_client_url(u) for u in ("10.10.0.1:2379", "http://x:0", "http://x:99999", "ftp://x", "http://x:2379/v3"))
 
 
 def test_values_are_sorted_json():
-    assert cluster.encode_value({"b": 1, "a": [True, None]}) == b'{"a":[true,null],"b":1}'
-    assert cluster.decode_value(b'{"a":1}') == (True, {"a": 1})
-    assert cluster.decode_value(b"not json") == (False, None)
-    assert cluster.decode_value(b"\xff") == (False, None)
+    assert wire.encode_value({"b": 1, "a": [True, None]}) == b'{"a":[true,null],"b":1}'
+    assert wire.decode_value(b'{"a":1}') == (True, {"a": 1})
+    assert wire.decode_value(b"not json") == (False, None)
+    assert wire.decode_value(b"\xff") == (False, None)
     with pytest.raises(TypeError):
-        cluster.encode_value({1, 2})
+        wire.encode_value({1, 2})
 
 
 def test_watch_stream_lines():
     chunks = [b'{"a":', b"1}\n\n", b'{"b":2}\n{"c"', b":3}\n", b'{"d":4}']
-    assert [json.loads(line) for line in cluster.lines(chunks)] == [{"a": 1}, {"b": 2}, {"c": 3}, {"d": 4}]
+    assert [json.loads(line) for line in wire.lines(chunks)] == [{"a": 1}, {"b": 2}, {"c": 3}, {"d": 4}]
 
 
 def _message(*events: dict, revision: int = 7) -> dict:
@@ -102,21 +103,21 @@ def _message(*events: dict, revision: int = 7) -> dict:
 
 
 def test_watch_messages(caplog):
-    assert cluster.watch_events({"result": {"header": {"revision": "4"}, "created": True}}, PREFIX) == []
+    assert wire.watch_events({"result": {"header": {"revision": "4"}, "created": True}}, PREFIX) == []
     put = {"kv": {"key": b64("/vrouter/ports/p1"), "mod_revision": "7", "value": b64('{"ip":"10.0.0.3"}')}}
     delete = {"type": "DELETE", "kv": {"key": b64("/vrouter/ports/p0"), "mod_revision": "7"}}
     outside = {"kv": {"key": b64("/vrouterx"), "mod_revision": "7", "value": b64("1")}}
     broken = {"kv": {"key": b64("/vrouter/ports/p9"), "mod_revision": "7", "value": b64("{oops")}}
     with caplog.at_level(logging.WARNING, logger="vrouter.cluster"):
-        events = cluster.watch_events(_message(put, delete, outside, broken), PREFIX)
+        events = wire.watch_events(_message(put, delete, outside, broken), PREFIX)
     assert events == [Event("put", "ports/p1", {"ip": "10.0.0.3"}, 7), Event("delete", "ports/p0", None, 7)]
     assert [r.getMessage() for r in caplog.records] == ["etcd key /vrouter/ports/p9 is not JSON: its change at revision 7 is skipped"]
     with pytest.raises(StoreError, match="compacted.*revisions from 12"):
-        cluster.watch_events({"result": {"canceled": True, "compact_revision": "12"}}, PREFIX)
+        wire.watch_events({"result": {"canceled": True, "compact_revision": "12"}}, PREFIX)
     with pytest.raises(StoreError, match="transport is closing"):
-        cluster.watch_events({"error": {"grpc_code": 14, "message": "transport is closing"}}, PREFIX)
+        wire.watch_events({"error": {"grpc_code": 14, "message": "transport is closing"}}, PREFIX)
     with pytest.raises(StoreError, match="cancelled the watch"):
-        cluster.watch_events({"result": {"canceled": True}}, PREFIX)
+        wire.watch_events({"result": {"canceled": True}}, PREFIX)
 
 
 def test_etcd_command_line(monkeypatch):
@@ -413,7 +414,7 @@ def test_follower_hung_etcd(cloud):
         os.kill(pid, signal.SIGSTOP)
         hung = time.monotonic()
         wait_until(lambda: rec.states == [True, False], 6, "on_state(False) for a hung etcd")
-        assert time.monotonic() - hung < cluster.WATCH_PROBE + 2 * store.timeout + 1
+        assert time.monotonic() - hung < wire.WATCH_PROBE + 2 * store.timeout + 1
         began = time.monotonic()
         with pytest.raises(StoreError, match="no answer within 1 s"):
             cloud.run(lambda: store.get("anything"))

@@ -1,8 +1,8 @@
 """The event loop the agent and its proxy process run on: uvloop (a dependency), else asyncio's
-(``dataplane.linux.children.run``, which the dataplane's workers run on too)."""
+(``infra.children.run``, which the dataplane's workers run on too)."""
 
 from __future__ import annotations
 
-from dataplane.linux.children import run
+from infra.children import run
 
 __all__ = ["run"]

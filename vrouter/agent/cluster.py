@@ -35,35 +35,34 @@ Rules kept here:
   restarted while etcd is down still forwards to the VMs it knew.
 * Every etcd call is made from one writer thread or the follower's thread, never the loop's:
   the packets never wait for etcd.
+
+What etcd says becomes changes of the node's state (``NodeState``, origin
+``CLUSTER``), applied one after the other in the order etcd said them; what
+this node changes reaches etcd because ``Cluster`` is a subscriber of that
+state too (``changed``: the changes of origin ``LOCAL`` are published).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import json
 import logging
-import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from dataplane.core.overlay import Route, label_of
-from dataplane.linux.workers import SetRoutes
-from vrouter.agent.linklocal import ServiceError, to_schema
-from vrouter.agent.linklocal import validate as validate_service
-from vrouter.agent.networks import Network, NetworkError
-from vrouter.agent.networks import validate as validate_network
-from vrouter.agent.ports import Port
+from dataplane.core.overlay import label_of
+from infra.etcd import ConfigStore, Follower
+from infra.etcd_wire import Event, StoreError, StoreRefused
+from vrouter.agent.state import Change, NetworkChanged, NodeState, Origin, PortChanged, RemoteRoute, ServicesChanged
 from vrouter.agent.store import read_json, write_json_atomic
-from vrouter.cluster.store import ConfigStore, Event, Follower, StoreError, StoreRefused
-from vrouter.messages import ClusterStatus
+from vrouter.messages.control import ClusterStatus
+from vrouter.model import Network, NetworkError, Port, ServiceError, service_schema, validate_service, validate_services
 from vrouter.services.dns import Instance
-
-if TYPE_CHECKING:
-    from vrouter.agent.agent import Agent
 
 log = logging.getLogger("vrouter.cluster")
 
@@ -91,8 +90,10 @@ def route_key(vn_uuid: str, ip: str) -> str:
 class Cluster:
     """One agent's link to the cloud's etcd."""
 
-    def __init__(self, agent: Agent, node: str, vhost_ip: str, servers: tuple[str, ...], key_prefix: str) -> None:
-        self.agent = agent
+    def __init__(self, state: NodeState, node: str, vhost_ip: str, servers: tuple[str, ...], key_prefix: str, cache_path: str,
+                 remote_routes: Callable[[], int]) -> None:  # fmt: skip
+        self.node_state = state
+        self.remote_routes = remote_routes  # the routes to other nodes' VMs the dataplane has
         self.node = node
         self.vhost_ip = vhost_ip
         self.servers = list(servers)
@@ -109,18 +110,21 @@ class Cluster:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._cache_due: asyncio.TimerHandle | None = None
         self._stopping = False
-        self.cache_path = os.path.join(agent.state_dir, "cluster.json")
+        self.cache_path = cache_path
+        self._applying: asyncio.Queue[Callable[[], Awaitable[None]]] = asyncio.Queue()  # what etcd said, applied in order
+        self._applier: asyncio.Task[None] | None = None
 
     # -- start and stop ---------------------------------------------------------------------------
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Follow etcd from now on; until it answers, the cached view of the other nodes."""
         self._loop = loop
+        self._applier = loop.create_task(self._apply_in_order())
         try:
             cached = read_json(self.cache_path)
             if isinstance(cached, dict) and isinstance(cached.get("view"), dict):
                 self.view = {k: v for k, v in cached["view"].items() if k.startswith((PORTS, ROUTES, NODES))}
-                self.apply_routes()
+                self._apply(self._apply_remote)
                 log.info("cluster: %d routes from the cache until etcd answers", sum(k.startswith(ROUTES) for k in self.view))
         except (OSError, ValueError):
             pass
@@ -146,6 +150,8 @@ class Cluster:
         loop = asyncio.get_running_loop()
         if self._follower is not None:
             await loop.run_in_executor(None, self._follower.stop)
+        if self._applier is not None:
+            self._applier.cancel()
         await loop.run_in_executor(None, lambda: self._writer.shutdown(wait=True, cancel_futures=True))
         if self.pending:
             log.warning("cluster: stopping with %d changes etcd has not had: %s", len(self.pending), ", ".join(sorted(self.pending)))
@@ -156,9 +162,8 @@ class Cluster:
 
     def state(self) -> ClusterStatus:
         nodes = {v.get("node") for k, v in self.view.items() if k.startswith(ROUTES) and isinstance(v, dict)} - {self.node}
-        remote = len(self.agent.node.dataplane.overlay.routes) if self.agent.node else 0
-        return ClusterStatus(self.node, self.servers, self._connected, self.revision, self.resyncs, remote, len(nodes), len(self.pending),
-                            round(self.last_change * 1000, 1))  # fmt: skip
+        return ClusterStatus(self.node, self.servers, self._connected, self.revision, self.resyncs, self.remote_routes(), len(nodes),
+                             len(self.pending), round(self.last_change * 1000, 1))  # fmt: skip
 
     # -- from the follower (in the loop) -----------------------------------------------------------
 
@@ -199,25 +204,20 @@ class Cluster:
         since (a port moved away while this agent was down or etcd away: the other node hosts it
         now; ``port add`` here claims it back)."""
         own = self._own()
-        for port in list(self.agent.ports.ports.values()):
+        for port in list(self.node_state.ports.values()):
             there = snapshot.get(PORTS + port.uuid)
             if isinstance(there, dict) and there.get("node") not in (None, self.node):
                 log.warning("cluster: port %s is plugged on node %s now (it moved while this node was away): unplugged here",
                             port.uuid, there.get("node"))  # fmt: skip
                 for key in self.port_keys(port):
                     own.pop(key, None)
-                self._spawn(self._give_up(port))
+                self._apply(functools.partial(self._give_up, port))
         return own
 
     async def _give_up(self, port: Port) -> None:
         """Unplug a port that another node hosts now (its tap went with the VM)."""
-        agent = self.agent
-        if agent.ports.ports.get(port.uuid) is not port:
-            return  # changed meanwhile
-        agent.ports.remove(port.uuid)
-        await agent.unplug(port)
-        await agent.tell_proxy()
-        self.apply_routes()  # its address is a remote route now
+        if self.node_state.ports.get(port.uuid) is port:  # else changed meanwhile
+            await self.node_state.unplug(port.uuid, Origin.CLUSTER)
 
     def _events(self, events: list[Event]) -> None:
         if self._stopping:
@@ -232,26 +232,34 @@ class Cluster:
             kinds.add(e.key.split("/", 1)[0])
         self.last_change = time.time()
         if "global-vrouter-config" in kinds:
-            self._guarded(self._apply_services)
+            self._apply(self._apply_services)
         if "virtual-networks" in kinds:
-            self._guarded(self._apply_networks)
+            self._apply(self._apply_networks)
         if kinds & {"routes", "ports", "nodes"}:
-            self._guarded(self.apply_routes)
+            self._apply(self._apply_remote)
 
     # -- what etcd says, applied here -------------------------------------------------------------
 
     def _apply_all(self) -> None:
-        for apply in (self._apply_services, self._apply_networks, self.apply_routes):
-            self._guarded(apply)
+        for apply in (self._apply_services, self._apply_networks, self._apply_remote):
+            self._apply(apply)
 
-    def _guarded(self, apply: Callable[[], None]) -> None:
-        try:
-            apply()
-        except Exception:  # a value no check foresaw must not stop the rest, nor the resync
-            log.exception("cluster: applying etcd's %s failed; the rest is applied", apply.__name__.strip("_").replace("apply_", ""))
+    def _apply(self, apply: Callable[[], Awaitable[None]]) -> None:
+        """Apply what etcd said after what it said before (each reads the view as it is then)."""
+        self._applying.put_nowait(apply)
 
-    def _apply_services(self) -> None:
-        agent = self.agent
+    async def _apply_in_order(self) -> None:
+        while True:
+            apply = await self._applying.get()
+            if self._stopping:
+                continue
+            try:
+                await apply()
+            except Exception:  # a value no check foresaw must not stop the rest, nor the resync
+                what = getattr(apply, "__name__", "change").strip("_").replace("apply_", "")
+                log.exception("cluster: applying etcd's %s failed; the rest is applied", what)
+
+    async def _apply_services(self) -> None:
         entries, used = [], set()
         for key, raw in sorted(self.view.items()):  # one by one: a bad entry is left out, not all of them
             if not key.startswith(LINKLOCAL):
@@ -266,77 +274,64 @@ class Cluster:
                 continue
             used.add((s.ip, s.port))
             entries.append(raw)
-        now = sorted(json.dumps(to_schema(s), sort_keys=True) for s in agent.services.services.values())
+        now = sorted(json.dumps(service_schema(s), sort_keys=True) for s in self.node_state.services.values())
         if sorted(json.dumps(e, sort_keys=True) for e in entries) == now:
             return
         try:
-            services = agent.services.replace_all(entries)
+            services = validate_services(entries)
         except (ServiceError, TypeError, ValueError, KeyError, AttributeError) as e:
             log.error("cluster: the global-vrouter-config's link-local services are unusable (%s); the previous ones stay", e)
             return
-        removed = agent.services_changed()
-        names = ", ".join(s.name for s in services) or "none"
-        removed.add_done_callback(lambda f: log.info("cluster: link-local services now %s (%d flow entries removed)", names, f.result()))
-        self._spawn(agent.tell_proxy())
+        removed = await self.node_state.set_services(services, Origin.CLUSTER)
+        names = ", ".join(s.name for s in services.values()) or "none"
+        log.info("cluster: link-local services now %s (%d flow entries removed)", names, removed)
 
-    def _apply_networks(self) -> None:
-        agent = self.agent
+    async def _apply_networks(self) -> None:
         wanted: dict[str, Network] = {}
         for key, raw in self.view.items():
             if not key.startswith(NETWORKS) or not isinstance(raw, dict):
                 continue
             try:
-                routes = ["%s via %s" % (r["prefix"], r["nexthop"]) for r in raw.get("host_routes", [])]
-                net = validate_network(raw.get("uuid"), raw.get("subnet"), raw.get("name"), raw.get("gateway"), raw.get("dns_server"),
-                                       raw.get("dhcp", True), raw.get("mtu"), raw.get("domain"), routes)  # fmt: skip
+                net = Network.from_dict(raw)
             except (NetworkError, KeyError, TypeError, ValueError, AttributeError) as e:
                 log.error("cluster: %s is not a usable network (%s); ignored", key, e)
                 continue
             wanted[net.uuid] = net
         changed = False
         for uuid, net in wanted.items():
-            if agent.networks.networks.get(uuid) != net:
-                agent.networks.add(net)
+            if self.node_state.networks.get(uuid) != net:
+                await self.node_state.set_network(net, Origin.CLUSTER)
                 changed = True
-        for uuid in [u for u in agent.networks.networks if u not in wanted]:
-            agent.networks.remove(uuid)
+        for uuid in [u for u in self.node_state.networks if u not in wanted]:
+            await self.node_state.remove_network(uuid, Origin.CLUSTER)
             changed = True
         if changed:
             log.info("cluster: %d virtual networks", len(wanted))
-            agent.networks_changed()  # and the routes, for the VRFs that changed
 
-    def apply_routes(self) -> None:
-        agent = self.agent
-        if agent.node is None:
-            return
-        vrfs = agent.ports.vrfs
+    async def _apply_remote(self) -> None:
+        """The other nodes' VMs: their routes (each checked), and their names for DNS."""
         routes = []
+        names: dict[str, list[Instance]] = {}
         for key, r in self.view.items():
-            if not key.startswith(ROUTES) or not isinstance(r, dict) or r.get("node") == self.node:
+            if not isinstance(r, dict) or r.get("node") == self.node:
                 continue
-            vrf = vrfs.get(str(r.get("vn_uuid")))
-            if not vrf:
-                continue  # no VM of that network here: nothing of ours can reach it
+            if key.startswith(PORTS) and r.get("vm_name"):
+                names.setdefault(str(r.get("vn_uuid")), []).append(
+                    Instance(str(r["vm_name"]), str(r.get("ip_address", "")), str(r.get("ipv6_address", "")))
+                )
+            if not key.startswith(ROUTES):
+                continue
             try:
                 ipaddress.IPv4Address(str(r["address"]))
                 ipaddress.IPv4Address(str(r["node_ip"]))
                 if not 16 <= int(r["label"]) < 1 << 20:
                     raise ValueError("label %r: not an MPLS label of a VM interface (16 to 2^20-1)" % r["label"])
-                routes.append(Route(vrf, str(r["address"]), str(r["node"]), str(r["node_ip"]), int(r["label"]), str(r.get("mac", "")),
-                                    str(r.get("port_uuid", ""))))  # fmt: skip
+                routes.append(RemoteRoute(str(r.get("vn_uuid")), str(r["address"]), str(r["node"]), str(r["node_ip"]), int(r["label"]),
+                                          str(r.get("mac", "")), str(r.get("port_uuid", ""))))  # fmt: skip
             except (KeyError, ValueError, TypeError, AttributeError) as e:
                 log.error("cluster: route %s is unusable (%s); ignored", key, e)
-        gone = agent.pool.apply(SetRoutes(routes), agent.node.dataplane.set_routes(routes))
-        gone.add_done_callback(_log_routes_changed)
+        await self.node_state.set_remote(tuple(routes), {vn: tuple(i) for vn, i in names.items()}, Origin.CLUSTER)
         self._cache_later()
-
-    def instances_of(self, vn_uuid: str) -> tuple[Instance, ...]:
-        """The named VMs of a network on the other nodes, for the network's DNS zone."""
-        out = []
-        for key, p in self.view.items():
-            if key.startswith(PORTS) and isinstance(p, dict) and p.get("node") != self.node and p.get("vn_uuid") == vn_uuid and p.get("vm_name"):
-                out.append(Instance(str(p["vm_name"]), str(p.get("ip_address", "")), str(p.get("ipv6_address", ""))))
-        return tuple(out)
 
     # -- this node's own keys ---------------------------------------------------------------------
 
@@ -350,7 +345,7 @@ class Cluster:
 
     def _own(self) -> dict[str, Any]:
         own: dict[str, Any] = {NODES + self.node: {"name": self.node, "vhost_ip": self.vhost_ip, "encapsulation": "MPLSoUDP"}}
-        for port in self.agent.ports.ports.values():
+        for port in self.node_state.ports.values():
             own.update(self.port_keys(port))
         return own
 
@@ -402,10 +397,6 @@ class Cluster:
         assert self._loop is not None
         return self._loop.run_in_executor(self._writer, fn, *args)
 
-    def _spawn(self, coro: Any) -> None:  # noqa: ANN401 - a coroutine
-        assert self._loop is not None
-        self._loop.create_task(coro)
-
     async def write(self, changes: dict[str, Any]) -> bool:
         """Write changes made here (key -> value, None to delete, ``DeleteIf`` to delete what is
         still ours) to etcd, after what is pending; True if etcd took them, False if they wait
@@ -422,6 +413,25 @@ class Cluster:
         with self._lock:
             return not any(k in self.pending for k in changes)
 
+    # -- the subscriber: what this node changed, to etcd --
+
+    async def changed(self, change: Change) -> int:
+        if change.origin is not Origin.LOCAL:
+            return 0  # etcd's own, or the files': etcd has it (or the resync puts this node's ports)
+        if isinstance(change, PortChanged):
+            port, before = change.port, change.before
+            if before is not None and (port is None or (before.ip_address, before.vn_uuid) != (port.ip_address, port.vn_uuid)):
+                await _published(self.withdraw_port(before), "port %s%s" % (before.uuid, "" if port is None else "'s old route"))
+            if port is not None:
+                await _published(self.publish_port(port), "port %s" % port.uuid)
+        elif isinstance(change, NetworkChanged):
+            net = change.net or change.before
+            assert net is not None
+            await _published(self.publish_network(net, removed=change.net is None), "network %s" % net.uuid)
+        elif isinstance(change, ServicesChanged):
+            await _published(self.publish_services(), "link-local services")
+        return 0
+
     async def publish_port(self, port: Port) -> bool:
         return await self.write(self.port_keys(port))
 
@@ -437,7 +447,7 @@ class Cluster:
 
     async def publish_services(self) -> bool:
         """This node's link-local services as the global config: put each, delete the others."""
-        mine = {LINKLOCAL + s.name.lower(): to_schema(s) for s in self.agent.services.services.values()}
+        mine = {LINKLOCAL + s.name.lower(): service_schema(s) for s in self.node_state.services.values()}
         changes: dict[str, Any] = {k: v for k, v in mine.items() if self.view.get(k) != v}
         changes.update({k: None for k in self.view if k.startswith(LINKLOCAL) and k not in mine})
         return await self.write(changes)
@@ -463,6 +473,8 @@ class Cluster:
             log.error("cluster: cannot write %s: %s", self.cache_path, e)
 
 
-def _log_routes_changed(removed: asyncio.Future[int]) -> None:
-    if removed.result():
-        log.info("cluster: routes changed, %d flow entries removed", removed.result())
+async def _published(writing: Awaitable[bool], what: str) -> None:
+    """A change made here, written to the cloud's etcd; while etcd does not answer it waits there
+    (the change stands here)."""
+    if not await writing:
+        log.warning("%s: changed on this node; etcd does not answer, so the other nodes learn it when it does", what)

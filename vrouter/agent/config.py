@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from vrouter.cluster.store import is_client_url
+from infra.etcd_wire import is_client_url
 
 LOG_LEVELS = {
     "SYS_EMERG": logging.CRITICAL,

@@ -18,7 +18,8 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from vrouter.messages import CONTROL_OPS, OP_OF, MessageError, Refused, decode_answer, decode_request, encode_answer, encode_request
+from vrouter.messages.control import OP_OF, OPS
+from vrouter.messages.wire import MessageError, Refused, decode_answer, decode_request, encode_answer, encode_request
 
 log = logging.getLogger("vrouter.control")
 
@@ -38,7 +39,7 @@ class RequestFailed(Exception):
 class ControlServer:
     def __init__(self, path: str, handlers: dict[str, Handler], expected: tuple[type[Exception], ...],
                  settle: Callable[[], Awaitable[None]] | None = None) -> None:  # fmt: skip
-        missing = set(CONTROL_OPS) - set(handlers)
+        missing = set(OPS) - set(handlers)
         if missing:
             raise ValueError("no handler for %s" % ", ".join(sorted(missing)))
         self.path = path
@@ -84,7 +85,7 @@ class ControlServer:
 
     async def _dispatch(self, line: bytes) -> bytes:
         try:
-            op, request = decode_request(line, CONTROL_OPS)
+            op, request = decode_request(line, OPS)
         except MessageError as e:
             return encode_answer(error="bad request: %s" % e)
         try:
@@ -114,7 +115,7 @@ def call(path: str, request: Any, timeout: float = 10.0) -> Any:
             s.connect(path)
         except (FileNotFoundError, ConnectionRefusedError):
             raise AgentNotRunning("no vrouter agent is running (nothing listens on %s)" % path) from None
-        s.sendall(encode_request(request))
+        s.sendall(encode_request(op, request))
         data = b""
         while not data.endswith(b"\n"):
             chunk = s.recv(65536)
@@ -126,7 +127,7 @@ def call(path: str, request: Any, timeout: float = 10.0) -> Any:
     finally:
         s.close()
     try:
-        return decode_answer(op, data)
+        return decode_answer(OPS[op][1], data)
     except Refused as e:
         raise RequestFailed(str(e)) from None
     except MessageError as e:

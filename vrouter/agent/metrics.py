@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING
 
@@ -28,37 +27,19 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from dataplane.linux.workers import Totals
+from dataplane.linux.totals import Totals
 from flows.layout import DROP_NAMES
 from vrouter.agent.kernel_stats import all_queue_drops
-from vrouter.messages import Histogram, ProxyReport
+from vrouter.agent.rate import RATE_WINDOW
+from vrouter.messages.proxy import Histogram, ProxyReport
 
 if TYPE_CHECKING:
-    from vrouter.agent.agent import Agent, Node
+    from vrouter.agent.node import Node
 
 log = logging.getLogger("vrouter.agent")
 
-RATE_WINDOW = 10.0  # seconds over which vrouter_flow_setups_per_second is measured
 MAX_HEAD = 8192
 READ_TIMEOUT = 5.0
-
-
-class SetupRate:
-    """Flow entries set up per second over the last ``RATE_WINDOW`` seconds, sampled by the agent."""
-
-    def __init__(self) -> None:
-        self.samples: deque[tuple[float, int]] = deque()
-
-    def sample(self, now: float, added: int) -> None:
-        self.samples.append((now, added))
-        while len(self.samples) > 2 and now - self.samples[1][0] >= RATE_WINDOW:
-            self.samples.popleft()
-
-    def rate(self) -> float:
-        if len(self.samples) < 2:
-            return 0.0
-        (t0, n0), (t1, n1) = self.samples[0], self.samples[-1]
-        return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
 
 
 def _histogram(name: str, doc: str, h: Histogram) -> HistogramMetricFamily:
@@ -69,15 +50,14 @@ def _histogram(name: str, doc: str, h: Histogram) -> HistogramMetricFamily:
 class AgentCollector(Collector):
     """The metrics of one agent, from its state and the proxy's last report."""
 
-    def __init__(self, agent: Agent, node: Node) -> None:
-        self.agent = agent
+    def __init__(self, node: Node) -> None:
         self.node = node
         self.report: ProxyReport | None = None  # set before each scrape
         self.totals: Totals | None = None  # ... and the dataplane workers' counters added up
 
     def collect(self) -> Iterator[Metric]:
-        node, agent = self.node, self.agent
-        dp = node.dataplane
+        node = self.node
+        dp = node.dp
         t = self.totals
         if t is None:
             return
@@ -93,7 +73,7 @@ class AgentCollector(Collector):
         overflows = all_queue_drops()
         for v in vifs:
             i = str(v.index)
-            overflow = agent.overflows_of(v, overflows)
+            overflow = node.queues.overflows_of(v, overflows)
             if overflow:
                 drops.add_metric([i, v.name, "Queue Overflow"], overflow)
             rx_p, rx_b, tx_p, tx_b, _, nflows = t.vif(v.index)
@@ -108,7 +88,7 @@ class AgentCollector(Collector):
         node_drops = CounterMetricFamily("vrouter_drops", "Packets the dataplane dropped, by reason, on every vif and none.", labels=["reason"])
         for reason, n in sorted(t.drops.items()):
             node_drops.add_metric([DROP_NAMES.get(reason, str(reason))], n)
-        node_drops.add_metric(["Queue Overflow"], agent.all_overflows(overflows))
+        node_drops.add_metric(["Queue Overflow"], node.queues.all_overflows(overflows))
         yield node_drops
         yield GaugeMetricFamily("vrouter_flows_active", "Flow entries in the table (one direction each, as flow -l lists them).",
                                 value=t.active)  # fmt: skip
@@ -116,10 +96,10 @@ class AgentCollector(Collector):
         yield CounterMetricFamily("vrouter_flow_removals", "Flow entries removed (aged, closed, or with their vif or service).",
                                   value=t.removed)  # fmt: skip
         yield GaugeMetricFamily("vrouter_flow_setups_per_second", "Flow entries set up per second over the last %g s." % RATE_WINDOW,
-                                value=agent.setup_rate.rate())  # fmt: skip
-        yield GaugeMetricFamily("vrouter_ports", "VM ports plugged.", value=len(agent.ports.ports))
-        if agent.cluster is not None:
-            cl = agent.cluster.state()
+                                value=node.setup_rate.rate())  # fmt: skip
+        yield GaugeMetricFamily("vrouter_ports", "VM ports plugged.", value=len(node.state.ports))
+        if node.cluster is not None:
+            cl = node.cluster.state()
             yield GaugeMetricFamily("vrouter_cluster_connected", "Whether the cloud's etcd answers this node.", value=int(cl.connected))
             yield GaugeMetricFamily("vrouter_cluster_remote_routes", "Routes to VMs on other nodes (through their tunnels).", value=cl.remote_routes)
             yield GaugeMetricFamily("vrouter_cluster_pending_changes", "Changes made on this node that wait for etcd.", value=cl.pending)

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 import dpkt
 
 from dataplane.core.packet import Malformed
-from vrouter.agent.networks import Network
+from vrouter.model import Network
 
 BOOTREQUEST, BOOTREPLY = 1, 2
 DISCOVER, OFFER, REQUEST, DECLINE, ACK, NAK, RELEASE, INFORM = 1, 2, 3, 4, 5, 6, 7, 8

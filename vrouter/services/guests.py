@@ -47,9 +47,8 @@ from dataplane.core.packet import Malformed
 from dataplane.core.traps import Trap
 from dataplane.core.vif import Vif
 from flows.layout import DropReason
-from vrouter.agent.networks import Network
-from vrouter.agent.ports import Port
-from vrouter.messages import ServiceCounters
+from vrouter.messages.control import ServiceCounters
+from vrouter.model import Network, Port
 from vrouter.services import arp, dhcp, dns
 
 log = logging.getLogger("vrouter.services")

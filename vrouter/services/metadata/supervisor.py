@@ -2,47 +2,40 @@
 
 On one core the agent was CPU-bound with the NFQUEUE dataplane and the proxy in
 one event loop, while the second core idled; the real vRouter also keeps its
-dataplane (the kernel module) and the agent's proxy apart.  So the agent starts
-``python -m vrouter.services.metadata.worker FD`` in the compute namespace with
-one end of a socketpair and drives it with the messages of ``vrouter.messages``
-(``ProxyConfig``, ``Identities``, ``SetUpstream``, ``SetFaults``, and the
-queries ``ProxyStatsRequest``, ``ProxyJournalQuery``, ``ProxyFaultList``),
-each answered.  Every update is acknowledged, so that when ``vrouter port add``
-returns the proxy already knows the port.  The worker exits when the socket
-closes: an agent that dies, even by SIGKILL, takes its proxy with it.  A
+dataplane (the kernel module) and the agent's proxy apart.  So the agent runs
+``python -m vrouter.services.metadata.worker FD`` as one of the node's child
+processes (``infra.children.Child``: one framing, one restart, for it and the
+dataplane workers) and drives it with the messages of
+``vrouter.messages.proxy``: ``ProxyConfig``, ``IdentityChanges``,
+``SetUpstream``, ``SetFaults``, and the queries ``ProxyStatsRequest``,
+``JournalQuery``, ``FaultList``, each answered.  Every update is
+acknowledged, so that when ``vrouter port add`` returns the proxy already
+knows the port; a port plug sends that port's identity, not every port's.  A
 restarted process gets the identities, Nova's address and the fault rules
-again; its journal and counters start empty.
+again; its journal and counters start empty.  A process that does not answer
+a request in time is killed, and so restarted.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import sys
 from typing import Any
 
-from dataplane.linux.children import spawn
-from vrouter.messages import (
-    MAX_MESSAGE,
-    OP_OF,
+from infra.children import Child, ChildError
+from vrouter.messages.proxy import (
     FaultRecord,
     FaultSpec,
-    Identities,
-    Identity,
+    IdentityChanges,
     JournalPage,
-    MessageError,
-    NovaAddress,
     ProxyConfig,
-    ProxyFaultList,
-    ProxyJournalQuery,
+    FaultList,
+    JournalQuery,
     ProxyReport,
     ProxyStatsRequest,
-    Refused,
     SetFaults,
     SetUpstream,
-    decode_answer,
-    encode_request,
 )
+from vrouter.model import Identity, NovaAddress
 
 log = logging.getLogger("vrouter.metadata")
 
@@ -59,77 +52,61 @@ class ProxyProcess:
 
     def __init__(self, config: ProxyConfig) -> None:
         self.config = config
-        self.identities: dict[str, Identity] = {}
+        self.identities: dict[str, Identity] = {}  # by metadata IP (IPv4 and IPv6)
         self.upstream: NovaAddress | None = None
         self.faults: list[FaultSpec] = []
-        self.restarts = 0
-        self._proc: asyncio.subprocess.Process | None = None
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
-        self._lock = asyncio.Lock()
-        self._watch: asyncio.Task | None = None
-        self._stopping = False
+        self._started = False  # before start, changes are only kept (the process is given them all)
+        self._child = Child("the metadata proxy process", WORKER_MODULE, self._set_up, restart_delay=RESTART_DELAY, kill_on_timeout=True)
 
     @property
     def pid(self) -> int:
-        return self._proc.pid if self._proc is not None else 0
+        return self._child.pid
+
+    @property
+    def restarts(self) -> int:
+        return self._child.restarts
 
     async def start(self) -> None:
-        await self._spawn()
-        self._watch = asyncio.get_running_loop().create_task(self._watchdog())
+        try:
+            await self._child.start()
+        except ChildError as e:
+            raise ProxyProcessError(str(e)) from None
+        self._started = True
 
-    async def _spawn(self) -> None:
-        try:
-            self._proc, self._reader, self._writer = await spawn(WORKER_MODULE, MAX_MESSAGE)
-        except OSError as e:
-            raise ProxyProcessError("cannot start the metadata proxy process (%s -m %s): %s" % (sys.executable, WORKER_MODULE, e)) from None
-        try:
-            await self._call(self.config, timeout=30)
-        except ProxyProcessError:
-            await self._kill()
-            raise
-        await self._call(Identities(self.identities))
-        await self._call(SetUpstream(self.upstream))
+    async def _set_up(self, child: Child) -> None:
+        await child.call(self.config, 30)
+        await child.call(IdentityChanges(dict(self.identities), replace=True), 10)
+        await child.call(SetUpstream(self.upstream), 10)
         if self.faults:
-            await self._call(SetFaults(self.faults))
+            await child.call(SetFaults(self.faults), 10)
 
-    async def _call(self, request: Any, timeout: float = 10.0) -> Any:
-        async with self._lock:
-            if self._writer is None or self._reader is None:
-                raise ProxyProcessError("the metadata proxy process is not running")
-            try:
-                self._writer.write(encode_request(request))
-                await self._writer.drain()
-                line = await asyncio.wait_for(self._reader.readline(), timeout)
-            except (OSError, TimeoutError) as e:
-                # a late answer would be taken for the next one's: this process is done with;
-                # the watchdog starts another
-                self._close_pipe()
-                if self._proc is not None and self._proc.returncode is None:
-                    self._proc.kill()
-                why = "nothing within %.0f s" % timeout if isinstance(e, TimeoutError) else str(e)
-                raise ProxyProcessError("the metadata proxy process does not answer (%s); it is restarted" % why) from None
-            if not line:
-                raise ProxyProcessError("the metadata proxy process has exited")
-            try:
-                return decode_answer(OP_OF[type(request)], line)
-            except Refused as e:
-                raise ProxyProcessError(str(e)) from None
-            except MessageError as e:
-                raise ProxyProcessError("the metadata proxy process answered badly: %s" % e) from None
+    async def _call(self, request: Any, timeout: float = 10.0) -> Any:  # noqa: ANN401 - the request's answer
+        try:
+            return await self._child.call(request, timeout)
+        except ChildError as e:
+            raise ProxyProcessError(str(e)) from None
 
-    async def set_identities(self, identities: dict[str, Identity]) -> None:
-        self.identities = identities
-        await self._tell(Identities(identities))
+    async def change_identities(self, changes: dict[str, Identity | None]) -> None:
+        """Who is behind these metadata IPs now (None: nobody)."""
+        for ip, who in changes.items():
+            if who is None:
+                self.identities.pop(ip, None)
+            else:
+                self.identities[ip] = who
+        await self._tell(IdentityChanges(changes))
 
     async def set_upstream(self, upstream: NovaAddress | None) -> None:
+        if upstream == self.upstream:
+            return
         self.upstream = upstream
         await self._tell(SetUpstream(upstream))
 
-    async def _tell(self, msg: Any) -> None:
+    async def _tell(self, msg: Any) -> None:  # noqa: ANN401 - an update
+        if not self._started:
+            return
         try:
             await self._call(msg)
-        except ProxyProcessError as e:  # the watchdog restarts it with the current state
+        except ProxyProcessError as e:  # it is restarted with the current state
             log.error("%s", e)
 
     async def set_faults(self, rules: list[FaultSpec]) -> None:
@@ -142,49 +119,12 @@ class ProxyProcess:
         """Its counters, load and memory; ProxyProcessError if it does not answer."""
         return await self._call(ProxyStatsRequest(), timeout=3)  # well inside the CLI's own 10 s
 
-    async def journal(self, query: ProxyJournalQuery) -> JournalPage:
+    async def journal(self, query: JournalQuery) -> JournalPage:
         return await self._call(query, timeout=3)
 
     async def fault_records(self) -> list[FaultRecord]:
         """The rules in force as the process applies them (how often each applied, what time is left)."""
-        return await self._call(ProxyFaultList(), timeout=3)
-
-    async def _watchdog(self) -> None:
-        while not self._stopping:
-            proc = self._proc
-            if proc is not None:
-                code = await proc.wait()
-                if self._stopping:
-                    return
-                log.error("the metadata proxy process (pid %d) exited with %s: restarting it", proc.pid, code)
-            self._close_pipe()
-            await asyncio.sleep(RESTART_DELAY)  # no tight loop if it cannot start
-            try:
-                await self._spawn()
-                self.restarts += 1
-                log.info("metadata proxy process restarted (pid %d)", self.pid)
-            except (ProxyProcessError, OSError) as e:
-                log.error("could not restart the metadata proxy process: %s", e)
-                self._proc = None
-
-    def _close_pipe(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-        self._reader = self._writer = None
-
-    async def _kill(self) -> None:
-        self._close_pipe()
-        proc = self._proc
-        if proc is None or proc.returncode is not None:
-            return
-        try:
-            await asyncio.wait_for(proc.wait(), 5)  # it exits when the socket closes
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+        return await self._call(FaultList(), timeout=3)
 
     async def stop(self) -> None:
-        self._stopping = True
-        if self._watch is not None:
-            self._watch.cancel()
-        await self._kill()
+        await self._child.stop()

@@ -1,58 +1,49 @@
 """The metadata proxy's process: ``python -m vrouter.services.metadata.worker FD``, started by the agent.
 
-It reads the messages of ``vrouter.messages`` from the socket ``FD`` (one end
-of a socketpair; the agent holds the other, see ``supervisor``) and answers
-each: ``ProxyConfig`` starts the proxy (the answer comes once it listens),
-``Identities`` and ``SetUpstream`` replace who is behind each metadata IP and
-where Nova is (a fabric IP is picked at random per connection),
+It answers the messages of ``vrouter.messages.proxy`` on the socket ``FD``
+(``infra.children.serve``; the agent holds the other end, see ``supervisor``): ``ProxyConfig`` starts the proxy (the answer comes once it listens),
+``IdentityChanges`` says who is behind some metadata IPs now (all of them, to a
+new process), ``SetUpstream`` where Nova is (a fabric IP is picked at random per connection),
 ``ProxyStatsRequest`` reports its counters, load and memory,
-``ProxyJournalQuery`` reads the journal, ``SetFaults`` replaces the fault
-rules and ``ProxyFaultList`` lists them as they stand (how often each applied).
+``JournalQuery`` reads the journal, ``SetFaults`` replaces the fault
+rules and ``FaultList`` lists them as they stand (how often each applied).
 It exits when the socket closes.
 """
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import logging
 import os
 import random
 import signal
-import socket
 import ssl
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
-from vrouter import eventloop
-from vrouter.agent.procinfo import own_memory
-from vrouter.messages import (
-    MAX_MESSAGE,
-    PROXY_OPS,
+from infra.children import Refusal, run, serve
+from infra.procinfo import own_memory
+from vrouter.messages.proxy import (
     Ack,
-    Identities,
-    Identity,
+    FaultList,
+    FaultRecord,
+    IdentityChanges,
     JournalPage,
-    MessageError,
+    JournalQuery,
     ProxyConfig,
-    ProxyFaultList,
-    ProxyJournalQuery,
     ProxyReport,
     ProxyStatsRequest,
     SetFaults,
     SetUpstream,
-    decode_request,
-    encode_answer,
 )
+from vrouter.model import Identity
 from vrouter.services.metadata.faults import Rule
 from vrouter.services.metadata.nova_side import Upstream, client_tls
 from vrouter.services.metadata.proxy import MetadataProxy
 
 log = logging.getLogger("vrouter.metadata")
-
-
-class WorkerError(Exception):
-    """A request the worker cannot carry out; the text goes back to the agent."""
 
 
 class Worker:
@@ -74,44 +65,31 @@ class Worker:
         if isinstance(request, ProxyConfig):
             await self._configure(request)
             return Ack()
-        if isinstance(request, Identities):
-            self.identities = request.by_metadata_ip
+        if isinstance(request, IdentityChanges):
+            if request.replace:
+                self.identities = {}
+            for ip, who in request.by_metadata_ip.items():
+                if who is None:
+                    self.identities.pop(ip, None)
+                else:
+                    self.identities[ip] = who
             return Ack()
         if isinstance(request, SetUpstream):
             up = request.upstream
             self.upstreams = [Upstream(ip, up.port, self.tls) for ip in up.ips] if up else []
             return Ack()
         p = self.proxy
-        if p is None:
-            raise WorkerError("%s before the proxy is configured" % type(request).__name__)
-        if isinstance(request, ProxyStatsRequest):
-            tally = p.journal.bring_up_to_date()
-            return ProxyReport(p.stats, p.load(), own_memory(), os.getpid(), p.vif_report(), tally.statuses(), tally.nova.message(),
-                               tally.request.message(), p.journal.dropped)  # fmt: skip
-        if isinstance(request, ProxyJournalQuery):
-            entries = p.journal.query(request.since, request.instance, request.vif, request.limit)
-            return JournalPage([e.message() for e in entries], p.journal.last, p.journal.dropped)
-        if isinstance(request, SetFaults):
-            applied = {r.id: r.applied for r in p.faults.rules}
-            rules = []
-            for f in request.rules:
-                rule = Rule.of(f)
-                rule.applied = max(applied.get(f.id, 0), f.applied)
-                rules.append(rule)
-            p.faults.set(rules)
-            return Ack()
-        if isinstance(request, ProxyFaultList):
-            now = time.monotonic()
-            p.faults.expire(now)
-            return [r.record(now) for r in p.faults.rules]
-        raise WorkerError("%s before the proxy is configured" % type(request).__name__)
+        handler = _QUERIES.get(type(request))
+        if p is None or handler is None:
+            raise Refusal("%s before the proxy is configured" % type(request).__name__)
+        return handler(p, request)
 
     async def _configure(self, c: ProxyConfig) -> None:
         try:
             if c.tls is not None:
                 self.tls = client_tls(c.tls.ca, c.tls.cert, c.tls.key)
         except (OSError, ssl.SSLError) as e:
-            raise WorkerError("[METADATA] TLS files: %s" % e) from None
+            raise Refusal("[METADATA] TLS files: %s" % e) from None
         try:
             self.proxy = MetadataProxy(
                 self.identify,
@@ -125,28 +103,53 @@ class Worker:
             await self.proxy.start(c.hosts, c.port)
             gc.freeze()  # start-up's objects stay: out of the collector's full passes
         except OSError as e:
-            raise WorkerError("metadata proxy cannot listen on %s port %s: %s" % (", ".join(c.hosts), c.port, e.strerror or e)) from None
+            raise Refusal("metadata proxy cannot listen on %s port %s: %s" % (", ".join(c.hosts), c.port, e.strerror or e)) from None
 
 
-async def serve(fd: int) -> None:
-    sock = socket.socket(fileno=fd)
-    reader, writer = await asyncio.open_connection(sock=sock, limit=MAX_MESSAGE)
+def _report(p: MetadataProxy, _: ProxyStatsRequest) -> ProxyReport:
+    tally = p.journal.bring_up_to_date()
+    return ProxyReport(p.stats, p.load(), own_memory(), os.getpid(), p.vif_report(), tally.statuses(), tally.nova.message(),
+                       tally.request.message(), p.journal.dropped)  # fmt: skip
+
+
+def _journal(p: MetadataProxy, q: JournalQuery) -> JournalPage:
+    entries = p.journal.query(q.since, q.instance, q.vif, q.limit)
+    return JournalPage([e.message() for e in entries], p.journal.last, p.journal.dropped)
+
+
+def _set_faults(p: MetadataProxy, request: SetFaults) -> Ack:
+    applied = {r.id: r.applied for r in p.faults.rules}
+    rules = []
+    for f in request.rules:
+        rule = Rule.of(f)
+        rule.applied = max(applied.get(f.id, 0), f.applied)
+        rules.append(rule)
+    p.faults.set(rules)
+    return Ack()
+
+
+def _fault_list(p: MetadataProxy, _: FaultList) -> list[FaultRecord]:
+    now = time.monotonic()
+    p.faults.expire(now)
+    return [r.record(now) for r in p.faults.rules]
+
+
+# the questions a configured proxy answers, by the request's type
+_QUERIES: dict[type, Callable[[MetadataProxy, Any], object]] = {
+    ProxyStatsRequest: _report,
+    JournalQuery: _journal,
+    SetFaults: _set_faults,
+    FaultList: _fault_list,
+}
+
+
+async def _serve(fd: int) -> None:
     worker = Worker()
     try:
-        while line := await reader.readline():
-            try:
-                _, request = decode_request(line, PROXY_OPS)
-                answer = encode_answer(await worker.handle(request))
-            except MessageError as e:
-                answer = encode_answer(error="bad request: %s" % e)
-            except WorkerError as e:
-                answer = encode_answer(error=str(e))
-            writer.write(answer)
-            await writer.drain()
-    except (ConnectionError, OSError):
-        pass
-    if worker.proxy is not None:
-        await worker.proxy.stop()
+        await serve(fd, worker.handle)
+    finally:
+        if worker.proxy is not None:
+            await worker.proxy.stop()
 
 
 def main() -> int:
@@ -156,7 +159,7 @@ def main() -> int:
         print("usage: python -m vrouter.services.metadata.worker FD (started by vrouter agent)", file=sys.stderr)
         return 2
     try:
-        eventloop.run(serve(int(sys.argv[1])))
+        run(_serve(int(sys.argv[1])))
     except KeyboardInterrupt:
         pass
     return 0

@@ -1,0 +1,189 @@
+"""The VMs' NFQUEUE queues: bound in the dataplane worker that reads each, and the nftables tables
+that send each VM's packets to them.
+
+Which worker reads which queue is ``dataplane.linux.layout``'s.  A VM plugged
+has its queues bound at once (each in its worker; none of them if one cannot
+be); the tables follow within ``RULES_DELAY``, once for all the changes made
+meanwhile (a thousand ports plugged one after the other make a few tables,
+not a thousand).  Until then a new VM's packets go to the node's queue, as a
+tap not yet plugged does.  A VM unplugged keeps its queues until the tables no
+longer send to them (what is in them then is dropped); their kernel drop
+counts are kept (``gone``) so that the node's total does not go down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from dataplane.core.dataplane import Dataplane
+from dataplane.core.vif import Vif
+from dataplane.linux.layout import QueueLayout
+from dataplane.linux.nfqueue import QueueShell
+from dataplane.linux.nftables import NftError, NftSocket, QueueRules, VmQueue
+from dataplane.linux.ports import PORT_RANGE
+from dataplane.linux.workers import WorkerPool
+from infra.children import ChildError
+from vrouter.agent.kernel_stats import queue_drops
+from vrouter.model import PortError
+
+log = logging.getLogger("vrouter.agent")
+
+RULES_DELAY = 0.2  # seconds from a change of the VMs to the tables' rebuild, for every change meanwhile
+
+
+class RulesError(Exception):
+    """The nftables tables cannot be made; the message says why."""
+
+
+@dataclass(frozen=True)
+class QueueSettings:
+    """What the tables and the queues need of agent.conf."""
+
+    vhost_name: str
+    vm_queue_length: int
+    tunnels: bool  # a node of a cloud: MPLS over UDP from the other nodes to the tunnel queue
+
+
+class VmQueues:
+    def __init__(self, layout: QueueLayout, settings: QueueSettings, shell: QueueShell, pool: WorkerPool, dp: Dataplane,
+                 service_ips: Callable[[], tuple[bytes, ...]]) -> None:  # fmt: skip
+        self.layout = layout
+        self.settings = settings
+        self.shell = shell
+        self.pool = pool
+        self.dp = dp
+        self.service_ips = service_ips  # the networks' gateways and service addresses
+        self.started = False  # the queues are bound from then on (before: at start, all at once)
+        self.made_table = False  # our nftables table exists: delete it at stop
+        self.gone = 0  # queue overflows of VMs unplugged since start
+        self._due: asyncio.TimerHandle | None = None  # the tables' next rebuild
+        self._leaving: set[int] = set()  # queues of unplugged VMs, unbound at the next rebuild
+
+    # -- which queues --
+
+    def of(self, vif_index: int) -> tuple[int, ...]:
+        """A VM's own NFQUEUE queues: its data queues (one a worker), then its service queue."""
+        return self.layout.queues_of(vif_index)
+
+    def overflows_of(self, vif: Vif, overflows: dict[int, int]) -> int:
+        """What the kernel dropped from a VM's queues (0 for a host vif), given every queue's count
+        (``kernel_stats.all_queue_drops``)."""
+        return sum(overflows.get(q, 0) for q in self.of(vif.index)) if vif.kind == "Virtual" else 0
+
+    def all_overflows(self, overflows: dict[int, int]) -> int:
+        """What the kernel dropped from every queue the dataplane reads, and from those of VMs gone."""
+        return sum(overflows.get(q, 0) for q in set(self.shell.queues) | self.pool.queues()) + self.gone
+
+    # -- binding --
+
+    async def start(self) -> None:
+        """Bind the queues of every VM plugged so far; PortError if one cannot be."""
+        self.started = True
+        for vif in list(self.dp.vifs.values()):
+            if vif.kind == "Virtual":
+                await self.add(vif.index)
+
+    async def add(self, vif_index: int) -> None:
+        """Bind a VM's queues, each in the worker that reads it; PortError (nothing of them left
+        bound) if one cannot be."""
+        layout = self.layout
+        self._leaving.difference_update(self.of(vif_index))  # unplugged and plugged again before the rules changed: kept
+        try:
+            for q in layout.read_by(vif_index, 0):
+                if q not in self.shell.queues:
+                    try:
+                        self.shell.add(q, self.settings.vm_queue_length)
+                    except OSError as e:
+                        raise PortError("vif0/%d: cannot bind its NFQUEUE queue %d (%s): is another process using it?" % (vif_index, q, e)) from None
+            for w in range(1, layout.workers):
+                try:
+                    await self.pool.bind(w, layout.read_by(vif_index, w), self.settings.vm_queue_length)
+                except ChildError as e:
+                    raise PortError("vif0/%d: %s" % (vif_index, e)) from None
+        except PortError:
+            for q in self.of(vif_index):
+                self._unbind(q)
+            raise
+
+    def leave(self, vif_index: int) -> None:
+        """A VM was unplugged: its queues go at the tables' next rebuild."""
+        self._leaving.update(self.of(vif_index))
+        self.rules_changed()
+
+    def _unbind(self, q: int) -> None:
+        """Stop reading queue ``q`` (in the worker that reads it), keeping its count of drops."""
+        local = q in self.shell.queues
+        remote = [w for w in self.pool.workers if q in w.queues]
+        if local or remote:
+            self.gone += queue_drops(q)  # its count leaves /proc with it
+        if local:
+            self.shell.remove(q)
+        for w in remote:
+            self.pool.unbind(w.writer, (q,))
+
+    # -- the tables --
+
+    @property
+    def rules_pending(self) -> bool:
+        """Whether the tables' rebuild for a change of the ports or networks is still to come."""
+        return self._due is not None
+
+    def rules_changed(self) -> None:
+        """The VMs or the networks changed: the tables follow within ``RULES_DELAY``."""
+        if self._due is None and self.made_table:
+            self._due = asyncio.get_running_loop().call_later(RULES_DELAY, self._apply_due)
+
+    def _apply_due(self) -> None:
+        self._due = None
+        try:
+            self.apply_rules()
+        except RulesError as e:
+            log.error("%s; the previous tables stay, and the VMs plugged since share the node's queue", e)
+
+    def apply_rules(self) -> None:
+        """The nftables tables as the vifs are now: each VM's tap and metadata IPs to its queues;
+        then the queues of VMs unplugged meanwhile go.  RulesError if they cannot be made."""
+        self.cancel()
+        self.made_table = True  # also when half made: a failed batch leaves nothing, delete is a no-op
+        layout = self.layout
+        vms = tuple(
+            VmQueue(v.ifindex, layout.data_queues(v.index)[0], layout.service_queue(v.index), v.metadata_ip_bytes, v.metadata_ip6_bytes,
+                    len(layout.data_queues(v.index)))
+            for v in sorted(self.dp.vifs.values(), key=lambda v: v.index)
+            if v.kind == "Virtual"
+        )  # fmt: skip
+        nat = tuple((*layout.nat_ports(w, *PORT_RANGE), layout.node_queue(w)) for w in range(layout.workers)) if layout.workers > 1 else ()
+        rules = QueueRules(queue_num=layout.base, vhost_name=self.settings.vhost_name, nat_ports=PORT_RANGE, vms=vms, service_ips=self.service_ips(),
+                           tunnel_queue=layout.tunnel_queue if self.settings.tunnels else -1, nat_ranges=nat)  # fmt: skip
+        try:
+            with NftSocket() as nft:
+                nft.create_queue_table(rules)
+                nft.create_queue_table6(rules)
+        except NftError as e:
+            raise RulesError("cannot create the nftables table: %s" % e) from None
+        leaving, self._leaving = self._leaving, set()
+        for q in leaving:
+            self._unbind(q)
+
+    def cancel(self) -> None:
+        if self._due is not None:
+            self._due.cancel()
+            self._due = None
+
+    def delete_rules(self) -> None:
+        self.cancel()
+        if self.made_table:
+            try:
+                with NftSocket() as nft:
+                    nft.delete_tables()
+            except OSError as e:
+                log.error("could not delete the nftables table: %s", e)
+
+
+def service_addresses(gateways: list[tuple[str, str]]) -> tuple[bytes, ...]:
+    """The networks' gateway and service addresses, packed, for the tables."""
+    return tuple(socket.inet_aton(a) for pair in gateways for a in pair if a)

@@ -1,0 +1,199 @@
+"""The messages between the agent and its metadata proxy process (``vrouter.services.metadata``).
+
+The agent's ``ProxyProcess`` sends them and the process's ``worker`` answers
+each (framed by ``infra.children``): the proxy's configuration, who is behind
+each metadata IP (as changes: a port plugged sends its own identity), where
+Nova is, the fault rules, and the questions about its counters, journal and
+rules.  The journal's and the rules' records go on to the CLI as they are
+(``vrouter.messages.control`` answers with them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from vrouter.model import Identity, NovaAddress
+from vrouter.services.metadata.fairness import Fairness
+
+
+@dataclass
+class IdentityChanges:
+    """Who is behind these metadata IPs (IPv4 and IPv6) now; None: nobody.  ``replace``: these are
+    all of them (a new process's first)."""
+
+    by_metadata_ip: dict[str, Identity | None]
+    replace: bool = False
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """[METADATA] metadata_ca_cert, metadata_client_cert, metadata_client_key."""
+
+    ca: str = ""
+    cert: str = ""
+    key: str = ""
+
+
+@dataclass
+class ProxyConfig:
+    """What the proxy process needs to listen and to reach Nova."""
+
+    hosts: list[str]
+    port: int
+    secret: str
+    read_timeout: float
+    fairness: Fairness
+    tls: TlsFiles | None = None
+    journal_size: int = 500  # entries kept per instance
+    journal_node_size: int = 50_000  # entries kept in all
+
+
+@dataclass
+class SetUpstream:
+    upstream: NovaAddress | None = None  # None: no metadata service is configured
+
+
+@dataclass
+class Ack:
+    pass
+
+
+@dataclass
+class ProxyStatsRequest:
+    pass
+
+
+@dataclass
+class ProxyCounters:
+    """The proxy's counters: the vRouter agent's (requests, responses, proxy sessions, internal
+    errors) and this project's."""
+
+    requests: int = 0
+    responses: int = 0
+    proxy_sessions: int = 0
+    internal_errors: int = 0
+    upstream_errors: int = 0
+    rate_limited: int = 0
+    connections_refused: int = 0
+    header_timeouts: int = 0
+    status: dict[int, int] = field(default_factory=dict)
+
+    def count(self, status: int) -> None:
+        """An answer with ``status`` went to a VM."""
+        self.responses += 1
+        self.status[status] = self.status.get(status, 0) + 1
+
+
+@dataclass
+class ProxyLoad:
+    vm_connections: int  # open connections from VMs
+    upstream_idle: int  # idle in the keep-alive pool towards Nova
+
+
+@dataclass
+class VifMetadataCounters:
+    """The vRouter agent's own metadata counters, for one vif."""
+
+    requests: int = 0
+    responses: int = 0
+    proxy_sessions: int = 0
+    internal_errors: int = 0
+
+
+@dataclass
+class Histogram:
+    """Prometheus-style: cumulative counts per upper bound (seconds), then the sum and count."""
+
+    bounds: list[float]
+    counts: list[int]
+    sum: float = 0.0
+    count: int = 0
+
+
+@dataclass
+class ProxyReport:
+    stats: ProxyCounters
+    load: ProxyLoad
+    memory: dict[str, int]
+    pid: int
+    per_vif: dict[int, VifMetadataCounters] = field(default_factory=dict)
+    by_instance: dict[str, dict[int, int]] = field(default_factory=dict)  # instance -> status -> answers
+    nova_seconds: Histogram | None = None
+    request_seconds: Histogram | None = None
+    journal_dropped: int = 0
+
+
+@dataclass
+class JournalQuery:
+    """Entries after number ``since``; of one instance or vif if given."""
+
+    since: int = 0
+    instance: str | None = None
+    vif: int | None = None
+    limit: int = 1000
+
+
+@dataclass
+class JournalEntry:
+    seq: int
+    time: float
+    vif: int
+    instance: str
+    vm_ip: str
+    method: str
+    path: str
+    status: int
+    bytes_in: int
+    bytes_out: int
+    nova_ms: float
+    total_ms: float
+    reason: str
+    fault: int
+
+
+@dataclass
+class JournalPage:
+    entries: list[JournalEntry]
+    last: int  # the number of the newest entry of the whole journal
+    dropped: int  # entries pushed out of full rings so far
+
+
+@dataclass
+class FaultSpec:
+    """A rule as the proxy process applies it."""
+
+    id: int
+    instance: str
+    vif: int
+    path: str
+    effect: str
+    value: float
+    count: int
+    until: float  # CLOCK_MONOTONIC deadline, 0: none
+    probability: float
+    for_s: float
+    applied: int = 0  # times it applied so far, as the agent last heard (a new proxy process goes on from there)
+
+
+@dataclass
+class SetFaults:
+    rules: list[FaultSpec]
+
+
+@dataclass
+class FaultList:
+    pass
+
+
+@dataclass
+class FaultRecord:
+    id: int
+    target: str  # "instance U", "vif N" or "all"
+    path: str
+    effect: str
+    value: float
+    count: int  # 0: not bounded by a count
+    for_s: float
+    probability: float
+    applied: int
+    left_s: float | None = None  # seconds until it ends, when bounded by time
