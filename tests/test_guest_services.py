@@ -16,11 +16,12 @@ from dataplane.core.packet import Malformed
 from dataplane.core.traps import Trap
 from flows.layout import Action, DropReason
 from tests.dataplanes import TAP1, TAP2, dataplane
-from vrouter.agent.networks import NetworkError, validate
+from vrouter.model import HostRoute, Network, NetworkError
+from vrouter.model import validate_network as validate
 from vrouter.services import arp, dhcp, dns
 
 MAC = bytes.fromhex("02000a010003")
-NET = validate("7c0c2e5e-0e16-4f43-a6b6-5d1c0c1e9a01", "10.1.1.0/24", "demo-net", host_routes=["10.8.0.0/16 via 10.1.1.1"])
+NET = validate("7c0c2e5e-0e16-4f43-a6b6-5d1c0c1e9a01", "10.1.1.0/24", "demo-net", host_routes=[HostRoute.parse("10.8.0.0/16 via 10.1.1.1")])
 CLIENT = dhcp.Client("port-1", MAC, "10.1.1.3", "vm1")
 
 
@@ -40,7 +41,11 @@ def test_network_defaults_as_tungsten_fabric_allocates_them():
     with pytest.raises(NetworkError, match="--subnet"):
         validate(NET.uuid, "10.1.1.1/24")
     with pytest.raises(NetworkError, match="--host-route"):
-        validate(NET.uuid, "10.1.1.0/24", host_routes=["10.8.0.0/16"])
+        HostRoute.parse("10.8.0.0/16")
+    with pytest.raises(NetworkError, match="--host-route"):
+        HostRoute.parse("10.8.0.0/33 via 10.1.1.1")
+    assert str(HostRoute.parse("10.8.0.0/16,10.1.1.1")) == "10.8.0.0/16 via 10.1.1.1"
+    assert Network.from_dict(NET.to_dict()) == NET  # a network file or etcd value: routes as values, no text between
 
 
 def test_discover_offer_request_ack_with_the_agents_options_in_its_order():

@@ -17,7 +17,7 @@ from dataplane.core.frames import VROUTER_MAC
 from fabric.nova_metadata import InstancesError, InstanceStore, parse_instances
 from tests.dataplanes import TAP1, TAP2, VHOST, dataplane
 from vrouter.agent.config import ConfigError, parse_config
-from vrouter.agent.metrics import SetupRate
+from vrouter.agent.rate import SetupRate
 from vrouter.tools.instances import InstanceSetError, change_of, set_instance
 from vrouter.tools.vifdump import PcapOut, Record, describe, mac_bytes
 

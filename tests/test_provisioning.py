@@ -1,5 +1,7 @@
-"""agent.conf, port and link-local validation and persistence, and the CLI without an agent."""
+"""agent.conf, port and link-local validation, the node's state and its files, and the CLI without
+an agent."""
 
+import asyncio
 import json
 import os
 import subprocess
@@ -8,10 +10,12 @@ import sys
 import pytest
 
 from vrouter.agent.config import ConfigError, parse_config
-from vrouter.agent.linklocal import ServiceError, ServiceTable
-from vrouter.agent.linklocal import validate as service
-from vrouter.agent.ports import PortError, PortTable
-from vrouter.agent.ports import validate as port
+from vrouter.agent.paths import StatePaths
+from vrouter.agent.persist import Persistence
+from vrouter.agent.state import NodeState, Origin
+from vrouter.model import PortError, ServiceError
+from vrouter.model import validate_port as port
+from vrouter.model import validate_service as service
 
 PORT = {
     "uuid": "7a971aab-a953-4908-b775-780f4c93130b",
@@ -78,22 +82,54 @@ def test_missing_port_field_is_named():
         port({k: v for k, v in PORT.items() if k != "vn_uuid"})
 
 
-def test_port_table_persists_vif_and_vrf(tmp_path):
-    t = PortTable(str(tmp_path / "ports"))
-    a = t.add(port(PORT))
-    b = t.add(port(dict(PORT, uuid="8a971aab-a953-4908-b775-780f4c93130b", ip_address="10.1.1.4")))
-    assert (a.vif, b.vif) == (3, 4) and a.vrf == b.vrf == 1
-    assert a.metadata_ip == "169.254.0.3"
-    with pytest.raises(PortError, match="ip-address"):
-        t.add(port(dict(PORT, uuid="9a971aab-a953-4908-b775-780f4c93130b")))
-    again = PortTable(str(tmp_path / "ports"))
-    assert again.load() == []
-    assert {p.uuid: p.vif for p in again.ports.values()} == {a.uuid: 3, b.uuid: 4}
-    assert again.by_vif(4).uuid == b.uuid
-    again.remove(a.uuid)
-    assert not os.path.exists(tmp_path / "ports" / (a.uuid + ".json"))
-    with pytest.raises(PortError, match="no such port"):
-        again.remove(a.uuid)
+def _state(tmp_path) -> tuple[NodeState, Persistence]:
+    """A node's state whose one subscriber writes the files of ``tmp_path``."""
+    files = Persistence(StatePaths.of(str(tmp_path)))
+    state = NodeState()
+    state.subscribe(files)
+    return state, files
+
+
+def test_ports_keep_their_vif_and_vrf_in_their_files(tmp_path):
+    async def go():
+        state, files = _state(tmp_path)
+        a = await state.plug(port(PORT))
+        b = await state.plug(port(dict(PORT, uuid="8a971aab-a953-4908-b775-780f4c93130b", ip_address="10.1.1.4")))
+        assert (a.vif, b.vif) == (3, 4) and a.vrf == b.vrf == 1
+        assert a.metadata_ip == "169.254.0.3"
+        with pytest.raises(PortError, match="ip-address"):
+            await state.plug(port(dict(PORT, uuid="9a971aab-a953-4908-b775-780f4c93130b")))
+        cache = files.load()
+        assert cache.problems == []
+        assert {p.uuid: (p.vif, p.vrf) for p in cache.ports} == {a.uuid: (3, 1), b.uuid: (4, 1)}
+        again = NodeState()
+        for p in cache.ports:
+            await again.plug(p, Origin.CACHE)
+        assert again.by_vif(4).uuid == b.uuid
+        again.subscribe(files)
+        await again.unplug(a.uuid)
+        assert not os.path.exists(tmp_path / "ports" / (a.uuid + ".json"))
+        with pytest.raises(PortError, match="no such port"):
+            await again.unplug(a.uuid)
+        c = await again.plug(port(dict(PORT, uuid="9a971aab-a953-4908-b775-780f4c93130b", ip_address="10.1.1.5")))
+        assert c.vif == 3  # the first free index again
+
+    asyncio.run(go())
+
+
+def test_a_refused_plug_leaves_the_state_as_it_was(tmp_path):
+    class Refuses:
+        async def changed(self, change):
+            raise PortError("vif0/3: cannot bind its NFQUEUE queue")
+
+    async def go():
+        state = NodeState()
+        state.subscribe(Refuses())
+        with pytest.raises(PortError, match="cannot bind"):
+            await state.plug(port(PORT))
+        assert state.ports == {} and state.vrfs == {} and state.by_vif(3) is None
+
+    asyncio.run(go())
 
 
 def test_linklocal_validation_names_fields():
@@ -110,22 +146,24 @@ def test_linklocal_validation_names_fields():
         service(dict(ok, linklocal_service_name=""))
 
 
-def test_service_table_keyed_by_name_and_persisted(tmp_path):
-    path = str(tmp_path / "ll.json")
-    t = ServiceTable(path)
-    base = {"linklocal_service_ip": "169.254.169.254", "linklocal_service_port": 80, "ip_fabric_service_ip": ["10.10.0.1"],
-            "ip_fabric_service_port": 8775}  # fmt: skip
-    t.add(service(dict(base, linklocal_service_name="metadata")))
-    t.add(service(dict(base, linklocal_service_name="Metadata", ip_fabric_service_port=8776)))  # replaces
-    assert len(t.services) == 1 and t.metadata_service().fabric_port == 8776
-    with pytest.raises(ServiceError, match="already used by service"):
-        t.add(service(dict(base, linklocal_service_name="other")))
-    data = json.load(open(path))
-    entry = data["linklocal_services"]["linklocal_service_entry"][0]
-    assert set(entry) == {"linklocal_service_name", "linklocal_service_ip", "linklocal_service_port",
-                          "ip_fabric_DNS_service_name", "ip_fabric_service_ip", "ip_fabric_service_port"}  # fmt: skip
-    again = ServiceTable(path)
-    assert again.load() == [] and again.metadata_service().fabric_port == 8776
+def test_services_keyed_by_name_and_persisted(tmp_path):
+    async def go():
+        state, files = _state(tmp_path)
+        base = {"linklocal_service_ip": "169.254.169.254", "linklocal_service_port": 80, "ip_fabric_service_ip": ["10.10.0.1"],
+                "ip_fabric_service_port": 8775}  # fmt: skip
+        await state.add_service(service(dict(base, linklocal_service_name="metadata")))
+        await state.add_service(service(dict(base, linklocal_service_name="Metadata", ip_fabric_service_port=8776)))  # replaces
+        assert len(state.services) == 1 and state.metadata_service().fabric_port == 8776
+        with pytest.raises(ServiceError, match="already used by service"):
+            await state.add_service(service(dict(base, linklocal_service_name="other")))
+        data = json.load(open(tmp_path / "linklocal.json"))
+        entry = data["linklocal_services"]["linklocal_service_entry"][0]
+        assert set(entry) == {"linklocal_service_name", "linklocal_service_ip", "linklocal_service_port",
+                              "ip_fabric_DNS_service_name", "ip_fabric_service_ip", "ip_fabric_service_port"}  # fmt: skip
+        cache = files.load()
+        assert cache.problems == [] and cache.services["metadata"].fabric_port == 8776
+
+    asyncio.run(go())
 
 
 def run_cli(*args, env=None):
