@@ -32,7 +32,7 @@ sys.path.insert(0, ROOT)
 VROUTER = os.path.join(ROOT, ".venv", "bin", "vrouter")
 
 from topology.clients import CloudInitClients  # noqa: E402 - after the path
-from vrouter.agent.config import AgentConfig  # noqa: E402
+from vrouter.agent.config import MetadataSettings  # noqa: E402
 
 
 def run(*cmd: str, **kw) -> subprocess.CompletedProcess:  # noqa: ANN003
@@ -154,7 +154,7 @@ def main() -> int:
         growth = end["anon_kib"] - settled["anon_kib"]
         # The request journal fills up to its bound as the soak goes (a ring per instance, a bound on
         # the node): growth, but bounded, not a leak; allowed for at half a KiB an entry.
-        journal = min(AgentConfig.metadata_journal_size * args.vms, AgentConfig.metadata_journal_node_size * args.nodes)
+        journal = min(MetadataSettings.journal_size * args.vms, MetadataSettings.journal_node_size * args.nodes)
         allowed = 8192 * args.nodes + journal // 2  # 8 MiB a node
         verdict = (
             failed == 0

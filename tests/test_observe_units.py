@@ -255,8 +255,8 @@ def test_setup_rate_over_the_window():
 
 def test_agent_conf_keys_for_metrics_and_the_journal():
     cfg = parse_config("[DEFAULT]\nmetrics_port = 0\n[METADATA]\nmetadata_journal_size = 20\n")
-    assert cfg.metrics_port == 0 and cfg.metadata_journal_size == 20
-    assert parse_config("").metrics_port == 8085
+    assert cfg.default.metrics_port == 0 and cfg.metadata.journal_size == 20
+    assert parse_config("").default.metrics_port == 8085
     with pytest.raises(ConfigError, match="metrics_port = 70000: out of range"):
         parse_config("[DEFAULT]\nmetrics_port = 70000\n")
     with pytest.raises(ConfigError, match="metadata_journal_size"):

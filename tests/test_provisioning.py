@@ -32,7 +32,7 @@ def test_config_reads_contrail_sections():
         "[DEFAULT]\nlog_level = SYS_DEBUG\n[VIRTUAL-HOST-INTERFACE]\nname = vhost0\nip = 10.10.0.2/24\n"
         "[METADATA]\nmetadata_proxy_secret = abc\nmetadata_proxy_port = 9000\n[FLOWS]\nflow_entries = 4096\n"
     )
-    assert (cfg.vhost_ip, cfg.metadata_proxy_secret, cfg.metadata_proxy_port, cfg.flow_entries) == ("10.10.0.2", "abc", 9000, 4096)
+    assert (cfg.vhost.ip, cfg.metadata.proxy_secret, cfg.metadata.proxy_port, cfg.flows.entries) == ("10.10.0.2", "abc", 9000, 4096)
 
 
 @pytest.mark.parametrize(
@@ -58,9 +58,9 @@ def test_bad_config_names_the_key(text, named):
 
 def test_config_reads_the_cluster_keys():
     cfg = parse_config("[DEFAULT]\nhostname = vr-compute2\n[ETCD]\nservers = http://10.10.0.1:2379, http://10.10.0.9:2379/\nkey_prefix = /cloud/a/\n")
-    assert cfg.hostname == "vr-compute2" and cfg.etcd_servers == ("http://10.10.0.1:2379", "http://10.10.0.9:2379")
-    assert cfg.etcd_key_prefix == "/cloud/a/"
-    assert parse_config("").etcd_servers == ()  # none: the local files alone
+    assert cfg.default.hostname == "vr-compute2" and cfg.etcd.servers == ("http://10.10.0.1:2379", "http://10.10.0.9:2379")
+    assert cfg.etcd.key_prefix == "/cloud/a/"
+    assert parse_config("").etcd.servers == ()  # none: the local files alone
 
 
 def test_port_defaults_and_normalisation():
@@ -192,7 +192,7 @@ def test_agent_config_error_is_one_line(tmp_path):
 
 def test_contrail_keys_this_node_does_not_use_are_checked_and_accepted():
     cfg = parse_config("[VIRTUAL-HOST-INTERFACE]\ngateway = 10.10.0.1\n[METADATA]\nmetadata_client_cert_type = PEM\n")
-    assert cfg.metadata_proxy_port == 8097
+    assert cfg.metadata.proxy_port == 8097
     with pytest.raises(ConfigError, match="gateway"):
         parse_config("[VIRTUAL-HOST-INTERFACE]\ngateway = nowhere\n")
     with pytest.raises(ConfigError, match="metadata_client_cert_type.*only PEM"):
@@ -201,7 +201,7 @@ def test_contrail_keys_this_node_does_not_use_are_checked_and_accepted():
 
 def test_services_section_of_agent_conf():
     cfg = parse_config("[SERVICES]\ndhcp_lease_time = 600\ndns_domain = Lab.Example.\ndns_forwarders = 10.10.0.1, 10.10.0.3\n")
-    assert (cfg.dhcp_lease_time, cfg.dns_domain, cfg.dns_forwarders) == (600, "lab.example", ("10.10.0.1", "10.10.0.3"))
+    assert (cfg.services.dhcp_lease_time, cfg.services.dns_domain, cfg.services.dns_forwarders) == (600, "lab.example", ("10.10.0.1", "10.10.0.3"))
     with pytest.raises(ConfigError, match="dns_forwarders.*'nowhere' is not an IPv4 address"):
         parse_config("[SERVICES]\ndns_forwarders = nowhere\n")
     with pytest.raises(ConfigError, match="dhcp_lease_time = 1: out of range"):

@@ -62,8 +62,7 @@ from vrouter.agent.rate import SetupRate
 from vrouter.agent.state import GuestDirectory, NodeState, Origin
 from vrouter.messages.proxy import ProxyConfig, ProxyReport, TlsFiles
 from vrouter.model import NetworkError, PortError, ServiceError
-from vrouter.services.guests import GuestServices, Settings
-from vrouter.services.metadata.fairness import Fairness
+from vrouter.services.guests import GuestServices
 from vrouter.services.metadata.faults import FaultError
 from vrouter.services.metadata.nova_side import client_tls
 from vrouter.services.metadata.supervisor import ProxyProcess, ProxyProcessError
@@ -88,7 +87,7 @@ class Agent:
         self.state = NodeState()
         self.node: Node | None = None
         self._stop = asyncio.Event()
-        self.layout = QueueLayout(queue_num, cfg.dataplane_workers or default_workers(), groups=not cfg.etcd_servers)
+        self.layout = QueueLayout(queue_num, cfg.flows.dataplane_workers or default_workers(), groups=not cfg.etcd.servers)
         # what start-up did so far, for shutdown to undo
         self._host: HostNetwork | None = None
         self._table: FlowTable | None = None
@@ -118,25 +117,16 @@ class Agent:
             raise AgentError("an agent (pid %d) already runs with state directory %s" % (pid, self.state_dir))
 
     def _proxy_config(self, vhost_ip: str) -> ProxyConfig:
-        c = self.cfg
-        fairness = Fairness(
-            header_timeout=c.metadata_header_timeout,
-            max_connections_per_vm=c.metadata_max_connections_per_vm,
-            rate_limit=c.metadata_rate_limit_enabled,
-            base_window=c.metadata_base_window_duration,
-            base_limit=c.metadata_base_query_rate_limit,
-            burst_window=c.metadata_burst_window_duration,
-            burst_limit=c.metadata_burst_query_rate_limit,
-        )
+        m = self.cfg.metadata
         tls = None
-        if c.metadata_use_ssl:
-            tls = TlsFiles(c.metadata_ca_cert, c.metadata_client_cert, c.metadata_client_key)
+        if m.use_ssl:
+            tls = TlsFiles(m.ca_cert, m.client_cert, m.client_key)
             try:  # fails here, naming the file, rather than in the proxy process
                 client_tls(tls.ca, tls.cert, tls.key)
             except (OSError, ssl.SSLError) as e:
                 raise AgentError("[METADATA] TLS files: %s" % e) from None
-        return ProxyConfig([vhost_ip, PROXY_IP6], c.metadata_proxy_port, c.metadata_proxy_secret, self.nova_timeout, fairness, tls,
-                           c.metadata_journal_size, c.metadata_journal_node_size)  # fmt: skip
+        return ProxyConfig([vhost_ip, PROXY_IP6], m.proxy_port, m.proxy_secret, self.nova_timeout, m.fairness, tls, m.journal_size,
+                           m.journal_node_size)  # fmt: skip
 
     async def run(self) -> None:
         if os.geteuid() != 0:
@@ -145,25 +135,24 @@ class Agent:
         self._check_not_running()
         cfg, layout, state = self.cfg, self.layout, self.state
         host = self._host = HostNetwork()
-        vhost_ip = cfg.vhost_ip or await host.address_of(cfg.vhost_name)
+        vhost_ip = cfg.vhost.ip or await host.address_of(cfg.vhost.name)
         if not vhost_ip:
             raise AgentError(
                 "no IPv4 address on %s in %s: run the agent in the compute namespace "
-                "(ip netns exec <prefix>-compute vrouter agent ...) or set [VIRTUAL-HOST-INTERFACE] ip" % (cfg.vhost_name, in_namespace_hint())
+                "(ip netns exec <prefix>-compute vrouter agent ...) or set [VIRTUAL-HOST-INTERFACE] ip" % (cfg.vhost.name, in_namespace_hint())
             )
         proxy_config = self._proxy_config(vhost_ip)
         dp, dataplanes, nat_ports = self._dataplane(vhost_ip)
-        dataplanes.set_host_ifindex(await host.ifindex(cfg.vhost_name))
+        dataplanes.set_host_ifindex(await host.ifindex(cfg.vhost.name))
         self._reserved_before = host.reserve_ports(*PORT_RANGE)
         await host.add_proxy_ip6(PROXY_IP6)
         self._proxy_ip6 = True
         proxy = self._proxy = ProxyProcess(proxy_config)
         shell = self._shell = QueueShell(dp, self.queue_num)
         pkt0 = self._pkt0 = Pkt0()
-        settings = Settings(cfg.dhcp_lease_time, cfg.dns_domain, cfg.dns_forwarders, cfg.ra_interval)
-        guests = self._guests = GuestServices(dp, GuestDirectory(state, cfg.dns_domain), settings, pkt0.send)
+        guests = self._guests = GuestServices(dp, GuestDirectory(state, cfg.services.dns_domain), cfg.services, pkt0.send)
         pkt0.on_frame = guests.on_frame
-        queue_settings = QueueSettings(cfg.vhost_name, cfg.vm_queue_length, bool(cfg.etcd_servers))
+        queue_settings = QueueSettings(cfg.vhost.name, cfg.flows.vm_queue_length, bool(cfg.etcd.servers))
         gateways = lambda: service_addresses([(n.gateway, n.dns_server) for n in state.networks.values()])  # noqa: E731
         queues = self._queues = VmQueues(layout, queue_settings, shell, dataplanes.pool, dp, gateways)
         ksync = KSync(state, host, dataplanes, shell, queues, lambda: nat_ports.in_use, guests.advertise)
@@ -184,7 +173,7 @@ class Agent:
         raise_open_files_limit()
         try:
             shell.start(loop)
-            if cfg.etcd_servers:  # tunnels from the other nodes: a queue of their own
+            if cfg.etcd.servers:  # tunnels from the other nodes: a queue of their own
                 shell.add(layout.tunnel_queue, QUEUE_MAXLEN, dp.from_fabric)
         except OSError as e:
             raise AgentError("cannot bind NFQUEUE %d or %d (%s): is another agent using it?" % (self.queue_num, layout.tunnel_queue, e)) from None
@@ -196,14 +185,14 @@ class Agent:
             raise AgentError(str(e)) from None
         host.enable_forwarding(True)
         node = self.node = Node(cfg, self.paths, time.time(), vhost_ip, state, dp, dataplanes.pool, ksync, queues, proxy, guests, SetupRate())
-        if cfg.etcd_servers:
-            cluster = self._cluster = node.cluster = Cluster(state, cfg.hostname or socket.gethostname(), vhost_ip, cfg.etcd_servers,
-                                                             cfg.etcd_key_prefix, os.path.join(self.state_dir, "cluster.json"),
+        if cfg.etcd.servers:
+            cluster = self._cluster = node.cluster = Cluster(state, cfg.default.hostname or socket.gethostname(), vhost_ip, cfg.etcd.servers,
+                                                             cfg.etcd.key_prefix, os.path.join(self.state_dir, "cluster.json"),
                                                              lambda: len(dp.overlay.routes))  # fmt: skip
             state.subscribe(cluster)
             cluster.start(loop)
-        if cfg.metrics_port:  # before the control socket: once that answers, the agent is up
-            await self._start_metrics(node, vhost_ip, cfg.metrics_port)
+        if cfg.default.metrics_port:  # before the control socket: once that answers, the agent is up
+            await self._start_metrics(node, vhost_ip, cfg.default.metrics_port)
         self._control = ControlServer(self.paths.socket, Operations(node).handlers(), (PortError, ServiceError, NetworkError, FaultError),
                                       dataplanes.pool.settle if layout.workers > 1 else None)  # fmt: skip
         await self._control.start()
@@ -215,13 +204,13 @@ class Agent:
             loop.add_signal_handler(sig, self._stop.set)
         log.info(
             "agent up: vhost0 %s, metadata proxy port %d, %d ports, %d link-local services, flow table %d+%d entries, %d dataplane workers",
-            vhost_ip, cfg.metadata_proxy_port, len(state.ports), len(state.services), dp.table.entries, dp.table.overflow, layout.workers,
+            vhost_ip, cfg.metadata.proxy_port, len(state.ports), len(state.services), dp.table.entries, dp.table.overflow, layout.workers,
         )  # fmt: skip
         # What start-up made (modules, tables) lives as long as the agent: keep it out of the
         # garbage collector's full passes, which would otherwise walk it all and stall packets.
         gc.freeze()
         rate = node.setup_rate
-        aging = age_forever(dp, lambda: cfg.flow_cache_timeout, lambda: rate.sample(time.monotonic(), dp.entries.added))
+        aging = age_forever(dp, lambda: cfg.flows.cache_timeout, lambda: rate.sample(time.monotonic(), dp.entries.added))
         tasks = [asyncio.create_task(t) for t in (aging, ksync.tap_scan(TAP_SCAN_INTERVAL), self._resolver(ksync, dp), guests.run())]
         await self._stop.wait()
         log.info("stopping")
@@ -232,21 +221,21 @@ class Agent:
         """The flow table, worker 0's dataplane, the other workers (not started yet) and worker 0's
         link-local NAT ports."""
         cfg, layout = self.cfg, self.layout
-        overflow = cfg.flow_overflow_entries or cfg.flow_entries // 5
-        table = self._table = FlowTable.create_file(self.paths.flows, cfg.flow_entries, overflow, writers=layout.workers)
+        overflow = cfg.flows.overflow_entries or cfg.flows.entries // 5
+        table = self._table = FlowTable.create_file(self.paths.flows, cfg.flows.entries, overflow, writers=layout.workers)
         limits = Limits(
-            max_vm_flows=cfg.vm_flow_limit(table.capacity),
-            max_vm_linklocal_flows=cfg.max_vm_linklocal_flows,
-            max_system_linklocal_flows=cfg.max_system_linklocal_flows,
-            vm_setup_rate=cfg.vm_flow_setup_rate,
+            max_vm_flows=cfg.flows.vm_flow_limit(table.capacity),
+            max_vm_linklocal_flows=cfg.flows.max_vm_linklocal_flows,
+            max_system_linklocal_flows=cfg.flows.max_system_linklocal_flows,
+            vm_setup_rate=cfg.flows.vm_flow_setup_rate,
         )
         nat_ports = SocketPortAllocator(vhost_ip, *layout.nat_ports(0, *PORT_RANGE))
         counts = self._counts = SharedCounts(self.paths.flow_counts, layout.workers, 0, create=True) if layout.workers > 1 else None
-        dp = Dataplane(table, vhost_ip, cfg.metadata_proxy_port, limits, nat_ports, counts)
+        dp = Dataplane(table, vhost_ip, cfg.metadata.proxy_port, limits, nat_ports, counts)
 
         def setup(w: int) -> Setup:
-            return Setup(w, layout.workers, self.paths.flows, self.paths.flow_counts, vhost_ip, cfg.metadata_proxy_port, limits,
-                         layout.nat_ports(w, *PORT_RANGE), layout.node_queue(w), QUEUE_MAXLEN, cfg.flow_cache_timeout,
+            return Setup(w, layout.workers, self.paths.flows, self.paths.flow_counts, vhost_ip, cfg.metadata.proxy_port, limits,
+                         layout.nat_ports(w, *PORT_RANGE), layout.node_queue(w), QUEUE_MAXLEN, cfg.flows.cache_timeout,
                          logging.getLogger().level)  # fmt: skip
 
         pool = self._pool = WorkerPool(setup, layout.workers, self._trapped)

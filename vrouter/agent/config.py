@@ -1,4 +1,4 @@
-"""agent.conf: INI like contrail-vrouter-agent.conf, read strictly.
+"""agent.conf: INI like contrail-vrouter-agent.conf, read strictly, into one dataclass a section.
 
 Unknown sections or keys and bad values stop start-up with a message that
 names them: a typo in a real agent.conf is silently ignored, and costs an
@@ -8,13 +8,17 @@ operator an afternoon.
 from __future__ import annotations
 
 import configparser
+import dataclasses
 import ipaddress
 import logging
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TypeVar
 
 from infra.etcd_wire import is_client_url
+from vrouter.services.guests import Settings
+from vrouter.services.metadata.fairness import Fairness
 
 LOG_LEVELS = {
     "SYS_EMERG": logging.CRITICAL,
@@ -33,56 +37,85 @@ LOG_LEVELS = {
 }
 
 
+T = TypeVar("T")
+
+
 class ConfigError(ValueError):
     """agent.conf is wrong; the message names the section, key and value."""
 
 
 @dataclass
-class AgentConfig:
+class DefaultSettings:
+    """[DEFAULT]"""
+
     log_level: int = logging.INFO
     log_file: str = ""
     metrics_port: int = 8085  # Prometheus metrics on vhost0 (the vRouter agent's introspect port); 0: none
-    vhost_name: str = "vhost0"
-    vhost_ip: str = ""  # empty: read from the vhost interface
-    metadata_proxy_secret: str = ""
-    metadata_proxy_port: int = 8097
-    metadata_use_ssl: bool = False
-    metadata_client_cert: str = ""
-    metadata_client_key: str = ""
-    metadata_ca_cert: str = ""
-    metadata_header_timeout: float = 10.0
-    metadata_max_connections_per_vm: int = 64
-    metadata_rate_limit_enabled: bool = False
-    metadata_base_window_duration: float = 10.0
-    metadata_base_query_rate_limit: int = 10
-    metadata_burst_window_duration: float = 10.0
-    metadata_burst_query_rate_limit: int = 10
-    metadata_journal_size: int = 500  # requests the journal keeps per instance; 0: no journal
-    metadata_journal_node_size: int = 50_000  # requests it keeps in all (at least 16 an instance)
-    flow_entries: int = 524_288
-    flow_overflow_entries: int = 0  # 0: 20% of flow_entries
-    flow_cache_timeout: int = 180
+    hostname: str = ""  # this node's name in the cluster (empty: the host's name)
+
+
+@dataclass
+class VhostSettings:
+    """[VIRTUAL-HOST-INTERFACE]"""
+
+    name: str = "vhost0"
+    ip: str = ""  # empty: read from the vhost interface
+
+
+@dataclass
+class MetadataSettings:
+    """[METADATA]: the metadata proxy's (what one VM may take of it is ``Fairness``, the proxy's own)."""
+
+    proxy_secret: str = ""
+    proxy_port: int = 8097
+    use_ssl: bool = False
+    client_cert: str = ""
+    client_key: str = ""
+    ca_cert: str = ""
+    fairness: Fairness = field(default_factory=Fairness)
+    journal_size: int = 500  # requests the journal keeps per instance; 0: no journal
+    journal_node_size: int = 50_000  # requests it keeps in all (at least 16 an instance)
+
+
+@dataclass
+class FlowSettings:
+    """[FLOWS]: the flow table and the dataplane."""
+
+    entries: int = 524_288
+    overflow_entries: int = 0  # 0: 20% of entries
+    cache_timeout: int = 180
     max_vm_flows: float = 100.0  # percent of the table one VM may hold, as in contrail-vrouter-agent.conf
     max_vm_linklocal_flows: int = 2048
     max_system_linklocal_flows: int = 2048
     vm_queue_length: int = 4096  # packets of one VM the kernel queues for the dataplane before it drops
     vm_flow_setup_rate: int = 0  # flows one VM may set up a second (0: no limit)
     dataplane_workers: int = 0  # processes reading the queues (0: one a core, at most 4)
-    # [SERVICES]: the agent's DHCP, DNS and router advertisements for guests
-    dhcp_lease_time: int = 4294967295  # the vRouter agent's default: infinite
-    dns_domain: str = "novalocal"  # for networks that name none
-    dns_forwarders: tuple[str, ...] = ()  # fabric resolvers for names outside the networks; none: REFUSED
-    ra_interval: float = 30.0
-    # the cloud's configuration store: [DEFAULT] hostname and [ETCD]
-    hostname: str = ""  # this node's name in the cluster (empty: the host's name)
-    etcd_servers: tuple[str, ...] = ()  # http://IP:PORT of etcd; none: the local files alone
-    etcd_key_prefix: str = "/vrouter/"
 
     def vm_flow_limit(self, capacity: int) -> int:
         """max_vm_flows in entries (0: no limit below the table's own size)."""
         if self.max_vm_flows >= 100:
             return 0
         return max(2, int(capacity * self.max_vm_flows / 100))
+
+
+@dataclass
+class EtcdSettings:
+    """[ETCD]: the cloud's configuration store."""
+
+    servers: tuple[str, ...] = ()  # http://IP:PORT of etcd; none: the local files alone
+    key_prefix: str = "/vrouter/"
+
+
+@dataclass
+class AgentConfig:
+    """agent.conf, a dataclass a section; [SERVICES] is the guests' services' own ``Settings``."""
+
+    default: DefaultSettings = field(default_factory=DefaultSettings)
+    vhost: VhostSettings = field(default_factory=VhostSettings)
+    metadata: MetadataSettings = field(default_factory=MetadataSettings)
+    flows: FlowSettings = field(default_factory=FlowSettings)
+    services: Settings = field(default_factory=Settings)
+    etcd: EtcdSettings = field(default_factory=EtcdSettings)
 
 
 def _bool(section: str, key: str, value: str) -> bool:
@@ -192,67 +225,67 @@ def _pem(section: str, key: str, value: str) -> str:
 Parser = Callable[[str, str, str], object]
 ACCEPTED = ""  # the attribute of a key that is checked and then not used
 
-# section -> key -> (attribute, parser)
+# section -> key -> (where in AgentConfig, parser)
 SCHEMA: dict[str, dict[str, tuple[str, Parser]]] = {
     "DEFAULT": {
-        "log_level": ("log_level", parse_log_level),
-        "log_file": ("log_file", _str),
+        "log_level": ("default.log_level", parse_log_level),
+        "log_file": ("default.log_file", _str),
         # This project's: the vRouter agent serves its introspect on this port ([DEFAULT]
         # http_server_port); here it is the Prometheus metrics' port, 0 to serve none.
-        "metrics_port": ("metrics_port", lambda s, k, v: _int(s, k, v, 0, 65535)),
+        "metrics_port": ("default.metrics_port", lambda s, k, v: _int(s, k, v, 0, 65535)),
         # contrail-vrouter-agent.conf's: this node's name among the cluster's nodes
-        "hostname": ("hostname", _hostname),
+        "hostname": ("default.hostname", _hostname),
     },
     # This project's: where the cloud's configuration lives (the real agent gets it from the
     # control node over XMPP; here from etcd, which every agent watches)
     "ETCD": {
-        "servers": ("etcd_servers", _urls),
-        "key_prefix": ("etcd_key_prefix", _key_prefix),
+        "servers": ("etcd.servers", _urls),
+        "key_prefix": ("etcd.key_prefix", _key_prefix),
     },
     "VIRTUAL-HOST-INTERFACE": {
-        "name": ("vhost_name", _str),
-        "ip": ("vhost_ip", _ip),
+        "name": ("vhost.name", _str),
+        "ip": ("vhost.ip", _ip),
         # contrail-vrouter-agent.conf's, checked and not used: netns_setup.sh sets vhost0's route
         "gateway": (ACCEPTED, _ip),
     },
     "METADATA": {
-        "metadata_proxy_secret": ("metadata_proxy_secret", _str),
-        "metadata_proxy_port": ("metadata_proxy_port", lambda s, k, v: _int(s, k, v, 1, 65535)),
-        "metadata_use_ssl": ("metadata_use_ssl", _bool),
-        "metadata_client_cert": ("metadata_client_cert", _str),
+        "metadata_proxy_secret": ("metadata.proxy_secret", _str),
+        "metadata_proxy_port": ("metadata.proxy_port", lambda s, k, v: _int(s, k, v, 1, 65535)),
+        "metadata_use_ssl": ("metadata.use_ssl", _bool),
+        "metadata_client_cert": ("metadata.client_cert", _str),
         "metadata_client_cert_type": (ACCEPTED, _pem),  # PEM is the only type Python's ssl loads
-        "metadata_client_key": ("metadata_client_key", _str),
-        "metadata_ca_cert": ("metadata_ca_cert", _str),
+        "metadata_client_key": ("metadata.client_key", _str),
+        "metadata_ca_cert": ("metadata.ca_cert", _str),
         # This project's own keys (the vRouter agent has none of these): limits per VM.
-        "metadata_header_timeout": ("metadata_header_timeout", _seconds),
-        "metadata_max_connections_per_vm": ("metadata_max_connections_per_vm", lambda s, k, v: _int(s, k, v, 1, 1 << 20)),
+        "metadata_header_timeout": ("metadata.fairness.header_timeout", _seconds),
+        "metadata_max_connections_per_vm": ("metadata.fairness.max_connections_per_vm", lambda s, k, v: _int(s, k, v, 1, 1 << 20)),
         # Rate limiting as Neutron's metadata agent names it ([metadata_rate_limiting] there).
-        "metadata_rate_limit_enabled": ("metadata_rate_limit_enabled", _bool),
-        "metadata_base_window_duration": ("metadata_base_window_duration", _seconds),
-        "metadata_base_query_rate_limit": ("metadata_base_query_rate_limit", lambda s, k, v: _int(s, k, v, 1, 1 << 30)),
-        "metadata_burst_window_duration": ("metadata_burst_window_duration", _seconds),
-        "metadata_burst_query_rate_limit": ("metadata_burst_query_rate_limit", lambda s, k, v: _int(s, k, v, 1, 1 << 30)),
-        "metadata_journal_size": ("metadata_journal_size", lambda s, k, v: _int(s, k, v, 0, 100_000)),
-        "metadata_journal_node_size": ("metadata_journal_node_size", lambda s, k, v: _int(s, k, v, 1000, 10_000_000)),
+        "metadata_rate_limit_enabled": ("metadata.fairness.rate_limit", _bool),
+        "metadata_base_window_duration": ("metadata.fairness.base_window", _seconds),
+        "metadata_base_query_rate_limit": ("metadata.fairness.base_limit", lambda s, k, v: _int(s, k, v, 1, 1 << 30)),
+        "metadata_burst_window_duration": ("metadata.fairness.burst_window", _seconds),
+        "metadata_burst_query_rate_limit": ("metadata.fairness.burst_limit", lambda s, k, v: _int(s, k, v, 1, 1 << 30)),
+        "metadata_journal_size": ("metadata.journal_size", lambda s, k, v: _int(s, k, v, 0, 100_000)),
+        "metadata_journal_node_size": ("metadata.journal_node_size", lambda s, k, v: _int(s, k, v, 1000, 10_000_000)),
     },
     "FLOWS": {
-        "flow_entries": ("flow_entries", lambda s, k, v: _int(s, k, v, 4, 1 << 24)),
-        "flow_overflow_entries": ("flow_overflow_entries", lambda s, k, v: _int(s, k, v, 0, 1 << 24)),
-        "flow_cache_timeout": ("flow_cache_timeout", lambda s, k, v: _int(s, k, v, 1, 86400)),
-        "max_vm_flows": ("max_vm_flows", _percent),
-        "max_vm_linklocal_flows": ("max_vm_linklocal_flows", lambda s, k, v: _int(s, k, v, 1, 1 << 24)),
-        "max_system_linklocal_flows": ("max_system_linklocal_flows", lambda s, k, v: _int(s, k, v, 1, 1 << 24)),
+        "flow_entries": ("flows.entries", lambda s, k, v: _int(s, k, v, 4, 1 << 24)),
+        "flow_overflow_entries": ("flows.overflow_entries", lambda s, k, v: _int(s, k, v, 0, 1 << 24)),
+        "flow_cache_timeout": ("flows.cache_timeout", lambda s, k, v: _int(s, k, v, 1, 86400)),
+        "max_vm_flows": ("flows.max_vm_flows", _percent),
+        "max_vm_linklocal_flows": ("flows.max_vm_linklocal_flows", lambda s, k, v: _int(s, k, v, 1, 1 << 24)),
+        "max_system_linklocal_flows": ("flows.max_system_linklocal_flows", lambda s, k, v: _int(s, k, v, 1, 1 << 24)),
         # This project's: a queue per VM (its length), and the per-VM flow set-up rate the vRouter has
-        "vm_queue_length": ("vm_queue_length", lambda s, k, v: _int(s, k, v, 16, 65536)),
-        "vm_flow_setup_rate": ("vm_flow_setup_rate", lambda s, k, v: _int(s, k, v, 0, 1 << 24)),
+        "vm_queue_length": ("flows.vm_queue_length", lambda s, k, v: _int(s, k, v, 16, 65536)),
+        "vm_flow_setup_rate": ("flows.vm_flow_setup_rate", lambda s, k, v: _int(s, k, v, 0, 1 << 24)),
         # ... and how many dataplane workers (the table's writers: at most the 4 ways of a bucket)
-        "dataplane_workers": ("dataplane_workers", lambda s, k, v: _int(s, k, v, 0, 4)),
+        "dataplane_workers": ("flows.dataplane_workers", lambda s, k, v: _int(s, k, v, 0, 4)),
     },
     "SERVICES": {
-        "dhcp_lease_time": ("dhcp_lease_time", lambda s, k, v: _int(s, k, v, 4, 0xFFFFFFFF)),
-        "dns_domain": ("dns_domain", _domain),
-        "dns_forwarders": ("dns_forwarders", _ip_list),
-        "ra_interval": ("ra_interval", _seconds),
+        "dhcp_lease_time": ("services.dhcp_lease_time", lambda s, k, v: _int(s, k, v, 4, 0xFFFFFFFF)),
+        "dns_domain": ("services.dns_domain", _domain),
+        "dns_forwarders": ("services.dns_forwarders", _ip_list),
+        "ra_interval": ("services.ra_interval", _seconds),
     },
 }
 
@@ -260,6 +293,12 @@ SCHEMA: dict[str, dict[str, tuple[str, Parser]]] = {
 class _KeysAsWritten(configparser.ConfigParser):
     def optionxform(self, optionstr: str) -> str:
         return optionstr
+
+
+def _with(obj: T, path: list[str], value: object) -> T:
+    """``obj`` with the field at ``path`` (names of nested dataclasses) set to ``value``."""
+    head, rest = path[0], path[1:]
+    return dataclasses.replace(obj, **{head: _with(getattr(obj, head), rest, value) if rest else value})  # type: ignore[type-var]
 
 
 def parse_config(text: str, source: str = "agent.conf") -> AgentConfig:
@@ -276,11 +315,11 @@ def parse_config(text: str, source: str = "agent.conf") -> AgentConfig:
         for key, value in parser.items(section):
             if key not in known:
                 raise ConfigError("%s: unknown key %r in [%s] (known: %s)" % (source, key, section, ", ".join(known)))
-            attr, conv = known[key]
+            path, conv = known[key]
             parsed = conv(section, key, value)
-            if attr != ACCEPTED:
-                setattr(cfg, attr, parsed)
-    if cfg.metadata_use_ssl and not cfg.metadata_ca_cert:
+            if path != ACCEPTED:
+                cfg = _with(cfg, path.split("."), parsed)
+    if cfg.metadata.use_ssl and not cfg.metadata.ca_cert:
         raise ConfigError("%s: [METADATA] metadata_use_ssl needs metadata_ca_cert" % source)
     return cfg
 

@@ -60,7 +60,7 @@ class Inspection:
             pid=os.getpid(),
             uptime_s=round(time.time() - node.started, 1),
             vhost_ip=node.vhost_ip,
-            metadata_proxy_port=node.cfg.metadata_proxy_port,
+            metadata_proxy_port=node.cfg.metadata.proxy_port,
             ports=len(self.state.ports),
             linklocal_services=len(self.state.services),
             flows_active=totals.active,

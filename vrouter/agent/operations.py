@@ -120,7 +120,7 @@ class Operations:
         routes = [HostRoute.parse(r) for r in req.host_routes]
         net = validate_network(req.vn_uuid, req.subnet, req.name, req.gateway, req.dns_server, req.dhcp, req.mtu, req.domain, routes)
         if self.node.cluster is not None:
-            most = _mtu(self.node.cfg.vhost_name) - OUTER
+            most = _mtu(self.node.cfg.vhost.name) - OUTER
             if net.mtu > most:
                 raise NetworkError("--mtu %d: at most %d here, vhost0's MTU less the %d bytes of MPLS over UDP (the overlay never fragments)"
                                    % (net.mtu, most, OUTER))  # fmt: skip

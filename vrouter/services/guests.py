@@ -68,7 +68,7 @@ class Directory(Protocol):
     def zone_of(self, vn_uuid: str) -> dns.Zone: ...
 
 
-@dataclass(frozen=True)
+@dataclass
 class Settings:
     """agent.conf's [SERVICES]."""
 
