@@ -186,31 +186,7 @@ class FlowTable:
         self._bucket_of = array("I", bytes(4 * overflow if writable else 0))
         self.active_known = False  # the tags hold this writer's entries (set once they are read from the records)
         if writable:
-            n, w = self.writers, writer
-            if n > 1:  # another writer's entries: never free, never matched
-                for other in range(n):
-                    if other != w:
-                        self._tags[other::n] = bytes([NOT_MINE]) * len(range(other, self.capacity, n))
-            mine = range(entries + (w - entries) % n, self.capacity, n)  # its entries of the overflow area
-            low = bytes(self.view[HEADER_SIZE + mine.start * RECORD_SIZE + OFF_FLAGS :: n * RECORD_SIZE])[: len(mine)]
-            self._free_overflow = [i for i, f in zip(mine, low, strict=True) if not f & F_ACTIVE][::-1]
-            for i in self.active_indices():
-                if i % n == w:
-                    off = HEADER_SIZE + i * RECORD_SIZE
-                    self._tags[i] = _tag(zlib.crc32(buf[off : off + KEY_LEN]))
-                    self.active += 1
-            if len(self._free_overflow) < len(mine):  # some chains: copy them
-                for b in range(self.nbuckets):
-                    self._head[b] = U32.unpack_from(buf, HEADER_SIZE + self._head_slot(b) * RECORD_SIZE + OFF_OFLOW_NEXT)[0]
-                for i in range((w - entries) % n, overflow, n):
-                    self._next[i] = U32.unpack_from(buf, HEADER_SIZE + (entries + i) * RECORD_SIZE + OFF_OFLOW_NEXT)[0]
-                for b, nxt in enumerate(self._head):
-                    prev = 0
-                    while nxt:
-                        self._prev[nxt - 1 - entries] = prev
-                        self._bucket_of[nxt - 1 - entries] = b
-                        prev, nxt = nxt, self._next[nxt - 1 - entries]
-            self.active_known = True
+            _index_own_entries(self)
 
     # -- construction -------------------------------------------------------------------------
 
@@ -556,6 +532,37 @@ class FlowTable:
 
     def owner(self) -> int:
         return HEADER.unpack_from(self.buf, 0)[6]
+
+
+def _index_own_entries(t: FlowTable) -> None:
+    """A writer's private index, read from the records it owns: their tags and the count of them,
+    its free overflow entries, and its copy of the overflow chains (a worker restarted on a table
+    whose other writers went on, or an agent that maps a table again)."""
+    n, w = t.writers, t.writer
+    if n > 1:  # another writer's entries: never free, never matched
+        for other in range(n):
+            if other != w:
+                t._tags[other::n] = bytes([NOT_MINE]) * len(range(other, t.capacity, n))
+    mine = range(t.entries + (w - t.entries) % n, t.capacity, n)  # its entries of the overflow area
+    low = bytes(t.view[HEADER_SIZE + mine.start * RECORD_SIZE + OFF_FLAGS :: n * RECORD_SIZE])[: len(mine)]
+    t._free_overflow = [i for i, f in zip(mine, low, strict=True) if not f & F_ACTIVE][::-1]
+    for i in t.active_indices():
+        if i % n == w:
+            off = HEADER_SIZE + i * RECORD_SIZE
+            t._tags[i] = _tag(zlib.crc32(t.buf[off : off + KEY_LEN]))
+            t.active += 1
+    if len(t._free_overflow) < len(mine):  # some chains: copy them
+        for b in range(t.nbuckets):
+            t._head[b] = U32.unpack_from(t.buf, HEADER_SIZE + t._head_slot(b) * RECORD_SIZE + OFF_OFLOW_NEXT)[0]
+        for i in range((w - t.entries) % n, t.overflow, n):
+            t._next[i] = U32.unpack_from(t.buf, HEADER_SIZE + (t.entries + i) * RECORD_SIZE + OFF_OFLOW_NEXT)[0]
+        for b, nxt in enumerate(t._head):
+            prev = 0
+            while nxt:
+                t._prev[nxt - 1 - t.entries] = prev
+                t._bucket_of[nxt - 1 - t.entries] = b
+                prev, nxt = nxt, t._next[nxt - 1 - t.entries]
+    t.active_known = True
 
 
 def _writers(writers: int) -> int:

@@ -20,11 +20,11 @@ import re
 import sys
 from typing import NoReturn
 
+from infra.etcd_wire import is_client_url
 from topology.lab import Lab, LabError
 from topology.model import MAX_NODES, MAX_VMS, GuestBoot, Topology, check_instance_data
 from vrouter.agent.control import AgentNotRunning, RequestFailed, call
-from vrouter.cluster.store import is_client_url
-from vrouter.messages import StatusRequest
+from vrouter.messages.control import StatusRequest
 from vrouter.tools.status import format_status
 
 SCRIPT = os.environ.get("NETNS_SETUP", "netns_setup.sh")

@@ -3,7 +3,7 @@
 ``start`` runs Debian's ``etcd`` (etcd-server 3.4) with ``topology.processes``:
 in the given namespace, in a session of its own, with ``etcd.log`` and
 ``etcd.pid`` in the state directory, and waits until it answers a read through
-its JSON gateway (``vrouter.cluster.store.ConfigStore.healthy``), asked from a
+its JSON gateway (``infra.etcd.ConfigStore.healthy``), asked from a
 thread in that namespace.  It listens only on the address it is given, for
 clients and for peers, in that namespace: nothing in the host's namespace, no
 metrics or pprof listener (``--listen-metrics-urls`` unset, pprof off).  Its
@@ -25,13 +25,14 @@ import shutil
 from collections.abc import Callable
 from typing import TypeVar
 
+from infra.etcd import ConfigStore
+from infra.etcd_wire import StoreError
 from topology import netns
 from topology.errors import LabError
 from topology.fabric import Fabric
 from topology.model import Topology
 from topology.processes import Processes, StartError
 from topology.state import StateDir
-from vrouter.cluster.store import ConfigStore, StoreError
 
 LOG = "etcd.log"
 PIDFILE = "etcd.pid"

@@ -35,6 +35,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from infra.etcd_wire import StoreError
 from topology import netns
 from topology.errors import LabError
 from topology.etcd import Etcd, in_etcd
@@ -48,7 +49,6 @@ from topology.processes import Processes, StartError
 from topology.state import StateDir
 from topology.vms import VMs
 from vrouter.agent.paths import STATE_ROOT
-from vrouter.cluster.store import StoreError
 
 __all__ = ["Lab", "LabError", "in_etcd"]
 

@@ -18,7 +18,7 @@ from topology.etcd import Etcd
 from topology.model import NOVA_PORT, Net, Topology
 from topology.nodes import agent_sock
 from vrouter.agent.control import call
-from vrouter.messages import LinkLocalAdd, NetworkAdd, PortAdd
+from vrouter.messages.control import LinkLocalAdd, NetworkAdd, PortAdd
 
 
 class Networks:

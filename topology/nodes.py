@@ -21,7 +21,7 @@ from topology.model import Topology
 from topology.processes import Processes
 from topology.state import StateDir
 from vrouter.agent.control import AgentNotRunning, RequestFailed, call
-from vrouter.messages import StatusRequest
+from vrouter.messages.control import StatusRequest
 from vrouter.tools import locate
 
 
