@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vrouter.messages import DropStats
+from vrouter.messages.control import DropStats
 
 
 def format_dropstats(drops: DropStats) -> str:

@@ -13,7 +13,7 @@ from typing import TextIO
 
 from flows.layout import ACTION_LETTER, DROP_NAMES, DROP_SHORT, Action, DropReason, Flag, nat_letters
 from flows.table import FlowEntry, FlowTable, TableFormatError
-from vrouter.agent.procinfo import alive
+from infra.procinfo import alive
 
 LEGEND = """\
 Action:F=Forward, D=Drop N=NAT(S=SNAT, D=DNAT, Ps=SPAT, Pd=DPAT, L=Link Local Port)

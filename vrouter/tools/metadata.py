@@ -13,7 +13,8 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
-from vrouter.messages import FaultRecord, JournalEntry, JournalPage, JournalQuery, to_json
+from vrouter.messages.proxy import FaultRecord, JournalEntry, JournalPage, JournalQuery
+from vrouter.messages.wire import to_json
 from vrouter.services.metadata.faults import effect_text
 
 PAGE = 1000

@@ -31,7 +31,7 @@ from __future__ import annotations
 import ipaddress
 
 from dataplane.core.frames import mac_bytes
-from vrouter.messages import MplsRecord, NhRecord, RouteRecord, RouteTable
+from vrouter.messages.control import MplsRecord, NhRecord, RouteRecord, RouteTable
 from vrouter.tools.vif import VROUTER_MAC
 
 # rt.c inet_flags: the legend of rt --dump's inet and inet6 tables

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vrouter.messages import Status
+from vrouter.messages.control import Status
 
 
 def format_status(st: Status) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vrouter.messages import VifRecord
+from vrouter.messages.control import VifRecord
 
 VROUTER_MAC = "00:00:5e:00:01:00"
 

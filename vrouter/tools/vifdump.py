@@ -36,7 +36,7 @@ from dataplane.core import frames
 from dataplane.core.capture import FRAME, OTHER_SIDE, RECORD, RX, SNAPLEN
 from dataplane.core.frames import VROUTER_MAC
 from flows.layout import DROP_NAMES, DropReason
-from vrouter.messages import VifdumpStart, VifdumpStarted, VifdumpStop, VifdumpStopped
+from vrouter.messages.control import VifdumpStart, VifdumpStarted, VifdumpStop, VifdumpStopped
 
 RCVBUF = 8 << 20
 POLL = 0.5  # seconds between looks at whether the agent is still there
