@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from dataplane.core.services import LinkLocalService
+from infra.jsonfile import read_json, write_json_atomic
 from vrouter.agent.paths import StatePaths
 from vrouter.agent.state import Change, NetworkChanged, Origin, PortChanged, ServicesChanged
-from vrouter.agent.store import read_json, write_json_atomic
 from vrouter.model import Network, Port, ServiceError, service_schema, validate_port, validate_service
 
 log = logging.getLogger("vrouter.agent")
