@@ -1,0 +1,107 @@
+"""``vrouter agent`` and ``vrouter nova-metadata``: the two daemons, run in the foreground until
+SIGTERM or SIGINT, logging one line per event to stderr (or the agent's ``log_file``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import ssl
+import sys
+import threading
+from typing import Any
+
+from vrouter import eventloop
+from vrouter.agent.agent import run_agent
+from vrouter.agent.config import AgentConfig, load_config, parse_log_level
+from vrouter.commands.output import UsageError
+from vrouter.commands.target import state_dir
+
+
+def add_parsers(sub: Any) -> None:
+    a = sub.add_parser("agent", help="run the agent and dataplane in the foreground (in the compute namespace)",
+                       description="Run the vRouter agent: dataplane (NFQUEUE), flow table, metadata proxy (in a "
+                       "process of its own, restarted if it dies) and control socket, until SIGTERM or SIGINT. "
+                       "Run it inside the compute namespace.")  # fmt: skip
+    a.add_argument("--config", help="agent.conf (INI like contrail-vrouter-agent.conf)")
+    a.add_argument("--state-dir", help="where ports, services, the flow table and the control socket live")
+    a.add_argument("-p", "--prefix", help="shorthand for --state-dir /run/vrouter/PREFIX")
+    a.add_argument("--queue", type=int, default=0, help="NFQUEUE number (default 0)")
+    a.add_argument("--nova-timeout", type=float, default=30.0, help="seconds without data from Nova before 502 (default 30)")
+    a.add_argument("--dns-interval", type=float, default=900.0, help="seconds between re-resolving fabric DNS names (default 900)")
+    a.add_argument("--log-level", help="override [DEFAULT] log_level (DEBUG, INFO, SYS_NOTICE, ...)")
+    a.set_defaults(func=run_agent_daemon)
+
+    n = sub.add_parser("nova-metadata", help="run a Nova-compatible metadata API",
+                       description="Serve instances from a JSON file the way nova-api-metadata does behind a proxy.")  # fmt: skip
+    n.add_argument("--instances", required=True, help="JSON file of instances")
+    n.add_argument("--listen", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    n.add_argument("--port", type=int, default=8775, help="port (default 8775)")
+    n.add_argument("--secret", default="", help="metadata_proxy_shared_secret (default empty)")
+    n.add_argument("--secret-file", help="read the shared secret from this file")
+    n.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM)")
+    n.add_argument("--tls-key", help="its private key")
+    n.add_argument("--tls-client-ca", help="require client certificates signed by this CA")
+    n.add_argument("--etcd", metavar="URL[,URL]", help="also serve the instances other labs of the cloud keep in this etcd (PREFIX/instances/UUID)")
+    n.add_argument("--etcd-prefix", default="/vrouter/", metavar="PREFIX", help="their key prefix (default /vrouter/)")
+    n.add_argument("-v", "--verbose", action="store_true", help="log every request")
+    n.set_defaults(func=run_nova_metadata)
+
+
+def setup_logging(level: int, log_file: str) -> None:
+    handler: logging.Handler = logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def run_agent_daemon(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config) if args.config else AgentConfig()
+    if args.log_level:
+        cfg.default.log_level = parse_log_level("command line", "--log-level", args.log_level)
+    setup_logging(cfg.default.log_level, cfg.default.log_file)
+    eventloop.run(run_agent(cfg, state_dir(args, single_node=False), args.queue, args.nova_timeout, args.dns_interval))
+    return 0
+
+
+def run_nova_metadata(args: argparse.Namespace) -> int:
+    from fabric.nova_metadata import InstanceStore, NovaMetadata, make_server
+
+    setup_logging(logging.DEBUG if args.verbose else logging.INFO, "")
+    secret = args.secret
+    if args.secret_file:
+        try:
+            with open(args.secret_file, encoding="utf-8") as f:
+                secret = f.read().strip()
+        except OSError as e:
+            raise UsageError("--secret-file %s: %s" % (args.secret_file, e.strerror)) from None
+    ctx = None
+    if args.tls_cert:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(args.tls_cert, args.tls_key or None)
+        if args.tls_client_ca:
+            ctx.load_verify_locations(args.tls_client_ca)
+            ctx.verify_mode = ssl.CERT_REQUIRED
+    store = InstanceStore(args.instances)
+    if not store.loads:
+        raise UsageError("--instances %s: %s" % (args.instances, store.error))
+    try:
+        server = make_server(args.listen, args.port, NovaMetadata(store, secret), ctx)
+    except OSError as e:
+        raise UsageError("cannot listen on %s:%d: %s" % (args.listen, args.port, e.strerror)) from None
+    stopping = threading.Event()
+    threading.Thread(target=store.watch, args=(stopping,), name="instances-watch", daemon=True).start()
+    if args.etcd:
+        store.follow([u.strip() for u in args.etcd.split(",") if u.strip()], args.etcd_prefix)
+
+    def stop(*_: object) -> None:
+        stopping.set()
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    logging.getLogger("vrouter.nova").info("Nova-compatible metadata API on %s:%d", args.listen, args.port)
+    server.serve_forever(poll_interval=0.2)
+    server.server_close()
+    return 0
