@@ -19,9 +19,10 @@
 
 Every command but ``agent``, ``nova-metadata`` and ``instance`` acts on a running agent,
 found through its state directory: ``--state-dir``, ``--prefix P`` for
-``/run/vrouter/P`` (with ``--node I``: node I of a cluster), $VROUTER_STATE_DIR,
-else the node whose namespace the command runs in (``P-compute``, ``P-computeI``),
-else the one node that is up (see ``vrouter.tools.locate``).
+``/run/vrouter/P`` (with ``--node I``: node I of a cluster; without, run inside
+node I's namespace ``P-computeI``: node I), $VROUTER_STATE_DIR, else the node whose
+namespace the command runs in (``P-compute``, ``P-computeI``), else the one node that
+is up (see ``vrouter.tools.locate``).
 
 Each command family is a module of ``vrouter.commands`` (its parser, its run and its
 output); this module builds the parser from them and dispatches.

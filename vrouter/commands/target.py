@@ -22,8 +22,10 @@ def add_target_args(p: argparse.ArgumentParser) -> None:
         "--state-dir",
         help="the agent's state directory (default: $VROUTER_STATE_DIR, else the node whose namespace this runs in, else the one node that is up)",
     )
-    g.add_argument("-p", "--prefix", help="shorthand for --state-dir /run/vrouter/PREFIX (as netns_setup.sh --prefix)")
-    g.add_argument("--node", type=node_number, metavar="I", help="node I of a cluster of several (netns_setup.sh up --nodes K)")
+    g.add_argument("-p", "--prefix", help="shorthand for --state-dir /run/vrouter/PREFIX (as netns_setup.sh --prefix); run inside node I's "
+                   "namespace of that lab (ip netns exec PREFIX-computeI ...), node I; another lab's PREFIX names that lab")  # fmt: skip
+    g.add_argument("--node", type=node_number, metavar="I",
+                   help="node I of a cluster of several (netns_setup.sh up --nodes K), whatever namespace this runs in")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print JSON")
 
 

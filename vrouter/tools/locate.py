@@ -2,7 +2,10 @@
 
 In order: ``--state-dir DIR``; ``--prefix P`` (``/run/vrouter/P``) with
 ``--node I`` for node I of a cluster of several (``/run/vrouter/P/computeI``;
-``--node 1`` of a single node is the node); ``$VROUTER_STATE_DIR``; the node
+``--node 1`` of a single node is the node), or, with no ``--node``, run inside
+node I's namespace ``P-computeI`` of that same prefix, node I (``ip netns exec
+P-compute2 vrouter linklocal list --prefix P`` is node 2's; a ``--prefix`` of
+another lab acts on that lab, wherever the tool runs); ``$VROUTER_STATE_DIR``; the node
 whose namespace the tool runs in (inside ``P-compute``, prefix P, as ``ip netns
 exec P-compute vrouter flow -l`` expects; inside ``P-computeI``, node I of
 prefix P); else, outside any node's namespace, the one node that is up (an
@@ -49,6 +52,14 @@ def node_of_namespace(name: str) -> tuple[str, int] | None:
     return (m.group("prefix"), int(m.group("node") or 0)) if m else None
 
 
+def node_in_namespace(prefix: str, namespace: str) -> int | None:
+    """The node of lab ``prefix`` that a tool run in ``namespace`` is inside: I for its node
+    ``P-computeI``; None in a single node's ``P-compute`` (``--prefix P`` is that node already),
+    in another lab's node or outside any node."""
+    ours = node_of_namespace(namespace)
+    return ours[1] if ours and ours[0] == prefix and ours[1] else None
+
+
 def node_dir(prefix: str, node: int) -> str:
     """The state directory of node ``node`` of ``prefix``: ``P/computeI``; node 0 (or 1 of a single
     node) is ``P`` itself."""
@@ -93,11 +104,14 @@ def nodes_up() -> list[str]:
 
 
 def state_dir(explicit_dir: str | None, prefix: str | None, single_node: bool = True, node: int | None = None) -> str:
-    """The state directory a tool acts on (see the module's text).  ``single_node``: fall back to
-    the one node that is up (the tools); the agent itself does not."""
+    """The state directory a tool acts on (see the module's text).  ``single_node``: the tools,
+    which take ``--prefix P`` inside ``P-computeI`` as node I and fall back to the one node that is
+    up; the agent itself does neither."""
     if explicit_dir:
         return explicit_dir
     if prefix:
+        if not node and single_node:
+            node = node_in_namespace(prefix, current_namespace())
         return node_dir(prefix, node) if node else _one_of(prefix_dir(prefix), prefix)
     env = os.environ.get("VROUTER_STATE_DIR")
     if env:
