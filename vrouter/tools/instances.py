@@ -22,7 +22,7 @@ import uuid as uuidlib
 from dataclasses import dataclass, field
 
 from fabric.nova_metadata import InstancesError, parse_instances
-from vrouter.agent.store import write_json_atomic
+from infra.jsonfile import write_json_atomic
 
 MAX_USER_DATA = 65535  # Nova's limit, on the base64 form
 MAX_META_ITEMS = 128
