@@ -31,7 +31,7 @@ from benchmarks.run import iperf3, iperf3_udp  # noqa: E402
 from topology.lab import Lab  # noqa: E402
 from topology.model import Topology  # noqa: E402
 from vrouter.agent.control import call  # noqa: E402
-from vrouter.messages import LinkLocalAdd, LinkLocalDel, LinkLocalList  # noqa: E402
+from vrouter.messages.control import LinkLocalAdd, LinkLocalDel, LinkLocalList  # noqa: E402
 
 
 def names(sock: str) -> set[str]:

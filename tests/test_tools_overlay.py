@@ -2,7 +2,7 @@
 the expected lines are written from those printf formats (and checked against outputs of the real
 tools pasted in the docstrings of tf-vrouter's tests/*.py and in troubleshooting notes)."""
 
-from vrouter.messages import MplsRecord, NhRecord, RouteRecord, RouteTable
+from vrouter.messages.control import MplsRecord, NhRecord, RouteRecord, RouteTable
 from vrouter.tools.overlay import ether_ntoa, format_mpls, format_nh, format_nh_list, format_rt
 
 VM_MAC = "02:c2:23:4c:d0:55"

@@ -11,7 +11,7 @@ import sys
 import threading
 from typing import Any
 
-from vrouter import eventloop
+from infra.children import run
 from vrouter.agent.agent import run_agent
 from vrouter.agent.config import AgentConfig, load_config, parse_log_level
 from vrouter.commands.output import UsageError
@@ -61,7 +61,7 @@ def run_agent_daemon(args: argparse.Namespace) -> int:
     if args.log_level:
         cfg.default.log_level = parse_log_level("command line", "--log-level", args.log_level)
     setup_logging(cfg.default.log_level, cfg.default.log_file)
-    eventloop.run(run_agent(cfg, state_dir(args, single_node=False), args.queue, args.nova_timeout, args.dns_interval))
+    run(run_agent(cfg, state_dir(args, single_node=False), args.queue, args.nova_timeout, args.dns_interval))
     return 0
 
 

@@ -23,13 +23,13 @@ from typing import Any
 
 from infra.children import Child, ChildError
 from vrouter.messages.proxy import (
+    FaultList,
     FaultRecord,
     FaultSpec,
     IdentityChanges,
     JournalPage,
-    ProxyConfig,
-    FaultList,
     JournalQuery,
+    ProxyConfig,
     ProxyReport,
     ProxyStatsRequest,
     SetFaults,
