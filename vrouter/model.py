@@ -1,7 +1,8 @@
 """The node's models: what the agent, its services, its messages and its tools all speak of.
 
 A VM ``Port`` (as vrouter-port-control gives it, with the vif index and VRF the
-agent assigns), a virtual ``Network`` (its IPAM, with ``HostRoute`` values), a
+agent assigns), a virtual ``Network`` (its IPAM, with ``HostRoute`` values), the
+``RemoteRoute`` to a VM on another node (as that node published it), a
 link-local service (``dataplane.core.services.LinkLocalService``, the table's
 own value, validated and written in global-vrouter-config's schema here), and
 the ``Identity`` behind a metadata IP that the proxy signs for.  Each is
@@ -242,6 +243,19 @@ def validate_network(uuid: object, subnet: object, name: object = None, gateway:
 
 def network_uuid(value: object) -> str:
     return _uuid("vn-uuid", value, NetworkError)
+
+
+@dataclass(frozen=True)
+class RemoteRoute:
+    """A VM of a network on another node, as its node published it."""
+
+    vn_uuid: str
+    address: str
+    node: str
+    node_ip: str  # that node's vhost0
+    label: int  # the MPLS label its node gave it
+    mac: str = ""
+    port_uuid: str = ""
 
 
 # -- link-local services ----------------------------------------------------------------------------

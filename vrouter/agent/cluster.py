@@ -59,9 +59,9 @@ from dataplane.core.overlay import label_of
 from infra.etcd import ConfigStore, Follower
 from infra.etcd_wire import Event, StoreError, StoreRefused
 from infra.jsonfile import read_json, write_json_atomic
-from vrouter.agent.state import Change, NetworkChanged, NodeState, Origin, PortChanged, RemoteRoute, ServicesChanged
+from vrouter.agent.state import Change, NetworkChanged, NodeState, Origin, PortChanged, ServicesChanged
 from vrouter.messages.control import ClusterStatus
-from vrouter.model import Network, NetworkError, Port, ServiceError, service_schema, validate_service, validate_services
+from vrouter.model import Network, NetworkError, Port, RemoteRoute, ServiceError, service_schema, validate_service, validate_services
 from vrouter.services.dns import Instance
 
 log = logging.getLogger("vrouter.cluster")

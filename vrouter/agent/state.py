@@ -28,7 +28,7 @@ from typing import Protocol
 
 from dataplane.core.services import LinkLocalService
 from dataplane.core.vif import FIRST_VM_VIF
-from vrouter.model import Network, NetworkError, Port, PortError, ServiceError, network_uuid, port_uuid
+from vrouter.model import Network, NetworkError, Port, PortError, RemoteRoute, ServiceError, network_uuid, port_uuid
 from vrouter.services.dns import Instance, Zone
 
 log = logging.getLogger("vrouter.agent")
@@ -38,19 +38,6 @@ class Origin(enum.Enum):
     LOCAL = "local"  # the CLI's operations on this node
     CLUSTER = "cluster"  # the cloud's etcd
     CACHE = "cache"  # the agent's own files, at start-up
-
-
-@dataclass(frozen=True)
-class RemoteRoute:
-    """A VM of a network on another node, as its node published it."""
-
-    vn_uuid: str
-    address: str
-    node: str
-    node_ip: str  # that node's vhost0
-    label: int  # the MPLS label its node gave it
-    mac: str = ""
-    port_uuid: str = ""
 
 
 # -- the changes -------------------------------------------------------------------------------------
