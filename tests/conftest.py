@@ -1,177 +1,108 @@
-"""Shared helpers for the namespace integration tests.
+"""The suite's fixtures and its one root check.
 
-Each emulated host is built by ``topology.lab`` (what scripts/netns_setup.sh runs) under a unique
-prefix (`tq` + 5 hex digits, from ``unique_prefix``), and removed by its ``down`` when the test is
-over, pass or fail.  A last sweep at the end of the session removes any namespace of those
-prefixes still present.  Commands a user runs on a built host (netns_setup.sh stop-agent ...)
-go through the script itself: ``EmulatedHost.setup``.
+* A test that runs in network namespaces is marked ``netns`` (pyproject.toml registers it): the
+  mark alone skips it when the suite does not run as root, and a test that builds an emulated host
+  without the mark is refused at collection.
+* Emulated hosts come from fixture factories, taken down when their test (or module) is over,
+  pass or fail: ``make_node(vms=N, ...)`` and ``make_cluster(nodes=3, vms=6, ...)`` for one test,
+  ``make_shared_node`` and ``make_shared_cluster`` for the fixtures a module's tests share (such as
+  ``host``, 2 VMs).  EmulatedHost is in tests/emulated_host.py.
+* The guest builds (``guest_initramfs``, ``debian_image``): a test is skipped without them, or fails
+  under make test (VROUTER_REQUIRE_GUESTS=1).
+* A last sweep at the end of the session removes any namespace of this session's prefixes still
+  present.
+
+Helpers shared by test modules are in tests/helpers.py.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import secrets
 import subprocess
-import sys
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from topology.lab import Lab
-from topology.model import GuestBoot, Topology
+from tests.emulated_host import Builder, EmulatedHost
+from tests.helpers import GUEST_BUILD, PREFIXES, guest_build, unique_prefix, wait_until
 
-ROOT = Path(__file__).resolve().parents[1]
-SETUP = ROOT / "scripts" / "netns_setup.sh"
-VROUTER = ROOT / ".venv" / "bin" / "vrouter"
-_PREFIXES: list[str] = []
+# For the modules that still import these two from here rather than from tests.helpers (and
+# needs_root, now the netns mark itself, which implies the root check)
+__all__ = ["EmulatedHost", "needs_root", "unique_prefix", "wait_until"]
+needs_root = pytest.mark.netns
 
-_HOLD = """
-import socket, sys
-s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
-req = bytes.fromhex(sys.argv[3])
-answer = b""
-if req:
-    s.sendall(req)
-    answer = s.recv(65536)
-print(s.getsockname()[1], answer.hex(), flush=True)
-sys.stdin.read()
-s.close()
-"""
-
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="namespace tests need root (make test runs them as root)")
+_NEEDS_ROOT = "namespace tests need root (make test runs them as root)"
+_BUILDERS = {"make_node", "make_cluster", "make_shared_node", "make_shared_cluster"}
 
 
-def wait_until(cond: Callable[[], object], timeout: float, what: str, interval: float = 0.1) -> object:
-    """Poll ``cond`` until it returns something true, or fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = cond()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out after %.0f s waiting for %s" % (timeout, what))
-        time.sleep(interval)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The netns mark implies the root check; an emulated host is built only by a netns test."""
+    unmarked = [item.nodeid for item in items if _BUILDERS & set(getattr(item, "fixturenames", ())) and not item.get_closest_marker("netns")]
+    if unmarked:
+        raise pytest.UsageError("these tests build emulated hosts but are not marked netns: %s" % ", ".join(unmarked))
+    if os.geteuid() != 0:
+        for item in items:
+            if item.get_closest_marker("netns"):
+                item.add_marker(pytest.mark.skip(reason=_NEEDS_ROOT))
 
 
-def unique_prefix() -> str:
-    """A prefix no other test uses; its namespaces are swept at the end of the session."""
-    prefix = "tq" + secrets.token_hex(3)[:5]
-    _PREFIXES.append(prefix)
-    return prefix
+@pytest.fixture
+def make_node() -> Iterator[Callable[..., EmulatedHost]]:
+    """``make_node(vms=2, **options)``: a compute node of the test's own, removed after it."""
+    b = Builder()
+    yield b.node
+    b.down_all()  # after the test (or module), pass or fail
 
 
-class EmulatedHost:
-    """A compute node built by topology.lab, with helpers that act inside its namespaces."""
-
-    def __init__(self, vms: int, tls: bool = False, state_root: str | None = None, qemu: int = 0, dhcp: bool = False,
-                 boot: GuestBoot | None = None, user_data: str | None = None, ssh_key: str | None = None,
-                 networks: int = 0, nodes: int = 1) -> None:  # fmt: skip
-        self.prefix = unique_prefix()
-        self.lab = Lab(self.prefix, state_root=state_root, say=lambda text: None)
-        topo = Topology.plan(self.prefix, vms, self.lab.state, tls=tls, qemu=qemu, networks=networks, nodes=nodes)
-        topo.dhcp = dhcp
-        topo.user_data, topo.ssh_key = user_data, ssh_key
-        if boot is not None:
-            topo.boot = boot
-        self.layout = self.lab.up(topo)
-        self.guests = self.layout["guests"]
-        self.vms = self.layout["vms"]
-        self.compute = self.layout["namespaces"]["compute"]
-        self.nodes = self.layout["nodes"]
-        self.state_dir = self.nodes[0]["state_dir"]  # the first node's agent (the only one, but for a cluster)
-
-    def setup(self, *args: str, timeout: float = 60, env: dict | None = None) -> subprocess.CompletedProcess:
-        """netns_setup.sh COMMAND --prefix P [ARGS]; ``env``: extra environment variables."""
-        return subprocess.run(["bash", str(SETUP), args[0], "--prefix", self.prefix, *args[1:]], capture_output=True, text=True,
-                              timeout=timeout, env=dict(os.environ, **(env or {})))  # fmt: skip
-
-    def down(self) -> None:
-        self.lab.down(quiet=True)
-
-    def vm_ns(self, i: int) -> str:
-        return self.vms[i]["namespace"]
-
-    def in_vm(self, i: int, *cmd: str, timeout: float = 30) -> subprocess.CompletedProcess:
-        return subprocess.run(["ip", "netns", "exec", self.vm_ns(i), *cmd], capture_output=True, text=True, timeout=timeout)
-
-    def in_compute(self, *cmd: str, timeout: float = 30) -> subprocess.CompletedProcess:
-        return subprocess.run(["ip", "netns", "exec", self.compute, *cmd], capture_output=True, text=True, timeout=timeout)
-
-    def curl(self, i: int, url: str, *extra: str, max_time: float = 5) -> tuple[int, str]:
-        """(HTTP status, body) of a curl run in VM i; status 0 when curl got no answer."""
-        r = self.in_vm(i, "curl", "-s", "-m", str(max_time), "-w", "\n%{http_code}", *extra, url, timeout=max_time + 10)
-        body, _, code = r.stdout.rpartition("\n")
-        return (int(code) if code.isdigit() else 0), body
-
-    def metadata(self, i: int, path: str = "/openstack/latest/meta_data.json", *extra: str, max_time: float = 5) -> tuple[int, str]:
-        return self.curl(i, "http://169.254.169.254" + path, *extra, max_time=max_time)
-
-    @contextlib.contextmanager
-    def open_connection(self, i: int, ip: str, port: int, request: bytes = b""):  # noqa: ANN201
-        """A TCP connection from VM i held open while the block runs (its flows stay in the table).
-        Yields (local port, the first bytes of the answer)."""
-        proc = subprocess.Popen(
-            ["ip", "netns", "exec", self.vm_ns(i), sys.executable, "-c", _HOLD, ip, str(port), request.hex()],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        try:
-            line = proc.stdout.readline().split(" ", 1)  # printed once connected and answered
-            assert len(line) == 2, "connection from vm%d to %s:%d failed" % (i + 1, ip, port)
-            yield int(line[0]), bytes.fromhex(line[1].strip())
-        finally:
-            proc.stdin.close()
-            proc.wait(10)
-
-    def lease(self, i: int) -> dict[str, str]:
-        """What VM i's DHCP client was given (--dhcp): udhcpc's variables, from its script."""
-        path = os.path.join(self.state_dir, "dhcp", self.vms[i]["name"] + ".lease")
-        with open(path) as f:
-            return dict(line.rstrip("\n").split("=", 1) for line in f if "=" in line)
-
-    def guest_results(self, j: int) -> dict[str, str]:
-        """The ``GUEST-RESULT key=value`` lines guest j's test init has printed on its console so far."""
-        try:
-            with open(self.guests[j]["console"], errors="replace") as f:
-                lines = f.read().replace("\r", "").splitlines()
-        except FileNotFoundError:
-            return {}
-        out = {}
-        for line in lines:
-            if line.startswith("GUEST-RESULT "):
-                key, _, value = line[len("GUEST-RESULT ") :].partition("=")
-                out[key] = value
-        return out
-
-    def cli(self, *args: str, node: int = 1) -> subprocess.CompletedProcess:
-        state = self.nodes[node - 1]["state_dir"]
-        return subprocess.run([str(VROUTER), *args, "--state-dir", state], capture_output=True, text=True, timeout=30)
-
-    def cli_json(self, *args: str, node: int = 1) -> object:
-        r = self.cli(*args, "--json", node=node)
-        assert r.returncode == 0, r.stderr
-        return json.loads(r.stdout)
+@pytest.fixture
+def make_cluster() -> Iterator[Callable[..., EmulatedHost]]:
+    """``make_cluster(nodes=3, vms=6, **options)``: a cloud of the test's own, removed after it."""
+    b = Builder()
+    yield b.cluster
+    b.down_all()  # after the test (or module), pass or fail
 
 
 @pytest.fixture(scope="module")
-def host():
-    if os.geteuid() != 0:
-        pytest.skip("namespace tests need root (make test runs them as root)")
-    h = EmulatedHost(vms=2)
-    try:
-        yield h
-    finally:
-        h.down()
+def make_shared_node() -> Iterator[Callable[..., EmulatedHost]]:
+    """make_node for a fixture the module's tests share: removed after the module."""
+    b = Builder()
+    yield b.node
+    b.down_all()  # after the test (or module), pass or fail
+
+
+@pytest.fixture(scope="module")
+def make_shared_cluster() -> Iterator[Callable[..., EmulatedHost]]:
+    """make_cluster for a fixture the module's tests share: removed after the module."""
+    b = Builder()
+    yield b.cluster
+    b.down_all()  # after the test (or module), pass or fail
+
+
+@pytest.fixture(scope="module")
+def host(make_shared_node: Callable[..., EmulatedHost]) -> EmulatedHost:
+    """One compute node of 2 VMs that a module's tests share."""
+    return make_shared_node(vms=2)
+
+
+@pytest.fixture(scope="session")
+def guest_initramfs() -> Path:
+    """The test guest's directory (its kernel and initramfs): make guest-initramfs."""
+    guest_build(GUEST_BUILD / "initramfs" / "initramfs.cpio.gz", "make guest-initramfs builds the test guest (make test does)")
+    return GUEST_BUILD / "initramfs"
+
+
+@pytest.fixture(scope="session")
+def debian_image() -> Path:
+    """The Debian cloud image: make guest-image."""
+    return guest_build(GUEST_BUILD / "debian12.qcow2", "make guest-image builds the Debian image (make test and make test-guests do)")
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Last resort: remove namespaces of this session's prefixes that something left behind."""
-    if not _PREFIXES or os.geteuid() != 0:
+    if not PREFIXES or os.geteuid() != 0:
         return
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
     for name in listed:
-        if any(name.startswith(p + "-") for p in _PREFIXES):
+        if any(name.startswith(p + "-") for p in PREFIXES):
             subprocess.run(["ip", "netns", "del", name], capture_output=True)

@@ -11,18 +11,18 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import SETUP, VROUTER, EmulatedHost, unique_prefix, wait_until
+from infra.etcd import ConfigStore
+from tests.emulated_host import EmulatedHost
+from tests.helpers import SETUP, VROUTER, unique_prefix, wait_until
 from topology import netns
 from topology.lab import in_etcd
-from vrouter.cluster.store import ConfigStore
 
 ECHO = str(Path(__file__).with_name("echo_server.py"))
-pytestmark = [pytest.mark.netns, pytest.mark.skipif(os.geteuid() != 0, reason="namespace tests need root")]
+pytestmark = pytest.mark.netns
 
 SINK = """
 import hashlib, socket, sys
@@ -43,18 +43,10 @@ s.sendall(data); s.shutdown(socket.SHUT_WR); print(s.recv(200).decode(), __impor
 """
 
 
-def three_nodes() -> Iterator[EmulatedHost]:
-    h = EmulatedHost(vms=6, nodes=3, networks=2)
-    try:
-        yield h
-    finally:
-        h.down()
-
-
 @pytest.fixture(scope="module")
-def cloud():
+def cloud(make_shared_cluster):
     """The cluster the tests that change nothing for good share."""
-    yield from three_nodes()
+    return make_shared_cluster(nodes=3, vms=6, networks=2)
 
 
 def vm(h: EmulatedHost, name: str) -> dict:
@@ -222,9 +214,9 @@ def test_malformed_values_in_etcd_are_left_out_and_nothing_else(cloud):
 
 
 @pytest.fixture
-def cluster():
+def cluster(make_cluster):
     """A cluster of its own, for a test that breaks something."""
-    yield from three_nodes()
+    return make_cluster(nodes=3, vms=6, networks=2)
 
 
 def port_add_args(v: dict, project: str) -> list[str]:
@@ -344,10 +336,10 @@ def test_a_node_removed_takes_its_keys_and_routes_with_it(cluster):
     assert not netns.exists(h.nodes[0]["namespace"]) and time.monotonic() - t < 30
 
 
-def test_a_second_prefix_joins_the_cloud_through_its_etcd():
+def test_a_second_prefix_joins_the_cloud_through_its_etcd(make_cluster):
     """Nodes on several machines, as two prefixes on this one: the second lab's node joins the
     first's cloud (its etcd, its Nova, its networks) over a veth fabric link."""
-    a = EmulatedHost(vms=2, nodes=2)
+    a = make_cluster(nodes=2, vms=2)
     b_prefix = unique_prefix()
     b = None
     try:
@@ -383,7 +375,6 @@ def test_a_second_prefix_joins_the_cloud_through_its_etcd():
     finally:
         if b is not None:
             subprocess.run(["bash", str(SETUP), "down", "--prefix", b_prefix], capture_output=True, timeout=60)
-        a.down()
 
 
 def test_a_cloud_on_an_existing_etcd_reached_through_a_fabric_link(tmp_path):

@@ -11,12 +11,10 @@ import time
 
 import pytest
 
-from tests.conftest import ROOT, EmulatedHost, wait_until
+from tests.helpers import SETUP, unique_prefix, wait_until
 from topology.model import GuestBoot
 
-pytestmark = [pytest.mark.netns, pytest.mark.skipif(os.geteuid() != 0, reason="namespace tests need root")]
-
-INITRAMFS = ROOT / "build" / "guest" / "initramfs"
+pytestmark = pytest.mark.netns
 
 JUNK = r"""
 import sys
@@ -38,12 +36,8 @@ RESOLVE = "import socket, sys; print(socket.gethostbyname(sys.argv[1]))"
 
 
 @pytest.fixture(scope="module")
-def dhcp_host():
-    h = EmulatedHost(vms=2, dhcp=True)
-    try:
-        yield h
-    finally:
-        h.down()
+def dhcp_host(make_shared_node):
+    return make_shared_node(vms=2, dhcp=True)
 
 
 def test_dhcp_vms_get_the_right_lease_then_their_metadata(dhcp_host):
@@ -137,61 +131,52 @@ def test_network_data_describes_the_port_as_nova_does(dhcp_host):
 
 
 @pytest.mark.guests
-@pytest.mark.skipif(not (INITRAMFS / "initramfs.cpio.gz").exists(), reason="make guest-initramfs builds the test guest (make test does)")
-def test_a_qemu_guest_on_a_tap_takes_its_lease_resolves_an_instance_and_reads_its_metadata():
-    boot = GuestBoot(kernel=str(INITRAMFS / "vmlinuz"), initrd=str(INITRAMFS / "initramfs.cpio.gz"),
+def test_a_qemu_guest_on_a_tap_takes_its_lease_resolves_an_instance_and_reads_its_metadata(make_node, guest_initramfs):
+    boot = GuestBoot(kernel=str(guest_initramfs / "vmlinuz"), initrd=str(guest_initramfs / "initramfs.cpio.gz"),
                      append="panic=-1 guest.test=lease,dns,metadata,ping guest.resolve=vm1 guest.ping=10.1.1.1", accel="tcg")  # fmt: skip
-    h = EmulatedHost(vms=1, qemu=1, boot=boot)
-    try:
-        g = h.guests[0]
-        assert g["kind"] == "qemu" and g["pid"] > 0 and g["tap"].startswith("tap") and g["console"].endswith("guest1.console")
-        # its only NIC is its tap, in the compute namespace
-        assert h.in_compute("ip", "link", "show", g["tap"]).returncode == 0
-        cmdline = open("/proc/%d/cmdline" % g["pid"]).read().split("\0")
-        assert "-nodefaults" in cmdline and not any("user" in a.split(",")[0] for a in cmdline if a.startswith(("-netdev", "-nic")))
-        results = wait_until(lambda: (r := h.guest_results(0)).get("done") is not None and r, 180, "the guest's tests")
-        assert results["dmi.product_name"] == "OpenStack Nova" and results["dmi.sys_vendor"] == "OpenStack Foundation"
-        assert results["dmi.product_uuid"].lower() == results["dmi.product_serial"].lower() == g["instance_uuid"]
-        assert results["dhcp"] == "bound" and results["lease.ip"] == g["ip"] and results["lease.staticroutes"] == "0.0.0.0/0 10.1.1.1"
-        assert "default via 10.1.1.1" in results["net.routes"]
-        assert results["lease.dns"] == "10.1.1.2" and results["lease.hostname"] == "guest1" and results["lease.mask"] == "24"
-        assert results["dns.vm1"] == "ok" and h.vms[0]["ip"] in results["dns.vm1.addresses"]
-        assert results["metadata.status"] == "200" and g["instance_uuid"] in results["metadata.body"]
-        assert results["ping.10.1.1.1.rc"] == "0"
-        # its packets made flows, and its vif counted them
-        vif = h.cli_json("vif", "--get", str(g["vif"]))
-        assert vif["rx_packets"] > 10 and vif["tx_packets"] > 10
-    finally:
-        t0 = time.monotonic()
-        h.down()
-        assert time.monotonic() - t0 < 30
+    h = make_node(vms=1, qemu=1, boot=boot)
+    g = h.guests[0]
+    assert g["kind"] == "qemu" and g["pid"] > 0 and g["tap"].startswith("tap") and g["console"].endswith("guest1.console")
+    # its only NIC is its tap, in the compute namespace
+    assert h.in_compute("ip", "link", "show", g["tap"]).returncode == 0
+    cmdline = open("/proc/%d/cmdline" % g["pid"]).read().split("\0")
+    assert "-nodefaults" in cmdline and not any("user" in a.split(",")[0] for a in cmdline if a.startswith(("-netdev", "-nic")))
+    results = wait_until(lambda: (r := h.guest_results(0)).get("done") is not None and r, 180, "the guest's tests")
+    assert results["dmi.product_name"] == "OpenStack Nova" and results["dmi.sys_vendor"] == "OpenStack Foundation"
+    assert results["dmi.product_uuid"].lower() == results["dmi.product_serial"].lower() == g["instance_uuid"]
+    assert results["dhcp"] == "bound" and results["lease.ip"] == g["ip"] and results["lease.staticroutes"] == "0.0.0.0/0 10.1.1.1"
+    assert "default via 10.1.1.1" in results["net.routes"]
+    assert results["lease.dns"] == "10.1.1.2" and results["lease.hostname"] == "guest1" and results["lease.mask"] == "24"
+    assert results["dns.vm1"] == "ok" and h.vms[0]["ip"] in results["dns.vm1.addresses"]
+    assert results["metadata.status"] == "200" and g["instance_uuid"] in results["metadata.body"]
+    assert results["ping.10.1.1.1.rc"] == "0"
+    # its packets made flows, and its vif counted them
+    vif = h.cli_json("vif", "--get", str(g["vif"]))
+    assert vif["rx_packets"] > 10 and vif["tx_packets"] > 10
+    t0 = time.monotonic()
+    h.down()
+    assert time.monotonic() - t0 < 30
     assert not os.path.exists(g["console"])  # down removed the state directory with the overlay and console
 
 
 @pytest.mark.guests
-@pytest.mark.skipif(not (INITRAMFS / "initramfs.cpio.gz").exists(), reason="make guest-initramfs builds the test guest (make test does)")
-def test_a_qemu_guest_on_another_node_reaches_a_vm_over_the_overlay():
+def test_a_qemu_guest_on_another_node_reaches_a_vm_over_the_overlay(make_cluster, guest_initramfs):
     """Two nodes: vm1 (a namespace) on node 1, guest1 (QEMU) on node 2; the guest's DHCP, DNS for
     vm1, metadata, and a ping to vm1 through the tunnel between the nodes."""
-    boot = GuestBoot(kernel=str(INITRAMFS / "vmlinuz"), initrd=str(INITRAMFS / "initramfs.cpio.gz"),
+    boot = GuestBoot(kernel=str(guest_initramfs / "vmlinuz"), initrd=str(guest_initramfs / "initramfs.cpio.gz"),
                      append="panic=-1 guest.test=lease,dns,metadata,ping guest.resolve=vm1 guest.ping=10.1.1.3", accel="tcg")  # fmt: skip
-    h = EmulatedHost(vms=1, qemu=1, boot=boot, nodes=2)
-    try:
-        g = h.guests[0]
-        assert g["node"] == 2 and h.vms[0]["node"] == 1
-        results = wait_until(lambda: (r := h.guest_results(0)).get("done") is not None and r, 180, "the guest's tests")
-        assert results["dhcp"] == "bound" and results["lease.ip"] == g["ip"]
-        assert results["dns.vm1"] == "ok" and h.vms[0]["ip"] in results["dns.vm1.addresses"]  # an instance of node 1
-        assert results["metadata.status"] == "200" and g["instance_uuid"] in results["metadata.body"]
-        assert results["ping.10.1.1.3.rc"] == "0"  # vm1, on node 1, through the tunnel
-        assert h.cli_json("status", node=2)["cluster"]["remote_routes"] == 1
-    finally:
-        h.down()
+    h = make_cluster(nodes=2, vms=1, qemu=1, boot=boot)
+    g = h.guests[0]
+    assert g["node"] == 2 and h.vms[0]["node"] == 1
+    results = wait_until(lambda: (r := h.guest_results(0)).get("done") is not None and r, 180, "the guest's tests")
+    assert results["dhcp"] == "bound" and results["lease.ip"] == g["ip"]
+    assert results["dns.vm1"] == "ok" and h.vms[0]["ip"] in results["dns.vm1.addresses"]  # an instance of node 1
+    assert results["metadata.status"] == "200" and g["instance_uuid"] in results["metadata.body"]
+    assert results["ping.10.1.1.3.rc"] == "0"  # vm1, on node 1, through the tunnel
+    assert h.cli_json("status", node=2)["cluster"]["remote_routes"] == 1
 
 
 def _up(prefix, *args):
-    from tests.conftest import SETUP
-
     return subprocess.run(["bash", str(SETUP), "up", "--prefix", prefix, "--vms", "1", *args], capture_output=True, text=True, timeout=120)
 
 
@@ -213,8 +198,6 @@ def _up(prefix, *args):
     ],
 )
 def test_bad_guest_and_instance_options_are_refused_naming_them_and_leave_nothing(tmp_path, args, says):
-    from tests.conftest import unique_prefix
-
     bad = tmp_path / "bad.qcow2"  # a qcow2 whose header says clusters of 2^(2^32-1) bytes
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(bad), "1M"], check=True)
     with open(bad, "r+b") as f:
@@ -236,8 +219,6 @@ def test_bad_guest_and_instance_options_are_refused_naming_them_and_leave_nothin
 
 
 def test_instances_get_their_user_data_keys_password_and_vendor_data(tmp_path):
-    from tests.conftest import SETUP, unique_prefix
-
     key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIForTheTestsOnly test@example"
     (tmp_path / "key.pub").write_text(key + "\n")
     (tmp_path / "ud").write_text("#cloud-config\nruncmd: [touch /tmp/x]\n")

@@ -2,7 +2,6 @@
 identity, HTTP abuse, floods, and faults of Nova and of the agent. vm1 misbehaves; vm2 must keep
 being served throughout."""
 
-import configparser
 import json
 import os
 import signal
@@ -12,9 +11,9 @@ import time
 
 import pytest
 
-from tests.conftest import EmulatedHost, wait_until
+from tests.helpers import configure, wait_until
 
-pytestmark = [pytest.mark.netns, pytest.mark.skipif(os.geteuid() != 0, reason="namespace tests need root")]
+pytestmark = pytest.mark.netns
 
 FUZZ = r"""
 import random, sys
@@ -92,43 +91,18 @@ print(data[:12].decode("latin-1"))
 """
 
 
-def configure(host, **sections):
-    """Rewrite agent.conf with these keys and restart the agent."""
-    path = os.path.join(host.state_dir, "agent.conf")
-    cp = configparser.ConfigParser(interpolation=None, default_section="__none__")
-    cp.optionxform = str
-    cp.read(path)
-    for section, keys in sections.items():
-        if not cp.has_section(section):
-            cp.add_section(section)
-        for k, v in keys.items():
-            cp.set(section, k, str(v))
-    with open(path, "w") as f:
-        cp.write(f)
-    assert host.setup("stop-agent").returncode == 0
-    r = host.setup("start-agent")
-    assert r.returncode == 0, r.stderr + open(os.path.join(host.state_dir, "agent.log")).read()[-3000:]
-
-
 @pytest.fixture(scope="module")
-def hostile():
-    h = EmulatedHost(vms=2)
-    try:
-        configure(h, FLOWS={"flow_entries": 16384, "max_vm_flows": 5},
-                  METADATA={"metadata_header_timeout": 1, "metadata_max_connections_per_vm": 20})  # fmt: skip
-        yield h
-    finally:
-        h.down()
+def hostile(make_shared_node):
+    h = make_shared_node(vms=2)
+    configure(h, FLOWS={"flow_entries": 16384, "max_vm_flows": 5},
+              METADATA={"metadata_header_timeout": 1, "metadata_max_connections_per_vm": 20})  # fmt: skip
+    return h
 
 
 @pytest.fixture
-def fresh_pair():
+def fresh_pair(make_node):
     """A node of its own with agent.conf's defaults, for a test that floods it."""
-    h = EmulatedHost(vms=2)
-    try:
-        yield h
-    finally:
-        h.down()
+    return make_node(vms=2)
 
 
 def vm2_requests(h, n):

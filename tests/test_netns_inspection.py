@@ -9,26 +9,9 @@ import sys
 
 import pytest
 
-from tests.conftest import VROUTER, EmulatedHost, needs_root, wait_until
+from tests.helpers import SEND_UDP, VROUTER, send_udp, wait_until
 
-pytestmark = [pytest.mark.netns, needs_root]
-
-SEND_UDP = """
-import socket, sys, time
-dst, port, count, size, sport = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-pace = float(sys.argv[6]) if len(sys.argv) > 6 else 0
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind(("", sport))
-for i in range(count):
-    s.sendto(b"x" * size, (dst, port))
-    if pace and i % 10 == 9:
-        time.sleep(pace)  # pacing the load, not synchronising: stays under the queue's capacity
-"""
-
-
-def send_udp(host, vm, dst, port, count, size, sport):
-    r = host.in_vm(vm, sys.executable, "-c", SEND_UDP, dst, str(port), str(count), str(size), str(sport))
-    assert r.returncode == 0, r.stderr
+pytestmark = pytest.mark.netns
 
 
 def flow_for(host, src, sport, dst, dport):
@@ -118,27 +101,27 @@ def test_tools_act_on_the_node_whose_namespace_they_run_in(host):
     assert r.returncode == 0 and r.stdout.startswith("Flow table"), r.stderr
 
 
-@needs_root
-def test_outside_any_node_the_one_node_up_is_used_and_several_are_named():
-    root = "/run/vrouter-%s" % secrets.token_hex(4)  # a state root of this test's own
-    env = dict(os.environ, VROUTER_STATE_ROOT=root)
-    env.pop("VROUTER_STATE_DIR", None)
-    first = EmulatedHost(vms=1, state_root=root)
-    second = None
+@pytest.fixture
+def state_root():
+    """A state root of the test's own, removed after it (and after the nodes in it: ask for it
+    before make_node)."""
+    root = "/run/vrouter-%s" % secrets.token_hex(4)
+    yield root
     try:
-        r = subprocess.run([str(VROUTER), "status", "--json"], capture_output=True, text=True, timeout=30, env=env)
-        assert r.returncode == 0, r.stderr
-        assert json.loads(r.stdout)["ports"] == 1
-        second = EmulatedHost(vms=1, state_root=root)
-        r = subprocess.run([str(VROUTER), "dropstats"], capture_output=True, text=True, timeout=30, env=env)
-        assert r.returncode == 1 and first.prefix in r.stderr and second.prefix in r.stderr and "--prefix" in r.stderr
-        r = subprocess.run([str(VROUTER), "dropstats", "--prefix", second.prefix], capture_output=True, text=True, timeout=30, env=env)
-        assert r.returncode == 0 and "Invalid Packet" in r.stdout
-    finally:
-        first.down()
-        if second is not None:
-            second.down()
-        try:
-            os.rmdir(root)
-        except OSError:
-            pass
+        os.rmdir(root)
+    except OSError:
+        pass
+
+
+def test_outside_any_node_the_one_node_up_is_used_and_several_are_named(state_root, make_node):
+    env = dict(os.environ, VROUTER_STATE_ROOT=state_root)
+    env.pop("VROUTER_STATE_DIR", None)
+    first = make_node(vms=1, state_root=state_root)
+    r = subprocess.run([str(VROUTER), "status", "--json"], capture_output=True, text=True, timeout=30, env=env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["ports"] == 1
+    second = make_node(vms=1, state_root=state_root)
+    r = subprocess.run([str(VROUTER), "dropstats"], capture_output=True, text=True, timeout=30, env=env)
+    assert r.returncode == 1 and first.prefix in r.stderr and second.prefix in r.stderr and "--prefix" in r.stderr
+    r = subprocess.run([str(VROUTER), "dropstats", "--prefix", second.prefix], capture_output=True, text=True, timeout=30, env=env)
+    assert r.returncode == 0 and "Invalid Packet" in r.stdout

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import EmulatedHost, needs_root, wait_until
+from tests.helpers import wait_until
 
-pytestmark = [pytest.mark.netns, needs_root]
+pytestmark = pytest.mark.netns
 
 ECHO = str(Path(__file__).with_name("echo_server.py"))
 FIRST, LAST = 61000, 65535
@@ -180,28 +180,25 @@ def test_restart_during_traffic_keeps_configuration(host, fabric_echo):
     assert ask(host, 0, "udp", "169.254.100.1", 7, 42400)[2] == "10.10.0.1:7007"
 
 
-def test_tls_to_nova():
-    h = EmulatedHost(vms=1, tls=True)
+def test_tls_to_nova(make_node):
+    h = make_node(vms=1, tls=True)
+    assert h.layout["nova"]["url"].startswith("https://")
+    status, body = h.metadata(0)
+    assert status == 200 and json.loads(body)["uuid"] == h.vms[0]["instance_uuid"]
+    # Nova with a certificate from another CA: the proxy refuses it, the VM gets 502
+    other = Path(h.state_dir) / "other"
+    other.mkdir()
+    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    subprocess.run(["openssl", "req", "-x509", *key, "-days", "1", "-subj", "/CN=rogue", "-addext", "subjectAltName=IP:10.10.0.1",
+                    "-keyout", str(other / "k.pem"), "-out", str(other / "c.pem")], check=True, capture_output=True)  # fmt: skip
+    assert h.setup("stop-nova").returncode == 0
+    rogue = subprocess.Popen(["ip", "netns", "exec", h.layout["namespaces"]["fabric"], str(Path(sys.executable)), "-m", "vrouter.cli",
+                              "nova-metadata", "--instances", h.state_dir + "/instances.json", "--listen", "10.10.0.1",
+                              "--secret-file", h.state_dir + "/secret", "--tls-cert", str(other / "c.pem"),
+                              "--tls-key", str(other / "k.pem")], stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
-        assert h.layout["nova"]["url"].startswith("https://")
-        status, body = h.metadata(0)
-        assert status == 200 and json.loads(body)["uuid"] == h.vms[0]["instance_uuid"]
-        # Nova with a certificate from another CA: the proxy refuses it, the VM gets 502
-        other = Path(h.state_dir) / "other"
-        other.mkdir()
-        key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-        subprocess.run(["openssl", "req", "-x509", *key, "-days", "1", "-subj", "/CN=rogue", "-addext", "subjectAltName=IP:10.10.0.1",
-                        "-keyout", str(other / "k.pem"), "-out", str(other / "c.pem")], check=True, capture_output=True)  # fmt: skip
-        assert h.setup("stop-nova").returncode == 0
-        rogue = subprocess.Popen(["ip", "netns", "exec", h.layout["namespaces"]["fabric"], str(Path(sys.executable)), "-m", "vrouter.cli",
-                                  "nova-metadata", "--instances", h.state_dir + "/instances.json", "--listen", "10.10.0.1",
-                                  "--secret-file", h.state_dir + "/secret", "--tls-cert", str(other / "c.pem"),
-                                  "--tls-key", str(other / "k.pem")], stderr=subprocess.PIPE, text=True)  # fmt: skip
-        try:
-            assert "metadata API on" in rogue.stderr.readline()
-            assert h.metadata(0)[0] == 502
-        finally:
-            rogue.terminate()
-            rogue.wait(10)
+        assert "metadata API on" in rogue.stderr.readline()
+        assert h.metadata(0)[0] == 502
     finally:
-        h.down()
+        rogue.terminate()
+        rogue.wait(10)

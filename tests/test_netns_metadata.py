@@ -10,9 +10,9 @@ import subprocess
 
 import pytest
 
-from tests.conftest import SETUP, VROUTER, EmulatedHost, needs_root, unique_prefix, wait_until
+from tests.helpers import SETUP, VROUTER, unique_prefix, wait_until
 
-pytestmark = [pytest.mark.netns, needs_root]
+pytestmark = pytest.mark.netns
 
 
 def test_each_vm_gets_its_own_metadata(host):
@@ -318,15 +318,13 @@ def test_vif_list_counts_traffic(host):
     assert after["tx_packets"] >= before["tx_packets"] + 3
 
 
-def test_up_twice_and_down_leave_nothing_behind():
-    h = EmulatedHost(vms=1)
-    try:
-        again = h.setup("up", "--vms", "1")
-        assert again.returncode == 0 and "already up" in again.stderr
-        taps = [vm["tap"] for vm in h.vms]
-        assert h.in_compute("ip", "link", "show", taps[0]).returncode == 0
-    finally:
-        r = h.setup("down")
+def test_up_twice_and_down_leave_nothing_behind(make_node):
+    h = make_node(vms=1)
+    again = h.setup("up", "--vms", "1")
+    assert again.returncode == 0 and "already up" in again.stderr
+    taps = [vm["tap"] for vm in h.vms]
+    assert h.in_compute("ip", "link", "show", taps[0]).returncode == 0
+    r = h.setup("down")
     assert r.returncode == 0, r.stderr
     names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert h.prefix + "-" not in names

@@ -10,10 +10,10 @@ import sys
 
 import pytest
 
-from tests.conftest import VROUTER, EmulatedHost, needs_root, wait_until
-from tests.test_netns_inspection import SEND_UDP, send_udp
+from tests.emulated_host import EmulatedHost
+from tests.helpers import SEND_UDP, VROUTER, metric, scrape, send_udp, wait_until
 
-pytestmark = [pytest.mark.netns, needs_root]
+pytestmark = pytest.mark.netns
 
 MD = "/openstack/latest/meta_data.json"
 
@@ -41,26 +41,6 @@ def faults(host):
     yield
     for rule in host.cli_json("metadata", "fault", "list"):
         host.cli("metadata", "fault", "del", str(rule["id"]))
-
-
-def scrape(host: EmulatedHost) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """The agent's metrics, from inside the compute namespace, as Prometheus scrapes them."""
-    r = host.in_compute("curl", "-s", "-f", "http://%s:8085/metrics" % host.layout["vhost0"]["ip"])
-    assert r.returncode == 0, r.stderr
-    out = {}
-    for line in r.stdout.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        name_labels, value = line.rsplit(" ", 1)
-        name, _, labels = name_labels.partition("{")
-        pairs = tuple(tuple(p.split("=", 1)) for p in labels.rstrip("}").split('",') if p) if labels else ()
-        out[(name, tuple((k, v.strip('"')) for k, v in pairs))] = float(value)
-    return out
-
-
-def metric(m: dict, name: str, **labels: str) -> float:
-    want = set(labels.items())
-    return sum(v for (n, ls), v in m.items() if n == name and want <= set(ls))
 
 
 # -- the journal -------------------------------------------------------------------------------

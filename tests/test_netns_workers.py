@@ -9,23 +9,19 @@ import signal
 
 import pytest
 
-from tests.conftest import EmulatedHost, wait_until
-from tests.test_netns_hostile import configure
-from tests.test_netns_observe import metric, scrape
+from tests.emulated_host import EmulatedHost
+from tests.helpers import configure, metric, scrape, wait_until
+
+pytestmark = pytest.mark.netns
 
 WORKERS = 2
 
 
 @pytest.fixture(scope="module")
-def node():
-    if os.geteuid() != 0:
-        pytest.skip("namespace tests need root (make test runs them as root)")
-    h = EmulatedHost(vms=4)
-    try:
-        configure(h, FLOWS={"dataplane_workers": WORKERS})
-        yield h
-    finally:
-        h.down()
+def node(make_shared_node):
+    h = make_shared_node(vms=4)
+    configure(h, FLOWS={"dataplane_workers": WORKERS})
+    return h
 
 
 def worker_pids(h: EmulatedHost) -> list[int]:

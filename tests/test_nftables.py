@@ -9,10 +9,10 @@ import subprocess
 import pytest
 
 from dataplane.linux.nftables import NftSocket, QueueRules, VmQueue, buckets_for
-from tests.conftest import needs_root, unique_prefix
+from tests.helpers import unique_prefix
 from topology import netns
 
-pytestmark = [pytest.mark.netns, needs_root]
+pytestmark = pytest.mark.netns
 
 
 def vms(n: int) -> tuple[VmQueue, ...]:

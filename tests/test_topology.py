@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import ROOT, needs_root, unique_prefix
+from tests.helpers import ROOT, unique_prefix
 from topology import netns
 from topology.model import MAX_VMS, Topology
 from vrouter.tools import locate
@@ -78,7 +78,6 @@ def test_tools_use_the_one_node_up_and_name_them_all_when_several(tmp_path, monk
     assert locate.state_dir(None, None) == str(tmp_path / "three")  # inside a node: that node, whatever else is up
 
 
-@needs_root
 @pytest.mark.netns
 def test_namespaces_are_made_entered_and_removed_without_ip():
     a, b = unique_prefix() + "-a", unique_prefix() + "-b"
@@ -106,7 +105,6 @@ def test_namespaces_are_made_entered_and_removed_without_ip():
     assert not netns.exists(a) and not netns.delete(a)
 
 
-@needs_root
 @pytest.mark.netns
 def test_the_demo_runs_and_leaves_nothing_behind():
     """make demo's script, under a prefix of its own: each step works, and down removes the node."""
@@ -118,7 +116,6 @@ def test_the_demo_runs_and_leaves_nothing_behind():
     assert not [n for n in netns.names() if n.startswith(prefix + "-")]
 
 
-@needs_root
 @pytest.mark.netns
 def test_the_cloud_demo_runs_and_leaves_nothing_behind():
     """make demo NODES=1: three nodes, each VM's metadata, pings over the overlay, the tools."""
