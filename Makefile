@@ -92,7 +92,7 @@ image-deps: system-deps
 test: install guest-initramfs guest-image
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q -ra tests
+	VROUTER_REQUIRE_GUESTS=1 $(BIN)/python -m pytest -q -ra tests
 
 # Only the guests: the test initramfs on a tap, and the Debian image configured by cloud-init.
 test-guests: install guest-initramfs guest-image
