@@ -110,11 +110,12 @@ def vm2_requests(h, n):
                             stdout=subprocess.PIPE, text=True)  # fmt: skip
 
 
-def all_served(h, proc, worst=5.0):
+def all_served(h, proc, n):
+    """Every one of vm2's ``n`` requests answered with its own metadata (each within the client's
+    10 s timeout: how fast is for the benchmark's fairness rows)."""
     out, _ = proc.communicate(timeout=300)
     result = json.loads(out)
-    assert result["codes"] == [h.vms[1]["instance_uuid"]] * len(result["codes"]), result["codes"]
-    assert result["worst"] < worst, result
+    assert result["codes"] == [h.vms[1]["instance_uuid"]] * n, result["codes"]
     return result
 
 
@@ -124,7 +125,7 @@ def test_fuzzed_packets_are_dropped_and_counted_while_vm2_is_served(hostile):
     load = vm2_requests(h, 30)
     fuzz = h.in_vm(0, sys.executable, "-c", FUZZ, "1624", "3000", h.vms[0]["ip"], h.vms[1]["ip"], timeout=300)
     assert fuzz.returncode == 0, fuzz.stderr
-    all_served(h, load)
+    all_served(h, load, 30)
     after = h.cli_json("dropstats")
     assert after["Invalid Packet"] > before["Invalid Packet"]
     assert after["Kernel IP Header Errors"] > before["Kernel IP Header Errors"]  # what the kernel refused before our hook
@@ -140,11 +141,19 @@ def test_forged_mac_and_duplicated_headers_yield_only_own_data(hostile):
            "-H", "X-Tenant-ID: x", "-H", "X-Tenant-ID: y"]  # fmt: skip
     status, body = h.metadata(0, "/openstack/latest/meta_data.json", *two)
     assert status == 200 and json.loads(body)["uuid"] == a["instance_uuid"]
-    h.in_vm(0, "ip", "link", "set", "eth0", "address", b["mac"])
+    r = h.in_vm(0, "ip", "link", "set", "eth0", "address", b["mac"])
+    assert r.returncode == 0, r.stderr
     try:
-        status, body = h.metadata(0, max_time=3)
+        assert h.in_vm(0, "cat", "/sys/class/net/eth0/address").stdout.strip() == b["mac"]  # vm1 now sends as vm2's MAC
+        status, body = h.metadata(0, "/openstack/latest/meta_data.json", "--local-port", "45679", max_time=3)
         assert status == 0 or json.loads(body)["uuid"] == a["instance_uuid"]
         assert b["instance_uuid"] not in body
+        # what vm1 sent as vm2's MAC is still vm1's: its flow is NATed from vm1's metadata address
+        # (the identity of the tap it came in by), the one the proxy answers with vm1's data
+        flows = h.cli_json("flow", "-l")
+        (f,) = [f for f in flows if (f["src"], f["sport"], f["dst"], f["dport"]) == (a["ip"], 45679, "169.254.169.254", 80)]
+        (rev,) = [r for r in flows if r["index"] == f["rindex"]]
+        assert f["action"] == "NAT" and rev["dst"] == a["metadata_ip"], (f, rev)
     finally:
         h.in_vm(0, "ip", "link", "set", "eth0", "address", a["mac"])
     wait_until(lambda: h.metadata(0)[0] == 200, 15, "vm1 served again with its own MAC")
@@ -173,7 +182,7 @@ def test_http_abuse_is_bounded_per_vm(hostile):
     try:
         assert idle.stdout.readline().strip() == "open"
         wait_until(lambda: h.cli_json("status")["proxy"]["connections_refused"] >= 20, 15, "connections past the cap refused")
-        all_served(h, vm2_requests(h, 10))
+        all_served(h, vm2_requests(h, 10), 10)
     finally:
         idle.stdin.close()
         idle.wait(30)
@@ -185,7 +194,7 @@ def test_syn_flood_hits_the_flooders_own_limit(hostile):
     load = vm2_requests(h, 30)
     flood = h.in_vm(0, sys.executable, "-c", SYN_FLOOD, h.vms[0]["ip"], "2500", "169.254.169.254", "10.9.9.9", timeout=300)
     assert flood.returncode == 0, flood.stderr
-    all_served(h, load)
+    all_served(h, load, 30)
     after = h.cli_json("dropstats")
     assert after["Flow Limit"] > before["Flow Limit"]
     vif = h.cli_json("vif", "--get", str(h.vms[0]["vif"]))
@@ -235,9 +244,17 @@ def test_nova_garbage_and_silence_give_502_then_recovery(hostile):
         silent.wait(10)
     assert h.setup("start-nova").returncode == 0
     wait_until(lambda: h.metadata(0)[0] == 200, 15, "metadata after Nova came back")
-    # nothing leaked: no connection to Nova beyond the proxy's keep-alive pool, no metadata flow left
-    established = h.in_compute("ss", "-Htn", "state", "established", "dst", "10.10.0.1").stdout.splitlines()
-    assert len(established) <= 64
+
+    # nothing leaked: every connection to Nova's address left in the compute namespace (but those
+    # in TIME-WAIT, which the kernel holds after a close) is one idle in the proxy's keep-alive
+    # pool, none left over from the garbage or the silence; and no metadata flow left
+    def leaked() -> list[str]:
+        sockets = h.in_compute("ss", "-Htn", "state", "all", "dst", "10.10.0.1", "dport", "=", ":8775").stdout.splitlines()
+        held = [line for line in sockets if not line.startswith("TIME-WAIT")]
+        proxy = h.cli_json("status")["proxy"]
+        return held if len(held) > proxy["upstream_idle"] or proxy["vm_connections"] else []
+
+    wait_until(lambda: not leaked(), 15, "no connection to Nova but the pool's")
     wait_until(lambda: not h.cli_json("flow", "--match", "169.254.169.254:80"), 15, "metadata flows to close")
 
 
@@ -270,6 +287,7 @@ def test_proxy_process_hung_is_replaced(hostile):
     try:
         t0 = time.monotonic()
         st = h.cli_json("status")
+        # the behaviour is a bound: the agent gives the proxy 3 s to report, where the CLI would wait 10
         assert time.monotonic() - t0 < 8 and "does not answer" in st["proxy"]["error"]
     finally:
         try:
