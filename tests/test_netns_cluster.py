@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -331,9 +330,8 @@ def test_a_node_removed_takes_its_keys_and_routes_with_it(cluster):
     assert ping(h, "vm1", "vm3")
     layout = h.lab.layout()
     assert [n["node"] for n in layout["nodes"]] == [1, 2] and len(layout["vms"]) == 4
-    t = time.monotonic()
     h.down()  # the rest goes as usual
-    assert not netns.exists(h.nodes[0]["namespace"]) and time.monotonic() - t < 30
+    assert not netns.exists(h.nodes[0]["namespace"])
 
 
 def test_a_second_prefix_joins_the_cloud_through_its_etcd(make_cluster):

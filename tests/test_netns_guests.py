@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -153,9 +152,7 @@ def test_a_qemu_guest_on_a_tap_takes_its_lease_resolves_an_instance_and_reads_it
     # its packets made flows, and its vif counted them
     vif = h.cli_json("vif", "--get", str(g["vif"]))
     assert vif["rx_packets"] > 10 and vif["tx_packets"] > 10
-    t0 = time.monotonic()
     h.down()
-    assert time.monotonic() - t0 < 30
     assert not os.path.exists(g["console"])  # down removed the state directory with the overlay and console
 
 
