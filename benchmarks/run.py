@@ -30,7 +30,6 @@ import configparser
 import json
 import os
 import re
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,194 +37,14 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from benchmarks import report  # noqa: E402
+from benchmarks.clients import FAIR_CLIENT, FLOODS, FLOOR_CONSUMER, LATENCY_CLIENT, TCP_SINK, TCP_SOURCE, UDP_SINK, UDP_SOURCE  # noqa: E402
 from topology.lab import Lab  # noqa: E402
 from topology.model import Topology  # noqa: E402
 
 VROUTER = os.path.join(ROOT, ".venv", "bin", "vrouter")
 PATH = "/openstack/latest/meta_data.json"
 URL = "http://169.254.169.254" + PATH
-
-LATENCY_CLIENT = r"""
-import asyncio, json, sys, time
-rate, seconds, conns = float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
-REQ = b"GET /openstack/latest/meta_data.json HTTP/1.1\r\nHost: 169.254.169.254\r\n\r\n"
-lat, errors = [], 0
-async def one(r, w, scheduled):
-    global errors
-    w.write(REQ)
-    head = await r.readuntil(b"\r\n\r\n")
-    if not head.startswith(b"HTTP/1.1 200"):
-        errors += 1
-    n = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
-    await r.readexactly(n)
-    lat.append(time.monotonic() - scheduled)
-async def main():
-    global errors
-    pool = asyncio.Queue()
-    for _ in range(conns):
-        pool.put_nowait(await asyncio.open_connection("169.254.169.254", 80))
-    start = time.monotonic()
-    tasks = []
-    i = 0
-    while True:
-        scheduled = start + i / rate
-        if scheduled - start > seconds:
-            break
-        await asyncio.sleep(max(0, scheduled - time.monotonic()))
-        async def run(s=scheduled):
-            global errors
-            c = await pool.get()
-            try:
-                await asyncio.wait_for(one(*c, s), 10)
-            except Exception:
-                errors += 1
-                c = await asyncio.open_connection("169.254.169.254", 80)
-            pool.put_nowait(c)
-        tasks.append(asyncio.ensure_future(run()))
-        i += 1
-    await asyncio.gather(*tasks)
-    lat.sort()
-    print(json.dumps({"n": len(lat), "errors": errors, "p50_ms": lat[len(lat) // 2] * 1000, "p99_ms": lat[int(len(lat) * 0.99)] * 1000}))
-asyncio.run(main())
-"""
-
-UDP_SINK = r"""
-import socket, sys, time, json
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
-s.bind((sys.argv[1], 9000))
-s.settimeout(2)
-print("ready", flush=True)
-n, first, last = 0, None, None
-try:
-    while True:
-        s.recv(2048)
-        last = time.monotonic()
-        first = first or last
-        n += 1
-except socket.timeout:
-    pass
-print(json.dumps({"packets": n, "seconds": (last - first) if n > 1 else 0}))
-"""
-
-UDP_SOURCE = r"""
-import socket, sys, time
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-dst, seconds = (sys.argv[1], 9000), float(sys.argv[2])
-end = time.monotonic() + seconds
-payload = b"x" * 18  # 64-byte Ethernet frames
-n = 0
-while time.monotonic() < end:
-    for _ in range(256):
-        s.sendto(payload, dst)
-    n += 256
-print(n)
-"""
-
-# The floor of the project's packet I/O: the agent's NFQUEUE shell (uvloop, the queue's socket
-# drained without blocking, the same bind arguments, the same verdict writer and the same nftables
-# rules) with a callback that only reads the packet and accepts it: no parsing, no flow table, no
-# dataplane at all.
-FLOOR_CONSUMER = r"""
-import asyncio, signal, sys
-sys.path.insert(0, sys.argv[3])
-import uvloop
-from netfilterqueue import COPY_PACKET, NetfilterQueue
-from dataplane.linux.nftables import NftSocket, QueueRules
-from dataplane.linux.verdicts import VerdictWriter
-queue, table = int(sys.argv[1]), sys.argv[2]
-def handle(pkt):
-    pkt.get_payload(), pkt.indev
-    verdicts.accept(pkt.id)
-def drain():
-    q.run(False)
-    verdicts.flush()
-async def main():
-    global q, verdicts
-    q = NetfilterQueue()
-    q.bind(queue, handle, max_len=4096, mode=COPY_PACKET, range=0xFFFF)
-    verdicts = VerdictWriter(q.get_fd(), queue)
-    loop = asyncio.get_running_loop()
-    loop.add_reader(q.get_fd(), drain)
-    with NftSocket() as nft:
-        nft.create_queue_table(QueueRules(queue_num=queue), name=table)
-    stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    print("ready", flush=True)
-    await stop.wait()
-    with NftSocket() as nft:
-        nft.delete_tables(table)
-    loop.remove_reader(q.get_fd())
-    q.unbind()
-uvloop.run(main())
-"""
-
-TCP_SINK = r"""
-import socket, sys, time, json
-l = socket.socket()
-l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-l.bind((sys.argv[1], 9001))
-l.listen(1)
-print("ready", flush=True)
-c, _ = l.accept()
-n, t0 = 0, time.monotonic()
-while True:
-    b = c.recv(1 << 20)
-    if not b:
-        break
-    n += len(b)
-print(json.dumps({"bytes": n, "seconds": time.monotonic() - t0}))
-"""
-
-TCP_SOURCE = r"""
-import socket, sys, time
-s = socket.create_connection((sys.argv[1], 9001))
-buf = b"x" * (1 << 16)
-end = time.monotonic() + float(sys.argv[2])
-while time.monotonic() < end:
-    s.sendall(buf)
-s.close()
-"""
-
-
-FAIR_CLIENT = r"""
-import json, socket, sys, time
-rate, seconds = float(sys.argv[1]), float(sys.argv[2])
-REQ = b"GET /openstack/latest/meta_data.json HTTP/1.1\r\nHost: 169.254.169.254\r\nConnection: close\r\n\r\n"
-lat, failed = [], 0
-start = time.monotonic()
-i = 0
-while True:
-    scheduled = start + i / rate
-    if scheduled - start > seconds:
-        break
-    time.sleep(max(0.0, scheduled - time.monotonic()))
-    try:
-        s = socket.create_connection(("169.254.169.254", 80), timeout=4)
-        s.settimeout(4)
-        s.sendall(REQ)
-        data = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-        s.close()
-        if not data.startswith(b"HTTP/1.1 200"):
-            failed += 1
-    except OSError:
-        failed += 1
-    lat.append(time.monotonic() - scheduled)
-    i += 1
-lat.sort()
-p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
-print(json.dumps({"n": len(lat), "failed": failed, "p50_ms": lat[len(lat) // 2] * 1000, "p99_ms": p99 * 1000}))
-"""
-FLOODS = {
-    "syn": ["--flood", "-S", "-p", "80", "169.254.169.254"],
-    "udp": ["--flood", "--udp", "-p", "9", "VM2"],
-    "ping": ["--flood", "--icmp", "VM2"],
-}
 
 
 def sh(*cmd: str, check: bool = True, timeout: float = 120, **kw) -> subprocess.CompletedProcess:  # noqa: ANN003
@@ -558,28 +377,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def median_figures(runs: list[dict]) -> dict:
-    """Each figure's median over the rounds; errors are added up (any error fails the run)."""
-    out: dict = {}
-    for fig in runs[0]:
-        out[fig] = {}
-        for key in runs[0][fig]:
-            values = [r[fig][key] for r in runs]
-            out[fig][key] = sum(values) if key in ("errors", "n") else statistics.median(values)
-    return out
-
-
-def num(x: float) -> str:
-    return f"{x:,.0f}" if x >= 100 else f"{x:.2f}"
-
-
-def fmt_row(name: str, ours: float, ref: float | None, ref_name: str, target: str, met: bool | None, unit: str) -> str:
-    ratio = "%.2fx" % (ours / ref) if ref else "-"
-    reference = "%s %s (%s)" % (num(ref), unit, ref_name) if ref else "-"
-    verdict = "-" if met is None else ("yes" if met else "**no**")
-    return "| %s | %s %s | %s | %s | %s | %s |" % (name, num(ours), unit, reference, ratio, target, verdict)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=8, help="length of each load (default 8)")
@@ -635,68 +432,16 @@ def main() -> int:
         b.down()
     res["workers"] = res.get("workers", 0)
     for name, figures in runs.items():
-        res[name] = median_figures(figures)
+        res[name] = report.median_figures(figures)
     from benchmarks.flow_table import measure
 
     res["flows_1k"], res["flows_400k"] = measure(5)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(res, f, indent=2)
-    p, p1, k, h = res["project"], res["project1"], res["kernel"], res["haproxy"]
-    errors = {name: sum(v.get("errors", 0) for v in r.values()) for name, r in (("project", p), ("project1", p1), ("kernel", k), ("haproxy", h))}
-    one = "one worker"
-    spread = res["flows_400k"]["packet_spread_ns"] / res["flows_1k"]["packet_spread_ns"]
-    rows = [
-        "| figure | this project | reference | ratio | target | met |",
-        "| --- | ---: | ---: | ---: | --- | --- |",
-        fmt_row("metadata req/s, keep-alive, 1 VM", p["keepalive_1vm"]["rps"], h["keepalive_1vm"]["rps"], "haproxy", ">= 1.5x haproxy",
-                p["keepalive_1vm"]["rps"] >= 1.5 * h["keepalive_1vm"]["rps"], "/s"),
-        fmt_row("metadata req/s, keep-alive, 8 VMs", p["keepalive_8vm"]["rps"], h["keepalive_8vm"]["rps"], "haproxy", ">= 1.5x haproxy",
-                p["keepalive_8vm"]["rps"] >= 1.5 * h["keepalive_8vm"]["rps"], "/s"),
-        fmt_row("  (kernel DNAT, keep-alive, 8 VMs)", p["keepalive_8vm"]["rps"], k["keepalive_8vm"]["rps"], "kernel", "-", None, "/s"),
-        fmt_row("  (%d dataplane workers against one, keep-alive, 8 VMs)" % res["workers"], p["keepalive_8vm"]["rps"],
-                p1["keepalive_8vm"]["rps"], one, "-", None, "/s"),
-        fmt_row("new metadata connections/s", p["new_conn"]["rps"], k["new_conn"]["rps"], "kernel", ">= 0.5x kernel",
-                p["new_conn"]["rps"] >= 0.5 * k["new_conn"]["rps"], "/s"),
-        fmt_row("  (haproxy, new connections/s)", p["new_conn"]["rps"], h["new_conn"]["rps"], "haproxy", ">= 1.0x haproxy",
-                p["new_conn"]["rps"] >= h["new_conn"]["rps"], "/s"),
-        fmt_row("  (%d dataplane workers against one, new connections/s)" % res["workers"], p["new_conn"]["rps"], p1["new_conn"]["rps"],
-                one, "-", None, "/s"),
-        fmt_row("latency p50 at %d req/s (ms)" % args.rate, p["latency"]["p50_ms"], h["latency"]["p50_ms"], "haproxy", "-", None, "ms"),
-        fmt_row("latency p99 at %d req/s (ms)" % args.rate, p["latency"]["p99_ms"], h["latency"]["p99_ms"], "haproxy", "<= 1.0x haproxy",
-                p["latency"]["p99_ms"] <= h["latency"]["p99_ms"], "ms"),
-        fmt_row("VM-to-VM small UDP packets/s (iperf3 -u -l 64 -b 0)", res["project_vm2vm"]["iperf3_udp_pps"],
-                res["kernel_vm2vm"]["iperf3_udp_pps"], "kernel", ">= 0.5x kernel",
-                0 < res["project_vm2vm"]["iperf3_udp_pps"] >= 0.5 * res["kernel_vm2vm"]["iperf3_udp_pps"], "/s"),
-        fmt_row("  (accept-only NFQUEUE consumer, no dataplane; iperf3)", res["project_vm2vm"]["iperf3_udp_pps"],
-                res["floor_vm2vm"]["iperf3_udp_pps"], "floor", "-", None, "/s"),
-        fmt_row("  (%d dataplane workers against one; iperf3)" % res["workers"], res["project_vm2vm"]["iperf3_udp_pps"],
-                res["project1_vm2vm"]["iperf3_udp_pps"], one, "-", None, "/s"),
-        fmt_row("VM-to-VM small UDP packets/s (Python sender)", res["project_vm2vm"]["udp_pps"], res["kernel_vm2vm"]["udp_pps"], "kernel",
-                "-", None, "/s"),
-        fmt_row("  (accept-only NFQUEUE consumer, no dataplane)", res["project_vm2vm"]["udp_pps"], res["floor_vm2vm"]["udp_pps"], "floor", "-",
-                None, "/s"),
-        fmt_row("VM-to-VM TCP throughput (Mbit/s)", res["project_vm2vm"]["tcp_mbit"], res["kernel_vm2vm"]["tcp_mbit"], "kernel", "-", None, "Mbit/s"),
-        fmt_row("flow lookup, 400K live flows (ns)", res["flows_400k"]["lookup_ns"], res["flows_1k"]["lookup_ns"], "1K flows",
-                "- (retired)", None, "ns"),
-        fmt_row("  (lookup among the same 1,000 flows, 400K live)", res["flows_400k"]["lookup_same_set_ns"],
-                res["flows_1k"]["lookup_same_set_ns"], "1K flows", "-", None, "ns"),
-        fmt_row("per-packet path, packets spread over all live flows (ns)", res["flows_400k"]["packet_spread_ns"],
-                res["flows_1k"]["packet_spread_ns"], "1K flows", "<= 1.5x 1K", spread <= 1.5, "ns"),
-        fmt_row("flow setup (pair), 400K live flows (ns)", res["flows_400k"]["setup_ns"], res["flows_1k"]["setup_ns"], "1K flows", "-", None, "ns"),
-        fmt_row("agent + proxy process memory, RSS (KiB)", res["agent_rss_kib"], None, "", "-", None, "KiB"),
-    ]  # fmt: skip
-    fair = res["fairness"]
-    for kind, label in (("syn", "a SYN flood to 169.254.169.254"), ("udp", "a UDP flood to it"), ("ping", "a ping flood to it")):
-        f = fair[kind]
-        ok = f["failed"] == 0 and f["ping_lost"] == 0 and f["p99_ms"] < 100
-        name = "another VM's metadata p99 (new connections) during %s (%d failed of %d, %d%% pings lost)" % (
-            label, f["failed"], f["n"], f["ping_lost"])  # fmt: skip
-        rows.append(fmt_row(name, f["p99_ms"], fair["none"]["p99_ms"], "no flood", "< 100 ms, none failed or lost", ok, "ms"))
-    cpu = "CPU during the keep-alive run from 1 VM, % of one core (2 cores in all; wrk has the rest; agent: with its workers): " + "; ".join(
-        "%s: %s" % (name, ", ".join("%s %d" % kv for kv in res[name]["cpu_keepalive_1vm"].items()))
-        for name in ("project", "project1", "haproxy", "kernel")
-    )
+    errors = {name: sum(v.get("errors", 0) for v in res[name].values()) for name in ("project", "project1", "kernel", "haproxy")}
+    rows = report.table(res, args.rate)
+    cpu = report.cpu_line(res)
     print("\n".join(rows))
     print("\n" + cpu)
     print("\nrequest errors: %s; UDP delivered (project/kernel/floor): %s/%s/%s" % (

@@ -1,0 +1,188 @@
+"""The programs benchmarks/run.py runs inside the emulated host's namespaces: the load generators
+and sinks (each given to ``python -c`` in a VM, its figures printed as JSON on its last line), the
+accept-only NFQUEUE consumer, and the hping3 floods of the fairness rows.
+"""
+
+LATENCY_CLIENT = r"""
+import asyncio, json, sys, time
+rate, seconds, conns = float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
+REQ = b"GET /openstack/latest/meta_data.json HTTP/1.1\r\nHost: 169.254.169.254\r\n\r\n"
+lat, errors = [], 0
+async def one(r, w, scheduled):
+    global errors
+    w.write(REQ)
+    head = await r.readuntil(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 200"):
+        errors += 1
+    n = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+    await r.readexactly(n)
+    lat.append(time.monotonic() - scheduled)
+async def main():
+    global errors
+    pool = asyncio.Queue()
+    for _ in range(conns):
+        pool.put_nowait(await asyncio.open_connection("169.254.169.254", 80))
+    start = time.monotonic()
+    tasks = []
+    i = 0
+    while True:
+        scheduled = start + i / rate
+        if scheduled - start > seconds:
+            break
+        await asyncio.sleep(max(0, scheduled - time.monotonic()))
+        async def run(s=scheduled):
+            global errors
+            c = await pool.get()
+            try:
+                await asyncio.wait_for(one(*c, s), 10)
+            except Exception:
+                errors += 1
+                c = await asyncio.open_connection("169.254.169.254", 80)
+            pool.put_nowait(c)
+        tasks.append(asyncio.ensure_future(run()))
+        i += 1
+    await asyncio.gather(*tasks)
+    lat.sort()
+    print(json.dumps({"n": len(lat), "errors": errors, "p50_ms": lat[len(lat) // 2] * 1000, "p99_ms": lat[int(len(lat) * 0.99)] * 1000}))
+asyncio.run(main())
+"""
+
+UDP_SINK = r"""
+import socket, sys, time, json
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+s.bind((sys.argv[1], 9000))
+s.settimeout(2)
+print("ready", flush=True)
+n, first, last = 0, None, None
+try:
+    while True:
+        s.recv(2048)
+        last = time.monotonic()
+        first = first or last
+        n += 1
+except socket.timeout:
+    pass
+print(json.dumps({"packets": n, "seconds": (last - first) if n > 1 else 0}))
+"""
+
+UDP_SOURCE = r"""
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+dst, seconds = (sys.argv[1], 9000), float(sys.argv[2])
+end = time.monotonic() + seconds
+payload = b"x" * 18  # 64-byte Ethernet frames
+n = 0
+while time.monotonic() < end:
+    for _ in range(256):
+        s.sendto(payload, dst)
+    n += 256
+print(n)
+"""
+
+# The floor of the project's packet I/O: the agent's NFQUEUE shell (uvloop, the queue's socket
+# drained without blocking, the same bind arguments, the same verdict writer and the same nftables
+# rules) with a callback that only reads the packet and accepts it: no parsing, no flow table, no
+# dataplane at all.
+FLOOR_CONSUMER = r"""
+import asyncio, signal, sys
+sys.path.insert(0, sys.argv[3])
+import uvloop
+from netfilterqueue import COPY_PACKET, NetfilterQueue
+from dataplane.linux.nftables import NftSocket, QueueRules
+from dataplane.linux.verdicts import VerdictWriter
+queue, table = int(sys.argv[1]), sys.argv[2]
+def handle(pkt):
+    pkt.get_payload(), pkt.indev
+    verdicts.accept(pkt.id)
+def drain():
+    q.run(False)
+    verdicts.flush()
+async def main():
+    global q, verdicts
+    q = NetfilterQueue()
+    q.bind(queue, handle, max_len=4096, mode=COPY_PACKET, range=0xFFFF)
+    verdicts = VerdictWriter(q.get_fd(), queue)
+    loop = asyncio.get_running_loop()
+    loop.add_reader(q.get_fd(), drain)
+    with NftSocket() as nft:
+        nft.create_queue_table(QueueRules(queue_num=queue), name=table)
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    print("ready", flush=True)
+    await stop.wait()
+    with NftSocket() as nft:
+        nft.delete_tables(table)
+    loop.remove_reader(q.get_fd())
+    q.unbind()
+uvloop.run(main())
+"""
+
+TCP_SINK = r"""
+import socket, sys, time, json
+l = socket.socket()
+l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind((sys.argv[1], 9001))
+l.listen(1)
+print("ready", flush=True)
+c, _ = l.accept()
+n, t0 = 0, time.monotonic()
+while True:
+    b = c.recv(1 << 20)
+    if not b:
+        break
+    n += len(b)
+print(json.dumps({"bytes": n, "seconds": time.monotonic() - t0}))
+"""
+
+TCP_SOURCE = r"""
+import socket, sys, time
+s = socket.create_connection((sys.argv[1], 9001))
+buf = b"x" * (1 << 16)
+end = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < end:
+    s.sendall(buf)
+s.close()
+"""
+
+
+FAIR_CLIENT = r"""
+import json, socket, sys, time
+rate, seconds = float(sys.argv[1]), float(sys.argv[2])
+REQ = b"GET /openstack/latest/meta_data.json HTTP/1.1\r\nHost: 169.254.169.254\r\nConnection: close\r\n\r\n"
+lat, failed = [], 0
+start = time.monotonic()
+i = 0
+while True:
+    scheduled = start + i / rate
+    if scheduled - start > seconds:
+        break
+    time.sleep(max(0.0, scheduled - time.monotonic()))
+    try:
+        s = socket.create_connection(("169.254.169.254", 80), timeout=4)
+        s.settimeout(4)
+        s.sendall(REQ)
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        s.close()
+        if not data.startswith(b"HTTP/1.1 200"):
+            failed += 1
+    except OSError:
+        failed += 1
+    lat.append(time.monotonic() - scheduled)
+    i += 1
+lat.sort()
+p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+print(json.dumps({"n": len(lat), "failed": failed, "p50_ms": lat[len(lat) // 2] * 1000, "p99_ms": p99 * 1000}))
+"""
+
+# vm1's floods in the fairness rows, as fast as hping3 goes ("VM2": vm2's address)
+FLOODS = {
+    "syn": ["--flood", "-S", "-p", "80", "169.254.169.254"],
+    "udp": ["--flood", "--udp", "-p", "9", "VM2"],
+    "ping": ["--flood", "--icmp", "VM2"],
+}
