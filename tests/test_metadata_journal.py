@@ -11,7 +11,8 @@ import pytest
 
 from tests.conftest import wait_until
 from tests.test_metadata_proxy import ProxyThread, Upstream_, exchange
-from vrouter.messages import FaultSpec, Identity
+from vrouter.messages.proxy import FaultSpec
+from vrouter.model import Identity
 from vrouter.services.metadata.faults import FaultError, Faults, Rule, check
 from vrouter.services.metadata.http import nova_like_response
 from vrouter.services.metadata.journal import MIN_PER_RING, Journal, Latency

@@ -12,7 +12,7 @@ import threading
 import pytest
 
 from tests.conftest import wait_until
-from vrouter.messages import Identity
+from vrouter.model import Identity
 from vrouter.services.metadata.fairness import Fairness, RateLimiter
 from vrouter.services.metadata.nova_side import Upstream
 from vrouter.services.metadata.proxy import MetadataProxy

@@ -24,7 +24,7 @@ import random
 import re
 from dataclasses import dataclass, field
 
-from vrouter.messages import FaultRecord, FaultSpec
+from vrouter.messages.proxy import FaultRecord, FaultSpec
 
 EFFECTS = ("status", "delay", "throttle", "reset", "drop")
 

@@ -14,7 +14,7 @@ import re
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from vrouter.messages import Identity
+    from vrouter.model import Identity
     from vrouter.services.metadata.faults import Rule
 
 RELAYED_METHODS = {b"GET", b"HEAD", b"POST", b"PUT", b"DELETE"}

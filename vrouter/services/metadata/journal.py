@@ -36,7 +36,7 @@ from itertools import repeat
 from operator import itemgetter
 from typing import NamedTuple
 
-from vrouter.messages import Histogram, JournalEntry
+from vrouter.messages.proxy import Histogram, JournalEntry
 
 UNKNOWN = ""  # the ring of requests whose source is no instance
 TALLY_EVERY = 1024  # entries between two tallies, when nobody reads them sooner

@@ -26,7 +26,8 @@ import ssl
 import time
 from collections.abc import Callable
 
-from vrouter.messages import Identity, ProxyCounters, ProxyLoad, VifMetadataCounters
+from vrouter.messages.proxy import ProxyCounters, ProxyLoad, VifMetadataCounters
+from vrouter.model import Identity
 from vrouter.services.metadata.fairness import Fairness, RateLimiter
 from vrouter.services.metadata.faults import Faults
 from vrouter.services.metadata.http import NOT_RELAYED, Request
