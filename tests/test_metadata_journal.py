@@ -10,7 +10,7 @@ import time
 import pytest
 
 from tests.conftest import wait_until
-from tests.test_metadata_proxy import ProxyThread, Upstream_, exchange
+from tests.metadata_helpers import FakeNova, ProxyThread, exchange
 from vrouter.messages.proxy import FaultSpec
 from vrouter.model import Identity
 from vrouter.services.metadata.faults import FaultError, Faults, Rule, check
@@ -25,7 +25,7 @@ GET = b"GET %s HTTP/1.1\r\nHost: 169.254.169.254\r\n\r\n"
 
 @pytest.fixture
 def upstream():
-    u = Upstream_()
+    u = FakeNova()
     yield u
     u.close()
 
