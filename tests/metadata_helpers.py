@@ -17,11 +17,16 @@ from vrouter.services.metadata.proxy import MetadataProxy
 
 VM = Identity("0b9c4f2e-7a51-4c4b-9d6e-0d3c1f5a2b77", "5a3f0c1e-2d4b-4f6a-8c9e-0b1d2f3a4c5e", "10.1.1.3", "port-1")
 SECRET = "s3cret"
-BIG = 16 << 20  # a body larger than the proxy's and the kernel's buffers together
+# /big's body: larger than every buffer between Nova and a VM that does not read (each socket's
+# kernel buffers, autotuned up to net.ipv4.tcp_rmem's 32 MiB, and the proxy's own), so that a proxy
+# that kept reading Nova would be seen to
+BIG = 64 << 20
+BIG_CHUNK = 1 << 18  # /big's body goes in writes of this size, each counted once it is sent
 
 
 class FakeNova:
-    """A raw HTTP/1.1 server: records request heads, answers by path. Keep-alive, chunked on demand."""
+    """A raw HTTP/1.1 server: records request heads, answers by path. Keep-alive, chunked on demand.
+    ``big_sent``: how much of /big's body it has sent so far (its writes block when nobody reads)."""
 
     def __init__(self) -> None:
         self.sock = socket.socket()
@@ -31,6 +36,7 @@ class FakeNova:
         self.port = self.sock.getsockname()[1]
         self.requests: list[tuple[str, list[tuple[str, str]], bytes]] = []
         self.connections = 0
+        self.big_sent = 0
         self.slow = threading.Event()
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -77,7 +83,11 @@ class FakeNova:
                 c.close()
                 return
             elif target == "/big":
-                c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % BIG + b"u" * BIG)
+                c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % BIG)
+                chunk = b"u" * BIG_CHUNK
+                for _ in range(BIG // BIG_CHUNK):
+                    c.sendall(chunk)
+                    self.big_sent += BIG_CHUNK
             elif target == "/no-length":
                 c.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nno length here")
                 c.close()

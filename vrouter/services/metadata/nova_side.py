@@ -62,6 +62,7 @@ class Responder(Protocol):
     """What the Nova side may do to the VM's connection it answers."""
 
     write_paused: bool  # the VM does not read: pause Nova
+    nova: NovaConnection | None  # the connection carrying its request, that it pauses, resumes and abandons
 
     @property
     def gone(self) -> bool: ...  # the VM's connection is closed
@@ -116,6 +117,7 @@ class NovaConnection(asyncio.Protocol):
         assert self.transport is not None
         self.state = UPSTREAM_NEXT[self.state][_REQUEST_SENT] or self._bad(_REQUEST_SENT)
         self.client = client
+        client.nova = self
         self.req = req
         self.reused = reused
         self.attempt = attempt
