@@ -20,6 +20,10 @@ dataplane and, as the reference, through plain kernel forwarding; small UDP also
 of the project's packet I/O, an accept-only NFQUEUE consumer (the agent's shell and verdict
 writer, no dataplane). Flow table costs come from benchmarks/flow_table.py's measure(). Any request error makes the run fail. Everything stays in
 the namespaces this script creates, is bounded in time, and is removed at the end.
+
+A measurement that failed (a tool that printed nothing, a figure of zero, a p99 with failed requests
+in it, a flood that did not run) makes the run fail too, and its row's target is not met whatever
+the other side measured (benchmarks/report.py).  The programs run in the namespaces are in benchmarks/clients.py.
 """
 
 from __future__ import annotations
@@ -64,15 +68,21 @@ def wait_listening(ns: str, port: int) -> None:
 
 def iperf3(a: dict, b: dict, seconds: float, *client: str, port: int = 5201) -> dict:
     """One iperf3 test from VM ``a`` to VM ``b`` (layout records), ``client`` its options (-u,
-    -l, -b ...): the "end" of iperf3's JSON report ({} if it gave none).  The server serves that
-    one test and exits."""
+    -l, -b ...): the "end" of iperf3's JSON report ({} if it gave none, or an error, said on
+    stderr: its figures are then zeros, which the report counts as a failed measurement).  The
+    server serves that one test and exits."""
     server = subprocess.Popen(["ip", "netns", "exec", b["namespace"], "iperf3", "-s", "-1", "-B", b["ip"], "-p", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         wait_listening(b["namespace"], port)  # not by connecting: iperf3 -s -1 would serve that one and exit
         r = sh("ip", "netns", "exec", a["namespace"], "iperf3", *client, "-c", b["ip"], "-p", str(port), "-t", str(int(seconds)), "--json",
                timeout=seconds + 60, check=False)  # fmt: skip
-        return json.loads(r.stdout).get("end", {}) if r.stdout.strip() else {}
+        out = json.loads(r.stdout) if r.stdout.strip() else {}
+        if out.get("error") or not out.get("end"):
+            why = out.get("error") or r.stderr.strip()[-300:] or "it printed nothing"
+            print("iperf3 %s from %s to %s gave no figures: %s" % (" ".join(client), a["name"], b["name"], why), file=sys.stderr)
+            return {}
+        return out["end"]
     finally:
         try:
             server.wait(10)  # it exits after its one test
@@ -338,11 +348,14 @@ class Bench:
 
     def fairness(self) -> dict:
         """vm1 floods (hping3, as fast as it can); vm2 makes new metadata connections at 50/s and
-        pings the gateway 100 times: its p99, failures and ping loss, beside the same with no flood."""
+        pings the gateway 100 times: its p99, failures and ping loss, beside the same with no flood;
+        and how fast the flood reached vm1's vif (packets read or dropped there a second) and
+        whether hping3 was still flooding at the end (the report fails a flood that did not run)."""
         a, b = self.vms[0], self.vms[1]
         out = {}
         for kind in ["none", *FLOODS]:
             flood = None
+            seen, t0 = self.vif_packets(a), time.monotonic()
             if kind != "none":
                 cmd = [x.replace("VM2", b["ip"]) for x in FLOODS[kind]]
                 quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
@@ -354,12 +367,19 @@ class Bench:
                 ping = sh("ip", "netns", "exec", b["namespace"], "ping", "-q", "-c", "100", "-i", "0.01", "-W", "1", b["gateway"], check=False).stdout
                 m = re.search(r"(\d+) received", ping)
                 r["ping_lost"] = 100 - int(m.group(1)) if m else 100
+                r["flood_running"] = flood is not None and flood.poll() is None
+                r["flood_pps"] = round((self.vif_packets(a) - seen) / (time.monotonic() - t0))
             finally:
                 if flood is not None:
                     flood.terminate()
                     flood.wait(10)
             out[kind] = r
         return out
+
+    def vif_packets(self, vm: dict) -> int:
+        """What reached a VM's vif so far: the packets the dataplane read and those dropped there."""
+        vif = json.loads(sh(VROUTER, "vif", "--get", str(vm["vif"]), "--json", "--state-dir", self.state).stdout)
+        return vif["rx_packets"] + vif["drops"]
 
     def agent_rss_kib(self) -> int:
         status = json.loads(sh(VROUTER, "status", "--json", "--state-dir", self.state).stdout)
@@ -440,15 +460,17 @@ def main() -> int:
     with open(args.out, "w") as f:
         json.dump(res, f, indent=2)
     errors = {name: sum(v.get("errors", 0) for v in res[name].values()) for name in ("project", "project1", "kernel", "haproxy")}
-    rows = report.table(res, args.rate)
+    table = report.table(res, args.rate)
     cpu = report.cpu_line(res)
-    print("\n".join(rows))
+    print("\n".join(table.rows))
     print("\n" + cpu)
     print("\nrequest errors: %s; UDP delivered (project/kernel/floor): %s/%s/%s" % (
         errors, res["project_vm2vm"]["udp_delivered"], res["kernel_vm2vm"]["udp_delivered"], res["floor_vm2vm"]["udp_delivered"]))  # fmt: skip
+    if table.failed:
+        print("\nfailed measurements (the run fails):\n  " + "\n  ".join(table.failed))
     with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
-        f.write("\n".join(rows) + "\n\n" + cpu + "\n")
-    return 1 if any(errors.values()) else 0
+        f.write("\n".join(table.rows) + "\n\n" + cpu + "\n")
+    return 1 if any(errors.values()) or table.failed else 0
 
 
 if __name__ == "__main__":
