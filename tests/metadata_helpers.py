@@ -8,6 +8,7 @@ import asyncio
 import json
 import socket
 import threading
+import time
 from collections.abc import Callable
 
 from vrouter.model import Identity
@@ -25,8 +26,8 @@ BIG_CHUNK = 1 << 18  # /big's body goes in writes of this size, each counted onc
 
 
 class FakeNova:
-    """A raw HTTP/1.1 server: records request heads, answers by path. Keep-alive, chunked on demand.
-    ``big_sent``: how much of /big's body it has sent so far (its writes block when nobody reads)."""
+    """A raw HTTP/1.1 server: records request heads (and when they came), answers by path. Keep-alive,
+    chunked on demand.  ``big_sent``: how much of /big's body it has sent so far (its writes block when nobody reads)."""
 
     def __init__(self) -> None:
         self.sock = socket.socket()
@@ -35,6 +36,7 @@ class FakeNova:
         self.sock.listen(64)
         self.port = self.sock.getsockname()[1]
         self.requests: list[tuple[str, list[tuple[str, str]], bytes]] = []
+        self.arrived: list[float] = []  # when each request had come (time.monotonic)
         self.connections = 0
         self.big_sent = 0
         self.slow = threading.Event()
@@ -71,6 +73,7 @@ class FakeNova:
                 hdrs.append((n, v.strip()))
             length = int(dict((k.lower(), v) for k, v in hdrs).get("content-length", 0))
             body = f.read(length) if length else b""
+            self.arrived.append(time.monotonic())
             self.requests.append((method + " " + target, hdrs, body))
             if target == "/chunked":
                 c.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Custom-Case: Kept\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
