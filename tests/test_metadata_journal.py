@@ -13,7 +13,7 @@ from tests.conftest import wait_until
 from tests.metadata_helpers import FakeNova, ProxyThread, exchange
 from vrouter.messages.proxy import FaultSpec
 from vrouter.model import Identity
-from vrouter.services.metadata.faults import FaultError, Faults, Rule, check
+from vrouter.services.metadata.faults import FaultError, Faults, Rule, check, effect_text
 from vrouter.services.metadata.http import nova_like_response
 from vrouter.services.metadata.journal import MIN_PER_RING, Journal, Latency
 
@@ -282,6 +282,20 @@ def test_a_sensible_rule_is_its_effect_and_value():
     args = {"instance": None, "vif": None, "all_": True, "path": "/*", "status": None, "delay": 2.5, "throttle": None, "reset": False,
             "drop": False, "count": 3, "for_s": None, "probability": None}  # fmt: skip
     assert check(**args) == ("delay", 2.5)
+
+
+@pytest.mark.parametrize(
+    ("effect", "value", "text"),
+    [("status", 503, "status 503"), ("delay", 2.5, "delay 2.5 s"), ("throttle", 100, "throttle 100 B/s"), ("reset", 0, "reset"), ("drop", 0, "drop")],
+)
+def test_a_rule_lists_its_effect_as_it_was_given(effect, value, text):
+    record = Rule.of(spec(1, effect, value)).record(0.0)
+    assert (record.effect, record.value, effect_text(record)) == (effect, value, text)
+
+
+def test_a_rule_of_an_unknown_effect_is_refused():
+    with pytest.raises(FaultError, match="no fault effect 'explode'"):
+        Rule.of(spec(1, "explode"))
 
 
 def test_a_local_answer_looks_like_novas():

@@ -3,11 +3,12 @@
 A rule names its target (one instance, one vif, or all), a path glob, one
 effect, and a bound:
 
-* effects: ``status`` (answered by the proxy itself with a body like Nova's),
-  ``delay`` (seconds before the request goes to Nova), ``throttle`` (the
-  answer's body at so many bytes a second), ``reset`` (the connection reset
-  half-way through the body), ``drop`` (no answer: the connection hangs until
-  the VM gives up);
+* effects (``effects``, a class each, that the VM's connection calls at the
+  moments of a request): ``status`` (answered by the proxy itself with a body
+  like Nova's), ``delay`` (seconds before the request goes to Nova),
+  ``throttle`` (the answer's body at so many bytes a second), ``reset`` (the
+  connection reset half-way through the body), ``drop`` (no answer: the
+  connection hangs until the VM gives up);
 * bounds: ``count`` (the first N matching requests), ``for_s`` (seconds from
   when it was added), ``probability`` (each matching request, by chance),
   or none (until deleted).
@@ -25,12 +26,7 @@ import re
 from dataclasses import dataclass, field
 
 from vrouter.messages.proxy import FaultRecord, FaultSpec
-
-EFFECTS = ("status", "delay", "throttle", "reset", "drop")
-
-
-class FaultError(ValueError):
-    """A rule that makes no sense; the message names the option."""
+from vrouter.services.metadata.effects import EFFECTS, Effect, FaultError, effect_of
 
 
 @dataclass
@@ -39,8 +35,7 @@ class Rule:
     instance: str  # "" unless the target is one instance
     vif: int  # 0 unless the target is one vif
     path: str  # a glob
-    effect: str
-    value: float  # the status, the delay's seconds, the throttle's bytes a second; 0 for reset, drop
+    effect: Effect  # with its value: the status, the delay's seconds, the throttle's bytes a second
     count: int = 0  # 0: not bounded by a count
     until: float = 0.0  # monotonic deadline; 0: none
     probability: float = 1.0
@@ -53,7 +48,7 @@ class Rule:
 
     @classmethod
     def of(cls, f: FaultSpec) -> Rule:
-        return cls(f.id, f.instance, f.vif, f.path, f.effect, f.value, f.count, f.until, f.probability, f.for_s)
+        return cls(f.id, f.instance, f.vif, f.path, effect_of(f.effect, f.value), f.count, f.until, f.probability, f.for_s)
 
     def targets(self, instance: str, vif: int) -> bool:
         return (not self.instance or self.instance == instance) and (not self.vif or self.vif == vif)
@@ -61,12 +56,14 @@ class Rule:
     def record(self, now: float) -> FaultRecord:
         target = "instance " + self.instance if self.instance else ("vif %d" % self.vif if self.vif else "all")
         left = max(0.0, self.until - now) if self.until else None
-        return FaultRecord(self.id, target, self.path, self.effect, self.value, self.count, self.for_s, self.probability, self.applied, left)
+        e = self.effect
+        return FaultRecord(self.id, target, self.path, e.name, e.value, self.count, self.for_s, self.probability, self.applied, left)
 
 
 def effect_text(r: FaultRecord) -> str:
     """``status 503``, ``delay 2 s``, ``throttle 100 B/s``, ``reset`` or ``drop``."""
-    return {"status": "status %d" % r.value, "delay": "delay %g s" % r.value, "throttle": "throttle %d B/s" % r.value}.get(r.effect, r.effect)
+    cls = EFFECTS.get(r.effect)
+    return cls(r.value).text() if cls is not None else r.effect
 
 
 def check(instance: str | None, vif: int | None, all_: bool, path: str, status: int | None, delay: float | None, throttle: int | None,
@@ -78,33 +75,18 @@ def check(instance: str | None, vif: int | None, all_: bool, path: str, status: 
         raise FaultError("--vif %d: not a VM's vif" % vif)
     if not path.startswith("/"):
         raise FaultError("--path %r: a glob of request paths, starting with / (e.g. '/openstack/*/meta_data.json')" % path)
-    effects = [e for e, v in zip(EFFECTS, (status, delay, throttle, reset or None, drop or None), strict=True) if v is not None]
-    if len(effects) != 1:
+    given = [(e, v) for e, v in zip(EFFECTS, (status, delay, throttle, reset or None, drop or None), strict=True) if v is not None]
+    if len(given) != 1:
         raise FaultError("one effect: --status CODE, --delay SECONDS, --throttle BYTES_PER_S, --reset or --drop (got %s)"
-                         % (", ".join("--" + e for e in effects) or "none"))  # fmt: skip
+                         % (", ".join("--" + e for e, _ in given) or "none"))  # fmt: skip
     if count is not None and count < 1:
         raise FaultError("--count %d: at least 1" % count)
     if for_s is not None and not 0 < for_s <= 86400:
         raise FaultError("--for %s: seconds, above 0 and at most 86400" % for_s)
     if probability is not None and not 0 < probability <= 1:
         raise FaultError("--probability %s: above 0 and at most 1" % probability)
-    effect = effects[0]
-    if effect == "status":
-        assert status is not None
-        if not 200 <= status <= 599:
-            raise FaultError("--status %d: an HTTP status from 200 to 599" % status)
-        return effect, float(status)
-    if effect == "delay":
-        assert delay is not None
-        if not 0 < delay <= 600:
-            raise FaultError("--delay %s: seconds, above 0 and at most 600" % delay)
-        return effect, delay
-    if effect == "throttle":
-        assert throttle is not None
-        if throttle < 1:
-            raise FaultError("--throttle %d: bytes a second, at least 1" % throttle)
-        return effect, float(throttle)
-    return effect, 0.0
+    effect, value = given[0]
+    return effect, EFFECTS[effect].checked(value)
 
 
 class Faults:

@@ -6,7 +6,9 @@ requests, and answering them one at a time in order.  Toward Nova it goes
 through ``MetadataProxy.relay``; the Nova side answers through the methods
 under "what the Nova side calls" (``answer_started``, ``answer_data``,
 ``answer_done``, ``answer_failed``) and reads ``write_paused``; nothing else of
-this class is the Nova side's business.
+this class is the Nova side's business.  A request that met a fault rule is
+handed to its effect (``effects``) at the moments it may change, and the
+effect acts through the methods under "what a fault's effect calls".
 
 Rules kept here: a request a VM trickles in gets 408 when its head (or body) is
 late; more than ``max_connections_per_vm`` connections from one VM: 429; a VM
@@ -25,6 +27,7 @@ import socket
 import struct
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, NoReturn
 
 import httptools
@@ -59,8 +62,6 @@ _HEAD_BEGINS, _HEAD_ENDS, _REQUEST_ENDS, _LAST_REQUEST_ENDS = (
     ReadEvent.LAST_REQUEST_ENDS,
 )
 _RELAY, _ANSWER_STARTS, _ANSWER_ENDS = AnswerEvent.RELAY, AnswerEvent.ANSWER_STARTS, AnswerEvent.ANSWER_ENDS
-RESET_AFTER = 0.05  # seconds between the half answer of a reset fault and its RST (for it to leave)
-DROP_HOLD = 600.0  # seconds a drop fault holds a connection whose VM does not give up
 _clock = time.monotonic  # the journal's durations: the loop's clock (libuv's) is in milliseconds
 # why the proxy refused a request before it was whole, for the journal
 _LOCAL_REASONS = {400: "bad request", 408: "timeout", 413: "too large", 414: "too large", 431: "too large", 501: "method not relayed"}
@@ -82,11 +83,12 @@ class VMConnection(asyncio.Protocol):
         self.answering = Answering.READY
         self.queue: deque[Request] = deque()  # read, not yet started
         self.current: Request | None = None  # relayed, its answer not finished
+        self._upstream: Upstream | None = None  # where the current request goes
         self.nova: NovaConnection | None = None  # carrying the current request
         self.write_paused = False  # the transport's buffer towards the VM is full (flow control)
-        self._held: list[bytes] | None = None  # an answer held back by a throttle or reset fault
+        self._held: list[bytes] | None = None  # an answer held back for a fault's effect to deliver
         self._head_len = 0  # of the held answer
-        self._trickle: asyncio.TimerHandle | None = None
+        self._later: asyncio.TimerHandle | None = None  # a fault's effect's next step
         self._req: Request | None = None  # being read
         self._url: list[bytes] = []
         self._head_size = 0
@@ -133,9 +135,9 @@ class VMConnection(asyncio.Protocol):
         req = self.current
         if req is not None and not req.recorded:  # the VM went away before its answer ended
             self.proxy.record(req, self.peer_ip, 0, "fault" if req.fault is not None else "gone")
-        if self._trickle is not None:
-            self._trickle.cancel()
-            self._trickle = None
+        if self._later is not None:
+            self._later.cancel()
+            self._later = None
         self._answer_state(AnswerEvent.CLOSE)
         self._read(ReadEvent.STOP)
         self._timer.cancel()
@@ -158,8 +160,8 @@ class VMConnection(asyncio.Protocol):
         # the VM has sent all it will: answer what is queued, then close
         self._read(ReadEvent.STOP)
         req = self.current
-        if req is not None and req.fault is not None and req.fault.effect == "drop":
-            return False  # it gave up waiting for the answer that a drop fault holds back: close now
+        if req is not None and req.fault is not None and not req.fault.effect.answers:
+            return False  # it gave up waiting for the answer that a fault holds back: close now
         return req is not None or bool(self.queue)  # False: close now
 
     def pause_writing(self) -> None:
@@ -328,33 +330,24 @@ class VMConnection(asyncio.Protocol):
                 log.warning("metadata request from %s but no metadata service is configured: 500", ident.vm_ip)
             self._local(500, close, head, req, "unknown source" if ident is None else "no metadata service")
             return
-        loop = self._timer.loop
-        if p.fairness.rate_limit and not p.limiter.allow(ident.port_uuid, loop.time()):
+        if p.fairness.rate_limit and not p.limiter.allow(ident.port_uuid, self._timer.loop.time()):
             p.stats.rate_limited += 1
             self._local(429, close, head, req, "rate limit")
             return
         rule = p.faults.match(ident.instance_uuid, ident.vif, _path(req), _clock()) if p.faults.rules else None
         if rule is not None:
             req.fault = rule
-            if rule.effect == "status":
-                self._local(int(rule.value), close, head, req, "fault", nova_like_response(int(rule.value), close, head))
+            if rule.effect.before_relay(self, req, close, head):
                 return
         self.current = req
+        self._upstream = upstream
         self.answering = ANSWER_NEXT[self.answering][_RELAY] or self._bad(_RELAY)
         req.wire = p.request_bytes(req, ident, upstream)
-        if rule is not None and rule.effect == "drop":
-            self._timer.set(DROP_HOLD)  # no answer: the connection waits until the VM gives up (or this long)
-            return
-        if rule is not None and rule.effect == "delay":
-            loop.call_later(rule.value, self._relay_late, req, upstream)
-            return
-        req.t_relay = _clock()
-        p.relay(self, req, upstream, 1)
-
-    def _relay_late(self, req: Request, upstream: Upstream) -> None:
-        if self.current is req and not self.gone:
+        if rule is None:
             req.t_relay = _clock()
-            self.proxy.relay(self, req, upstream, 1)
+            p.relay(self, req, upstream, 1)
+        else:
+            rule.effect.relay(self, req)
 
     def _local(self, status: int, close: bool, head: bool, req: Request | None = None, reason: str = "", answer: bytes = b"") -> None:
         """An answer of the proxy's own.  Not held for the FIN (``_hold_for_fin``): a refused VM may
@@ -379,6 +372,36 @@ class VMConnection(asyncio.Protocol):
             self._local(500, True, False, self.current, "internal error")
         self._close()
 
+    # -- what a fault's effect calls (effects.Connection) ---------------------------------------
+
+    def answer_as_nova(self, req: Request, status: int, close: bool, head: bool) -> None:
+        self._local(status, close, head, req, "fault", nova_like_response(status, close, head))
+
+    def relay_now(self, req: Request) -> None:
+        if self.current is req and self._upstream is not None and self.answering is not _CLOSED:
+            req.t_relay = _clock()
+            self.proxy.relay(self, req, self._upstream, 1)
+
+    def hold_open(self, seconds: float) -> None:
+        self._timer.set(seconds)
+
+    def later(self, seconds: float, fn: Callable[..., object], *args: object) -> None:
+        self._later = self._timer.loop.call_later(seconds, fn, *args)
+
+    def send(self, req: Request, data: bytes) -> None:
+        self._write(data)
+        req.out += len(data)
+
+    def end_answer(self, req: Request, ends: bool) -> None:
+        if ends:
+            self._hold_for_fin()
+        self._answer_ended(req)
+
+    def reset(self, req: Request, after: float) -> None:
+        self.proxy.record(req, self.peer_ip, req.status, "fault")
+        self._read(ReadEvent.STOP)
+        self.later(after, self._rst)
+
     # -- what the Nova side calls ---------------------------------------------------------------
 
     @property
@@ -394,7 +417,7 @@ class VMConnection(asyncio.Protocol):
         if req is not None:
             req.t_nova = _clock()
             req.status = status
-            if req.fault is not None and req.fault.effect in ("throttle", "reset"):
+            if req.fault is not None and req.fault.effect.holds_answer:
                 self._held = []
                 self._head_len = head_len
 
@@ -419,17 +442,7 @@ class VMConnection(asyncio.Protocol):
         if self._held is not None and req is not None and req.fault is not None:
             self._held.append(data)
             answer, self._held = b"".join(self._held), None
-            if req.fault.effect == "reset":
-                cut = self._head_len + (len(answer) - self._head_len) // 2
-                self._write(answer[:cut])
-                req.out += cut
-                self.proxy.record(req, self.peer_ip, req.status, "fault")
-                self._read(ReadEvent.STOP)
-                self._trickle = self._timer.loop.call_later(RESET_AFTER, self._reset)
-                return
-            self._write(answer[: self._head_len])
-            req.out += self._head_len
-            self._send_slowly(req, answer[self._head_len :], int(req.fault.value), ends)
+            req.fault.effect.deliver(self, req, answer, self._head_len, ends)
             return
         if ends:
             self._hold_for_fin()
@@ -445,21 +458,6 @@ class VMConnection(asyncio.Protocol):
             self.proxy.record(req, self.peer_ip, req.status, "fault" if req.fault is not None else "")
         self.answering = ANSWER_NEXT[self.answering][_ANSWER_ENDS] or self._bad(_ANSWER_ENDS)
         self._next()
-
-    def _send_slowly(self, req: Request, body: bytes, per_second: int, ends: bool) -> None:
-        """A throttle fault: ``body`` at ``per_second`` bytes a second, a tenth of it every 0.1 s."""
-        step = max(1, per_second // 10)
-        self._trickle = None
-        if body:
-            self._write(body[:step])
-            req.out += min(step, len(body))
-            body = body[step:]
-            if body:
-                self._trickle = self._timer.loop.call_later(0.1, self._send_slowly, req, body, per_second, ends)
-                return
-        if ends:
-            self._hold_for_fin()
-        self._answer_ended(req)
 
     def answer_failed(self, upstream: Upstream, why: str) -> None:
         """Nova failed for the current request: 502 if nothing was answered yet, else cut the VM off."""
@@ -527,9 +525,9 @@ class VMConnection(asyncio.Protocol):
             else:
                 self.transport.close()
 
-    def _reset(self) -> None:
-        """A reset fault: what was written has left; now a RST (SO_LINGER 0), not a FIN."""
-        self._trickle = None
+    def _rst(self) -> None:
+        """What was written has left; now a RST (SO_LINGER 0), not a FIN."""
+        self._later = None
         t = self.transport
         if t is None or t.is_closing():
             return
