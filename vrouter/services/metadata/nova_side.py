@@ -1,10 +1,11 @@
-"""A connection to Nova's metadata API: one request at a time, then back to the keep-alive pool.
+"""The Nova side: connections to Nova's metadata API, one request at a time, and their keep-alive pool.
 
-One state machine (``states.Upstream``).  It is handed a request by
-``MetadataProxy.relay`` (``begin``), passes Nova's answer to the VM's
+A connection runs one state machine (``states.Upstream``).  It is handed a
+request by ``NovaPool.relay`` (``begin``), passes Nova's answer to the VM's
 connection as it arrives (``Responder``: the only methods of the VM side it
 calls), and is paused and resumed by the VM side when the VM reads slowly
-(``pause``, ``resume``) or dropped when the VM goes (``abandon``).
+(``pause``, ``resume``) or dropped when the VM goes (``abandon``).  Done with
+its request, it goes back to the pool (``NovaPool.release``) for the next.
 
 Rules kept here: Nova's answer goes back as Nova sent it, status, reason,
 headers (with their case) and body, minus hop-by-hop headers; a body without a
@@ -20,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, NoReturn, Protocol
+from typing import NoReturn, Protocol
 
 import httptools
 
@@ -29,10 +30,7 @@ from vrouter.services.metadata.states import UPSTREAM_NEXT, StateError, Upstream
 from vrouter.services.metadata.states import Upstream as State
 from vrouter.services.metadata.timers import Deadline
 
-if TYPE_CHECKING:
-    from vrouter.services.metadata.proxy import MetadataProxy
-
-_SENT, _INTERIM, _STREAMING, _CLOSED = State.SENT, State.INTERIM, State.STREAMING, State.CLOSED
+_POOLED, _SENT, _INTERIM, _STREAMING, _CLOSED = State.IDLE, State.SENT, State.INTERIM, State.STREAMING, State.CLOSED
 _REQUEST_SENT, _HEAD, _ANSWER_ENDS = UpstreamEvent.REQUEST_SENT, UpstreamEvent.HEAD, UpstreamEvent.ANSWER_ENDS
 
 
@@ -79,8 +77,8 @@ class Responder(Protocol):
 class NovaConnection(asyncio.Protocol):
     """One connection to Nova."""
 
-    def __init__(self, proxy: MetadataProxy, upstream: Upstream) -> None:
-        self.proxy = proxy
+    def __init__(self, pool: NovaPool, upstream: Upstream) -> None:
+        self.pool = pool
         self.upstream = upstream
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
@@ -125,7 +123,7 @@ class NovaConnection(asyncio.Protocol):
         self._headers = []
         self._out = []
         self.transport.write(req.wire)
-        self._timer.set(self.proxy.read_timeout)
+        self._timer.set(self.pool.read_timeout)
         if client.write_paused:
             self.pause()
 
@@ -141,7 +139,7 @@ class NovaConnection(asyncio.Protocol):
             self._paused = False
             self.transport.resume_reading()
             if self.client is not None:
-                self._timer.set(self.proxy.read_timeout)
+                self._timer.set(self.pool.read_timeout)
 
     def abandon(self) -> None:
         """The VM went away mid-answer: this connection cannot be reused."""
@@ -178,7 +176,7 @@ class NovaConnection(asyncio.Protocol):
         started = self.state is _STREAMING
         self._go(UpstreamEvent.CLOSE)
         self._timer.cancel()
-        self.proxy.forget(self)
+        self.pool.forget(self)
         if self.client is not None:
             if self._ends_at_close and started:
                 self._finish()  # the end of a body without a length
@@ -281,7 +279,7 @@ class NovaConnection(asyncio.Protocol):
             self.resume()  # a pooled connection always reads (a slow VM may have paused it)
         if self._reusable and self.state is _STREAMING:
             self.state = UPSTREAM_NEXT[self.state][_ANSWER_ENDS] or self._bad(_ANSWER_ENDS)
-            self.proxy.release(self)
+            self.pool.release(self)
         else:
             self._close()
         client.answer_done(out, self._close_vm)
@@ -297,9 +295,9 @@ class NovaConnection(asyncio.Protocol):
             return
         if not started and self.reused and self.attempt == 1 and why != "timeout":
             # a pooled connection Nova had closed: once more, on a new connection
-            self.proxy.relay(client, req, self.upstream, 2)
+            self.pool.relay(client, req, self.upstream, 2)
             return
-        client.answer_failed(self.upstream, "no answer within %.0f s" % self.proxy.read_timeout if why == "timeout" else why)
+        client.answer_failed(self.upstream, "no answer within %.0f s" % self.pool.read_timeout if why == "timeout" else why)
 
     def _timed_out(self) -> None:
         self._fail("timeout")
@@ -308,3 +306,66 @@ class NovaConnection(asyncio.Protocol):
         self._reusable = False
         if self.state is not _CLOSED and self.transport is not None and not self.transport.is_closing():
             self.transport.close()
+
+
+class NovaPool:
+    """The connections to Nova: idle ones kept for the next request (keep-alive), new ones opened."""
+
+    def __init__(self, connect_timeout: float = 4.0, read_timeout: float = 30.0, max_idle: int = 64) -> None:
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout  # a connection's: nothing from Nova so long is a failure
+        self.max_idle = max_idle
+        self.idle: list[NovaConnection] = []
+        self._connecting: set[asyncio.Task] = set()
+
+    def relay(self, client: Responder, req: Request, upstream: Upstream, attempt: int) -> None:
+        """Send ``req`` (``req.wire``) to Nova for ``client``: on a pooled connection, else a new one."""
+        while self.idle:
+            n = self.idle.pop()
+            t = n.transport
+            if n.upstream is upstream and n.state is _POOLED and t is not None and not t.is_closing():
+                n.begin(client, req, True, attempt)
+                return
+            n.close()
+        task = asyncio.get_running_loop().create_task(self._open(client, req, upstream, attempt))
+        self._connecting.add(task)
+        task.add_done_callback(self._connecting.discard)
+
+    async def _open(self, client: Responder, req: Request, upstream: Upstream, attempt: int) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                _, nova = await loop.create_connection(lambda: NovaConnection(self, upstream), upstream.host, upstream.port, ssl=upstream.ssl)
+        except TimeoutError:
+            client.answer_failed(upstream, "connect timed out after %.0f s" % self.connect_timeout)
+            return
+        except (OSError, ssl.SSLError) as e:
+            client.answer_failed(upstream, "connect: %s" % (getattr(e, "strerror", None) or e))
+            return
+        if client.gone:
+            self.release(nova)
+            return
+        nova.begin(client, req, False, attempt)
+
+    def release(self, nova: NovaConnection) -> None:
+        """A connection done with its request: into the pool if it can carry another."""
+        t = nova.transport
+        if nova.state is _POOLED and len(self.idle) < self.max_idle and t is not None and not t.is_closing():
+            self.idle.append(nova)
+        else:
+            nova.close()
+
+    def forget(self, nova: NovaConnection) -> None:
+        """A connection that closed: out of the pool."""
+        try:
+            self.idle.remove(nova)
+        except ValueError:
+            pass
+
+    def close(self) -> None:
+        """Stop opening connections and close the idle ones (the proxy stopping)."""
+        for t in list(self._connecting):
+            t.cancel()
+        for n in self.idle:
+            n.close()
+        self.idle.clear()
