@@ -293,6 +293,12 @@ def test_a_rule_lists_its_effect_as_it_was_given(effect, value, text):
     assert (record.effect, record.value, effect_text(record)) == (effect, value, text)
 
 
+def test_a_rule_bounded_in_time_never_has_more_left_than_its_bound():
+    now = 1000.003  # (now + 60) - now is 60.000000000000114 in floating point
+    rule = Rule.of(FaultSpec(1, "", 0, "/*", "drop", 0.0, 0, now + 60, 1.0, 60.0))
+    assert rule.record(now).left_s == 60 and rule.record(now + 59.5).left_s == pytest.approx(0.5) and rule.record(now + 61).left_s == 0
+
+
 def test_a_rule_of_an_unknown_effect_is_refused():
     with pytest.raises(FaultError, match="no fault effect 'explode'"):
         Rule.of(spec(1, "explode"))

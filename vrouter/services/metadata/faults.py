@@ -56,6 +56,8 @@ class Rule:
     def record(self, now: float) -> FaultRecord:
         target = "instance " + self.instance if self.instance else ("vif %d" % self.vif if self.vif else "all")
         left = max(0.0, self.until - now) if self.until else None
+        if left is not None and self.for_s:
+            left = min(left, self.for_s)  # (now + for_s) - now can round above for_s
         e = self.effect
         return FaultRecord(self.id, target, self.path, e.name, e.value, self.count, self.for_s, self.probability, self.applied, left)
 
