@@ -11,8 +11,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from vrouter.messages.proxy import Fairness
 from vrouter.model import Identity
-from vrouter.services.metadata.fairness import Fairness
 from vrouter.services.metadata.nova_side import Upstream
 from vrouter.services.metadata.proxy import MetadataProxy
 

@@ -11,8 +11,8 @@ from infra import children
 from vrouter.messages import control as c
 from vrouter.messages import proxy as p
 from vrouter.messages import wire as w
+from vrouter.messages.proxy import Fairness
 from vrouter.model import Identity, NovaAddress
-from vrouter.services.metadata.fairness import Fairness
 
 CONTROL = [
     c.StatusRequest(),

@@ -11,8 +11,9 @@ import pytest
 
 from tests.conftest import wait_until
 from tests.metadata_helpers import BIG, SECRET, VM, FakeNova, ProxyThread, exchange
+from vrouter.messages.proxy import Fairness
 from vrouter.model import Identity
-from vrouter.services.metadata.fairness import Fairness, RateLimiter
+from vrouter.services.metadata.fairness import RateLimiter
 from vrouter.services.metadata.signing import sign_instance_id
 
 

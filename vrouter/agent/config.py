@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from infra.etcd_wire import is_client_url
+from vrouter.messages.proxy import Fairness
 from vrouter.services.guests import Settings
-from vrouter.services.metadata.fairness import Fairness
 
 LOG_LEVELS = {
     "SYS_EMERG": logging.CRITICAL,

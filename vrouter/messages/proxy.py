@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from vrouter.model import Identity, NovaAddress
-from vrouter.services.metadata.fairness import Fairness
 
 
 @dataclass
@@ -23,6 +22,27 @@ class IdentityChanges:
 
     by_metadata_ip: dict[str, Identity | None]
     replace: bool = False
+
+
+@dataclass(frozen=True)
+class Fairness:
+    """What one VM may take of the proxy.
+
+    ``header_timeout``: seconds a client has to send a whole request head once it has started
+    (slowloris: 408 and close); ``body_timeout``: the same for its body.
+    ``max_connections_per_vm``: open connections per VM (more: 429 and close).  Rate limit, as
+    Neutron's metadata agent configures it: more than ``base_limit`` requests in ``base_window``
+    seconds, or more than ``burst_limit`` in ``burst_window``: 429.
+    """
+
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    max_connections_per_vm: int = 64
+    rate_limit: bool = False
+    base_window: float = 10.0
+    base_limit: int = 10
+    burst_window: float = 10.0
+    burst_limit: int = 10
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,9 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from vrouter.messages.proxy import ProxyCounters, ProxyLoad, VifMetadataCounters
+from vrouter.messages.proxy import Fairness, ProxyCounters, ProxyLoad, VifMetadataCounters
 from vrouter.model import Identity
-from vrouter.services.metadata.fairness import Fairness, RateLimiter
+from vrouter.services.metadata.fairness import RateLimiter
 from vrouter.services.metadata.faults import Faults
 from vrouter.services.metadata.http import NOT_RELAYED, Request
 from vrouter.services.metadata.journal import UNKNOWN, Journal

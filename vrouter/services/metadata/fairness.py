@@ -1,4 +1,5 @@
-"""What one VM may take of the metadata proxy: its limits, and the rate limiter.
+"""What one VM may take of the metadata proxy: the rate limiter of its limits (``Fairness``, the
+settings the proxy process is given in its ``ProxyConfig``).
 
 The vRouter agent has none of these; they are this project's, named after
 Neutron's metadata agent where it has the same thing (``[metadata_rate_limiting]``).
@@ -7,28 +8,8 @@ Neutron's metadata agent where it has the same thing (``[metadata_rate_limiting]
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
 
-
-@dataclass(frozen=True)
-class Fairness:
-    """What one VM may take of the proxy.
-
-    ``header_timeout``: seconds a client has to send a whole request head once it has started
-    (slowloris: 408 and close); ``body_timeout``: the same for its body.
-    ``max_connections_per_vm``: open connections per VM (more: 429 and close).  Rate limit, as
-    Neutron's metadata agent configures it: more than ``base_limit`` requests in ``base_window``
-    seconds, or more than ``burst_limit`` in ``burst_window``: 429.
-    """
-
-    header_timeout: float = 10.0
-    body_timeout: float = 30.0
-    max_connections_per_vm: int = 64
-    rate_limit: bool = False
-    base_window: float = 10.0
-    base_limit: int = 10
-    burst_window: float = 10.0
-    burst_limit: int = 10
+from vrouter.messages.proxy import Fairness
 
 
 class RateLimiter:

@@ -22,7 +22,7 @@ from typing import NoReturn
 
 import httptools
 
-from vrouter.services.metadata.fairness import Fairness
+from vrouter.messages.proxy import Fairness
 from vrouter.services.metadata.http import MAX_BODY, MAX_HEADERS, MAX_TARGET, REQUEST_LINE, Refuse, Request
 from vrouter.services.metadata.states import READ_NEXT, ReadEvent, Reading, StateError
 from vrouter.services.metadata.timers import Deadline
