@@ -34,6 +34,7 @@ import configparser
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -139,6 +140,7 @@ class Bench:
                 p.kill()
                 p.wait(10)
         self.lab.down()
+        shutil.rmtree(self.tmp, ignore_errors=True)  # nginx's documents and the configurations
 
     def start_nginx(self) -> None:
         root = os.path.join(self.tmp, "www")
