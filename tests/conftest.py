@@ -25,12 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.emulated_host import Builder, EmulatedHost
-from tests.helpers import GUEST_BUILD, PREFIXES, guest_build, unique_prefix, wait_until
-
-# For the modules that still import these two from here rather than from tests.helpers (and
-# needs_root, now the netns mark itself, which implies the root check)
-__all__ = ["EmulatedHost", "needs_root", "unique_prefix", "wait_until"]
-needs_root = pytest.mark.netns
+from tests.helpers import GUEST_BUILD, PREFIXES, guest_build
 
 _NEEDS_ROOT = "namespace tests need root (make test runs them as root)"
 _BUILDERS = {"make_node", "make_cluster", "make_shared_node", "make_shared_cluster"}

@@ -27,7 +27,7 @@ from etcd3gw.client import Etcd3Client
 from infra import etcd_wire as wire
 from infra.etcd import ConfigStore, Endpoint, Follower
 from infra.etcd_wire import Event, StoreError
-from tests.conftest import needs_root, unique_prefix, wait_until
+from tests.helpers import unique_prefix, wait_until
 from topology import etcd, netns
 from topology.processes import Processes
 
@@ -35,11 +35,6 @@ IP = "10.77.0.1"
 PREFIX = b"/vrouter/"
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
-
-
-def integration(test):
-    """A test against a real etcd in a namespace of its own (root)."""
-    return pytest.mark.netns(needs_root(test))
 
 
 def b64(text: str) -> str:
@@ -278,8 +273,6 @@ class Cloud:
 
 @pytest.fixture
 def cloud(tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("namespace tests need root (make test runs them as root)")
     name = unique_prefix() + "-etcd"
     netns.create(name)
     ns = inside = procs = None
@@ -305,7 +298,7 @@ def cloud(tmp_path):
         netns.delete(name)
 
 
-@integration
+@pytest.mark.netns  # a real etcd in a namespace of its own
 def test_store_round_trip(cloud, caplog):
     # only the given address, in the namespace: clients and peers, no metrics listener
     listening = subprocess.run(["ip", "netns", "exec", cloud.ns.name, "ss", "-ltnH"], capture_output=True, text=True, check=True).stdout
@@ -356,7 +349,7 @@ def test_store_round_trip(cloud, caplog):
     assert [r.getMessage() for r in caplog.records] == ["etcd key /vrouter/ports/junk is not JSON: skipped"] * 2  # one for each get_all
 
 
-@integration
+@pytest.mark.netns  # a real etcd in a namespace of its own
 def test_follower_stop_restart_resync(cloud):
     store = ConfigStore([cloud.url], timeout=1.0)
     writer = ConfigStore([cloud.url], timeout=1.0)
@@ -372,17 +365,17 @@ def test_follower_stop_restart_resync(cloud):
         wait_until(lambda: len(changed()) == 3, 10, "the three changes")
         assert changed() == ["ports/p2", "ports/p1", "ports/p2"] and rec.view == {"ports/p1": {"ip": "10.0.0.9"}}
 
-        # etcd stops: the follower says so once, within seconds; calls fail fast
+        # etcd stops: the follower says so once, within seconds; calls fail within their timeout
+        # (the bounds below are the store's documented behaviour, with a margin of a second)
         rec.gate = threading.Event()  # the follower waits in on_state(False) until etcd is back
-        stopped = time.monotonic()
         etcd.stop(cloud.procs)
         wait_until(lambda: rec.states == [True, False], 5, "on_state(False)")
-        assert time.monotonic() - stopped < 5 and not f.connected
+        assert not f.connected
         for call in (lambda: writer.get("ports/p1"), lambda: writer.put("x", 1), lambda: writer.get_all()):
             began = time.monotonic()
             with pytest.raises(StoreError, match="etcd unreachable.*10.77.0.1:2379"):
                 cloud.run(call)
-            assert time.monotonic() - began < 1.5
+            assert time.monotonic() - began < writer.timeout + 1
 
         # etcd again on the same data: a key written before the follower reconnects is in its resync
         cloud.start()
@@ -401,7 +394,7 @@ def test_follower_stop_restart_resync(cloud):
     assert not f._thread.is_alive()
 
 
-@integration
+@pytest.mark.netns  # a real etcd in a namespace of its own
 def test_follower_hung_etcd(cloud):
     """SIGSTOP: the connection stays, nothing answers on it; the follower notices by probing."""
     store = ConfigStore([cloud.url], timeout=1.0)
@@ -418,7 +411,7 @@ def test_follower_hung_etcd(cloud):
         began = time.monotonic()
         with pytest.raises(StoreError, match="no answer within 1 s"):
             cloud.run(lambda: store.get("anything"))
-        assert time.monotonic() - began < 2
+        assert time.monotonic() - began < store.timeout + 1  # the call's timeout is the behaviour
         os.kill(pid, signal.SIGCONT)
         wait_until(lambda: rec.syncs == 2 and rec.states == [True, False, True], 10, "the resync after SIGCONT")
         os.kill(pid, signal.SIGSTOP)  # hung again while the follower retries: stop does not wait for it
@@ -431,7 +424,7 @@ def test_follower_hung_etcd(cloud):
         cloud.run(store.close)
 
 
-@integration
+@pytest.mark.netns  # a real etcd in a namespace of its own
 def test_etcd_start_failure_is_clear(cloud, tmp_path):
     """Another etcd on the address, a port taken, no namespace: start says which, with the end of the log."""
     other = Processes(str(tmp_path / "other"), say=lambda text: None)

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.conftest import wait_until
+from tests.helpers import wait_until
 from tests.metadata_helpers import FakeNova, ProxyThread, exchange
 from vrouter.messages.proxy import FaultSpec
 from vrouter.model import Identity

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.conftest import wait_until
+from tests.helpers import wait_until
 from tests.metadata_helpers import BIG, SECRET, VM, FakeNova, ProxyThread, exchange
 from vrouter.messages.proxy import Fairness
 from vrouter.model import Identity
