@@ -6,8 +6,10 @@ the VM ports (with the vif index and VRF each was given), the virtual networks,
 the link-local services, what their fabric DNS names resolved to, and the
 routes to VMs on the other nodes of a cloud.  Whoever wants something changed
 (the CLI's operations, the etcd follower, the start-up load of the local
-cache) hands ``NodeState.apply`` a change; the state checks it, takes it, and
-tells each subscriber in the order they subscribed: the dataplane and its
+cache) calls one of its methods (``plug``, ``unplug``, ``set_network``,
+``set_services``, ...), the only way in; the state checks the change, takes it,
+and tells each subscriber, in the order they subscribed, what changed (one of
+the ``Change`` values below, with what was there before): the dataplane and its
 workers (``ksync``), the files (``persist``), the metadata proxy process
 (``proxy_sync``), and the cloud's etcd (``vrouter.agent.cluster``).  The
 first subscriber may refuse a change (a port whose queues cannot be bound):
@@ -98,7 +100,7 @@ class Subscriber(Protocol):
 
 @dataclass
 class NodeState:
-    """What the node is configured to be; changed only through ``apply``'s callers below."""
+    """What the node is configured to be; read by anyone, changed only by its methods below."""
 
     ports: dict[str, Port] = field(default_factory=dict)  # by uuid
     vrfs: dict[str, int] = field(default_factory=dict)  # vn uuid -> the VRF its ports are in here
