@@ -84,8 +84,8 @@ class KSync:
         else:
             await self.plug(change.port)
         new_vrfs = set(self.state.vrfs.values()) - self._vrfs
-        if new_vrfs or change.port is None:
-            for vrf in new_vrfs:  # a network's first port here: its trapped addresses, the routes to its VMs elsewhere
+        if new_vrfs:  # a network's first port here: its trapped addresses, the routes to its VMs elsewhere
+            for vrf in new_vrfs:
                 vn = next(u for u, v in self.state.vrfs.items() if v == vrf)
                 self._guest_addresses(vrf, self.state.networks.get(vn))
             self._vrfs |= new_vrfs
