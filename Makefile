@@ -98,7 +98,7 @@ test: install guest-initramfs guest-image
 test-guests: install guest-initramfs guest-image
 	$(BIN)/python -m pytest -q -ra -m guests tests
 
-# Minutes of 16 VMs running cloud-init's metadata sequence; too long for CI (see the README).
+# Minutes of 16 VMs running cloud-init's metadata sequence; too long for CI (see docs/hostile-vms.md).
 soak: install
 	$(BIN)/python scripts/soak.py --vms $(SOAK_VMS) --nodes $(SOAK_NODES) --seconds $(SOAK_SECONDS)
 

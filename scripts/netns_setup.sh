@@ -43,7 +43,7 @@
 # --nodes K builds a cloud of K compute nodes (P-compute1..K) on one fabric bridge, configured
 # through one etcd in P-fabric (or --etcd URL's, reached through --fabric-link NS); --join URL adds this prefix's nodes to an existing
 # cloud (its etcd, Nova and networks), --fabric-link NS joining our fabric to NS's bridge br-fabric
-# by a veth; down --node I removes one node and its keys. See the README, Several compute nodes.
+# by a veth; down --node I removes one node and its keys. See docs/cluster.md.
 # --flow-entries E sizes each agent's flow table (128 bytes an entry; for clouds of many nodes).
 #
 # start-agent passes $VROUTER_AGENT_ARGS to `vrouter agent` (e.g. "--nova-timeout 2").

@@ -16,7 +16,7 @@ with a lower id than a batch's has been seen (the queue hands them out in order)
 accepts only packets of its run.  At most ``limit`` verdicts wait: a drain of a full queue does
 not hold back thousands of packets (they count against the queue's length).
 
-What it buys is measured by ``benchmarks/run.py`` (see the README's Performance section).
+What it buys is measured by ``benchmarks/run.py`` (see benchmarks/README.md).
 """
 
 from __future__ import annotations
