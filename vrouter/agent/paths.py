@@ -6,7 +6,7 @@ directory given by ``--state-dir``.  It holds:
 
     agent.sock        the control socket (``vrouter.agent.control``)
     flows.shm         the flow table (``flows.table``), mapped by the tools
-    flows.counts      each dataplane worker's flow count of each vif (``dataplane.linux.workers``)
+    flows.counts      each dataplane worker's flow count of each vif (``dataplane.linux.layout``)
     ports/<uuid>.json one file per plugged port, written atomically
     linklocal.json    the link-local services, in global-vrouter-config's schema
     networks/<uuid>.json one file per configured virtual network (its IPAM)
