@@ -57,7 +57,7 @@ from vrouter.agent.operations import Operations
 from vrouter.agent.paths import StatePaths
 from vrouter.agent.persist import Persistence
 from vrouter.agent.proxy_sync import ProxySync
-from vrouter.agent.queues import QueueSettings, RulesError, VmQueues, service_addresses
+from vrouter.agent.queues import QueueSettings, RulesError, VmQueues
 from vrouter.agent.rate import SetupRate
 from vrouter.agent.state import GuestDirectory, NodeState, Origin
 from vrouter.messages.proxy import ProxyConfig, ProxyReport, TlsFiles
@@ -153,8 +153,7 @@ class Agent:
         guests = self._guests = GuestServices(dp, GuestDirectory(state, cfg.services.dns_domain), cfg.services, pkt0.send)
         pkt0.on_frame = guests.on_frame
         queue_settings = QueueSettings(cfg.vhost.name, cfg.flows.vm_queue_length, bool(cfg.etcd.servers))
-        gateways = lambda: service_addresses([(n.gateway, n.dns_server) for n in state.networks.values()])  # noqa: E731
-        queues = self._queues = VmQueues(layout, queue_settings, shell, dataplanes.pool, dp, gateways)
+        queues = self._queues = VmQueues(layout, queue_settings, shell, dataplanes.pool, dp, state)
         ksync = KSync(state, host, dataplanes, shell, queues, lambda: nat_ports.in_use, guests.advertise)
         persistence = Persistence(self.paths)
         for s in (ksync, persistence, ProxySync(state, proxy, dp.service_ips)):

@@ -114,10 +114,11 @@ class Persistence:
     async def changed(self, change: Change) -> int:
         if change.origin is Origin.CACHE:
             return 0
-        if isinstance(change, PortChanged):
-            if change.before is not None and (change.port is None or change.port.uuid != change.before.uuid):
+        if isinstance(change, PortChanged):  # a port replaced keeps its uuid, so its file
+            if change.port is None:
+                assert change.before is not None
                 self.ports.delete(change.before.uuid)
-            if change.port is not None:
+            else:
                 self.ports.put(change.port.uuid, change.port)
         elif isinstance(change, NetworkChanged):
             if change.net is None:

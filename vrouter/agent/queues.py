@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from dataplane.core.dataplane import Dataplane
@@ -28,6 +27,7 @@ from dataplane.linux.ports import PORT_RANGE
 from dataplane.linux.workers import WorkerPool
 from infra.children import ChildError
 from vrouter.agent.kernel_stats import queue_drops
+from vrouter.agent.state import NodeState
 from vrouter.model import PortError
 
 log = logging.getLogger("vrouter.agent")
@@ -50,13 +50,13 @@ class QueueSettings:
 
 class VmQueues:
     def __init__(self, layout: QueueLayout, settings: QueueSettings, shell: QueueShell, pool: WorkerPool, dp: Dataplane,
-                 service_ips: Callable[[], tuple[bytes, ...]]) -> None:  # fmt: skip
+                 state: NodeState) -> None:  # fmt: skip
         self.layout = layout
         self.settings = settings
         self.shell = shell
         self.pool = pool
         self.dp = dp
-        self.service_ips = service_ips  # the networks' gateways and service addresses
+        self.state = state  # the networks: what the VMs send to a gateway or service address goes to their service queues
         self.started = False  # the queues are bound from then on (before: at start, all at once)
         self.made_table = False  # our nftables table exists: delete it at stop
         self.gone = 0  # queue overflows of VMs unplugged since start
@@ -157,7 +157,7 @@ class VmQueues:
             if v.kind == "Virtual"
         )  # fmt: skip
         nat = tuple((*layout.nat_ports(w, *PORT_RANGE), layout.node_queue(w)) for w in range(layout.workers)) if layout.workers > 1 else ()
-        rules = QueueRules(queue_num=layout.base, vhost_name=self.settings.vhost_name, nat_ports=PORT_RANGE, vms=vms, service_ips=self.service_ips(),
+        rules = QueueRules(queue_num=layout.base, vhost_name=self.settings.vhost_name, nat_ports=PORT_RANGE, vms=vms, service_ips=self._service_ips(),
                            tunnel_queue=layout.tunnel_queue if self.settings.tunnels else -1, nat_ranges=nat)  # fmt: skip
         try:
             with NftSocket() as nft:
@@ -168,6 +168,10 @@ class VmQueues:
         leaving, self._leaving = self._leaving, set()
         for q in leaving:
             self._unbind(q)
+
+    def _service_ips(self) -> tuple[bytes, ...]:
+        """The networks' gateways and service addresses, packed."""
+        return tuple(socket.inet_aton(a) for n in self.state.networks.values() for a in (n.gateway, n.dns_server) if a)
 
     def cancel(self) -> None:
         if self._due is not None:
@@ -183,7 +187,3 @@ class VmQueues:
             except OSError as e:
                 log.error("could not delete the nftables table: %s", e)
 
-
-def service_addresses(gateways: list[tuple[str, str]]) -> tuple[bytes, ...]:
-    """The networks' gateway and service addresses, packed, for the tables."""
-    return tuple(socket.inet_aton(a) for pair in gateways for a in pair if a)
