@@ -12,7 +12,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 SYSTEM_PKGS := iproute2 libnetfilter-queue-dev libnfnetlink-dev gcc curl iputils-ping procps nftables openssl \
-	qemu-system-x86 qemu-utils cpio openssh-client tcpdump hping3 etcd-server
+	qemu-system-x86 qemu-utils cpio openssh-client tcpdump hping3 etcd-server \
+	clang llvm libbpf-dev libbpf1 bpftool linux-libc-dev
 # for make guest-image only: Debian's image builder
 IMAGE_PKGS := mmdebstrap e2fsprogs
 GUEST_DIR := build/guest
@@ -25,9 +26,18 @@ SOAK_SECONDS ?= 180
 SOAK_VMS ?= 16
 SOAK_NODES ?= 1
 
-.PHONY: install system-deps busybox venv demo test test-guests guest-image guest-initramfs image-deps unit lint soak bench bench-deps clean cluster-latency
+.PHONY: install bpf system-deps busybox venv demo test test-guests guest-image guest-initramfs image-deps unit lint soak bench bench-deps clean cluster-latency
 
-install: system-deps busybox venv
+install: system-deps busybox venv bpf
+
+# The ebpf datapath's kernel program, built from its C source with Debian's clang and libbpf
+# headers (nothing prebuilt is fetched); the agent loads it with [FLOWS] datapath = ebpf.
+BPF_SRC := dataplane/ebpf/vrouter.bpf.c
+BPF_OBJ := dataplane/ebpf/vrouter.bpf.o
+bpf: $(BPF_OBJ)
+
+$(BPF_OBJ): $(BPF_SRC) | system-deps
+	clang -O2 -g -target bpf -mcpu=v3 -Wall -Werror -I/usr/include/$$(gcc -dumpmachine) -c $< -o $@
 
 # Debian packages, installed only when missing (apt-get update only then too).  No service they
 # bring is started on the host (policy-rc.d says no while apt runs): etcd-server's etcd runs only

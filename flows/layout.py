@@ -2,7 +2,9 @@
 
 A shared-memory file holds a 4096-byte header and then the records.  The
 dataplane writes it; ``vrouter flow -l`` maps it read-only.  Everything a
-reader needs to interpret the file is in this module.
+reader needs to interpret the file is in this module.  In the ``ebpf``
+datapath the same bytes are the values of a BPF array map (the header its
+first 32 values) and the file holds only the map's id (``MAP_POINTER``).
 
 Record (little-endian, 128 bytes)::
 
@@ -88,6 +90,14 @@ HEADER = struct.Struct("<8sIIIIII")
 # written only by writer i % writers (0 in a file written before there were workers: one).
 OFF_WRITERS = 32
 MAX_WRITERS = BUCKET_SIZE  # each writer owns at least one entry of every bucket
+# ... and at OFF_CLOCK (ebpf datapath), CLOCK_REALTIME minus CLOCK_MONOTONIC in ns, signed: the
+# kernel program stamps last used as its monotonic clock plus this, so ns since the epoch as here.
+OFF_CLOCK = 40
+# The ebpf datapath keeps the table in a BPF array map whose values are the records; the header is
+# its first HEADER_RECORDS values, so that entry i is value HEADER_RECORDS + i.
+HEADER_RECORDS = HEADER_SIZE // RECORD_SIZE
+# Where nfqueue mode keeps the table's file, ebpf mode keeps a pointer to the map: this, then its id.
+MAP_POINTER = b"VRBPFMAP "
 
 
 class Action(enum.IntEnum):

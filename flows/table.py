@@ -21,6 +21,16 @@ see one table and follow every writer's chain.  At most ``MAX_WRITERS``, so
 that every writer owns a way of every bucket.  A writer that opens the file
 again (a worker restarted) clears its own entries first: their per-flow state
 died with the process, so they are flushed, never left half owned.
+
+Who writes which field in the ``ebpf`` datapath (dataplane/ebpf/vrouter.bpf.c), where the table
+is a BPF array map that the kernel's program reads while the writers write it: the writers alone
+create, change and remove entries (a record first, its flags last, so that the program never takes
+half an entry; x86 keeps the order of stores).  The program only adds to packets and bytes (atomic
+adds), ORs the TCP flags it sees into the 32-bit word at 52 (atomic; generation and VRF bytes
+unchanged) and stores last used (one aligned 8-byte store).  A writer's own ``hit`` (a packet the
+program handed up) reads and writes the counters plainly: a packet the program counts on the same
+entry in that instant can be lost from the count, never more.  The program checks an entry's
+generation and flags again before it acts: an entry removed or reused under it is a miss.
 """
 
 from __future__ import annotations
@@ -68,6 +78,7 @@ from flows.layout import (
     Action,
     DropReason,
 )
+from flows.storage import TableFormatError, map_file, set_clock
 
 BUCKET_BYTES = BUCKET_SIZE * RECORD_SIZE
 _VIF_FLAGS1 = struct.Struct("<HH")  # source vif and flags1, at OFF_VIF
@@ -89,10 +100,6 @@ DEFAULT_OVERFLOW = DEFAULT_ENTRIES // 5
 
 class TableFull(Exception):
     """No free slot for a new flow (its bucket and the overflow area are full)."""
-
-
-class TableFormatError(Exception):
-    """The file is not a flow table of this version."""
 
 
 class FlowSpec(NamedTuple):  # a tuple: two are made for every flow set up
@@ -193,7 +200,7 @@ class FlowTable:
     @staticmethod
     def new_buffer(entries: int, overflow: int, writers: int = 1) -> bytearray:
         """An empty table in memory, for tests and tools."""
-        entries = _round_entries(entries)
+        entries = round_entries(entries)
         buf = bytearray(table_size(entries, overflow))
         HEADER.pack_into(buf, 0, MAGIC, VERSION, RECORD_SIZE, BUCKET_SIZE, entries, overflow, 0)
         U32.pack_into(buf, OFF_WRITERS, _writers(writers))
@@ -211,7 +218,7 @@ class FlowTable:
         ``writers``; the whole table is allocated at once, so a full machine fails here and
         not at the 100,000th flow."""
         writers = _writers(writers)
-        entries = _round_entries(entries)
+        entries = round_entries(entries)
         if overflow is None:
             overflow = entries // 5
         size = table_size(entries, overflow)
@@ -233,14 +240,7 @@ class FlowTable:
         file holds in this writer's entries (a worker that died had them) is cleared first: the
         per-flow state of those flows went with the process.  TableFormatError if the file is
         not a table for this writer."""
-        fd = os.open(path, os.O_RDWR)
-        try:
-            size = os.fstat(fd).st_size
-            if size < HEADER_SIZE:
-                raise TableFormatError("%s is too short to be a flow table" % path)
-            mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        finally:
-            os.close(fd)
+        mm = map_file(path, writable=True)
         try:
             clear_writer(mm, writer)
             return cls(mm, writable=True, writer=writer)
@@ -251,18 +251,22 @@ class FlowTable:
     @classmethod
     def open_readonly(cls, path: str) -> FlowTable:
         """Map an agent's table read-only, as ``flow -l`` does while the dataplane writes."""
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            size = os.fstat(fd).st_size
-            if size < HEADER_SIZE:
-                raise TableFormatError("%s is too short to be a flow table" % path)
-            mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ)
-        finally:
-            os.close(fd)
+        mm = map_file(path, writable=False)
         table = cls(mm, writable=False)
-        if size < table_size(table.entries, table.overflow):
+        if len(mm) < table_size(table.entries, table.overflow):
             raise TableFormatError("%s is shorter than its header says" % path)
         return table
+
+    @classmethod
+    def in_map(cls, mm: mmap.mmap, entries: int, overflow: int, writers: int = 1) -> FlowTable:
+        """A new, empty table in the memory of the ebpf datapath's map (``entries`` already
+        rounded, the map exactly ``table_size`` bytes), as writer 0 of ``writers``."""
+        writers = _writers(writers)
+        mm[: len(mm)] = bytes(len(mm))
+        HEADER.pack_into(mm, 0, MAGIC, VERSION, RECORD_SIZE, BUCKET_SIZE, entries, overflow, os.getpid())
+        U32.pack_into(mm, OFF_WRITERS, writers)
+        set_clock(mm)
+        return cls(mm, writable=True)
 
     def close(self) -> None:
         self.view.release()
@@ -590,7 +594,7 @@ def clear_writer(buf: mmap.mmap | bytearray, writer: int) -> int:
     return cleared
 
 
-def _round_entries(entries: int) -> int:
+def round_entries(entries: int) -> int:
     if entries < BUCKET_SIZE:
         raise ValueError("a flow table needs at least %d entries" % BUCKET_SIZE)
     return entries - entries % BUCKET_SIZE

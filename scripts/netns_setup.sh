@@ -2,7 +2,7 @@
 # Build or remove an emulated Tungsten Fabric compute node in network namespaces.
 #
 #   netns_setup.sh up [--vms N] [--networks K] [--nodes K] [--etcd URL,... [--fabric-link NS]] [--flow-entries E] [--prefix P] [--secret S]
-#                     [--tls] [--dhcp] [--json] [--join URL,... --node-id I --secret S [--fabric-link NS]]
+#                     [--datapath nfqueue|ebpf] [--tls] [--dhcp] [--json] [--join URL,... --node-id I --secret S [--fabric-link NS]]
 #                     [--qemu M (--image FILE | --kernel K [--initrd I] [--append A]) [--accel auto|kvm|tcg] [--memory MIB]]
 #                     [--user-data FILE] [--ssh-key PUBKEY_FILE] [--instances FILE]
 #   netns_setup.sh down [--node I] [--prefix P]
@@ -45,6 +45,8 @@
 # cloud (its etcd, Nova and networks), --fabric-link NS joining our fabric to NS's bridge br-fabric
 # by a veth; down --node I removes one node and its keys. See docs/cluster.md.
 # --flow-entries E sizes each agent's flow table (128 bytes an entry; for clouds of many nodes).
+# --datapath ebpf forwards live flows in the kernel (an eBPF program on each tap, misses to the
+# agent's Python engine); nfqueue (the default) sends every packet through the engine. See docs/datapath.md.
 #
 # start-agent passes $VROUTER_AGENT_ARGS to `vrouter agent` (e.g. "--nova-timeout 2").
 #

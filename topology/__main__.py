@@ -1,7 +1,7 @@
 """``python -m topology``: what ``scripts/netns_setup.sh`` runs.
 
 netns_setup.sh up [--vms N] [--networks K] [--nodes K] [--etcd URL,... [--fabric-link NS]] [--flow-entries E] [--prefix P] [--secret S]
-                  [--tls] [--dhcp] [--json]
+                  [--datapath nfqueue|ebpf] [--tls] [--dhcp] [--json]
                   [--join URL,... --node-id I --secret S [--fabric-link NS]]
                   [--qemu M (--image FILE | --kernel K [--initrd I] [--append A]) [--accel auto|kvm|tcg] [--memory MIB]]
                   [--user-data FILE] [--ssh-key PUBKEY_FILE] [--instances FILE]
@@ -50,6 +50,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--node-id", default="")
     ap.add_argument("--fabric-link", default="")
     ap.add_argument("--flow-entries", default="0")
+    ap.add_argument("--datapath", default="nfqueue")
     ap.add_argument("--prefix", default="vr")
     ap.add_argument("--secret")
     ap.add_argument("--tls", action="store_true")
@@ -136,6 +137,9 @@ def plan(args: argparse.Namespace, state: str) -> Topology:
     except ValueError as e:
         die(str(e))
     topo.flow_entries = int(args.flow_entries)
+    if args.datapath not in ("nfqueue", "ebpf"):
+        die("--datapath %s: nfqueue (every packet through the agent) or ebpf (live flows forwarded in the kernel)" % args.datapath)
+    topo.datapath = args.datapath
     topo.etcd_servers = [u.strip().rstrip("/") for u in (args.join or args.etcd).split(",") if u.strip()]
     topo.fabric_link = args.fabric_link
     if args.join:

@@ -148,6 +148,7 @@ class Topology:
     fabric_link: str = ""  # a namespace whose bridge br-fabric is the cloud's fabric: reached by a veth
     flow_entries: int = 0  # each agent's flow table ([FLOWS] flow_entries); 0: the agent's default
     flow_cache_timeout: int = 180  # seconds before an idle flow goes ([FLOWS] flow_cache_timeout)
+    datapath: str = "nfqueue"  # each agent's ([FLOWS] datapath): nfqueue or ebpf
 
     @property
     def compute(self) -> str:
@@ -314,7 +315,7 @@ class Topology:
             "# Written by netns_setup.sh for prefix %s\n[DEFAULT]\nlog_level = SYS_INFO\n%s\n"
             "[VIRTUAL-HOST-INTERFACE]\nname = vhost0\nip = %s/24\ngateway = %s\n\n"
             "[METADATA]\nmetadata_proxy_secret = %s\nmetadata_proxy_port = %d\n%s\n\n"
-            "[FLOWS]\nflow_cache_timeout = %d\n%s"
+            "[FLOWS]\nflow_cache_timeout = %d\ndatapath = %s\n%s"
         ) % (
             self.prefix,
             cluster,
@@ -324,6 +325,7 @@ class Topology:
             PROXY_PORT,
             ssl,
             self.flow_cache_timeout,
+            self.datapath,
             "flow_entries = %d\n" % self.flow_entries if self.flow_entries else "",
         )
 
@@ -332,6 +334,7 @@ class Topology:
         s = self.state_dir
         return {
             "prefix": self.prefix,
+            "datapath": self.datapath,
             "state_dir": s,
             "namespaces": {"compute": self.compute, "computes": [self.compute_of(n) for n in range(1, self.nodes + 1)], "fabric": self.fabric,
                            "vms": [v.namespace for v in self.vms]},  # fmt: skip

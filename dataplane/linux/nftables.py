@@ -83,7 +83,9 @@ NF_INET_PRE_ROUTING = 0
 NF_INET_LOCAL_OUT = 3
 PRIO_RAW = -300
 
+NFT_META_MARK = 3
 NFT_META_IIFNAME = 6
+NF_ACCEPT = 1
 NFT_META_L4PROTO = 16
 NFT_PAYLOAD_NETWORK_HEADER = 1
 NFT_PAYLOAD_TRANSPORT_HEADER = 2
@@ -202,6 +204,11 @@ class QueueRules:
     service_ips: tuple[bytes, ...] = ()  # 4 bytes each: the networks' gateways and service addresses
     tunnel_queue: int = -1  # MPLS over UDP from other nodes (UDP to tunnel_port on vhost0); -1: none
     tunnel_port: int = 6635
+    # The ebpf datapath (0: nfqueue): what its program passed up carries this mark and is accepted
+    # before any queue rule; the node's TCP to the metadata IPs other than SYN, FIN and RST is left
+    # to the program on the tap (the reverse NAT), except to the VMs whose vifs are captured.
+    fast_mark: int = 0
+    captured: tuple[VmQueue, ...] = ()
 
 
 def buckets_for(n: int) -> int:
@@ -322,7 +329,7 @@ class NftSocket:
         net6 = socket.inet_pton(socket.AF_INET6, "fd00:a9fe:a9fe::")
         mask6 = b"\xff" * 8 + b"\0" * 8
         to_md6 = (_payload(24, 16), _cmp_eq(md6), _meta(NFT_META_L4PROTO), _cmp_eq(b"\x06"))
-        msgs = self._replacing(name, NFPROTO_IPV6)
+        msgs = self._replacing(name, NFPROTO_IPV6) + _fast_rules(name, rules, True)
         iif = _meta(NFT_META_IIF)
         vms_in = [(vm.ifindex, (iif, _cmp_eq(struct.pack("=I", vm.ifindex)), *to_md6), vm.service_queue, 1) for vm in rules.vms if vm.ifindex]
         vms_out = [(vm.metadata_ip6[-1], (_payload(24, 16), _cmp_eq(vm.metadata_ip6)), vm.service_queue, 1) for vm in rules.vms]
@@ -344,7 +351,7 @@ class NftSocket:
         net, mask = rules.metadata_net
         node = _nfqueue(rules.queue_num, rules.queue_total)
         lo, hi = rules.nat_ports
-        msgs = self._replacing(name, NFPROTO_IPV4)
+        msgs = self._replacing(name, NFPROTO_IPV4) + _fast_rules(name, rules, False)
         iif = _meta(NFT_META_IIF)
         svc_in = [(vm.ifindex, (iif, _cmp_eq(struct.pack("=I", vm.ifindex))), vm.service_queue, 1) for vm in rules.vms if vm.ifindex]
         vms_in = [(vm.ifindex, (iif, _cmp_eq(struct.pack("=I", vm.ifindex))), vm.queue, vm.queues_total) for vm in rules.vms if vm.ifindex]
@@ -422,6 +429,33 @@ def _bucketed(table: str, chain: str, key: tuple[bytes, ...], width: int, vms: S
     for sel, matches, q, total in vms:
         msgs.append(_queue_rule(table, "%s_%d" % (chain, sel & (n - 1)), _nfqueue(q, total), *matches))
     return msgs
+
+
+def _fast_rules(table: str, rules: QueueRules, v6: bool) -> list[Message]:
+    """The ebpf datapath's rules, first in each chain: what the program passed up (its mark) is
+    accepted; the node's TCP to a metadata IP without SYN, FIN or RST goes on to the program, but
+    to a captured VM's metadata IP it is queued (the capture sees it)."""
+    if not rules.fast_mark:
+        return []
+    mark = (_meta(NFT_META_MARK), _cmp_eq(struct.pack("=I", rules.fast_mark)))
+    if v6:
+        daddr, net = _payload(24, 16), (_bitwise_mask(b"\xff" * 8 + b"\0" * 8), _cmp_eq(socket.inet_pton(socket.AF_INET6, "fd00:a9fe:a9fe::")))
+        captured = [(daddr, _cmp_eq(vm.metadata_ip6), vm.service_queue) for vm in rules.captured]
+    else:
+        net_ip, mask = rules.metadata_net
+        daddr, net = _payload(16, 4), (_bitwise_mask(mask), _cmp_eq(net_ip))
+        captured = [(daddr, _cmp_eq(vm.metadata_ip), vm.service_queue) for vm in rules.captured]
+    plain_tcp = (_meta(NFT_META_L4PROTO), _cmp_eq(b"\x06"), _payload(13, 1, NFT_PAYLOAD_TRANSPORT_HEADER), _bitwise_mask(b"\x07"), _cmp_eq(b"\0"))
+    msgs = [_accept_rule(table, "from_vms", *mark)]
+    msgs += [_queue_rule(table, "to_metadata_ips", _nfqueue(q, 1), load, match) for load, match, q in captured]
+    msgs.append(_accept_rule(table, "to_metadata_ips", daddr, *net, *plain_tcp))
+    return msgs
+
+
+def _accept_rule(table: str, chain: str, *matches: bytes) -> Message:
+    """A rule: when all ``matches`` hold, count, do not track, and accept."""
+    verdict = _expr("immediate", _be32(1, NFT_REG_VERDICT), _nest(2, _nest(2, _be32(1, NF_ACCEPT))))
+    return (NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, _rule(table, chain, *matches, _counter(), _notrack(), verdict))
 
 
 def _skeleton(table: str) -> list[tuple[int, int, bytes]]:

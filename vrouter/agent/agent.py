@@ -8,7 +8,8 @@ of a cloud, ``Cluster`` (etcd).  The CLI's operations (``operations``), the
 etcd follower and the start-up load of the files only produce changes.
 
 Start-up, in this order so that no packet meets a half-built node: map the
-flow table, load ports, networks and link-local services from the state
+flow table (in the ebpf datapath: load the kernel's programs, whose map is the
+table, and attach them to vhost0), load ports, networks and link-local services from the state
 directory into the state (plugging the ports into the kernel), start the
 metadata proxy's process, bind NFQUEUE, start the other dataplane workers,
 bind the VMs' queues, then create the nftables table that feeds them, then
@@ -37,19 +38,21 @@ from dataplane.core.dataplane import Dataplane, Limits
 from dataplane.core.traps import Trap
 from dataplane.core.vif import PROXY_IP6
 from dataplane.linux.aging import age_forever
+from dataplane.linux.ebpf import FAST_MARK, DatapathError, KernelDatapath
 from dataplane.linux.layout import QueueLayout, SharedCounts, default_workers
 from dataplane.linux.nfqueue import QUEUE_MAXLEN, QueueShell
 from dataplane.linux.pkt0 import Pkt0
 from dataplane.linux.ports import PORT_RANGE, SocketPortAllocator
 from dataplane.linux.totals import Totals
 from dataplane.linux.workers import Dataplanes, Setup, Trapped, WorkerPool
-from flows.table import FlowTable
+from flows.storage import write_map_pointer
+from flows.table import FlowTable, round_entries
 from infra.children import ChildError
 from infra.procinfo import alive
 from vrouter.agent.cluster import Cluster
 from vrouter.agent.config import AgentConfig
 from vrouter.agent.control import ControlServer
-from vrouter.agent.host import HostNetwork, in_namespace_hint, raise_open_files_limit, sysctl
+from vrouter.agent.host import VROUTER_MAC, HostNetwork, in_namespace_hint, raise_open_files_limit, sysctl
 from vrouter.agent.ksync import KSync
 from vrouter.agent.metrics import AgentCollector, MetricsServer
 from vrouter.agent.node import Node
@@ -91,6 +94,7 @@ class Agent:
         # what start-up did so far, for shutdown to undo
         self._host: HostNetwork | None = None
         self._table: FlowTable | None = None
+        self._kernel: KernelDatapath | None = None
         self._counts: SharedCounts | None = None
         self._pool: WorkerPool | None = None
         self._proxy: ProxyProcess | None = None
@@ -143,7 +147,16 @@ class Agent:
             )
         proxy_config = self._proxy_config(vhost_ip)
         dp, dataplanes, nat_ports = self._dataplane(vhost_ip)
-        dataplanes.set_host_ifindex(await host.ifindex(cfg.vhost.name))
+        vhost_ifindex = await host.ifindex(cfg.vhost.name)
+        dataplanes.set_host_ifindex(vhost_ifindex)
+        kernel = self._kernel
+        if kernel is not None and vhost_ifindex:  # the fabric's replies to link-local NAT flows
+            kernel.configure(dp.host.index, VROUTER_MAC)
+            kernel.set_vif(dp.host.index, vhost_ifindex, tap=False)
+            try:
+                kernel.attach(vhost_ifindex, cfg.vhost.name, egress=False)
+            except DatapathError as e:
+                raise AgentError(str(e)) from None
         self._reserved_before = host.reserve_ports(*PORT_RANGE)
         await host.add_proxy_ip6(PROXY_IP6)
         self._proxy_ip6 = True
@@ -152,9 +165,9 @@ class Agent:
         pkt0 = self._pkt0 = Pkt0()
         guests = self._guests = GuestServices(dp, GuestDirectory(state, cfg.services.dns_domain), cfg.services, pkt0.send)
         pkt0.on_frame = guests.on_frame
-        queue_settings = QueueSettings(cfg.vhost.name, cfg.flows.vm_queue_length, bool(cfg.etcd.servers))
+        queue_settings = QueueSettings(cfg.vhost.name, cfg.flows.vm_queue_length, bool(cfg.etcd.servers), FAST_MARK if kernel is not None else 0)
         queues = self._queues = VmQueues(layout, queue_settings, shell, dataplanes.pool, dp, state)
-        ksync = KSync(state, host, dataplanes, shell, queues, lambda: nat_ports.in_use, guests.advertise)
+        ksync = KSync(state, host, dataplanes, shell, queues, lambda: nat_ports.in_use, guests.advertise, kernel)
         persistence = Persistence(self.paths)
         for s in (ksync, persistence, ProxySync(state, proxy, dp.service_ips)):
             state.subscribe(s)
@@ -202,8 +215,9 @@ class Agent:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         log.info(
-            "agent up: vhost0 %s, metadata proxy port %d, %d ports, %d link-local services, flow table %d+%d entries, %d dataplane workers",
-            vhost_ip, cfg.metadata.proxy_port, len(state.ports), len(state.services), dp.table.entries, dp.table.overflow, layout.workers,
+            "agent up: vhost0 %s, metadata proxy port %d, %d ports, %d link-local services, flow table %d+%d entries, %d dataplane workers, "
+            "%s datapath", vhost_ip, cfg.metadata.proxy_port, len(state.ports), len(state.services), dp.table.entries, dp.table.overflow,
+            layout.workers, cfg.flows.datapath,
         )  # fmt: skip
         # What start-up made (modules, tables) lives as long as the agent: keep it out of the
         # garbage collector's full passes, which would otherwise walk it all and stall packets.
@@ -221,7 +235,16 @@ class Agent:
         link-local NAT ports."""
         cfg, layout = self.cfg, self.layout
         overflow = cfg.flows.overflow_entries or cfg.flows.entries // 5
-        table = self._table = FlowTable.create_file(self.paths.flows, cfg.flows.entries, overflow, writers=layout.workers)
+        if cfg.flows.datapath == "ebpf":  # the table is the kernel program's map; the file names it
+            entries = round_entries(cfg.flows.entries)
+            try:
+                kernel = self._kernel = KernelDatapath.load(entries, overflow)
+            except DatapathError as e:
+                raise AgentError("[FLOWS] datapath = ebpf: %s (datapath = nfqueue needs none of it)" % e) from None
+            table = self._table = FlowTable.in_map(kernel.table_memory, entries, overflow, writers=layout.workers)
+            write_map_pointer(self.paths.flows, kernel.flows_map_id)
+        else:
+            table = self._table = FlowTable.create_file(self.paths.flows, cfg.flows.entries, overflow, writers=layout.workers)
         limits = Limits(
             max_vm_flows=cfg.flows.vm_flow_limit(table.capacity),
             max_vm_linklocal_flows=cfg.flows.max_vm_linklocal_flows,
@@ -319,6 +342,8 @@ class Agent:
             await self._control.stop()
         if self._queues is not None:
             self._queues.delete_rules()
+        if self._kernel is not None:  # no program forwards for a node without its agent
+            self._kernel.close()
         host = self._host
         if host is not None:
             try:

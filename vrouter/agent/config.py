@@ -90,6 +90,7 @@ class FlowSettings:
     vm_queue_length: int = 4096  # packets of one VM the kernel queues for the dataplane before it drops
     vm_flow_setup_rate: int = 0  # flows one VM may set up a second (0: no limit)
     dataplane_workers: int = 0  # processes reading the queues (0: one a core, at most 4)
+    datapath: str = "nfqueue"  # nfqueue: every packet through the Python engine; ebpf: live flows in the kernel
 
     def vm_flow_limit(self, capacity: int) -> int:
         """max_vm_flows in entries (0: no limit below the table's own size)."""
@@ -125,6 +126,16 @@ def _bool(section: str, key: str, value: str) -> bool:
     if v in ("0", "false", "no", "off", ""):
         return False
     raise ConfigError("[%s] %s = %r: not a boolean (true or false)" % (section, key, value))
+
+
+DATAPATHS = ("nfqueue", "ebpf")
+
+
+def _datapath(section: str, key: str, value: str) -> str:
+    v = value.strip().lower()
+    if v not in DATAPATHS:
+        raise ConfigError("[%s] %s = %r: nfqueue (every packet through the agent) or ebpf (live flows in the kernel)" % (section, key, value))
+    return v
 
 
 def _int(section: str, key: str, value: str, lo: int, hi: int) -> int:
@@ -280,6 +291,8 @@ SCHEMA: dict[str, dict[str, tuple[str, Parser]]] = {
         "vm_flow_setup_rate": ("flows.vm_flow_setup_rate", lambda s, k, v: _int(s, k, v, 0, 1 << 24)),
         # ... and how many dataplane workers (the table's writers: at most the 4 ways of a bucket)
         "dataplane_workers": ("flows.dataplane_workers", lambda s, k, v: _int(s, k, v, 0, 4)),
+        # ... and which datapath forwards: the Python engine alone, or the kernel's eBPF program
+        "datapath": ("flows.datapath", _datapath),
     },
     "SERVICES": {
         "dhcp_lease_time": ("services.dhcp_lease_time", lambda s, k, v: _int(s, k, v, 4, 0xFFFFFFFF)),

@@ -140,7 +140,10 @@ class HostNetwork:
         sysctl("net.ipv4.conf.%s.rp_filter" % tap, "0")
         for ip in (vm_ip, md_ip):
             await self._nl("route", "replace", dst=ip + "/32", oif=idx, scope="link")
-        await self._nl("neigh", "replace", dst=vm_ip, lladdr=vm_mac, ifindex=idx, state="permanent")
+        # ... and the VM's MAC for its metadata IP too: the ebpf datapath's program rewrites the
+        # proxy's replies to it on the tap's egress, after the kernel has chosen their MAC
+        for ip in (vm_ip, md_ip):
+            await self._nl("neigh", "replace", dst=ip, lladdr=vm_mac, ifindex=idx, state="permanent")
         if md_ip6:
             # IPv6: the tap answers neighbour discovery for fe80::a9fe:a9fe; the per-port metadata
             # address routes back to it. IPv6 is otherwise not forwarded.
@@ -152,6 +155,7 @@ class HostNetwork:
             for ip in (md_ip6, vm_ip6):
                 if ip:
                     await self._nl("route", "replace", dst=ip + "/128", oif=idx)
+            await self._nl("neigh", "replace", dst=md_ip6, lladdr=vm_mac, ifindex=idx, state="permanent", family=socket.AF_INET6)
         return idx
 
     async def unplug(self, tap: str, vm_ip: str, md_ip: str) -> None:
@@ -166,10 +170,11 @@ class HostNetwork:
             except NetlinkError:
                 pass
         if idx:
-            try:
-                await self._nl("neigh", "del", dst=vm_ip, ifindex=idx)
-            except NetlinkError:
-                pass
+            for ip in (vm_ip, md_ip):
+                try:
+                    await self._nl("neigh", "del", dst=ip, ifindex=idx)
+                except NetlinkError:
+                    pass
 
 
 def in_namespace_hint() -> str:

@@ -162,4 +162,3 @@ class Inspection:
     def mpls_dump(self, _: MplsDump) -> list[MplsRecord]:
         vifs = self.node.dp.overlay.by_label
         return [MplsRecord(label, vifs[label].nh) for label in sorted(vifs)]
-

@@ -9,7 +9,9 @@ cannot be bound is refused, and nothing of it stays.  A network's gateway and
 service address become the VRF's trapped addresses; the link-local services,
 what their DNS names resolved to and the routes to the other nodes' VMs go to
 every worker.  What the dataplane counts is added up here for the tools
-(``totals``).
+(``totals``).  In the ebpf datapath (``kernel``), a plugged port's tap also
+gets the kernel's programs and its vif in the kernel's maps, and what the
+kernel counted is added to the totals.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from collections.abc import Callable
 
 from dataplane.core.overlay import Route
 from dataplane.core.vif import Vif
+from dataplane.linux.ebpf import DatapathError, KernelDatapath
 from dataplane.linux.nfqueue import QueueShell
-from dataplane.linux.totals import Totals, stats_of
+from dataplane.linux.totals import Totals, WorkerStats, stats_of
 from dataplane.linux.workers import Dataplanes
 from vrouter.agent.host import HostNetwork
 from vrouter.agent.queues import VmQueues
@@ -42,7 +45,7 @@ log = logging.getLogger("vrouter.agent")
 
 class KSync:
     def __init__(self, state: NodeState, host: HostNetwork, dataplanes: Dataplanes, shell: QueueShell, queues: VmQueues,
-                 nat_in_use: Callable[[], int], advertise: Callable[[Vif], None]) -> None:  # fmt: skip
+                 nat_in_use: Callable[[], int], advertise: Callable[[Vif], None], kernel: KernelDatapath | None = None) -> None:  # fmt: skip
         self.state = state
         self.host = host
         self.dataplanes = dataplanes
@@ -53,6 +56,7 @@ class KSync:
         self.advertise = advertise  # IPv6: a router advertisement at once, not in 30 s
         self.resolve_now = asyncio.Event()  # the services changed: their DNS names again
         self._vrfs: set[int] = set()  # the VRFs whose routes and trapped addresses were given
+        self.kernel = kernel  # the ebpf datapath's programs and maps; None: nfqueue datapath
 
     async def changed(self, change: Change) -> int:
         if isinstance(change, PortChanged):
@@ -100,6 +104,14 @@ class KSync:
         if not ifindex:
             log.warning("port %s: tap %s not present yet; plugged when it appears", port.uuid, port.tap_name)
         vif = Vif(port.vif, port.tap_name, ifindex, port.ip_address, port.mac, port.vrf, port_uuid=port.uuid, ip6=port.ipv6_address)
+        if self.kernel is not None and ifindex:
+            try:
+                self.kernel.set_vif(port.vif, ifindex, port.mac, tap=True, capture=bool(self.dp.captures.by_vif.get(port.vif)))
+                self.kernel.attach(ifindex, port.tap_name)
+            except (DatapathError, OSError) as e:
+                self.kernel.remove_vif(port.vif)
+                await self.host.unplug(port.tap_name, port.ip_address, port.metadata_ip)
+                raise PortError("port %s: %s" % (port.uuid, e)) from None
         self.dataplanes.add_vif(vif)
         if self.queues.started:
             try:
@@ -114,6 +126,11 @@ class KSync:
 
     async def unplug(self, port: Port) -> int:
         """Unplug a port; how many flow entries went."""
+        if self.kernel is not None:
+            old = self.dp.vifs.get(port.vif)
+            if old is not None and old.ifindex:
+                self.kernel.detach(old.ifindex)
+            self.kernel.remove_vif(port.vif)
         flows = await self.dataplanes.remove_vif(port.vif)
         self.queues.leave(port.vif)  # its queues go once the rules no longer send to them
         await self.host.unplug(port.tap_name, port.ip_address, port.metadata_ip)
@@ -123,6 +140,8 @@ class KSync:
         """Plug taps that appeared after their port was added, or that were re-created."""
         while True:
             await asyncio.sleep(interval)
+            if self.kernel is not None:
+                self.kernel.refresh_clock()  # the kernel's stamps follow a stepped clock
             for port in list(self.state.ports.values()):
                 vif = self.dp.vifs.get(port.vif)
                 idx = await self.host.ifindex(port.tap_name)
@@ -154,4 +173,21 @@ class KSync:
     async def totals(self) -> Totals:
         """The dataplane's counters, every worker's added up."""
         local = stats_of(self.dp, self.shell, self.nat_in_use(), {})
-        return Totals.of(local, await self.dataplanes.pool.stats())
+        others = await self.dataplanes.pool.stats()
+        if self.kernel is not None:  # what the kernel forwarded, dropped and counted itself
+            vifs, vif_drops, drops = self.kernel.stats()
+            others.append(WorkerStats(vifs=vifs, vif_drops=vif_drops, drops=drops))
+        return Totals.of(local, others)
+
+    def capture_changed(self, vif: int) -> None:
+        """A vifdump capture of ``vif`` began or ended: in the ebpf datapath, while one is on, all
+        of the vif's packets go through the engine (which copies them to the captures)."""
+        if self.kernel is None:
+            return
+        on = bool(self.dp.captures.by_vif.get(vif))
+        self.kernel.set_capture(vif, on)
+        if on:
+            self.queues.captured.add(vif)
+        else:
+            self.queues.captured.discard(vif)
+        self.queues.apply_rules()

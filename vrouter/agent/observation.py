@@ -13,6 +13,7 @@ from dataplane.core.capture import Capture
 from dataplane.linux.vifdump import DatagramSink
 from dataplane.linux.workers import AddCapture
 from infra.children import ChildError
+from vrouter.agent.queues import RulesError
 from vrouter.messages.control import FaultAdd, FaultDel, VifdumpStart, VifdumpStarted, VifdumpStop, VifdumpStopped
 from vrouter.messages.proxy import FaultList, FaultRecord, FaultSpec, JournalPage, JournalQuery
 from vrouter.model import PortError
@@ -57,6 +58,11 @@ class Observation:
         except ChildError as e:
             self._end_capture(req.socket, capture)
             raise PortError(str(e)) from None
+        try:
+            self.node.ksync.capture_changed(vif.index)
+        except RulesError as e:
+            self._end_capture(req.socket, capture)
+            raise PortError(str(e)) from None
         log.info("vifdump: capturing vif0/%d (%s) to %s", vif.index, vif.name, req.socket)
         return VifdumpStarted(vif.index, vif.name, vif.mac or "")
 
@@ -75,6 +81,10 @@ class Observation:
         self.node.dp.captures.remove(capture)
         self.captures.pop(path, None)
         self.node.pool.remove_capture(self._capture_ids.pop(path, 0))
+        try:
+            self.node.ksync.capture_changed(capture.vif)
+        except RulesError as e:
+            log.error("vifdump: %s", e)
 
     def _reap_captures(self) -> None:
         """Forget captures whose reader went without saying (the dataplane already ended them)."""
@@ -152,7 +162,6 @@ class Observation:
             raise FaultError("the metadata proxy process did not take the change (%s)" % e) from None
         log.info("metadata fault %d deleted", req.id)
         return records[req.id]
-
 
 
 def _instance_uuid(value: str) -> str:

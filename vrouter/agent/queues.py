@@ -46,6 +46,7 @@ class QueueSettings:
     vhost_name: str
     vm_queue_length: int
     tunnels: bool  # a node of a cloud: MPLS over UDP from the other nodes to the tunnel queue
+    fast_mark: int = 0  # the ebpf datapath's mark (0: nfqueue datapath)
 
 
 class VmQueues:
@@ -62,6 +63,7 @@ class VmQueues:
         self.gone = 0  # queue overflows of VMs unplugged since start
         self._due: asyncio.TimerHandle | None = None  # the tables' next rebuild
         self._leaving: set[int] = set()  # queues of unplugged VMs, unbound at the next rebuild
+        self.captured: set[int] = set()  # vifs under a vifdump capture (ebpf: the node's replies to them stay queued)
 
     # -- which queues --
 
@@ -150,15 +152,17 @@ class VmQueues:
         self.cancel()
         self.made_table = True  # also when half made: a failed batch leaves nothing, delete is a no-op
         layout = self.layout
+        virtual = [v for v in sorted(self.dp.vifs.values(), key=lambda v: v.index) if v.kind == "Virtual"]
         vms = tuple(
             VmQueue(v.ifindex, layout.data_queues(v.index)[0], layout.service_queue(v.index), v.metadata_ip_bytes, v.metadata_ip6_bytes,
                     len(layout.data_queues(v.index)))
-            for v in sorted(self.dp.vifs.values(), key=lambda v: v.index)
-            if v.kind == "Virtual"
+            for v in virtual
         )  # fmt: skip
+        captured = tuple(vm for v, vm in zip(virtual, vms, strict=True) if v.index in self.captured)
         nat = tuple((*layout.nat_ports(w, *PORT_RANGE), layout.node_queue(w)) for w in range(layout.workers)) if layout.workers > 1 else ()
         rules = QueueRules(queue_num=layout.base, vhost_name=self.settings.vhost_name, nat_ports=PORT_RANGE, vms=vms, service_ips=self._service_ips(),
-                           tunnel_queue=layout.tunnel_queue if self.settings.tunnels else -1, nat_ranges=nat)  # fmt: skip
+                           tunnel_queue=layout.tunnel_queue if self.settings.tunnels else -1, nat_ranges=nat, fast_mark=self.settings.fast_mark,
+                           captured=captured)  # fmt: skip
         try:
             with NftSocket() as nft:
                 nft.create_queue_table(rules)
@@ -186,4 +190,3 @@ class VmQueues:
                     nft.delete_tables()
             except OSError as e:
                 log.error("could not delete the nftables table: %s", e)
-

@@ -1,0 +1,196 @@
+"""The ebpf datapath's kernel side: its programs loaded, its maps made and kept, the programs
+attached to the node's devices, and the kernel's counters read back.
+
+``KernelDatapath.load`` opens ``dataplane/ebpf/vrouter.bpf.o`` (built from the C source beside it
+by ``make install``), sizes the flow table's map to the agent's table and loads it.  The flow table
+is the map's memory (``table``), in which the agent's Python engine writes entries as it writes the
+file in nfqueue mode; ``flows/table.py`` says who writes which field.  The agent tells the kernel
+which device is which vif (``set_vif``), attaches the programs to each tap (ingress and egress)
+and to vhost0 (ingress), and reads the kernel's per-vif and per-reason counts (``stats``), which
+the node's totals add to the engine's.
+
+Nothing is pinned: the maps live while the agent holds them or a program on a device uses them,
+and the programs while they are attached.  ``close`` removes the clsact qdisc of every device it
+attached to that still exists (a tap that went took its programs with it), so that after the agent
+stops no program or map of its node is left in the kernel.
+
+A kernel or a machine that cannot run it (no libbpf, no object file, BPF refused, no clsact)
+raises ``DatapathError`` with what is missing; the agent then refuses to start in ebpf mode and
+nfqueue mode is unaffected.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import struct
+
+from dataplane.linux import libbpf
+from flows import bpfmap
+from flows.layout import HEADER_RECORDS, RECORD_SIZE, DropReason
+from flows.storage import set_clock
+
+log = logging.getLogger("vrouter.ebpf")
+
+HERE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "ebpf")
+OBJECT = os.path.join(HERE, "vrouter.bpf.o")
+SOURCE = os.path.join(HERE, "vrouter.bpf.c")
+
+MAX_VIFS = 16384  # as in the C source
+MAX_REASONS = 32
+FAST_MARK = 0x7672_0001  # skb->mark of what the program passed up; nftables accepts it first
+VIF_TAP = 1
+VIF_CAPTURE = 2
+
+_VIF = struct.Struct("=IH6sI")  # struct vif: ifindex, flags, mac, pad
+_CONFIG = struct.Struct("=II6sH")  # struct config: host vif, fast mark, vRouter MAC, pad
+_VIFSTATS = struct.Struct("=QQQQQ")  # rx packets, rx bytes, tx packets, tx bytes, drops (of 64 bytes)
+_U32 = struct.Struct("=I")
+
+
+class DatapathError(Exception):
+    """The ebpf datapath cannot run here; the message says what is missing."""
+
+
+def _mac(mac: str) -> bytes:
+    return bytes(int(x, 16) for x in mac.split(":"))
+
+
+class KernelDatapath:
+    """The loaded programs, their maps, and the devices they are attached to."""
+
+    def __init__(self, obj: libbpf.BpfObject, table_size: int) -> None:
+        self._obj = obj
+        self.flows_fd = obj.map_fd("vr_flows")
+        self._ifvif = obj.map_fd("vr_ifvif")
+        self._vifs = obj.map_fd("vr_vifs")
+        self._config = obj.map_fd("vr_config")
+        self.ingress_fd = obj.prog_fd("vr_ingress")
+        self.egress_fd = obj.prog_fd("vr_egress")
+        self.table_memory = bpfmap.map_memory(self.flows_fd, table_size, writable=True)
+        self._vifstats = bpfmap.map_memory(obj.map_fd("vr_vifstats"), MAX_VIFS * 64, writable=False)
+        self._drops = bpfmap.map_memory(obj.map_fd("vr_drops"), (MAX_VIFS + 1) * MAX_REASONS * 8, writable=False)
+        self.flows_map_id = bpfmap.map_info(self.flows_fd).id
+        self.prog_ids = (bpfmap.prog_id(self.ingress_fd), bpfmap.prog_id(self.egress_fd))
+        self._attached: dict[int, str] = {}  # ifindex -> name, for close and the logs
+        self._vif_ifindex: dict[int, int] = {}
+
+    @classmethod
+    def load(cls, entries: int, overflow: int) -> KernelDatapath:
+        """Load the programs with a flow table map of ``entries + overflow`` records (``entries``
+        already rounded to whole buckets); DatapathError if this machine cannot."""
+        if not os.path.exists(OBJECT):
+            raise DatapathError("%s is missing: build it with `make install` (clang, libbpf-dev from Debian)" % OBJECT)
+        if os.path.exists(SOURCE) and os.path.getmtime(SOURCE) > os.path.getmtime(OBJECT):
+            raise DatapathError("%s is older than its source: rebuild it with `make install`" % OBJECT)
+        try:
+            obj = libbpf.BpfObject(OBJECT)
+        except libbpf.LibbpfError as e:
+            raise DatapathError(str(e)) from None
+        try:
+            obj.set_max_entries("vr_flows", HEADER_RECORDS + entries + overflow)
+            obj.load()
+            return cls(obj, (HEADER_RECORDS + entries + overflow) * RECORD_SIZE)
+        except libbpf.LibbpfError as e:
+            obj.close()
+            hint = ""
+            if e.errno in (errno.EPERM, errno.EACCES):
+                hint = ": the kernel refused BPF to this process (it needs CAP_BPF and CAP_NET_ADMIN, or root)"
+            raise DatapathError("the ebpf datapath cannot be loaded: %s%s" % (e, hint)) from None
+        except OSError as e:
+            obj.close()
+            raise DatapathError("the ebpf datapath's maps cannot be mapped: %s" % e) from None
+
+    def configure(self, host_vif: int, vrouter_mac: str) -> None:
+        bpfmap.update_elem(self._config, _U32.pack(0), _CONFIG.pack(host_vif, FAST_MARK, _mac(vrouter_mac), 0))
+
+    def refresh_clock(self) -> None:
+        set_clock(self.table_memory)
+
+    # -- devices ----------------------------------------------------------------------------------
+
+    def set_vif(self, vif: int, ifindex: int, mac: str = "00:00:00:00:00:00", tap: bool = True, capture: bool = False) -> None:
+        """Tell the kernel that ``ifindex`` is ``vif`` (a VM's tap with the VM's ``mac``, or the
+        node's own device); a vif whose ifindex changed forgets the old one."""
+        if not 0 <= vif < MAX_VIFS:
+            raise DatapathError("vif %d is beyond the ebpf datapath's %d vifs" % (vif, MAX_VIFS))
+        old = self._vif_ifindex.get(vif)
+        if old and old != ifindex:
+            bpfmap.delete_elem(self._ifvif, _U32.pack(old))
+        flags = (VIF_TAP if tap else 0) | (VIF_CAPTURE if capture else 0)
+        bpfmap.update_elem(self._vifs, _U32.pack(vif), _VIF.pack(ifindex, flags, _mac(mac), 0))
+        if ifindex:
+            bpfmap.update_elem(self._ifvif, _U32.pack(ifindex), _U32.pack(vif))
+        self._vif_ifindex[vif] = ifindex
+
+    def set_capture(self, vif: int, on: bool) -> None:
+        """Everything of a vif to the engine while a vifdump captures it, or not."""
+        raw = bpfmap.lookup_elem(self._vifs, _U32.pack(vif), _VIF.size)
+        if raw is None:
+            return
+        ifindex, flags, mac, _ = _VIF.unpack(raw)
+        flags = flags | VIF_CAPTURE if on else flags & ~VIF_CAPTURE
+        bpfmap.update_elem(self._vifs, _U32.pack(vif), _VIF.pack(ifindex, flags, mac, 0))
+
+    def remove_vif(self, vif: int) -> None:
+        ifindex = self._vif_ifindex.pop(vif, 0)
+        if ifindex:
+            bpfmap.delete_elem(self._ifvif, _U32.pack(ifindex))
+        bpfmap.update_elem(self._vifs, _U32.pack(vif), bytes(_VIF.size))
+
+    def attach(self, ifindex: int, name: str, egress: bool = True) -> None:
+        """The programs on a device: ingress always, egress for a VM's tap."""
+        try:
+            libbpf.tc_attach(ifindex, libbpf.BPF_TC_INGRESS, self.ingress_fd)
+            if egress:
+                libbpf.tc_attach(ifindex, libbpf.BPF_TC_EGRESS, self.egress_fd)
+        except libbpf.LibbpfError as e:
+            raise DatapathError("cannot attach the ebpf datapath to %s: %s" % (name, e)) from None
+        self._attached[ifindex] = name
+
+    def detach(self, ifindex: int) -> None:
+        name = self._attached.pop(ifindex, None)
+        if name is not None:
+            try:
+                libbpf.tc_detach_all(ifindex)
+            except libbpf.LibbpfError as e:
+                log.warning("detaching the ebpf datapath from %s: %s", name, e)
+
+    def attached(self) -> dict[int, str]:
+        return dict(self._attached)
+
+    # -- counters ---------------------------------------------------------------------------------
+
+    def stats(self) -> tuple[dict[int, tuple[int, int, int, int, int, int]], dict[tuple[int, DropReason], int], dict[DropReason, int]]:
+        """What the kernel counted: per vif (rx packets, rx bytes, tx packets, tx bytes, drops,
+        0 flows), per (vif, reason), per reason.  Only vifs it was told of, and reasons it used."""
+        vifs: dict[int, tuple[int, int, int, int, int, int]] = {}
+        vif_drops: dict[tuple[int, DropReason], int] = {}
+        for vif in self._vif_ifindex:
+            counts = _VIFSTATS.unpack_from(self._vifstats, vif * 64)
+            if any(counts):
+                vifs[vif] = (*counts, 0)
+            if counts[4]:
+                for r in DropReason:
+                    n = struct.unpack_from("=Q", self._drops, (vif * MAX_REASONS + r) * 8)[0]
+                    if n:
+                        vif_drops[vif, r] = n
+        drops = {}
+        for r in DropReason:
+            n = struct.unpack_from("=Q", self._drops, (MAX_VIFS * MAX_REASONS + r) * 8)[0]
+            if n:
+                drops[r] = n
+        return vifs, vif_drops, drops
+
+    def close(self) -> None:
+        """Detach from every device still there, and let the kernel free the programs and maps."""
+        for ifindex in list(self._attached):
+            self.detach(ifindex)
+        for m in (self._vifstats, self._drops):
+            m.close()
+        try:
+            self.table_memory.close()
+        except BufferError:
+            pass  # a FlowTable still views it: freed with it
+        self._obj.close()
