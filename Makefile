@@ -5,6 +5,7 @@
 #            configures itself with cloud-init from the node.
 #            make demo NODES=1 builds a cloud of three compute nodes configured through etcd instead:
 #            a VM on each, metadata, pings over the overlay, a link-local service, rt/nh/mpls.
+#            make demo DATAPATH=ebpf runs it on the kernel datapath (eBPF) instead of nfqueue.
 # make test: install what is needed and run the whole test suite (as root for the namespace tests).
 # make test-guests: only the tests that boot guests (the test initramfs and the Debian image).
 SHELL := /bin/bash
@@ -20,6 +21,7 @@ GUEST_DIR := build/guest
 GUEST_IMAGE := $(GUEST_DIR)/debian12.qcow2
 GUEST_INITRAMFS := $(GUEST_DIR)/initramfs/initramfs.cpio.gz
 DEMO_PREFIX ?= demo
+DATAPATH ?= nfqueue
 
 BENCH_PKGS := haproxy nginx-light wrk iperf3
 SOAK_SECONDS ?= 180
@@ -76,7 +78,7 @@ $(VENV)/.installed: pyproject.toml | system-deps
 	@$(BIN)/python -c "import netfilterqueue, pyroute2, httptools, uvloop, scapy, pytest, mypy, dpkt, prometheus_client, etcd3gw" && touch $@
 
 demo: install $(if $(GUEST),guest-image,)
-	@bash scripts/demo.sh $(DEMO_PREFIX) $(if $(KEEP),keep,) $(if $(GUEST),guest,) $(if $(NODES),nodes,)
+	@DATAPATH=$(DATAPATH) bash scripts/demo.sh $(DEMO_PREFIX) $(if $(KEEP),keep,) $(if $(GUEST),guest,) $(if $(NODES),nodes,)
 
 # The test guest: Debian's cloud kernel and busybox in a small initramfs (guest/build_initramfs.sh;
 # the packages are downloaded and unpacked, not installed). Cached in build/guest.
@@ -117,9 +119,11 @@ cluster-latency: install
 	$(BIN)/python benchmarks/cluster.py --nodes 3 --changes 100
 
 # The benchmark suite beside its references (haproxy, kernel DNAT, nginx upstream); see benchmarks/run.py.
+# DATAPATHS: which of the agent's datapaths to measure beside the references (both by default).
 BENCH_ARGS ?= --repeat 3
+DATAPATHS ?= nfqueue ebpf
 bench: install bench-deps
-	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
+	$(BIN)/python benchmarks/run.py --datapaths "$(DATAPATHS)" $(BENCH_ARGS)
 
 # haproxy and nginx only as tools run inside the benchmark's namespaces: never started as host services.
 bench-deps:

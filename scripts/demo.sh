@@ -7,6 +7,7 @@
 # With `nodes` (make demo NODES=1): a cloud of three compute nodes configured through etcd, a VM
 # on each reading its own metadata and pinging the others over MPLS over UDP, a link-local service
 # added on node 1 that node 3 has at once, and the vRouter's rt, nh and mpls tools.
+# DATAPATH=ebpf (make demo DATAPATH=ebpf) runs the node(s) with the kernel datapath.
 # Usage: scripts/demo.sh [PREFIX] [keep] [guest] [nodes]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,7 +18,8 @@ NODES=""
 for a in "${@:2}"; do
     case "$a" in keep) KEEP=1 ;; guest) GUEST=1 ;; nodes) NODES=1 ;; "") ;; *) echo "demo.sh: unknown argument $a" >&2; exit 2 ;; esac
 done
-SETUP=scripts/netns_setup.sh
+DATAPATH=${DATAPATH:-nfqueue}
+SETUP="scripts/netns_setup.sh"
 VROUTER=.venv/bin/vrouter
 PY=.venv/bin/python
 IMAGE=build/guest/debian12.qcow2
@@ -41,7 +43,7 @@ if [ -n "$GUEST" ]; then
 echo "user data ran on $(hostname) at $(date -u +%H:%M:%S) UTC" >/var/tmp/user-data-result
 EOF
     step "building the node: namespaces $PREFIX-compute, $PREFIX-fabric, $PREFIX-vm1, and a QEMU guest on a tap (no seed disk, no config drive)"
-    $SETUP up --vms 1 --qemu 1 --image "$IMAGE" --prefix "$PREFIX" --ssh-key "$TMP/id.pub" --user-data "$TMP/user-data"
+    $SETUP up --datapath "$DATAPATH" --vms 1 --qemu 1 --image "$IMAGE" --prefix "$PREFIX" --ssh-key "$TMP/id.pub" --user-data "$TMP/user-data"
     LAYOUT=/run/vrouter/$PREFIX/layout.json
     CONSOLE=$(field 'd["guests"][0]["console"]')
     GIP=$(field 'd["guests"][0]["ip"]')
@@ -70,7 +72,7 @@ fi
 
 if [ -n "$NODES" ]; then
     step "building a cloud: compute nodes $PREFIX-compute1..3 on one fabric, etcd and Nova in $PREFIX-fabric, a VM on each node"
-    $SETUP up --nodes 3 --vms 3 --prefix "$PREFIX"
+    $SETUP up --datapath "$DATAPATH" --nodes 3 --vms 3 --prefix "$PREFIX"
     LAYOUT=/run/vrouter/$PREFIX/layout.json
     for i in 1 2 3; do
         read -r name ip node < <(field "' '.join(str(d['vms'][$((i - 1))][k]) for k in ('name', 'ip', 'node'))")
@@ -102,7 +104,7 @@ if [ -n "$NODES" ]; then
 fi
 
 step "building the emulated compute node (namespaces $PREFIX-compute, $PREFIX-fabric, $PREFIX-vm1, $PREFIX-vm2)"
-$SETUP up --vms 2 --prefix "$PREFIX"
+$SETUP up --datapath "$DATAPATH" --vms 2 --prefix "$PREFIX"
 LAYOUT=/run/vrouter/$PREFIX/layout.json
 
 for i in 1 2; do

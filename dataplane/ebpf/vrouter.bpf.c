@@ -46,7 +46,7 @@
 #define BUCKET_SIZE 4
 #define MAX_WRITERS 4
 #define MAX_CHAIN 24
-#define MAX_VIFS 16384
+#define MAX_VIFS 65536
 #define MAX_REASONS 32
 
 #define F_ACTIVE 0x0001

@@ -37,7 +37,7 @@ HERE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 OBJECT = os.path.join(HERE, "vrouter.bpf.o")
 SOURCE = os.path.join(HERE, "vrouter.bpf.c")
 
-MAX_VIFS = 16384  # as in the C source
+MAX_VIFS = 65536  # as in the C source: every vif index the agent gives (0 to 0xFFFF)
 MAX_REASONS = 32
 FAST_MARK = 0x7672_0001  # skb->mark of what the program passed up; nftables accepts it first
 VIF_TAP = 1
