@@ -24,6 +24,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import socket
 import struct
 
 from dataplane.linux import libbpf
@@ -194,3 +195,18 @@ class KernelDatapath:
         except BufferError:
             pass  # a FlowTable still views it: freed with it
         self._obj.close()
+
+
+def detach_stale(prefix: str, vhost: str) -> list[str]:
+    """Remove the clsact qdisc (and so any program) from this namespace's taps (``prefix``*) and
+    vhost0: a killed agent's programs stay attached and forward its old flows.  Called at every
+    start, whichever the datapath; nothing to do where libbpf is missing (nothing could attach)."""
+    removed = []
+    for ifindex, name in socket.if_nameindex():
+        if name.startswith(prefix) or name == vhost:
+            try:
+                if libbpf.tc_detach_all(ifindex):
+                    removed.append(name)
+            except libbpf.LibbpfError:
+                return removed  # no libbpf, or it cannot: nothing of ours can be there either
+    return removed

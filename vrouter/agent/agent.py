@@ -38,7 +38,7 @@ from dataplane.core.dataplane import Dataplane, Limits
 from dataplane.core.traps import Trap
 from dataplane.core.vif import PROXY_IP6
 from dataplane.linux.aging import age_forever
-from dataplane.linux.ebpf import FAST_MARK, DatapathError, KernelDatapath
+from dataplane.linux.ebpf import FAST_MARK, DatapathError, KernelDatapath, detach_stale
 from dataplane.linux.layout import QueueLayout, SharedCounts, default_workers
 from dataplane.linux.nfqueue import QUEUE_MAXLEN, QueueShell
 from dataplane.linux.pkt0 import Pkt0
@@ -146,6 +146,9 @@ class Agent:
                 "(ip netns exec <prefix>-compute vrouter agent ...) or set [VIRTUAL-HOST-INTERFACE] ip" % (cfg.vhost.name, in_namespace_hint())
             )
         proxy_config = self._proxy_config(vhost_ip)
+        stale = detach_stale("tap", cfg.vhost.name)
+        if stale:
+            log.info("removed the programs a previous agent left attached to %s", ", ".join(stale))
         dp, dataplanes, nat_ports = self._dataplane(vhost_ip)
         vhost_ifindex = await host.ifindex(cfg.vhost.name)
         dataplanes.set_host_ifindex(vhost_ifindex)

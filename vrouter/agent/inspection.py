@@ -7,9 +7,10 @@ import dataclasses
 import ipaddress
 import os
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dataplane.core.overlay import DROP_NH, RECEIVE_NH, label_of
+from dataplane.linux.ebpf import KernelDatapath
 from flows.layout import DROP_NAMES
 from infra.procinfo import own_memory
 from vrouter.agent.kernel_stats import all_queue_drops, kernel_ip_drops
@@ -77,6 +78,8 @@ class Inspection:
             dataplane_workers=[os.getpid(), *node.pool.pids],
             dataplane_worker_restarts=node.pool.restarts,
             rules_pending=node.queues.rules_pending,
+            datapath=node.cfg.flows.datapath,
+            **_kernel_status(node.ksync.kernel),
         )
 
     # -- inspection -----------------------------------------------------------------------------
@@ -162,3 +165,9 @@ class Inspection:
     def mpls_dump(self, _: MplsDump) -> list[MplsRecord]:
         vifs = self.node.dp.overlay.by_label
         return [MplsRecord(label, vifs[label].nh) for label in sorted(vifs)]
+
+
+def _kernel_status(kernel: KernelDatapath | None) -> dict[str, Any]:
+    if kernel is None:
+        return {}
+    return {"bpf_programs": list(kernel.prog_ids), "bpf_flow_map": kernel.flows_map_id, "bpf_devices": sorted(kernel.attached().values())}

@@ -377,6 +377,10 @@ class Status:
     dataplane_workers: list[int] = field(default_factory=list)  # each worker's pid (0: being restarted), the agent's first
     dataplane_worker_restarts: int = 0
     rules_pending: bool = False  # a change of the ports or networks waits for the nftables tables' rebuild
+    datapath: str = "nfqueue"  # or ebpf: live flows forwarded by the kernel's program
+    bpf_programs: list[int] = field(default_factory=list)  # ebpf: the ids of the loaded programs (ingress, egress)
+    bpf_flow_map: int = 0  # ebpf: the id of the flow table's map
+    bpf_devices: list[str] = field(default_factory=list)  # ebpf: the devices the programs are attached to
 
 
 # op -> (request class, answer type)

@@ -9,6 +9,12 @@ def format_status(st: Status) -> str:
     text = "agent pid %d up %.0f s: vhost0 %s, metadata proxy port %d, %d ports, %d link-local services, %d active flow entries" % (
         st.pid, st.uptime_s, st.vhost_ip, st.metadata_proxy_port, st.ports, st.linklocal_services, st.flows_active,
     )  # fmt: skip
+    if st.datapath == "ebpf":
+        text += "\ndatapath ebpf: programs %s on %d devices, flow table map %d" % (
+            " ".join(str(i) for i in st.bpf_programs), len(st.bpf_devices), st.bpf_flow_map,
+        )  # fmt: skip
+    else:
+        text += "\ndatapath %s" % st.datapath
     if len(st.dataplane_workers) > 1:
         text += "\ndataplane workers: %d, pids %s (restarts: %d)" % (
             len(st.dataplane_workers), " ".join(str(p) if p else "(restarting)" for p in st.dataplane_workers), st.dataplane_worker_restarts,
