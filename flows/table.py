@@ -24,13 +24,13 @@ died with the process, so they are flushed, never left half owned.
 
 Who writes which field in the ``ebpf`` datapath (dataplane/ebpf/vrouter.bpf.c), where the table
 is a BPF array map that the kernel's program reads while the writers write it: the writers alone
-create, change and remove entries (a record first, its flags last, so that the program never takes
-half an entry; x86 keeps the order of stores).  The program only adds to packets and bytes (atomic
-adds), ORs the TCP flags it sees into the 32-bit word at 52 (atomic; generation and VRF bytes
-unchanged) and stores last used (one aligned 8-byte store).  A writer's own ``hit`` (a packet the
-program handed up) reads and writes the counters plainly: a packet the program counts on the same
-entry in that instant can be lost from the count, never more.  The program checks an entry's
-generation and flags again before it acts: an entry removed or reused under it is a miss.
+create, change and remove entries (a record first, its flags last: x86 keeps the order of stores).
+The program adds to packets and bytes (atomic adds), ORs the TCP flags it sees into the word at
+52 (atomic; generation and VRF unchanged), stores last used (an aligned 8-byte store) and clears
+New flow on a pair's first answer (an atomic AND of the word at 44; the writers' plain writes of
+the flags set or clear other bits only).  A writer's ``hit`` (for a packet the program handed up)
+writes the counters plainly: a packet the program counts on the same entry at that instant can be
+lost from the count.  The program checks an entry's generation and flags again before it acts.
 """
 
 from __future__ import annotations

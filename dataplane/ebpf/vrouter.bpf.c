@@ -12,8 +12,9 @@
  * Who writes what (flows/table.py keeps the rule too): the agent's Python engine alone creates,
  * changes and removes entries, writing a record first and its flags last; this program only reads
  * them and adds to the packets and bytes (atomic adds), ORs the TCP flags it sees into the word at
- * offset 52 (an atomic OR that leaves the generation and VRF bytes as they are) and stores the
- * last-used time (one aligned 8-byte store).
+ * offset 52 (an atomic OR that leaves the generation and VRF bytes as they are), stores the
+ * last-used time (one aligned 8-byte store) and clears New flow on a pair's first answer (an
+ * atomic AND of the word at offset 44).
  *
  * Programs:
  *   vr_ingress  clsact ingress of every VM tap and of vhost0.  The packet's vif is the device's
@@ -22,15 +23,17 @@
  *               addresses and ports from the reverse entry's key (as the vRouter does) and passes
  *               the packet up marked `fast_mark` (nftables accepts it before any queue rule: to
  *               the local proxy, to the fabric, or from the fabric to the VM); Drop drops and
- *               counts the reason.  Anything else is passed up unmarked, and nftables queues it to
+ *               counts the reason.  The pair's first answer clears New flow on both halves, as
+ *               the engine does.  Anything else is passed up unmarked, and nftables queues it to
  *               the Python engine through the VM's own queues, as in nfqueue mode: a miss, TCP
- *               SYN/FIN/RST (the engine keeps the TCP lifecycle), the first answer of a pair
- *               (the engine clears New flow), trap entries (no reverse), Hold, fragments, IPv4
- *               options, IPv6 extension headers, ICMP other than echo, a flow to a tunnel, a vif
- *               under capture, a TTL that would expire, an entry changing under us.
+ *               SYN and RST and the pair's second FIN (the engine keeps the TCP lifecycle: set-up,
+ *               restart, close, eviction; the first FIN is only recorded, as the engine does),
+ *               trap entries (no reverse), Hold, fragments, IPv4 options, IPv6 extension
+ *               headers, ICMP other than echo, a flow to a tunnel, a vif under capture, a TTL
+ *               that would expire, an entry changing under us.
  *   vr_egress   clsact egress of every VM tap: the node's own packets to a metadata IP
  *               (169.254.0.0/16, fd00:a9fe:a9fe::/64: the proxy's replies) that nftables let by
- *               (all but SYN/FIN/RST, which it queues) get the reverse NAT here.  Egress cannot
+ *               (all but FIN and RST, which it queues) get the reverse NAT here.  Egress cannot
  *               hand a packet to NFQUEUE, so a miss is dropped (Flow NAT no rflow, as the engine
  *               would); any other packet passes untouched.
  */
@@ -405,6 +408,29 @@ static __always_inline void count_entry(struct flow_rec *e, const struct header 
 		__sync_fetch_and_or((__u32 *)&e->gen, (__u32)p->tcpflags << 8);
 }
 
+/* A FIN on entry e: recorded in e's TCP flags first (an atomic, so a full barrier), then the
+ * reverse entry's read.  If the reverse has seen a FIN too, this is the pair's second and the
+ * engine closes the pair (it is handed up); otherwise the program forwards it.  Two FINs crossing
+ * on two CPUs cannot both miss the other's: each sets its own before it reads the other's. */
+static __always_inline int second_fin(struct flow_rec *e)
+{
+	if (!(e->tcpflags & TCP_FIN))
+		__sync_fetch_and_or((__u32 *)&e->gen, (__u32)TCP_FIN << 8);
+	struct flow_rec *r = (e->flags & F_RFLOW_VALID) ? record(e->rindex) : 0;
+	return !r || (r->tcpflags & TCP_FIN);
+}
+
+/* The pair's first answer (a packet on a reverse entry still marked New flow): New flow cleared
+ * on both halves, as the engine does.  An atomic AND on the 32-bit word of flags, action and drop
+ * reason: the engine's plain writes of the flags only ever set or clear other bits. */
+static __always_inline void answered(struct flow_rec *e, struct flow_rec *r)
+{
+	if ((e->flags & F_NEW_FLOW) && (e->flags1 & F1_REVERSE)) {
+		__sync_fetch_and_and((__u32 *)&e->flags, ~(__u32)F_NEW_FLOW);
+		__sync_fetch_and_and((__u32 *)&r->flags, ~(__u32)F_NEW_FLOW);
+	}
+}
+
 /* Rewrite the packet's addresses and ports to the reverse entry's key turned round: source = its
  * destination, destination = its source, ports likewise (the vRouter's NAT). */
 static __always_inline int nat(struct __sk_buff *skb, const struct pkt *p, const union key_words *k, const struct flow_rec *r)
@@ -480,8 +506,8 @@ int vr_ingress(struct __sk_buff *skb)
 	struct pkt p = {};
 	if (parse(skb, &key, &p))
 		return TC_ACT_OK;
-	if (p.tcpflags & (TCP_SYN | TCP_FIN | TCP_RST) && key.k.proto == IPPROTO_TCP)
-		return TC_ACT_OK; /* the TCP lifecycle is the engine's */
+	if (p.tcpflags & (TCP_SYN | TCP_RST) && key.k.proto == IPPROTO_TCP)
+		return TC_ACT_OK; /* a flow's start, restart and reset are the engine's */
 	key.k.nh = vif;
 	struct flow_rec *e = 0;
 	long idx = lookup(h, &key, &e);
@@ -489,6 +515,8 @@ int vr_ingress(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	__u8 gen = e->gen;
 	__u16 flags = e->flags;
+	if (p.tcpflags & TCP_FIN && key.k.proto == IPPROTO_TCP && second_fin(e))
+		return TC_ACT_OK; /* FIN both ways: the engine closes the pair */
 	if (e->action == A_DROP) {
 		__u8 reason = e->drop;
 		if (e->gen != gen || !(e->flags & F_ACTIVE))
@@ -500,8 +528,6 @@ int vr_ingress(struct __sk_buff *skb)
 	}
 	if ((e->action != A_FORWARD && e->action != A_NAT) || !(flags & F_RFLOW_VALID))
 		return TC_ACT_OK; /* Hold, or a trap entry (no reverse): the engine's */
-	if ((flags & F_NEW_FLOW) && (e->flags1 & F1_REVERSE))
-		return TC_ACT_OK; /* the pair's first answer: the engine clears New flow */
 	struct flow_rec *r = record(e->rindex);
 	if (!r || !(r->flags & F_ACTIVE) || r->rindex != (__u32)idx)
 		return TC_ACT_OK;
@@ -515,6 +541,7 @@ int vr_ingress(struct __sk_buff *skb)
 		if (to_tap(skb, &p, key.k.family, dv, cfg))
 			return TC_ACT_SHOT;
 		count_entry(e, h, &p);
+		answered(e, r);
 		count_vif(vif, 0, p.len);
 		count_vif(out, 1, p.len);
 		skb->mark = cfg->fast_mark;
@@ -530,6 +557,7 @@ int vr_ingress(struct __sk_buff *skb)
 	if (nat(skb, &p, &key, r))
 		return TC_ACT_SHOT;
 	count_entry(e, h, &p);
+	answered(e, r);
 	count_vif(vif, 0, p.len);
 	count_vif(out, 1, p.len);
 	bpf_skb_change_type(skb, PACKET_HOST);
@@ -583,6 +611,7 @@ int vr_egress(struct __sk_buff *skb)
 	if (nat(skb, &p, &key, r))
 		return TC_ACT_SHOT;
 	count_entry(e, h, &p);
+	answered(e, r);
 	count_vif(host, 0, p.len);
 	count_vif(r->key.nh, 1, p.len);
 	return TC_ACT_OK;
