@@ -26,6 +26,9 @@ BPF_MAP_DELETE_ELEM = 3
 BPF_MAP_GET_FD_BY_ID = 14
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_PROG_GET_FD_BY_ID = 13
+BPF_PROG_TEST_RUN = 10
+SKB_CTX_SIZE = 192  # sizeof(struct __sk_buff)
+SKB_MARK, SKB_IFINDEX = 8, 40  # offsets in struct __sk_buff
 BPF_F_RDONLY = 1 << 3
 BPF_MAP_TYPE_ARRAY = 2
 BPF_ANY = 0
@@ -150,3 +153,20 @@ def map_memory(fd: int, size: int, writable: bool) -> mmap.mmap:
     """The first ``size`` bytes of an mmappable array map, shared with the kernel."""
     prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
     return mmap.mmap(fd, size, mmap.MAP_SHARED, prot)
+
+
+def test_run(prog_fd: int, frame: bytes, ifindex: int = 0) -> tuple[int, bytes, int]:
+    """Run a TC program once on an Ethernet frame (BPF_PROG_TEST_RUN), as if it came in on
+    ``ifindex`` of the calling thread's namespace: (its return code, the frame after it, the mark
+    it left).  Nothing is sent; what it writes to maps stays."""
+    data_in = ctypes.create_string_buffer(frame, len(frame))
+    data_out = ctypes.create_string_buffer(len(frame) + 512)
+    ctx_in = ctypes.create_string_buffer(SKB_CTX_SIZE)
+    ctx_out = ctypes.create_string_buffer(SKB_CTX_SIZE)
+    struct.pack_into("=I", ctx_in, SKB_IFINDEX, ifindex)
+    attr = ctypes.create_string_buffer(80)
+    struct.pack_into("=IIIIQQII", attr, 0, prog_fd, 0, len(frame), len(data_out), ctypes.addressof(data_in), ctypes.addressof(data_out), 1, 0)
+    struct.pack_into("=IIQQ", attr, 40, SKB_CTX_SIZE, SKB_CTX_SIZE, ctypes.addressof(ctx_in), ctypes.addressof(ctx_out))
+    bpf(BPF_PROG_TEST_RUN, attr)
+    retval, size_out = struct.unpack_from("=I4xI", attr, 4)
+    return retval, data_out.raw[:size_out], struct.unpack_from("=I", ctx_out, SKB_MARK)[0]

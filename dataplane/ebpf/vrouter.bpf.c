@@ -33,7 +33,8 @@
  *               that would expire, an entry changing under us.
  *   vr_egress   clsact egress of every VM tap: the node's own packets to a metadata IP
  *               (169.254.0.0/16, fd00:a9fe:a9fe::/64: the proxy's replies) that nftables let by
- *               (all but FIN and RST, which it queues) get the reverse NAT here.  Egress cannot
+ *               (TCP without SYN, FIN or RST, and SYN-ACKs: it queues the rest) get the reverse
+ *               NAT here.  Egress cannot
  *               hand a packet to NFQUEUE, so a miss is dropped (Flow NAT no rflow, as the engine
  *               would); any other packet passes untouched.
  */
