@@ -112,7 +112,7 @@ test-guests: install guest-initramfs guest-image
 
 # Minutes of 16 VMs running cloud-init's metadata sequence; too long for CI (see docs/hostile-vms.md).
 soak: install
-	$(BIN)/python scripts/soak.py --vms $(SOAK_VMS) --nodes $(SOAK_NODES) --seconds $(SOAK_SECONDS)
+	$(BIN)/python scripts/soak.py --vms $(SOAK_VMS) --nodes $(SOAK_NODES) --seconds $(SOAK_SECONDS) --datapath $(DATAPATH)
 
 # How long a change of the global config takes to reach every agent of a 3-node cluster (100 changes).
 cluster-latency: install

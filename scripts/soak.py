@@ -90,6 +90,7 @@ def main() -> int:
     ap.add_argument("--nodes", type=int, default=1)
     ap.add_argument("--seconds", type=float, default=180)
     ap.add_argument("--prefix", default="soak")
+    ap.add_argument("--datapath", choices=("nfqueue", "ebpf"), default="nfqueue")
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "soak.json"))
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -104,6 +105,7 @@ def main() -> int:
     try:
         topo = Topology.plan(args.prefix, args.vms, lab.state, nodes=args.nodes)
         topo.flow_cache_timeout = 10  # the end state (every flow aged out) comes quickly
+        topo.datapath = args.datapath
         layout = lab.up(topo)
     except (LabError, ValueError) as e:
         print("soak: %s" % e, file=sys.stderr)
