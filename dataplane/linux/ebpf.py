@@ -70,8 +70,10 @@ class KernelDatapath:
         self.ingress_fd = obj.prog_fd("vr_ingress")
         self.egress_fd = obj.prog_fd("vr_egress")
         self.table_memory = bpfmap.map_memory(self.flows_fd, table_size, writable=True)
-        self._vifstats = bpfmap.map_memory(obj.map_fd("vr_vifstats"), MAX_VIFS * 64, writable=False)
-        self._drops = bpfmap.map_memory(obj.map_fd("vr_drops"), (MAX_VIFS + 1) * MAX_REASONS * 8, writable=False)
+        self._vifstats_fd = obj.map_fd("vr_vifstats")
+        self._drops_fd = obj.map_fd("vr_drops")
+        self._vifstats = bpfmap.map_memory(self._vifstats_fd, MAX_VIFS * 64, writable=False)
+        self._drops = bpfmap.map_memory(self._drops_fd, (MAX_VIFS + 1) * MAX_REASONS * 8, writable=False)
         self.flows_map_id = bpfmap.map_info(self.flows_fd).id
         self.prog_ids = (bpfmap.prog_id(self.ingress_fd), bpfmap.prog_id(self.egress_fd))
         self._attached: dict[int, str] = {}  # ifindex -> name, for close and the logs
@@ -135,10 +137,16 @@ class KernelDatapath:
         bpfmap.update_elem(self._vifs, _U32.pack(vif), _VIF.pack(ifindex, flags, mac, 0))
 
     def remove_vif(self, vif: int) -> None:
+        """Forget a vif, and what the kernel counted for it (a port plugged later at the same
+        index starts from zero, as the engine's counts do)."""
         ifindex = self._vif_ifindex.pop(vif, 0)
         if ifindex:
             bpfmap.delete_elem(self._ifvif, _U32.pack(ifindex))
         bpfmap.update_elem(self._vifs, _U32.pack(vif), bytes(_VIF.size))
+        if 0 <= vif < MAX_VIFS:
+            bpfmap.update_elem(self._vifstats_fd, _U32.pack(vif), bytes(64))
+            for r in DropReason:
+                bpfmap.update_elem(self._drops_fd, _U32.pack(vif * MAX_REASONS + r), bytes(8))
 
     def attach(self, ifindex: int, name: str, egress: bool = True) -> None:
         """The programs on a device: ingress always, egress for a VM's tap."""
