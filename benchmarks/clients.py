@@ -1,6 +1,7 @@
 """The programs benchmarks/run.py runs inside the emulated host's namespaces: the load generators
 and sinks (each given to ``python -c`` in a VM, its figures printed as JSON on its last line), the
-accept-only NFQUEUE consumer, and the hping3 floods of the fairness rows.
+sender of new flows (each packet a new 5-tuple), the accept-only NFQUEUE consumer, and the hping3
+floods of the fairness rows.
 
 A request that fails counts in the latency percentiles as never answered (infinite): a p99 is
 then infinite when more than 1% of the requests failed, never better for the failures."""
@@ -147,6 +148,35 @@ end = time.monotonic() + float(sys.argv[2])
 while time.monotonic() < end:
     s.sendall(buf)
 s.close()
+"""
+
+# New flows as fast as one VM can make them: every packet a 5-tuple not seen before (FLOW_SOCKETS
+# source ports, each to destination ports FLOW_PORTS in turn: 3.2 million tuples, more than the
+# sender reaches in its bounded time), so that each is a miss the Python engine sets up, in either
+# datapath.  The receiving VM drops them without an answer (run.py's rule in its namespace).
+FLOW_SOCKETS = 64
+FLOW_PORTS = (10000, 59999)
+FLOW_SOURCE = r"""
+import json, socket, sys, time
+dst, seconds, nsock, lo, hi = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+socks = []
+for _ in range(nsock):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("", 0))
+    socks.append(s)
+payload = b"x" * 18  # 64-byte Ethernet frames
+n, errors, port = 0, 0, lo
+start = time.monotonic()
+end = start + seconds
+while time.monotonic() < end:
+    for s in socks:
+        try:
+            s.sendto(payload, (dst, port))
+        except OSError:  # a full socket buffer: that packet is not sent
+            errors += 1
+    n += nsock
+    port = port + 1 if port < hi else lo
+print(json.dumps({"sent": n - errors, "seconds": time.monotonic() - start}))
 """
 
 

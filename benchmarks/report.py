@@ -1,9 +1,13 @@
-"""benchmarks/run.py's report: each figure's median over the rounds, and the table of the figures
-beside their references and targets.
+"""benchmarks/run.py's report: each figure's median over the rounds, and the tables of the figures
+beside their references and targets: the nfqueue datapath's (``table``, with the targets of the
+dataplane issue) and the two datapaths side by side (``datapaths_table``, with the ebpf
+datapath's targets).
 
 A figure that is not a positive, finite number is a measurement that failed (a reference whose
 tool printed nothing, a load that got no answer, a p99 with failed requests in it): its row's
-target is not met, whatever the other side measured, and the run lists it and fails."""
+target is not met, whatever the other side measured, and the run lists it and fails.  The agent's
+CPU time is the one figure that may be zero (the ebpf datapath forwards live flows without it):
+only a figure that is missing or not finite fails there."""
 
 from __future__ import annotations
 
@@ -65,6 +69,10 @@ def table(res: dict, rate: float) -> Table:
     """The report's table of the results of one run (what run.py's main gathered)."""
     p, p1, k, h = res["project"], res["project1"], res["kernel"], res["haproxy"]
     vm2vm, kvm2vm, floor, one_vm2vm = res["project_vm2vm"], res["kernel_vm2vm"], res["floor_vm2vm"], res["project1_vm2vm"]
+    # iperf3's figures are measured each round (medians); the Python senders', the floor's and
+    # one worker's in the first round only
+    vm2vm = {**vm2vm, **p["vm2vm"]}
+    kvm2vm = {**kvm2vm, **k["vm2vm"]}
     f1k, f400k = res["flows_1k"], res["flows_400k"]
     one = "one worker"
     workers = res["workers"]
@@ -95,7 +103,7 @@ def table(res: dict, rate: float) -> Table:
           None, "/s")
     t.row("VM-to-VM small UDP packets/s (Python sender)", vm2vm["udp_pps"], kvm2vm["udp_pps"], "kernel", "-", None, "/s")
     t.row("  (accept-only NFQUEUE consumer, no dataplane)", vm2vm["udp_pps"], floor["udp_pps"], "floor", "-", None, "/s")
-    t.row("VM-to-VM TCP throughput (Mbit/s)", vm2vm["tcp_mbit"], kvm2vm["tcp_mbit"], "kernel", "-", None, "Mbit/s")
+    t.row("VM-to-VM TCP throughput (Mbit/s, Python sender)", vm2vm["tcp_mbit"], kvm2vm["tcp_mbit"], "kernel", "-", None, "Mbit/s")
     t.row("flow lookup, 400K live flows (ns)", f400k["lookup_ns"], f1k["lookup_ns"], "1K flows", "- (retired)", None, "ns")
     t.row("  (lookup among the same 1,000 flows, 400K live)", f400k["lookup_same_set_ns"], f1k["lookup_same_set_ns"], "1K flows", "-",
           None, "ns")
@@ -118,8 +126,109 @@ def table(res: dict, rate: float) -> Table:
     return t
 
 
+# The vRouter agent's published flow set-up rates (flows a second), beside the engine's
+PUBLISHED_NAT = (4200, 7500)
+PUBLISHED_POLICY = (6000, 10000)
+
+
+class SideBySide:
+    """The two datapaths side by side: each figure beside its reference, with the ebpf
+    datapath's target; a datapath that was not measured has "-" in its columns."""
+
+    def __init__(self, datapaths: list[str]) -> None:
+        self.datapaths = datapaths
+        self.rows = [
+            "| figure | reference | nfqueue | ratio | ebpf | ratio | target (ebpf) | met |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | --- | --- |",
+        ]
+        self.failed: list[str] = []
+
+    def row(self, name: str, ref: float | tuple[int, int] | None, ref_name: str, ours: dict[str, float | None], unit: str,
+            target: str = "-", factor: float = 0.0, at_most: bool = False, cpu: bool = False) -> None:  # fmt: skip
+        """``ours``: datapath -> figure (None: not measured in this run). ``ref``: a figure, a
+        published range (low, high), or None.  With ``factor`` the ebpf figure must be
+        ``>= factor x ref`` (``<=`` with ``at_most``); ``cpu``: the figure may be zero."""
+        if isinstance(ref, tuple):
+            reference = "%s-%s %s (%s)" % (num(ref[0]), num(ref[1]), unit, ref_name)
+        elif ref is not None:
+            reference = "%s %s (%s)" % (num(ref), unit, ref_name)
+            if not measured(ref):
+                self.failed.append("%s: %s measured %s" % (name, ref_name, ref))
+        else:
+            reference = "-"
+        cells = []
+        for dp in ("nfqueue", "ebpf"):
+            x = ours.get(dp)
+            if dp not in self.datapaths or x is None:
+                cells += ["-", "-"]
+                continue
+            ok = x is not None and math.isfinite(x) and (x >= 0 if cpu else x > 0)
+            if not ok:
+                self.failed.append("%s: %s measured %s" % (name, dp, x))
+            if isinstance(ref, tuple) and measured(x):
+                ratio = "%.2f-%.2fx" % (x / ref[1], x / ref[0])
+            elif isinstance(ref, (int, float)) and measured(x) and measured(ref):
+                ratio = "%.2fx" % (x / ref)
+            else:
+                ratio = "-"
+            cells += ["%.1f%s" % (x, unit) if cpu else "%s %s" % (num(x), unit), ratio]
+        if not factor:
+            verdict = "-"
+        elif "ebpf" not in self.datapaths:
+            verdict = "- (not measured)"
+        else:
+            x = ours.get("ebpf")
+            verdict = "yes" if isinstance(ref, (int, float)) and x is not None and meets(x, ref, factor, at_most) else "**no**"
+        self.rows.append("| %s | %s | %s | %s | %s |" % (name, reference, " | ".join(cells), target, verdict))
+
+
+def datapaths_table(res: dict, rate: float) -> SideBySide:
+    """Both datapaths (those measured) beside the references, with the ebpf datapath's targets."""
+    dps = res["datapaths"]
+    k, h = res["kernel"], res["haproxy"]
+    of = {"nfqueue": res.get("project"), "ebpf": res.get("ebpf")}
+
+    def fig(group: str, key: str) -> dict[str, float | None]:
+        return {dp: (r[group].get(key) if r else None) for dp, r in of.items()}
+
+    fs = res.get("flow_setup", {})
+    rss = {"nfqueue": res.get("agent_rss_kib"), "ebpf": res.get("ebpf_rss_kib")}
+    t = SideBySide(dps)
+    # fmt: off
+    t.row("VM-to-VM small UDP packets/s (iperf3 -u -l 64 -b 0)", k["vm2vm"]["iperf3_udp_pps"], "kernel", fig("vm2vm", "iperf3_udp_pps"),
+          "/s", ">= 0.9x kernel", 0.9)
+    t.row("VM-to-VM TCP throughput (iperf3)", k["vm2vm"]["iperf3_tcp_mbit"], "kernel", fig("vm2vm", "iperf3_tcp_mbit"), "Mbit/s",
+          ">= 0.7x kernel", 0.7)
+    t.row("agent CPU during the small UDP run (% of one core)", None, "", fig("vm2vm", "agent_cpu_udp"), "%", "near zero (reported)", cpu=True)
+    t.row("agent CPU during the TCP run (% of one core)", None, "", fig("vm2vm", "agent_cpu_tcp"), "%", "near zero (reported)", cpu=True)
+    idle = res.get("idle_cpu", {})
+    t.row("  (agent CPU with no traffic, % of one core)", None, "", {dp: idle.get(dp) for dp in of}, "%", cpu=True)
+    t.row("metadata req/s, keep-alive, 1 VM", h["keepalive_1vm"]["rps"], "haproxy", fig("keepalive_1vm", "rps"), "/s", ">= 1.5x haproxy", 1.5)
+    t.row("metadata req/s, keep-alive, 8 VMs", h["keepalive_8vm"]["rps"], "haproxy", fig("keepalive_8vm", "rps"), "/s", ">= 1.5x haproxy", 1.5)
+    t.row("new metadata connections/s", h["new_conn"]["rps"], "haproxy", fig("new_conn", "rps"), "/s", ">= 1.0x haproxy", 1.0)
+    t.row("new metadata connections/s, against kernel DNAT", k["new_conn"]["rps"], "kernel DNAT", fig("new_conn", "rps"), "/s",
+          ">= 0.6x kernel DNAT", 0.6)
+    t.row("latency p50 at %d req/s" % rate, h["latency"]["p50_ms"], "haproxy", fig("latency", "p50_ms"), "ms")
+    t.row("latency p99 at %d req/s" % rate, h["latency"]["p99_ms"], "haproxy", fig("latency", "p99_ms"), "ms", "<= 1.0x haproxy", 1.0,
+          at_most=True)
+    t.row("flows set up/s by the Python engine, a VM's new UDP 5-tuples to another VM (pairs)", PUBLISHED_POLICY,
+          "vRouter agent, policy flows", {dp: fs[dp]["setups_per_s"] if dp in fs else None for dp in of}, "/s")
+    t.row("  (agent CPU meanwhile, % of one core)", None, "", {dp: fs[dp]["agent_cpu"] if dp in fs else None for dp in of}, "%",
+          cpu=True)
+    t.row("metadata NAT flows set up/s over the new-connection run (pairs)", PUBLISHED_NAT, "vRouter agent, NAT flows",
+          fig("new_conn", "nat_setups_per_s"), "/s")
+    t.row("agent + proxy process memory, RSS", None, "", rss, "KiB")
+    # fmt: on
+    return t
+
+
 def cpu_line(res: dict) -> str:
-    return "CPU during the keep-alive run from 1 VM, % of one core (2 cores in all; wrk has the rest; agent: with its workers): " + "; ".join(
-        "%s: %s" % (name, ", ".join("%s %d" % kv for kv in res[name]["cpu_keepalive_1vm"].items()))
-        for name in ("project", "project1", "haproxy", "kernel")
-    )
+    """CPU of the processes on the metadata path, % of one core, during the keep-alive run from 1
+    VM and during the new-connection run from 4 (agent: with its dataplane workers)."""
+    names = [n for n in ("project", "project1", "ebpf", "haproxy", "kernel") if n in res]
+    label = {"project": "nfqueue", "project1": "nfqueue, one worker"}
+    lines = []
+    for key, what in (("cpu_keepalive_1vm", "the keep-alive run from 1 VM"), ("cpu_new_conn", "the new-connection run from 4 VMs")):
+        lines.append("CPU during %s, %% of one core (2 cores in all; wrk has the rest; agent: with its workers): " % what + "; ".join(
+            "%s: %s" % (label.get(name, name), ", ".join("%s %d" % kv for kv in res[name][key].items())) for name in names))  # fmt: skip
+    return "\n".join(lines)

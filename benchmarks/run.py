@@ -1,25 +1,40 @@
 """The benchmark suite: this project beside what users would pick instead, in one run.
 
-    sudo .venv/bin/python benchmarks/run.py [--seconds 8] [--repeat 1] [--prefix bench]   (make bench)
+    sudo .venv/bin/python benchmarks/run.py [--datapaths "nfqueue ebpf"] [--seconds 8] [--repeat 1] [--prefix bench]
+    (make bench; make bench DATAPATHS=ebpf)
 
 One emulated host (8 VMs) and one upstream, nginx serving the metadata documents as static files
-in the fabric namespace, so that the upstream is not what gets measured. Three ways to the
-upstream are measured in turn on the same namespaces (--repeat rounds of the three, figures are
-medians over the rounds):
+in the fabric namespace, so that the upstream is not what gets measured. The ways to the upstream
+are measured in turn on the same namespaces (--repeat rounds of them all, figures are medians over
+the rounds):
 
-  project   the vRouter agent: NFQUEUE dataplane, flow table, NAT, signing metadata proxy, with its
-            default dataplane workers (one a core) and, beside it, with one worker
+  project   the vRouter agent with [FLOWS] datapath = nfqueue: every packet through the Python
+            engine (flow table, NAT), signing metadata proxy, with its default dataplane workers
+            (one a core) and, beside it, with one worker
+  ebpf      the vRouter agent with [FLOWS] datapath = ebpf: an eBPF TC program on each tap forwards
+            live flows in the kernel (VM to VM, the metadata NAT both ways), and only misses and
+            the TCP lifecycle go up to the Python engine
   kernel    an nftables DNAT of 169.254.169.254:80 straight to nginx: no proxy, no signing
   haproxy   Neutron's way: haproxy in the compute namespace (option http-server-close, option
             forwardfor), deleting and setting the identity headers itself, signing with its hmac
             converter; 169.254.169.254:80 redirected to it by nftables
 
+--datapaths (space or comma separated, both by default) says which of the agent's two are measured
+beside the references; the agent is switched by rewriting agent.conf's [FLOWS] and restarting it.
+
 Load comes from wrk (keep-alive and new-connection rates) and a fixed-rate Python client (latency)
-inside the VM namespaces. VM-to-VM: small UDP packets and a TCP stream, through the project's
-dataplane and, as the reference, through plain kernel forwarding; small UDP also through the floor
-of the project's packet I/O, an accept-only NFQUEUE consumer (the agent's shell and verdict
-writer, no dataplane). Flow table costs come from benchmarks/flow_table.py's measure(). Any request error makes the run fail. Everything stays in
-the namespaces this script creates, is bounded in time, and is removed at the end.
+inside the VM namespaces. VM-to-VM: small UDP packets from a C sender (iperf3 -u -l 64 -b 0) and a
+TCP stream (iperf3), each round, through each datapath and through plain kernel forwarding, with
+the CPU time of the agent's processes (the agent, its dataplane workers and its proxy: utime +
+stime from /proc) over each; in the first round also small UDP from a Python sender, a Python TCP
+stream, and small UDP through the floor of the project's packet I/O, an accept-only NFQUEUE
+consumer (the agent's shell and verdict writer, no dataplane). Flow set-up through the Python
+engine: in the first round, for each datapath, one VM sends to another a new 5-tuple in every
+packet as fast as it can for a bounded time (each a miss), and the agent's count of flows set up
+(`vrouter status`'s flow_setups, pairs) says how many it set up a second; each round, the same
+count over the new-connection run gives the metadata NAT flows set up a second. Flow table costs
+come from benchmarks/flow_table.py's measure(). Any request error makes the run fail. Everything
+stays in the namespaces this script creates, is bounded in time, and is removed at the end.
 
 A measurement that failed (a tool that printed nothing, a figure of zero, a p99 with failed requests
 in it, a flood that did not run) makes the run fail too, and its row's target is not met whatever
@@ -43,11 +58,28 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from benchmarks import report  # noqa: E402
-from benchmarks.clients import FAIR_CLIENT, FLOODS, FLOOR_CONSUMER, LATENCY_CLIENT, TCP_SINK, TCP_SOURCE, UDP_SINK, UDP_SOURCE  # noqa: E402
+from benchmarks.clients import (  # noqa: E402
+    FAIR_CLIENT,
+    FLOODS,
+    FLOOR_CONSUMER,
+    FLOW_PORTS,
+    FLOW_SOCKETS,
+    FLOW_SOURCE,
+    LATENCY_CLIENT,
+    TCP_SINK,
+    TCP_SOURCE,
+    UDP_SINK,
+    UDP_SOURCE,
+)
 from topology.lab import Lab  # noqa: E402
 from topology.model import Topology  # noqa: E402
 
 VROUTER = os.path.join(ROOT, ".venv", "bin", "vrouter")
+DATAPATHS = ("nfqueue", "ebpf")  # [FLOWS] datapath of the agent; "project" is nfqueue's name in the results
+# At most this long a flood of new flows (and the idle CPU measurement): at 37,000 pairs/s, the
+# most seen here, 3 s fill 220,000 of the table's 629,145 entries (Flow Table Full begins in the
+# fullest buckets; the run prints those drops)
+FLOW_SECONDS = 3
 PATH = "/openstack/latest/meta_data.json"
 URL = "http://169.254.169.254" + PATH
 
@@ -103,6 +135,28 @@ def iperf3_udp(a: dict, b: dict, seconds: float) -> dict:
     }
 
 
+def iperf3_tcp(a: dict, b: dict, seconds: float) -> dict:
+    """A TCP stream from a C sender (iperf3, one connection) from VM ``a`` to VM ``b``: what the
+    receiver got, in Mbit/s."""
+    end = iperf3(a, b, seconds, port=5202)
+    return {"iperf3_tcp_mbit": round(end.get("sum_received", {}).get("bits_per_second", 0) / 1e6, 1)}
+
+
+def parse_datapaths(text: str) -> list[str]:
+    """--datapaths: names separated by spaces or commas, each once, in the order given."""
+    out: list[str] = []
+    for name in re.split(r"[\s,]+", text.strip()):
+        if not name:
+            continue
+        if name not in DATAPATHS:
+            raise argparse.ArgumentTypeError("unknown datapath %r: nfqueue or ebpf" % name)
+        if name not in out:
+            out.append(name)
+    if not out:
+        raise argparse.ArgumentTypeError("no datapath: nfqueue, ebpf or both")
+    return out
+
+
 class Bench:
     def __init__(self, prefix: str, seconds: float) -> None:
         self.prefix = prefix
@@ -111,6 +165,7 @@ class Bench:
         os.chmod(self.tmp, 0o755)  # nginx's workers run as www-data
         self.procs: list[subprocess.Popen] = []
         self.lab = Lab(prefix)
+        self.plain = False  # whether plain_on's forwarding and table are in place (plain_off undoes them)
 
     # -- the host -----------------------------------------------------------------------------
 
@@ -176,26 +231,43 @@ class Bench:
 
     # -- switching between the project and the references --------------------------------------
 
-    def project(self, workers: int = 0) -> None:
-        """The agent, with ``[FLOWS] dataplane_workers = workers`` (0: its default, one a core)."""
+    def project(self, workers: int = 0, datapath: str = "nfqueue") -> None:
+        """The agent, with ``[FLOWS] dataplane_workers = workers`` (0: its default, one a core)
+        and ``[FLOWS] datapath = datapath``; restarted when either changes."""
         self.plain_off()
         conf = os.path.join(self.state, "agent.conf")
         cp = configparser.ConfigParser(interpolation=None, default_section="__none__")
         cp.optionxform = str  # type: ignore[assignment,method-assign]
         cp.read(conf)
-        if cp.get("FLOWS", "dataplane_workers", fallback="0") != str(workers):
+        want = {"dataplane_workers": str(workers), "datapath": datapath}
+        have = {k: cp.get("FLOWS", k, fallback={"dataplane_workers": "0", "datapath": "nfqueue"}[k]) for k in want}
+        if have != want:
             self.lab.stop_agent()
             if not cp.has_section("FLOWS"):
                 cp.add_section("FLOWS")
-            cp.set("FLOWS", "dataplane_workers", str(workers))
+            for k, v in want.items():
+                cp.set("FLOWS", k, v)
             with open(conf, "w") as f:
                 cp.write(f)
         self.lab.start_agent()
+        running = self.status().get("datapath", "nfqueue")
+        if running != datapath:
+            raise RuntimeError("the agent runs the %s datapath, not %s as agent.conf says" % (running, datapath))
+
+    def restart_agent(self) -> None:
+        """A fresh agent, same configuration: its flow table empty again."""
+        self.lab.stop_agent()
+        self.lab.start_agent()
+
+    def status(self) -> dict:
+        return json.loads(sh(VROUTER, "status", "--json", "--state-dir", self.state).stdout)
 
     def plain_on(self, nat_rules: str) -> None:
         """Agent stopped; the compute namespace forwards by itself, with our own bench table."""
         self.lab.stop_agent()
         c = ["ip", "netns", "exec", self.compute]
+        self.no_programs_left()
+        self.plain = True
         sh(*c, "sysctl", "-qw", "net.ipv4.ip_forward=1")
         for vm in self.vms:
             sh(*c, "ip", "route", "replace", vm["ip"] + "/32", "dev", vm["tap"])
@@ -205,7 +277,22 @@ class Bench:
         rules = "table ip vrouter_bench {\n%s\n}\n" % nat_rules
         sh(*c, "nft", "-f", "-", input=rules)
 
+    def no_programs_left(self) -> None:
+        """The references are the kernel alone: an ebpf agent that stopped must have taken its TC
+        programs off the taps and vhost0.  Any left is said on stderr (a fault of the agent's, for
+        its report) and removed, so that the reference does not run through it."""
+        for dev in [vm["tap"] for vm in self.vms] + ["vhost0"]:
+            shown = sh("ip", "netns", "exec", self.compute, "tc", "filter", "show", "dev", dev, "ingress", check=False).stdout
+            shown += sh("ip", "netns", "exec", self.compute, "tc", "filter", "show", "dev", dev, "egress", check=False).stdout
+            if shown.strip():
+                print("the stopped agent left TC programs on %s (removed for the kernel reference):\n%s" % (dev, shown.strip()), file=sys.stderr)
+                sh("ip", "netns", "exec", self.compute, "tc", "qdisc", "del", "dev", dev, "clsact", check=False)
+
     def plain_off(self) -> None:
+        """What plain_on did, undone (nothing if it is not in place: the agent's own routes stay)."""
+        if not self.plain:
+            return
+        self.plain = False
         c = ["ip", "netns", "exec", self.compute]
         sh(*c, "nft", "delete", "table", "ip", "vrouter_bench", check=False)
         for vm in self.vms:
@@ -279,7 +366,7 @@ class Bench:
         nginx = [self.nginx_proc.pid] + [int(x) for x in sh("pgrep", "-P", str(self.nginx_proc.pid), check=False).stdout.split()]
         out = {"nginx": nginx}
         if config == "project":
-            st = json.loads(sh(VROUTER, "status", "--json", "--state-dir", self.state).stdout)
+            st = self.status()
             out.update(agent=st["dataplane_workers"] or [st["pid"]], proxy=[st["proxy"]["pid"]])  # the agent and its workers
         elif config == "haproxy":
             out["haproxy"] = [self.haproxy_proc.pid]
@@ -292,18 +379,31 @@ class Bench:
             raise RuntimeError("no metadata through this configuration (HTTP %s)" % r.stdout)
         # CPU of the processes on the path during the keep-alive run from one VM (% of one core)
         workers = self.workers(config)
-        before = {name: sum(cpu_seconds(p) for p in pids) for name, pids in workers.items()}
-        t0 = time.monotonic()
-        keepalive_1vm = self.wrk(self.vms[:1], 16, False)
-        elapsed = time.monotonic() - t0
-        cpu = {name: round(100 * (sum(cpu_seconds(p) for p in pids) - before[name]) / elapsed) for name, pids in workers.items()}
+        keepalive_1vm, cpu = self.cpu_of(workers, lambda: self.wrk(self.vms[:1], 16, False))
+        keepalive_8vm = self.wrk(self.vms, 4, False)
+        # and during the new-connection run, with the agent's flows set up meanwhile (each
+        # connection a metadata NAT pair), a second of wrk's run
+        setups = self.status()["flow_setups"] if config == "project" else 0
+        new_conn, cpu_new = self.cpu_of(workers, lambda: self.wrk(self.vms[:4], 8, True))
+        if config == "project":
+            new_conn["nat_setups_per_s"] = round((self.status()["flow_setups"] - setups) / self.seconds)
         return {
             "cpu_keepalive_1vm": cpu,
+            "cpu_new_conn": cpu_new,
             "keepalive_1vm": keepalive_1vm,
-            "keepalive_8vm": self.wrk(self.vms, 4, False),
-            "new_conn": self.wrk(self.vms[:4], 8, True),
+            "keepalive_8vm": keepalive_8vm,
+            "new_conn": new_conn,
             "latency": self.latency(rate),
         }
+
+    @staticmethod
+    def cpu_of(workers: dict[str, list[int]], run):  # noqa: ANN001, ANN205
+        """``run()``'s result, and the CPU of each group of ``workers`` while it ran (% of one core)."""
+        before = {name: sum(cpu_seconds(p) for p in pids) for name, pids in workers.items()}
+        t0 = time.monotonic()
+        result = run()
+        elapsed = time.monotonic() - t0
+        return result, {name: round(100 * (sum(cpu_seconds(p) for p in pids) - before[name]) / elapsed) for name, pids in workers.items()}
 
     def floor(self) -> dict:
         """VM-to-VM UDP through an accept-only consumer of the agent's packet I/O, agent stopped."""
@@ -325,7 +425,9 @@ class Bench:
             self.procs.remove(p)
             self.plain_off()
 
-    def vm_to_vm(self, tcp: bool = True) -> dict:
+    def vm_to_vm(self, tcp: bool = True, iperf: bool = True) -> dict:
+        """VM-to-VM small UDP from the Python sender (and from iperf3 with ``iperf``) and, with
+        ``tcp``, the Python TCP stream."""
         a, b = self.vms[0], self.vms[1]
         sink = subprocess.Popen(["ip", "netns", "exec", b["namespace"], sys.executable, "-c", UDP_SINK, b["ip"]], stdout=subprocess.PIPE, text=True)
         assert sink.stdout.readline().strip() == "ready"
@@ -336,7 +438,8 @@ class Bench:
             "udp_pps": round(got["packets"] / got["seconds"]) if got["seconds"] else 0,
             "udp_delivered": round(got["packets"] / sent, 3) if sent else 0,
         }
-        udp.update(self.iperf3_udp(a, b))
+        if iperf:
+            udp.update(self.iperf3_udp(a, b))
         if not tcp:
             return udp
         sink_t = subprocess.Popen(["ip", "netns", "exec", b["namespace"], sys.executable, "-c", TCP_SINK, b["ip"]], stdout=subprocess.PIPE, text=True)
@@ -347,6 +450,84 @@ class Bench:
 
     def iperf3_udp(self, a: dict, b: dict) -> dict:
         return iperf3_udp(a, b, self.seconds)
+
+    def vm_pair(self, agent: bool) -> dict:
+        """VM-to-VM from C senders, each round: small UDP (iperf3 -u -l 64 -b 0) and a TCP stream
+        (iperf3), and with ``agent`` the CPU of the agent's processes over each, % of one core."""
+        a, b = self.vms[0], self.vms[1]
+        out: dict = {}
+        for kind, run in (("udp", lambda: iperf3_udp(a, b, self.seconds)), ("tcp", lambda: iperf3_tcp(a, b, self.seconds))):
+            if agent:
+                figures, cpu = self.agent_cpu_during(run)
+                out.update(figures)
+                out["agent_cpu_" + kind] = cpu
+            else:
+                out.update(run())
+        return out
+
+    def idle_cpu(self) -> float:
+        """The agent's CPU with no traffic at all (% of one core), the floor of the figures above."""
+        return self.agent_cpu_during(lambda: time.sleep(min(self.seconds, FLOW_SECONDS)))[1]
+
+    def agent_pids(self) -> list[int]:
+        """The agent's processes: itself, its dataplane workers, its proxy, and any other process
+        under it."""
+        st = self.status()
+        pids = {st["pid"], st["proxy"]["pid"], *st["dataplane_workers"]} - {0}
+        return sorted(pids | descendants(st["pid"]))
+
+    def agent_cpu_during(self, run):  # noqa: ANN001, ANN201
+        """``run()``'s result, and the CPU time of the agent's processes while it ran (utime +
+        stime from /proc: % of one core; a process gone meanwhile counts what it had)."""
+        pids = self.agent_pids()
+        before = {p: cpu_seconds(p) for p in pids}
+        t0 = time.monotonic()
+        result = run()
+        elapsed = time.monotonic() - t0
+        used = sum(max(0.0, cpu_seconds(p) - before[p]) for p in pids)
+        return result, round(100 * used / elapsed, 1)
+
+    def flow_setup_rate(self) -> dict:
+        """Flows the Python engine sets up a second, at most: vm1 sends vm2 a new 5-tuple in every
+        packet, as fast as it can, for up to FLOW_SECONDS (each a miss, in either datapath), and
+        the agent's count of pairs set up says how many it made; vm2 drops the packets without an
+        answer.  The agent is restarted afterwards, so that those flows weigh on nothing else."""
+        a, b = self.vms[0], self.vms[1]
+        seconds = min(self.seconds, FLOW_SECONDS)
+        lo, hi = FLOW_PORTS
+        rule = "table ip vrouter_bench_sink {\n chain input {\n  type filter hook input priority 0; policy accept;\n  udp dport %d-%d drop\n }\n}\n"
+        sh("ip", "netns", "exec", b["namespace"], "nft", "-f", "-", input=rule % (lo, hi))
+        try:
+            before = self.status()
+            setups0, drops0 = before["flow_setups"], self.drops()
+
+            def send() -> dict:
+                r = sh("ip", "netns", "exec", a["namespace"], sys.executable, "-c", FLOW_SOURCE, b["ip"], str(seconds), str(FLOW_SOCKETS),
+                       str(lo), str(hi), timeout=seconds + 60)  # fmt: skip
+                return json.loads(r.stdout.strip().splitlines()[-1])
+
+            sent, cpu = self.agent_cpu_during(send)
+            after = self.status()
+            setups = after["flow_setups"] - setups0
+            drops = {k: n - drops0.get(k, 0) for k, n in self.drops().items() if n - drops0.get(k, 0)}
+        finally:
+            sh("ip", "netns", "exec", b["namespace"], "nft", "delete", "table", "ip", "vrouter_bench_sink", check=False)
+        self.restart_agent()
+        secs = sent["seconds"]
+        return {
+            "setups_per_s": round(setups / secs) if secs else 0,
+            "sent_per_s": round(sent["sent"] / secs) if secs else 0,
+            "agent_cpu": cpu,
+            "setups": setups,
+            "seconds": round(secs, 2),
+            "flows_active": after["flows_active"],
+            "drops": drops,
+        }
+
+    def drops(self) -> dict[str, int]:
+        """The agent's dropped packets so far, by reason (``vrouter dropstats``)."""
+        d = json.loads(sh(VROUTER, "dropstats", "--json", "--state-dir", self.state).stdout)
+        return {k: v for k, v in d.get("counts", d).items() if isinstance(v, int)}
 
     def fairness(self) -> dict:
         """vm1 floods (hping3, as fast as it can); vm2 makes new metadata connections at 50/s and
@@ -384,8 +565,7 @@ class Bench:
         return vif["rx_packets"] + vif["drops"]
 
     def agent_rss_kib(self) -> int:
-        status = json.loads(sh(VROUTER, "status", "--json", "--state-dir", self.state).stdout)
-        mem = status["memory"]
+        mem = self.status()["memory"]
         return mem["rss_kib"] + mem.get("proxy_rss_kib", 0)  # the agent and its proxy process
 
 
@@ -399,8 +579,36 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def descendants(pid: int) -> set[int]:
+    """Every process under ``pid`` (its children, theirs, ...), from /proc."""
+    children: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % d) as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(d))
+    out: set[int] = set()
+    todo = [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            if c not in out:
+                out.add(c)
+                todo.append(c)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument(
+        "--datapaths",
+        type=parse_datapaths,
+        default="nfqueue ebpf",
+        help="the agent's datapaths to measure beside the references, separated by spaces or commas (default: nfqueue ebpf)",
+    )
     ap.add_argument("--seconds", type=float, default=8, help="length of each load (default 8)")
     ap.add_argument("--rate", type=float, default=200, help="requests/s of the latency run (default 200)")
     ap.add_argument(
@@ -415,64 +623,101 @@ def main() -> int:
     if os.geteuid() != 0:
         print("benchmarks need root (network namespaces)", file=sys.stderr)
         return 2
+    dps: list[str] = args.datapaths
+    nfq, ebpf = "nfqueue" in dps, "ebpf" in dps
+    configs = (["project", "project1"] if nfq else []) + (["ebpf"] if ebpf else []) + ["kernel", "haproxy"]
     b = Bench(args.prefix, args.seconds)
-    res: dict = {"runs": {"project": [], "project1": [], "kernel": [], "haproxy": []}, "repeat": args.repeat, "seconds": args.seconds}
+    res: dict = {"datapaths": dps, "runs": {c: [] for c in configs}, "repeat": args.repeat, "seconds": args.seconds, "flow_setup": {}}
     runs = res["runs"]
+
+    def say(r: int, what: str) -> None:
+        print("round %d of %d: %s ..." % (r + 1, args.repeat, what), flush=True)
+
     try:
         b.up()
         for r in range(args.repeat):
-            print("round %d of %d: project ..." % (r + 1, args.repeat), flush=True)
-            if r:
+            first = r == 0
+            if nfq:
+                say(r, "project (nfqueue datapath)")
                 b.project()
-            runs["project"].append(b.metadata_figures(args.rate, "project"))
-            if r == 0:
-                res["project_vm2vm"] = b.vm_to_vm()
-                res["agent_rss_kib"] = b.agent_rss_kib()
-                res["workers"] = len(json.loads(sh(VROUTER, "status", "--json", "--state-dir", b.state).stdout)["dataplane_workers"])
-                print("round 1 of %d: a VM flooding, another reading its metadata ..." % args.repeat, flush=True)
-                res["fairness"] = b.fairness()
-            print("round %d of %d: project, one dataplane worker ..." % (r + 1, args.repeat), flush=True)
-            b.project(workers=1)
-            runs["project1"].append(b.metadata_figures(args.rate, "project"))
-            if r == 0:
-                res["project1_vm2vm"] = b.vm_to_vm(tcp=False)
-            print("round %d of %d: kernel DNAT ..." % (r + 1, args.repeat), flush=True)
+                fig = b.metadata_figures(args.rate, "project")
+                fig["vm2vm"] = b.vm_pair(agent=True)
+                runs["project"].append(fig)
+                if first:
+                    res["idle_cpu"] = {"nfqueue": b.idle_cpu()}
+                    res["project_vm2vm"] = b.vm_to_vm(iperf=False)
+                    res["agent_rss_kib"] = b.agent_rss_kib()
+                    res["workers"] = len(b.status()["dataplane_workers"])
+                    say(r, "a VM flooding, another reading its metadata (nfqueue)")
+                    res["fairness"] = b.fairness()
+                    say(r, "new flows as fast as a VM makes them (nfqueue)")
+                    res["flow_setup"]["nfqueue"] = b.flow_setup_rate()
+                say(r, "project, one dataplane worker")
+                b.project(workers=1)
+                runs["project1"].append(b.metadata_figures(args.rate, "project"))
+                if first:
+                    res["project1_vm2vm"] = b.vm_to_vm(tcp=False)
+            if ebpf:
+                say(r, "project (ebpf datapath)")
+                b.project(datapath="ebpf")
+                fig = b.metadata_figures(args.rate, "project")
+                fig["vm2vm"] = b.vm_pair(agent=True)
+                runs["ebpf"].append(fig)
+                if first:
+                    res.setdefault("idle_cpu", {})["ebpf"] = b.idle_cpu()
+                    res["ebpf_rss_kib"] = b.agent_rss_kib()
+                    res["ebpf_workers"] = len(b.status()["dataplane_workers"])
+                    say(r, "new flows as fast as a VM makes them (ebpf)")
+                    res["flow_setup"]["ebpf"] = b.flow_setup_rate()
+            say(r, "kernel DNAT and forwarding")
             b.kernel()
-            runs["kernel"].append(b.metadata_figures(args.rate, "kernel"))
-            if r == 0:
-                res["kernel_vm2vm"] = b.vm_to_vm()
+            fig = b.metadata_figures(args.rate, "kernel")
+            fig["vm2vm"] = b.vm_pair(agent=False)
+            runs["kernel"].append(fig)
+            if first and nfq:
+                res["kernel_vm2vm"] = b.vm_to_vm(iperf=False)
             b.plain_off()
-            if r == 0:
-                print("round 1 of %d: accept-only NFQUEUE consumer ..." % args.repeat, flush=True)
+            if first and nfq:
+                say(r, "accept-only NFQUEUE consumer")
                 res["floor_vm2vm"] = b.floor()
-            print("round %d of %d: haproxy ..." % (r + 1, args.repeat), flush=True)
+            say(r, "haproxy")
             b.haproxy()
             runs["haproxy"].append(b.metadata_figures(args.rate, "haproxy"))
             b.haproxy_off()
-        b.project()
+        b.project(datapath=dps[0])
     finally:
         b.down()
     res["workers"] = res.get("workers", 0)
     for name, figures in runs.items():
         res[name] = report.median_figures(figures)
-    from benchmarks.flow_table import measure
+    if nfq:
+        from benchmarks.flow_table import measure
 
-    res["flows_1k"], res["flows_400k"] = measure(5)
+        res["flows_1k"], res["flows_400k"] = measure(5)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(res, f, indent=2)
-    errors = {name: sum(v.get("errors", 0) for v in res[name].values()) for name in ("project", "project1", "kernel", "haproxy")}
-    table = report.table(res, args.rate)
+    errors = {name: sum(v.get("errors", 0) for v in res[name].values()) for name in configs}
+    tables = []
+    if nfq:
+        tables.append(("The nfqueue datapath, with the targets of the dataplane issue", report.table(res, args.rate)))
+    tables.append(("The two datapaths side by side, with the targets of the ebpf datapath", report.datapaths_table(res, args.rate)))
     cpu = report.cpu_line(res)
-    print("\n".join(table.rows))
-    print("\n" + cpu)
-    print("\nrequest errors: %s; UDP delivered (project/kernel/floor): %s/%s/%s" % (
-        errors, res["project_vm2vm"]["udp_delivered"], res["kernel_vm2vm"]["udp_delivered"], res["floor_vm2vm"]["udp_delivered"]))  # fmt: skip
-    if table.failed:
-        print("\nfailed measurements (the run fails):\n  " + "\n  ".join(table.failed))
+    text = "\n\n".join("%s:\n\n%s" % (title, "\n".join(t.rows)) for title, t in tables) + "\n\n" + cpu
+    print("\n" + text)
+    print("\nrequest errors: %s" % errors)
+    if nfq:
+        print("UDP delivered by the Python sender (project/kernel/floor): %s/%s/%s" % (
+            res["project_vm2vm"]["udp_delivered"], res["kernel_vm2vm"]["udp_delivered"], res["floor_vm2vm"]["udp_delivered"]))  # fmt: skip
+    for dp, fs in res["flow_setup"].items():
+        print("new flows, %s: %d pairs set up in %.1f s (%s packets/s offered), drops meanwhile: %s" % (
+            dp, fs["setups"], fs["seconds"], format(fs["sent_per_s"], ","), fs["drops"] or "none"))  # fmt: skip
+    failed = [x for _, t in tables for x in t.failed]
+    if failed:
+        print("\nfailed measurements (the run fails):\n  " + "\n  ".join(failed))
     with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
-        f.write("\n".join(table.rows) + "\n\n" + cpu + "\n")
-    return 1 if any(errors.values()) or table.failed else 0
+        f.write(text + "\n")
+    return 1 if any(errors.values()) or failed else 0
 
 
 if __name__ == "__main__":
