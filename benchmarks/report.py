@@ -156,6 +156,7 @@ class SideBySide:
                 self.failed.append("%s: %s measured %s" % (name, ref_name, ref))
         else:
             reference = "-"
+        failed = len(self.failed)
         cells = []
         for dp in ("nfqueue", "ebpf"):
             x = ours.get(dp)
@@ -172,7 +173,9 @@ class SideBySide:
             else:
                 ratio = "-"
             cells += ["%.1f%s" % (x, unit) if cpu else "%s %s" % (num(x), unit), ratio]
-        if not factor:
+        if len(self.failed) > failed:  # a measurement of this row failed: so does the row
+            verdict = "**no**" if factor else "**failed**"
+        elif not factor:
             verdict = "-"
         elif "ebpf" not in self.datapaths:
             verdict = "- (not measured)"
