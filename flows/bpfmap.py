@@ -31,6 +31,7 @@ SKB_CTX_SIZE = 192  # sizeof(struct __sk_buff)
 SKB_MARK, SKB_IFINDEX = 8, 40  # offsets in struct __sk_buff
 BPF_F_RDONLY = 1 << 3
 BPF_MAP_TYPE_ARRAY = 2
+BPF_MAP_TYPE_RINGBUF = 27
 BPF_ANY = 0
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)

@@ -32,6 +32,7 @@ from scapy.layers.l2 import Ether
 from dataplane.core.dataplane import Dataplane, Limits
 from dataplane.core.services import LinkLocalService
 from dataplane.core.vif import Vif
+from dataplane.linux.ringbuf import RingBuffer
 from flows import bpfmap
 from flows.layout import DropReason
 from flows.table import FlowTable
@@ -88,6 +89,7 @@ class Pair:
         self.ktable = FlowTable.in_map(self.kernel.table_memory, ENTRIES, OVERFLOW)
         self.ebpf = engine(self.ktable, self.ifindex)
         self.nfq = engine(FlowTable.in_memory(ENTRIES, OVERFLOW), self.ifindex)
+        self.closes = RingBuffer(self.kernel.close_rings[0])  # one writer: its ring
         self.kernel.configure(self.ebpf.host.index, VROUTER_MAC)
         self.kernel.set_vif(self.ebpf.host.index, self.ifindex["vhost0"], tap=False)
         for vif, (_ip, mac) in VMS.items():
@@ -96,11 +98,22 @@ class Pair:
         self.paths: Counter[str] = Counter()  # which way the ebpf side took, over the module
 
     def close(self) -> None:
+        self.closes.close()
         self.ktable.close()
         self.kernel.close()
 
     def run(self, prog: int, frame: bytes, ifindex: int) -> tuple[int, bytes, int]:
-        return self.ns.run(lambda: bpfmap.test_run(prog, frame, ifindex))
+        """The program on one frame; then the pairs it told closed are closed, as the agent's
+        reader of the ring does as soon as it wakes."""
+        result = self.ns.run(lambda: bpfmap.test_run(prog, frame, ifindex))
+
+        def closed(data: bytes) -> None:
+            index, gen = struct.unpack_from("=IB", data)
+            self.paths["closed by the kernel"] += 1
+            self.ebpf.lifecycle.fin_seen(index, gen, self.now)
+
+        self.closes.drain(closed)
+        return result
 
     def send(self, ip: bytes, indev: str) -> tuple[str, bytes]:
         """One packet through both; what each did, which must be the same."""
@@ -130,8 +143,8 @@ class Pair:
             pkt = IPv6(ip) if ethertype == 0x86DD else IP(ip)
             flags = int(pkt[TCP].flags) if pkt.haslayer(TCP) else 0xFF
             to_md = pkt.dst.startswith(("169.254.", "fd00:a9fe:a9fe:"))
-            if not (flags & 0x07 == 0 or flags & 0x17 == 0x12) or not to_md:
-                return self._engine(ip, 0)  # as nftables queues it: not TCP, or SYN, FIN, RST but a SYN-ACK
+            if not (flags & 0x06 == 0 or flags & 0x17 == 0x12) or not to_md:
+                return self._engine(ip, 0)  # as nftables queues it: not TCP, or SYN or RST but a SYN-ACK
             rc, out, _mark = self.run(self.kernel.egress_fd, frame, self.ifindex["tap3"])
             assert rc in (TC_ACT_OK, TC_ACT_SHOT)
             self.paths["egress " + ("drop" if rc == TC_ACT_SHOT else "NAT" if out != frame else "pass") + v6] += 1

@@ -72,6 +72,14 @@ class Lifecycle:
                 self._closed.append((fwd, fst, now))
         return DropReason.NONE
 
+    def fin_seen(self, index: int, gen: int, now: int) -> None:
+        """The kernel's program forwarded a FIN on the entry at ``index`` (generation ``gen``), the
+        pair's second (both FINs are in the entries' TCP flags already): the pair closes as if
+        this engine had seen the FIN.  An entry removed or reused since is left alone."""
+        st = self.entries.states[index]
+        if st is not None and self.table.generation(index) == gen and self.table.flags(index) & 1:
+            self.tcp(index, st, TCP_FIN, now)
+
     def _restart(self, index: int, other: int, tcp_flags: int) -> DropReason:
         carrier = self.entries.carrier(index)
         if carrier is not None:

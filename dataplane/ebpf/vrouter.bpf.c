@@ -26,15 +26,16 @@
  *               counts the reason.  The pair's first answer clears New flow on both halves, as
  *               the engine does.  Anything else is passed up unmarked, and nftables queues it to
  *               the Python engine through the VM's own queues, as in nfqueue mode: a miss, TCP
- *               SYN and RST and the pair's second FIN (the engine keeps the TCP lifecycle: set-up,
- *               restart, close, eviction; the first FIN is only recorded, as the engine does),
+ *               SYN and RST (the engine keeps the TCP lifecycle: set-up, restart, reset; a pair's
+ *               second FIN is forwarded here and told to the engine on a ring, which closes the
+ *               pair as if it had seen it; the first FIN is only recorded, as the engine does),
  *               trap entries (no reverse), Hold, fragments, IPv4 options, IPv6 extension
  *               headers, ICMP other than echo, a flow to a tunnel, a vif under capture, a TTL
  *               that would expire, an entry changing under us.
  *   vr_egress   clsact egress of every VM tap: the node's own packets to a metadata IP
  *               (169.254.0.0/16, fd00:a9fe:a9fe::/64: the proxy's replies) that nftables let by
- *               (TCP without SYN, FIN or RST, and SYN-ACKs: it queues the rest) get the reverse
- *               NAT here.  Egress cannot
+ *               (TCP without SYN or RST, and SYN-ACKs: it queues the rest) get the reverse NAT
+ *               here, and a second FIN is told to the engine as on ingress.  Egress cannot
  *               hand a packet to NFQUEUE, so a miss is dropped (Flow NAT no rflow, as the engine
  *               would); any other packet passes untouched.
  */
@@ -172,6 +173,42 @@ struct {
 	__type(value, struct config);
 	__uint(max_entries, 1);
 } vr_config SEC(".maps");
+
+/* The engine's TCP lifecycle, told without handing it the packet: a pair's second FIN, which the
+ * program forwards, is an event {index, generation} on the ring of the writer that owns the entry
+ * (index % writers); the engine closes the pair as if it had seen the FIN.  A full ring: the FIN
+ * goes up to the engine instead, as any exception does. */
+struct close_event {
+	__u32 index;
+	__u8 gen;
+	__u8 pad[3];
+};
+
+#define CLOSE_RING(n)                                   \
+	struct {                                        \
+		__uint(type, BPF_MAP_TYPE_RINGBUF);     \
+		__uint(max_entries, 256 * 1024);        \
+	} vr_close##n SEC(".maps")
+CLOSE_RING(0);
+CLOSE_RING(1);
+CLOSE_RING(2);
+CLOSE_RING(3);
+
+static __always_inline int tell_closed(const struct header *h, __u32 idx, __u8 gen)
+{
+	struct close_event ev = {.index = idx, .gen = gen};
+	__u32 writers = h->writers ? h->writers : 1;
+	switch (idx % writers) {
+	case 0:
+		return bpf_ringbuf_output(&vr_close0, &ev, sizeof(ev), 0);
+	case 1:
+		return bpf_ringbuf_output(&vr_close1, &ev, sizeof(ev), 0);
+	case 2:
+		return bpf_ringbuf_output(&vr_close2, &ev, sizeof(ev), 0);
+	default:
+		return bpf_ringbuf_output(&vr_close3, &ev, sizeof(ev), 0);
+	}
+}
 
 /* zlib's CRC-32 (reflected 0xEDB88320): the bucket must be the one Python's zlib.crc32 gives */
 static const __u32 crc_table[256] = {
@@ -516,8 +553,9 @@ int vr_ingress(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	__u8 gen = e->gen;
 	__u16 flags = e->flags;
-	if (p.tcpflags & TCP_FIN && key.k.proto == IPPROTO_TCP && second_fin(e))
-		return TC_ACT_OK; /* FIN both ways: the engine closes the pair */
+	int closing = p.tcpflags & TCP_FIN && key.k.proto == IPPROTO_TCP && second_fin(e);
+	if (closing && !(flags & F_RFLOW_VALID))
+		return TC_ACT_OK; /* a FIN of a flow with no reverse (Drop, a trap): the engine's */
 	if (e->action == A_DROP) {
 		__u8 reason = e->drop;
 		if (e->gen != gen || !(e->flags & F_ACTIVE))
@@ -537,7 +575,7 @@ int vr_ingress(struct __sk_buff *skb)
 		struct vif *dv = bpf_map_lookup_elem(&vr_vifs, &out);
 		if (!dv || !(dv->flags & VIF_TAP) || (dv->flags & VIF_CAPTURE) || p.ttl <= 1)
 			return TC_ACT_OK; /* a tunnel, a capture, or an ICMP time exceeded to send */
-		if (e->gen != gen || !(e->flags & F_ACTIVE))
+		if (e->gen != gen || !(e->flags & F_ACTIVE) || (closing && tell_closed(h, idx, gen)))
 			return TC_ACT_OK;
 		if (to_tap(skb, &p, key.k.family, dv, cfg))
 			return TC_ACT_SHOT;
@@ -553,7 +591,7 @@ int vr_ingress(struct __sk_buff *skb)
 	struct vif *ov = bpf_map_lookup_elem(&vr_vifs, &out);
 	if (ov && (ov->flags & VIF_CAPTURE))
 		return TC_ACT_OK;
-	if (e->gen != gen || !(e->flags & F_ACTIVE))
+	if (e->gen != gen || !(e->flags & F_ACTIVE) || (closing && tell_closed(h, idx, gen)))
 		return TC_ACT_OK;
 	if (nat(skb, &p, &key, r))
 		return TC_ACT_SHOT;
@@ -609,6 +647,8 @@ int vr_egress(struct __sk_buff *skb)
 	struct flow_rec *r = record(e->rindex);
 	if (!r || !(r->flags & F_ACTIVE) || r->rindex != (__u32)idx || e->gen != gen)
 		return TC_ACT_OK;
+	if (p.tcpflags & TCP_FIN && second_fin(e))
+		tell_closed(h, idx, gen); /* (a full ring: the pair ages out instead; egress cannot hand it up) */
 	if (nat(skb, &p, &key, r))
 		return TC_ACT_SHOT;
 	count_entry(e, h, &p);

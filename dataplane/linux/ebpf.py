@@ -21,15 +21,19 @@ nfqueue mode is unaffected.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 import os
 import socket
 import struct
+import time
 
+from dataplane.core.lifecycle import Lifecycle
 from dataplane.linux import libbpf
+from dataplane.linux.ringbuf import RingBuffer
 from flows import bpfmap
-from flows.layout import HEADER_RECORDS, RECORD_SIZE, DropReason
+from flows.layout import HEADER_RECORDS, MAX_WRITERS, RECORD_SIZE, DropReason
 from flows.storage import set_clock
 
 log = logging.getLogger("vrouter.ebpf")
@@ -75,6 +79,8 @@ class KernelDatapath:
         self._vifstats = bpfmap.map_memory(self._vifstats_fd, MAX_VIFS * 64, writable=False)
         self._drops = bpfmap.map_memory(self._drops_fd, (MAX_VIFS + 1) * MAX_REASONS * 8, writable=False)
         self.flows_map_id = bpfmap.map_info(self.flows_fd).id
+        self.close_rings = [obj.map_fd("vr_close%d" % w) for w in range(MAX_WRITERS)]  # by writer
+        self.close_ring_ids = [bpfmap.map_info(fd).id for fd in self.close_rings]
         self.prog_ids = (bpfmap.prog_id(self.ingress_fd), bpfmap.prog_id(self.egress_fd))
         self._attached: dict[int, str] = {}  # ifindex -> name, for close and the logs
         self._vif_ifindex: dict[int, int] = {}
@@ -218,3 +224,19 @@ def detach_stale(prefix: str, vhost: str) -> list[str]:
             except libbpf.LibbpfError:
                 return removed  # no libbpf, or it cannot: nothing of ours can be there either
     return removed
+
+
+_CLOSE = struct.Struct("=IB3x")  # struct close_event: index, generation
+
+
+def watch_closes(loop: asyncio.AbstractEventLoop, ring_fd: int, lifecycle: Lifecycle) -> RingBuffer:
+    """Read the kernel's closed pairs for one writer's engine as they come (the ring's descriptor
+    is readable while events wait); the caller closes the ring and removes the reader."""
+    ring = RingBuffer(ring_fd)
+
+    def closed(data: bytes) -> None:
+        index, gen = _CLOSE.unpack_from(data)
+        lifecycle.fin_seen(index, gen, time.time_ns())
+
+    loop.add_reader(ring_fd, ring.drain, closed)
+    return ring

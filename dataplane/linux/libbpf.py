@@ -8,9 +8,13 @@ Debian's libbpf1 (1.1) provides the library; nothing is compiled for Python.  Ev
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import errno
+import logging
 import os
+
+log = logging.getLogger("vrouter.ebpf")
 
 BPF_TC_INGRESS = 1
 BPF_TC_EGRESS = 2
@@ -37,6 +41,24 @@ class TcOpts(ctypes.Structure):  # struct bpf_tc_opts
 
 
 _lib: ctypes.CDLL | None = None
+_PRINT = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
+recent: collections.deque[str] = collections.deque(maxlen=40)  # libbpf's last messages (a failed load's verifier log)
+
+
+def _print(level: int, fmt: bytes, args: int) -> int:
+    """libbpf's messages: kept for an error to quote, and logged at debug level (it reports as
+    warnings what callers expect, such as a clsact qdisc already there)."""
+    buf = ctypes.create_string_buffer(1024)
+    _libc.vsnprintf(buf, len(buf), fmt, ctypes.c_void_p(args))
+    text = buf.value.decode(errors="replace").rstrip()
+    recent.append(text)
+    log.debug("libbpf: %s", text)
+    return 0
+
+
+_print_cb = _PRINT(_print)  # kept alive as long as the module
+_libc = ctypes.CDLL(None)
+_libc.vsnprintf.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_void_p]
 
 
 def lib() -> ctypes.CDLL:
@@ -65,6 +87,7 @@ def lib() -> ctypes.CDLL:
             fn = getattr(so, name)
             fn.restype = res
             fn.argtypes = args
+        so.libbpf_set_print(ctypes.cast(_print_cb, ctypes.c_void_p))
         _lib = so
     return _lib
 
@@ -98,7 +121,11 @@ class BpfObject:
         _check(self._lib.bpf_map__set_max_entries(self._map(name), n), "size map %s" % name)
 
     def load(self) -> None:
-        _check(self._lib.bpf_object__load(self._obj), "load the programs (the kernel's verifier or permissions)")
+        recent.clear()
+        r = self._lib.bpf_object__load(self._obj)
+        if r < 0:
+            said = [line for line in recent if line][-6:]
+            _check(r, "load the programs (%s)" % (" / ".join(said) or "the kernel's verifier or permissions"))
 
     def map_fd(self, name: str) -> int:
         return _check(self._lib.bpf_map__fd(self._map(name)), "map %s" % name)

@@ -205,7 +205,7 @@ class QueueRules:
     tunnel_queue: int = -1  # MPLS over UDP from other nodes (UDP to tunnel_port on vhost0); -1: none
     tunnel_port: int = 6635
     # The ebpf datapath (0: nfqueue): what its program passed up carries this mark and is accepted
-    # before any queue rule; the node's TCP to the metadata IPs without SYN, FIN or RST, and its
+    # before any queue rule; the node's TCP to the metadata IPs without SYN or RST, and its
     # SYN-ACKs, are left to the program on the tap (the reverse NAT), except to captured VMs.
     fast_mark: int = 0
     captured: tuple[VmQueue, ...] = ()
@@ -433,7 +433,7 @@ def _bucketed(table: str, chain: str, key: tuple[bytes, ...], width: int, vms: S
 
 def _fast_rules(table: str, rules: QueueRules, v6: bool) -> list[Message]:
     """The ebpf datapath's rules, first in each chain: what the program passed up (its mark) is
-    accepted; the node's TCP to a metadata IP without SYN, FIN or RST, or a SYN-ACK, goes on to the
+    accepted; the node's TCP to a metadata IP without SYN or RST, or a SYN-ACK, goes on to the
     program, but
     to a captured VM's metadata IP it is queued (the capture sees it)."""
     if not rules.fast_mark:
@@ -449,8 +449,9 @@ def _fast_rules(table: str, rules: QueueRules, v6: bool) -> list[Message]:
     tcp_flags = (_meta(NFT_META_L4PROTO), _cmp_eq(b"\x06"), _payload(13, 1, NFT_PAYLOAD_TRANSPORT_HEADER))
     msgs = [_accept_rule(table, "from_vms", *mark)]
     msgs += [_queue_rule(table, "to_metadata_ips", _nfqueue(q, 1), load, match) for load, match, q in captured]
-    # on to the program: no SYN, FIN or RST; or a SYN-ACK (the engine's TCP lifecycle wants the rest)
-    msgs.append(_accept_rule(table, "to_metadata_ips", daddr, *net, *tcp_flags, _bitwise_mask(b"\x07"), _cmp_eq(b"\0")))
+    # on to the program: no SYN or RST (FINs it tells the engine itself); or a SYN-ACK (the engine's
+    # TCP lifecycle wants the rest: a restart, a reset)
+    msgs.append(_accept_rule(table, "to_metadata_ips", daddr, *net, *tcp_flags, _bitwise_mask(b"\x06"), _cmp_eq(b"\0")))
     msgs.append(_accept_rule(table, "to_metadata_ips", daddr, *net, *tcp_flags, _bitwise_mask(b"\x17"), _cmp_eq(b"\x12")))
     return msgs
 

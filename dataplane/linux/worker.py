@@ -17,6 +17,7 @@ import asyncio
 import functools
 import gc
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -27,12 +28,15 @@ from dataplane.core.dataplane import Dataplane
 from dataplane.core.traps import Trap
 from dataplane.core.vif import Vif
 from dataplane.linux.aging import age_forever
+from dataplane.linux.ebpf import watch_closes
 from dataplane.linux.layout import SharedCounts
 from dataplane.linux.nfqueue import QueueShell
 from dataplane.linux.ports import SocketPortAllocator
+from dataplane.linux.ringbuf import RingBuffer
 from dataplane.linux.totals import WorkerStats, stats_of
 from dataplane.linux.vifdump import DatagramSink
 from dataplane.linux.workers import CONFIGURE, AddCapture, BindQueues, Configure, RemoveCapture, Setup, StatsRequest, Sync, Trapped
+from flows import bpfmap
 from flows.table import FlowTable, TableFormatError
 from infra.children import Refusal, run, serve
 
@@ -50,6 +54,7 @@ class Worker:
         self.dp.path.on_trap = self._trapped
         self.shell = QueueShell(self.dp, setup.node_queue)
         self.captures: dict[int, Capture] = {}
+        self._ring: tuple[int, RingBuffer, asyncio.AbstractEventLoop] | None = None  # ebpf: the kernel's closed pairs
         self.handlers: dict[type, Callable[[Any], object]] = {
             Configure: self._configure,
             BindQueues: self._bind,
@@ -61,6 +66,9 @@ class Worker:
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.shell.start(loop, self.setup.node_queue_length)
+        if self.setup.close_ring:
+            fd = bpfmap.map_fd_by_id(self.setup.close_ring)
+            self._ring = (fd, watch_closes(loop, fd, self.dp.lifecycle), loop)
 
     def _trapped(self, trap: Trap, pkt: bytes, vif: Vif, ihl: int) -> None:
         self.push(Trapped(int(trap), pkt, vif.index, ihl))
@@ -106,6 +114,11 @@ class Worker:
 
     def stop(self) -> None:
         self.shell.stop()
+        if self._ring is not None:
+            fd, ring, loop = self._ring
+            loop.remove_reader(fd)
+            ring.close()
+            os.close(fd)
         for c in self.captures.values():
             c.sink.close()
         self.table.close()

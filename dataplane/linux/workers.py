@@ -62,6 +62,7 @@ class Setup:
     node_queue_length: int
     flow_cache_timeout: int
     log_level: int = logging.INFO
+    close_ring: int = 0  # ebpf datapath: the id of the ring on which the kernel tells this worker of closed pairs
 
 
 # What a worker's Dataplane may be asked through ``Configure``: the dataplane's configuration API.

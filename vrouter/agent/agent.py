@@ -38,11 +38,12 @@ from dataplane.core.dataplane import Dataplane, Limits
 from dataplane.core.traps import Trap
 from dataplane.core.vif import PROXY_IP6
 from dataplane.linux.aging import age_forever
-from dataplane.linux.ebpf import FAST_MARK, DatapathError, KernelDatapath, detach_stale
+from dataplane.linux.ebpf import FAST_MARK, DatapathError, KernelDatapath, detach_stale, watch_closes
 from dataplane.linux.layout import QueueLayout, SharedCounts, default_workers
 from dataplane.linux.nfqueue import QUEUE_MAXLEN, QueueShell
 from dataplane.linux.pkt0 import Pkt0
 from dataplane.linux.ports import PORT_RANGE, SocketPortAllocator
+from dataplane.linux.ringbuf import RingBuffer
 from dataplane.linux.totals import Totals
 from dataplane.linux.workers import Dataplanes, Setup, Trapped, WorkerPool
 from flows.storage import write_map_pointer
@@ -95,6 +96,7 @@ class Agent:
         self._host: HostNetwork | None = None
         self._table: FlowTable | None = None
         self._kernel: KernelDatapath | None = None
+        self._closes: RingBuffer | None = None  # ebpf: the kernel's closed pairs of worker 0's entries
         self._counts: SharedCounts | None = None
         self._pool: WorkerPool | None = None
         self._proxy: ProxyProcess | None = None
@@ -190,6 +192,8 @@ class Agent:
             shell.start(loop)
             if cfg.etcd.servers:  # tunnels from the other nodes: a queue of their own
                 shell.add(layout.tunnel_queue, QUEUE_MAXLEN, dp.from_fabric)
+            if kernel is not None:
+                self._closes = watch_closes(loop, kernel.close_rings[0], dp.lifecycle)
         except OSError as e:
             raise AgentError("cannot bind NFQUEUE %d or %d (%s): is another agent using it?" % (self.queue_num, layout.tunnel_queue, e)) from None
         try:
@@ -261,7 +265,7 @@ class Agent:
         def setup(w: int) -> Setup:
             return Setup(w, layout.workers, self.paths.flows, self.paths.flow_counts, vhost_ip, cfg.metadata.proxy_port, limits,
                          layout.nat_ports(w, *PORT_RANGE), layout.node_queue(w), QUEUE_MAXLEN, cfg.flows.cache_timeout,
-                         logging.getLogger().level)  # fmt: skip
+                         logging.getLogger().level, self._kernel.close_ring_ids[w] if self._kernel else 0)  # fmt: skip
 
         pool = self._pool = WorkerPool(setup, layout.workers, self._trapped)
         return dp, Dataplanes(dp, pool), nat_ports
@@ -346,6 +350,9 @@ class Agent:
         if self._queues is not None:
             self._queues.delete_rules()
         if self._kernel is not None:  # no program forwards for a node without its agent
+            if self._closes is not None:
+                asyncio.get_running_loop().remove_reader(self._closes.fd)
+                self._closes.close()
             self._kernel.close()
         host = self._host
         if host is not None:
