@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 
 from tests.helpers import SETUP, VROUTER, unique_prefix
 from topology.lab import Lab
@@ -38,11 +39,13 @@ class EmulatedHost:
 
     def __init__(self, vms: int, tls: bool = False, state_root: str | None = None, qemu: int = 0, dhcp: bool = False,
                  boot: GuestBoot | None = None, user_data: str | None = None, ssh_key: str | None = None,
-                 networks: int = 0, nodes: int = 1) -> None:  # fmt: skip
+                 networks: int = 0, nodes: int = 1, datapath: str = "nfqueue") -> None:  # fmt: skip
         self.prefix = unique_prefix()
+        self.datapath = datapath  # every node's agent.conf [FLOWS] datapath: nfqueue or ebpf
         self.lab = Lab(self.prefix, state_root=state_root, say=lambda text: None)
         topo = Topology.plan(self.prefix, vms, self.lab.state, tls=tls, qemu=qemu, networks=networks, nodes=nodes)
         topo.dhcp = dhcp
+        topo.datapath = datapath
         topo.user_data, topo.ssh_key = user_data, ssh_key
         if boot is not None:
             topo.boot = boot
@@ -81,13 +84,14 @@ class EmulatedHost:
         return self.curl(i, "http://169.254.169.254" + path, *extra, max_time=max_time)
 
     @contextlib.contextmanager
-    def open_connection(self, i: int, ip: str, port: int, request: bytes = b""):  # noqa: ANN201
+    def open_connection(self, i: int, ip: str, port: int, request: bytes = b"") -> Iterator[tuple[int, bytes]]:
         """A TCP connection from VM i held open while the block runs (its flows stay in the table).
         Yields (local port, the first bytes of the answer)."""
         proc = subprocess.Popen(
             ["ip", "netns", "exec", self.vm_ns(i), sys.executable, "-c", _HOLD, ip, str(port), request.hex()],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
+        assert proc.stdout is not None and proc.stdin is not None
         try:
             line = proc.stdout.readline().split(" ", 1)  # printed once connected and answered
             assert len(line) == 2, "connection from vm%d to %s:%d failed" % (i + 1, ip, port)
@@ -116,6 +120,30 @@ class EmulatedHost:
                 out[key] = value
         return out
 
+    def bpf_objects(self) -> tuple[set[int], set[int]]:
+        """The ebpf datapath's programs attached to the devices of the host's nodes (their ids, as
+        ``bpftool net show`` lists them in each compute namespace) and the maps they use, with each
+        node's flow table map (the id its ``flows.shm`` names): ids are global, so these are what
+        no other lab holds.  Both empty for an nfqueue host."""
+        progs: set[int] = set()
+        maps: set[int] = set()
+        for node in self.nodes:
+            r = subprocess.run(["ip", "netns", "exec", node["namespace"], "bpftool", "-j", "net", "show"], capture_output=True, text=True, timeout=30)
+            assert r.returncode == 0, r.stderr
+            progs |= {tc["id"] for dev in json.loads(r.stdout) for tc in dev.get("tc", [])}
+            try:
+                with open(os.path.join(node["state_dir"], "flows.shm"), "rb") as f:
+                    head = f.read(32)
+            except FileNotFoundError:
+                continue
+            if head.startswith(b"VRBPFMAP "):
+                maps.add(int(head.split()[1]))
+        for prog in progs:
+            r = subprocess.run(["bpftool", "-j", "prog", "show", "id", str(prog)], capture_output=True, text=True, timeout=30)
+            if r.returncode == 0:  # (gone meanwhile otherwise)
+                maps |= set(json.loads(r.stdout).get("map_ids", []))
+        return progs, maps
+
     def cli(self, *args: str, node: int = 1) -> subprocess.CompletedProcess:
         state = self.nodes[node - 1]["state_dir"]
         return subprocess.run([str(VROUTER), *args, "--state-dir", state], capture_output=True, text=True, timeout=30)
@@ -127,13 +155,16 @@ class EmulatedHost:
 
 
 class Builder:
-    """Builds emulated hosts for one fixture's lifetime and takes every one of them down at its end."""
+    """Builds emulated hosts for one fixture's lifetime and takes every one of them down at its end;
+    ``datapath``: the hosts' datapath unless a call says otherwise (conftest's ``datapath``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, datapath: str = "nfqueue") -> None:
         self.built: list[EmulatedHost] = []
+        self.datapath = datapath
 
     def node(self, vms: int = 2, **options: object) -> EmulatedHost:
-        """A compute node of ``vms`` VMs; ``options``: EmulatedHost's (dhcp, tls, qemu, boot, ...)."""
+        """A compute node of ``vms`` VMs; ``options``: EmulatedHost's (dhcp, tls, qemu, boot, datapath, ...)."""
+        options.setdefault("datapath", self.datapath)
         h = EmulatedHost(vms, **options)  # type: ignore[arg-type]
         self.built.append(h)
         return h

@@ -21,7 +21,10 @@ from topology import netns
 from topology.lab import in_etcd
 
 ECHO = str(Path(__file__).with_name("echo_server.py"))
-pytestmark = pytest.mark.netns
+# The shared cloud's tests and an agent killed in both datapaths (in ebpf mode the tunnels still go
+# through the engine, the rest of a node's traffic through the program); the other faults of the
+# cloud's configuration, the same in both, in nfqueue mode only
+pytestmark = [pytest.mark.netns, pytest.mark.datapaths("nfqueue", "ebpf")]
 
 SINK = """
 import hashlib, socket, sys
@@ -223,6 +226,7 @@ def port_add_args(v: dict, project: str) -> list[str]:
             project, "--ip-address", v["ip"], "--mac", v["mac"], "--tap-name", v["tap"], "--vm-name", v["name"]]  # fmt: skip
 
 
+@pytest.mark.datapaths("nfqueue")
 def test_etcd_stopped_then_started_again(cluster):
     h = cluster
     vm3 = vm(h, "vm3")
@@ -266,6 +270,7 @@ def test_an_agent_killed_and_restarted_converges_and_the_others_keep_their_route
     assert route_nh(h, 2, "10.1.1.3") is not None
 
 
+@pytest.mark.datapaths("nfqueue")
 def test_an_agent_restarted_while_etcd_is_away_forwards_from_its_cache(cluster):
     h = cluster
     assert h.setup("stop-etcd").returncode == 0
@@ -281,6 +286,7 @@ def test_an_agent_restarted_while_etcd_is_away_forwards_from_its_cache(cluster):
     wait_until(lambda: h.cli_json("status", node=1)["cluster"]["connected"], 15, "node 1 back on etcd")
 
 
+@pytest.mark.datapaths("nfqueue")
 def test_a_port_moved_to_another_node_is_reached_there_and_no_stale_route_stays(cluster):
     h = cluster
     vm5 = vm(h, "vm5")  # on node 3; moves to node 2 as a live migration moves it
@@ -302,6 +308,7 @@ def test_a_port_moved_to_another_node_is_reached_there_and_no_stale_route_stays(
     assert net["subnet"] == "10.1.1.0/24" and net["vrf"] == "default-domain:default-project:%s:%s" % (net["name"], net["name"])
 
 
+@pytest.mark.datapaths("nfqueue")
 def test_a_node_restarted_after_its_port_moved_away_does_not_take_it_back(cluster):
     h = cluster
     vm5 = vm(h, "vm5")
@@ -319,6 +326,7 @@ def test_a_node_restarted_after_its_port_moved_away_does_not_take_it_back(cluste
     assert h.cli_json("status", node=1)["cluster"]["resyncs"] == resyncs
 
 
+@pytest.mark.datapaths("nfqueue")
 def test_a_node_removed_takes_its_keys_and_routes_with_it(cluster):
     h = cluster
     r = h.setup("down", "--node", "3")
@@ -334,6 +342,7 @@ def test_a_node_removed_takes_its_keys_and_routes_with_it(cluster):
     assert not netns.exists(h.nodes[0]["namespace"])
 
 
+@pytest.mark.datapaths("nfqueue")
 def test_a_second_prefix_joins_the_cloud_through_its_etcd(make_cluster):
     """Nodes on several machines, as two prefixes on this one: the second lab's node joins the
     first's cloud (its etcd, its Nova, its networks) over a veth fabric link."""

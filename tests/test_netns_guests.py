@@ -13,7 +13,9 @@ import pytest
 from tests.helpers import SETUP, unique_prefix, wait_until
 from topology.model import GuestBoot
 
-pytestmark = pytest.mark.netns
+# The node's services and a QEMU guest on a tap in both datapaths; the guest across the overlay (which
+# the engine carries in both) in nfqueue mode only
+pytestmark = [pytest.mark.netns, pytest.mark.datapaths("nfqueue", "ebpf")]
 
 JUNK = r"""
 import sys
@@ -156,6 +158,7 @@ def test_a_qemu_guest_on_a_tap_takes_its_lease_resolves_an_instance_and_reads_it
     assert not os.path.exists(g["console"])  # down removed the state directory with the overlay and console
 
 
+@pytest.mark.datapaths("nfqueue")
 @pytest.mark.guests
 def test_a_qemu_guest_on_another_node_reaches_a_vm_over_the_overlay(make_cluster, guest_initramfs):
     """Two nodes: vm1 (a namespace) on node 1, guest1 (QEMU) on node 2; the guest's DHCP, DNS for

@@ -10,7 +10,9 @@ import pytest
 
 from tests.helpers import wait_until
 
-pytestmark = pytest.mark.netns
+# The services' NAT both ways in both datapaths (the program's in ebpf mode); what configures them
+# and the proxy's TLS to Nova, the same in both, in nfqueue mode only
+pytestmark = [pytest.mark.netns, pytest.mark.datapaths("nfqueue", "ebpf")]
 
 ECHO = str(Path(__file__).with_name("echo_server.py"))
 FIRST, LAST = 61000, 65535
@@ -125,6 +127,7 @@ def test_live_change_and_removal(host, fabric_echo):
     assert ask(host, 0, "udp", "169.254.100.4", 7, 42301) is None
 
 
+@pytest.mark.datapaths("nfqueue")
 @pytest.mark.parametrize(
     "args, named",
     [
@@ -144,6 +147,7 @@ def test_errors_name_the_bad_field(host, args, named):
     assert r.returncode == 1 and named in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.datapaths("nfqueue")
 def test_export_import_round_trip(host, tmp_path):
     exported = host.cli("linklocal", "export")
     assert exported.returncode == 0
@@ -180,6 +184,7 @@ def test_restart_during_traffic_keeps_configuration(host, fabric_echo):
     assert ask(host, 0, "udp", "169.254.100.1", 7, 42400)[2] == "10.10.0.1:7007"
 
 
+@pytest.mark.datapaths("nfqueue")
 def test_tls_to_nova(make_node):
     h = make_node(vms=1, tls=True)
     assert h.layout["nova"]["url"].startswith("https://")

@@ -12,7 +12,7 @@ import pytest
 
 from tests.helpers import SETUP, VROUTER, unique_prefix, wait_until
 
-pytestmark = pytest.mark.netns
+pytestmark = [pytest.mark.netns, pytest.mark.datapaths("nfqueue", "ebpf")]
 
 
 def test_each_vm_gets_its_own_metadata(host):

@@ -10,7 +10,7 @@ import pytest
 
 from topology.clients import CloudInitClients
 
-pytestmark = pytest.mark.netns
+pytestmark = [pytest.mark.netns, pytest.mark.datapaths("nfqueue", "ebpf")]
 
 RESOLVE = "import socket, sys; print(socket.gethostbyname(sys.argv[1]))"
 
