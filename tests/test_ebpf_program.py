@@ -201,6 +201,8 @@ def pair() -> Iterator[Pair]:
         with netns.Namespace(name) as ns:
             for dev in ("tap3", "tap4", "vhost0"):  # (no dummy devices in every kernel: veths)
                 ns.ipr.link("add", ifname=dev, kind="veth", peer=dev + "p")
+                # the vRouter's MAC, as the agent gives its taps: a frame to it is this host's
+                ns.ipr.link("set", index=ns.index(dev), address=VROUTER_MAC)
             p = Pair(ns)
             try:
                 yield p

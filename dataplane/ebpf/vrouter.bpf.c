@@ -333,7 +333,18 @@ static __always_inline long lookup(const struct header *h, const union key_words
 	return -1;
 }
 
-/* The flow key and what else the path needs, or -1: not a packet this program handles. */
+static __always_inline __u16 fold(__s64 sum)
+{
+	__u32 c = (__u32)sum;
+	c = (c & 0xffff) + (c >> 16);
+	c = (c & 0xffff) + (c >> 16);
+	return c;
+}
+
+/* The flow key and what else the path needs, or -1: not a packet this program handles.  What the
+ * kernel's own IP input would drop before nftables (a wrong header checksum, a length that is not
+ * the frame's; on ingress, another host's frame) is not handled either: passed up, it meets the
+ * same end as in nfqueue mode. */
 static __always_inline int parse(struct __sk_buff *skb, union key_words *key, struct pkt *p)
 {
 	__u16 proto_be;
@@ -349,8 +360,10 @@ static __always_inline int parse(struct __sk_buff *skb, union key_words *key, st
 		if (((ip[6] << 8) | ip[7]) & 0x3fff) /* a fragment */
 			return -1;
 		__u32 total = (ip[2] << 8) | ip[3];
-		if (total < 20 || total > skb->len - ETH_HLEN)
-			return -1;
+		if (total < 20 || total != skb->len - ETH_HLEN)
+			return -1; /* bytes past the IP length: the kernel trims them (the engine's path) */
+		if (fold(bpf_csum_diff(0, 0, (__be32 *)ip, 20, 0)) != 0xffff)
+			return -1; /* a wrong header checksum: the kernel's IP input drops it, as in nfqueue mode */
 		proto = ip[9];
 		p->ttl = ip[8];
 		p->l4 = ETH_HLEN + 20;
@@ -365,7 +378,7 @@ static __always_inline int parse(struct __sk_buff *skb, union key_words *key, st
 		if ((ip[0] >> 4) != 6)
 			return -1;
 		__u32 total = 40 + ((ip[4] << 8) | ip[5]);
-		if (total > skb->len - ETH_HLEN)
+		if (total != skb->len - ETH_HLEN)
 			return -1;
 		proto = ip[6]; /* extension headers: not TCP/UDP/ICMPv6, so the engine's */
 		p->ttl = ip[7];
@@ -383,8 +396,8 @@ static __always_inline int parse(struct __sk_buff *skb, union key_words *key, st
 	if (proto == IPPROTO_TCP) {
 		if (bpf_skb_load_bytes(skb, p->l4, l4, 14))
 			return -1;
-		if ((l4[12] >> 4) < 5)
-			return -1;
+		if ((l4[12] >> 4) < 5 || (l4[12] >> 4) * 4 > p->len - (p->l4 - ETH_HLEN))
+			return -1; /* a TCP header longer than the packet: Invalid Packet, the engine's */
 		p->tcpflags = l4[13];
 	} else if (proto == IPPROTO_UDP) {
 		if (bpf_skb_load_bytes(skb, p->l4, l4, 8))
@@ -542,7 +555,7 @@ int vr_ingress(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	union key_words key = {};
 	struct pkt p = {};
-	if (parse(skb, &key, &p))
+	if (skb->pkt_type == PACKET_OTHERHOST || parse(skb, &key, &p))
 		return TC_ACT_OK;
 	if (p.tcpflags & (TCP_SYN | TCP_RST) && key.k.proto == IPPROTO_TCP)
 		return TC_ACT_OK; /* a flow's start, restart and reset are the engine's */
