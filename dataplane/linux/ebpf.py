@@ -3,11 +3,12 @@ attached to the node's devices, and the kernel's counters read back.
 
 ``KernelDatapath.load`` opens ``dataplane/ebpf/vrouter.bpf.o`` (built from the C source beside it
 by ``make install``), sizes the flow table's map to the agent's table and loads it.  The flow table
-is the map's memory (``table``), in which the agent's Python engine writes entries as it writes the
+is the map's memory (``table_memory``), in which the agent's Python engine writes entries as it writes the
 file in nfqueue mode; ``flows/table.py`` says who writes which field.  The agent tells the kernel
 which device is which vif (``set_vif``), attaches the programs to each tap (ingress and egress)
 and to vhost0 (ingress), and reads the kernel's per-vif and per-reason counts (``stats``), which
-the node's totals add to the engine's.
+the node's totals add to the engine's.  The kernel tells each writer's engine of the pairs whose
+second FIN it forwarded on a ring buffer of its own (``close_rings``, ``watch_closes``).
 
 Nothing is pinned: the maps live while the agent holds them or a program on a device uses them,
 and the programs while they are attached.  ``close`` removes the clsact qdisc of every device it
