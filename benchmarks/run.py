@@ -46,6 +46,7 @@ from __future__ import annotations
 import argparse
 import base64
 import configparser
+import hashlib
 import json
 import os
 import re
@@ -75,6 +76,7 @@ from topology.lab import Lab  # noqa: E402
 from topology.model import Topology  # noqa: E402
 
 VROUTER = os.path.join(ROOT, ".venv", "bin", "vrouter")
+BPF_OBJECT = os.path.join(ROOT, "dataplane", "ebpf", "vrouter.bpf.o")
 DATAPATHS = ("nfqueue", "ebpf")  # [FLOWS] datapath of the agent; "project" is nfqueue's name in the results
 # At most this long a flood of new flows (and the idle CPU measurement): at 37,000 pairs/s, the
 # most seen here, 3 s fill 220,000 of the table's 629,145 entries (Flow Table Full begins in the
@@ -166,6 +168,7 @@ class Bench:
         self.procs: list[subprocess.Popen] = []
         self.lab = Lab(prefix)
         self.plain = False  # whether plain_on's forwarding and table are in place (plain_off undoes them)
+        self.bpf_objects: dict[str, str] = {}  # the ebpf program's object file: its sha256 -> when an agent first loaded it
 
     # -- the host -----------------------------------------------------------------------------
 
@@ -253,6 +256,9 @@ class Bench:
         running = self.status().get("datapath", "nfqueue")
         if running != datapath:
             raise RuntimeError("the agent runs the %s datapath, not %s as agent.conf says" % (running, datapath))
+        if datapath == "ebpf":  # which program the agent loaded (the tree may be rebuilt meanwhile)
+            with open(BPF_OBJECT, "rb") as f:
+                self.bpf_objects.setdefault(hashlib.sha256(f.read()).hexdigest()[:12], time.strftime("%H:%M:%S"))
 
     def restart_agent(self) -> None:
         """A fresh agent, same configuration: its flow table empty again."""
@@ -701,6 +707,7 @@ def main() -> int:
     finally:
         b.down()
     res["workers"] = res.get("workers", 0)
+    res["bpf_objects"] = b.bpf_objects
     for name, figures in runs.items():
         res[name] = report.median_figures(figures)
     if nfq:
@@ -725,6 +732,9 @@ def main() -> int:
     for dp, fs in res["flow_setup"].items():
         print("new flows, %s: %d pairs set up in %.1f s (%s packets/s offered), drops meanwhile: %s" % (
             dp, fs["setups"], fs["seconds"], format(fs["sent_per_s"], ","), fs["drops"] or "none"))  # fmt: skip
+    if len(b.bpf_objects) > 1:
+        print("\nthe ebpf program's object file changed during the run (rebuilt in the tree): the agents loaded %s" % ", ".join(
+            "%s from %s" % kv for kv in b.bpf_objects.items()))  # fmt: skip
     failed = [x for _, t in tables for x in t.failed]
     if failed:
         print("\nfailed measurements (the run fails):\n  " + "\n  ".join(failed))
