@@ -21,9 +21,9 @@ from topology import netns
 from topology.lab import in_etcd
 
 ECHO = str(Path(__file__).with_name("echo_server.py"))
-# The shared cloud's tests and an agent killed in both datapaths (in ebpf mode the tunnels still go
-# through the engine, the rest of a node's traffic through the program); the other faults of the
-# cloud's configuration, the same in both, in nfqueue mode only
+# The shared cloud's traffic in both datapaths (in ebpf mode the tunnels still go through the
+# engine, the rest of a node's traffic through the program); the cloud's configuration and its
+# faults, the same in both, in nfqueue mode only
 pytestmark = [pytest.mark.netns, pytest.mark.datapaths("nfqueue", "ebpf")]
 
 SINK = """
@@ -90,6 +90,7 @@ def services(h: EmulatedHost, node: int) -> set[str]:
     return {s["linklocal_service_name"] for s in h.cli_json("linklocal", "list", node=node)["linklocal_services"]["linklocal_service_entry"]}
 
 
+@pytest.mark.datapaths("nfqueue")
 def test_layout_names_each_vms_node(cloud):
     h = cloud
     assert [n["namespace"] for n in h.nodes] == ["%s-compute%d" % (h.prefix, i) for i in (1, 2, 3)]
@@ -186,6 +187,7 @@ def test_a_linklocal_service_added_on_node_1_is_used_from_node_3(cloud):
     wait_until(lambda: all(services(h, n) == {"metadata"} for n in (1, 2, 3)), 10, "the service gone everywhere")
 
 
+@pytest.mark.datapaths("nfqueue")
 def test_malformed_values_in_etcd_are_left_out_and_nothing_else(cloud):
     h = cloud
     store = ConfigStore(h.layout["etcd"]["urls"])
@@ -255,6 +257,7 @@ def test_etcd_stopped_then_started_again(cluster):
     assert all(h.cli_json("status", node=n)["cluster"]["pending"] == 0 for n in (1, 2, 3))
 
 
+@pytest.mark.datapaths("nfqueue")
 def test_an_agent_killed_and_restarted_converges_and_the_others_keep_their_routes(cluster):
     h = cluster
     assert ping(h, "vm3", "vm1")

@@ -343,7 +343,7 @@ def test_overloaded_queue_drops_and_counts_without_crashing(hostile):
 @pytest.mark.parametrize(
     "flood",
     [
-        ["--flood", "-S", "-p", "80", "169.254.169.254"],  # SYN flood to the metadata address
+        pytest.param(["--flood", "-S", "-p", "80", "169.254.169.254"], marks=pytest.mark.datapaths("nfqueue")),  # SYN flood to the metadata address
         ["--flood", "--udp", "-p", "9", "VM2"],  # UDP flood to the other VM
         pytest.param(
             ["--flood", "--icmp", "VM2"],  # ping flood to the other VM

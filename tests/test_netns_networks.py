@@ -10,6 +10,7 @@ import pytest
 
 from topology.clients import CloudInitClients
 
+# The networks in both datapaths; the node of 300 VMs in nfqueue mode only (its time)
 pytestmark = [pytest.mark.netns, pytest.mark.datapaths("nfqueue", "ebpf")]
 
 RESOLVE = "import socket, sys; print(socket.gethostbyname(sys.argv[1]))"
@@ -51,6 +52,7 @@ def test_vms_of_one_network_reach_each_other_and_not_the_other_network(two_netwo
     assert h.cli_json("dropstats")["No L3 Route"] >= before + 3  # no route in the sender's VRF
 
 
+@pytest.mark.datapaths("nfqueue")
 def test_a_node_of_300_vms_on_two_networks_and_each_reads_its_own_metadata(make_node):
     t = time.monotonic()
     h = make_node(vms=300)
