@@ -6,7 +6,10 @@
   misses, malformed frames, a link-local UDP service NATed to the fabric and back, and metadata
   connections (IPv4 and IPv6) to the proxy through the NAT both ways.  What each VM received, the
   flow table afterwards, the drop counts and the vifs' counters must be the same in both modes.
-* Cleanup: after ``down``, no program or map of an ebpf node is left in the kernel.
+  Each frame is played to its end before the next (``Node.fence``: no sleeps), so that neither
+  mode's speed changes what the next frame meets.
+* Cleanup: no program or map of an ebpf agent outlives it (stopped, or killed and replaced by the
+  next), nor of a node after ``down``, and no device keeps a clsact qdisc.
 * Garbage: a VM floods random frames at an ebpf node while another reads its metadata and pings a
   third; all are served, and the garbage is counted.
 * Refused BPF: an agent without the capabilities BPF needs refuses ebpf mode, saying so.
@@ -153,7 +156,6 @@ class Node:
     host: EmulatedHost
     wire: Wire
     agent_pid: int
-    fences: int = 0
 
     def queues_empty(self) -> bool:
         with open("/proc/%d/net/netfilter/nfnetlink_queue" % self.agent_pid) as f:
@@ -176,7 +178,6 @@ class Node:
         wait_until(answered, 10, "the agent's ARP answer to vm%d" % (vm + 1), interval=0.001)
         wait_until(self.queues_empty, 10, "the node's queues to drain", interval=0.001)
         self.wire.drain()
-        self.fences += 1
 
 
 # -- the sequences ----------------------------------------------------------------------------
@@ -720,7 +721,6 @@ class Result:
     flows: list[str]
     drops: dict[str, int]
     vifs: dict[str, dict[str, int]]
-    fences: int
     queued: int  # packets from the taps that nftables queued to the engine (not compared: the point of ebpf mode)
     fast: int  # packets the program NATed, which nftables let by
 
@@ -814,10 +814,18 @@ class Trial:
         for got in wire.got:
             got.clear()
         drops0, vifs0, nft0 = _dict(h.cli_json("dropstats")), _vif_counts(h), _nft_counts(h)
-        for step in steps:
-            self.runner.play(step)
-        for i in range(len(h.vms)):
-            node.fence(i)
+        cpus = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, {min(cpus)})  # this thread sends every frame from one CPU: the kernel takes them in order (Node.fence)
+        try:
+            for k, step in enumerate(steps):
+                try:
+                    self.runner.play(step)
+                except AssertionError as e:
+                    raise AssertionError("step %d (%s from vm%d): %s" % (k, step.what, step.vm + 1, e)) from None
+            for i in range(len(h.vms)):
+                node.fence(i)
+        finally:
+            os.sched_setaffinity(0, cpus)
         table = FlowTable.open_readonly(os.path.join(h.state_dir, "flows.shm"))
         try:
             # closed pairs leave a second after their second FIN (in ebpf mode the program tells the
@@ -841,7 +849,7 @@ class Trial:
                 counts[pk] = counts.get(pk, 0) - n
                 counts[by] = counts.get(by, 0) - size
         nft = _nft_counts(h)
-        return Result(delivered, flows, drops, vifs, node.fences, nft[0] - nft0[0], nft[1] - nft0[1])
+        return Result(delivered, flows, drops, vifs, nft[0] - nft0[0], nft[1] - nft0[1])
 
 
 def _diff(a: Result, b: Result) -> str:
