@@ -133,6 +133,7 @@ class Flag1(enum.IntFlag):
     it is (its agent knows); ours does, so that aging and the tools need no agent."""
 
     REVERSE = 0x0001  # this entry is the reverse half of its pair
+    HELD = 0x0002  # ebpf: the engine may still hold packets of this flow: the program hands the rest up
 
 
 NAT_FLAGS = Flag.SNAT | Flag.SPAT | Flag.DNAT | Flag.DPAT
@@ -144,6 +145,7 @@ F_RFLOW_VALID = int(Flag.RFLOW_VALID)
 F_NEW_FLOW = int(Flag.NEW_FLOW)
 F_EVICT_CANDIDATE = int(Flag.EVICT_CANDIDATE)
 F1_REVERSE = int(Flag1.REVERSE)
+F1_HELD = int(Flag1.HELD)
 
 
 class DropReason(enum.IntEnum):

@@ -10,7 +10,7 @@ import struct
 import time
 
 from flows import bpfmap
-from flows.layout import HEADER_SIZE, MAP_POINTER, OFF_CLOCK, RECORD_SIZE
+from flows.layout import HEADER, HEADER_SIZE, MAP_POINTER, OFF_CLOCK, OFF_FLAGS, OFF_OFLOW_NEXT, OFF_WRITERS, RECORD_SIZE, U32
 
 
 class TableFormatError(Exception):
@@ -63,3 +63,25 @@ def _map_bpf(path: str, head: bytes, writable: bool) -> mmap.mmap:
         return bpfmap.map_memory(fd, info.max_entries * RECORD_SIZE, writable)
     finally:
         os.close(fd)
+
+
+_ACTIVE_BYTE = bytes(b & 1 for b in range(256))  # translate: the ACTIVE bit of a flags byte
+
+
+def clear_writer(buf: mmap.mmap | bytearray, writer: int) -> int:
+    """Clear every entry of ``writer`` (flags and overflow links: its chain heads are in its own
+    entries too); return how many were active.  Strided copies, not a loop over the entries."""
+    _magic, _version, _rec, _bucket, entries, overflow, _pid = HEADER.unpack_from(buf, 0)
+    n = U32.unpack_from(buf, OFF_WRITERS)[0] or 1
+    view = memoryview(buf)
+    try:
+        first, step = HEADER_SIZE + writer * RECORD_SIZE, n * RECORD_SIZE
+        end = HEADER_SIZE + (entries + overflow) * RECORD_SIZE
+        count = len(range(first, end, step))
+        cleared = bytes(view[first + OFF_FLAGS : end : step]).translate(_ACTIVE_BYTE).count(1)
+        zeros = bytes(count)
+        for off in (OFF_FLAGS, OFF_FLAGS + 1, *range(OFF_OFLOW_NEXT, OFF_OFLOW_NEXT + 4)):
+            view[first + off : end : step] = zeros
+    finally:
+        view.release()
+    return cleared

@@ -50,6 +50,7 @@ from flows.layout import (
     BODY,
     BUCKET_SIZE,
     COUNTERS,
+    F1_HELD,
     F1_REVERSE,
     F_ACTIVE,
     F_NEW_FLOW,
@@ -78,7 +79,7 @@ from flows.layout import (
     Action,
     DropReason,
 )
-from flows.storage import TableFormatError, map_file, set_clock
+from flows.storage import TableFormatError, clear_writer, map_file, set_clock
 
 BUCKET_BYTES = BUCKET_SIZE * RECORD_SIZE
 _VIF_FLAGS1 = struct.Struct("<HH")  # source vif and flags1, at OFF_VIF
@@ -292,8 +293,7 @@ class FlowTable:
             off = HEADER_SIZE + U32.unpack_from(buf, off + OFF_RINDEX)[0] * RECORD_SIZE
             U16.pack_into(buf, off + OFF_FLAGS, (U16.unpack_from(buf, off + OFF_FLAGS)[0] | set_bits) & ~clear_bits)
 
-    def tcp_flags(self, index: int) -> int:
-        """The TCP flags seen on an entry so far."""
+    def tcp_flags(self, index: int) -> int:  # the TCP flags seen on an entry so far
         return self.buf[HEADER_SIZE + index * RECORD_SIZE + OFF_TCPFLAGS]
 
     def set_tcp_flags(self, index: int, tcp_flags: int) -> None:
@@ -456,9 +456,9 @@ class FlowTable:
         U32.pack_into(self.buf, off + OFF_OFLOW_NEXT, 0)
         self._free_overflow.append(index)
 
-    def add_pair(self, fkey: bytes, fspec: FlowSpec, rkey: bytes, rspec: FlowSpec, now: int | None = None) -> tuple[int, int]:
-        """Set up a forward flow and its reverse together; raise TableFull (leaving nothing) if
-        either cannot be placed.  Keys must not be present already."""
+    def add_pair(self, fkey: bytes, fspec: FlowSpec, rkey: bytes, rspec: FlowSpec, now: int | None = None, held: bool = False) -> tuple[int, int]:
+        """Set up a forward flow and its reverse together (``held``: the forward marked Held);
+        raise TableFull (leaving nothing) if either cannot be placed.  Keys must be new."""
         if now is None:
             now = time.time_ns()
         fi = self._place(fkey, fspec, 0, now)
@@ -470,6 +470,7 @@ class FlowTable:
             raise
         U32.pack_into(self.buf, HEADER_SIZE + fi * RECORD_SIZE + OFF_RINDEX, ri)
         _VIF_FLAGS1.pack_into(self.buf, HEADER_SIZE + ri * RECORD_SIZE + OFF_VIF, rspec.vif, F1_REVERSE)
+        _VIF_FLAGS1.pack_into(self.buf, HEADER_SIZE + fi * RECORD_SIZE + OFF_VIF, fspec.vif, F1_HELD if held else 0)
         U16.pack_into(self.buf, HEADER_SIZE + ri * RECORD_SIZE + OFF_FLAGS, rspec.flags | _PAIR_FLAGS)
         U16.pack_into(self.buf, HEADER_SIZE + fi * RECORD_SIZE + OFF_FLAGS, fspec.flags | _PAIR_FLAGS)
         self.active += 2
@@ -511,6 +512,12 @@ class FlowTable:
         if tcp_flags:
             buf[off + OFF_TCPFLAGS] |= tcp_flags
 
+    def release(self, index: int, gen: int) -> None:
+        """The engine has let out every packet of the flow it held: Held off (if still that flow)."""
+        off = HEADER_SIZE + index * RECORD_SIZE
+        if self.buf[off + OFF_GEN] == gen:
+            U16.pack_into(self.buf, off + OFF_FLAGS1, U16.unpack_from(self.buf, off + OFF_FLAGS1)[0] & ~F1_HELD)
+
     def pair_last_used(self, index: int) -> int:
         """When either half of an entry's pair (or the lone entry) last saw a packet.  Called
         20,000 times a second by aging: the record is read here, not through the accessors."""
@@ -531,8 +538,7 @@ class FlowTable:
         return U32.unpack_from(self.buf, HEADER_SIZE + index * RECORD_SIZE + OFF_RINDEX)[0]
 
     def set_owner(self, pid: int) -> None:
-        magic, version, rec, bucket, entries, overflow, _ = HEADER.unpack_from(self.buf, 0)
-        HEADER.pack_into(self.buf, 0, magic, version, rec, bucket, entries, overflow, pid)
+        U32.pack_into(self.buf, HEADER.size - 4, pid)  # the header's last field
 
     def owner(self) -> int:
         return HEADER.unpack_from(self.buf, 0)[6]
@@ -573,25 +579,6 @@ def _writers(writers: int) -> int:
     if not 1 <= writers <= MAX_WRITERS:
         raise ValueError("a flow table has 1 to %d writers, not %d" % (MAX_WRITERS, writers))
     return writers
-
-
-def clear_writer(buf: mmap.mmap | bytearray, writer: int) -> int:
-    """Clear every entry of ``writer`` (flags and overflow links: its chain heads are in its own
-    entries too); return how many were active.  Strided copies, not a loop over the entries."""
-    _magic, _version, _rec, _bucket, entries, overflow, _pid = HEADER.unpack_from(buf, 0)
-    n = U32.unpack_from(buf, OFF_WRITERS)[0] or 1
-    view = memoryview(buf)
-    try:
-        first, step = HEADER_SIZE + writer * RECORD_SIZE, n * RECORD_SIZE
-        end = HEADER_SIZE + (entries + overflow) * RECORD_SIZE
-        count = len(range(first, end, step))
-        cleared = bytes(view[first + OFF_FLAGS : end : step]).translate(_ACTIVE_BYTE).count(1)
-        zeros = bytes(count)
-        for off in (OFF_FLAGS, OFF_FLAGS + 1, *range(OFF_OFLOW_NEXT, OFF_OFLOW_NEXT + 4)):
-            view[first + off : end : step] = zeros
-    finally:
-        view.release()
-    return cleared
 
 
 def round_entries(entries: int) -> int:

@@ -160,6 +160,8 @@ for i in range(int(sys.argv[2])):
 """
 
 
+@pytest.mark.datapaths("nfqueue", ebpf="a flow's first packets, which the Python engine handles, can arrive after later ones "
+                       "the kernel forwarded (the hand-over of a new flow; docs/datapath.md, limits)")  # fmt: skip
 def test_udp_burst_arrives_whole_and_in_order_beside_metadata(host):
     # The dataplane gives a drain's verdicts in one write: a run of unchanged (forwarded) packets
     # as one batch verdict, NAT and drop verdicts each on their own.  A burst of VM-to-VM UDP

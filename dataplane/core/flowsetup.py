@@ -92,6 +92,11 @@ class FlowSetup:
         self.ports = ports
         self.overlay = overlay
         self.setups = 0  # pairs set up since start
+        # ebpf datapath: a new pair's forward entry is Held (the kernel's program hands its packets
+        # up, so that none overtakes those this engine still holds); its (index, generation) go on
+        # ``held`` (the queue being drained), and the queue releases them once it is empty.
+        self.hold = False
+        self.held: list[tuple[int, int]] = []
         self._md_deltas: dict[tuple[bytes, bytes, int, bytes, bytes], tuple[int, int, bytes, int, int, bytes]] = {}
 
     def setup(self, vif: Vif, p: Parsed, key: bytes, now: int, pkt: bytes) -> Outcome:
@@ -170,7 +175,9 @@ class FlowSetup:
         stale = self.table.lookup(rkey)
         if stale >= 0:
             self.entries.delete([stale])
-        fi, ri = self.table.add_pair(key, fspec, rkey, rspec, now)
+        fi, ri = self.table.add_pair(key, fspec, rkey, rspec, now, self.hold)
+        if self.hold:
+            self.held.append((fi, self.table.generation(fi)))
         rst.fresh = True
         fst.charge = charge
         fst.link_local = link_local

@@ -58,6 +58,7 @@
 #define F_NEW_FLOW 0x0200
 #define F_RFLOW_VALID 0x1000
 #define F1_REVERSE 0x0001
+#define F1_HELD 0x0002 /* the engine may still hold packets of this flow: hand the rest up too */
 #define A_DROP 0
 #define A_FORWARD 2
 #define A_NAT 3
@@ -566,6 +567,8 @@ int vr_ingress(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	__u8 gen = e->gen;
 	__u16 flags = e->flags;
+	if (e->flags1 & F1_HELD)
+		return TC_ACT_OK; /* not before the packets the engine still holds: order kept */
 	int closing = p.tcpflags & TCP_FIN && key.k.proto == IPPROTO_TCP && second_fin(e);
 	if (closing && !(flags & F_RFLOW_VALID))
 		return TC_ACT_OK; /* a FIN of a flow with no reverse (Drop, a trap): the engine's */

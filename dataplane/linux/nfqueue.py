@@ -33,6 +33,7 @@ log = logging.getLogger("vrouter.dataplane")
 
 QUEUE_MAXLEN = 4096  # packets the kernel holds for the node's queue before it drops (fail closed)
 Process = Callable[[bytes, int, int], Verdict]  # (packet, ifindex it came in on, now) -> verdict
+HOLD_LINGER = 0.002  # s from a drain that emptied a queue to the release of the flows it held (ebpf)
 DRAIN_BUDGET = 128  # packets one drain of one queue takes before the others get their turn
 
 
@@ -62,6 +63,8 @@ class _Queue:
         self.nfq.bind(num, self.handle, max_len=max_len, mode=COPY_PACKET, range=0xFFFF)
         self.verdicts = VerdictWriter(self.nfq.get_fd(), num)
         self.left = DRAIN_BUDGET
+        self.held: list[tuple[int, int]] = []  # (index, generation) of flows Held until this queue is empty
+        self._release: asyncio.TimerHandle | None = None
 
     def handle(self, pkt: Packet) -> None:
         verdicts = self.verdicts
@@ -82,13 +85,34 @@ class _Queue:
             raise _Enough
 
     def drain(self) -> None:
+        self._run()
+        if self.held and self._release is None:  # ebpf: flows it holds, to release once all is out
+            self._release = self.shell.loop.call_later(HOLD_LINGER, self._let_go)
+
+    def _run(self) -> bool:
+        """Handle what waits, up to the budget, and send the verdicts; whether the queue emptied."""
         self.left = DRAIN_BUDGET
+        self.shell.dataplane.flow_setup.held = self.held  # the flows set up from this queue's packets
         try:
             self.nfq.run(block=False)
+            return True
         except _Enough:
-            pass  # the rest waits in the socket; the loop calls again once the others had a turn
+            return False  # the rest waits in the socket; the loop calls again once the others had a turn
         finally:
             self.verdicts.flush()
+
+    def _let_go(self) -> None:
+        """Held flows go to the kernel once every packet the queue had of them is out, and had
+        ``HOLD_LINGER`` to leave this CPU's backlog (the kernel may forward the next ones on
+        another CPU, and they would overtake): what came meanwhile is handled first."""
+        self._release = None
+        if not self._run():
+            self._release = self.shell.loop.call_later(HOLD_LINGER, self._let_go)
+            return
+        release = self.shell.dataplane.table.release
+        for index, gen in self.held:
+            release(index, gen)
+        self.held.clear()
 
     def close(self) -> None:
         self.verdicts.flush()
@@ -96,6 +120,11 @@ class _Queue:
 
 
 class QueueShell:
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        assert self._loop is not None
+        return self._loop
+
     def __init__(self, dataplane: Dataplane, queue_num: int = 0) -> None:
         self.dataplane = dataplane
         self.queue_num = queue_num  # the node's queue

@@ -66,7 +66,8 @@ class Worker:
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.shell.start(loop, self.setup.node_queue_length)
-        if self.setup.close_ring:
+        if self.setup.close_ring:  # the ebpf datapath
+            self.dp.flow_setup.hold = True
             fd = bpfmap.map_fd_by_id(self.setup.close_ring)
             self._ring = (fd, watch_closes(loop, fd, self.dp.lifecycle), loop)
 

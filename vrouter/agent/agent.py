@@ -194,6 +194,7 @@ class Agent:
                 shell.add(layout.tunnel_queue, QUEUE_MAXLEN, dp.from_fabric)
             if kernel is not None:
                 self._closes = watch_closes(loop, kernel.close_rings[0], dp.lifecycle)
+                dp.flow_setup.hold = True  # a new flow's packets in the kernel only after those queued
         except OSError as e:
             raise AgentError("cannot bind NFQUEUE %d or %d (%s): is another agent using it?" % (self.queue_num, layout.tunnel_queue, e)) from None
         try:
