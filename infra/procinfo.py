@@ -7,14 +7,19 @@ import os
 
 
 def alive(pid: int) -> bool:
-    """Whether a process with this pid exists (it may belong to another user)."""
+    """Whether a process with this pid exists (it may belong to another user) and is not a zombie
+    (dead, waiting for its parent to reap it: an agent killed by a test that started it)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
 
 
 def own_memory() -> dict[str, int]:
