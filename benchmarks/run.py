@@ -63,85 +63,17 @@ from benchmarks.clients import (  # noqa: E402
     FAIR_CLIENT,
     FLOODS,
     FLOOR_CONSUMER,
-    FLOW_PORTS,
-    FLOW_SOCKETS,
-    FLOW_SOURCE,
     LATENCY_CLIENT,
-    TCP_SINK,
-    TCP_SOURCE,
-    UDP_SINK,
-    UDP_SOURCE,
 )
+from benchmarks.shell import VROUTER, cpu_seconds, sh, wait_listening  # noqa: E402
+from benchmarks.vm_to_vm import VmToVm  # noqa: E402
 from topology.lab import Lab  # noqa: E402
 from topology.model import Topology  # noqa: E402
 
-VROUTER = os.path.join(ROOT, ".venv", "bin", "vrouter")
 BPF_OBJECT = os.path.join(ROOT, "dataplane", "ebpf", "vrouter.bpf.o")
 DATAPATHS = ("nfqueue", "ebpf")  # [FLOWS] datapath of the agent; "project" is nfqueue's name in the results
-# At most this long a flood of new flows (and the idle CPU measurement): at 37,000 pairs/s, the
-# most seen here, 3 s fill 220,000 of the table's 629,145 entries (Flow Table Full begins in the
-# fullest buckets; the run prints those drops)
-FLOW_SECONDS = 3
 PATH = "/openstack/latest/meta_data.json"
 URL = "http://169.254.169.254" + PATH
-
-
-def sh(*cmd: str, check: bool = True, timeout: float = 120, **kw) -> subprocess.CompletedProcess:  # noqa: ANN003
-    r = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, **kw)
-    if check and r.returncode != 0:
-        raise RuntimeError("%s failed: %s" % (" ".join(cmd), r.stderr.strip()[-2000:]))
-    return r
-
-
-def wait_listening(ns: str, port: int) -> None:
-    deadline = time.monotonic() + 15
-    while not sh("ip", "netns", "exec", ns, "ss", "-Hltn", "sport = :%d" % port, check=False).stdout.strip():
-        if time.monotonic() > deadline:
-            raise RuntimeError("nothing listens on port %d in %s" % (port, ns))
-        time.sleep(0.05)  # polling for a listener, with a deadline
-
-
-def iperf3(a: dict, b: dict, seconds: float, *client: str, port: int = 5201) -> dict:
-    """One iperf3 test from VM ``a`` to VM ``b`` (layout records), ``client`` its options (-u,
-    -l, -b ...): the "end" of iperf3's JSON report ({} if it gave none, or an error, said on
-    stderr: its figures are then zeros, which the report counts as a failed measurement).  The
-    server serves that one test and exits."""
-    server = subprocess.Popen(["ip", "netns", "exec", b["namespace"], "iperf3", "-s", "-1", "-B", b["ip"], "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    try:
-        wait_listening(b["namespace"], port)  # not by connecting: iperf3 -s -1 would serve that one and exit
-        r = sh("ip", "netns", "exec", a["namespace"], "iperf3", *client, "-c", b["ip"], "-p", str(port), "-t", str(int(seconds)), "--json",
-               timeout=seconds + 60, check=False)  # fmt: skip
-        out = json.loads(r.stdout) if r.stdout.strip() else {}
-        if out.get("error") or not out.get("end"):
-            why = out.get("error") or r.stderr.strip()[-300:] or "it printed nothing"
-            print("iperf3 %s from %s to %s gave no figures: %s" % (" ".join(client), a["name"], b["name"], why), file=sys.stderr)
-            return {}
-        return out["end"]
-    finally:
-        try:
-            server.wait(10)  # it exits after its one test
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(10)
-
-
-def iperf3_udp(a: dict, b: dict, seconds: float) -> dict:
-    """Small UDP packets (64-byte payloads) from a C sender, iperf3 at full speed (-b 0), from VM
-    ``a`` to VM ``b``: what the receiver got a second, and the share of what was sent."""
-    end = iperf3(a, b, seconds, "-u", "-l", "64", "-b", "0").get("sum", {})
-    packets, lost, secs = end.get("packets", 0), end.get("lost_packets", 0), end.get("seconds", 0)
-    return {
-        "iperf3_udp_pps": round((packets - lost) / secs) if secs else 0,
-        "iperf3_udp_delivered": round((packets - lost) / packets, 3) if packets else 0,
-    }
-
-
-def iperf3_tcp(a: dict, b: dict, seconds: float) -> dict:
-    """A TCP stream from a C sender (iperf3, one connection) from VM ``a`` to VM ``b``: what the
-    receiver got, in Mbit/s."""
-    end = iperf3(a, b, seconds, port=5202)
-    return {"iperf3_tcp_mbit": round(end.get("sum_received", {}).get("bits_per_second", 0) / 1e6, 1)}
 
 
 def parse_datapaths(text: str) -> list[str]:
@@ -159,7 +91,7 @@ def parse_datapaths(text: str) -> list[str]:
     return out
 
 
-class Bench:
+class Bench(VmToVm):
     def __init__(self, prefix: str, seconds: float) -> None:
         self.prefix = prefix
         self.seconds = seconds
@@ -431,117 +363,6 @@ class Bench:
             self.procs.remove(p)
             self.plain_off()
 
-    def vm_to_vm(self, tcp: bool = True, iperf: bool = True) -> dict:
-        """VM-to-VM small UDP from the Python sender (and from iperf3 with ``iperf``) and, with
-        ``tcp``, the Python TCP stream."""
-        a, b = self.vms[0], self.vms[1]
-        sink = subprocess.Popen(["ip", "netns", "exec", b["namespace"], sys.executable, "-c", UDP_SINK, b["ip"]], stdout=subprocess.PIPE, text=True)
-        assert sink.stdout.readline().strip() == "ready"
-        sent = int(sh("ip", "netns", "exec", a["namespace"], sys.executable, "-c", UDP_SOURCE, b["ip"], str(self.seconds),
-                      timeout=self.seconds + 30).stdout)  # fmt: skip
-        got = json.loads(sink.communicate(timeout=30)[0])
-        udp = {
-            "udp_pps": round(got["packets"] / got["seconds"]) if got["seconds"] else 0,
-            "udp_delivered": round(got["packets"] / sent, 3) if sent else 0,
-        }
-        if iperf:
-            udp.update(self.iperf3_udp(a, b))
-        if not tcp:
-            return udp
-        sink_t = subprocess.Popen(["ip", "netns", "exec", b["namespace"], sys.executable, "-c", TCP_SINK, b["ip"]], stdout=subprocess.PIPE, text=True)
-        assert sink_t.stdout.readline().strip() == "ready"
-        sh("ip", "netns", "exec", a["namespace"], sys.executable, "-c", TCP_SOURCE, b["ip"], str(self.seconds), timeout=self.seconds + 30)
-        stream = json.loads(sink_t.communicate(timeout=30)[0])
-        return {**udp, "tcp_mbit": round(stream["bytes"] * 8 / stream["seconds"] / 1e6, 1)}
-
-    def iperf3_udp(self, a: dict, b: dict) -> dict:
-        return iperf3_udp(a, b, self.seconds)
-
-    def vm_pair(self, agent: bool) -> dict:
-        """VM-to-VM from C senders, each round: small UDP (iperf3 -u -l 64 -b 0) and a TCP stream
-        (iperf3), and with ``agent`` the CPU of the agent's processes over each, % of one core."""
-        a, b = self.vms[0], self.vms[1]
-        out: dict = {}
-        for kind, run in (("udp", lambda: iperf3_udp(a, b, self.seconds)), ("tcp", lambda: iperf3_tcp(a, b, self.seconds))):
-            if agent:
-                figures, cpu = self.agent_cpu_during(run)
-                out.update(figures)
-                out["agent_cpu_" + kind] = cpu
-            else:
-                out.update(run())
-        return out
-
-    def idle_cpu(self) -> float:
-        """The agent's CPU with no traffic at all (% of one core), the floor of the figures above."""
-        return self.agent_cpu_during(lambda: time.sleep(min(self.seconds, FLOW_SECONDS)))[1]
-
-    def agent_pids(self) -> list[int]:
-        """The agent's processes: itself, its dataplane workers, its proxy, and any other process
-        under it."""
-        st = self.status()
-        pids = {st["pid"], st["proxy"]["pid"], *st["dataplane_workers"]} - {0}
-        return sorted(pids | descendants(st["pid"]))
-
-    def agent_cpu_during(self, run):  # noqa: ANN001, ANN201
-        """``run()``'s result, and the CPU time of the agent's processes while it ran (utime +
-        stime from /proc: % of one core; a process gone meanwhile counts what it had)."""
-        pids = self.agent_pids()
-        before = {p: cpu_seconds(p) for p in pids}
-        t0 = time.monotonic()
-        result = run()
-        elapsed = time.monotonic() - t0
-        used = sum(max(0.0, cpu_seconds(p) - before[p]) for p in pids)
-        return result, round(100 * used / elapsed, 1)
-
-    def flow_setup_rate(self) -> dict:
-        """Flows the Python engine sets up a second, at most: vm1 sends vm2 a new 5-tuple in every
-        packet, as fast as it can, for up to FLOW_SECONDS (each a miss, in either datapath), and
-        the agent's count of pairs set up says how many it made; vm2 drops the packets without an
-        answer.  The agent is restarted before, so that its table is empty (the fairness floods
-        leave flows for 180 s), and after, so that these flows weigh on nothing else.  A sender
-        that printed nothing is said on stderr and counts as no flows (a failed measurement)."""
-        a, b = self.vms[0], self.vms[1]
-        seconds = min(self.seconds, FLOW_SECONDS)
-        lo, hi = FLOW_PORTS
-        rule = "table ip vrouter_bench_sink {\n chain input {\n  type filter hook input priority 0; policy accept;\n  udp dport %d-%d drop\n }\n}\n"
-        self.restart_agent()
-        sh("ip", "netns", "exec", b["namespace"], "nft", "-f", "-", input=rule % (lo, hi))
-        try:
-            before = self.status()
-            setups0, drops0 = before["flow_setups"], self.drops()
-
-            def send() -> dict:
-                r = sh("ip", "netns", "exec", a["namespace"], sys.executable, "-c", FLOW_SOURCE, b["ip"], str(seconds), str(FLOW_SOCKETS),
-                       str(lo), str(hi), timeout=seconds + 60, check=False)  # fmt: skip
-                try:
-                    return json.loads(r.stdout.strip().splitlines()[-1])
-                except (IndexError, ValueError):
-                    print("the sender of new flows gave no figures: %s" % (r.stderr.strip()[-300:] or "it printed nothing"), file=sys.stderr)
-                    return {"sent": 0, "seconds": 0}
-
-            sent, cpu = self.agent_cpu_during(send)
-            after = self.status()
-            setups = after["flow_setups"] - setups0
-            drops = {k: n - drops0.get(k, 0) for k, n in self.drops().items() if n - drops0.get(k, 0)}
-        finally:
-            sh("ip", "netns", "exec", b["namespace"], "nft", "delete", "table", "ip", "vrouter_bench_sink", check=False)
-        self.restart_agent()
-        secs = sent["seconds"]
-        return {
-            "setups_per_s": round(setups / secs) if secs else 0,
-            "sent_per_s": round(sent["sent"] / secs) if secs else 0,
-            "agent_cpu": cpu,
-            "setups": setups,
-            "seconds": round(secs, 2),
-            "flows_active": after["flows_active"],
-            "drops": drops,
-        }
-
-    def drops(self) -> dict[str, int]:
-        """The agent's dropped packets so far, by reason (``vrouter dropstats``)."""
-        d = json.loads(sh(VROUTER, "dropstats", "--json", "--state-dir", self.state).stdout)
-        return {k: v for k, v in d.get("counts", d).items() if isinstance(v, int)}
-
     def fairness(self) -> dict:
         """vm1 floods (hping3, as fast as it can); vm2 makes new metadata connections at 50/s and
         pings the gateway 100 times: its p99, failures and ping loss, beside the same with no flood;
@@ -580,38 +401,6 @@ class Bench:
     def agent_rss_kib(self) -> int:
         mem = self.status()["memory"]
         return mem["rss_kib"] + mem.get("proxy_rss_kib", 0)  # the agent and its proxy process
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a process so far (0 if it is gone)."""
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def descendants(pid: int) -> set[int]:
-    """Every process under ``pid`` (its children, theirs, ...), from /proc."""
-    children: dict[int, list[int]] = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % d) as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(d))
-    out: set[int] = set()
-    todo = [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            if c not in out:
-                out.add(c)
-                todo.append(c)
-    return out
 
 
 def main() -> int:
