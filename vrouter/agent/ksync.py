@@ -118,6 +118,9 @@ class KSync:
                 await self.queues.add(port.vif)
             except PortError:
                 self.dataplanes.remove_vif(port.vif)  # not half plugged
+                if self.kernel is not None and ifindex:
+                    self.kernel.detach(ifindex)
+                    self.kernel.remove_vif(port.vif)
                 await self.host.unplug(port.tap_name, port.ip_address, port.metadata_ip)
                 raise
             self.queues.rules_changed()
