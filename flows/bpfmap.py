@@ -64,23 +64,22 @@ class MapInfo:
         self.name = name.split(b"\0", 1)[0].decode(errors="replace")
 
 
-def map_info(fd: int) -> MapInfo:
-    info = ctypes.create_string_buffer(88)
+def _obj_info(fd: int, size: int) -> bytes:
+    """The kernel's struct bpf_{map,prog}_info of the object behind ``fd`` (its first ``size`` bytes)."""
+    info = ctypes.create_string_buffer(size)
     attr = ctypes.create_string_buffer(16)
-    struct.pack_into("=II", attr, 0, fd, len(info))
-    struct.pack_into("=Q", attr, 8, ctypes.addressof(info))
+    struct.pack_into("=IIQ", attr, 0, fd, len(info), ctypes.addressof(info))
     bpf(BPF_OBJ_GET_INFO_BY_FD, attr)
-    return MapInfo(info.raw)
+    return info.raw
+
+
+def map_info(fd: int) -> MapInfo:
+    return MapInfo(_obj_info(fd, 88))
 
 
 def prog_id(fd: int) -> int:
     """The id of the program behind ``fd`` (struct bpf_prog_info: type, id, ...)."""
-    info = ctypes.create_string_buffer(256)
-    attr = ctypes.create_string_buffer(16)
-    struct.pack_into("=II", attr, 0, fd, len(info))
-    struct.pack_into("=Q", attr, 8, ctypes.addressof(info))
-    bpf(BPF_OBJ_GET_INFO_BY_FD, attr)
-    return struct.unpack_from("=I", info, 4)[0]
+    return struct.unpack_from("=I", _obj_info(fd, 256), 4)[0]
 
 
 def map_fd_by_id(map_id: int, readonly: bool = False) -> int:
@@ -90,27 +89,33 @@ def map_fd_by_id(map_id: int, readonly: bool = False) -> int:
     return bpf(BPF_MAP_GET_FD_BY_ID, attr)
 
 
-def prog_exists(prog_id: int) -> bool:
-    """Whether a BPF program with this id is loaded (tests check that none of ours is left)."""
-    attr = ctypes.create_string_buffer(12)
-    struct.pack_into("=III", attr, 0, prog_id, 0, 0)
+def _found(cmd: int, attr: ctypes.Array) -> int | None:
+    """bpf(2)'s result, or None if what it names does not exist (ENOENT)."""
     try:
-        os.close(bpf(BPF_PROG_GET_FD_BY_ID, attr))
+        return bpf(cmd, attr)
     except BpfError as e:
         if e.errno == errno.ENOENT:
-            return False
+            return None
         raise
+
+
+def _exists(cmd: int, obj_id: int) -> bool:
+    attr = ctypes.create_string_buffer(12)
+    struct.pack_into("=III", attr, 0, obj_id, 0, 0)
+    fd = _found(cmd, attr)
+    if fd is None:
+        return False
+    os.close(fd)
     return True
+
+
+def prog_exists(prog_id: int) -> bool:
+    """Whether a BPF program with this id is loaded (tests check that none of ours is left)."""
+    return _exists(BPF_PROG_GET_FD_BY_ID, prog_id)
 
 
 def map_exists(map_id: int) -> bool:
-    try:
-        os.close(map_fd_by_id(map_id, readonly=True))
-    except BpfError as e:
-        if e.errno == errno.ENOENT:
-            return False
-        raise
-    return True
+    return _exists(BPF_MAP_GET_FD_BY_ID, map_id)
 
 
 def _elem_attr(fd: int, key: bytes, value: ctypes.Array | None, flags: int = 0) -> tuple[ctypes.Array, ctypes.Array]:
@@ -129,25 +134,13 @@ def update_elem(fd: int, key: bytes, value: bytes) -> None:
 def delete_elem(fd: int, key: bytes) -> bool:
     """Remove an element; False if there was none."""
     attr, _keep = _elem_attr(fd, key, None)
-    try:
-        bpf(BPF_MAP_DELETE_ELEM, attr)
-    except BpfError as e:
-        if e.errno == errno.ENOENT:
-            return False
-        raise
-    return True
+    return _found(BPF_MAP_DELETE_ELEM, attr) is not None
 
 
 def lookup_elem(fd: int, key: bytes, value_size: int) -> bytes | None:
     vbuf = ctypes.create_string_buffer(value_size)
     attr, _keep = _elem_attr(fd, key, vbuf)
-    try:
-        bpf(BPF_MAP_LOOKUP_ELEM, attr)
-    except BpfError as e:
-        if e.errno == errno.ENOENT:
-            return None
-        raise
-    return vbuf.raw
+    return None if _found(BPF_MAP_LOOKUP_ELEM, attr) is None else vbuf.raw
 
 
 def map_memory(fd: int, size: int, writable: bool) -> mmap.mmap:
