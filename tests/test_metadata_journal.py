@@ -130,6 +130,18 @@ def test_a_full_ring_drops_its_oldest_and_rings_are_per_instance():
     assert off.query() == [] and off.bring_up_to_date().request.message().count == 1  # not kept, but counted
 
 
+def test_a_mark_is_an_entry_between_an_instances_requests_but_not_a_request():
+    j = Journal(size=3)
+    j.add(1.0, 3, "a", "10.1.1.3", b"GET", b"/openstack", 200, 10, 20, 0.001, 0.002)
+    j.mark(2.0, 3, "a", "reboot", "vrouter-lab: boot 2 (reboot)")
+    j.add(3.0, 3, "a", "10.1.1.3", b"GET", b"/latest", 200, 10, 20, 0.001, 0.002)
+    entries = j.query(instance="a")
+    assert [(e.method, e.path, e.status, e.reason) for e in entries] == [
+        ("GET", "/openstack", 200, ""), ("LAB", "/reboot", 0, "vrouter-lab: boot 2 (reboot)"), ("GET", "/latest", 200, "")]  # fmt: skip
+    assert [e.seq for e in entries] == [1, 2, 3]
+    assert j.bring_up_to_date().request.message().count == 2  # the mark is no request
+
+
 def test_many_instances_share_the_nodes_bound_equally():
     j = Journal(size=100, node_size=1000)
     for n in range(20):  # 20 instances of 100 entries each would be 2,000: each keeps 1000 / 20
@@ -286,7 +298,14 @@ def test_a_sensible_rule_is_its_effect_and_value():
 
 @pytest.mark.parametrize(
     ("effect", "value", "text"),
-    [("status", 503, "status 503"), ("delay", 2.5, "delay 2.5 s"), ("throttle", 100, "throttle 100 B/s"), ("reset", 0, "reset"), ("drop", 0, "drop")],
+    [
+        ("status", 503, "status 503"),
+        ("delay", 2.5, "delay 2.5 s"),
+        ("throttle", 100, "throttle 100 B/s"),
+        ("reset", 0, "reset"),
+        ("drop", 0, "drop"),
+        ("refuse", 0, "refuse"),
+    ],
 )
 def test_a_rule_lists_its_effect_as_it_was_given(effect, value, text):
     record = Rule.of(spec(1, effect, value)).record(0.0)

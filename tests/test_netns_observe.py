@@ -129,6 +129,18 @@ def test_delay_and_reset_faults_reach_one_vm_only(host, faults):
     assert listed["delay"]["applied"] == 1 and listed["reset"]["applied"] == 1
 
 
+def test_a_refuse_fault_resets_one_vms_connections_with_no_answer_and_journals_them(host, faults):
+    """What ``vrouter-lab check --config-drive only`` puts on its instance: to that VM, no metadata service."""
+    rule = host.cli_json("metadata", "fault", "add", "--instance", instance(host, 0), "--refuse")
+    r = host.in_vm(0, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "http://169.254.169.254" + MD)
+    assert r.returncode in (52, 56) and r.stdout == "000"  # curl: empty reply, or reset: no answer at all
+    assert host.metadata(1, MD)[0] == 200
+    (listed,) = host.cli_json("metadata", "fault", "list")
+    assert listed["effect"] == "refuse" and listed["applied"] == 1
+    (entry,) = [e for e in host.cli_json("metadata", "log", "--instance", instance(host, 0)) if e["fault"] == rule["id"]]
+    assert entry["path"] == MD and entry["reason"] == "fault"
+
+
 def test_drop_fault_hangs_until_the_vm_gives_up_and_is_journaled(host, faults):
     rule = host.cli_json("metadata", "fault", "add", "--instance", instance(host, 1), "--drop", "--for", "60")
     assert rule["left_s"] is not None and rule["left_s"] <= 60

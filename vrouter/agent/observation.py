@@ -15,7 +15,7 @@ from dataplane.linux.workers import AddCapture
 from infra.children import ChildError
 from vrouter.agent.queues import RulesError
 from vrouter.messages.control import FaultAdd, FaultDel, VifdumpStart, VifdumpStarted, VifdumpStop, VifdumpStopped
-from vrouter.messages.proxy import FaultList, FaultRecord, FaultSpec, JournalPage, JournalQuery
+from vrouter.messages.proxy import Ack, FaultList, FaultRecord, FaultSpec, JournalMark, JournalPage, JournalQuery
 from vrouter.model import PortError
 from vrouter.services.metadata.faults import FaultError, Rule, check, effect_text
 from vrouter.services.metadata.supervisor import ProxyProcessError
@@ -104,6 +104,13 @@ class Observation:
         except ProxyProcessError as e:
             raise FaultError("the journal is the metadata proxy process's: %s" % e) from None
 
+    async def metadata_mark(self, req: JournalMark) -> Ack:
+        mark = JournalMark(_instance_uuid(req.instance), req.what.strip("/")[:64] or "mark", req.note[:200], max(0, req.vif))
+        try:
+            return await self.node.proxy.mark(mark)
+        except ProxyProcessError as e:
+            raise FaultError("the journal is the metadata proxy process's: %s" % e) from None
+
     async def _faults_in_force(self) -> list[FaultSpec]:
         """The agent's copy of the rules, less those the proxy has ended (their count or time is up)."""
         proxy = self.node.proxy
@@ -116,7 +123,7 @@ class Observation:
     async def fault_add(self, req: FaultAdd) -> FaultRecord:
         instance = None if req.instance is None else _instance_uuid(req.instance)
         effect, value = check(instance, req.vif, req.all, req.path, req.status, req.delay, req.throttle, req.reset, req.drop, req.count,
-                              req.for_s, req.probability)  # fmt: skip
+                              req.for_s, req.probability, req.refuse)  # fmt: skip
         fid, self.next_fault_id = self.next_fault_id, self.next_fault_id + 1
         now = time.monotonic()
         spec = FaultSpec(fid, instance or "", req.vif or 0, req.path, effect, value, req.count or 0, now + req.for_s if req.for_s else 0.0,

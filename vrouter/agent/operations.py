@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from dataplane.core.overlay import OUTER
@@ -80,6 +81,7 @@ class Operations:
             "vif.list": inspect.vif_list,
             "dropstats": inspect.dropstats,
             "metadata.log": observe.metadata_log,
+            "metadata.mark": observe.metadata_mark,
             "metadata.fault.add": observe.fault_add,
             "metadata.fault.list": observe.fault_list,
             "metadata.fault.del": observe.fault_del,
@@ -95,7 +97,10 @@ class Operations:
 
     def _plugged(self, port: Port) -> PortPlugged:
         vif = self.node.dp.vifs.get(port.vif)
-        return PortPlugged(**port.to_dict(), tap_present=bool(vif and vif.ifindex))
+        lease = self.node.services.dhcp.leases.get(port.uuid)
+        bound_at = lease.since + time.time() - time.monotonic() if lease is not None and lease.since else 0.0
+        state = lease.state.name.lower() if lease is not None else "free"
+        return PortPlugged(**port.to_dict(), tap_present=bool(vif and vif.ifindex), dhcp_state=state, dhcp_bound_at=bound_at)
 
     async def port_add(self, req: PortAdd) -> PortPlugged:
         port = await self.state.plug(validate_port(dataclasses.asdict(req)))

@@ -46,6 +46,7 @@ def add_parsers(sub: Any) -> None:
     effect.add_argument("--throttle", type=int, metavar="BYTES_PER_S", help="the answer's body at BYTES_PER_S")
     effect.add_argument("--reset", action="store_true", help="the connection is reset half-way through the answer's body")
     effect.add_argument("--drop", action="store_true", help="no answer: the connection hangs until the VM gives up (at most 600 s)")
+    effect.add_argument("--refuse", action="store_true", help="the connection reset as soon as a request comes: as if there were no metadata service")
     bound = add.add_argument_group("for how long (default: until deleted)")
     bound.add_argument("--count", type=int, metavar="N", help="the first N matching requests")
     bound.add_argument("--for", dest="for_s", type=float, metavar="SECONDS", help="SECONDS from now")
@@ -88,7 +89,7 @@ def _fault(args: argparse.Namespace) -> int:
     if args.oper == "add":
         rule = agent_call(args, FaultAdd(
             args.instance, args.vif, args.all, args.path, args.status, args.delay, args.throttle, args.reset, args.drop, args.count,
-            args.for_s, args.probability,
+            args.for_s, args.probability, args.refuse,
         ))  # fmt: skip
         emit(rule, args.json, "fault %d added\n%s" % (rule.id, format_faults([rule])))
     elif args.oper in ("del", "delete"):

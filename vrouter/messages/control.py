@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from vrouter.messages.proxy import FaultList, FaultRecord, JournalPage, JournalQuery, ProxyCounters, VifMetadataCounters
+from vrouter.messages.proxy import Ack, FaultList, FaultRecord, JournalMark, JournalPage, JournalQuery, ProxyCounters, VifMetadataCounters
 from vrouter.model import Port
 
 
@@ -50,9 +50,13 @@ class PortList:
 
 @dataclass
 class PortPlugged(Port):
-    """A plugged port, as the agent keeps it, and whether its tap is there."""
+    """A plugged port, as the agent keeps it, whether its tap is there, and its DHCP lease: the
+    state (free, offered, bound) and when it was last acknowledged (seconds since the epoch; 0:
+    never)."""
 
     tap_present: bool = False
+    dhcp_state: str = "free"
+    dhcp_bound_at: float = 0.0
 
 
 @dataclass
@@ -268,6 +272,7 @@ class FaultAdd:
     count: int | None = None
     for_s: float | None = None
     probability: float | None = None
+    refuse: bool = False
 
 
 @dataclass
@@ -399,6 +404,7 @@ OPS: dict[str, tuple[type, Any]] = {
     "vif.list": (VifList, list[VifRecord]),
     "dropstats": (DropStatsRequest, DropStats),
     "metadata.log": (JournalQuery, JournalPage),
+    "metadata.mark": (JournalMark, Ack),
     "metadata.fault.add": (FaultAdd, FaultRecord),
     "metadata.fault.list": (FaultList, list[FaultRecord]),
     "metadata.fault.del": (FaultDel, FaultRecord),

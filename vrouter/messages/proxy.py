@@ -196,6 +196,17 @@ class FaultSpec:
 
 
 @dataclass
+class JournalMark:
+    """An event of an instance's life put in its journal between its requests (``vrouter-lab``
+    marks power-on, reboot and rebuild): method ``LAB``, path ``/<what>``, no status."""
+
+    instance: str
+    what: str  # boot, reboot, rebuild, ...
+    note: str = ""  # shown as the entry's reason
+    vif: int = 0
+
+
+@dataclass
 class SetFaults:
     rules: list[FaultSpec]
 

@@ -9,7 +9,7 @@ request that it may change, and it acts through the connection's methods
 * ``relay``: how the request goes to Nova (now; ``delay``: later; ``drop``: never);
 * ``holds_answer`` and ``deliver``: Nova's answer gathered whole, then written to the
   VM its own way (``throttle``: slowly; ``reset``: half of it, then a RST);
-* ``answers``: whether an answer ever comes (``drop``: no, so a VM that half-closes
+* ``answers``: whether an answer ever comes (``drop`` and ``refuse``: no, so a VM that half-closes
   its side is closed at once).
 
 Each effect also checks its value as the user typed it (``checked``, for
@@ -196,7 +196,20 @@ class Reset(Effect):
         conn.reset(req, RESET_AFTER)
 
 
-EFFECTS: dict[str, type[Effect]] = {e.name: e for e in (Status, Delay, Throttle, Reset, Drop)}  # in the order the CLI names them
+class Refuse(Effect):
+    """The connection reset as soon as a request comes, with no answer at all: to the VM, as if
+    there were no metadata service (``vrouter-lab --config-drive only`` puts one on its instance)."""
+
+    name = "refuse"
+    answers = False
+    __slots__ = ()
+
+    def before_relay(self, conn: Connection[R], req: R, close: bool, head: bool) -> bool:
+        conn.reset(req, 0.0)
+        return True
+
+
+EFFECTS: dict[str, type[Effect]] = {e.name: e for e in (Status, Delay, Throttle, Reset, Drop, Refuse)}  # in the order the CLI names them
 
 
 def effect_of(name: str, value: float) -> Effect:

@@ -7,7 +7,8 @@ effect, and a bound:
   moments of a request): ``status`` (answered by the proxy itself with a body
   like Nova's), ``delay`` (seconds before the request goes to Nova),
   ``throttle`` (the answer's body at so many bytes a second), ``reset`` (the
-  connection reset half-way through the body), ``drop`` (no answer: the
+  connection reset half-way through the body), ``refuse`` (reset at the request, nothing
+  answered: as if there were no metadata service), ``drop`` (no answer: the
   connection hangs until the VM gives up);
 * bounds: ``count`` (the first N matching requests), ``for_s`` (seconds from
   when it was added), ``probability`` (each matching request, by chance),
@@ -63,13 +64,14 @@ class Rule:
 
 
 def effect_text(r: FaultRecord) -> str:
-    """``status 503``, ``delay 2 s``, ``throttle 100 B/s``, ``reset`` or ``drop``."""
+    """``status 503``, ``delay 2 s``, ``throttle 100 B/s``, ``reset``, ``drop`` or ``refuse``."""
     cls = EFFECTS.get(r.effect)
     return cls(r.value).text() if cls is not None else r.effect
 
 
 def check(instance: str | None, vif: int | None, all_: bool, path: str, status: int | None, delay: float | None, throttle: int | None,
-          reset: bool, drop: bool, count: int | None, for_s: float | None, probability: float | None) -> tuple[str, float]:  # fmt: skip
+          reset: bool, drop: bool, count: int | None, for_s: float | None, probability: float | None,
+          refuse: bool = False) -> tuple[str, float]:  # fmt: skip
     """The effect and its value of a rule as the user typed it; FaultError naming what is wrong."""
     if sum(x for x in (instance is not None, vif is not None, all_)) != 1:
         raise FaultError("say whose requests: one of --instance UUID, --vif N or --all")
@@ -77,9 +79,9 @@ def check(instance: str | None, vif: int | None, all_: bool, path: str, status: 
         raise FaultError("--vif %d: not a VM's vif" % vif)
     if not path.startswith("/"):
         raise FaultError("--path %r: a glob of request paths, starting with / (e.g. '/openstack/*/meta_data.json')" % path)
-    given = [(e, v) for e, v in zip(EFFECTS, (status, delay, throttle, reset or None, drop or None), strict=True) if v is not None]
+    given = [(e, v) for e, v in zip(EFFECTS, (status, delay, throttle, reset or None, drop or None, refuse or None), strict=True) if v is not None]
     if len(given) != 1:
-        raise FaultError("one effect: --status CODE, --delay SECONDS, --throttle BYTES_PER_S, --reset or --drop (got %s)"
+        raise FaultError("one effect: --status CODE, --delay SECONDS, --throttle BYTES_PER_S, --reset, --drop or --refuse (got %s)"
                          % (", ".join("--" + e for e, _ in given) or "none"))  # fmt: skip
     if count is not None and count < 1:
         raise FaultError("--count %d: at least 1" % count)

@@ -110,6 +110,20 @@ class Journal:
         if self.count > self.node_size and self.count > MIN_PER_RING * len(self.rings):
             self._share()  # (not again while every ring is at its floor: that would cost each request)
 
+    def mark(self, when: float, vif: int, instance: str, what: str, note: str) -> None:
+        """An event of the instance's life between its requests (method LAB, path /WHAT, status 0,
+        ``note`` as the reason); not a request, so not tallied."""
+        self.last = seq = self.last + 1
+        if not self.size:
+            return
+        ring = self.rings.setdefault(instance, deque())
+        if len(ring) >= self.per_ring:
+            ring.popleft()
+            self.dropped += 1
+            self.count -= 1
+        ring.append((seq, when, vif, instance, "", b"LAB", b"/" + what.encode(), 0, 0, 0, -1.0, 0.0, note, 0))
+        self.count += 1
+
     def _share(self) -> None:
         """More entries than the node keeps: every ring to an equal share (once per new instance
         at most: until then each ring keeps to its share as it goes)."""

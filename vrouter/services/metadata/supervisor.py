@@ -23,10 +23,12 @@ from typing import Any
 
 from infra.children import Child, ChildError
 from vrouter.messages.proxy import (
+    Ack,
     FaultList,
     FaultRecord,
     FaultSpec,
     IdentityChanges,
+    JournalMark,
     JournalPage,
     JournalQuery,
     ProxyConfig,
@@ -121,6 +123,9 @@ class ProxyProcess:
 
     async def journal(self, query: JournalQuery) -> JournalPage:
         return await self._call(query, timeout=3)
+
+    async def mark(self, mark: JournalMark) -> Ack:
+        return await self._call(mark, timeout=3)
 
     async def fault_records(self) -> list[FaultRecord]:
         """The rules in force as the process applies them (how often each applied, what time is left)."""

@@ -5,7 +5,7 @@ It answers the messages of ``vrouter.messages.proxy`` on the socket ``FD``
 ``IdentityChanges`` says who is behind some metadata IPs now (all of them, to a
 new process), ``SetUpstream`` where Nova is (a fabric IP is picked at random per connection),
 ``ProxyStatsRequest`` reports its counters, load and memory,
-``JournalQuery`` reads the journal, ``SetFaults`` replaces the fault
+``JournalQuery`` reads the journal, ``JournalMark`` puts an event in it, ``SetFaults`` replaces the fault
 rules and ``FaultList`` lists them as they stand (how often each applied).
 It exits when the socket closes.
 """
@@ -30,6 +30,7 @@ from vrouter.messages.proxy import (
     FaultList,
     FaultRecord,
     IdentityChanges,
+    JournalMark,
     JournalPage,
     JournalQuery,
     ProxyConfig,
@@ -117,6 +118,11 @@ def _journal(p: MetadataProxy, q: JournalQuery) -> JournalPage:
     return JournalPage([e.message() for e in entries], p.journal.last, p.journal.dropped)
 
 
+def _mark(p: MetadataProxy, m: JournalMark) -> Ack:
+    p.journal.mark(time.monotonic(), m.vif, m.instance, m.what, m.note)
+    return Ack()
+
+
 def _set_faults(p: MetadataProxy, request: SetFaults) -> Ack:
     applied = {r.id: r.applied for r in p.faults.rules}
     rules = []
@@ -138,6 +144,7 @@ def _fault_list(p: MetadataProxy, _: FaultList) -> list[FaultRecord]:
 _QUERIES: dict[type, Callable[[MetadataProxy, Any], object]] = {
     ProxyStatsRequest: _report,
     JournalQuery: _journal,
+    JournalMark: _mark,
     SetFaults: _set_faults,
     FaultList: _fault_list,
 }
