@@ -13,43 +13,51 @@ a file that does not parse is refused and the instances read before stay)::
                     "admin_pass": "...", "vendor_data": {...}, "vendor_data2": {...}, "meta": {...},
                     "ip": "10.1.1.3", "mac": "02:...", "port_uuid": "...", "vn_uuid": "...",
                     "gateway": "10.1.1.1", "netmask": "255.255.255.0", "dns_server": "10.1.1.2",
-                    "dhcp": true, "mtu": 1500}]}
+                    "dhcp": true, "mtu": 1500, "files": [{"path": "/etc/x", "contents": "..."}]}]}
 
-``handle`` is pure (method, path, headers in, status, headers, body out); the
-HTTP shell around it is a threading HTTP/1.1 server with keep-alive.
+What each path holds is ``fabric.nova_tree``'s (the config drive renders from it too);
+``handle`` is pure (method, path, headers in, status, headers, body out) and answers as Nova's
+``MetadataRequestHandler`` does: any method (Nova checks none but the password path's),
+trailing slashes and ``..`` normalised away, 404 for what Nova has not (``PUT /latest/api/token``
+among them), Nova's content types (webob's: ``text/plain; charset=UTF-8``, ``application/json``,
+``text/html; charset=UTF-8`` for the password path).  The HTTP shell around it is a threading
+HTTP/1.1 server with keep-alive.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
 import json
 import logging
 import os
+import posixpath
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote
+
+from fabric.nova_tree import (
+    APPLICATION_JSON,
+    EC2_VERSIONS,
+    TEXT_PLAIN,
+    Broken,
+    InstanceMetadata,
+    InvalidPath,
+    Password,
+    ec2_md_print,
+)
+from fabric.nova_tree import meta_data as meta_data  # benchmarks/run.py's
 
 log = logging.getLogger("vrouter.nova")
 
-EC2_VERSIONS = [
-    "1.0", "2007-01-19", "2007-03-01", "2007-08-29", "2007-10-10", "2007-12-15",
-    "2008-02-01", "2008-09-01", "2009-04-04",
-]  # fmt: skip
-OPENSTACK_VERSIONS = [
-    "2012-08-10", "2013-04-04", "2013-10-17", "2015-10-15", "2016-06-30",
-    "2016-10-06", "2017-02-22", "2018-08-27", "2020-10-14",
-]  # fmt: skip
-EC2_META_KEYS = [
-    "ami-id", "ami-launch-index", "ami-manifest-path", "block-device-mapping/", "hostname",
-    "instance-action", "instance-id", "instance-type", "local-hostname", "local-ipv4", "placement/",
-    "public-hostname", "public-ipv4", "public-keys/", "reservation-id", "security-groups",
-]  # fmt: skip
-
-TEXT = "text/plain; charset=UTF-8"
-JSON = "application/json"
+TEXT = "text/plain; charset=UTF-8"  # webob adds the charset to text/*
+JSON = APPLICATION_JSON
+HTML = "text/html; charset=UTF-8"  # webob's default, which the password path's answers keep
+PASSWORD_MAX = 4 * 255  # Nova keeps a password as 4 chunks of 255 in system metadata
 
 
 @dataclass(frozen=True)
@@ -66,6 +74,7 @@ def _webob_error(status: int, title: str, detail: str = "") -> Answer:
 
 
 NOT_FOUND = _webob_error(404, "Not Found", "The resource could not be found.")
+INTERNAL_ERROR = _webob_error(500, "Internal Server Error", "The server has either erred or is incapable of performing the requested operation.")
 
 
 def signature_matches(instance_id: str, secret: str, signature: str) -> bool:
@@ -103,14 +112,43 @@ def parse_instances(text: str) -> dict[str, dict]:
             bad = [k for k, v in inst.get(key, {}).items() if not isinstance(v, str)]
             if bad:
                 raise InstancesError("%s: %s.%s must be a string" % (where, key, bad[0]))
-        data = inst.get("user_data")
-        if data is not None and not isinstance(data, str):
-            try:
-                base64.b64decode(data["base64"], validate=True)
-            except (TypeError, KeyError, ValueError):
-                raise InstancesError('%s: user_data must be a string or {"base64": "..."}' % where) from None
+        if not _text_or_base64(inst.get("user_data")):
+            raise InstancesError('%s: user_data must be a string or {"base64": "..."}' % where)
+        _check_files(where, inst.get("files"))
         out[inst["uuid"]] = inst
     return out
+
+
+def _text_or_base64(data: object) -> bool:
+    """None, a string, or {"base64": "<valid base64>"}."""
+    if data is None or isinstance(data, str):
+        return True
+    try:
+        base64.b64decode(data["base64"], validate=True)  # type: ignore[index]
+    except (TypeError, KeyError, ValueError, binascii.Error):
+        return False
+    return True
+
+
+def _check_files(where: str, files: object) -> None:
+    """``files``, the injected files (Nova's personality; the config drive has them): a list of
+    {"path": "/etc/x", "contents": "text" or {"base64": "..."}}, each path once."""
+    if files is None:
+        return
+    if not isinstance(files, list):
+        raise InstancesError('%s: files must be a list of {"path": ..., "contents": ...}' % where)
+    seen = set()
+    for n, f in enumerate(files):
+        if not isinstance(f, dict) or not isinstance(f.get("path"), str) or not f["path"]:
+            raise InstancesError('%s: files[%d] must be an object with a "path" (a string)' % (where, n))
+        unknown = sorted(set(f) - {"path", "contents"})
+        if unknown:
+            raise InstancesError("%s: files[%d]: unknown keys %s (known: contents, path)" % (where, n, ", ".join(unknown)))
+        if "contents" not in f or f["contents"] is None or not _text_or_base64(f["contents"]):
+            raise InstancesError('%s: files[%d] (%s): contents must be a string or {"base64": "..."}' % (where, n, f["path"]))
+        if f["path"] in seen:
+            raise InstancesError("%s: files: %s twice" % (where, f["path"]))
+        seen.add(f["path"])
 
 
 class InstanceStore:
@@ -208,103 +246,11 @@ class InstanceStore:
             self.refresh()
 
 
-def meta_data(inst: dict) -> dict:
-    keys = inst.get("public_keys") or {}
-    return {
-        "uuid": inst["uuid"],
-        "meta": inst.get("meta", {}),
-        "public_keys": keys,
-        "keys": [{"name": k, "type": "ssh", "data": v} for k, v in keys.items()],
-        "hostname": inst.get("hostname", inst.get("name", "")),
-        "name": inst.get("name", ""),
-        "launch_index": inst.get("launch_index", 0),
-        "availability_zone": inst.get("availability_zone", "nova"),
-        "random_seed": base64.b64encode(hashlib.sha512(inst["uuid"].encode()).digest()).decode(),
-        "project_id": inst.get("project_id", ""),
-        "devices": inst.get("devices", []),
-        "dedicated_cpus": [],
-        **({"admin_pass": inst["admin_pass"]} if inst.get("admin_pass") else {}),
-    }
-
-
-def network_data(inst: dict) -> dict:
-    """The port as Nova's ``nova/virt/netutils.py`` describes it: the link (``tap`` + the first 11
-    of the port uuid, Nova's "phy" for a vRouter VIF, its MAC and MTU); the network, ``ipv4_dhcp``
-    when the subnet has DHCP (as Nova 2024.1 and later say for a Neutron subnet with DHCP on),
-    else ``ipv4`` with the fixed address, netmask, default route and DNS; the DNS service."""
-    if not inst.get("ip"):
-        return {"links": [], "networks": [], "services": []}
-    link = "tap" + str(inst.get("port_uuid", ""))[:11]
-    dns = inst.get("dns_server")
-    services = [{"type": "dns", "address": dns}] if dns else []
-    net: dict = {"id": "network0", "link": link, "network_id": inst.get("vn_uuid", "")}
-    if inst.get("dhcp"):
-        net["type"] = "ipv4_dhcp"
-    else:
-        net.update(type="ipv4", ip_address=inst["ip"], netmask=inst.get("netmask", "255.255.255.0"), routes=[], services=services)
-        if inst.get("gateway"):
-            net["routes"] = [{"network": "0.0.0.0", "netmask": "0.0.0.0", "gateway": inst["gateway"]}]
-    return {
-        "links": [
-            {
-                "id": link,
-                "vif_id": inst.get("port_uuid", ""),
-                "type": "phy",
-                "mtu": inst.get("mtu", 1500),
-                "ethernet_mac_address": inst.get("mac", ""),
-            }
-        ],
-        "networks": [net],
-        "services": services,
-    }
-
-
-def ec2_meta(inst: dict) -> dict[str, object]:
-    """The EC2 tree: leaf path -> value (str), directory -> dict."""
-    keys = inst.get("public_keys") or {}
-    hostname = inst.get("hostname", inst.get("name", ""))
-    return {
-        "ami-id": inst.get("ami_id", "ami-00000001"),
-        "ami-launch-index": str(inst.get("launch_index", 0)),
-        "ami-manifest-path": "FIXME",
-        "block-device-mapping": {"ami": "vda", "root": "/dev/vda"},
-        "hostname": hostname,
-        "instance-action": "none",
-        "instance-id": inst.get("ec2_id", "i-%08x" % (int(hashlib.md5(inst["uuid"].encode()).hexdigest()[:7], 16))),
-        "instance-type": inst.get("instance_type", "m1.small"),
-        "local-hostname": hostname,
-        "local-ipv4": inst.get("ip", ""),
-        "placement": {"availability-zone": inst.get("availability_zone", "nova")},
-        "public-hostname": hostname,
-        "public-ipv4": inst.get("floating_ip", ""),
-        "public-keys": {"%d=%s" % (i, name): {"openssh-key": key} for i, (name, key) in enumerate(keys.items())},
-        "reservation-id": inst.get("reservation_id", "r-00000001"),
-        "security-groups": "\n".join(inst.get("security_groups", ["default"])),
-    }
-
-
-def _ec2_lookup(tree: dict, parts: list[str]) -> Answer:
-    node: object = tree
-    for part in parts:
-        if not isinstance(node, dict):
-            return NOT_FOUND
-        if part in node:
-            node = node[part]
-            continue
-        # public-keys/0/openssh-key: index before "=" names the key
-        match = [k for k in node if k.split("=", 1)[0] == part]
-        if not match:
-            return NOT_FOUND
-        node = node[match[0]]
-    if isinstance(node, dict):
-        if "=" in next(iter(node), ""):
-            return Answer(200, "\n".join(node).encode())
-        return Answer(200, "\n".join(k + "/" if isinstance(v, dict) else k for k, v in node.items()).encode())
-    return Answer(200, str(node).encode())
-
-
 class NovaMetadata:
-    """The request semantics, without I/O."""
+    """The request semantics, without I/O: Nova's ``MetadataRequestHandler.__call__`` behind a
+    proxy.  Nova looks at no method but the password path's: PUT, DELETE and the rest are looked
+    up like GET (so ``PUT /latest/api/token``, IMDSv2's token request, is a 404: EC2 has no
+    ``api``); HEAD is GET without the body (the server drops it)."""
 
     def __init__(self, store: InstanceStore, secret: str) -> None:
         self.store = store
@@ -312,21 +258,24 @@ class NovaMetadata:
 
     def handle(self, method: str, path: str, headers: Mapping[str, list[str]], body: bytes = b"") -> Answer:
         """``headers``: lowercased name -> every value received under that name."""
-        path = "/" + path.split("?", 1)[0].strip("/")
-        if method not in ("GET", "HEAD", "POST"):
-            return _webob_error(405, "Method Not Allowed", "The method %s is not allowed for this resource." % method)
-        if path == "/":
-            return Answer(200, "\n".join(EC2_VERSIONS + ["latest"]).encode())
+        path = unquote(path.split("?", 1)[0], errors="replace")
+        if posixpath.normpath(path) == "/":
+            return Answer(200, ec2_md_print(EC2_VERSIONS + ["latest"]))
         inst, error = self._identify(headers)
         if error is not None:
             return error
         assert inst is not None
-        parts = [p for p in path.split("/") if p]
-        if parts[0] == "openstack":
-            return self._openstack(method, inst, parts[1:], body)
-        if method == "POST":
-            return _webob_error(405, "Method Not Allowed", "The method POST is not allowed for this resource.")
-        return self._ec2(inst, parts)
+        forwarded = headers.get("x-forwarded-for")
+        try:
+            found = InstanceMetadata(inst, address=forwarded[0] if forwarded else None).lookup(path)
+        except InvalidPath:
+            return NOT_FOUND
+        except Broken as e:
+            log.warning("instance %s: %s %s fails in Nova too (%s): 500", inst["uuid"], method, path, e)
+            return INTERNAL_ERROR
+        if isinstance(found.data, Password):
+            return self._password(method, inst, body)
+        return Answer(200, ec2_md_print(found.data), TEXT if found.mimetype == TEXT_PLAIN else found.mimetype)
 
     def _identify(self, headers: Mapping[str, list[str]]) -> tuple[dict | None, Answer | None]:
         instance_id = headers.get("x-instance-id")
@@ -353,61 +302,23 @@ class NovaMetadata:
             return None, NOT_FOUND
         return inst, None
 
-    def _openstack(self, method: str, inst: dict, parts: list[str], body: bytes) -> Answer:
-        if not parts:
-            return Answer(200, "\n".join(OPENSTACK_VERSIONS + ["latest"]).encode())
-        version = parts[0]
-        if version not in OPENSTACK_VERSIONS and version != "latest":
-            return NOT_FOUND
-        files = ["meta_data.json", "password", "vendor_data.json", "network_data.json", "vendor_data2.json"]
-        if inst.get("user_data") is not None:
-            files.insert(1, "user_data")
-        if len(parts) == 1:
-            if method == "POST":
-                return _webob_error(405, "Method Not Allowed", "The method POST is not allowed for this resource.")
-            return Answer(200, "\n".join(files).encode())
-        if len(parts) != 2 or parts[1] not in files:
-            return NOT_FOUND
-        name = parts[1]
-        if name == "password":
-            return self._password(method, inst, body)
-        if method == "POST":
-            return _webob_error(405, "Method Not Allowed", "The method POST is not allowed for this resource.")
-        if name == "meta_data.json":
-            return Answer(200, json.dumps(meta_data(inst)).encode(), JSON)
-        if name == "user_data":
-            data = inst["user_data"]
-            return Answer(200, data.encode() if isinstance(data, str) else base64.b64decode(data["base64"]),
-                          "application/octet-stream")  # fmt: skip
-        if name == "network_data.json":
-            return Answer(200, json.dumps(network_data(inst)).encode(), JSON)
-        return Answer(200, json.dumps(inst.get(name.replace(".json", ""), {})).encode(), JSON)
-
     def _password(self, method: str, inst: dict, body: bytes) -> Answer:
+        """Nova's ``password.handle_password``: GET reads it, POST sets it once (409 after; 400 over
+        4 chunks of 255), any other method (HEAD too) is a 400; its answers are webob's defaults."""
         uuid = inst["uuid"]
+        if method == "GET":
+            return Answer(200, self.store.passwords.get(uuid, "").encode(), HTML)
         if method != "POST":
-            return Answer(200, self.store.passwords.get(uuid, "").encode())
-        if len(body) > 256:
-            return _webob_error(400, "Bad Request", "Request is too large.")
+            return _webob_error(400, "Bad Request", "GET and POST only are supported.")
         if self.store.passwords.get(uuid):
-            return _webob_error(409, "Conflict", "Password already set.")
-        self.store.passwords[uuid] = body.decode("utf-8", "replace")
-        return Answer(200, b"")
-
-    def _ec2(self, inst: dict, parts: list[str]) -> Answer:
-        version = parts[0]
-        if version not in EC2_VERSIONS and version != "latest":
-            return NOT_FOUND
-        if len(parts) == 1:
-            return Answer(200, b"meta-data/\nuser-data" if inst.get("user_data") is not None else b"meta-data/")
-        if parts[1] == "user-data" and len(parts) == 2:
-            if inst.get("user_data") is None:
-                return NOT_FOUND
-            data = inst["user_data"]
-            return Answer(200, data.encode() if isinstance(data, str) else base64.b64decode(data["base64"]))
-        if parts[1] != "meta-data":
-            return NOT_FOUND
-        return _ec2_lookup(ec2_meta(inst), parts[2:])
+            return _webob_error(409, "Conflict", "There was a conflict when trying to complete your request.")
+        if len(body) > PASSWORD_MAX:
+            return _webob_error(400, "Bad Request", "Request is too large.")
+        try:
+            self.store.passwords[uuid] = body.decode("utf-8")
+        except UnicodeDecodeError:
+            return INTERNAL_ERROR  # Nova's convert_password decodes it without a net
+        return Answer(200, b"", HTML)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -441,7 +352,11 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(ans.body)
 
-    do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = _do
+    def __getattr__(self, name: str) -> Callable[[], None]:
+        """Every method reaches ``handle`` (Nova's handler looks at none but the password's)."""
+        if name.startswith("do_"):
+            return self._do
+        raise AttributeError(name)
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - BaseHTTPRequestHandler's name
         log.debug("%s %s", self.address_string(), format % args)

@@ -5,17 +5,21 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import ssl
 import sys
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from infra.children import run
 from vrouter.agent.agent import run_agent
 from vrouter.agent.config import AgentConfig, load_config, parse_log_level
 from vrouter.commands.output import UsageError
 from vrouter.commands.target import state_dir
+
+if TYPE_CHECKING:
+    from fabric.reports import ReportsServer
 
 
 def add_parsers(sub: Any) -> None:
@@ -44,6 +48,10 @@ def add_parsers(sub: Any) -> None:
     n.add_argument("--tls-client-ca", help="require client certificates signed by this CA")
     n.add_argument("--etcd", metavar="URL[,URL]", help="also serve the instances other labs of the cloud keep in this etcd (PREFIX/instances/UUID)")
     n.add_argument("--etcd-prefix", default="/vrouter/", metavar="PREFIX", help="their key prefix (default /vrouter/)")
+    n.add_argument("--reports-dir", metavar="DIR", help="also collect cloud-init's webhook events and phone_home posts "
+                   "(POST /events/UUID, /phone-home/UUID) into DIR/UUID.jsonl (off without it)")  # fmt: skip
+    n.add_argument("--reports-port", type=int, default=8776, metavar="PORT",
+                   help="the collector's port on the --listen address (default 8776; plain HTTP, even with --tls-cert)")  # fmt: skip
     n.add_argument("-v", "--verbose", action="store_true", help="log every request")
     n.set_defaults(func=run_nova_metadata)
 
@@ -90,6 +98,7 @@ def run_nova_metadata(args: argparse.Namespace) -> int:
         server = make_server(args.listen, args.port, NovaMetadata(store, secret), ctx)
     except OSError as e:
         raise UsageError("cannot listen on %s:%d: %s" % (args.listen, args.port, e.strerror)) from None
+    reports = start_reports(args.listen, args.reports_port, args.reports_dir) if args.reports_dir else None
     stopping = threading.Event()
     threading.Thread(target=store.watch, args=(stopping,), name="instances-watch", daemon=True).start()
     if args.etcd:
@@ -97,11 +106,32 @@ def run_nova_metadata(args: argparse.Namespace) -> int:
 
     def stop(*_: object) -> None:
         stopping.set()
-        threading.Thread(target=server.shutdown, daemon=True).start()
+        for s in (server, reports):
+            if s is not None:
+                threading.Thread(target=s.shutdown, daemon=True).start()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     logging.getLogger("vrouter.nova").info("Nova-compatible metadata API on %s:%d", args.listen, args.port)
     server.serve_forever(poll_interval=0.2)
     server.server_close()
+    if reports is not None:
+        reports.server_close()
     return 0
+
+
+def start_reports(host: str, port: int, reports_dir: str) -> ReportsServer:
+    """The reports collector (``fabric.reports``) on host:port, served from a thread."""
+    from fabric.reports import Collector, make_server
+
+    try:
+        os.makedirs(reports_dir, exist_ok=True)
+    except OSError as e:
+        raise UsageError("--reports-dir %s: %s" % (reports_dir, e.strerror)) from None
+    try:
+        server = make_server(host, port, Collector(reports_dir))
+    except OSError as e:
+        raise UsageError("--reports-port: cannot listen on %s:%d: %s" % (host, port, e.strerror)) from None
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="reports", daemon=True).start()
+    logging.getLogger("vrouter.reports").info("reports collector on %s:%d, into %s", host, port, reports_dir)
+    return server
