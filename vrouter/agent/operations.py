@@ -98,9 +98,11 @@ class Operations:
     def _plugged(self, port: Port) -> PortPlugged:
         vif = self.node.dp.vifs.get(port.vif)
         lease = self.node.services.dhcp.leases.get(port.uuid)
-        bound_at = lease.since + time.time() - time.monotonic() if lease is not None and lease.since else 0.0
+        wall = time.time() - time.monotonic()
+        bound_at = lease.since + wall if lease is not None and lease.since else 0.0
         state = lease.state.name.lower() if lease is not None else "free"
-        return PortPlugged(**port.to_dict(), tap_present=bool(vif and vif.ifindex), dhcp_state=state, dhcp_bound_at=bound_at)
+        acks = [t + wall for t in lease.acks] if lease is not None else []
+        return PortPlugged(**port.to_dict(), tap_present=bool(vif and vif.ifindex), dhcp_state=state, dhcp_bound_at=bound_at, dhcp_acks=acks)
 
     async def port_add(self, req: PortAdd) -> PortPlugged:
         port = await self.state.plug(validate_port(dataclasses.asdict(req)))

@@ -51,12 +51,13 @@ class PortList:
 @dataclass
 class PortPlugged(Port):
     """A plugged port, as the agent keeps it, whether its tap is there, and its DHCP lease: the
-    state (free, offered, bound) and when it was last acknowledged (seconds since the epoch; 0:
-    never)."""
+    state (free, offered, bound), when it was last acknowledged, and the times of the last few
+    acknowledgements (seconds since the epoch; 0 and []: never)."""
 
     tap_present: bool = False
     dhcp_state: str = "free"
     dhcp_bound_at: float = 0.0
+    dhcp_acks: list[float] = field(default_factory=list)
 
 
 @dataclass

@@ -33,6 +33,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import struct
+from collections import deque
 from dataclasses import dataclass, field
 
 import dpkt
@@ -89,11 +90,15 @@ class Reply:
     dst_mac: bytes
 
 
+ACKS_KEPT = 8
+
+
 @dataclass
 class Lease:
     state: LeaseState = LeaseState.FREE
     since: float = 0.0
     expires: float = 0.0  # 0: never
+    acks: deque[float] = field(default_factory=lambda: deque(maxlen=ACKS_KEPT))  # when the last REQUESTs were acknowledged
 
 
 @dataclass
@@ -133,6 +138,7 @@ class DhcpServer:
         lease.state = TRANSITIONS[lease.state][NAK if reply_kind == NAK else kind]
         if lease.state is LeaseState.BOUND and kind == REQUEST:
             lease.since = now
+            lease.acks.append(now)
             lease_time = self.lease_time if net is not None else SHORT_LEASE
             lease.expires = 0.0 if lease_time == INFINITE else now + lease_time
         if reply_kind is None:
