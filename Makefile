@@ -13,7 +13,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 SYSTEM_PKGS := iproute2 libnetfilter-queue-dev libnfnetlink-dev gcc curl iputils-ping procps nftables openssl \
-	qemu-system-x86 qemu-utils cpio openssh-client tcpdump hping3 etcd-server \
+	qemu-system-x86 qemu-utils cpio openssh-client tcpdump hping3 etcd-server genisoimage \
 	clang llvm libbpf-dev libbpf1 bpftool linux-libc-dev
 # for make guest-image only: Debian's image builder
 IMAGE_PKGS := mmdebstrap e2fsprogs

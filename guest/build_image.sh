@@ -13,8 +13,9 @@
 # BOOTLOADER=none makes instead a whole-disk ext4 file system (no partition table, no boot
 # loader; direct-kernel boot only, root=/dev/vda), as with `mkfs.ext4 -d` alone.
 #
-# The guest: linux-image-cloud-amd64, systemd, udev, cloud-init (OpenStack datasource only:
-# datasource_list [ OpenStack, None ]), openssh-server, ifupdown + isc-dhcp-client (cloud-init
+# The guest: linux-image-cloud-amd64, systemd, udev, cloud-init (Nova's two datasources, in
+# cloud-init's own default order: datasource_list [ ConfigDrive, OpenStack, None ]),
+# openssh-server, ifupdown + isc-dhcp-client (cloud-init
 # writes /etc/network/interfaces.d/50-cloud-init, DHCP on the first NIC when it has nothing
 # better), serial console on ttyS0, no password for anyone (log in with the SSH key from the
 # metadata, as the default user "debian"). ROOT_PASSWORD=... sets one for root, for debugging.
@@ -164,11 +165,12 @@ source /etc/network/interfaces.d/*
 EOF
 mkdir -p "$ROOT/etc/network/interfaces.d"
 
-# cloud-init: the OpenStack datasource only (found by the SMBIOS product "OpenStack Nova");
-# 99_ sorts after the 90_dpkg.cfg that dpkg-reconfigure cloud-init would write
+# cloud-init: Nova's config drive when there is one (an ISO 9660 volume labelled config-2), else
+# the OpenStack metadata service (found by the SMBIOS product "OpenStack Nova"); 99_ sorts after
+# the 90_dpkg.cfg that dpkg-reconfigure cloud-init would write
 cat >"$ROOT/etc/cloud/cloud.cfg.d/99_datasource.cfg" <<'EOF'
-# Written by guest/build_image.sh: only OpenStack's metadata service (169.254.169.254), then None
-datasource_list: [ OpenStack, None ]
+# Written by guest/build_image.sh: Nova's config drive, or its metadata service (169.254.169.254), then None
+datasource_list: [ ConfigDrive, OpenStack, None ]
 EOF
 cat >"$ROOT/etc/cloud/cloud.cfg.d/99_ssh_keys.cfg" <<'EOF'
 # Written by guest/build_image.sh: no DSA host key (OpenSSH 9 does not use it; slow under TCG)

@@ -154,9 +154,9 @@ def smbios(vm: VM) -> str:
     )  # fmt: skip
 
 
-def command(vm: VM, topo: Topology, accel: str, disk: str) -> list[str]:
-    """The QEMU command line of ``vm``."""
-    boot = topo.boot
+def command(vm: VM, boot: GuestBoot, accel: str, disk: str, cdrom: str = "", qmp: str = "") -> list[str]:
+    """The QEMU command line of ``vm``: its disk (an overlay), a CD-ROM (a config drive) if any,
+    and a QMP socket (for an ACPI power button) if asked."""
     memory = boot.memory or (1024 if boot.image else 256)
     args = [
         qemu_binary(), "-name", vm.name, "-machine", "q35", "-accel", accel, "-cpu", "host" if accel == "kvm" else "max",
@@ -166,6 +166,14 @@ def command(vm: VM, topo: Topology, accel: str, disk: str) -> list[str]:
     ]  # fmt: skip
     if disk:
         args += ["-drive", "file=%s,if=virtio,format=qcow2" % disk]
+    if cdrom:
+        # Nova's config drive, a read-only CD-ROM on the bus the image asks for (hw_cdrom_bus): on q35
+        # Nova's default, SATA, needs an AHCI driver Debian's cloud kernel lacks (it has virtio-scsi,
+        # sr_mod and isofs), so it is attached as for an image with hw_cdrom_bus=scsi, hw_scsi_model=virtio-scsi
+        args += ["-device", "virtio-scsi-pci,id=scsi0", "-drive", "file=%s,if=none,id=cd0,media=cdrom,readonly=on,format=raw" % cdrom,
+                 "-device", "scsi-cd,drive=cd0,bus=scsi0.0"]  # fmt: skip
+    if qmp:
+        args += ["-qmp", "unix:%s,server=on,wait=off" % qmp]
     if boot.kernel:
         append = boot.append if "console=" in boot.append else ("console=ttyS0 " + boot.append).strip()
         args += ["-kernel", os.path.abspath(boot.kernel), "-append", append]
@@ -174,15 +182,19 @@ def command(vm: VM, topo: Topology, accel: str, disk: str) -> list[str]:
     return args
 
 
-def start(procs: Processes, topo: Topology, vm: VM, accel: str) -> int:
-    """Start ``vm``'s QEMU in its node's compute namespace; its pid.  GuestError if it dies at once."""
+def start(procs: Processes, namespace: str, vm: VM, boot: GuestBoot, accel: str, cdrom: str = "", qmp: str = "", fresh: bool = True) -> int:
+    """Start ``vm``'s QEMU in the compute namespace ``namespace``; its pid.  ``fresh``: a new disk
+    overlay of the image (else the one there, as after a reboot).  GuestError if it dies at once."""
     os.makedirs(procs.path("guests"), exist_ok=True)
     disk = ""
-    if topo.boot.image:
+    if boot.image:
         disk = procs.path("guests/%s.qcow2" % vm.name)
-        overlay(topo.boot.image, disk)
+        if fresh or not os.path.exists(disk):
+            if os.path.exists(disk):
+                os.unlink(disk)
+            overlay(boot.image, disk)
     log, pidfile = "guests/%s.log" % vm.name, "guests/%s.pid" % vm.name
-    proc = procs.spawn(topo.compute_of(vm.node), command(vm, topo, accel, disk), log, pidfile)
+    proc = procs.spawn(namespace, command(vm, boot, accel, disk, cdrom, qmp), log, pidfile)
     deadline = time.monotonic() + 1.0  # QEMU refuses a bad command line, device or file at once
     while time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)  # watching for an early exit, with a deadline
@@ -218,7 +230,7 @@ class Guests:
             return
         accel = choose_accel(topo.boot.accel)
         for g in topo.guests:
-            g.pid = start(self.procs, topo, g, accel)
+            g.pid = start(self.procs, topo.compute_of(g.node), g, topo.boot, accel)
             self.say("  guest %s booting under %s (pid %d, console %s)" % (g.name, accel.upper(), g.pid, g.console))
 
     def stop(self) -> None:

@@ -32,6 +32,8 @@ FABRIC_NET = "10.10.0"
 VM_NET = "10.1.1"  # the first network's
 VM_NET_BASE = "10.1"
 NOVA_PORT = 8775
+REPORTS_PORT = 8776  # nova-metadata's collector of cloud-init's event reports and phone_home posts (plain HTTP)
+REPORTS_IP = "169.254.169.250"  # the link-local service ``lab-reports`` that guests post to (port 80), NATed to it
 PROXY_PORT = 8097
 MAX_VMS = 2000  # namespace VMs and guests together
 PER_NETWORK = 252  # a /24 with .1 (gateway), .2 (service address) and .255 taken
@@ -41,7 +43,7 @@ ETCD_PORT = 2379
 ETCD_KEY_PREFIX = "/vrouter/"
 FABRIC_MTU = 9000  # the fabric's links with several nodes: room for MPLS over UDP around a VM's 1500
 DEMO_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDemoKeyFor%sOnly%s demo@%s"
-INSTANCE_KEYS = {"name", "hostname", "public_keys", "user_data", "admin_pass", "vendor_data", "vendor_data2", "meta", "availability_zone"}
+INSTANCE_KEYS = {"name", "hostname", "public_keys", "user_data", "admin_pass", "vendor_data", "vendor_data2", "meta", "availability_zone", "files"}
 
 
 @dataclass

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from topology import netns
 from topology.errors import LabError
 from topology.fabric import Fabric
-from topology.model import NOVA_PORT, Topology
+from topology.model import NOVA_PORT, REPORTS_PORT, Topology
 from topology.processes import Processes
 from topology.state import StateDir
 
@@ -80,7 +80,8 @@ class Nova:
             tls = ["--tls-cert", t + "nova.pem", "--tls-key", t + "nova.key", "--tls-client-ca", t + "ca.pem"]
         nova_ip = self.fabric.nova_ip()
         args = [self.vrouter, "nova-metadata", "--instances", self.files.path("instances.json"), "--listen", nova_ip, "--port", str(NOVA_PORT),
-                "--secret-file", self.files.path("secret"), *tls, *cloud]  # fmt: skip
+                "--secret-file", self.files.path("secret"), "--reports-dir", self.files.path("reports"), "--reports-port", str(REPORTS_PORT),
+                *tls, *cloud]  # fmt: skip
         proc = self.procs.spawn(self.fabric.name, args, "nova.log", "nova.pid")
 
         def listening() -> bool:
