@@ -1,7 +1,7 @@
 # make demo: install what is needed, build an emulated compute node with 2 VMs, show each VM
 #            reading its own metadata through the trap and the flow table, then remove it all.
 #            make demo KEEP=1 leaves it up and prints the command that removes it.
-#            make demo GUEST=1 also builds the Debian guest image (once) and boots a QEMU guest that
+#            make demo GUEST=1 also builds the Debian guest image (once) and has vrouter-lab check boot it as a QEMU guest that
 #            configures itself with cloud-init from the node.
 #            make demo NODES=1 builds a cloud of three compute nodes configured through etcd instead:
 #            a VM on each, metadata, pings over the overlay, a link-local service, rt/nh/mpls.

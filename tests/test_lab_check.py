@@ -6,7 +6,8 @@
   instance's metadata requests were refused, and only the guest is removed after;
 * a matrix that builds its own node, three user data side by side: one passes, one warns (degraded,
   its phone_home post collected), one fails naming the module, and nothing of the node is left;
-* bad input (a file that is no image): a verdict with the reason at once, the node removed;
+* bad input: a file that is no image gets a failing verdict with the reason at once, before any
+  node is built; wrong arguments exit 1 (never 2, which CI reads as degraded);
 * the pytest plugin's example (boot, reboot, rebuild), run as a user runs it.
 """
 
@@ -106,16 +107,19 @@ def test_a_matrix_judges_good_warning_and_failing_user_data_side_by_side_on_a_no
     )
 
 
-def test_a_file_that_is_not_an_image_gets_a_failing_verdict_at_once_and_the_node_goes(tmp_path):
+def test_a_file_that_is_not_an_image_gets_a_failing_verdict_at_once_without_a_node(tmp_path):
     junk = tmp_path / "image.qcow2"
     junk.write_text("not an image\n" * 1000)
     r = lab("check", str(junk), "--json", str(tmp_path / "r.json"), "--no-ssh", timeout=120)
     assert r.returncode == 1, r.stdout + r.stderr
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["status"] == "fail" and "no boot signature" in report["reason"]
-    assert lab("check", "--timeout", "5").returncode == 1  # no image: a usage error
-    r = lab("check", str(junk), "--config-drive", "sometimes")
-    assert r.returncode != 0 and "--config-drive" in r.stderr
+    assert "building" not in r.stderr  # judged before any node was built
+    for args, says in [(["--timeout", "5"], "an IMAGE or --matrix"), ([str(junk), "--config-drive", "sometimes"], "--config-drive"),
+                       ([str(junk), "--timeout", "soon"], "--timeout"), ([str(junk), "--name", "../x"], "--name"),
+                       ([str(junk), "--json", str(tmp_path)], "a directory")]:  # fmt: skip
+        r = lab("check", *args)
+        assert r.returncode == 1 and says in r.stderr, (args, r.returncode, r.stderr)  # wrong arguments: 1, never 2 (degraded)
 
 
 def test_the_pytest_plugins_example_boots_reboots_and_rebuilds(tmp_path, debian_image):

@@ -39,7 +39,7 @@ from topology.model import Topology
 from vrouter.agent.control import call
 from vrouter.messages.control import StatusRequest
 from vrouter_lab.evidence import Evidence
-from vrouter_lab.gather import gather, ssh_command
+from vrouter_lab.gather import CANCEL, gather, ssh_command
 from vrouter_lab.guest import Guest, GuestRecord, GuestStartError, ImageError, check_image
 from vrouter_lab.instance import expected, record
 from vrouter_lab.node import Node
@@ -135,7 +135,10 @@ class LabGuest(Guest):
         """A fault on this instance's metadata requests (``status=503``, ``delay=2``, ``reset=True``,
         ``drop=True``, ``refuse=True``, ``throttle=100``; ``count``, ``for_s``, ``probability``);
         its rule id (``lab.node.fault_del(id)`` removes it)."""
-        return self.node.fault(self.uuid, path, **effect).id
+        rule = self.node.fault(self.uuid, path, **effect).id
+        self.rec.fault_rules.append(rule)
+        self.save()
+        return rule
 
     def set_metadata(self, **changes: Any) -> None:
         """Change what the metadata service serves this instance, live (``user_data``, ``meta``,
@@ -200,7 +203,10 @@ class Lab:
             check_image(image)
         keys = {}
         if ssh_key:
-            text = Path(os.path.expanduser(ssh_key)).read_text().strip() if os.path.exists(os.path.expanduser(ssh_key)) else ssh_key.strip()
+            path = os.path.expanduser(ssh_key)
+            text = Path(path).read_text().strip() if os.path.isfile(path) else ssh_key.strip()
+            if not text.startswith(("ssh-", "ecdsa-", "sk-")) or "\n" in text:
+                raise ValueError("ssh_key %s: neither one OpenSSH public key nor a file of one" % ssh_key[:60])
             keys["default"] = text
         self.node.ensure_reports_service()
         vm = self.node.new_guest(name, network)
@@ -224,6 +230,8 @@ class Lab:
                 rec.refuse_rule = self.node.fault(vm.instance_uuid, refuse=True).id
             guest.save()
             self._wait_rules()
+            if CANCEL.is_set():
+                raise LabError("cancelled before the guest was powered on")
             guest.power_on("first", fresh_disk=True)
         except BaseException:
             guest.remove()
@@ -232,7 +240,7 @@ class Lab:
             self.booted.append(guest)
         return guest
 
-    def _wait_rules(self, timeout: float = 10) -> None:
+    def _wait_rules(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         while call(self.node.sock, StatusRequest()).rules_pending:
             if time.monotonic() > deadline:
@@ -253,8 +261,14 @@ class Lab:
             return
         with self.lock:
             booted, self.booted = self.booted, []
+        errors = []
         for g in booted:
-            g.remove()
+            try:
+                g.remove()
+            except (LabError, OSError) as e:
+                errors.append(str(e))
+        if errors:
+            raise LabError("; ".join(errors))
 
     def __enter__(self) -> Lab:
         return self

@@ -16,10 +16,13 @@ not be started (not the image's fault); 1 also for wrong arguments.  See docs/im
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import re
 import signal
 import sys
+from collections.abc import Iterator
 from typing import Any, NoReturn
 
 from fabric.nova_metadata import InstancesError, parse_instances
@@ -28,7 +31,8 @@ from topology.model import check_instance_data
 from vrouter.agent.control import AgentNotRunning, RequestFailed
 from vrouter_lab.api import CONFIG_DRIVE_MODES, Lab
 from vrouter_lab.gather import CANCEL
-from vrouter_lab.runs import Run, fitting_parallel, load_matrix, run_matrix, run_one, worst
+from vrouter_lab.guest import GuestStartError, ImageError, check_image
+from vrouter_lab.runs import Run, error_report, fitting_parallel, load_matrix, run_matrix, run_one, worst
 
 PROG = "vrouter-lab"
 TOPOLOGY_COMMANDS = ("up", "down", "status", "stop-agent", "start-agent", "stop-nova", "start-nova", "stop-etcd", "start-etcd")
@@ -36,6 +40,14 @@ TOPOLOGY_COMMANDS = ("up", "down", "status", "stop-agent", "start-agent", "stop-
 
 class UsageError(Exception):
     pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """Wrong arguments exit 1 (argparse's 2 would read as "degraded" to CI)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        die("%s: %s" % (self.prog, message))
 
 
 def _say(text: str) -> None:
@@ -65,7 +77,7 @@ def _guest_args(p: argparse.ArgumentParser) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog=PROG, description="Boot cloud images on an emulated Tungsten Fabric compute node and judge the boot.",
+    ap = _Parser(prog=PROG, description="Boot cloud images on an emulated Tungsten Fabric compute node and judge the boot.",
                                  epilog="Also: %s (as scripts/netns_setup.sh). See docs/image-testing.md."
                                  % ", ".join(TOPOLOGY_COMMANDS))  # fmt: skip
     sub = ap.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -145,6 +157,8 @@ def _write_reports(reports: list[dict[str, Any]], json_path: str | None, junit_p
 
 
 def _base_run(args: argparse.Namespace) -> Run:
+    if args.name is not None and not re.fullmatch(r"[a-z][a-z0-9-]{0,30}", args.name):
+        raise UsageError("--name %s: 1 to 31 lowercase letters, digits and dashes, starting with a letter (a host name)" % args.name)
     if args.initrd and not args.kernel:
         raise UsageError("--initrd goes with --kernel")
     if args.timeout <= 0:
@@ -188,21 +202,27 @@ def cmd_check(args: argparse.Namespace) -> int:
             runs, parallel = load_matrix(args.matrix, base, lambda opt, p: _read(opt, p))
         except (OSError, ValueError) as e:
             raise UsageError(str(e)) from None
-        parallel = args.parallel or parallel or fitting_parallel(base.memory)
+        parallel = args.parallel or parallel or fitting_parallel(max(r.memory for r in runs))
         for r in runs:
             r.name = None
     else:
-        if not os.path.exists(args.image):
+        if not os.path.isfile(args.image):
             raise UsageError("%s: no such file" % args.image)
         runs, parallel = [base], 1
         base.image = args.image
+    _check_outputs(args.json, args.junit, bool(args.matrix))
     if os.geteuid() != 0:
         die("needs root (network namespaces)")
+    if not args.matrix:  # a file that is no image: its verdict at once, no node built
+        try:
+            check_image(base.image)
+        except ImageError as e:
+            return _finish([error_report(base, str(e), image_fault=True)], args, False)
+        except GuestStartError as e:
+            return _finish([error_report(base, str(e), image_fault=False)], args, False)
     try:
         lab = Lab.attach(args.prefix, _say) if args.prefix else Lab.up(datapath=args.datapath, say=_say)
     except (LabError, AgentNotRunning, RequestFailed, OSError) as e:
-        from vrouter_lab.runs import error_report
-
         reports = [error_report(r, "the node could not be started: %s" % e, image_fault=False) for r in runs]
         return _finish(reports, args, bool(args.matrix))
     try:
@@ -212,12 +232,45 @@ def cmd_check(args: argparse.Namespace) -> int:
         else:
             reports = [run_one(lab, runs[0], _say)]
     finally:
-        if args.keep:
-            how = "vrouter-lab down --prefix %s" % lab.prefix if lab.owned else "vrouter-lab guest remove NAME --prefix %s" % lab.prefix
-            _say("vrouter-lab: kept; remove with: %s" % how)
-        else:
-            lab.down()
+        with _signals_held():  # a second Ctrl-C or SIGTERM does not cut the teardown short
+            if args.keep:
+                how = "vrouter-lab down --prefix %s" % lab.prefix if lab.owned else "vrouter-lab guest remove NAME --prefix %s" % lab.prefix
+                _say("vrouter-lab: kept; remove with: %s" % how)
+            else:
+                try:
+                    lab.down()
+                except (LabError, OSError) as e:
+                    _say("vrouter-lab: removing what it made: %s" % e)
     return _finish(reports, args, bool(args.matrix))
+
+
+def _check_outputs(json_path: str | None, junit_path: str | None, matrix: bool) -> None:
+    """UsageError now, not after a boot of minutes, when a report cannot be written where asked."""
+    for option, path, is_dir in (("--json", json_path, matrix), ("--junit", junit_path, False)):
+        if not path:
+            continue
+        if is_dir:
+            if os.path.exists(path) and not os.path.isdir(path):
+                raise UsageError("%s %s: with --matrix, a directory (one report a run)" % (option, path))
+            parent = path
+        else:
+            if os.path.isdir(path):
+                raise UsageError("%s %s: a directory; give a file" % (option, path))
+            parent = os.path.dirname(os.path.abspath(path))
+        if os.path.exists(parent) and not os.access(parent, os.W_OK):
+            raise UsageError("%s %s: cannot write there" % (option, path))
+        if not is_dir and not os.path.isdir(parent):
+            raise UsageError("%s %s: no directory %s" % (option, path, parent))
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM held back until the block is done."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _finish(reports: list[dict[str, Any]], args: argparse.Namespace, matrix: bool) -> int:
@@ -279,19 +332,25 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
 
     def terminated(signum: int, _frame: object) -> None:
-        CANCEL.set()  # the matrix's threads stop waiting too
+        CANCEL.set()  # the matrix's threads stop waiting and booting too
         raise KeyboardInterrupt("signal %d" % signum)
 
-    signal.signal(signal.SIGTERM, terminated)  # CI cancels with SIGTERM: tear down as for Ctrl-C
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # CI cancels with SIGTERM: torn down as for Ctrl-C
+        signal.signal(sig, terminated)
     try:
         return int(args.func(args))
     except UsageError as e:
         die(str(e))
-    except (LabError, AgentNotRunning, RequestFailed) as e:
+    except ImageError as e:
+        die(str(e))
+    except (LabError, AgentNotRunning, RequestFailed, GuestStartError) as e:
         die(str(e), 3)
+    except OSError as e:
+        die("%s" % e)
     except KeyboardInterrupt:
         CANCEL.set()
-        die("interrupted; what it made was removed", 130)
+        kept = getattr(args, "keep", False) or args.command == "guest"
+        die("interrupted; %s" % ("what it made is left as it was" if kept else "what it made was removed"), 130)
 
 
 if __name__ == "__main__":

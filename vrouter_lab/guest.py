@@ -21,8 +21,10 @@ memory, accel), its config drive mode, the rule that hides the metadata service 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -33,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from topology import guests as qemu
+from topology.errors import LabError
 from topology.model import VM, GuestBoot
 from topology.processes import Processes
 from vrouter_lab.node import Node
@@ -66,6 +69,7 @@ class GuestRecord:
     accel: str = "auto"
     config_drive: str = "none"  # none, only, both
     refuse_rule: int = 0  # the fault rule that hides the metadata service (--config-drive only)
+    fault_rules: list[int] = field(default_factory=list)  # rules added through the API (``LabGuest.fault``), deleted with it
     expect_datasource: str = ""
     ssh_user: str = ""  # "" : found from the console
     lab_key: bool = True  # the lab's key was injected
@@ -80,17 +84,30 @@ class GuestRecord:
 def check_image(image: str) -> None:
     """ImageError when ``image`` is no disk a PC could boot: qemu-img cannot read it, or its first
     sector has no boot signature (0x55AA: an MBR, or GPT's protective one)."""
+    if not os.path.isfile(image):
+        raise ImageError("--image %s: %s" % (image, "not a regular file" if os.path.exists(image) else "no such file"))
+    if shutil.which("qemu-img") is None:
+        raise GuestStartError("qemu-img is missing: apt-get install qemu-utils (make install does it)")
     try:
         qemu.image_format(image)
     except qemu.GuestError as e:
         raise ImageError(str(e)) from None
     with tempfile.NamedTemporaryFile(prefix="vrouter-lab-mbr-") as f:
-        r = subprocess.run(["qemu-img", "dd", "-O", "raw", "bs=512", "count=1", "if=" + image, "of=" + f.name], capture_output=True, text=True)
+        try:
+            r = subprocess.run(["qemu-img", "dd", "-O", "raw", "bs=512", "count=1", "if=" + image, "of=" + f.name], capture_output=True, text=True,
+                               timeout=60)  # fmt: skip
+        except subprocess.TimeoutExpired:
+            raise ImageError("--image %s: qemu-img could not read its first sector within 60 s" % image) from None
         if r.returncode:
             raise ImageError("--image %s: cannot read its first sector: %s" % (image, r.stderr.strip()))
         sector = f.read(512)
     if len(sector) < 512 or sector[510:512] != b"\x55\xaa":
         raise ImageError("--image %s: not a bootable disk (no boot signature in its first sector)" % image)
+
+
+def _unlink(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 class Guest:
@@ -255,6 +272,8 @@ class Guest:
         deadline = time.monotonic() + 10
         while self.pid and time.monotonic() < deadline:
             time.sleep(0.05)  # waiting for QEMU to exit, with a deadline
+        if self.pid:
+            raise GuestStartError("guest %s: its QEMU (pid %d) is still running after SIGKILL" % (self.name, pid))
         return "stopped"
 
     def reboot(self, hard: bool = False) -> None:
@@ -280,15 +299,32 @@ class Guest:
         self.power_on("rebuild", fresh_disk=True)
 
     def remove(self) -> None:
-        """Stopped, unplugged, forgotten: its port, tap, instance, disk, drive and record gone."""
-        self.power_off(soft=False)
-        if self.rec.refuse_rule:
-            self.node.fault_del(self.rec.refuse_rule)
-        self.node.unplug(self.vm)
-        self.node.drop_instance(self.uuid)
-        self.node.forget_guest(self.name)
-        for suffix in (".qcow2", ".config-2.iso", ".qmp", ".pid"):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.node.path("guests/%s%s" % (self.name, suffix)))
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.record_path(self.node, self.name))
+        """Stopped, unplugged, forgotten: its port, tap, instance, fault rules, disk, drive, consoles,
+        reports and record gone.  Each step is tried whatever the others did; LabError names those
+        that failed."""
+        failed: list[str] = []
+
+        def step(what: str, fn: Callable[[], object]) -> None:
+            try:
+                fn()
+            except Exception as e:  # noqa: BLE001 - the next steps are taken all the same
+                failed.append("%s: %s" % (what, e))
+
+        step("stop QEMU", lambda: self.power_off(soft=False))
+        for rule in [self.rec.refuse_rule, *self.rec.fault_rules]:
+            if rule:
+                step("delete fault rule %d" % rule, functools.partial(self.node.fault_del, rule))
+        step("unplug the port", lambda: self.node.unplug(self.vm))
+        step("forget the instance", lambda: self.node.drop_instance(self.uuid))
+        step("forget the guest", lambda: self.node.forget_guest(self.name))
+        guests = self.node.path("guests")
+        names = os.listdir(guests) if os.path.isdir(guests) else []
+        paths = [
+            os.path.join(guests, n)
+            for n in names
+            if n.startswith(self.name + ".") and n.split(".", 1)[1].split(".")[0] in ("qcow2", "config-2", "qmp", "pid", "console", "log")
+        ]
+        for path in [*paths, self.node.path("reports/%s.jsonl" % self.uuid), self.record_path(self.node, self.name)]:
+            step("remove " + path, functools.partial(_unlink, path))
+        if failed:
+            raise LabError("guest %s not wholly removed: %s" % (self.name, "; ".join(failed)))

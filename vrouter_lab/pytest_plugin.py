@@ -22,6 +22,7 @@ Nothing here is imported before a fixture is used, so the plugin costs nothing t
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -44,6 +45,12 @@ def vrouter_lab_node(request: pytest.FixtureRequest) -> Iterator[Lab]:
         pytest.skip("vrouter-lab needs root (network namespaces)")
     from vrouter_lab.api import Lab
 
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # CI cancels with SIGTERM: the finalizers still run
+
+        def terminated(signum: int, _frame: object) -> None:
+            raise KeyboardInterrupt("signal %d" % signum)
+
+        signal.signal(signal.SIGTERM, terminated)
     prefix = request.config.getoption("--vrouter-lab-prefix")
     node = Lab.attach(prefix) if prefix else Lab.up(datapath=request.config.getoption("--vrouter-lab-datapath"))
     try:
@@ -60,8 +67,14 @@ def lab(vrouter_lab_node: Lab) -> Iterator[Lab]:
     finally:
         with vrouter_lab_node.lock:
             booted, vrouter_lab_node.booted = vrouter_lab_node.booted[before:], vrouter_lab_node.booted[:before]
+        errors = []
         for guest in booted:
-            guest.remove()
+            try:
+                guest.remove()
+            except Exception as e:  # noqa: BLE001 - the others are removed all the same
+                errors.append(e)
+        if errors:
+            raise errors[0]
 
 
 @pytest.fixture

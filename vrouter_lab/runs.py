@@ -22,6 +22,7 @@ from topology.errors import LabError
 from vrouter.agent.control import AgentNotRunning, RequestFailed
 from vrouter_lab.api import CONFIG_DRIVE_MODES, Lab
 from vrouter_lab.evidence import Evidence, Expected
+from vrouter_lab.gather import CANCEL
 from vrouter_lab.guest import GuestStartError, ImageError
 
 MATRIX_KEYS = {"images", "user_data", "config_drive", "expect_datasource", "timeout", "parallel", "ssh_key", "instances", "memory", "accel"}
@@ -71,6 +72,8 @@ def error_report(run: Run, why: str, image_fault: bool) -> dict[str, Any]:
 def run_one(lab: Lab, run: Run, say: Callable[[str], None]) -> dict[str, Any]:
     """Boot, judge, and (unless ``run.keep``) remove one guest; its report."""
     guest = None
+    if CANCEL.is_set():
+        return error_report(run, "cancelled before it was booted", image_fault=False)
     try:
         guest = lab.boot(run.image or None, user_data=run.user_data, ssh_key=run.ssh_key, config_drive=run.config_drive, instance=run.instance,
                          name=run.name, kernel=run.kernel, initrd=run.initrd, append=run.append, memory=run.memory, accel=run.accel,
@@ -80,14 +83,16 @@ def run_one(lab: Lab, run: Run, say: Callable[[str], None]) -> dict[str, Any]:
         report = error_report(run, str(e), image_fault=True)
     except (GuestStartError, LabError, AgentNotRunning, RequestFailed, OSError) as e:
         report = error_report(run, str(e), image_fault=False)
+    except Exception as e:  # noqa: BLE001 - one run's surprise must not lose the others' reports
+        report = error_report(run, "%s: %s" % (type(e).__name__, e), image_fault=False)
     finally:
         if guest is not None and not run.keep:
             try:
                 guest.remove()
-                with lab.lock:
-                    lab.booted = [g for g in lab.booted if g.name != guest.name]
             except (LabError, OSError) as e:
                 say("vrouter-lab: removing guest %s: %s" % (guest.name, e))
+            with lab.lock:
+                lab.booted = [g for g in lab.booted if g.name != guest.name]
     if run.label:
         report["instance"]["label"] = run.label
     return report
@@ -129,9 +134,15 @@ def run_matrix(lab: Lab, runs: list[Run], parallel: int, say: Callable[[str], No
         say("vrouter-lab: [%d/%d] %s: %s (exit %d)%s" % (i + 1, len(runs), runs[i].title(), r["status"], r["exit_code"],
                                                           ": " + r["reason"] if r.get("reason") else ""))  # fmt: skip
 
-    with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+    pool = ThreadPoolExecutor(max_workers=max(1, parallel))
+    try:
         for f in [pool.submit(one, i) for i in range(len(runs))]:
             f.result()
+    except BaseException:
+        CANCEL.set()  # the running ones stop waiting; the queued ones never start
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     return [r for r in reports if r is not None]
 
 
@@ -179,19 +190,37 @@ def load_matrix(path: str, base: Run, read_file: Callable[[str, str], bytes]) ->
         return p if os.path.isabs(p) else os.path.join(here, p)
 
     common = replace(base)
+    number = (int, float)
     if "timeout" in data:
+        if not isinstance(data["timeout"], number) or data["timeout"] <= 0:
+            raise ValueError("--matrix %s: timeout: seconds, above 0" % path)
         common.timeout = float(data["timeout"])
     if "memory" in data:
-        common.memory = int(data["memory"])
+        if not isinstance(data["memory"], int) or not 64 <= data["memory"] <= 16384:
+            raise ValueError("--matrix %s: memory: MiB, from 64 to 16384" % path)
+        common.memory = data["memory"]
     if "accel" in data:
-        common.accel = str(data["accel"])
+        if data["accel"] not in ("auto", "kvm", "tcg"):
+            raise ValueError("--matrix %s: accel: auto, kvm or tcg" % path)
+        common.accel = data["accel"]
     if "ssh_key" in data:
-        common.ssh_key = read_file("ssh_key", rel(str(data["ssh_key"]))).decode().strip()
+        key = read_file("ssh_key", rel(str(data["ssh_key"]))).decode("utf-8", "replace").strip()
+        if not key.startswith(("ssh-", "ecdsa-", "sk-")) or "\n" in key:
+            raise ValueError("--matrix %s: ssh_key %s: not one OpenSSH public key" % (path, data["ssh_key"]))
+        common.ssh_key = key
     if "instances" in data:
-        common.instance = dict(data["instances"]) if isinstance(data["instances"], dict) else {}
-    runs = []
+        inst = data["instances"]
+        if isinstance(inst, str):  # a file of the instance's data, as --instances takes it
+            inst = json.loads(read_file("instances", rel(inst)))
+            inst = next(iter(inst.values())) if isinstance(inst, dict) and len(inst) == 1 and isinstance(next(iter(inst.values())), dict) else inst
+        if not isinstance(inst, dict):
+            raise ValueError("--matrix %s: instances: the instance's data (an object, or a file of one)" % path)
+        common.instance = dict(inst)
+    runs: list[Run] = []
     for image, ud, mode in itertools.product(images, uds, modes):
         label = "%s-%s-%s" % (_stem(image), _stem(ud), mode)
+        if any(r.label == label for r in runs):  # two images (or user data) of one name in different places
+            label += "-%d" % (sum(r.label.startswith(label) for r in runs) + 1)
         ds = expect.get(mode, "") if isinstance(expect, dict) else str(expect or "")
         runs.append(replace(common, image=rel(image), user_data=read_file("user_data", rel(ud)) if ud else None, user_data_name=ud or "",
                             config_drive=mode, expect_datasource=ds, label=label, instance=dict(common.instance)))  # fmt: skip
