@@ -174,7 +174,15 @@ class Guest:
 
     @property
     def pid(self) -> int:
-        return self.procs.pid("guests/%s.pid" % self.name)
+        """Its QEMU's pid while it runs, else 0 (a pid the pidfile names that is not this guest's
+        QEMU, reused by another process, is not it)."""
+        pid = self.procs.pid("guests/%s.pid" % self.name)
+        try:
+            with open("/proc/%d/cmdline" % pid, "rb") as f:
+                ours = b"\0-name\0%s\0" % self.name.encode() in f.read()
+        except OSError:
+            ours = False
+        return pid if pid and ours else 0
 
     @property
     def running(self) -> bool:
