@@ -223,8 +223,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     try:
         lab = Lab.attach(args.prefix, _say) if args.prefix else Lab.up(datapath=args.datapath, say=_say)
     except (LabError, AgentNotRunning, RequestFailed, OSError) as e:
-        reports = [error_report(r, "the node could not be started: %s" % e, image_fault=False) for r in runs]
-        return _finish(reports, args, bool(args.matrix))
+        return _finish([error_report(r, "the node could not be started: %s" % e, image_fault=False) for r in runs], args, bool(args.matrix))
+    reports: list[dict[str, Any]] = []
     try:
         if args.matrix:
             _say("vrouter-lab: %d runs, %d at once" % (len(runs), parallel))
@@ -234,7 +234,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     finally:
         with _signals_held():  # a second Ctrl-C or SIGTERM does not cut the teardown short
             if args.keep:
-                how = "vrouter-lab down --prefix %s" % lab.prefix if lab.owned else "vrouter-lab guest remove NAME --prefix %s" % lab.prefix
+                names = [str(r["instance"].get("name")) for r in reports if r["instance"].get("name")] or ["NAME"]
+                how = ("vrouter-lab down --prefix %s" % lab.prefix if lab.owned else
+                       "; ".join("vrouter-lab guest remove %s --prefix %s" % (n, lab.prefix) for n in names))  # fmt: skip
                 _say("vrouter-lab: kept; remove with: %s" % how)
             else:
                 try:
