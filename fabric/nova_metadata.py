@@ -35,11 +35,11 @@ import logging
 import os
 import posixpath
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote
 
+from fabric.httpd import Handler, Server
 from fabric.nova_tree import (
     APPLICATION_JSON,
     EC2_VERSIONS,
@@ -321,11 +321,9 @@ class NovaMetadata:
         return Answer(200, b"", HTML)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True  # headers and body are two writes: no 40 ms delayed-ACK stall
+class _Handler(Handler):
     server_version = "nova-metadata-emulator"
-    sys_version = ""
+    log = log  # its requests are logged (at debug level) under its own logger
     api: NovaMetadata
 
     def _do(self) -> None:
@@ -341,10 +339,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self.send_error(413)
                 return
             body = self.rfile.read(n)
-        headers: dict[str, list[str]] = {}
-        for name, value in self.headers.items():
-            headers.setdefault(name.lower(), []).append(value)
-        ans = self.api.handle(self.command, self.path, headers, body)
+        ans = self.api.handle(self.command, self.path, self.header_lists(), body)
         self.send_response(ans.status)
         self.send_header("Content-Type", ans.content_type)
         self.send_header("Content-Length", str(len(ans.body)))
@@ -352,19 +347,8 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(ans.body)
 
-    def __getattr__(self, name: str) -> Callable[[], None]:
-        """Every method reaches ``handle`` (Nova's handler looks at none but the password's)."""
-        if name.startswith("do_"):
-            return self._do
-        raise AttributeError(name)
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - BaseHTTPRequestHandler's name
-        log.debug("%s %s", self.address_string(), format % args)
-
-
-class NovaServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
+class NovaServer(Server):  # every method reaches ``handle``: Nova's handler looks at none but the password's
     request_queue_size = 1024
 
 

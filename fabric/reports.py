@@ -29,8 +29,9 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl
+
+from fabric.httpd import Handler, Server
 
 log = logging.getLogger("vrouter.reports")
 
@@ -178,11 +179,9 @@ class Collector:
         return 200, OK
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
+class _Handler(Handler):
     server_version = "vrouter-lab-reports"
-    sys_version = ""
+    log = log  # its requests are logged (at debug level) under its own logger
     collector: Collector
 
     def _answer(self, status: int, body: bytes, close: bool = False) -> None:
@@ -212,24 +211,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._answer(*refused, close=True)  # the body is not read: this connection is done
             return
         data = self.rfile.read(n)
-        headers: dict[str, list[str]] = {}
-        for name, value in self.headers.items():
-            headers.setdefault(name.lower(), []).append(value)
-        status, body = self.collector.handle(self.command, self.path, headers, data)
+        status, body = self.collector.handle(self.command, self.path, self.header_lists(), data)
         self._answer(status, body)
 
-    def __getattr__(self, name: str) -> Callable[[], None]:
-        if name.startswith("do_"):
-            return self._do
-        raise AttributeError(name)
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - BaseHTTPRequestHandler's name
-        log.debug("%s %s", self.address_string(), format % args)
-
-
-class ReportsServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
+class ReportsServer(Server):
+    pass
 
 
 def make_server(host: str, port: int, collector: Collector) -> ReportsServer:
