@@ -94,4 +94,4 @@ class Evidence:
     waited: float = 0.0  # seconds from power-on to the end of the gathering
     start_error: str = ""  # the node or QEMU could not be started (exit 3): why
     image_error: str = ""  # the image cannot boot at all (not an image, no boot sector): why
-    qemu_exit: int | None = None  # QEMU's exit status if it ended during the boot
+    qemu_exit: int | None = None  # QEMU's exit status if it ended during the boot (-1: it ended, its status unknown)

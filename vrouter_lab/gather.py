@@ -171,7 +171,7 @@ def gather(guest: Guest, expected: Expected, timeout: float, say: Callable[[str]
             finished = True
             break
         if not guest.running:
-            ev.qemu_exit = 0
+            ev.qemu_exit = -1  # not this process's child, or reaped already: its status is not known here
             break
         if time.time() >= end or CANCEL.is_set():
             ev.timed_out = True

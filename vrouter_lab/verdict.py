@@ -540,7 +540,8 @@ def verdict(f: Facts, stages: list[dict[str, Any]], done: bool, failed: list[Fai
     if not done and not ev.image_error:
         how = progress(f, stages)
         if ev.qemu_exit is not None:
-            reasons.append(f"QEMU exited with status {ev.qemu_exit} during the boot: {how}")
+            status = f" with status {ev.qemu_exit}" if ev.qemu_exit >= 0 else " (the guest powered off or QEMU died)"
+            reasons.append(f"QEMU exited{status} during the boot: {how}")
         elif ev.timed_out:
             reasons.append(f"cloud-init did not finish within {ev.waited:.0f} s: {how}")
         else:
