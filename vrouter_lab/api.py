@@ -234,7 +234,10 @@ class Lab:
                 raise LabError("cancelled before the guest was powered on")
             guest.power_on("first", fresh_disk=True)
         except BaseException:
-            guest.remove()
+            try:
+                guest.remove()
+            except (LabError, OSError) as e:  # the first error is the one to report
+                self.say("vrouter-lab: removing the guest that did not boot: %s" % e)
             raise
         with self.lock:
             self.booted.append(guest)
