@@ -8,7 +8,7 @@
   its phone_home post collected), one fails naming the module, and nothing of the node is left;
 * bad input: a file that is no image gets a failing verdict with the reason at once, before any
   node is built; wrong arguments exit 1 (never 2, which CI reads as degraded);
-* the pytest plugin's example (boot, reboot, rebuild), run as a user runs it.
+* the pytest plugin's example (boot, reboot, rebuild), run as a user runs it, and its make_lab fixture.
 """
 
 import json
@@ -131,3 +131,12 @@ def test_the_pytest_plugins_example_boots_reboots_and_rebuilds(tmp_path, debian_
     assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
     suite = ET.parse(tmp_path / "j.xml").getroot().find("testsuite")
     assert suite is not None and suite.get("tests") == "1" and suite.get("failures") == "0" and suite.get("skipped") == "0"
+
+
+def test_the_plugins_make_lab_builds_a_node_with_networks_and_vms_and_removes_it(make_lab):
+    lab = make_lab(vms=3, networks=2)
+    layout = lab.node.layout
+    assert len(layout["networks"]) == 2 and len(layout["vms"]) == 3 and namespaces(lab.prefix)
+    assert {v["network"] for v in layout["vms"]} == {n["name"] for n in layout["networks"]}
+    lab.down()
+    assert namespaces(lab.prefix) == []

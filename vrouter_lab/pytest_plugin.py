@@ -11,6 +11,8 @@ Fixtures:
   ``wait_for_cloud_init(timeout)`` (the verdict of ``vrouter-lab check``), ``ssh(cmd)``,
   ``console()``, ``metadata_log()``, ``fault(...)``, ``set_metadata(...)``, ``reboot()`` and
   ``rebuild(user_data=...)``.
+* ``make_lab`` (per test): ``make_lab(vms=2, networks=2)`` builds nodes of the test's own, with
+  so many namespace VMs and networks, removed after the test whatever happens.
 * ``lab_image``: the image given by ``--vrouter-lab-image FILE`` (or ``$VROUTER_LAB_IMAGE``); a test
   that asks for it is skipped when there is none.
 
@@ -23,8 +25,8 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -75,6 +77,28 @@ def lab(vrouter_lab_node: Lab) -> Iterator[Lab]:
                 errors.append(e)
         if errors:
             raise errors[0]
+
+
+@pytest.fixture
+def make_lab(request: pytest.FixtureRequest) -> Iterator[Callable[..., Lab]]:
+    """``make_lab(vms=2, networks=2, datapath="ebpf")``: a node of the test's own, with so many
+    namespace VMs and networks, removed after the test whatever happens."""
+    if os.geteuid() != 0:
+        pytest.skip("vrouter-lab needs root (network namespaces)")
+    from vrouter_lab.api import Lab
+
+    made: list[Lab] = []
+
+    def make(**options: Any) -> Lab:
+        options.setdefault("datapath", request.config.getoption("--vrouter-lab-datapath"))
+        made.append(Lab.up(**options))
+        return made[-1]
+
+    try:
+        yield make
+    finally:
+        for node in reversed(made):
+            node.down()
 
 
 @pytest.fixture
