@@ -110,15 +110,14 @@ class LabGuest(Guest):
     def ssh(self, command: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """``command`` run in the guest over SSH with the lab's key, from a namespace VM of its
         network (its user: the one cloud-init put the keys on, found from the console)."""
-        from vrouter_lab.gather import _KEYS_USER, SSH_USERS
+        from vrouter_lab.gather import login_users
 
         namespace = self.node.ssh_from(self.rec.vm["vn_uuid"])
         if not namespace:
             raise LabError("no namespace VM on %s's network to log in from" % self.name)
         key, _ = self.node.lab_key()
         if not self.rec.ssh_user:
-            found = [m.group(1) for line in self.console().splitlines() if (m := _KEYS_USER.search(line))]
-            for user in list(dict.fromkeys(found + SSH_USERS)):
+            for user in login_users(self, self.console().splitlines()):
                 if ssh_command(self, user, key, namespace, "true", 15).returncode == 0:
                     self.rec.ssh_user = user
                     self.save()

@@ -16,7 +16,7 @@ import shlex
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from topology.errors import LabError
 from vrouter.agent.control import RequestFailed
@@ -115,6 +115,15 @@ def parse_sections(out: str) -> tuple[dict[str, str], dict[str, int]]:
     return texts, codes
 
 
+def login_users(guest: Guest, console: Iterable[str]) -> list[str]:
+    """Whom to log in as: ``--ssh-user``, else the user cloud-init says it put the keys on (the
+    console's fingerprint table), then the cloud images' usual default users."""
+    if guest.rec.ssh_user:
+        return [guest.rec.ssh_user]
+    found = [m.group(1) for line in console if (m := _KEYS_USER.search(line))]
+    return list(dict.fromkeys(found + SSH_USERS))
+
+
 def _ssh(guest: Guest, ev: Evidence, deadline: float) -> None:
     if not guest.rec.lab_key:
         ev.ssh_error = "not used: the lab's key was not injected (--no-lab-key)"
@@ -124,8 +133,7 @@ def _ssh(guest: Guest, ev: Evidence, deadline: float) -> None:
         ev.ssh_error = "not used: no namespace VM on the guest's network to log in from"
         return
     key, _ = guest.node.lab_key()
-    found = [m.group(1) for line in ev.console if (m := _KEYS_USER.search(line.text))]
-    users = [guest.rec.ssh_user] if guest.rec.ssh_user else list(dict.fromkeys(found + SSH_USERS))
+    users = login_users(guest, (line.text for line in ev.console))
     why = "sshd did not answer"
     while time.monotonic() < deadline and not CANCEL.is_set():
         for user in users:
