@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from infra.jsonfile import write_json_atomic
 from topology import guests as qemu
 from topology.errors import LabError
 from topology.model import VM, GuestBoot
@@ -142,11 +143,7 @@ class Guest:
             return []
 
     def save(self) -> None:
-        path = self.record_path(self.node, self.name)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path + ".tmp", "w") as f:
-            json.dump(asdict(self.rec), f, indent=2)
-        os.replace(path + ".tmp", path)
+        write_json_atomic(self.record_path(self.node, self.name), asdict(self.rec), sort_keys=False)
 
     @property
     def vm(self) -> VM:

@@ -22,9 +22,11 @@ from collections.abc import Iterator
 from dataclasses import asdict
 from typing import Any
 
+from infra.jsonfile import write_json_atomic
 from topology import netns
 from topology.errors import LabError
 from topology.model import REPORTS_IP, REPORTS_PORT, VM, Net
+from topology.state import StateDir
 from vrouter.agent.control import AgentNotRunning, RequestFailed, call
 from vrouter.agent.paths import prefix_dir
 from vrouter.messages.control import FaultAdd, FaultDel, FaultRecord, LinkLocalAdd, LinkLocalList, PortAdd, PortDel, PortList, PortPlugged
@@ -40,7 +42,8 @@ class Node:
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         self.state = prefix_dir(prefix)
-        layout = self._read_layout()
+        self.files = StateDir(os.path.dirname(self.state), prefix)
+        layout = self.files.layout()
         if layout is None:
             raise LabError(
                 "nothing is up for prefix %s (no %s): build one with vrouter-lab up --prefix %s" % (prefix, self.path("layout.json"), prefix)
@@ -54,19 +57,11 @@ class Node:
         self.sock = os.path.join(self.node_state, "agent.sock")
 
     def path(self, name: str) -> str:
-        return os.path.join(self.state, name)
-
-    def _read_layout(self) -> dict[str, Any] | None:
-        try:
-            with open(self.path("layout.json")) as f:
-                data = json.load(f)
-        except (OSError, ValueError):
-            return None
-        return data if isinstance(data, dict) else None
+        return self.files.path(name)
 
     @property
     def layout(self) -> dict[str, Any]:
-        data = self._read_layout()
+        data = self.files.layout()
         if data is None:
             raise LabError("prefix %s is no longer up (its layout is gone)" % self.prefix)
         return data
@@ -82,10 +77,7 @@ class Node:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
     def _write(self, name: str, data: object) -> None:
-        tmp = self.path(name + ".tmp")
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=2)
-        os.replace(tmp, self.path(name))  # a reader (the Nova stand-in) sees the old file or the new
+        write_json_atomic(self.path(name), data, sort_keys=False, mode=0o644)  # a reader (the Nova stand-in) sees the old file or the new
 
     def call(self, request: Any, timeout: float = 10.0) -> Any:
         try:
