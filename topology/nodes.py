@@ -30,6 +30,16 @@ def agent_sock(topo: Topology, node: int) -> str:
     return os.path.join(topo.state_of(node), "agent.sock")
 
 
+def wait_rules(sock: str, timeout: float, who: str = "the agent") -> None:
+    """Until the agent at ``sock`` has rebuilt its nftables tables for the ports just plugged
+    (``rules_pending`` clear); LabError after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while call(sock, StatusRequest()).rules_pending:
+        if time.monotonic() > deadline:
+            raise LabError("%s did not rebuild its nftables tables within %.0f s (see its log)" % (who, timeout))
+        time.sleep(0.05)  # the new ports' queue rules coming into force, with a deadline
+
+
 class ComputeNodes:
     """The nodes of ``files.prefix``: while ``up`` builds them, from its topology; after, from the
     layout (a lab of old: from the state directories there are)."""
@@ -96,12 +106,7 @@ class ComputeNodes:
         (within 0.2 s of the last change): until then a VM's packets go to the node's queue, and
         with several dataplane workers a connection opened then is set up by worker 0 and breaks
         when the rebuild queues it to another."""
-        deadline = time.monotonic() + timeout
-        sock = agent_sock(topo, node)
-        while call(sock, StatusRequest()).rules_pending:
-            if time.monotonic() > deadline:
-                raise LabError("node %d's agent did not rebuild its nftables tables within %.0f s (see its log)" % (node, timeout))
-            time.sleep(0.05)
+        wait_rules(agent_sock(topo, node), timeout, "node %d's agent" % node)
 
     def wait_converged(self, topo: Topology, others: dict[str, int] | None = None, timeout: float = 30) -> None:
         """Until every node's agent has every route it should have from etcd (the other nodes' VMs

@@ -36,8 +36,7 @@ from fabric.nova_metadata import InstancesError, parse_instances
 from topology.errors import LabError
 from topology.lab import Lab as Topo
 from topology.model import Topology
-from vrouter.agent.control import call
-from vrouter.messages.control import StatusRequest
+from topology.nodes import wait_rules
 from vrouter_lab.evidence import Evidence
 from vrouter_lab.gather import CANCEL, gather, ssh_command
 from vrouter_lab.guest import Guest, GuestRecord, GuestStartError, ImageError, check_image
@@ -243,11 +242,7 @@ class Lab:
         return guest
 
     def _wait_rules(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while call(self.node.sock, StatusRequest()).rules_pending:
-            if time.monotonic() > deadline:
-                raise LabError("the agent did not rebuild its nftables tables within %.0f s (see its log)" % timeout)
-            time.sleep(0.05)  # the new port's queue rules coming into force, with a deadline
+        wait_rules(self.node.sock, timeout)
 
     def guest(self, name: str) -> LabGuest:
         g = Guest.load(self.node, name, self.say)
