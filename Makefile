@@ -14,7 +14,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 SYSTEM_PKGS := iproute2 libnetfilter-queue-dev libnfnetlink-dev gcc curl iputils-ping procps nftables openssl \
 	qemu-system-x86 qemu-utils cpio openssh-client tcpdump hping3 etcd-server genisoimage \
-	clang llvm libbpf-dev libbpf1 bpftool linux-libc-dev
+	clang llvm libbpf-dev libbpf1 bpftool linux-libc-dev isc-dhcp-client
 # for make guest-image only: Debian's image builder
 IMAGE_PKGS := mmdebstrap e2fsprogs
 GUEST_DIR := build/guest

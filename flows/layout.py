@@ -169,6 +169,9 @@ class DropReason(enum.IntEnum):
     INVALID_DNS = 15
     INVALID_ARP = 16
     FLOW_SETUP_RATE = 17
+    INVALID_ND = 18  # a malformed neighbour discovery message (RFC 4861's validation)
+    INVALID_DHCP6 = 19
+    ND_RATE = 20  # neighbour solicitations past a VM's rate: not answered
 
 
 DROP_NAMES = {
@@ -189,6 +192,9 @@ DROP_NAMES = {
     DropReason.INVALID_DNS: "Invalid DNS",
     DropReason.INVALID_ARP: "Invalid ARP",
     DropReason.FLOW_SETUP_RATE: "Flow Setup Rate Limit",
+    DropReason.INVALID_ND: "Invalid ND",
+    DropReason.INVALID_DHCP6: "Invalid DHCPv6",
+    DropReason.ND_RATE: "ND Rate Limit",
 }
 
 # The short form `flow -l` shows in D(...)

@@ -2,7 +2,7 @@
 # Build or remove an emulated Tungsten Fabric compute node in network namespaces.
 #
 #   netns_setup.sh up [--vms N] [--networks K] [--nodes K] [--etcd URL,... [--fabric-link NS]] [--flow-entries E] [--prefix P] [--secret S]
-#                     [--datapath nfqueue|ebpf] [--tls] [--dhcp] [--json] [--join URL,... --node-id I --secret S [--fabric-link NS]]
+#                     [--datapath nfqueue|ebpf] [--tls] [--dhcp] [--ipv6 MODE[,MODE...]] [--json] [--join URL,... --node-id I --secret S [--fabric-link NS]]
 #                     [--qemu M (--image FILE | --kernel K [--initrd I] [--append A]) [--accel auto|kvm|tcg] [--memory MIB]]
 #                     [--user-data FILE] [--ssh-key PUBKEY_FILE] [--instances FILE]
 #   netns_setup.sh down [--node I] [--prefix P]
@@ -23,7 +23,12 @@
 # up to 252 VMs). Up to 2000 VMs and guests in all.
 #
 # --dhcp: the namespace VMs take their address with busybox udhcpc (kept running; leases in
-# /run/vrouter/P/dhcp/) instead of a static one. --qemu M: M QEMU guests besides the namespace
+# /run/vrouter/P/dhcp/) instead of a static one. Every network is dual stack: network J's IPv6
+# subnet is fd00:10:1:J::/64 (gateway ::1, service address ::2); --ipv6 MODE gives its address mode,
+# as Neutron's ipv6_address_mode: none (the default: static, the VMs set ::H themselves), slaac (the
+# kernel's SLAAC from the agent's router advertisements; the port's address is the EUI-64 of its
+# MAC), dhcpv6-stateful (ISC dhclient -6 takes ::H from the agent), dhcpv6-stateless (SLAAC, and
+# dhclient -6 -S asks for DNS); a list gives network J the Jth mode, the last for the rest. --qemu M: M QEMU guests besides the namespace
 # VMs, each on a tap in P-compute made by the port plug (virtio-net, the port's MAC, SMBIOS as
 # Nova sets it, the serial console in /run/vrouter/P/guests/NAME.console), booting --image FILE
 # (qcow2 or raw, on a copy-on-write overlay: the file is never written) by its own boot loader, or

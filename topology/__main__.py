@@ -1,7 +1,7 @@
 """``python -m topology``: what ``scripts/netns_setup.sh`` runs.
 
 netns_setup.sh up [--vms N] [--networks K] [--nodes K] [--etcd URL,... [--fabric-link NS]] [--flow-entries E] [--prefix P] [--secret S]
-                  [--datapath nfqueue|ebpf] [--tls] [--dhcp] [--json]
+                  [--datapath nfqueue|ebpf] [--tls] [--dhcp] [--ipv6 MODE[,MODE...]] [--json]
                   [--join URL,... --node-id I --secret S [--fabric-link NS]]
                   [--qemu M (--image FILE | --kernel K [--initrd I] [--append A]) [--accel auto|kvm|tcg] [--memory MIB]]
                   [--user-data FILE] [--ssh-key PUBKEY_FILE] [--instances FILE]
@@ -56,6 +56,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--tls", action="store_true")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--dhcp", action="store_true")
+    ap.add_argument("--ipv6", default="none")
     ap.add_argument("--qemu", default="0")
     ap.add_argument("--image", default="")
     ap.add_argument("--kernel", default="")
@@ -133,7 +134,7 @@ def plan(args: argparse.Namespace, state: str) -> Topology:
     """The node ``up`` builds, from its options."""
     try:
         topo = Topology.plan(args.prefix, int(args.vms), state, args.secret, args.tls, qemu=int(args.qemu), networks=int(args.networks),
-                             nodes=int(args.nodes))  # fmt: skip
+                             nodes=int(args.nodes), ipv6=tuple(m.strip() for m in args.ipv6.split(",")))  # fmt: skip
     except ValueError as e:
         die(str(e))
     topo.flow_entries = int(args.flow_entries)

@@ -161,6 +161,7 @@ class Lab:
         if topo.clustered:
             self.computes.wait_converged(topo, others)
         self.vms.start(topo)
+        self.vms.start6(topo)
         self.guests.start(topo)
         layout = topo.layout()
         self.files.write("layout.json", json.dumps(layout, indent=2))

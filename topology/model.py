@@ -28,6 +28,11 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from dataplane.core.frames6 import eui64_address
+
+IPV6_MODES = ("none", "slaac", "dhcpv6-stateful", "dhcpv6-stateless")  # as vrouter.model's
+AUTOCONF_MODES = ("slaac", "dhcpv6-stateless")
+
 FABRIC_NET = "10.10.0"
 VM_NET = "10.1.1"  # the first network's
 VM_NET_BASE = "10.1"
@@ -53,6 +58,7 @@ class Net:
     name: str
     uuid: str
     number: int  # J of 10.1.J.0/24
+    ipv6_mode: str = "none"  # its IPv6 subnet fd00:10:1:J::/64's address mode (Neutron's ipv6_address_mode)
 
     @classmethod
     def of_record(cls, record: dict[str, Any]) -> Net | None:
@@ -62,7 +68,7 @@ class Net:
         parts = subnet.split(".")
         if len(parts) != 4 or ".".join(parts[:2]) != VM_NET_BASE or parts[3] != "0/24" or not parts[2].isdigit():
             return None
-        net = cls(str(record.get("name") or ""), str(record.get("uuid") or ""), int(parts[2]))
+        net = cls(str(record.get("name") or ""), str(record.get("uuid") or ""), int(parts[2]), str(record.get("ipv6_mode") or "none"))
         return net if net.uuid and (record.get("gateway"), record.get("dns_server")) == (net.gateway, net.dns_server) else None
 
     @property
@@ -77,12 +83,28 @@ class Net:
     def dns_server(self) -> str:
         return "%s.%d.2" % (VM_NET_BASE, self.number)
 
+    @property
+    def subnet6(self) -> str:
+        return "fd00:10:1:%x::/64" % self.number
+
+    @property
+    def gateway6(self) -> str:
+        return "fd00:10:1:%x::1" % self.number
+
+    @property
+    def dns_server6(self) -> str:
+        return "fd00:10:1:%x::2" % self.number
+
     def host(self, n: int) -> tuple[str, str, str]:
-        """Host ``n`` of the network: (its IPv4 address, its MAC, its IPv6 address)."""
-        return "%s.%d.%d" % (VM_NET_BASE, self.number, n), "02:00:0a:%02x:00:%02x" % (self.number, n), "fd00:10:1:%x::%x" % (self.number, n)
+        """Host ``n`` of the network: (its IPv4 address, its MAC, its IPv6 address: ::n, or where
+        the guest makes its own by SLAAC, the EUI-64 address of its MAC, as Neutron's IPAM)."""
+        mac = "02:00:0a:%02x:00:%02x" % (self.number, n)
+        ip6 = eui64_address(self.subnet6, mac) if self.ipv6_mode in AUTOCONF_MODES else "fd00:10:1:%x::%x" % (self.number, n)
+        return "%s.%d.%d" % (VM_NET_BASE, self.number, n), mac, ip6
 
     def as_dict(self, dhcp: bool) -> dict[str, Any]:
-        return {"name": self.name, "uuid": self.uuid, "subnet": self.subnet, "gateway": self.gateway, "dns_server": self.dns_server, "dhcp": dhcp}
+        return {"name": self.name, "uuid": self.uuid, "subnet": self.subnet, "gateway": self.gateway, "dns_server": self.dns_server, "dhcp": dhcp,
+                "subnet6": self.subnet6, "gateway6": self.gateway6, "dns_server6": self.dns_server6, "ipv6_mode": self.ipv6_mode}  # fmt: skip
 
 
 @dataclass
@@ -244,11 +266,12 @@ class Topology:
 
     @classmethod
     def plan(cls, prefix: str, vms: int, state_dir: str, secret: str | None = None, tls: bool = False, qemu: int = 0, networks: int = 0,
-             nodes: int = 1) -> Topology:  # fmt: skip
+             nodes: int = 1, ipv6: tuple[str, ...] = ("none",)) -> Topology:  # fmt: skip
         """Names, addresses and uuids for ``nodes`` compute nodes with ``vms`` namespace VMs and
         ``qemu`` guests in all on ``networks`` virtual networks (0: as many as they need, 252 VMs a
         network).  The VMs are dealt to the nodes in blocks (vm1 and vm2 on node 1 of 3 nodes with
-        6 VMs), to the networks in turn, so that each node has VMs of several networks."""
+        6 VMs), to the networks in turn, so that each node has VMs of several networks.  ``ipv6``:
+        the networks' IPv6 address modes in order, the last for the rest."""
         total = vms + qemu
         if not 1 <= total <= MAX_VMS or vms < 0 or qemu < 0:
             raise ValueError("--vms %d and --qemu %d: from 1 to %d in all" % (vms, qemu, MAX_VMS))
@@ -261,7 +284,11 @@ class Topology:
                 "--networks %d: from %d (%d VMs and guests, %d a network) to %d" % (k, need, total, PER_NETWORK, min(MAX_NETWORKS, total))
             )
         project = str(uuid.uuid4())
-        nets = [Net("%s-net" % prefix if j == 1 else "%s-net%d" % (prefix, j), str(uuid.uuid4()), j) for j in range(1, k + 1)]
+        for mode in ipv6:
+            if mode not in IPV6_MODES:
+                raise ValueError("--ipv6 %s: one of %s" % (mode, ", ".join(IPV6_MODES)))
+        modes = list(ipv6) + [ipv6[-1]] * k if ipv6 else ["none"] * k
+        nets = [Net("%s-net" % prefix if j == 1 else "%s-net%d" % (prefix, j), str(uuid.uuid4()), j, modes[j - 1]) for j in range(1, k + 1)]
         topo = cls(prefix, state_dir, secrets.token_hex(16) if secret is None else secret, project, nets, tls=tls, nodes=nodes)
         for i in range(1, total + 1):
             port = str(uuid.uuid4())
@@ -285,16 +312,20 @@ class Topology:
         """Nova's records of the instances, as ``vrouter nova-metadata --instances`` reads them."""
         out = []
         for vm in self.ports:
+            net = self.network_of(vm)
             rec: dict[str, Any] = {
                 "uuid": vm.instance_uuid, "name": vm.name, "hostname": vm.name, "project_id": uuid.UUID(self.project).hex,
                 "availability_zone": "nova", "launch_index": 0, "instance_type": "m1.small",
                 "public_keys": {"demo": DEMO_KEY % (vm.name, self.prefix, self.prefix)},
                 "user_data": "#cloud-config\nhostname: %s\n" % vm.name, "meta": {"role": "demo"},
                 "ip": vm.ip, "mac": vm.mac, "port_uuid": vm.port_uuid, "vn_uuid": vm.vn_uuid,
-                "gateway": vm.gateway, "netmask": "255.255.255.0", "dns_server": self.network_of(vm).dns_server, "mtu": 1500,
+                "gateway": vm.gateway, "netmask": "255.255.255.0", "dns_server": net.dns_server, "mtu": 1500,
                 # how the instance takes its address, as network_data.json says: a guest and a
                 # --dhcp VM by DHCP (ipv4_dhcp), a static namespace VM by its fixed address (ipv4)
                 "dhcp": vm.kind == "qemu" or self.dhcp, "security_groups": ["default"],
+                # dual stack: the port's IPv6 address and its subnet, as network_data.json renders them
+                "ip6": vm.ipv6, "ipv6_mode": net.ipv6_mode, "ipv6_prefix": net.subnet6, "ipv6_gateway": net.gateway6,
+                "ipv6_dns_server": net.dns_server6,
             }  # fmt: skip
             if self.ssh_key is not None:
                 rec["public_keys"] = {"default": self.ssh_key}

@@ -64,8 +64,10 @@ class Networks:
         nodes = self.given_to(topo)
         for net in topo.networks if nodes else []:
             for n in nodes:
-                r = call(agent_sock(topo, n), NetworkAdd(net.uuid, net.subnet, net.name, net.gateway, net.dns_server))
-            self.say("network %s set: %s, gateway %s, service address %s" % (r.name, r.subnet, r.gateway, r.dns_server))
+                r = call(agent_sock(topo, n), NetworkAdd(net.uuid, net.subnet, net.name, net.gateway, net.dns_server, subnet6=net.subnet6,
+                                                         gateway6=net.gateway6, dns_server6=net.dns_server6, ipv6_mode=net.ipv6_mode))  # fmt: skip
+            self.say("network %s set: %s, gateway %s, service address %s; %s (IPv6 %s)" % (r.name, r.subnet, r.gateway, r.dns_server, r.subnet6,
+                                                                                          r.ipv6_mode))  # fmt: skip
 
     def plug(self, topo: Topology) -> None:
         """Each VM's and guest's port, on its node; the VM learns its vif and metadata addresses."""

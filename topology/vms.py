@@ -1,19 +1,28 @@
 """The namespace VMs: each a namespace ``P-vmI`` whose eth0 is a veth to its tap on its node.
 
 The tap end lives in the node's namespace and is named as Nova names it; eth0
-has the port's MAC and IPv6 address (no duplicate address detection), and,
-unless the VMs take their address by DHCP, its IPv4 address and default
-route.  With DHCP each VM has a resolver file of its own
-(``/etc/netns/P-vmI/resolv.conf``, never the host's) and runs busybox's
-udhcpc, kept running (it renews), whose script applies the lease and writes
-it to ``dhcp/NAME.lease`` in the state directory.
+has the port's MAC (no duplicate address detection), and, unless the VMs take
+their address by DHCP, its IPv4 address and default route.  With DHCP each VM
+has a resolver file of its own (``/etc/netns/P-vmI/resolv.conf``, never the
+host's) and runs busybox's udhcpc, kept running (it renews), whose script
+applies the lease and writes it to ``dhcp/NAME.lease`` in the state directory.
+
+IPv6 follows the address mode of the VM's network: ``none``, the port's
+address set statically; ``slaac``, the kernel's SLAAC from the agent's router
+advertisements; ``dhcpv6-stateful``, ISC dhclient -6 (its script
+``scripts/dhclient6-vm.sh``, lease in ``dhcp/NAME.lease6``); ``dhcpv6-stateless``,
+SLAAC and ``dhclient -6 -S`` for the DNS servers.  Every mode but ``none``
+takes the default route from the advertisements.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import shlex
 import shutil
+import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,12 +30,15 @@ from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 
 from topology import netns
 from topology.errors import LabError
-from topology.model import VM, Topology
+from topology.model import AUTOCONF_MODES, VM, Topology
 from topology.processes import Processes
 from topology.state import StateDir
 
 ROOT = Path(__file__).resolve().parents[1]
 UDHCPC_SCRIPT = ROOT / "scripts" / "udhcpc-vm.sh"
+DHCLIENT6_SCRIPT = ROOT / "scripts" / "dhclient6-vm.sh"
+ROUTER_IP6 = "fe80::5e00:100"  # the vRouter's link-local address, its advertisements' source
+DHCLIENT6_CONF = "request dhcp6.name-servers, dhcp6.domain-search;\n"
 
 
 class VMs:
@@ -42,6 +54,8 @@ class VMs:
         """Refuse what cannot work, before anything is built."""
         if topo.dhcp and shutil.which("busybox") is None:
             raise LabError("--dhcp needs busybox (its udhcpc): apt-get install busybox-static")
+        if any(n.ipv6_mode.startswith("dhcpv6") for n in topo.networks) and topo.vms and _dhclient() is None:
+            raise LabError("--ipv6 dhcpv6-*: the namespace VMs need ISC dhclient: apt-get install isc-dhcp-client")
 
     def create(self, topo: Topology, nodes: dict[int, netns.Namespace]) -> None:
         """Each VM's namespace (and with DHCP its resolver file), wired to its node of ``nodes``."""
@@ -54,18 +68,22 @@ class VMs:
                 open("/etc/netns/%s/resolv.conf" % vm.namespace, "w").close()
                 self.files.created("file", "/etc/netns/%s/resolv.conf" % vm.namespace)
             with netns.Namespace(vm.namespace) as ns:
-                self._wire(vm, nodes[vm.node], ns, static=not topo.dhcp)
+                self._wire(vm, nodes[vm.node], ns, not topo.dhcp, topo.network_of(vm).ipv6_mode)
 
-    def _wire(self, vm: VM, compute: netns.Namespace, ns: netns.Namespace, static: bool) -> None:
+    def _wire(self, vm: VM, compute: netns.Namespace, ns: netns.Namespace, static: bool, mode: str) -> None:
         """The VM's eth0 and its tap in the compute namespace; with ``static``, its IPv4 address and
-        default route (else its DHCP client sets them)."""
+        default route (else its DHCP client sets them); IPv6 as ``mode`` says."""
         compute.ipr.link("add", ifname=vm.tap, kind="veth", peer={"ifname": "eth0", "net_ns_fd": ns.fd})
         eth0 = ns.index("eth0")
         ns.ipr.link("set", index=ns.index("lo"), state="up")
-        # no duplicate address detection: the VM's IPv6 link-local address is usable at once
-        ns.sysctl({"net.ipv6.conf.eth0.accept_dad": "0"})
+        # no duplicate address detection: the VM's IPv6 addresses are usable at once; router
+        # advertisements taken (SLAAC where the prefix says so) in every mode but none
+        ra = "0" if mode == "none" else "1"
+        ns.sysctl({"net.ipv6.conf.eth0.accept_dad": "0", "net.ipv6.conf.eth0.accept_ra": ra, "net.ipv6.conf.eth0.autoconf": ra})
         ns.ipr.link("set", index=eth0, address=vm.mac, state="up")
-        ns.ipr.addr("add", index=eth0, address=vm.ipv6, prefixlen=64, flags=IFA_F_NODAD)
+        if mode == "none":
+            ns.ipr.addr("add", index=eth0, address=vm.ipv6, prefixlen=64, flags=IFA_F_NODAD)
+            ns.ipr.route("add", dst="default", gateway=ROUTER_IP6, oif=eth0, family=socket.AF_INET6)
         if static:
             ns.ipr.addr("add", index=eth0, address=vm.ip, prefixlen=vm.prefix_len)
             ns.ipr.route("add", dst="default", gateway=vm.gateway)
@@ -87,6 +105,48 @@ class VMs:
             self.procs.wait(30, proc, functools.partial(os.path.exists, lease), "the DHCP client of %s" % vm.name, "dhcp/%s.log" % vm.name)
         self.say("  %d VMs took their address by DHCP" % len(started))
 
+    def start6(self, topo: Topology) -> None:
+        """dhclient -6 in each VM of a dhcpv6 network (-S: stateless, for DNS only); waits for each
+        one's lease, and for the SLAAC address of each VM that makes one."""
+        started = []
+        for vm in topo.vms:
+            mode = topo.network_of(vm).ipv6_mode
+            if not mode.startswith("dhcpv6"):
+                continue
+            lease = self.files.path("dhcp/%s.lease6" % vm.name)
+            conf = self.files.path("dhcp/%s.dhclient6.conf" % vm.name)
+            os.makedirs(os.path.dirname(lease), exist_ok=True)
+            with open(conf, "w") as f:
+                f.write(DHCLIENT6_CONF)
+            # dhclient runs its script with its own variables only: the VM's paths in a wrapper
+            script = self.files.path("dhcp/%s.dhclient6.sh" % vm.name)
+            with open(script, "w") as f:
+                f.write("#!/bin/sh\nLEASE_FILE=%s RESOLV_CONF=%s exec %s \"$@\"\n"
+                        % (shlex.quote(lease), shlex.quote("/etc/netns/%s/resolv.conf" % vm.namespace), shlex.quote(str(DHCLIENT6_SCRIPT))))  # fmt: skip
+            os.chmod(script, 0o755)
+            args = [_dhclient() or "dhclient", "-6", "-d", "-cf", conf, "-lf", self.files.path("dhcp/%s.leases6" % vm.name),
+                          "-pf", self.files.path("dhcp/%s.dhclient6-pid" % vm.name), "-sf", script]  # fmt: skip
+            args += ["-S", "eth0"] if mode == "dhcpv6-stateless" else ["eth0"]
+            started.append((vm, lease, self.procs.spawn(vm.namespace, args, "dhcp/%s.log6" % vm.name, "dhcp/%s-v6.pid" % vm.name)))
+        for vm, lease, proc in started:
+            self.procs.wait(30, proc, functools.partial(os.path.exists, lease), "the DHCPv6 client of %s" % vm.name, "dhcp/%s.log6" % vm.name)
+        if started:
+            self.say("  %d VMs asked DHCPv6 (dhclient -6)" % len(started))
+        slaac = [vm for vm in topo.vms if topo.network_of(vm).ipv6_mode in AUTOCONF_MODES]
+        deadline = time.monotonic() + 40  # the advertisement at the plug, or the next one (ra_interval 30 s)
+        for vm in slaac:
+            with netns.Namespace(vm.namespace) as ns:
+                while not any(a.get_attr("IFA_ADDRESS") == vm.ipv6 for a in ns.ipr.get_addr(family=socket.AF_INET6)):
+                    if time.monotonic() > deadline:
+                        raise LabError("%s made no SLAAC address %s from the agent's router advertisements" % (vm.name, vm.ipv6))
+                    time.sleep(0.1)  # polling the VM's addresses, with a deadline
+        if slaac:
+            self.say("  %d VMs made their IPv6 address by SLAAC" % len(slaac))
+
     def stop(self) -> None:
         """The DHCP clients (their namespaces go with the lab's list of what was created)."""
         self.procs.stop_each("dhcp", "DHCP client of")
+
+
+def _dhclient() -> str | None:
+    return shutil.which("dhclient") or next((p for p in ("/sbin/dhclient", "/usr/sbin/dhclient") if os.path.exists(p)), None)

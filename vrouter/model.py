@@ -25,6 +25,7 @@ import uuid as uuidlib
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from dataplane.core.frames6 import eui64_address
 from dataplane.core.services import LinkLocalService
 from dataplane.core.vif import metadata_ip, metadata_ip6
 
@@ -182,6 +183,10 @@ class Network:
     mtu: int = 0  # 0: not sent (DHCP option 26), as the vRouter agent does unless configured
     domain: str = ""  # DHCP option 15 and the DNS zone of the instances; "": the agent's dns_domain
     host_routes: list[HostRoute] = field(default_factory=list)
+    subnet6: str = ""  # its IPv6 subnet (dual stack), "" for none
+    gateway6: str = ""
+    dns_server6: str = ""  # the IPv6 service address: DHCPv6 answers from the router's link-local, DNS here
+    ipv6_mode: str = ""  # Neutron's ipv6_address_mode: none, slaac, dhcpv6-stateful, dhcpv6-stateless ("" without subnet6)
 
     @property
     def prefix_len(self) -> int:
@@ -195,7 +200,25 @@ class Network:
         """A network from its file or etcd value (as ``to_dict`` wrote it), validated."""
         routes = [HostRoute.of(r["prefix"], r["nexthop"]) for r in d.get("host_routes", [])]
         return validate_network(d["uuid"], d["subnet"], d.get("name"), d.get("gateway"), d.get("dns_server"), d.get("dhcp", True),
-                                d.get("mtu"), d.get("domain"), routes)  # fmt: skip
+                                d.get("mtu"), d.get("domain"), routes, d.get("subnet6"), d.get("gateway6"), d.get("dns_server6"),
+                                d.get("ipv6_mode"))  # fmt: skip
+
+    def address6(self, host: int) -> str:
+        """The IPv6 address numbered ``host`` in the subnet (IPAM numbers a port's two addresses
+        alike); ``port_address6`` says which address a port gets."""
+        return str(ipaddress.IPv6Network(self.subnet6).network_address + host) if self.subnet6 else ""
+
+
+IPV6_MODES = ("none", "slaac", "dhcpv6-stateful", "dhcpv6-stateless")
+AUTOCONF_MODES = ("slaac", "dhcpv6-stateless")  # the guest makes its address from the prefix (SLAAC)
+
+
+def port_address6(net: Network, host: int, mac: str) -> str:
+    """The IPv6 address of a network's port: EUI-64 of its MAC where the guest autoconfigures,
+    else the same host number as its IPv4 address; "" in a network without IPv6."""
+    if not net.subnet6:
+        return ""
+    return eui64_address(net.subnet6, mac) if net.ipv6_mode in AUTOCONF_MODES else net.address6(host)
 
 
 def _address(option: str, value: str, net: ipaddress.IPv4Network) -> str:
@@ -208,9 +231,44 @@ def _address(option: str, value: str, net: ipaddress.IPv4Network) -> str:
     return str(ip)
 
 
+def _address6(option: str, value: str, net: ipaddress.IPv6Network) -> str:
+    try:
+        ip = ipaddress.IPv6Address(value)
+    except ValueError:
+        raise NetworkError("%s %r: not an IPv6 address" % (option, value)) from None
+    if ip not in net or ip == net.network_address:
+        raise NetworkError("%s %s: not a host address of %s" % (option, ip, net))
+    return str(ip)
+
+
+def _ipv6_subnet(subnet6: object, gateway6: object, dns_server6: object, mode: object) -> tuple[str, str, str, str]:
+    """(subnet6, gateway6, dns_server6, ipv6_mode) validated; all "" without a subnet."""
+    if not subnet6:
+        if mode not in (None, ""):
+            raise NetworkError("--ipv6-mode %s: needs --subnet6" % mode)
+        return "", "", "", ""
+    try:
+        net = ipaddress.IPv6Network(str(subnet6), strict=True)
+    except ValueError as e:
+        raise NetworkError("--subnet6 %r: %s" % (subnet6, e)) from None
+    if net.prefixlen > 120 or net.network_address.is_link_local or net.network_address.is_multicast:
+        raise NetworkError("--subnet6 %s: not a usable subnet (a global or unique local prefix, at most /120)" % net)
+    m = str(mode or "none")
+    if m not in IPV6_MODES:
+        raise NetworkError("--ipv6-mode %r: one of %s" % (mode, ", ".join(IPV6_MODES)))
+    if m in AUTOCONF_MODES and net.prefixlen != 64:
+        raise NetworkError("--subnet6 %s: %s needs a /64 (SLAAC makes 64-bit interface ids)" % (net, m))
+    gw = _address6("--gateway6", str(gateway6), net) if gateway6 else str(net.network_address + 1)
+    dns = _address6("--dns-server6", str(dns_server6), net) if dns_server6 else str(net.network_address + 2)
+    if gw == dns:
+        raise NetworkError("--dns-server6 %s: the same as the gateway" % dns)
+    return str(net), gw, dns, m
+
+
 def validate_network(uuid: object, subnet: object, name: object = None, gateway: object = None, dns_server: object = None,
                      dhcp: bool = True, mtu: object = None, domain: object = None,
-                     host_routes: list[HostRoute] | None = None) -> Network:  # fmt: skip
+                     host_routes: list[HostRoute] | None = None, subnet6: object = None, gateway6: object = None,
+                     dns_server6: object = None, ipv6_mode: object = None) -> Network:  # fmt: skip
     """A Network from what the user typed (host routes parsed by ``HostRoute.parse``)."""
     vn = network_uuid(uuid)
     try:
@@ -238,7 +296,8 @@ def validate_network(uuid: object, subnet: object, name: object = None, gateway:
     dom = str(domain or "").strip(".").lower()
     if dom and not all(_NAME.match(label) for label in dom.split(".")):
         raise NetworkError("--domain %r: not a DNS domain name" % domain)
-    return Network(vn, nm, str(net), gw, dns, bool(dhcp), n, dom, list(host_routes or []))
+    v6 = _ipv6_subnet(subnet6, gateway6, dns_server6, ipv6_mode)
+    return Network(vn, nm, str(net), gw, dns, bool(dhcp), n, dom, list(host_routes or []), *v6)
 
 
 def network_uuid(value: object) -> str:

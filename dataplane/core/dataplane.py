@@ -201,8 +201,9 @@ class Dataplane:
     def service_ips(self, service: LinkLocalService) -> tuple[str, ...]:
         return self.services.fabric_ips(service)
 
-    def set_guest_addresses(self, vrf: int, addresses: tuple[bytes, bytes] | None) -> int:
-        """The gateway and service address of VRF ``vrf``'s network (None: not configured), which
+    def set_guest_addresses(self, vrf: int, addresses: tuple[bytes, ...] | None) -> int:
+        """The gateway and service address of VRF ``vrf``'s network, and its IPv6 ones when it is
+        dual stack (None: not configured), which
         the agent's services answer for.  When they change, the VRF's trap and Drop entries go
         (a ping to the gateway dropped before the network was configured is trapped now);
         return how many entries went."""

@@ -41,7 +41,7 @@ from dataplane.core.entries import Entries, FlowState, PortAllocator
 from dataplane.core.lifecycle import Lifecycle
 from dataplane.core.nat import Patch, Rewrite
 from dataplane.core.overlay import Decapped, Overlay, Route, Tunnel
-from dataplane.core.packet import ICMP, TCP, UDP, Parsed
+from dataplane.core.packet import ICMP, ICMPV6, TCP, UDP, Parsed
 from dataplane.core.services import LinkLocalService, LinkLocalTable
 from dataplane.core.traps import ANY_SOURCE, Trap, TrapTable
 from dataplane.core.vif import LINK_LOCAL6, PROXY_IP6, Vif, VifTable
@@ -134,7 +134,7 @@ class FlowSetup:
                 if v6:
                     return self._drop_entry(vif, key, DropReason.NO_ROUTE, now), _NONE
                 return self._fabric(vif, p, key, now, service), _NONE
-            if p.dst[0] == 169 and p.dst[1] == 254 and p.proto not in (TCP, UDP):
+            if not v6 and p.dst[0] == 169 and p.dst[1] == 254 and p.proto not in (TCP, UDP):
                 return self._drop_entry(vif, key, DropReason.INVALID_PROTOCOL, now), _NONE
             dst = self.vifs.by_ip.get((vif.vrf, p.dst))
             if dst is None and not v6:
@@ -188,7 +188,7 @@ class FlowSetup:
         return fi
 
     def _forward(self, vif: Vif, dst: Vif, p: Parsed, key: bytes, now: int) -> int:
-        rports = (p.sport, p.dport) if p.proto == ICMP else (p.dport, p.sport)
+        rports = (p.sport, p.dport) if p.proto in (ICMP, ICMPV6) else (p.dport, p.sport)
         rkey = make_key(dst.index, p.dst, p.src, p.proto, *rports)
         fspec = FlowSpec(Action.FORWARD, vrf=vif.vrf, dvrf=dst.vrf, src_nh=vif.nh, vif=vif.index)
         rspec = FlowSpec(Action.FORWARD, vrf=dst.vrf, dvrf=vif.vrf, src_nh=dst.nh, vif=dst.index)
@@ -197,7 +197,7 @@ class FlowSetup:
         return self._pair(key, fspec, fst, rkey, rspec, rst, (vif, dst), False, now)
 
     def _to_tunnel(self, vif: Vif, route: Route, tunnel: Tunnel, p: Parsed, key: bytes, now: int) -> int:
-        rports = (p.sport, p.dport) if p.proto == ICMP else (p.dport, p.sport)
+        rports = (p.sport, p.dport) if p.proto in (ICMP, ICMPV6) else (p.dport, p.sport)
         rkey = make_key(tunnel.nh, p.dst, p.src, p.proto, *rports)
         fspec = FlowSpec(Action.FORWARD, vrf=vif.vrf, dvrf=vif.vrf, src_nh=vif.nh, vif=vif.index)
         rspec = FlowSpec(Action.FORWARD, vrf=vif.vrf, dvrf=vif.vrf, src_nh=tunnel.nh, vif=0)
@@ -222,7 +222,7 @@ class FlowSetup:
         if self.entries.over_rate(vif, now):  # flows set up towards the VM count as its own
             return _REFUSED[DropReason.FLOW_SETUP_RATE]
         route = remote[0]
-        rports = (p.sport, p.dport) if p.proto == ICMP else (p.dport, p.sport)
+        rports = (p.sport, p.dport) if p.proto in (ICMP, ICMPV6) else (p.dport, p.sport)
         rkey = make_key(vif.index, p.dst, p.src, p.proto, *rports)
         fspec = FlowSpec(Action.FORWARD, vrf=vif.vrf, dvrf=vif.vrf, src_nh=tunnel.nh, vif=0)
         rspec = FlowSpec(Action.FORWARD, vrf=vif.vrf, dvrf=vif.vrf, src_nh=vif.nh, vif=vif.index)

@@ -1,8 +1,8 @@
-"""Ethernet frames the agent sends a guest itself, and the ARP and ICMPv6 it reads from one.
+"""Ethernet frames the agent sends a guest itself, and the ARP it reads from one.
 
-Pure: bytes in, bytes out.  The agent answers a guest's DHCP, DNS, ARP, ICMP
-echo and router solicitations from packets the dataplane traps (as the vRouter
-agent answers them from pkt0), and sends its answers straight out of the
+Pure: bytes in, bytes out (IPv6's are ``frames6``'s).  The agent answers a
+guest's DHCP, DNS, ARP and ICMP echo from packets the dataplane traps (as the
+vRouter agent answers them from pkt0), and sends its answers straight out of the
 guest's tap as whole frames: from the vRouter MAC 00:00:5e:00:01:00, with IP
 headers and checksums made here.
 """
@@ -13,7 +13,7 @@ import struct
 from typing import NamedTuple
 
 from dataplane.core.nat import internet_checksum
-from dataplane.core.packet import ICMP, ICMPV6, UDP, Malformed
+from dataplane.core.packet import ICMP, UDP, Malformed
 
 VROUTER_MAC = bytes.fromhex("00005e000100")
 BROADCAST_MAC = b"\xff" * 6
@@ -31,7 +31,6 @@ _ETH = struct.Struct("!6s6sH")
 _IP4 = struct.Struct("!BBHHHBBH4s4s")
 _UDP = struct.Struct("!HHHH")
 _ARP = struct.Struct("!HHBBH6s4s6s4s")
-_IP6 = struct.Struct("!IHBB16s16s")
 
 
 def mac_bytes(mac: str) -> bytes:
@@ -106,34 +105,3 @@ def arp_reply_frame(request: Arp, mac: bytes) -> bytes:
     """The reply to an ARP request: ``mac`` has the address asked for."""
     body = _ARP.pack(1, ETH_IP, 6, 4, ARP_REPLY, mac, request.target_ip, request.sender_mac, request.sender_ip)
     return ethernet(request.sender_mac, mac, ETH_ARP, body)
-
-
-def icmp6_frame(dst_mac: bytes, src: bytes, dst: bytes, message: bytes, hop_limit: int = 255) -> bytes:
-    """An ICMPv6 message (its checksum field zero) from the vRouter, checksummed, as a frame."""
-    pseudo = src + dst + struct.pack("!I3xB", len(message), ICMPV6)
-    csum = internet_checksum(pseudo + message)
-    message = message[:2] + struct.pack("!H", csum) + message[4:]
-    return ethernet(dst_mac, VROUTER_MAC, ETH_IP6, _IP6.pack(6 << 28, len(message), ICMPV6, hop_limit, src, dst) + message)
-
-
-def router_advertisement(prefix: bytes, prefix_len: int, mtu: int = 0, lifetime: int = 9000) -> bytes:
-    """A router advertisement as the vRouter agent sends it: hop limit 64, managed and other flags,
-    the router's link-layer address, the port's prefix on-link only (no autonomous flag: no
-    SLAAC), and the MTU when there is one.  Its checksum is left to ``icmp6_frame``."""
-    out = struct.pack("!BBHBBHII", 134, 0, 0, 64, 0xC0, lifetime, 0, 0)
-    out += struct.pack("!BB6s", 1, 1, VROUTER_MAC)  # source link-layer address
-    out += struct.pack("!BBBBIII16s", 3, 4, prefix_len, 0x80, 0xFFFFFFFF, 0xFFFFFFFF, 0, prefix)
-    if mtu:
-        out += struct.pack("!BBHI", 5, 1, 0, mtu)
-    return out
-
-
-def is_router_solicitation(frame: bytes) -> bool:
-    """An IPv6 router solicitation (ICMPv6 133, hop limit 255), in an Ethernet frame."""
-    return (
-        len(frame) >= 14 + 40 + 8
-        and _ETH.unpack_from(frame)[2] == ETH_IP6
-        and frame[14 + 6] == ICMPV6
-        and frame[14 + 7] == 255
-        and frame[14 + 40] == 133
-    )

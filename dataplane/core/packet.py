@@ -86,9 +86,19 @@ def fast4(pkt: bytes) -> Parsed | None:
     return None
 
 
+# IPv6 extension headers walked to find the transport header: hop-by-hop options (only first),
+# destination options, and a routing header with no segments left (this node is its destination's
+# last hop: a VM beyond it is the packet's destination); a fragment header, a routing header with
+# segments left, or more than MAX_EXT of them are Malformed (dropped, Invalid Packet), as IPv4
+# fragments are.  The ebpf program walks the same (tests/test_ebpf_program.py compares them).
+HOP_BY_HOP, ROUTING, FRAGMENT, DEST_OPTS = 0, 43, 44, 60
+MAX_EXT = 4
+
+
 def parse6(pkt: bytes) -> Parsed:
-    """The key fields of an IPv6 packet.  Extension headers are not walked: a packet whose next
-    header is not TCP, UDP or ICMPv6 keeps ports 0 and is dropped by the flow decision."""
+    """The key fields of an IPv6 packet, its extension headers walked (``ihl`` is where the
+    transport header starts); a packet whose last next header is not TCP, UDP or ICMPv6 keeps
+    ports 0."""
     n = len(pkt)
     if n < 40:
         raise Malformed("shorter than an IPv6 header")
@@ -96,14 +106,32 @@ def parse6(pkt: bytes) -> Parsed:
     total = 40 + plen
     if total > n:
         raise Malformed("bad payload length")
+    off = 40
+    if proto in (HOP_BY_HOP, ROUTING, FRAGMENT, DEST_OPTS):
+        for i in range(MAX_EXT + 1):
+            if proto == FRAGMENT:
+                raise Malformed("IPv6 fragment")
+            if proto not in (HOP_BY_HOP, ROUTING, DEST_OPTS):
+                break
+            if i == MAX_EXT:
+                raise Malformed("more than %d IPv6 extension headers" % MAX_EXT)
+            if proto == HOP_BY_HOP and i:
+                raise Malformed("hop-by-hop options not first")
+            if off + 8 > total:
+                raise Malformed("truncated IPv6 extension header")
+            if proto == ROUTING and pkt[off + 3]:
+                raise Malformed("IPv6 routing header with segments left")
+            proto, off = pkt[off], off + (pkt[off + 1] + 1) * 8
+        if off > total:
+            raise Malformed("truncated IPv6 extension header")
     if proto == ICMPV6:
-        if plen < 8:
+        if total - off < 8:
             raise Malformed("truncated ICMPv6 header")
-        if pkt[40] in (128, 129):  # echo request / reply
-            (ident,) = struct.unpack_from("!H", pkt, 44)
-            return Parsed(40, proto, src, dst, ident, 0, 0, total)
-        return Parsed(40, proto, src, dst, 0, 0, 0, total)
-    return _l4(pkt, 40, proto, src, dst, total)
+        if pkt[off] in (128, 129):  # echo request / reply
+            (ident,) = struct.unpack_from("!H", pkt, off + 4)
+            return Parsed(off, proto, src, dst, ident, 0, 0, total)
+        return Parsed(off, proto, src, dst, 0, 0, 0, total)
+    return _l4(pkt, off, proto, src, dst, total)
 
 
 def _l4(pkt: bytes, ihl: int, proto: int, src: bytes, dst: bytes, total: int) -> Parsed:

@@ -85,7 +85,7 @@ class Vif:
 
 
 class VifTable:
-    """The vifs by index, by the ifindex of their tap, and by (VRF, IPv4 address)."""
+    """The vifs by index, by the ifindex of their tap, and by (VRF, address): IPv4 and IPv6."""
 
     def __init__(self, vhost_ip: str) -> None:
         self.host = Vif(HOST_VIF, "vhost0", ip=vhost_ip, kind="Host")
@@ -125,11 +125,14 @@ class VifTable:
             self.by_ifindex[vif.ifindex] = vif
         if vif.ip:
             self.by_ip[(vif.vrf, vif.ip_bytes)] = vif
+        if vif.ip6:
+            self.by_ip[(vif.vrf, vif.ip6_bytes)] = vif
 
     def _unindex(self, vif: Vif) -> None:
         if self.by_name.get(vif.name) is vif:
             del self.by_name[vif.name]
         if self.by_ifindex.get(vif.ifindex) is vif:
             del self.by_ifindex[vif.ifindex]
-        if self.by_ip.get((vif.vrf, vif.ip_bytes)) is vif:
-            del self.by_ip[(vif.vrf, vif.ip_bytes)]
+        for ip in (vif.ip_bytes, vif.ip6_bytes):
+            if ip and self.by_ip.get((vif.vrf, ip)) is vif:
+                del self.by_ip[(vif.vrf, ip)]

@@ -5,8 +5,9 @@ sends, every packet the compute node itself sends towards a per-VM metadata
 IP (169.254.0.0/16, the return traffic of NATed metadata flows), and every
 TCP or UDP packet arriving on vhost0 for the link-local NAT port range (the
 fabric's return traffic of link-local services).  The IPv6 table (``ip6
-vrouter``) sends a VM's TCP to fe80::a9fe:a9fe and the proxy's packets back
-to the per-port IPv6 metadata addresses.  Nothing else on the host is
+vrouter``) does the same for IPv6 (dual stack): every packet a VM sends but
+neighbour discovery and MLD, and the proxy's packets back to the per-port IPv6
+metadata addresses.  Nothing else on the host is
 touched: the tables are created at start and deleted, by name, at stop.
 
 Queues per VM: each plugged VM has two queues of its own, so that a VM flooding
@@ -202,6 +203,7 @@ class QueueRules:
     nat_ranges: tuple[tuple[int, int, int], ...] = ()
     vms: tuple[VmQueue, ...] = ()
     service_ips: tuple[bytes, ...] = ()  # 4 bytes each: the networks' gateways and service addresses
+    service_ips6: tuple[bytes, ...] = ()  # 16 bytes each: the dual-stack networks' IPv6 gateways and service addresses
     tunnel_queue: int = -1  # MPLS over UDP from other nodes (UDP to tunnel_port on vhost0); -1: none
     tunnel_port: int = 6635
     # The ebpf datapath (0: nfqueue): what its program passed up carries this mark and is accepted
@@ -321,22 +323,37 @@ class NftSocket:
         self.delete_table(name, NFPROTO_IPV6)
 
     def create_queue_table6(self, rules: QueueRules, name: str = TABLE_NAME) -> None:
-        """The IPv6 table: a VM's TCP to fe80::a9fe:a9fe, and the proxy's packets back to the
-        per-port IPv6 metadata addresses (fd00:a9fe:a9fe::/64), go to NFQUEUE: the VM's queue,
-        else the node's. The rest of a VM's IPv6 (neighbour discovery among it) is the kernel's."""
+        """The IPv6 table, as the IPv4 one: what each VM's tap sends to the services (link-local
+        and multicast destinations: the metadata service, DHCPv6, the router; the networks' IPv6
+        gateways and service addresses) to its service queue, the rest to its data queue, the
+        node's packets to its IPv6 metadata address (fd00:a9fe:a9fe::/64) to its service queue;
+        else the node's queue.  Neighbour discovery and MLD (ICMPv6 130-137 and 143, after any
+        extension headers) are not queued: the kernel ignores what is not its own, and the
+        agent answers from the frames pkt0 reads."""
         node = _nfqueue(rules.queue_num, rules.queue_total)
-        md6 = socket.inet_pton(socket.AF_INET6, "fe80::a9fe:a9fe")
         net6 = socket.inet_pton(socket.AF_INET6, "fd00:a9fe:a9fe::")
         mask6 = b"\xff" * 8 + b"\0" * 8
-        to_md6 = (_payload(24, 16), _cmp_eq(md6), _meta(NFT_META_L4PROTO), _cmp_eq(b"\x06"))
         msgs = self._replacing(name, NFPROTO_IPV6) + _fast_rules(name, rules, True)
+        icmp6_type = (_meta(NFT_META_L4PROTO), _cmp_eq(b"\x3a"), _payload(0, 1, NFT_PAYLOAD_TRANSPORT_HEADER))
+        msgs.append(_accept_rule(name, "from_vms", *icmp6_type, _cmp(NFT_CMP_GTE, b"\x82"), _cmp(NFT_CMP_LTE, b"\x89")))
+        msgs.append(_accept_rule(name, "from_vms", *icmp6_type, _cmp_eq(b"\x8f")))
         iif = _meta(NFT_META_IIF)
-        vms_in = [(vm.ifindex, (iif, _cmp_eq(struct.pack("=I", vm.ifindex)), *to_md6), vm.service_queue, 1) for vm in rules.vms if vm.ifindex]
+        svc_in = [(vm.ifindex, (iif, _cmp_eq(struct.pack("=I", vm.ifindex))), vm.service_queue, 1) for vm in rules.vms if vm.ifindex]
+        vms_in = [(vm.ifindex, (iif, _cmp_eq(struct.pack("=I", vm.ifindex))), vm.queue, vm.queues_total) for vm in rules.vms if vm.ifindex]
         vms_out = [(vm.metadata_ip6[-1], (_payload(24, 16), _cmp_eq(vm.metadata_ip6)), vm.service_queue, 1) for vm in rules.vms]
-        msgs += _bucketed(name, "from_vms", (_meta(NFT_META_IIF),), 4, vms_in)
+        svc = "from_vms_to_services"
+        msgs.append((NFT_MSG_NEWCHAIN, NLM_F_CREATE, _str(1, name) + _str(3, svc)))
+        msgs += _bucketed(name, svc, (iif,), 4, svc_in)
+        daddr = _payload(24, 16)
+        to_services: list[tuple[bytes, ...]] = [(daddr, _bitwise_mask(b"\xff\xc0" + b"\0" * 14), _cmp_eq(b"\xfe\x80" + b"\0" * 14)),  # fe80::/10
+                       (daddr, _bitwise_mask(b"\xff" + b"\0" * 15), _cmp_eq(b"\xff" + b"\0" * 15))]  # ff00::/8  # fmt: skip
+        to_services += [(daddr, _cmp_eq(ip)) for ip in dict.fromkeys(rules.service_ips6)]
+        for matches in to_services:
+            msgs.append((NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, _rule(name, "from_vms", *matches, _jump(svc))))
+        msgs += _bucketed(name, "from_vms", (iif,), 4, vms_in)
         msgs += _bucketed(name, "to_metadata_ips", (_payload(39, 1),), 1, vms_out)
         msgs += [
-            _queue_rule(name, "from_vms", node, _meta(NFT_META_IIFNAME), _cmp_eq(rules.tap_prefix.encode()), *to_md6),
+            _queue_rule(name, "from_vms", node, _meta(NFT_META_IIFNAME), _cmp_eq(rules.tap_prefix.encode())),
             _queue_rule(name, "to_metadata_ips", node, _payload(24, 16), _bitwise_mask(mask6), _cmp_eq(net6)),
         ]
         self.batch(msgs, NFPROTO_IPV6)

@@ -3,7 +3,7 @@
 On a vRouter node, pkt0 carries what the datapath traps to the agent and what
 the agent sends back.  Here one AF_PACKET socket in the compute namespace
 reads, from every interface, only what the services want as frames (ARP, and
-IPv6 router solicitations: a kernel BPF filter keeps the rest out), and sends
+IPv6 neighbour discovery: a kernel BPF filter keeps the rest out), and sends
 the services' answers out of a named tap.  IP packets for the services (DHCP,
 DNS, ICMP) reach them through NFQUEUE and the dataplane's traps instead.
 """
@@ -24,16 +24,17 @@ SO_ATTACH_FILTER = 26
 PACKET_OUTGOING = 4
 MAX_PER_WAKE = 256  # frames read per wake-up, so that a flood of ARP does not hold the loop
 
-# classic BPF: accept ARP (ethertype 0x0806) and ICMPv6 type 133 (ethertype 0x86dd, next header
-# 58 at byte 20, ICMPv6 type at byte 54), drop everything else
+# classic BPF: accept ARP (ethertype 0x0806) and neighbour discovery, ICMPv6 types 133-137
+# (ethertype 0x86dd, next header 58 at byte 20, ICMPv6 type at byte 54), drop everything else
 _FILTER = [
     (0x28, 0, 0, 12),  # ldh [12]
-    (0x15, 5, 0, 0x0806),  # jeq ARP -> accept
-    (0x15, 0, 5, 0x86DD),  # jeq IPv6, else drop
+    (0x15, 6, 0, 0x0806),  # jeq ARP -> accept
+    (0x15, 0, 6, 0x86DD),  # jeq IPv6, else drop
     (0x30, 0, 0, 20),  # ldb [20]
-    (0x15, 0, 3, 58),  # jeq ICMPv6, else drop
+    (0x15, 0, 4, 58),  # jeq ICMPv6, else drop
     (0x30, 0, 0, 54),  # ldb [54]
-    (0x15, 0, 1, 133),  # jeq router solicitation -> accept, else drop
+    (0x35, 0, 2, 133),  # jge router solicitation, else drop
+    (0x25, 1, 0, 137),  # jgt redirect -> drop, else accept
     (0x06, 0, 0, 0xFFFF),  # accept
     (0x06, 0, 0, 0),  # drop
 ]

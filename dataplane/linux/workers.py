@@ -297,7 +297,7 @@ class Dataplanes:
     def set_resolved(self, name: str, addresses: tuple[str, ...]) -> asyncio.Future[int]:
         return self._call("set_resolved", (name, addresses), ("resolved", name))
 
-    def set_guest_addresses(self, vrf: int, addresses: tuple[bytes, bytes] | None) -> asyncio.Future[int]:
+    def set_guest_addresses(self, vrf: int, addresses: tuple[bytes, ...] | None) -> asyncio.Future[int]:
         return self._call("set_guest_addresses", (vrf, addresses), ("guest", vrf))
 
     def set_routes(self, routes: list[Route]) -> asyncio.Future[int]:

@@ -4,7 +4,8 @@ The agent runs inside the compute namespace, so everything here acts on that
 namespace only.  Per plugged port: the tap is brought up with the vRouter MAC
 (00:00:5e:00:01:00), answers no ARP itself (the agent's ARP service does,
 through pkt0), and gets a /32 route for the VM IP and for its metadata IP plus
-a permanent neighbour entry for the VM.  Reverse-path
+a permanent neighbour entry for the VM; likewise /128 routes and neighbour
+entries for its IPv6 address and IPv6 metadata address.  Reverse-path
 filtering is strict on an unplugged tap, so without those routes (no agent)
 the kernel drops everything a VM sends: the dataplane fails closed even
 without its nftables table.
@@ -92,6 +93,7 @@ class HostNetwork:
         larger of `all` and the interface's) while the agent runs; off and strict everywhere
         when it stops."""
         sysctl("net.ipv4.ip_forward", "1" if on else "0")
+        sysctl("net.ipv6.conf.all.forwarding", "1" if on else "0")  # dual stack: VM to VM over IPv6
         sysctl("net.ipv4.conf.all.rp_filter", "0" if on else "1")
         sysctl("net.ipv4.conf.default.rp_filter", "1")
 
@@ -145,8 +147,9 @@ class HostNetwork:
         for ip in (vm_ip, md_ip):
             await self._nl("neigh", "replace", dst=ip, lladdr=vm_mac, ifindex=idx, state="permanent")
         if md_ip6:
-            # IPv6: the tap answers neighbour discovery for fe80::a9fe:a9fe; the per-port metadata
-            # address routes back to it. IPv6 is otherwise not forwarded.
+            # IPv6: the tap answers neighbour discovery for fe80::a9fe:a9fe (the kernel, for its own
+            # addresses; the agent answers for the gateway, the service address and other VMs); the
+            # per-port metadata address and the VM's address route to it.
             for key, value in (("accept_dad", "0"), ("accept_ra", "0"), ("disable_ipv6", "0")):
                 sysctl("net.ipv6.conf.%s.%s" % (tap, key), value)
             # ... and for the router's link-local address, which its advertisements come from
@@ -155,7 +158,9 @@ class HostNetwork:
             for ip in (md_ip6, vm_ip6):
                 if ip:
                     await self._nl("route", "replace", dst=ip + "/128", oif=idx)
-            await self._nl("neigh", "replace", dst=md_ip6, lladdr=vm_mac, ifindex=idx, state="permanent", family=socket.AF_INET6)
+            for ip in (md_ip6, vm_ip6):
+                if ip:
+                    await self._nl("neigh", "replace", dst=ip, lladdr=vm_mac, ifindex=idx, state="permanent", family=socket.AF_INET6)
         return idx
 
     async def unplug(self, tap: str, vm_ip: str, md_ip: str) -> None:

@@ -156,9 +156,11 @@ class KSync:
 
     def _guest_addresses(self, vrf: int, net: Network | None) -> None:
         """The dataplane traps a VRF's gateway and service address (none without a network)."""
-        addresses = None
+        addresses: tuple[bytes, ...] | None = None
         if net is not None:
             addresses = (ipaddress.IPv4Address(net.gateway).packed, ipaddress.IPv4Address(net.dns_server).packed)
+            if net.subnet6:
+                addresses += (ipaddress.IPv6Address(net.gateway6).packed, ipaddress.IPv6Address(net.dns_server6).packed)
         self.dataplanes.set_guest_addresses(vrf, addresses)
 
     async def _routes(self) -> int:

@@ -121,18 +121,22 @@ class Operations:
 
     def _network(self, net: Network) -> NetworkRecord:
         return NetworkRecord(net.uuid, net.name, net.subnet, net.gateway, net.dns_server, net.dhcp, net.mtu, net.domain,
-                             [str(r) for r in net.host_routes], self.state.vrfs.get(net.uuid, 0))  # fmt: skip
+                             [str(r) for r in net.host_routes], self.state.vrfs.get(net.uuid, 0), net.subnet6, net.gateway6, net.dns_server6,
+                             net.ipv6_mode)  # fmt: skip
 
     async def network_add(self, req: NetworkAdd) -> NetworkRecord:
         routes = [HostRoute.parse(r) for r in req.host_routes]
-        net = validate_network(req.vn_uuid, req.subnet, req.name, req.gateway, req.dns_server, req.dhcp, req.mtu, req.domain, routes)
+        net = validate_network(req.vn_uuid, req.subnet, req.name, req.gateway, req.dns_server, req.dhcp, req.mtu, req.domain, routes,
+                               req.subnet6, req.gateway6, req.dns_server6, req.ipv6_mode)  # fmt: skip
         if self.node.cluster is not None:
             most = _mtu(self.node.cfg.vhost.name) - OUTER
             if net.mtu > most:
                 raise NetworkError("--mtu %d: at most %d here, vhost0's MTU less the %d bytes of MPLS over UDP (the overlay never fragments)"
                                    % (net.mtu, most, OUTER))  # fmt: skip
         await self.state.set_network(net)
-        log.info("network %s (%s): %s, gateway %s, service address %s", net.name, net.uuid, net.subnet, net.gateway, net.dns_server)
+        log.info("network %s (%s): %s, gateway %s, service address %s%s", net.name, net.uuid, net.subnet, net.gateway, net.dns_server,
+                 "; %s, gateway %s, service address %s, IPv6 %s" % (net.subnet6, net.gateway6, net.dns_server6, net.ipv6_mode)
+                 if net.subnet6 else "")  # fmt: skip
         return self._network(net)
 
     async def network_del(self, req: NetworkDel) -> NetworkRecord:

@@ -161,6 +161,7 @@ class VmQueues:
         captured = tuple(vm for v, vm in zip(virtual, vms, strict=True) if v.index in self.captured)
         nat = tuple((*layout.nat_ports(w, *PORT_RANGE), layout.node_queue(w)) for w in range(layout.workers)) if layout.workers > 1 else ()
         rules = QueueRules(queue_num=layout.base, vhost_name=self.settings.vhost_name, nat_ports=PORT_RANGE, vms=vms, service_ips=self._service_ips(),
+                           service_ips6=self._service_ips6(),
                            tunnel_queue=layout.tunnel_queue if self.settings.tunnels else -1, nat_ranges=nat, fast_mark=self.settings.fast_mark,
                            captured=captured)  # fmt: skip
         try:
@@ -176,6 +177,10 @@ class VmQueues:
     def _service_ips(self) -> tuple[bytes, ...]:
         """The networks' gateways and service addresses, packed."""
         return tuple(socket.inet_aton(a) for n in self.state.networks.values() for a in (n.gateway, n.dns_server) if a)
+
+    def _service_ips6(self) -> tuple[bytes, ...]:
+        """The dual-stack networks' IPv6 gateways and service addresses, packed."""
+        return tuple(socket.inet_pton(socket.AF_INET6, a) for n in self.state.networks.values() for a in (n.gateway6, n.dns_server6) if a)
 
     def cancel(self) -> None:
         if self._due is not None:

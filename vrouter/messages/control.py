@@ -129,6 +129,10 @@ class NetworkAdd:
     mtu: str | None = None
     domain: str | None = None
     host_routes: list[str] = field(default_factory=list)  # "PREFIX/LEN via NEXTHOP"
+    subnet6: str | None = None  # dual stack: its IPv6 subnet
+    gateway6: str | None = None
+    dns_server6: str | None = None
+    ipv6_mode: str | None = None  # none, slaac, dhcpv6-stateful, dhcpv6-stateless
 
 
 @dataclass
@@ -153,6 +157,10 @@ class NetworkRecord:
     domain: str
     host_routes: list[str]
     vrf: int  # 0 until a port of it is plugged
+    subnet6: str = ""
+    gateway6: str = ""
+    dns_server6: str = ""
+    ipv6_mode: str = ""
 
 
 @dataclass
@@ -331,6 +339,19 @@ class ServiceCounters:
     icmp_echo_replies: int = 0
     router_solicitations: int = 0
     router_advertisements: int = 0
+    neighbor_solicitations: int = 0
+    neighbor_advertisements: int = 0
+    nd_forged: int = 0  # a VM's advertisement for an address not its own, a VM's router advertisement or redirect
+    dhcp6_solicit: int = 0
+    dhcp6_request: int = 0
+    dhcp6_confirm: int = 0
+    dhcp6_renew: int = 0
+    dhcp6_rebind: int = 0
+    dhcp6_release: int = 0
+    dhcp6_decline: int = 0
+    dhcp6_information_request: int = 0
+    dhcp6_advertise: int = 0
+    dhcp6_reply: int = 0
 
 
 @dataclass

@@ -3,14 +3,16 @@
 What a guest learns from its node comes through here, as on a vRouter compute
 node where the agent answers from pkt0: the dataplane traps DHCP, DNS to the
 service address and ICMP echo to the gateway (``dataplane.core.traps``) and
-hands them to ``on_trap``; ARP and IPv6 router solicitations come as frames
+hands them to ``on_trap``; ARP and IPv6 neighbour discovery come as frames
 from the taps (``dataplane.linux.pkt0``) to ``on_frame``; the answers leave as
 frames out of the VM's tap, from the vRouter MAC, counted as the vif's TX.
-What each service answers is its own module's (``dhcp``, ``dns``, ``arp``);
-this one finds the port and the network a packet is about, counts, and sends.
+What each service answers is its own module's (``dhcp``, ``dns``, ``arp``, and
+for IPv6 ``ipv6`` with ``dhcpv6``); this one finds the port and the network a
+packet is about, counts, and sends.
 
 Router advertisements go on each IPv6 port's tap every ``ra_interval``
-seconds, when it is plugged, and when the guest solicits one.  DNS queries for
+seconds, when it is plugged, and when the guest solicits one.  DNS is answered
+over IPv6 too, at a dual-stack network's IPv6 service address.  DNS queries for
 names outside the network go to the fabric's resolvers, if the agent has some,
 from vhost0; an answer that does not come within 3 s is SERVFAIL.
 """
@@ -30,19 +32,8 @@ from typing import Protocol
 
 from dataplane.core.capture import RX, TX
 from dataplane.core.dataplane import Dataplane
-from dataplane.core.frames import (
-    ALL_NODES6,
-    ALL_NODES_MAC,
-    ETH_ARP,
-    ROUTER_LL6,
-    icmp6_frame,
-    icmp_echo_reply_frame,
-    ipv4_udp_frame,
-    is_router_solicitation,
-    mac_bytes,
-    parse_arp,
-    router_advertisement,
-)
+from dataplane.core.frames import ETH_ARP, icmp_echo_reply_frame, ipv4_udp_frame, mac_bytes, parse_arp
+from dataplane.core.frames6 import is_nd, udp6_frame
 from dataplane.core.packet import Malformed
 from dataplane.core.traps import Trap
 from dataplane.core.vif import Vif
@@ -50,6 +41,7 @@ from flows.layout import DropReason
 from vrouter.messages.control import ServiceCounters
 from vrouter.model import Network, Port
 from vrouter.services import arp, dhcp, dns
+from vrouter.services.ipv6 import Ipv6Services
 
 log = logging.getLogger("vrouter.services")
 
@@ -100,21 +92,29 @@ class GuestServices:
         self.captures = dataplane.captures
         self.stats = ServiceCounters()
         self.dhcp = dhcp.DhcpServer(settings.dhcp_lease_time, settings.dns_domain)
+        self.v6 = Ipv6Services(self, settings.dhcp_lease_time, settings.dns_domain)
         self._pending: dict[int, _Pending] = {}
         self._dns_sock: socket.socket | None = None
         dataplane.path.on_trap = self.on_trap
 
     # -- sending --------------------------------------------------------------------------------
 
-    def _out(self, vif: Vif, frame: bytes) -> None:
+    def out(self, vif: Vif, frame: bytes) -> None:
         if vif.ifindex and self._send(vif.name, frame):
             vif.tx_packets += 1
             vif.tx_bytes += len(frame) - 14  # as the dataplane counts: IP bytes
             if self.captures.by_vif:
                 self.captures.frame(vif, TX, frame)
 
-    def _drop(self, reason: DropReason, vif: Vif) -> None:
+    def drop(self, reason: DropReason, vif: Vif) -> None:
         self.dataplane.path.drop(reason, vif)
+
+    @staticmethod
+    def udp_frame(dst_mac: bytes, src: bytes, dst: bytes, sport: int, dport: int, data: bytes) -> bytes:
+        """A UDP datagram from the vRouter to a guest, over IPv4 or IPv6 as its addresses are."""
+        if len(src) == 16:
+            return udp6_frame(dst_mac, src, dst, sport, dport, data)
+        return ipv4_udp_frame(dst_mac, src, dst, sport, dport, data)
 
     # -- trapped packets ------------------------------------------------------------------------
 
@@ -128,12 +128,18 @@ class GuestServices:
                 self._dhcp(pkt, ihl, vif, port)
             elif trap is Trap.DNS:
                 self._dns(pkt, ihl, vif, port)
+            elif trap is Trap.DHCP6:
+                self.v6.dhcp6(pkt, ihl, vif, port)
+            elif trap is Trap.ICMP and pkt[0] >> 4 == 6:
+                self.v6.echo(pkt, ihl, vif, port)
             elif trap is Trap.ICMP:
                 self.stats.icmp_echo_replies += 1
-                self._out(vif, icmp_echo_reply_frame(mac_bytes(port.mac), pkt, ihl))
+                self.out(vif, icmp_echo_reply_frame(mac_bytes(port.mac), pkt, ihl))
         except Malformed as e:
-            reason = {Trap.DHCP: DropReason.INVALID_DHCP, Trap.DNS: DropReason.INVALID_DNS}.get(trap, DropReason.INVALID_PACKET)
-            self._drop(reason, vif)
+            reason = {Trap.DHCP: DropReason.INVALID_DHCP, Trap.DNS: DropReason.INVALID_DNS, Trap.DHCP6: DropReason.INVALID_DHCP6}.get(
+                trap, DropReason.INVALID_PACKET
+            )
+            self.drop(reason, vif)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("vif0/%d: %s", vif.index, e)
 
@@ -149,7 +155,7 @@ class GuestServices:
         self._count_dhcp(reply.kind)
         if reply.kind == dhcp.ACK and kind == dhcp.REQUEST:
             log.info("DHCP: %s (vif0/%d) has %s", port.vm_name or port.uuid, vif.index, port.ip_address)
-        self._out(vif, ipv4_udp_frame(reply.dst_mac, reply.src, reply.dst, 67, 68, reply.payload))
+        self.out(vif, ipv4_udp_frame(reply.dst_mac, reply.src, reply.dst, 67, 68, reply.payload))
 
     def _count_dhcp(self, kind: int) -> None:
         name = _DHCP_COUNTERS.get(kind)
@@ -158,15 +164,19 @@ class GuestServices:
 
     def _dns(self, pkt: bytes, ihl: int, vif: Vif, port: Port) -> None:
         sport = struct.unpack_from("!H", pkt, ihl)[0]
-        payload = pkt[ihl + 8 : struct.unpack_from("!H", pkt, 2)[0]]
+        if pkt[0] >> 4 == 6:
+            end, src, dst = 40 + struct.unpack_from("!H", pkt, 4)[0], pkt[8:24], pkt[24:40]
+        else:
+            end, src, dst = struct.unpack_from("!H", pkt, 2)[0], pkt[12:16], pkt[16:20]
+        payload = pkt[ihl + 8 : end]
         query = dns.parse(payload)
         self.stats.dns_queries += 1
         outcome, response = dns.answer(query, self.directory.zone_of(port.vn_uuid), bool(self.settings.dns_forwarders))
         self._count_dns(outcome)
         if outcome is dns.Outcome.FORWARD:
-            self._forward(payload, query.id, vif, pkt[12:16], sport, pkt[16:20])
+            self._forward(payload, query.id, vif, src, sport, dst)
             return
-        self._out(vif, ipv4_udp_frame(mac_bytes(port.mac), pkt[16:20], pkt[12:16], 53, sport, response))
+        self.out(vif, self.udp_frame(mac_bytes(port.mac), dst, src, 53, sport, response))
 
     def _count_dns(self, outcome: dns.Outcome) -> None:
         name = "dns_" + {dns.Outcome.ANSWERED: "answered", dns.Outcome.NXDOMAIN: "nxdomain", dns.Outcome.REFUSED: "refused",
@@ -208,7 +218,7 @@ class GuestServices:
     def _relay(self, p: _Pending, response: bytes) -> None:
         port = self.directory.port_of(p.vif.index)
         if port is not None:
-            self._out(p.vif, ipv4_udp_frame(mac_bytes(port.mac), p.service_ip, p.client_ip, 53, p.client_port, response))
+            self.out(p.vif, self.udp_frame(mac_bytes(port.mac), p.service_ip, p.client_ip, 53, p.client_port, response))
 
     def _expire(self, now: float) -> None:
         for qid in [q for q, p in self._pending.items() if p.deadline < now]:
@@ -220,7 +230,7 @@ class GuestServices:
     # -- frames from the taps -------------------------------------------------------------------
 
     def on_frame(self, ifname: str, frame: bytes) -> None:
-        """ARP or a router solicitation from a tap."""
+        """ARP or neighbour discovery from a tap."""
         vif = self.dataplane.vif_table.by_name.get(ifname)
         if vif is None or vif is self.dataplane.host:
             return
@@ -233,15 +243,14 @@ class GuestServices:
             return
         if len(frame) >= 14 and frame[12:14] == ETH_ARP.to_bytes(2, "big"):
             self._arp(frame, vif, port)
-        elif is_router_solicitation(frame):
-            self.stats.router_solicitations += 1
-            self.advertise(vif)
+        elif is_nd(frame):
+            self.v6.on_nd(frame, vif, port)
 
     def _arp(self, frame: bytes, vif: Vif, port: Port) -> None:
         try:
             msg = parse_arp(frame)
         except Malformed:
-            self._drop(DropReason.INVALID_ARP, vif)
+            self.drop(DropReason.INVALID_ARP, vif)
             return
         self.stats.arp_requests += msg.op == 1
         net = self.directory.network_of(port.vn_uuid)
@@ -261,23 +270,16 @@ class GuestServices:
 
         outcome, reply = arp.answer(msg, vm_ip, answers_for)
         if outcome is arp.Outcome.FORGED:
-            self._drop(DropReason.INVALID_SOURCE, vif)
+            self.drop(DropReason.INVALID_SOURCE, vif)
         elif reply is not None:
             self.stats.arp_replies += 1
-            self._out(vif, reply)
+            self.out(vif, reply)
 
     # -- router advertisements ------------------------------------------------------------------
 
     def advertise(self, vif: Vif) -> None:
-        """A router advertisement on ``vif``'s tap, if its port has an IPv6 address."""
-        if not vif.ip6 or not vif.ifindex:
-            return
-        port = self.directory.port_of(vif.index)
-        net = self.directory.network_of(port.vn_uuid) if port is not None else None
-        prefix = ipaddress.IPv6Network(vif.ip6 + "/64", strict=False)
-        ra = router_advertisement(prefix.network_address.packed, 64, net.mtu if net is not None else 0)
-        self.stats.router_advertisements += 1
-        self._out(vif, icmp6_frame(ALL_NODES_MAC, ROUTER_LL6, ALL_NODES6, ra))
+        """A router advertisement on ``vif``'s tap, if its port has IPv6."""
+        self.v6.advertise(vif)
 
     # -- running --------------------------------------------------------------------------------
 
