@@ -101,10 +101,10 @@ def test_layout_names_each_vms_node(cloud):
     assert h.layout["etcd"]["namespace"] == h.prefix + "-fabric"
     for node in (1, 2, 3):
         c = h.cli_json("status", node=node)["cluster"]
-        assert c["connected"] and c["remote_routes"] == 4 and c["remote_nodes"] == 2
+        assert c["connected"] and c["remote_routes"] == 8 and c["remote_nodes"] == 2  # 4 VMs, dual stack
     r = subprocess.run(["ip", "netns", "exec", h.nodes[1]["namespace"], "curl", "-s", "-f", "http://%s:8085/metrics" % h.nodes[1]["vhost0"]],
                        capture_output=True, text=True, timeout=15)  # fmt: skip
-    assert "vrouter_cluster_connected 1.0" in r.stdout and "vrouter_cluster_remote_routes 4.0" in r.stdout, r.stdout[-500:]
+    assert "vrouter_cluster_connected 1.0" in r.stdout and "vrouter_cluster_remote_routes 8.0" in r.stdout, r.stdout[-500:]
     st = h.setup("status")
     assert st.returncode == 0 and all("node %d (%s-compute%d):" % (n, h.prefix, n) in st.stdout for n in (1, 2, 3)), st.stdout
     assert st.stdout.count("cluster: node") == 3 and "etcd pid" in st.stdout
@@ -207,7 +207,7 @@ def test_malformed_values_in_etcd_are_left_out_and_nothing_else(cloud):
             for n in (1, 2, 3):
                 assert services(h, n) == {"metadata", "ntp"}
                 c = h.cli_json("status", node=n)["cluster"]
-                assert c["connected"] and c["remote_routes"] == 4  # the bad route left out
+                assert c["connected"] and c["remote_routes"] == 8  # the bad route left out
             assert ping(h, "vm1", "vm5")
             for node in h.nodes:
                 log = open(node["agent_log"]).read()
@@ -268,7 +268,7 @@ def test_an_agent_killed_and_restarted_converges_and_the_others_keep_their_route
     assert route_nh(h, 2, "10.1.1.3") is not None and route_nh(h, 3, "10.1.1.3") is not None
     r = h.setup("start-agent", "--node", "1")
     assert r.returncode == 0, r.stderr
-    wait_until(lambda: h.cli_json("status", node=1)["cluster"]["remote_routes"] == 4, 15, "node 1 to converge from etcd")
+    wait_until(lambda: h.cli_json("status", node=1)["cluster"]["remote_routes"] == 8, 15, "node 1 to converge from etcd")
     assert ping(h, "vm3", "vm1") and ping(h, "vm1", "vm5")
     assert route_nh(h, 2, "10.1.1.3") is not None
 
@@ -281,7 +281,7 @@ def test_an_agent_restarted_while_etcd_is_away_forwards_from_its_cache(cluster):
     r = h.setup("start-agent", "--node", "1")
     assert r.returncode == 0, r.stderr
     c = h.cli_json("status", node=1)["cluster"]
-    assert not c["connected"] and c["remote_routes"] == 4  # the other nodes' routes, from cluster.json
+    assert not c["connected"] and c["remote_routes"] == 8  # the other nodes' routes, from cluster.json
     assert ping(h, "vm1", "vm3") and ping(h, "vm5", "vm1")
     status, body = h.metadata(0)
     assert status == 200 and vm(h, "vm1")["instance_uuid"] in body  # its services from its own files
@@ -336,7 +336,7 @@ def test_a_node_removed_takes_its_keys_and_routes_with_it(cluster):
     assert r.returncode == 0, r.stderr
     assert not netns.exists(h.nodes[2]["namespace"]) and not netns.exists(vm(h, "vm5")["namespace"])
     for n in (1, 2):
-        wait_until(lambda n=n: h.cli_json("status", node=n)["cluster"]["remote_routes"] == 2, 10, "node %d without node 3's routes" % n)
+        wait_until(lambda n=n: h.cli_json("status", node=n)["cluster"]["remote_routes"] == 4, 10, "node %d without node 3's routes" % n)
     assert route_nh(h, 1, "10.1.1.5") is None
     assert ping(h, "vm1", "vm3")
     layout = h.lab.layout()
@@ -377,7 +377,7 @@ def test_a_second_prefix_joins_the_cloud_through_its_etcd(make_cluster):
         assert r.returncode == 0, r.stderr
         b = None
         # what it told the cloud went with it: no route to its VMs stays
-        wait_until(lambda: a.cli_json("status", node=1)["cluster"]["remote_routes"] == 1, 10, "node 1 without the other lab's routes")
+        wait_until(lambda: a.cli_json("status", node=1)["cluster"]["remote_routes"] == 2, 10, "node 1 without the other lab's routes")
         keys = etcd_keys(a.layout["etcd"]["urls"], a.layout["namespaces"]["fabric"])
         assert not [k for k, v in keys.items() if isinstance(v, dict) and v.get("node") == b_prefix + "-compute"]
         assert not [k for k in keys if k.startswith("instances/")]

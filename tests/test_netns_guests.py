@@ -173,7 +173,7 @@ def test_a_qemu_guest_on_another_node_reaches_a_vm_over_the_overlay(make_cluster
     assert results["dns.vm1"] == "ok" and h.vms[0]["ip"] in results["dns.vm1.addresses"]  # an instance of node 1
     assert results["metadata.status"] == "200" and g["instance_uuid"] in results["metadata.body"]
     assert results["ping.10.1.1.3.rc"] == "0"  # vm1, on node 1, through the tunnel
-    assert h.cli_json("status", node=2)["cluster"]["remote_routes"] == 1
+    assert h.cli_json("status", node=2)["cluster"]["remote_routes"] == 2  # the guest's two addresses
 
 
 def _up(prefix, *args):

@@ -41,7 +41,8 @@ class Networks:
         everything = self.etcd.ask(topo, lambda store: store.get_all()[1])
         nets = sorted((n for n in (Net.of_record(v) for k, v in everything.items() if k.startswith("virtual-networks/") and isinstance(v, dict))
                        if n is not None), key=lambda n: n.number)  # fmt: skip
-        routes = [v for k, v in everything.items() if k.startswith("routes/") and isinstance(v, dict)]
+        # a VM's IPv4 route (a dual-stack VM has an IPv6 one too)
+        routes = [v for k, v in everything.items() if k.startswith("routes/") and isinstance(v, dict) and ":" not in str(v.get("address"))]
         taken = {v.get("vhost_ip"): k[6:] for k, v in everything.items() if k.startswith("nodes/") and isinstance(v, dict)}
         for n in range(1, topo.nodes + 1):
             if topo.vhost_ip_of(n) in taken:

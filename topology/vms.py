@@ -121,8 +121,9 @@ class VMs:
             # dhclient runs its script with its own variables only: the VM's paths in a wrapper
             script = self.files.path("dhcp/%s.dhclient6.sh" % vm.name)
             with open(script, "w") as f:
-                f.write("#!/bin/sh\nLEASE_FILE=%s RESOLV_CONF=%s exec %s \"$@\"\n"
-                        % (shlex.quote(lease), shlex.quote("/etc/netns/%s/resolv.conf" % vm.namespace), shlex.quote(str(DHCLIENT6_SCRIPT))))  # fmt: skip
+                resolv = "/etc/netns/%s/resolv.conf" % vm.namespace
+                quoted = (shlex.quote(lease), shlex.quote(resolv), shlex.quote(str(DHCLIENT6_SCRIPT)))
+                f.write('#!/bin/sh\nLEASE_FILE=%s RESOLV_CONF=%s exec %s "$@"\n' % quoted)
             os.chmod(script, 0o755)
             args = [_dhclient() or "dhclient", "-6", "-d", "-cf", conf, "-lf", self.files.path("dhcp/%s.leases6" % vm.name),
                           "-pf", self.files.path("dhcp/%s.dhclient6-pid" % vm.name), "-sf", script]  # fmt: skip

@@ -46,6 +46,7 @@ class Verdict(NamedTuple):  # a tuple: made for every packet, and cheaper than a
 
 _ACCEPT = Verdict(True)
 _TRAPPED = Verdict(False)  # handed to the agent's services: the kernel drops its copy, nothing is counted as dropped
+_SENT = Verdict(False)  # sent on by ``inject`` (another IP family than the queue's): the kernel drops its copy
 _DROP = Action.DROP
 _FIN_RST = TCP_FIN | TCP_RST
 _FAST4 = FAST4  # an IPv4 header of 20 bytes and the ports after it, in one read
@@ -58,8 +59,14 @@ def _ignore(trap: Trap, pkt: bytes, vif: Vif, ihl: int) -> None:
     pass
 
 
+def _no_inject(pkt: bytes) -> bool:
+    return False
+
+
 class PacketPath:
     """The verdict for each packet: the fast path, the general path, and what both end in."""
+
+    SENT = _SENT
 
     def __init__(self, table: FlowTable, entries: Entries, vifs: VifTable, flow_setup: FlowSetup, lifecycle: Lifecycle) -> None:
         self.table = table
@@ -72,6 +79,10 @@ class PacketPath:
         # more on it made every packet about 2% dearer)
         self.vif_drops: Counter[tuple[int, DropReason]] = Counter()
         self.on_trap: TrapHandler = _ignore  # the agent's services
+        # Sends an IP packet through the compute node's own stack, for what changes family on the
+        # way: an IPv6 packet into an IPv4 tunnel, and out of one (a queue's verdict cannot change
+        # a packet's family); the Linux layer's raw sockets (``dataplane.linux.raw``)
+        self.inject: Callable[[bytes], bool] = _no_inject
 
     def drop(self, reason: DropReason, vif: Vif | None = None) -> Verdict:
         self.drops[reason] += 1
@@ -167,4 +178,6 @@ class PacketPath:
             return Verdict(True, patch.apply4(pkt))
         buf = bytearray(pkt)
         patch.apply(buf, ihl)
+        if buf[0] >> 4 != pkt[0] >> 4:  # an IPv6 packet now in an IPv4 tunnel
+            return _SENT if self.inject(bytes(buf)) else self.drop(DropReason.FLOW_UNUSABLE, vif)
         return Verdict(True, bytes(buf))

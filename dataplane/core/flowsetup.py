@@ -137,7 +137,7 @@ class FlowSetup:
             if not v6 and p.dst[0] == 169 and p.dst[1] == 254 and p.proto not in (TCP, UDP):
                 return self._drop_entry(vif, key, DropReason.INVALID_PROTOCOL, now), _NONE
             dst = self.vifs.by_ip.get((vif.vrf, p.dst))
-            if dst is None and not v6:
+            if dst is None:
                 remote = self.overlay.route(vif.vrf, p.dst)
                 if remote is not None:
                     return self._to_tunnel(vif, *remote, p, key, now), _NONE
@@ -211,7 +211,7 @@ class FlowSetup:
         vif, tunnel = d.vif, d.tunnel
         if self.lifecycle.evict_due(now):
             self.lifecycle.evict_closed(now, 2)
-        if p.dst != vif.ip_bytes:
+        if p.dst != vif.ip_bytes and (not vif.ip6 or p.dst != vif.ip6_bytes):
             return _REFUSED[DropReason.NO_ROUTE]
         remote = self.overlay.route(vif.vrf, p.src)
         if remote is None or remote[1] is not tunnel:

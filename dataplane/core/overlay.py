@@ -27,8 +27,9 @@ here:
   emulated cloud), UDP from a source port hashed from the flow (entropy for the
   fabric's ECMP, as the vRouter does) to 6635 with checksum 0, and the label
   with bottom of stack set and TTL 64; per packet only the lengths and the IP
-  checksum change.  IPv4 inside only: IPv6 between VMs is not forwarded by
-  this dataplane on one node either.
+  checksum change.  IPv6 inside too (a dual-stack VM's address is a route
+  of its own): the engine sends those through raw sockets, as a queue's
+  verdict cannot change a packet's IP family (``fastpath.PacketPath.inject``).
 """
 
 from __future__ import annotations
@@ -125,7 +126,7 @@ class Route:
 
     @property
     def ip_bytes(self) -> bytes:
-        return ipaddress.IPv4Address(self.ip).packed
+        return ipaddress.ip_address(self.ip).packed
 
 
 class Decapped(NamedTuple):  # a tuple: made for every packet a tunnel brings

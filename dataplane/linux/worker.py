@@ -32,6 +32,7 @@ from dataplane.linux.ebpf import watch_closes
 from dataplane.linux.layout import SharedCounts
 from dataplane.linux.nfqueue import QueueShell
 from dataplane.linux.ports import SocketPortAllocator
+from dataplane.linux.raw import RawSender
 from dataplane.linux.ringbuf import RingBuffer
 from dataplane.linux.totals import WorkerStats, stats_of
 from dataplane.linux.vifdump import DatagramSink
@@ -52,6 +53,7 @@ class Worker:
         self.ports = SocketPortAllocator(setup.vhost_ip, *setup.nat_ports)
         self.dp = Dataplane(self.table, setup.vhost_ip, setup.proxy_port, setup.limits, self.ports, self.counts)
         self.dp.path.on_trap = self._trapped
+        self.dp.path.inject = RawSender().send  # IPv6 into and out of the tunnels (the worker's life long)
         self.shell = QueueShell(self.dp, setup.node_queue)
         self.captures: dict[int, Capture] = {}
         self._ring: tuple[int, RingBuffer, asyncio.AbstractEventLoop] | None = None  # ebpf: the kernel's closed pairs

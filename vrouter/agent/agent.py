@@ -43,6 +43,7 @@ from dataplane.linux.layout import QueueLayout, SharedCounts, default_workers
 from dataplane.linux.nfqueue import QUEUE_MAXLEN, QueueShell
 from dataplane.linux.pkt0 import Pkt0
 from dataplane.linux.ports import PORT_RANGE, SocketPortAllocator
+from dataplane.linux.raw import RawSender
 from dataplane.linux.ringbuf import RingBuffer
 from dataplane.linux.totals import Totals
 from dataplane.linux.workers import Dataplanes, Setup, Trapped, WorkerPool
@@ -262,6 +263,7 @@ class Agent:
         nat_ports = SocketPortAllocator(vhost_ip, *layout.nat_ports(0, *PORT_RANGE))
         counts = self._counts = SharedCounts(self.paths.flow_counts, layout.workers, 0, create=True) if layout.workers > 1 else None
         dp = Dataplane(table, vhost_ip, cfg.metadata.proxy_port, limits, nat_ports, counts)
+        dp.path.inject = RawSender().send  # IPv6 into and out of the tunnels (the process's life long)
 
         def setup(w: int) -> Setup:
             return Setup(w, layout.workers, self.paths.flows, self.paths.flow_counts, vhost_ip, cfg.metadata.proxy_port, limits,

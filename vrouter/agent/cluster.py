@@ -322,7 +322,7 @@ class Cluster:
             if not key.startswith(ROUTES):
                 continue
             try:
-                ipaddress.IPv4Address(str(r["address"]))
+                ipaddress.ip_address(str(r["address"]))
                 ipaddress.IPv4Address(str(r["node_ip"]))
                 if not 16 <= int(r["label"]) < 1 << 20:
                     raise ValueError("label %r: not an MPLS label of a VM interface (16 to 2^20-1)" % r["label"])
@@ -341,7 +341,10 @@ class Cluster:
             "address": port.ip_address, "prefix_len": 32, "vn_uuid": port.vn_uuid, "node": self.node, "node_ip": self.vhost_ip,
             "label": label_of(port.vif), "mac": port.mac, "port_uuid": port.uuid, "vm_name": port.vm_name,
         }  # fmt: skip
-        return {PORTS + port.uuid: record, route_key(port.vn_uuid, port.ip_address): route}
+        keys = {PORTS + port.uuid: record, route_key(port.vn_uuid, port.ip_address): route}
+        if port.ipv6_address:  # dual stack: its IPv6 address is a route of its own, to the same label
+            keys[route_key(port.vn_uuid, port.ipv6_address)] = dict(route, address=port.ipv6_address, prefix_len=128)
+        return keys
 
     def _own(self) -> dict[str, Any]:
         own: dict[str, Any] = {NODES + self.node: {"name": self.node, "vhost_ip": self.vhost_ip, "encapsulation": "MPLSoUDP"}}
