@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import ipaddress
 import json
 import os
 import posixpath
@@ -101,23 +102,78 @@ def random_seed(uuid: str) -> str:
     return base64.b64encode(hashlib.shake_256(b"random_seed " + uuid.encode()).digest(512)).decode()
 
 
+# Neutron's ``ipv6_address_mode`` values; the record's "none" is a subnet without one
+IPV6_MODES = ("none", "slaac", "dhcpv6-stateful", "dhcpv6-stateless")
+
+
+def _dns_services(address: str | None) -> list[dict]:
+    """Nova's ``_get_dns_services``: a subnet's ``dns_nameservers`` as services; here the one
+    DNS server of the record (the subnet's service address), none when it has none."""
+    return [{"type": "dns", "address": address}] if address else []
+
+
+def _ipv6_network(inst: dict, net_id: str, link: str) -> dict:
+    """The port's IPv6 network, as Nova's ``_get_nets(vif, subnet_v6, 6, ...)`` makes it: type
+    ``ipv6_<ipv6_address_mode>`` when the subnet has a mode, else ``ipv6``; always with the
+    port's address, the subnet's netmask (``str(subnet.as_netaddr().netmask)``, e.g.
+    ``ffff:ffff:ffff:ffff::``), the default route ``::``/``::`` via the gateway
+    (``_get_default_route``) and the subnet's DNS servers, keys in Nova's order."""
+    mode = inst.get("ipv6_mode") or "none"
+    if mode not in IPV6_MODES:
+        raise ValueError(
+            "instance %s: ipv6_mode %r is not one of %s (Neutron's ipv6_address_mode, or none): fix its record"
+            % (inst.get("uuid", "?"), mode, ", ".join(IPV6_MODES))
+        )
+    # "none" is rendered as a subnet with enable_dhcp off. Nova says "ipv6_dhcp" (no address, no
+    # routes) for a subnet without an address mode whose enable_dhcp is on or that has a
+    # network:dhcp port; the record has neither fact for its IPv6 subnet, and its "none" stands
+    # for a static one, so it is the static "ipv6" here.
+    net_type = "ipv6" if mode == "none" else "ipv6_" + mode
+    prefix = inst.get("ipv6_prefix") or "%s/64" % inst["ip6"]  # an old record: the /64 of the address
+    gateway = inst.get("ipv6_gateway")
+    return {
+        "id": net_id,
+        "type": net_type,
+        "link": link,
+        "ip_address": inst["ip6"],
+        "netmask": str(ipaddress.IPv6Network(prefix, strict=False).netmask),
+        # Nova appends the subnet's Neutron host_routes here; the record has none for IPv6
+        "routes": [{"network": "::", "netmask": "::", "gateway": gateway}] if gateway else [],
+        "network_id": inst.get("vn_uuid", ""),
+        "services": _dns_services(inst.get("ipv6_dns_server")),
+    }
+
+
 def network_data(inst: dict) -> dict:
-    """The port as Nova's ``nova/virt/netutils.py`` describes it: the link (``tap`` + the first 11
-    of the port uuid, Nova's "phy" for a vRouter VIF, its MAC and MTU); the network, ``ipv4_dhcp``
-    when the subnet has DHCP (as Nova 2024.1 and later say for a Neutron subnet with DHCP on),
-    else ``ipv4`` with the fixed address, netmask, default route and DNS; the DNS service."""
-    if not inst.get("ip"):
+    """The port as Nova's ``nova/virt/netutils.py`` ``get_network_metadata`` describes it: the link
+    (``tap`` + the first 11 of the port uuid, Nova's "phy" for a vRouter VIF, its MAC and MTU);
+    then the networks, numbered ``network0``, ``network1`` in Nova's order, IPv4 first: IPv4 is
+    ``ipv4_dhcp`` when the subnet has DHCP (as Nova 2024.1 and later say for a Neutron subnet
+    with DHCP on), else ``ipv4`` with the fixed address, netmask, default route and DNS; IPv6
+    (when the record has ``ip6``) is ``ipv6`` or ``ipv6_<mode>`` (``_ipv6_network``); the DNS
+    services of both subnets, IPv4's first, each once.
+
+    The link's MTU is the network's: Nova writes null there when a subnet has a ``network:dhcp``
+    port (``_get_link_mtu``), which a vRouter's Neutron has not (the agent serves DHCP)."""
+    ip, ip6 = inst.get("ip"), inst.get("ip6")
+    if not ip and not ip6:
         return {"links": [], "networks": [], "services": []}
     link = "tap" + str(inst.get("port_uuid", ""))[:11]
-    dns = inst.get("dns_server")
-    services = [{"type": "dns", "address": dns}] if dns else []
-    net: dict = {"id": "network0", "link": link, "network_id": inst.get("vn_uuid", "")}
-    if inst.get("dhcp"):
-        net["type"] = "ipv4_dhcp"
-    else:
-        net.update(type="ipv4", ip_address=inst["ip"], netmask=inst.get("netmask", "255.255.255.0"), routes=[], services=services)
-        if inst.get("gateway"):
-            net["routes"] = [{"network": "0.0.0.0", "netmask": "0.0.0.0", "gateway": inst["gateway"]}]
+    networks: list[dict] = []
+    services: list[dict] = []
+    if ip:
+        dns = _dns_services(inst.get("dns_server"))
+        net: dict = {"id": "network0", "link": link, "network_id": inst.get("vn_uuid", "")}
+        if inst.get("dhcp"):
+            net["type"] = "ipv4_dhcp"
+        else:
+            routes = [{"network": "0.0.0.0", "netmask": "0.0.0.0", "gateway": inst["gateway"]}] if inst.get("gateway") else []
+            net.update(type="ipv4", ip_address=ip, netmask=inst.get("netmask", "255.255.255.0"), routes=routes, services=dns)
+        networks.append(net)
+        services += _dns_services(inst.get("dns_server"))
+    if ip6:
+        networks.append(_ipv6_network(inst, "network%d" % len(networks), link))
+        services += [s for s in _dns_services(inst.get("ipv6_dns_server")) if s not in services]
     return {
         "links": [
             {
@@ -128,7 +184,7 @@ def network_data(inst: dict) -> dict:
                 "ethernet_mac_address": inst.get("mac", ""),
             }
         ],
-        "networks": [net],
+        "networks": networks,
         "services": services,
     }
 

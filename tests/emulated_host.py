@@ -39,11 +39,11 @@ class EmulatedHost:
 
     def __init__(self, vms: int, tls: bool = False, state_root: str | None = None, qemu: int = 0, dhcp: bool = False,
                  boot: GuestBoot | None = None, user_data: str | None = None, ssh_key: str | None = None,
-                 networks: int = 0, nodes: int = 1, datapath: str = "nfqueue") -> None:  # fmt: skip
+                 networks: int = 0, nodes: int = 1, datapath: str = "nfqueue", ipv6: tuple[str, ...] = ("none",)) -> None:  # fmt: skip
         self.prefix = unique_prefix()
         self.datapath = datapath  # every node's agent.conf [FLOWS] datapath: nfqueue or ebpf
         self.lab = Lab(self.prefix, state_root=state_root, say=lambda text: None)
-        topo = Topology.plan(self.prefix, vms, self.lab.state, tls=tls, qemu=qemu, networks=networks, nodes=nodes)
+        topo = Topology.plan(self.prefix, vms, self.lab.state, tls=tls, qemu=qemu, networks=networks, nodes=nodes, ipv6=ipv6)
         topo.dhcp = dhcp
         topo.datapath = datapath
         topo.user_data, topo.ssh_key = user_data, ssh_key

@@ -8,6 +8,7 @@ from __future__ import annotations
 import configparser
 import os
 import secrets
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -127,3 +128,56 @@ def configure(host: EmulatedHost, **sections: dict) -> None:
     assert host.setup("stop-agent").returncode == 0
     r = host.setup("start-agent")
     assert r.returncode == 0, r.stderr + open(os.path.join(host.state_dir, "agent.log")).read()[-3000:]
+
+
+# -- TCP and UDP between two VMs, over either IP version -------------------------------------------
+
+_SERVE_ONCE = """
+import socket, sys
+family = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+s = socket.socket(family, socket.SOCK_DGRAM if sys.argv[3] == "udp" else socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.settimeout(20)
+print("ready", flush=True)
+if sys.argv[3] == "udp":
+    data, peer = s.recvfrom(65536)
+    s.sendto(data.upper(), peer)
+else:
+    s.listen(1)
+    c, peer = s.accept()
+    c.sendall(c.recv(65536).upper())
+    c.close()
+print(peer[0], flush=True)
+"""
+
+_ASK = """
+import socket, sys
+family = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+if sys.argv[3] == "udp":
+    s = socket.socket(family, socket.SOCK_DGRAM)
+    s.settimeout(5)
+    s.sendto(b"hello", (sys.argv[1], int(sys.argv[2])))
+    print(s.recv(100).decode())
+else:
+    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+    s.sendall(b"hello")
+    print(s.recv(100).decode())
+"""
+
+
+def exchange(host: EmulatedHost, client: int, server: int, address: str, proto: str = "tcp", port: int = 9100) -> str:
+    """A request from VM ``client`` to VM ``server`` listening on ``address`` (TCP or UDP, IPv4 or
+    IPv6), answered: returns the address the server saw the request come from."""
+    srv = subprocess.Popen(["ip", "netns", "exec", host.vm_ns(server), sys.executable, "-c", _SERVE_ONCE, address, str(port), proto],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert srv.stdout is not None and srv.stdout.readline().strip() == "ready", srv.stderr
+        r = host.in_vm(client, sys.executable, "-c", _ASK, address, str(port), proto, timeout=20)
+        assert r.returncode == 0 and r.stdout.strip() == "HELLO", "%s to [%s]:%d: %s" % (proto, address, port, r.stderr[-400:])
+        out, _ = srv.communicate(timeout=10)
+        return out.strip()
+    finally:
+        if srv.poll() is None:
+            srv.kill()
+            srv.wait()

@@ -29,9 +29,10 @@
  *               SYN and RST (the engine keeps the TCP lifecycle: set-up, restart, reset; a pair's
  *               second FIN is forwarded here and told to the engine on a ring, which closes the
  *               pair as if it had seen it; the first FIN is only recorded, as the engine does),
- *               trap entries (no reverse), Hold, fragments, IPv4 options, IPv6 extension
- *               headers, ICMP other than echo, a flow to a tunnel, a vif under capture, a TTL
- *               that would expire, an entry changing under us.
+ *               trap entries (no reverse), Hold, fragments (IPv4 or IPv6), IPv4 options, IPv6
+ *               extension headers that walk6 does not walk (the engine drops them), ICMP other
+ *               than echo, a flow to a tunnel, a vif under capture, a TTL that would expire, an
+ *               entry changing under us.
  *   vr_egress   clsact egress of every VM tap: the node's own packets to a metadata IP
  *               (169.254.0.0/16, fd00:a9fe:a9fe::/64: the proxy's replies) that nftables let by
  *               (TCP without SYN or RST, and SYN-ACKs: it queues the rest) get the reverse NAT
@@ -71,6 +72,13 @@
 #define TCP_SYN 0x02
 #define TCP_RST 0x04
 #define IPPROTO_ICMPV6_ 58
+
+/* IPv6 extension headers, walked as dataplane/core/packet.py's parse6 walks them */
+#define NH_HOP_BY_HOP 0
+#define NH_ROUTING 43
+#define NH_FRAGMENT 44
+#define NH_DEST_OPTS 60
+#define MAX_EXT 4
 
 struct flow_key {
 	__u32 nh;
@@ -342,6 +350,41 @@ static __always_inline __u16 fold(__s64 sum)
 	return c;
 }
 
+/* The IPv6 extension headers before the transport header, walked as the engine walks them
+ * (dataplane/core/packet.py, parse6): hop-by-hop options (only as the first), destination options
+ * and a routing header with no segments left, each with its next header at byte 0 and its length
+ * at byte 1 (8-byte units, not counting the first 8), at most MAX_EXT of them.  *proto is the IPv6
+ * header's next header on entry and the transport protocol on return, *off (from the IPv6 header,
+ * 40 on entry) where its header starts.  -1 for what the engine drops as Invalid Packet: a fragment
+ * header, a routing header with segments left, a hop-by-hop not first, more than MAX_EXT, a header
+ * past the payload (`total`, the IPv6 packet's length).  Unrolled: 4 reads of 4 bytes at most. */
+static __always_inline int walk6(struct __sk_buff *skb, __u8 *proto, __u32 *off, __u32 total)
+{
+	__u8 nh = *proto;
+	__u32 o = *off;
+#pragma unroll
+	for (int i = 0; i < MAX_EXT; i++) {
+		if (nh != NH_HOP_BY_HOP && nh != NH_ROUTING && nh != NH_DEST_OPTS)
+			break;
+		if (nh == NH_HOP_BY_HOP && i)
+			return -1;
+		if (o + 8 > total)
+			return -1;
+		__u8 ext[4]; /* next header, length, (routing) type, segments left */
+		if (bpf_skb_load_bytes(skb, ETH_HLEN + o, ext, 4))
+			return -1;
+		if (nh == NH_ROUTING && ext[3])
+			return -1;
+		nh = ext[0];
+		o += (ext[1] + 1) * 8;
+	}
+	if (nh == NH_HOP_BY_HOP || nh == NH_ROUTING || nh == NH_DEST_OPTS || nh == NH_FRAGMENT || o > total)
+		return -1; /* a fifth, a fragment, or the last one past the payload */
+	*proto = nh;
+	*off = o;
+	return 0;
+}
+
 /* The flow key and what else the path needs, or -1: not a packet this program handles.  What the
  * kernel's own IP input would drop before nftables (a wrong header checksum, a length that is not
  * the frame's; on ingress, another host's frame) is not handled either: passed up, it meets the
@@ -381,9 +424,12 @@ static __always_inline int parse(struct __sk_buff *skb, union key_words *key, st
 		__u32 total = 40 + ((ip[4] << 8) | ip[5]);
 		if (total != skb->len - ETH_HLEN)
 			return -1;
-		proto = ip[6]; /* extension headers: not TCP/UDP/ICMPv6, so the engine's */
+		proto = ip[6];
+		__u32 off = 40;
+		if (walk6(skb, &proto, &off, total))
+			return -1;
 		p->ttl = ip[7];
-		p->l4 = ETH_HLEN + 40;
+		p->l4 = ETH_HLEN + off;
 		p->len = total;
 		key->k.family = 6;
 		__builtin_memcpy(key->k.src, ip + 8, 16);

@@ -33,7 +33,7 @@ from typing import Protocol
 from dataplane.core.capture import RX, TX
 from dataplane.core.dataplane import Dataplane
 from dataplane.core.frames import ETH_ARP, icmp_echo_reply_frame, ipv4_udp_frame, mac_bytes, parse_arp
-from dataplane.core.frames6 import is_nd, udp6_frame
+from dataplane.core.frames6 import NA, is_nd, udp6_frame
 from dataplane.core.packet import Malformed
 from dataplane.core.traps import Trap
 from dataplane.core.vif import Vif
@@ -234,8 +234,13 @@ class GuestServices:
         vif = self.dataplane.vif_table.by_name.get(ifname)
         if vif is None or vif is self.dataplane.host:
             return
-        vif.rx_packets += 1
-        vif.rx_bytes += max(0, len(frame) - 14)
+        nd = is_nd(frame)
+        # A neighbour advertisement answers the compute kernel's own solicitation (which only the
+        # nfqueue datapath makes: the ebpf one rewrites after the kernel chose the MAC), not the
+        # agent: not the vif's RX, so that both datapaths count alike.  A forged one is a drop.
+        if not (nd and frame[54] == NA):
+            vif.rx_packets += 1
+            vif.rx_bytes += max(0, len(frame) - 14)
         if self.captures.by_vif:
             self.captures.frame(vif, RX, frame)
         port = self.directory.port_of(vif.index)
@@ -243,7 +248,7 @@ class GuestServices:
             return
         if len(frame) >= 14 and frame[12:14] == ETH_ARP.to_bytes(2, "big"):
             self._arp(frame, vif, port)
-        elif is_nd(frame):
+        elif nd:
             self.v6.on_nd(frame, vif, port)
 
     def _arp(self, frame: bytes, vif: Vif, port: Port) -> None:
