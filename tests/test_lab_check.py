@@ -49,20 +49,24 @@ def namespaces(prefix: str) -> list[str]:
 
 
 def test_a_config_drive_only_boot_on_a_node_that_is_up_passes_with_configdrive(tmp_path, make_node, debian_image):
-    h = make_node(vms=1)
+    h = make_node(vms=1, ipv6=("dhcpv6-stateful",))  # dual stack: the guest takes its IPv6 address by DHCPv6
     key = tmp_path / "id"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "ci", "-f", str(key)], check=True)
     (tmp_path / "ud").write_text(GOOD)
     r = lab("check", str(debian_image), "--prefix", h.prefix, "--user-data", str(tmp_path / "ud"), "--ssh-key", str(key) + ".pub",
             "--config-drive", "only", "--expect-datasource", "ConfigDrive", "--json", str(tmp_path / "r.json"),
-            "--junit", str(tmp_path / "j.xml"))  # fmt: skip
+            "--junit", str(tmp_path / "j.xml"), "--ipv6", "dhcpv6-stateful")  # fmt: skip
     report = json.loads((tmp_path / "r.json").read_text())
     assert r.returncode == 0, r.stdout + r.stderr
     print("\n" + r.stdout)
     assert report["status"] == "pass" and report["config_drive"] == "only"
     assert report["cloud_init"]["datasource_name"].startswith("ConfigDrive"), report["cloud_init"]
     assert {e["name"]: e["result"] for e in report["expectations"]} == {
-        "datasource": "pass", "hostname": "pass", "keys installed": "pass", "user data ran": "pass", "no errors": "pass"}  # fmt: skip
+        "datasource": "pass", "hostname": "pass", "keys installed": "pass", "user data ran": "pass", "no errors": "pass", "ipv6": "pass"}  # fmt: skip
+    # the IPv6 network from the config drive's network_data.json, its address by the agent's
+    # DHCPv6 (the guest's own dhclient -6), and vm1 reached over IPv6 after cloud-init
+    ipv6 = next(e for e in report["expectations"] if e["name"] == "ipv6")
+    assert ipv6["expected"] in ipv6["actual"] and "%s reached" % h.vms[0]["ipv6"] in ipv6["message"], ipv6
     assert [s["name"] for s in report["stages"]] == ["init-local", "init-network", "modules-config", "modules-final"]
     assert all(s["finish"] is not None for s in report["stages"]) and report["timings"]["lease"] is not None
     assert report["sources"]["ssh"] == "used" and report["sources"]["webhook"] > 0

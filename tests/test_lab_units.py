@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from topology.model import VM
+from topology.model import VM, Net
 from vrouter_lab.gather import _script, parse_sections
 from vrouter_lab.guest import ImageError, check_image
 from vrouter_lab.instance import LAB_KEY_NAME, expected, record, user_data_bytes, user_data_kind, with_reporting
@@ -17,10 +17,11 @@ VM1 = VM(name="guest1", namespace="", ip="10.1.1.4", mac="02:00:0a:01:00:04", ta
          instance_uuid="0c6b3a4e-1111-4222-8333-444455556666", project_id="9a7b5c3d-1111-4222-8333-444455556666", vn_uuid="v", gateway="10.1.1.1",
          prefix_len=24, ipv6="fd00:10:1:1::4", kind="qemu")  # fmt: skip
 URL = "http://169.254.169.250/events/" + VM1.instance_uuid
+NET = Net("lab-net", "v", 1, "dhcpv6-stateful")
 
 
 def test_the_instance_has_the_users_data_and_keys_and_the_labs_key_and_reporting_beside_them():
-    rec = record(VM1, "10.1.1.2", {"hostname": "web", "meta": {"a": "b"}}, "#cloud-config\n{}\n", {"default": "ssh-ed25519 AAAAuser u"},
+    rec = record(VM1, NET, {"hostname": "web", "meta": {"a": "b"}}, "#cloud-config\n{}\n", {"default": "ssh-ed25519 AAAAuser u"},
                  "ssh-ed25519 AAAAlab lab", URL)  # fmt: skip
     assert rec["hostname"] == "web" and rec["meta"] == {"a": "b"} and rec["user_data"] == "#cloud-config\n{}\n"
     assert rec["public_keys"] == {"default": "ssh-ed25519 AAAAuser u", LAB_KEY_NAME: "ssh-ed25519 AAAAlab lab"}
@@ -29,6 +30,12 @@ def test_the_instance_has_the_users_data_and_keys_and_the_labs_key_and_reporting
         "#cloud-config", "reporting:", "  vrouter-lab:", "    type: webhook", "    endpoint: " + URL, "    timeout: 5", "    retries: 3"]  # fmt: skip
     exp = expected(rec, "ConfigDrive", "only", "first")
     assert exp.hostname == "web" and len(exp.keys) == 2 and exp.user_data_kind == "cloud-config" and exp.datasource == "ConfigDrive"
+    assert exp.ipv6 == "" and exp.ipv6_peer == ""  # IPv6 judged only when asked
+    # dual stack: the port's IPv6 and its subnet, for network_data.json; judged with a peer to reach
+    assert (rec["ip6"], rec["ipv6_mode"], rec["ipv6_prefix"], rec["ipv6_gateway"], rec["ipv6_dns_server"]) == (
+        "fd00:10:1:1::4", "dhcpv6-stateful", "fd00:10:1:1::/64", "fd00:10:1:1::1", "fd00:10:1:1::2")  # fmt: skip
+    exp6 = expected(rec, "", "none", "first", "fd00:10:1:1::3")
+    assert (exp6.ipv6, exp6.ipv6_peer) == ("fd00:10:1:1::4", "fd00:10:1:1::3")
 
 
 def test_a_users_own_vendor_data2_is_kept_beside_the_labs_reporting_in_a_multipart():
@@ -40,7 +47,7 @@ def test_a_users_own_vendor_data2_is_kept_beside_the_labs_reporting_in_a_multipa
 
 def test_user_data_that_is_not_text_is_kept_as_base64_and_read_back_whole():
     blob = b"\x1f\x8b\x08\x00binary\xff"
-    rec = record(VM1, "10.1.1.2", {}, blob, {}, "", URL)
+    rec = record(VM1, NET, {}, blob, {}, "", URL)
     assert rec["user_data"].keys() == {"base64"} and user_data_bytes(rec["user_data"]) == blob
     assert LAB_KEY_NAME not in rec["public_keys"]
     assert [user_data_kind(d) for d in (b"#!/bin/sh\n", b"  #cloud-config\n", blob, b"Content-Type: multipart/mixed", b"x", None)] == [

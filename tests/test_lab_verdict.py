@@ -600,6 +600,20 @@ def test_keys_missing_from_console_or_ssh():
     assert expectation(decide(evidence(no_keys)), "keys installed")["result"] == "fail"
 
 
+def test_ipv6_judged_only_when_asked_from_the_guests_addresses_and_its_ping():
+    assert "ipv6" not in [e["name"] for e in decide(evidence())["expectations"]]
+    want = {"ipv6": "fd00:10:1:1::4", "ipv6_peer": "fd00:10:1:1::3"}
+    addrs = "2: eth0    inet6 fd00:10:1:1::4/128 scope global dynamic noprefixroute \\       valid_lft 86374sec preferred_lft 86374sec\n"
+    good = decide(evidence(expected=want, ssh=ssh_outputs(ipv6_addresses=addrs), ssh_exit={"ipv6_ping": 0}, ssh_error=""))
+    e = expectation(good, "ipv6")
+    assert e["result"] == "pass" and e["actual"] == ["fd00:10:1:1::4"] and "fd00:10:1:1::3 reached" in e["message"] and good["status"] == "pass"
+    unreached = decide(evidence(expected=want, ssh=ssh_outputs(ipv6_addresses=addrs), ssh_exit={"ipv6_ping": 1}, ssh_error=""))
+    assert expectation(unreached, "ipv6")["result"] == "fail" and unreached["status"] == "fail"
+    none = expectation(decide(evidence(expected=want, ssh=ssh_outputs(ipv6_addresses=""), ssh_exit={"ipv6_ping": 2}, ssh_error="")), "ipv6")
+    assert none["result"] == "fail" and "not configured" in none["message"]
+    assert expectation(decide(evidence(expected=want)), "ipv6")["result"] == "skip"  # no SSH
+
+
 def test_user_data_checks():
     wrong = decide(evidence(ssh=ssh_outputs(user_data_sha256="0" * 64 + "  /var/lib/cloud/instance/user-data.txt\n"), ssh_error=""))
     assert expectation(wrong, "user data ran")["result"] == "fail" and wrong["status"] == "fail"

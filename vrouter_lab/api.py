@@ -98,7 +98,8 @@ class LabGuest(Guest):
         from vrouter_lab.verdict import decide
 
         inst = self.node.instance(self.uuid) or {}
-        exp = expected(inst, self.rec.expect_datasource, self.rec.config_drive, self.boot.kind)
+        peer6 = self.node.peer6(self.rec.vm["vn_uuid"]) if self.rec.expect_ipv6 else ""
+        exp = expected(inst, self.rec.expect_datasource, self.rec.config_drive, self.boot.kind, peer6)
         ev = gather(self, exp, timeout, self.say, use_ssh=ssh)
         if not self.rec.image and self.rec.kernel:
             ev.image = self.rec.kernel
@@ -165,12 +166,17 @@ class Lab:
         self.lock = threading.Lock()
 
     @classmethod
-    def up(cls, prefix: str | None = None, vms: int = 1, networks: int = 1, datapath: str = "nfqueue", say: Callable[[str], None] = _say) -> Lab:
+    def up(cls, prefix: str | None = None, vms: int = 1, networks: int = 1, datapath: str = "nfqueue", say: Callable[[str], None] = _say,
+           ipv6: tuple[str, ...] = ("none",)) -> Lab:  # fmt: skip
         """A node of its own: ``vms`` namespace VMs (one at least: guests are logged in to from it)
-        on ``networks`` networks.  LabError if it cannot be built (nothing is left behind)."""
+        on ``networks`` networks, dual stack with the IPv6 address modes ``ipv6`` (network J the
+        Jth, the last for the rest).  LabError if it cannot be built (nothing is left behind)."""
         prefix = prefix or "lab" + uuid.uuid4().hex[:5]
         topo_lab = Topo(prefix, say=say, script="vrouter-lab")
-        topo = Topology.plan(prefix, vms, topo_lab.state, networks=networks)
+        try:
+            topo = Topology.plan(prefix, vms, topo_lab.state, networks=networks, ipv6=ipv6)
+        except ValueError as e:
+            raise LabError(str(e)) from None
         topo.datapath = datapath
         topo_lab.up(topo)
         return cls(Node(prefix), True, say)
@@ -186,12 +192,15 @@ class Lab:
     def boot(self, image: str | os.PathLike[str] | None = None, *, user_data: bytes | str | None = None, ssh_key: str | None = None,
              config_drive: str = "none", instance: dict[str, Any] | None = None, name: str | None = None, network: int = 1,
              kernel: str | None = None, initrd: str | None = None, append: str = "", memory: int = 0, accel: str = "auto",
-             expect_datasource: str = "", lab_key: bool = True, ssh_user: str = "") -> LabGuest:  # fmt: skip
+             expect_datasource: str = "", lab_key: bool = True, ssh_user: str = "", expect_ipv6: bool = False) -> LabGuest:  # fmt: skip
         """Boot ``image`` (qcow2 or raw, never written) as a new instance.  ``ssh_key``: a public key
         or a file of one; ``instance``: more of the instance's data (hostname, meta, vendor_data,
         admin_pass, files, ...); ``config_drive``: none, only (the metadata service refuses this
         instance) or both.  ImageError when the image cannot boot at all, GuestStartError when
-        QEMU could not start, LabError when the node refuses; nothing is left behind then."""
+        QEMU could not start, LabError when the node refuses; nothing is left behind then.
+        ``expect_ipv6``: the verdict expects the guest's IPv6 address configured (from
+        network_data.json, SLAAC or DHCPv6, as the network's mode says) and the namespace VM of
+        its network reached over IPv6."""
         if config_drive not in CONFIG_DRIVE_MODES:
             raise ValueError("config_drive %r: one of %s" % (config_drive, ", ".join(CONFIG_DRIVE_MODES)))
         if image is None and kernel is None:
@@ -210,12 +219,12 @@ class Lab:
         vm = self.node.new_guest(name, network)
         rec = GuestRecord(asdict(vm), image=image, kernel=os.path.abspath(kernel) if kernel else "", initrd=os.path.abspath(initrd) if initrd else "",
                           append=append, memory=memory, accel=accel, config_drive=config_drive, expect_datasource=expect_datasource,
-                          ssh_user=ssh_user, lab_key=lab_key)  # fmt: skip
+                          ssh_user=ssh_user, lab_key=lab_key, expect_ipv6=expect_ipv6)  # fmt: skip
         guest = LabGuest(self.node, rec, self.say)
         try:
             net = next(n for n in self.node.networks() if n.uuid == vm.vn_uuid)
             lab_pub = self.node.lab_key()[1] if lab_key else ""
-            inst = record(vm, net.dns_server, dict(instance or {}), user_data, keys, lab_pub, self.node.reports_url(vm.instance_uuid))
+            inst = record(vm, net, dict(instance or {}), user_data, keys, lab_pub, self.node.reports_url(vm.instance_uuid))
             try:  # what the Nova stand-in would refuse (and so serve none of the instances' changes)
                 parse_instances(json.dumps({"instances": [inst]}))
             except InstancesError as e:

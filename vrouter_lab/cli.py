@@ -27,7 +27,7 @@ from typing import Any, NoReturn
 
 from fabric.nova_metadata import InstancesError, parse_instances
 from topology.errors import LabError
-from topology.model import check_instance_data
+from topology.model import IPV6_MODES, check_instance_data
 from vrouter.agent.control import AgentNotRunning, RequestFailed
 from vrouter_lab.api import CONFIG_DRIVE_MODES, Lab
 from vrouter_lab.gather import CANCEL
@@ -103,6 +103,10 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--prefix", metavar="P", help="use the node of prefix P, which is up already (only the guest is removed after)")
     c.add_argument("--name", metavar="NAME", help="the guest's name (default: the next guestN)")
     c.add_argument("--datapath", default="nfqueue", choices=["nfqueue", "ebpf"], help="the node's datapath, when check builds it")
+    c.add_argument("--ipv6", choices=IPV6_MODES, metavar="MODE",
+                   help="dual stack: the network's IPv6 address mode when check builds the node (none, slaac, dhcpv6-stateful, "
+                   "dhcpv6-stateless; with --prefix, the node's own), and the verdict expects the guest to have its IPv6 address "
+                   "and to reach the namespace VM over IPv6")  # fmt: skip
     c.add_argument("--no-lab-key", action="store_true", help="do not inject the lab's own SSH key (no SSH checks then)")
     c.add_argument("--no-ssh", action="store_true", help="judge without logging in (console, reports and the node only)")
     c.add_argument("--ssh-user", default="", metavar="USER", help="log in as USER (default: the user cloud-init put the keys on)")
@@ -167,7 +171,7 @@ def _base_run(args: argparse.Namespace) -> Run:
         raise UsageError("--memory %d: MiB, from 64 to 16384" % args.memory)
     run = Run(image="", config_drive=args.config_drive, expect_datasource=args.expect_datasource, timeout=args.timeout, name=args.name,
               kernel=args.kernel, initrd=args.initrd, append=args.append, memory=args.memory, accel=args.accel, lab_key=not args.no_lab_key,
-              ssh=not args.no_ssh, ssh_user=args.ssh_user, keep=args.keep)  # fmt: skip
+              ssh=not args.no_ssh, ssh_user=args.ssh_user, keep=args.keep, expect_ipv6=bool(args.ipv6))  # fmt: skip
     if args.user_data:
         run.user_data, run.user_data_name = _read("user_data", args.user_data), args.user_data
     if args.ssh_key:
@@ -221,7 +225,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         except GuestStartError as e:
             return _finish([error_report(base, str(e), image_fault=False)], args, False)
     try:
-        lab = Lab.attach(args.prefix, _say) if args.prefix else Lab.up(datapath=args.datapath, say=_say)
+        lab = Lab.attach(args.prefix, _say) if args.prefix else Lab.up(datapath=args.datapath, say=_say, ipv6=(args.ipv6 or "none",))
     except (LabError, AgentNotRunning, RequestFailed, OSError) as e:
         return _finish([error_report(r, "the node could not be started: %s" % e, image_fault=False) for r in runs], args, bool(args.matrix))
     reports: list[dict[str, Any]] = []

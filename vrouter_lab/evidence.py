@@ -33,7 +33,10 @@ SSH_COMMANDS: dict[str, str] = {
     "user_data_sha256": "sudo sha256sum /var/lib/cloud/instance/user-data.txt",
     "boot_id": "cat /proc/sys/kernel/random/boot_id",
     "instance_id": "cat /var/lib/cloud/data/instance-id",
+    "ipv6_addresses": "ip -6 -o addr show scope global",
 }
+# ... and when the verdict judges IPv6, the namespace VM pinged (PEER: Expected.ipv6_peer)
+SSH_PING6 = "ping -6 -c 3 -W 2 %s"
 
 
 @dataclass
@@ -47,6 +50,8 @@ class Expected:
     datasource: str = ""  # --expect-datasource NAME ("" : no expectation), e.g. "ConfigDrive", "OpenStack"
     config_drive: str = "none"  # none, only, both
     boot: str = "first"  # first, reboot, rebuild: a reboot runs per-boot modules only
+    ipv6: str = ""  # the port's IPv6 address, which the guest should have ("": IPv6 not judged)
+    ipv6_peer: str = ""  # an address the guest should reach over IPv6 (the namespace VM it is logged in from)
 
 
 @dataclass

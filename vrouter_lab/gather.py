@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 
 from topology.errors import LabError
 from vrouter.agent.control import RequestFailed
-from vrouter_lab.evidence import SSH_COMMANDS, ConsoleLine, Evidence, Expected, Report, Request
+from vrouter_lab.evidence import SSH_COMMANDS, SSH_PING6, ConsoleLine, Evidence, Expected, Report, Request
 from vrouter_lab.guest import Guest
 
 CANCEL = threading.Event()  # set on SIGTERM or Ctrl-C: every gathering stops at its next look
@@ -91,9 +91,10 @@ def ssh_command(guest: Guest, user: str, key: str, namespace: str, remote: str, 
         return subprocess.CompletedProcess(args, 255, "", "ssh: no answer within %.0f s" % timeout)
 
 
-def _script() -> str:
+def _script(peer6: str = "") -> str:
+    commands = dict(SSH_COMMANDS, ipv6_ping=SSH_PING6 % shlex.quote(peer6)) if peer6 else SSH_COMMANDS
     parts = ["echo %s; (%s) 2>/dev/null; echo %s$?" % (shlex.quote(_BEGIN + name), cmd, shlex.quote(_END + name + ":"))
-             for name, cmd in SSH_COMMANDS.items()]  # fmt: skip
+             for name, cmd in commands.items()]  # fmt: skip
     return "; ".join(parts)
 
 
@@ -139,7 +140,7 @@ def _ssh(guest: Guest, ev: Evidence, deadline: float) -> None:
         for user in users:
             r = ssh_command(guest, user, key, namespace, "true", min(15.0, max(1.0, deadline - time.monotonic())))
             if r.returncode == 0:
-                r = ssh_command(guest, user, key, namespace, _script(), max(5.0, deadline - time.monotonic()))
+                r = ssh_command(guest, user, key, namespace, _script(ev.expected.ipv6_peer), max(5.0, deadline - time.monotonic()))
                 if r.returncode == 255 and not r.stdout:
                     why = "the session failed: %s" % r.stderr.strip()[-200:]
                     break

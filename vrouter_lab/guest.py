@@ -74,6 +74,7 @@ class GuestRecord:
     expect_datasource: str = ""
     ssh_user: str = ""  # "" : found from the console
     lab_key: bool = True  # the lab's key was injected
+    expect_ipv6: bool = False  # the verdict judges the guest's IPv6 (its address, the namespace VM reached)
     boots: list[Boot] = field(default_factory=list)
 
     @classmethod

@@ -17,7 +17,7 @@ from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 from typing import Any
 
-from topology.model import VM
+from topology.model import VM, Net
 from vrouter_lab.evidence import Expected
 
 LAB_KEY_NAME = "vrouter-lab"
@@ -78,7 +78,7 @@ def user_data_kind(data: bytes | None) -> str:
     return "other"
 
 
-def record(vm: VM, dns_server: str, extra: dict[str, Any], user_data: bytes | str | None, keys: dict[str, str], lab_key: str,
+def record(vm: VM, net: Net, extra: dict[str, Any], user_data: bytes | str | None, keys: dict[str, str], lab_key: str,
            reports: str) -> dict[str, Any]:  # fmt: skip
     """The guest's instance for the Nova stand-in: the lab's fields, the user's ``extra``
     (an ``--instances`` entry), the user data and ``keys`` given, the lab's key and reporting
@@ -87,7 +87,8 @@ def record(vm: VM, dns_server: str, extra: dict[str, Any], user_data: bytes | st
         "uuid": vm.instance_uuid, "name": vm.name, "hostname": vm.name, "project_id": uuid.UUID(vm.project_id).hex,
         "availability_zone": "nova", "launch_index": 0, "instance_type": "m1.small", "meta": {},
         "ip": vm.ip, "mac": vm.mac, "port_uuid": vm.port_uuid, "vn_uuid": vm.vn_uuid, "gateway": vm.gateway, "netmask": "255.255.255.0",
-        "dns_server": dns_server, "mtu": 1500, "dhcp": True, "security_groups": ["default"], "public_keys": {},
+        "dns_server": net.dns_server, "mtu": 1500, "dhcp": True, "security_groups": ["default"], "public_keys": {},
+        "ip6": vm.ipv6, "ipv6_mode": net.ipv6_mode, "ipv6_prefix": net.subnet6, "ipv6_gateway": net.gateway6, "ipv6_dns_server": net.dns_server6,
     }  # fmt: skip
     rec.update(extra)
     if user_data is not None:
@@ -99,9 +100,12 @@ def record(vm: VM, dns_server: str, extra: dict[str, Any], user_data: bytes | st
     return rec
 
 
-def expected(rec: dict[str, Any], datasource: str, config_drive: str, boot: str) -> Expected:
+def expected(rec: dict[str, Any], datasource: str, config_drive: str, boot: str, peer6: str = "") -> Expected:
+    """``peer6``: an IPv6 address the guest should reach ("": IPv6 not judged)."""
     data = user_data_bytes(rec.get("user_data"))
     return Expected(
+        ipv6=str(rec.get("ip6") or "") if peer6 else "",
+        ipv6_peer=peer6,
         hostname=str(rec.get("hostname") or rec.get("name") or ""),
         keys=[str(k) for k in (rec.get("public_keys") or {}).values()],
         user_data_sha256=hashlib.sha256(data).hexdigest() if data is not None else "",

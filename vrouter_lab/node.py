@@ -182,6 +182,10 @@ class Node:
         """A namespace VM of the network ``vn_uuid`` to log in to a guest from ("" if none)."""
         return next((v["namespace"] for v in self.layout["vms"] if v["vn_uuid"] == vn_uuid and v.get("node", 1) == 1), "")
 
+    def peer6(self, vn_uuid: str) -> str:
+        """The IPv6 address of the namespace VM ``ssh_from`` names, for a guest to reach ("" if none)."""
+        return next((v["ipv6"] for v in self.layout["vms"] if v["vn_uuid"] == vn_uuid and v.get("node", 1) == 1), "")
+
     # -- what vrouter-lab adds to a node ----------------------------------------------------------
 
     def ensure_reports_service(self) -> None:

@@ -50,6 +50,7 @@ class Run:
     ssh: bool = True
     ssh_user: str = ""
     keep: bool = False
+    expect_ipv6: bool = False  # the guest should have its IPv6 address and reach the namespace VM over IPv6
     label: str = ""  # the matrix's name for this combination
 
     def title(self) -> str:
@@ -77,7 +78,8 @@ def run_one(lab: Lab, run: Run, say: Callable[[str], None]) -> dict[str, Any]:
     try:
         guest = lab.boot(run.image or None, user_data=run.user_data, ssh_key=run.ssh_key, config_drive=run.config_drive, instance=run.instance,
                          name=run.name, kernel=run.kernel, initrd=run.initrd, append=run.append, memory=run.memory, accel=run.accel,
-                         expect_datasource=run.expect_datasource, lab_key=run.lab_key, ssh_user=run.ssh_user)  # fmt: skip
+                         expect_datasource=run.expect_datasource, lab_key=run.lab_key, ssh_user=run.ssh_user,
+                         expect_ipv6=run.expect_ipv6)  # fmt: skip
         report = guest.wait_for_cloud_init(run.timeout, ssh=run.ssh).report
     except ImageError as e:
         report = error_report(run, str(e), image_fault=True)

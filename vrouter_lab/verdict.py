@@ -31,7 +31,9 @@ The report is a JSON-able dict, schema ``vrouter-lab/check/v1``:
                   module that started and never finished; ``frequency`` ("once-per-instance", "always", "once") or None.
 ``expectations``  ``[{name, result: "pass"|"fail"|"skip", expected, actual, message}]``, in this order: "datasource" (the
                   expected name, or any but None), "hostname", "keys installed", "user data ran" (first boot and rebuild) or
-                  "per-instance modules skipped" (reboot), "no errors".  ``message`` says which evidence decided, or why skipped.
+                  "per-instance modules skipped" (reboot), "no errors", and with ``check --ipv6`` "ipv6" (the port's IPv6
+                  address configured, the namespace VM pinged over IPv6, both over SSH).  ``message`` says which evidence
+                  decided, or why skipped.
 ``metadata_requests``  the metadata journal: ``[{t, method, path, status, bytes, reason}]``.
 ``lease``         ``{"t": seconds since power-on when the agent acknowledged the lease, or None}``.
 ``timings``       ``{lease, first_metadata, init-local, init-network, modules-config, modules-final, finished, waited}``: seconds
@@ -439,6 +441,17 @@ def expect_per_instance_skipped(f: Facts, modules: list[Module]) -> dict[str, An
     return _expectation(name, "skip", "previously ran", None, "no webhook events, no analyze output, no instance-id over SSH")
 
 
+def expect_ipv6(f: Facts) -> dict[str, Any]:
+    want, peer, name = f.ev.expected.ipv6, f.ev.expected.ipv6_peer, "ipv6"
+    if "ipv6_addresses" not in f.ev.ssh:
+        return _expectation(name, "skip", want, None, "no SSH answer: the guest's addresses are not known")
+    have = [w.split("/")[0] for line in f.ev.ssh["ipv6_addresses"].splitlines() for w in line.split()[3:4]]
+    reached = f.ev.ssh_exit.get("ipv6_ping", -1) == 0
+    ok = want in have and (reached or not peer)
+    how = "%s configured%s" % (want, ", %s %s over IPv6" % (peer, "reached" if reached else "NOT reached") if peer else "")
+    return _expectation(name, "pass" if ok else "fail", want, have, how if want in have else "%s not configured (has %s)" % (want, have or "none"))
+
+
 def expect_no_errors(ci: dict[str, Any], stages: list[dict[str, Any]], f: Facts, failed: list[Failure]) -> dict[str, Any]:
     errors = [f"{s['name']}: {e}" for s in stages for e in s["errors"]] + [f"cloud-init: {_failure_text(x)}" for x in failed if not x.stage]
     told = {e for sj in f.ssh_stages.values() for e in sj["errors"]}  # said already, by stage
@@ -488,6 +501,7 @@ def decide(ev: Evidence) -> dict[str, Any]:
         expect_keys(f),
         expect_per_instance_skipped(f, modules) if per_boot else expect_user_data(f, modules, failed),
         expect_no_errors(ci, stages, f, failed),
+        *([expect_ipv6(f)] if ev.expected.ipv6 else []),
     ]
     warnings = warnings_of(f)
     status, code, reason = verdict(f, stages, done, failed, expectations, warnings)
