@@ -134,6 +134,7 @@ class Flag1(enum.IntFlag):
 
     REVERSE = 0x0001  # this entry is the reverse half of its pair
     HELD = 0x0002  # ebpf: the engine may still hold packets of this flow: the program hands the rest up
+    SLOW = 0x0004  # ebpf: every packet of this pair is the engine's (an IPv6 link-local service flow)
 
 
 NAT_FLAGS = Flag.SNAT | Flag.SPAT | Flag.DNAT | Flag.DPAT
@@ -146,6 +147,7 @@ F_NEW_FLOW = int(Flag.NEW_FLOW)
 F_EVICT_CANDIDATE = int(Flag.EVICT_CANDIDATE)
 F1_REVERSE = int(Flag1.REVERSE)
 F1_HELD = int(Flag1.HELD)
+F1_SLOW = int(Flag1.SLOW)
 
 
 class DropReason(enum.IntEnum):

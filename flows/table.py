@@ -52,6 +52,7 @@ from flows.layout import (
     COUNTERS,
     F1_HELD,
     F1_REVERSE,
+    F1_SLOW,
     F_ACTIVE,
     F_NEW_FLOW,
     F_RFLOW_VALID,
@@ -456,8 +457,10 @@ class FlowTable:
         U32.pack_into(self.buf, off + OFF_OFLOW_NEXT, 0)
         self._free_overflow.append(index)
 
-    def add_pair(self, fkey: bytes, fspec: FlowSpec, rkey: bytes, rspec: FlowSpec, now: int | None = None, held: bool = False) -> tuple[int, int]:
-        """Set up a forward flow and its reverse together (``held``: the forward marked Held);
+    def add_pair(self, fkey: bytes, fspec: FlowSpec, rkey: bytes, rspec: FlowSpec, now: int | None = None, held: bool = False,
+                 slow: bool = False) -> tuple[int, int]:  # fmt: skip
+        """Set up a forward flow and its reverse together (``held``: the forward marked Held;
+        ``slow``: both halves the engine's alone);
         raise TableFull (leaving nothing) if either cannot be placed.  Keys must be new."""
         if now is None:
             now = time.time_ns()
@@ -469,8 +472,9 @@ class FlowTable:
             self._release(fi)
             raise
         U32.pack_into(self.buf, HEADER_SIZE + fi * RECORD_SIZE + OFF_RINDEX, ri)
-        _VIF_FLAGS1.pack_into(self.buf, HEADER_SIZE + ri * RECORD_SIZE + OFF_VIF, rspec.vif, F1_REVERSE)
-        _VIF_FLAGS1.pack_into(self.buf, HEADER_SIZE + fi * RECORD_SIZE + OFF_VIF, fspec.vif, F1_HELD if held else 0)
+        slow_bit = F1_SLOW if slow else 0
+        _VIF_FLAGS1.pack_into(self.buf, HEADER_SIZE + ri * RECORD_SIZE + OFF_VIF, rspec.vif, F1_REVERSE | slow_bit)
+        _VIF_FLAGS1.pack_into(self.buf, HEADER_SIZE + fi * RECORD_SIZE + OFF_VIF, fspec.vif, (F1_HELD if held else 0) | slow_bit)
         U16.pack_into(self.buf, HEADER_SIZE + ri * RECORD_SIZE + OFF_FLAGS, rspec.flags | _PAIR_FLAGS)
         U16.pack_into(self.buf, HEADER_SIZE + fi * RECORD_SIZE + OFF_FLAGS, fspec.flags | _PAIR_FLAGS)
         self.active += 2

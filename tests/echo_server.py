@@ -1,4 +1,4 @@
-"""A fabric-side test service: UDP and TCP echo on each given address, answering
+"""A fabric-side test service: UDP and TCP echo on each given address (IPv4 or IPv6), answering
 b"<local ip>:<local port> <peer ip>:<peer port> <data>". Prints "ready" once listening."""
 
 import socket
@@ -6,8 +6,12 @@ import sys
 import threading
 
 
+def family(addr: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in addr else socket.AF_INET
+
+
 def udp(addr: str, port: int) -> None:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s = socket.socket(family(addr), socket.SOCK_DGRAM)
     s.bind((addr, port))
     while True:
         data, peer = s.recvfrom(65536)
@@ -34,7 +38,7 @@ def main() -> None:
     port = int(sys.argv[1])
     for addr in sys.argv[2:]:
         threading.Thread(target=udp, args=(addr, port), daemon=True).start()
-        s = socket.socket()
+        s = socket.socket(family(addr))
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind((addr, port))
         s.listen(64)

@@ -73,7 +73,7 @@ class Ports:
     def __init__(self) -> None:
         self.free = list(range(61000, 61100))
 
-    def reserve(self, proto: int) -> tuple[int, object]:
+    def reserve(self, proto: int, v6: bool = False) -> tuple[int, object]:
         port = self.free.pop(0)
         return port, port
 

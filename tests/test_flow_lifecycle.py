@@ -24,7 +24,7 @@ class Ports:
         self.limit = limit
         self.live: set[int] = set()
 
-    def reserve(self, proto):
+    def reserve(self, proto, v6=False):
         if len(self.live) >= self.limit:
             raise OSError("no port")
         self.next += 1

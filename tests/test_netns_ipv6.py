@@ -156,6 +156,48 @@ def test_extension_headers_walked_and_fragments_dropped(dual: EmulatedHost) -> N
     assert after["Invalid Packet"] > before["Invalid Packet"]  # type: ignore[index]
 
 
+_LINK_LOCAL6 = """
+import socket, sys
+dst, proto = sys.argv[1], sys.argv[2]
+if proto == "udp":
+    s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    s.settimeout(3)
+    s.sendto(b"over6", (dst, 7))
+    print(s.recv(200).decode())
+else:
+    s = socket.create_connection((dst, 7), timeout=3)
+    s.sendall(b"over6")
+    print(s.recv(200).decode())
+"""
+
+
+def test_a_link_local_service_over_ipv6_reaches_its_ipv6_fabric_address(dual: EmulatedHost) -> None:
+    """169.254.169.123:7 is fe80::a9fe:a97b port 7 to a VM over IPv6: NATed from vhost0's IPv6
+    address (a port of the NAT range) to the service's IPv6 fabric address, and back to the VM's
+    link-local address, in both datapaths."""
+    fabric, vhost6 = dual.layout["namespaces"]["fabric"], dual.layout["vhost0"]["ip6"]
+    echo = subprocess.Popen(["ip", "netns", "exec", fabric, sys.executable, str(ROOT / "tests" / "echo_server.py"), "7007",
+                             dual.layout["nova"]["ip6"]], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert echo.stdout is not None and echo.stdout.readline().strip() == "ready"
+        r = dual.cli("linklocal", "add", "--linklocal_service_name", "echo6", "--linklocal_service_ip", "169.254.169.123", "--linklocal_service_port",
+                     "7", "--ipfabric_service_ip", dual.layout["nova"]["ip6"], "--ipfabric_service_port", "7007")  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        for proto in ("udp", "tcp"):
+            got = dual.in_vm(1, sys.executable, "-c", _LINK_LOCAL6, "fe80::a9fe:a97b%eth0", proto)
+            assert got.returncode == 0, got.stderr
+            local, seen, data = got.stdout.split()
+            host, _, port = seen.rpartition(":")
+            assert (local, host, data) == ("%s:7007" % dual.layout["nova"]["ip6"], vhost6, "over6") and 61000 <= int(port) <= 65535
+        flows = dual.cli("flow", "-l").stdout
+        assert "fe80::a9fe:a97b:7" in flows and "N(SPsDPdL)" in flows, flows[-1500:]
+    finally:
+        dual.cli("linklocal", "del", "--linklocal_service_name", "echo6")
+        assert echo.stdin is not None
+        echo.stdin.close()
+        echo.wait(10)
+
+
 @pytest.mark.datapaths("nfqueue")
 def test_hostile_neighbour_discovery_moves_nobody_elses_traffic(make_node: Callable[..., EmulatedHost]) -> None:
     h = make_node(vms=3, ipv6=("dhcpv6-stateful",))

@@ -7,12 +7,16 @@ Nova's and etcd's address on it (unless the lab joins a cloud, whose Nova and
 etcd serve it), each node's vhost0 a veth to a port of it; ``fabric_link``
 adds an uplink veth from our bridge to the bridge of another namespace (the
 cloud's fabric).  Each node's default route goes to the fabric; forwarding
-stays off and strict reverse-path filtering on until the agent runs.
+stays off and strict reverse-path filtering on until the agent runs.  The
+fabric is dual stack: fd00:10:10::1 on the fabric's side, fd00:10:10::(1+n) on
+node n's vhost0 (link-local services over IPv6 reach the fabric from there).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+
+from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 
 from topology import netns
 from topology.errors import LabError
@@ -54,8 +58,10 @@ class Fabric:
         compute.ipr.link("add", ifname="vhost0", kind="veth", peer={"ifname": "eth0", "net_ns_fd": fabric.fd})
         vhost0, eth0 = compute.index("vhost0"), fabric.index("eth0")
         compute.ipr.addr("add", index=vhost0, address=topo.vhost_ip, prefixlen=24)
+        compute.ipr.addr("add", index=vhost0, address=topo.vhost_ip6_of(1), prefixlen=64, flags=IFA_F_NODAD)
         compute.ipr.link("set", index=vhost0, state="up")
         fabric.ipr.addr("add", index=eth0, address=topo.nova_ip, prefixlen=24)
+        fabric.ipr.addr("add", index=eth0, address=topo.fabric_ip6, prefixlen=64, flags=IFA_F_NODAD)
         fabric.ipr.link("set", index=eth0, state="up")
         compute.ipr.route("add", dst="default", gateway=topo.nova_ip)
         # Forwarding stays off until the agent runs; strict reverse-path filtering on: fail closed.
@@ -70,6 +76,7 @@ class Fabric:
         fabric.ipr.link("set", index=br, mtu=FABRIC_MTU, state="up")
         if topo.own_nova:  # a lab that joins a cloud uses the cloud's Nova and etcd
             fabric.ipr.addr("add", index=br, address=topo.nova_ip, prefixlen=24)
+            fabric.ipr.addr("add", index=br, address=topo.fabric_ip6, prefixlen=64, flags=IFA_F_NODAD)
         if topo.fabric_link:
             self._uplink(topo, fabric, br)
         for n, compute in nodes.items():
@@ -80,6 +87,7 @@ class Fabric:
             fabric.ipr.link("set", index=fabric.index(peer), mtu=FABRIC_MTU, master=br, state="up")
             compute.ipr.link("set", index=vhost0, mtu=FABRIC_MTU)
             compute.ipr.addr("add", index=vhost0, address=topo.vhost_ip_of(n), prefixlen=24)
+            compute.ipr.addr("add", index=vhost0, address=topo.vhost_ip6_of(n), prefixlen=64, flags=IFA_F_NODAD)
             compute.ipr.link("set", index=vhost0, state="up")
             compute.ipr.route("add", dst="default", gateway=topo.nova_ip)
             compute.sysctl(FAIL_CLOSED)

@@ -34,6 +34,7 @@ IPV6_MODES = ("none", "slaac", "dhcpv6-stateful", "dhcpv6-stateless")  # as vrou
 AUTOCONF_MODES = ("slaac", "dhcpv6-stateless")
 
 FABRIC_NET = "10.10.0"
+FABRIC_NET6 = "fd00:10:10::"  # the fabric's IPv6 /64 (dual stack): the fabric ::1, node n's vhost0 ::(1 + n)
 VM_NET = "10.1.1"  # the first network's
 VM_NET_BASE = "10.1"
 NOVA_PORT = 8775
@@ -241,6 +242,14 @@ class Topology:
         return FABRIC_NET + ".1"
 
     @property
+    def fabric_ip6(self) -> str:
+        """The fabric namespace's IPv6 address (Nova's side): for link-local services over IPv6."""
+        return FABRIC_NET6 + "1"
+
+    def vhost_ip6_of(self, node: int) -> str:
+        return "%s%x" % (FABRIC_NET6, self.node_base + node)
+
+    @property
     def vn(self) -> str:
         """The first network's uuid."""
         return self.networks[0].uuid
@@ -371,9 +380,10 @@ class Topology:
             "state_dir": s,
             "namespaces": {"compute": self.compute, "computes": [self.compute_of(n) for n in range(1, self.nodes + 1)], "fabric": self.fabric,
                            "vms": [v.namespace for v in self.vms]},  # fmt: skip
-            "vhost0": {"ip": self.vhost_ip, "namespace": self.compute},
+            "vhost0": {"ip": self.vhost_ip, "ip6": self.vhost_ip6_of(1), "namespace": self.compute},
             "nova": {
                 "ip": self.nova_ip,
+                "ip6": self.fabric_ip6,
                 "port": NOVA_PORT,
                 "namespace": self.fabric,
                 "url": "%s://%s:%d" % ("https" if self.tls else "http", self.nova_ip, NOVA_PORT),
@@ -388,7 +398,8 @@ class Topology:
             "guests": [asdict(v) for v in self.guests],
             "logs": {"agent": self.state_of(1) + "/agent.log", "nova": s + "/nova.log"},
             "nodes": [
-                {"node": n, "name": self.compute_of(n), "namespace": self.compute_of(n), "vhost0": self.vhost_ip_of(n), "state_dir": self.state_of(n),
+                {"node": n, "name": self.compute_of(n), "namespace": self.compute_of(n), "vhost0": self.vhost_ip_of(n),
+                 "vhost0_ip6": self.vhost_ip6_of(n), "state_dir": self.state_of(n),
                  "agent_log": self.state_of(n) + "/agent.log", "vms": [v.name for v in self.vms_of(n)]}
                 for n in range(1, self.nodes + 1)
             ],

@@ -347,11 +347,11 @@ def validate_service(raw: dict[str, Any]) -> LinkLocalService:
     if isinstance(fabric, str):
         fabric = [fabric] if fabric else []
     fabric_ips = []
-    for f in fabric:
+    for f in fabric:  # IPv4 for the VMs' IPv4 flows, IPv6 for their IPv6 ones (to the service's fe80::a9fe:x:y)
         try:
-            fabric_ips.append(str(ipaddress.IPv4Address(str(f))))
+            fabric_ips.append(str(ipaddress.ip_address(str(f))))
         except ValueError:
-            raise ServiceError("--ipfabric_service_ip %r: not an IPv4 address" % f) from None
+            raise ServiceError("--ipfabric_service_ip %r: not an IP address" % f) from None
     dns = str(a.get("ip_fabric_dns_service_name", a.get("ipfabric_dns_service_name", "")) or "")
     if not fabric_ips and not dns:
         raise ServiceError("--ipfabric_service_ip or --ipfabric_dns_service_name is required")

@@ -32,7 +32,7 @@ from dataplane.core.flowsetup import FlowSetup
 from dataplane.core.lifecycle import Lifecycle
 from dataplane.core.overlay import TUNNEL_NH_BASE, Overlay, Route
 from dataplane.core.packet import Malformed, fast4, parse
-from dataplane.core.services import LinkLocalService, LinkLocalTable
+from dataplane.core.services import LinkLocalService, LinkLocalTable, service_ip4
 from dataplane.core.traps import TrapTable
 from dataplane.core.vif import Vif, VifTable
 from flows.layout import KEY, Action, DropReason
@@ -175,7 +175,7 @@ class Dataplane:
         v = path.hit(inner, tunnel, index, now, p.proto, p.tcp_flags, p.ihl)
         if v.accept and v.payload is None:
             if len(p.src) == 16:  # IPv6 inside: the queue's verdict cannot turn the IPv4 packet into it
-                return path.SENT if path.inject(inner) else path.drop(DropReason.FLOW_UNUSABLE, tunnel)
+                return path.SENT if path.inject(inner, 0) else path.drop(DropReason.FLOW_UNUSABLE, tunnel)
             return Verdict(True, inner)
         return v
 
@@ -190,7 +190,7 @@ class Dataplane:
         for i, st in self.entries.live():
             if st.link_local:
                 e = self.table.read(i)
-                if (e.dst, e.dport) in gone:
+                if (service_ip4(e.dst), e.dport) in gone:
                     doomed.append(i)
         return self.entries.delete(doomed)
 

@@ -61,7 +61,7 @@ class Limits:
 class PortAllocator(Protocol):
     """Reserves source ports for link-local NAT to the fabric (the agent binds real sockets)."""
 
-    def reserve(self, proto: int) -> tuple[int, object]: ...
+    def reserve(self, proto: int, v6: bool = False) -> tuple[int, object]: ...
 
     def release(self, handle: object) -> None: ...
 
@@ -77,7 +77,7 @@ class FlowShares(Protocol):
 class FlowState:
     """What the dataplane does with the packets of one entry, prepared at flow set-up."""
 
-    __slots__ = ("action", "patch", "out", "vin", "reason", "charge", "link_local", "port", "fresh", "closed_at", "trap")
+    __slots__ = ("action", "patch", "out", "vin", "reason", "charge", "link_local", "port", "fresh", "closed_at", "trap", "deliver")
 
     def __init__(self, action: Action, patch: Patch | Encap | None, out: Vif | None, vin: int, reason: DropReason = DropReason.NONE) -> None:
         self.action = action
@@ -91,6 +91,7 @@ class FlowState:
         self.fresh = False  # reverse half: no answer seen yet, the pair is still New
         self.closed_at: int | None = None  # both halves: when the second FIN was seen
         self.trap: Trap | None = None  # a trap entry: its packets go to the agent's services
+        self.deliver = False  # sent down ``out``'s tap by the engine itself (``PacketPath.inject``), not routed by the kernel
 
 
 class Entries:

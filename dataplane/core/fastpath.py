@@ -59,7 +59,7 @@ def _ignore(trap: Trap, pkt: bytes, vif: Vif, ihl: int) -> None:
     pass
 
 
-def _no_inject(pkt: bytes) -> bool:
+def _no_inject(pkt: bytes, ifindex: int = 0) -> bool:
     return False
 
 
@@ -79,10 +79,12 @@ class PacketPath:
         # more on it made every packet about 2% dearer)
         self.vif_drops: Counter[tuple[int, DropReason]] = Counter()
         self.on_trap: TrapHandler = _ignore  # the agent's services
-        # Sends an IP packet through the compute node's own stack, for what changes family on the
-        # way: an IPv6 packet into an IPv4 tunnel, and out of one (a queue's verdict cannot change
-        # a packet's family); the Linux layer's raw sockets (``dataplane.linux.raw``)
-        self.inject: Callable[[bytes], bool] = _no_inject
+        # Sends an IP packet through the compute node's own stack (out of the interface of
+        # ``ifindex`` when given), for what changes family on the way: an IPv6 packet into an
+        # IPv4 tunnel, and out of one (a queue's verdict cannot change a packet's family); and
+        # for the fabric's IPv6 replies to a VM's link-local address, which the kernel would
+        # route back out of vhost0: the Linux layer's raw sockets (``dataplane.linux.raw``)
+        self.inject: Callable[[bytes, int], bool] = _no_inject
 
     def drop(self, reason: DropReason, vif: Vif | None = None) -> Verdict:
         self.drops[reason] += 1
@@ -178,6 +180,9 @@ class PacketPath:
             return Verdict(True, patch.apply4(pkt))
         buf = bytearray(pkt)
         patch.apply(buf, ihl)
+        if st.deliver:
+            assert out is not None
+            return _SENT if self.inject(bytes(buf), out.ifindex) else self.drop(DropReason.FLOW_UNUSABLE, vif)
         if buf[0] >> 4 != pkt[0] >> 4:  # an IPv6 packet now in an IPv4 tunnel
-            return _SENT if self.inject(bytes(buf)) else self.drop(DropReason.FLOW_UNUSABLE, vif)
+            return _SENT if self.inject(bytes(buf), 0) else self.drop(DropReason.FLOW_UNUSABLE, vif)
         return Verdict(True, bytes(buf))

@@ -14,7 +14,10 @@ key it has already made.  Rules kept here:
 * The pair comes from, in order: the agent's services for guests (DHCP, DNS and
   ICMP echo at the network's addresses: a trap entry, ``traps``); the link-local services (metadata: NAT to the
   local proxy from the port's metadata IP; others: NAT straight to the fabric
-  from vhost0 with a port reserved by a real socket); the VM ports of the same
+  from vhost0 with a port reserved by a real socket, over IPv6 from vhost0's
+  IPv6 address to an IPv6 fabric address, the pair the engine's alone in the
+  ebpf datapath: its replies go to the VM's link-local address, which only the
+  engine can send to the right tap); the VM ports of the same
   VRF (Forward); a VM of the same VRF on another node (Forward through its
   node's tunnel: the forward half encapsulates, ``overlay``); else a Drop
   entry (No L3 Route).  TCP and UDP only to
@@ -87,6 +90,7 @@ class FlowSetup:
         self.traps = traps
         self.vhost_ip = vhost_ip
         self.vhost_ip_bytes = ipaddress.IPv4Address(vhost_ip).packed
+        self.vhost_ip6 = ""  # vhost0's IPv6 address, for link-local services over IPv6 ("": none)
         self.proxy_ip6_bytes = ipaddress.IPv6Address(PROXY_IP6).packed
         self.proxy_port = proxy_port
         self.ports = ports
@@ -131,8 +135,6 @@ class FlowSetup:
                     return _REFUSED[refused]
                 if service.is_metadata:
                     return self._metadata(vif, p, key, now), _NONE
-                if v6:
-                    return self._drop_entry(vif, key, DropReason.NO_ROUTE, now), _NONE
                 return self._fabric(vif, p, key, now, service), _NONE
             if not v6 and p.dst[0] == 169 and p.dst[1] == 254 and p.proto not in (TCP, UDP):
                 return self._drop_entry(vif, key, DropReason.INVALID_PROTOCOL, now), _NONE
@@ -171,11 +173,11 @@ class FlowSetup:
         return index
 
     def _pair(self, key: bytes, fspec: FlowSpec, fst: FlowState, rkey: bytes, rspec: FlowSpec, rst: FlowState,
-              charge: tuple[Vif, ...], link_local: bool, now: int) -> int:  # fmt: skip
+              charge: tuple[Vif, ...], link_local: bool, now: int, slow: bool = False) -> int:  # fmt: skip
         stale = self.table.lookup(rkey)
         if stale >= 0:
             self.entries.delete([stale])
-        fi, ri = self.table.add_pair(key, fspec, rkey, rspec, now, self.hold)
+        fi, ri = self.table.add_pair(key, fspec, rkey, rspec, now, self.hold, slow)
         if self.hold:
             self.held.append((fi, self.table.generation(fi)))
         rst.fresh = True
@@ -270,14 +272,16 @@ class FlowSetup:
         return self._pair(key, fspec, fst, rkey, rspec, rst, (vif,), True, now)
 
     def _fabric(self, vif: Vif, p: Parsed, key: bytes, now: int, service: LinkLocalService) -> int:
-        fabric = self.services.pick_fabric_ip(service)
-        if fabric is None or self.ports is None:
+        v6 = len(p.src) == 16
+        fabric = self.services.pick_fabric_ip(service, v6, self.vhost_ip6)
+        if fabric is None or self.ports is None or (v6 and not self.vhost_ip6):
             return self._drop_entry(vif, key, DropReason.NO_ROUTE, now)
         try:
-            port, handle = self.ports.reserve(p.proto)
+            port, handle = self.ports.reserve(p.proto, True) if v6 else self.ports.reserve(p.proto)
         except OSError:
             raise _NoPort() from None
-        fwd = Rewrite(p.proto, p.src, p.dst, p.sport, p.dport, self.vhost_ip_bytes, ipaddress.IPv4Address(fabric).packed, port, service.fabric_port)
+        vhost = ipaddress.IPv6Address(self.vhost_ip6).packed if v6 else self.vhost_ip_bytes
+        fwd = Rewrite(p.proto, p.src, p.dst, p.sport, p.dport, vhost, ipaddress.ip_address(fabric).packed, port, service.fabric_port)
         rev = fwd.inverse()
         host = self.vifs.host
         rkey = make_key(host.index, rev.src, rev.dst, p.proto, rev.sport, rev.dport)
@@ -288,9 +292,10 @@ class FlowSetup:
         rspec = FlowSpec(Action.NAT, rflags, 0, vif.vrf, port, host.nh, host.index)
         fst = FlowState(Action.NAT, fwd.patch, host, vif.index)
         rst = FlowState(Action.NAT, rev.patch, vif, host.index)
+        rst.deliver = v6  # the fabric's reply to the VM's (link-local) address: the kernel would route it back out of vhost0
         fst.port = handle
         try:
-            return self._pair(key, fspec, fst, rkey, rspec, rst, (vif,), True, now)
+            return self._pair(key, fspec, fst, rkey, rspec, rst, (vif,), True, now, slow=v6)
         except TableFull:
             self.ports.release(handle)
             raise

@@ -60,6 +60,7 @@
 #define F_RFLOW_VALID 0x1000
 #define F1_REVERSE 0x0001
 #define F1_HELD 0x0002 /* the engine may still hold packets of this flow: hand the rest up too */
+#define F1_SLOW 0x0004 /* every packet of this pair is the engine's (an IPv6 link-local service flow) */
 #define A_DROP 0
 #define A_FORWARD 2
 #define A_NAT 3
@@ -613,8 +614,8 @@ int vr_ingress(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	__u8 gen = e->gen;
 	__u16 flags = e->flags;
-	if (e->flags1 & F1_HELD)
-		return TC_ACT_OK; /* not before the packets the engine still holds: order kept */
+	if (e->flags1 & (F1_HELD | F1_SLOW))
+		return TC_ACT_OK; /* not before the packets the engine still holds: order kept; or the engine's alone */
 	int closing = p.tcpflags & TCP_FIN && key.k.proto == IPPROTO_TCP && second_fin(e);
 	if (closing && !(flags & F_RFLOW_VALID))
 		return TC_ACT_OK; /* a FIN of a flow with no reverse (Drop, a trap): the engine's */

@@ -352,10 +352,9 @@ class NftSocket:
             msgs.append((NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, _rule(name, "from_vms", *matches, _jump(svc))))
         msgs += _bucketed(name, "from_vms", (iif,), 4, vms_in)
         msgs += _bucketed(name, "to_metadata_ips", (_payload(39, 1),), 1, vms_out)
-        msgs += [
-            _queue_rule(name, "from_vms", node, _meta(NFT_META_IIFNAME), _cmp_eq(rules.tap_prefix.encode())),
-            _queue_rule(name, "to_metadata_ips", node, _payload(24, 16), _bitwise_mask(mask6), _cmp_eq(net6)),
-        ]
+        msgs.append(_queue_rule(name, "from_vms", node, _meta(NFT_META_IIFNAME), _cmp_eq(rules.tap_prefix.encode())))
+        msgs += _nat_reply_rules(name, rules)  # the fabric's IPv6 replies to link-local services over IPv6
+        msgs.append(_queue_rule(name, "to_metadata_ips", node, _payload(24, 16), _bitwise_mask(mask6), _cmp_eq(net6)))
         self.batch(msgs, NFPROTO_IPV6)
 
     def create_queue_table(self, rules: QueueRules, name: str = TABLE_NAME) -> None:
@@ -398,21 +397,7 @@ class NftSocket:
                     _cmp_eq(struct.pack("!H", rules.tunnel_port)),
                 )  # fmt: skip
             )
-        for first, last, queue in rules.nat_ranges or ((lo, hi, rules.queue_num),):
-            for proto in (6, 17):
-                msgs.append(
-                    _queue_rule(
-                        name,
-                        "from_vms",
-                        _nfqueue(queue, rules.queue_total),
-                        *vhost,
-                        _meta(NFT_META_L4PROTO),
-                        _cmp_eq(bytes([proto])),
-                        _payload(2, 2, NFT_PAYLOAD_TRANSPORT_HEADER),
-                        _cmp(NFT_CMP_GTE, struct.pack("!H", first)),
-                        _cmp(NFT_CMP_LTE, struct.pack("!H", last)),
-                    )  # fmt: skip
-                )
+        msgs += _nat_reply_rules(name, rules)
         msgs.append(_queue_rule(name, "to_metadata_ips", node, _payload(16, 4), _bitwise_mask(mask), _cmp_eq(net)))
         self.batch(msgs)
 
@@ -470,6 +455,29 @@ def _fast_rules(table: str, rules: QueueRules, v6: bool) -> list[Message]:
     # TCP lifecycle wants the rest: a restart, a reset)
     msgs.append(_accept_rule(table, "to_metadata_ips", daddr, *net, *tcp_flags, _bitwise_mask(b"\x06"), _cmp_eq(b"\0")))
     msgs.append(_accept_rule(table, "to_metadata_ips", daddr, *net, *tcp_flags, _bitwise_mask(b"\x17"), _cmp_eq(b"\x12")))
+    return msgs
+
+
+def _nat_reply_rules(table: str, rules: QueueRules) -> list[Message]:
+    """TCP and UDP arriving on vhost0 for the link-local NAT port range (or each worker's share of
+    it) to the node's queue (that worker's): the fabric's replies to link-local services."""
+    vhost = (_meta(NFT_META_IIFNAME), _cmp_eq(rules.vhost_name.encode() + b"\0"))
+    msgs = []
+    for first, last, queue in rules.nat_ranges or ((*rules.nat_ports, rules.queue_num),):
+        for proto in (6, 17):
+            msgs.append(
+                _queue_rule(
+                    table,
+                    "from_vms",
+                    _nfqueue(queue, rules.queue_total),
+                    *vhost,
+                    _meta(NFT_META_L4PROTO),
+                    _cmp_eq(bytes([proto])),
+                    _payload(2, 2, NFT_PAYLOAD_TRANSPORT_HEADER),
+                    _cmp(NFT_CMP_GTE, struct.pack("!H", first)),
+                    _cmp(NFT_CMP_LTE, struct.pack("!H", last)),
+                )  # fmt: skip
+            )
     return msgs
 
 

@@ -21,29 +21,36 @@ PORT_RANGE = (61000, 65535)
 
 
 class SocketPortAllocator:
-    def __init__(self, address: str, first: int = PORT_RANGE[0], last: int = PORT_RANGE[1]) -> None:
+    """``address``: vhost0's IPv4 address; ``address6``: its IPv6 one, for the flows of VMs that
+    reach a link-local service over IPv6 ("": none; those flows then get no port)."""
+
+    def __init__(self, address: str, first: int = PORT_RANGE[0], last: int = PORT_RANGE[1], address6: str = "") -> None:
         self.address = address
+        self.address6 = address6
         self.first = first
         self.last = last
-        self._next = {TCP: first, UDP: first}
+        self._next = {(TCP, False): first, (UDP, False): first, (TCP, True): first, (UDP, True): first}
         self.in_use = 0
 
-    def reserve(self, proto: int) -> tuple[int, socket.socket]:
+    def reserve(self, proto: int, v6: bool = False) -> tuple[int, socket.socket]:
         """A free port in the range, held by a bound socket; OSError when the range is used up."""
         kind = socket.SOCK_STREAM if proto == TCP else socket.SOCK_DGRAM
+        family, address = (socket.AF_INET6, self.address6) if v6 else (socket.AF_INET, self.address)
+        if not address:
+            raise OSError(errno.EADDRNOTAVAIL, "vhost0 has no IPv6 address")
         span = self.last - self.first + 1
-        port = self._next[proto]
+        port = self._next[proto, v6]
         for _ in range(span):
-            s = socket.socket(socket.AF_INET, kind)
+            s = socket.socket(family, kind)
             try:
-                s.bind((self.address, port))
+                s.bind((address, port))
             except OSError as e:
                 s.close()
                 if e.errno != errno.EADDRINUSE:
                     raise
                 port = self.first if port >= self.last else port + 1
                 continue
-            self._next[proto] = self.first if port >= self.last else port + 1
+            self._next[proto, v6] = self.first if port >= self.last else port + 1
             self.in_use += 1
             return port, s
         raise OSError(errno.EADDRINUSE, "every link-local NAT port in %d-%d is in use" % (self.first, self.last))

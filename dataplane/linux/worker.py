@@ -50,10 +50,11 @@ class Worker:
         self.push = push
         self.table = FlowTable.open_writer(setup.table, setup.writer)
         self.counts = SharedCounts(setup.counts, setup.workers, setup.writer)
-        self.ports = SocketPortAllocator(setup.vhost_ip, *setup.nat_ports)
+        self.ports = SocketPortAllocator(setup.vhost_ip, *setup.nat_ports, address6=setup.vhost_ip6)
         self.dp = Dataplane(self.table, setup.vhost_ip, setup.proxy_port, setup.limits, self.ports, self.counts)
         self.dp.path.on_trap = self._trapped
         self.dp.path.inject = RawSender().send  # IPv6 into and out of the tunnels (the worker's life long)
+        self.dp.flow_setup.vhost_ip6 = setup.vhost_ip6
         self.shell = QueueShell(self.dp, setup.node_queue)
         self.captures: dict[int, Capture] = {}
         self._ring: tuple[int, RingBuffer, asyncio.AbstractEventLoop] | None = None  # ebpf: the kernel's closed pairs

@@ -63,6 +63,7 @@ class Setup:
     flow_cache_timeout: int
     log_level: int = logging.INFO
     close_ring: int = 0  # ebpf datapath: the id of the ring on which the kernel tells this worker of closed pairs
+    vhost_ip6: str = ""  # vhost0's IPv6 address, for link-local services over IPv6
 
 
 # What a worker's Dataplane may be asked through ``Configure``: the dataplane's configuration API.

@@ -148,11 +148,12 @@ class Agent:
                 "no IPv4 address on %s in %s: run the agent in the compute namespace "
                 "(ip netns exec <prefix>-compute vrouter agent ...) or set [VIRTUAL-HOST-INTERFACE] ip" % (cfg.vhost.name, in_namespace_hint())
             )
+        vhost_ip6 = await host.address6_of(cfg.vhost.name)  # link-local services over IPv6 ("": none)
         proxy_config = self._proxy_config(vhost_ip)
         stale = detach_stale("tap", cfg.vhost.name)
         if stale:
             log.info("removed the programs a previous agent left attached to %s", ", ".join(stale))
-        dp, dataplanes, nat_ports = self._dataplane(vhost_ip)
+        dp, dataplanes, nat_ports = self._dataplane(vhost_ip, vhost_ip6)
         vhost_ifindex = await host.ifindex(cfg.vhost.name)
         dataplanes.set_host_ifindex(vhost_ifindex)
         kernel = self._kernel
@@ -239,7 +240,7 @@ class Agent:
         for t in tasks:
             t.cancel()
 
-    def _dataplane(self, vhost_ip: str) -> tuple[Dataplane, Dataplanes, SocketPortAllocator]:
+    def _dataplane(self, vhost_ip: str, vhost_ip6: str = "") -> tuple[Dataplane, Dataplanes, SocketPortAllocator]:
         """The flow table, worker 0's dataplane, the other workers (not started yet) and worker 0's
         link-local NAT ports."""
         cfg, layout = self.cfg, self.layout
@@ -260,15 +261,16 @@ class Agent:
             max_system_linklocal_flows=cfg.flows.max_system_linklocal_flows,
             vm_setup_rate=cfg.flows.vm_flow_setup_rate,
         )
-        nat_ports = SocketPortAllocator(vhost_ip, *layout.nat_ports(0, *PORT_RANGE))
+        nat_ports = SocketPortAllocator(vhost_ip, *layout.nat_ports(0, *PORT_RANGE), address6=vhost_ip6)
         counts = self._counts = SharedCounts(self.paths.flow_counts, layout.workers, 0, create=True) if layout.workers > 1 else None
         dp = Dataplane(table, vhost_ip, cfg.metadata.proxy_port, limits, nat_ports, counts)
         dp.path.inject = RawSender().send  # IPv6 into and out of the tunnels (the process's life long)
+        dp.flow_setup.vhost_ip6 = vhost_ip6
 
         def setup(w: int) -> Setup:
             return Setup(w, layout.workers, self.paths.flows, self.paths.flow_counts, vhost_ip, cfg.metadata.proxy_port, limits,
                          layout.nat_ports(w, *PORT_RANGE), layout.node_queue(w), QUEUE_MAXLEN, cfg.flows.cache_timeout,
-                         logging.getLogger().level, self._kernel.close_ring_ids[w] if self._kernel else 0)  # fmt: skip
+                         logging.getLogger().level, self._kernel.close_ring_ids[w] if self._kernel else 0, vhost_ip6)  # fmt: skip
 
         pool = self._pool = WorkerPool(setup, layout.workers, self._trapped)
         return dp, Dataplanes(dp, pool), nat_ports

@@ -88,6 +88,16 @@ class HostNetwork:
             return a.get_attr("IFA_ADDRESS")
         return ""
 
+    async def address6_of(self, name: str) -> str:
+        """The interface's global IPv6 address, "" if none."""
+        idx = await self.ifindex(name)
+        if not idx:
+            return ""
+        for a in await self._nl("get_addr", index=idx, family=socket.AF_INET6):
+            if a["scope"] == 0:  # global (a unique local fd00::/8 one too)
+                return str(a.get_attr("IFA_ADDRESS"))
+        return ""
+
     def enable_forwarding(self, on: bool) -> None:
         """Forwarding on and per-interface reverse-path filtering (the effective value is the
         larger of `all` and the interface's) while the agent runs; off and strict everywhere

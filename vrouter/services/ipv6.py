@@ -5,10 +5,11 @@ advertisements, DHCPv6 and ICMPv6 echo, as the vRouter agent's ``icmpv6_handler`
 Rules kept here:
 
 * Neighbour solicitations (read as frames by pkt0, never queued) are answered
-  with the vRouter MAC for the network's IPv6 gateway and service address and
-  for any other VM of the VRF, on this node or behind a tunnel; a VM's own
-  address and link-local addresses are not (the kernel on the tap answers for
-  the router's fe80::5e00:100 and the metadata service's fe80::a9fe:a9fe).  At
+  with the vRouter MAC for the network's IPv6 gateway and service address, for
+  any other VM of the VRF, on this node or behind a tunnel, and for the
+  link-local services' addresses (fe80::a9fe:x:y); a VM's own address and
+  other link-local addresses are not (the kernel on the tap answers for the
+  router's fe80::5e00:100 and the metadata service's fe80::a9fe:a9fe).  At
   most ``ND_RATE`` answers a second per VM (a burst of ``ND_BURST``): the rest
   are dropped and counted (ND Rate Limit), so that a flood of solicitations
   costs the node little and moves nobody else's traffic.
@@ -48,6 +49,8 @@ from dataplane.core.frames6 import (
     router_advertisement_frame,
 )
 from dataplane.core.packet import Malformed
+from dataplane.core.services import service_ip4
+from dataplane.core.traps import METADATA_LL6
 from dataplane.core.vif import Vif
 from flows.layout import DropReason
 from vrouter.model import Network, Port
@@ -124,11 +127,19 @@ class Ipv6Services:
 
     def _solicited(self, nd: Nd, vif: Vif, port: Port) -> None:
         target = nd.target
-        if target == vif.ip6_bytes or target[:8] == _LINK_LOCAL:
-            return  # its own (a duplicate address probe), or a link-local address: not the agent's
-        net = self.s.directory.network_of(port.vn_uuid)
-        if not self._answers_for(target, vif, net):
+        if target == vif.ip6_bytes:
+            return  # its own (a duplicate address probe)
+        if target[:8] == _LINK_LOCAL:  # link-local: only a link-local service's (fe80::a9fe:x:y) is the agent's
+            ip4 = service_ip4(target)
+            if target == METADATA_LL6 or ip4 is None or not self.s.dataplane.services.answers_at(ip4):
+                return  # (the kernel on the tap answers for the metadata service's and the router's)
+            self._answer(nd, vif)
             return
+        net = self.s.directory.network_of(port.vn_uuid)
+        if self._answers_for(target, vif, net):
+            self._answer(nd, vif)
+
+    def _answer(self, nd: Nd, vif: Vif) -> None:
         bucket = self._buckets.get(vif.index)
         now = self.clock()
         if bucket is None:
