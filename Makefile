@@ -28,7 +28,7 @@ SOAK_SECONDS ?= 180
 SOAK_VMS ?= 16
 SOAK_NODES ?= 1
 
-.PHONY: install bpf system-deps busybox venv demo test test-guests guest-image guest-initramfs image-deps unit lint soak bench bench-deps clean cluster-latency
+.PHONY: install bpf system-deps busybox venv demo test test-guests guest-image guest-initramfs image-deps unit lint soak bench bench-deps clean cluster-latency bench-ipv6
 
 install: system-deps busybox venv bpf
 
@@ -117,6 +117,10 @@ soak: install
 # How long a change of the global config takes to reach every agent of a 3-node cluster (100 changes).
 cluster-latency: install
 	$(BIN)/python benchmarks/cluster.py --nodes 3 --changes 100
+
+# IPv6 beside IPv4 between two VMs, in each datapath (ratios IPv6 / IPv4).
+bench-ipv6: install bench-deps
+	$(BIN)/python benchmarks/ipv6.py --datapaths "$(DATAPATHS)"
 
 # The benchmark suite beside its references (haproxy, kernel DNAT, nginx upstream); see benchmarks/run.py.
 # DATAPATHS: which of the agent's datapaths to measure beside the references (both by default).

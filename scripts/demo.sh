@@ -106,7 +106,7 @@ if [ -n "$NODES" ]; then
 fi
 
 step "building the emulated compute node (namespaces $PREFIX-compute, $PREFIX-fabric, $PREFIX-vm1, $PREFIX-vm2)"
-$SETUP up --datapath "$DATAPATH" --vms 2 --prefix "$PREFIX"
+$SETUP up --datapath "$DATAPATH" --vms 2 --prefix "$PREFIX" --ipv6 dhcpv6-stateful
 LAYOUT=/run/vrouter/$PREFIX/layout.json
 
 for i in 1 2; do
@@ -120,6 +120,10 @@ done
 
 step "vm1 pings vm2 through the dataplane"
 ip netns exec "$PREFIX-vm1" ping -c 2 -W 2 "$(field 'd["vms"][1]["ip"]')" | tail -2
+
+step "dual stack: vm1's IPv6 address came from the agent's DHCPv6 (dhclient -6); it pings vm2 over IPv6"
+ip netns exec "$PREFIX-vm1" ip -6 -o addr show dev eth0 scope global | awk '{print "  " $4}'
+ip netns exec "$PREFIX-vm1" ping -6 -c 2 -W 2 "$(field 'd["vms"][1]["ipv6"]')" | tail -2
 
 step "each VM holds a metadata connection open (keep-alive), so that its NAT pair stays in the table"
 HOLD='import socket, time

@@ -127,8 +127,13 @@ def test_network_data_describes_the_port_as_nova_does(dhcp_host):
     assert status == 200 and net["links"] == [
         {"id": vm["tap"], "vif_id": vm["port_uuid"], "type": "phy", "mtu": 1500, "ethernet_mac_address": vm["mac"]}
     ]
-    assert net["networks"] == [{"id": "network0", "link": vm["tap"], "network_id": vm["vn_uuid"], "type": "ipv4_dhcp"}]
-    assert net["services"] == [{"type": "dns", "address": "10.1.1.2"}]
+    assert net["networks"] == [
+        {"id": "network0", "link": vm["tap"], "network_id": vm["vn_uuid"], "type": "ipv4_dhcp"},
+        {"id": "network1", "type": "ipv6", "link": vm["tap"], "ip_address": vm["ipv6"], "netmask": "ffff:ffff:ffff:ffff::",
+         "routes": [{"network": "::", "netmask": "::", "gateway": "fd00:10:1:1::1"}], "network_id": vm["vn_uuid"],
+         "services": [{"type": "dns", "address": "fd00:10:1:1::2"}]},
+    ]  # fmt: skip
+    assert net["services"] == [{"type": "dns", "address": "10.1.1.2"}, {"type": "dns", "address": "fd00:10:1:1::2"}]
 
 
 @pytest.mark.guests

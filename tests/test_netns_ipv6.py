@@ -232,6 +232,7 @@ def test_hostile_neighbour_discovery_moves_nobody_elses_traffic(make_node: Calla
                and h.cli_json("dropstats")["Invalid DHCPv6"] > after["Invalid DHCPv6"], 10, "the malformed ND and DHCPv6 counted")  # type: ignore[index]  # fmt: skip
 
 
+@pytest.mark.datapaths("nfqueue")  # across nodes both datapaths hand IPv6 to the engine (the tunnel's queue)
 def test_ipv6_across_two_nodes(make_cluster: Callable[..., EmulatedHost]) -> None:
     h = make_cluster(nodes=2, vms=4, ipv6=("dhcpv6-stateful",))
     a, c = h.vms[0], h.vms[2]  # vm1 on node 1, vm3 on node 2

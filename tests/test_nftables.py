@@ -71,7 +71,13 @@ def test_a_few_vms_get_a_rule_each_before_the_nodes_catch_alls(ns):
     assert chain(text, "from_vms_to_services").count("iif ") == 3
     assert len(re.findall(r"ip daddr 169\.254\.0\.\d+ ", text)) == 3 and "ip daddr 169.254.0.0/16" in text
     assert text.count("ip6 daddr fd00:a9fe:a9fe::") >= 3
-    assert "jump" not in text.split("table ip6 vrouter")[1]
+    # IPv6 as IPv4: neighbour discovery and MLD left to the kernel (and the agent's pkt0) first,
+    # then link-local and multicast destinations to the service queues, then each VM's data queue
+    from_vms6 = chain(text, "from_vms", "ip6")
+    assert from_vms6.index("accept") < from_vms6.index("jump") < from_vms6.index("iif ") < from_vms6.index('iifname "tap*"')
+    jumps6 = [line.strip() for line in from_vms6.splitlines() if "jump from_vms_to_services" in line]
+    assert jumps6 == ["ip6 daddr fe80::/10 jump from_vms_to_services", "ip6 daddr ff00::/8 jump from_vms_to_services"]
+    assert from_vms6.count("iif ") == 3 and chain(text, "from_vms_to_services", "ip6").count("iif ") == 3
 
 
 def test_many_vms_sit_in_buckets_and_a_replacement_is_whole(ns):
@@ -80,12 +86,12 @@ def test_many_vms_sit_in_buckets_and_a_replacement_is_whole(ns):
     n = buckets_for(40)
     assert n == 16
     assert len(re.findall(r"jump from_vms_\d+\b", text)) == 2 * n  # IPv4 and IPv6
-    assert len(re.findall(r"jump from_vms_to_services_\d+\b", text)) == n
+    assert len(re.findall(r"jump from_vms_to_services_\d+\b", text)) == 2 * n
     assert text.count("jump to_metadata_ips_") == 2 * n
     bucket_rules = sum(c.split("}")[0].count("iif ") for c in re.split(r"chain from_vms_\d+ ", text)[1:])
     assert bucket_rules == 2 * 40  # each VM once per family, in the bucket of its interface's low bits
     service_rules = sum(c.split("}")[0].count("iif ") for c in re.split(r"chain from_vms_to_services_\d+ ", text)[1:])
-    assert service_rules == 40
+    assert service_rules == 2 * 40
     apply(ns, QueueRules(vms=vms(2)))  # fewer again: the old chains are gone with the old table
     text = ruleset(ns)
     assert not re.search(r"from_vms_\d|from_vms_to_services_\d", text)

@@ -29,9 +29,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from dataplane.core.frames6 import eui64_address
-
-IPV6_MODES = ("none", "slaac", "dhcpv6-stateful", "dhcpv6-stateless")  # as vrouter.model's
-AUTOCONF_MODES = ("slaac", "dhcpv6-stateless")
+from vrouter.model import AUTOCONF_MODES, IPV6_MODES
 
 FABRIC_NET = "10.10.0"
 FABRIC_NET6 = "fd00:10:10::"  # the fabric's IPv6 /64 (dual stack): the fabric ::1, node n's vhost0 ::(1 + n)

@@ -30,9 +30,10 @@ from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 
 from topology import netns
 from topology.errors import LabError
-from topology.model import AUTOCONF_MODES, VM, Topology
+from topology.model import VM, Topology
 from topology.processes import Processes
 from topology.state import StateDir
+from vrouter.model import AUTOCONF_MODES
 
 ROOT = Path(__file__).resolve().parents[1]
 UDHCPC_SCRIPT = ROOT / "scripts" / "udhcpc-vm.sh"

@@ -27,8 +27,9 @@ from typing import Any, NoReturn
 
 from fabric.nova_metadata import InstancesError, parse_instances
 from topology.errors import LabError
-from topology.model import IPV6_MODES, check_instance_data
+from topology.model import check_instance_data
 from vrouter.agent.control import AgentNotRunning, RequestFailed
+from vrouter.model import IPV6_MODES
 from vrouter_lab.api import CONFIG_DRIVE_MODES, Lab
 from vrouter_lab.gather import CANCEL
 from vrouter_lab.guest import GuestStartError, ImageError, check_image

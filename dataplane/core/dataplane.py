@@ -164,7 +164,7 @@ class Dataplane:
                 return path.drop(DropReason.INVALID_PACKET, tunnel)
         tunnel.rx_packets += 1
         tunnel.rx_bytes += len(inner)
-        key = KEY.pack(tunnel.index, p.src, p.dst, p.sport, p.dport, p.proto, 4)
+        key = KEY.pack(tunnel.index, p.src, p.dst, p.sport, p.dport, p.proto, 4 if len(p.src) == 4 else 6)
         index = self.table.lookup(key)
         if index < 0:
             index, refused = self.flow_setup.from_tunnel(d, p, key, now)

@@ -126,15 +126,17 @@ class Inspection:
             known = ", ".join(str(v) for v in sorted(self.state.vrfs.values())) or "none: no port is plugged"
             raise PortError("VRF %d: no such VRF on this node (VRFs: %s)" % (req.vrf, known))
         net = self.state.networks.get(vn)
+        here = self.node.cluster.node if self.node.cluster else ""
         routes = [
-            RouteRecord(v.ip, 32, v.nh, label_of(v.index), "LP", v.mac or "", self.node.cluster.node if self.node.cluster else "", v.port_uuid)
+            RouteRecord(ip, 128 if ":" in ip else 32, v.nh, label_of(v.index), "LP", v.mac or "", here, v.port_uuid)
             for v in dp.vifs.values()
-            if v.kind == "Virtual" and v.vrf == req.vrf and v.ip
+            if v.kind == "Virtual" and v.vrf == req.vrf
+            for ip in (v.ip, v.ip6) if ip
         ]  # fmt: skip
         for (vrf, _), (r, t) in dp.overlay.routes.items():
             if vrf == req.vrf:
-                routes.append(RouteRecord(r.ip, 32, t.nh, r.label, "LP", "", r.node, r.port_uuid))
-        routes.sort(key=lambda r: ipaddress.ip_address(r.prefix))
+                routes.append(RouteRecord(r.ip, 128 if ":" in r.ip else 32, t.nh, r.label, "LP", "", r.node, r.port_uuid))
+        routes.sort(key=lambda r: (ipaddress.ip_address(r.prefix).version, int(ipaddress.ip_address(r.prefix))))
         return RouteTable(req.vrf, net.name if net else "", vn, routes)
 
     def _nexthops(self) -> list[NhRecord]:

@@ -16,6 +16,7 @@ def add_parsers(sub: Any) -> None:
     rt = sub.add_parser("rt", help="the routes of a VRF (rt --dump VRF)", description="The routing table of a VRF: local VMs and, through "
                         "tunnels, the VMs of its network on other nodes.")  # fmt: skip
     rt.add_argument("--dump", type=int, required=True, metavar="VRF", help="the VRF (vrouter network list shows each network's)")
+    rt.add_argument("--family", choices=["inet", "inet6"], default="inet", help="IPv4 routes (the default, as rt's) or IPv6 ones")
     add_target_args(rt)
     rt.set_defaults(func=run_rt)
 
@@ -36,7 +37,7 @@ def add_parsers(sub: Any) -> None:
 
 def run_rt(args: argparse.Namespace) -> int:
     table = agent_call(args, RouteDump(args.dump))
-    emit(table, args.json, format_rt(table))
+    emit(table, args.json, format_rt(table, args.family))
     return 0
 
 

@@ -33,8 +33,9 @@ import ipaddress
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from dataplane.core.dataplane import Dataplane
 from dataplane.core.frames import ALL_NODES6, ALL_NODES_MAC, ROUTER_LL6, VROUTER_MAC, mac_bytes
 from dataplane.core.frames6 import (
     NA,
@@ -53,11 +54,9 @@ from dataplane.core.services import service_ip4
 from dataplane.core.traps import METADATA_LL6
 from dataplane.core.vif import Vif
 from flows.layout import DropReason
+from vrouter.messages.control import ServiceCounters
 from vrouter.model import Network, Port
 from vrouter.services import dhcpv6
-
-if TYPE_CHECKING:
-    from vrouter.services.guests import GuestServices
 
 log = logging.getLogger("vrouter.services")
 
@@ -68,6 +67,31 @@ _DHCP6_COUNTERS = {dhcpv6.SOLICIT: "dhcp6_solicit", dhcpv6.REQUEST: "dhcp6_reque
                    dhcpv6.REBIND: "dhcp6_rebind", dhcpv6.RELEASE: "dhcp6_release", dhcpv6.DECLINE: "dhcp6_decline",
                    dhcpv6.INFORMATION_REQUEST: "dhcp6_information_request", dhcpv6.ADVERTISE: "dhcp6_advertise",
                    dhcpv6.REPLY: "dhcp6_reply"}  # fmt: skip
+
+
+class Directory(Protocol):
+    def port_of(self, vif_index: int) -> Port | None: ...
+
+    def network_of(self, vn_uuid: str) -> Network | None: ...
+
+
+class Services(Protocol):
+    """What the IPv6 half asks of ``guests.GuestServices``: its sending, counters and lookups."""
+
+    @property
+    def dataplane(self) -> Dataplane: ...
+
+    @property
+    def directory(self) -> Directory: ...
+
+    @property
+    def stats(self) -> ServiceCounters: ...
+
+    def out(self, vif: Vif, frame: bytes) -> None: ...
+
+    def drop(self, reason: DropReason, vif: Vif) -> None: ...
+
+    def udp_frame(self, dst_mac: bytes, src: bytes, dst: bytes, sport: int, dport: int, data: bytes) -> bytes: ...
 
 
 class _Bucket:
@@ -88,7 +112,7 @@ class _Bucket:
 class Ipv6Services:
     """The IPv6 half of ``GuestServices`` (which owns the sending, the counters and the lookups)."""
 
-    def __init__(self, services: GuestServices, lease_time: int, domain: str) -> None:
+    def __init__(self, services: Services, lease_time: int, domain: str) -> None:
         self.s = services
         self.dhcp = dhcpv6.Dhcp6Server(VROUTER_MAC, lease_time, domain)
         self._buckets: dict[int, _Bucket] = {}
