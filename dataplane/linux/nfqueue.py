@@ -34,6 +34,10 @@ log = logging.getLogger("vrouter.dataplane")
 QUEUE_MAXLEN = 4096  # packets the kernel holds for the node's queue before it drops (fail closed)
 Process = Callable[[bytes, int, int], Verdict]  # (packet, ifindex it came in on, now) -> verdict
 HOLD_LINGER = 0.002  # s from a drain that emptied a queue to the release of the flows it held (ebpf)
+# ... and at most this long a hold lasts while the queue never empties: a flood of one flow that the
+# engine cannot keep up with would otherwise keep the flow in the engine for good (its packets keep
+# the queue full), where the kernel would forward it; a few may then overtake (docs/datapath.md)
+HOLD_MAX = 0.05
 DRAIN_BUDGET = 128  # packets one drain of one queue takes before the others get their turn
 
 
@@ -65,6 +69,7 @@ class _Queue:
         self.left = DRAIN_BUDGET
         self.held: list[tuple[int, int]] = []  # (index, generation) of flows Held until this queue is empty
         self._release: asyncio.TimerHandle | None = None
+        self._holding_since = 0.0  # when the first of ``held`` was set up
 
     def handle(self, pkt: Packet) -> None:
         verdicts = self.verdicts
@@ -87,6 +92,7 @@ class _Queue:
     def drain(self) -> None:
         self._run()
         if self.held and self._release is None:  # ebpf: flows it holds, to release once all is out
+            self._holding_since = time.monotonic()
             self._release = self.shell.loop.call_later(HOLD_LINGER, self._let_go)
 
     def _run(self) -> bool:
@@ -104,9 +110,10 @@ class _Queue:
     def _let_go(self) -> None:
         """Held flows go to the kernel once every packet the queue had of them is out, and had
         ``HOLD_LINGER`` to leave this CPU's backlog (the kernel may forward the next ones on
-        another CPU, and they would overtake): what came meanwhile is handled first."""
+        another CPU, and they would overtake): what came meanwhile is handled first; or, when the
+        queue has not emptied for ``HOLD_MAX``, at once."""
         self._release = None
-        if not self._run():
+        if not self._run() and time.monotonic() - self._holding_since < HOLD_MAX:
             self._release = self.shell.loop.call_later(HOLD_LINGER, self._let_go)
             return
         release = self.shell.dataplane.table.release
