@@ -268,3 +268,19 @@ def test_echo_to_the_ipv6_gateway_is_answered():
     svc.dataplane.process(bytes(IPv6(src=A1, dst="fd00:10:1:1::1") / ICMPv6EchoRequest(id=3, seq=4, data=b"x" * 20)), 11)
     reply = Ether(sent.pop())
     assert reply[IPv6].src == "fd00:10:1:1::1" and reply[ICMPv6EchoReply].id == 3 and reply[ICMPv6EchoReply].seq == 4
+
+
+# -- the tools -------------------------------------------------------------------------------------
+
+
+def test_vif_and_rt_show_the_ipv6_addresses():
+    from vrouter.messages.control import RouteRecord, RouteTable, VifRecord
+    from vrouter.tools.overlay import format_rt
+    from vrouter.tools.vif import format_vifs
+
+    vif = VifRecord(3, "tapaaaaaaaa-aa", "Virtual", 11, MAC1, "10.1.1.3", 1, "169.254.0.3", "p", 0, 0, 0, 0, 0, 0, ip6=A1)
+    assert "            IP6addr:%s" % A1 in format_vifs([vif]).splitlines()
+    table = RouteTable(1, "n", VN, [RouteRecord("10.1.1.3", 32, 3, 19, "LP"), RouteRecord(A1, 128, 3, 19, "LP")])
+    v4, v6 = format_rt(table), format_rt(table, "inet6")
+    assert "vRouter inet4 routing table" in v4 and "10.1.1.3/32" in v4 and A1 not in v4
+    assert "vRouter inet6 routing table" in v6 and "%s/128" % A1 in v6 and "10.1.1.3" not in v6

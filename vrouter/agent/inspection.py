@@ -104,7 +104,7 @@ class Inspection:
                 vif=v.index, name=v.name, type=v.kind, ifindex=v.ifindex, mac=v.mac or "", ip=v.ip, vrf=v.vrf,
                 metadata_ip=v.metadata_ip if v.kind == "Virtual" else "", port_uuid=v.port_uuid, rx_packets=rx_p,
                 rx_bytes=rx_b, tx_packets=tx_p, tx_bytes=tx_b, drops=drops + overflow, flows=flows,
-                drop_reasons=mine, queues=queues,
+                drop_reasons=mine, queues=queues, ip6=v.ip6,
             ))  # fmt: skip
         return out
 

@@ -189,6 +189,7 @@ class VifRecord:
     flows: int
     drop_reasons: dict[str, int] = field(default_factory=dict)  # as dropstats names them; Queue Overflow: its queue's
     queues: list[int] = field(default_factory=list)  # its NFQUEUE queues: a VM's data and service queues
+    ip6: str = ""  # its port's IPv6 address (dual stack)
 
 
 @dataclass

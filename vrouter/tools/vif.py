@@ -16,6 +16,7 @@ def format_vifs(vifs: list[VifRecord]) -> str:
         out += [
             "vif0/%-5d OS: %s (index %d)" % (v.vif, v.name, v.ifindex),
             "            Type:%s HWaddr:%s IPaddr:%s" % (v.type, VROUTER_MAC, v.ip or "0.0.0.0"),
+            "            IP6addr:%s" % (v.ip6 or "::"),  # as the vRouter's vif prints it
             "            Vrf:%d Flags:%s MTU:1500%s  Queues:%s" % (v.vrf, "L3L2" if virtual else "L3", md, ",".join(map(str, v.queues))),
             "            VM MAC:%s Port:%s" % (v.mac or "-", v.port_uuid or "-") if virtual else "            Host interface",
             "            RX packets:%d  bytes:%d errors:0" % (v.rx_packets, v.rx_bytes),
