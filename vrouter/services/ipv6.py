@@ -181,10 +181,6 @@ class Ipv6Services:
         other = dp.vif_table.by_ip.get((vif.vrf, target))
         return (other is not None and other is not vif) or (vif.vrf, target) in dp.overlay.routes
 
-    def forget(self, vif_index: int, port_uuid: str) -> None:
-        self._buckets.pop(vif_index, None)
-        self.dhcp.forget(port_uuid)
-
     # -- router advertisements ------------------------------------------------------------------
 
     def advertise(self, vif: Vif) -> None:
