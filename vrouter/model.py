@@ -25,7 +25,7 @@ import uuid as uuidlib
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from dataplane.core.frames6 import eui64_address
+from dataplane.core.frames6 import MODES, eui64_address
 from dataplane.core.services import LinkLocalService
 from dataplane.core.vif import metadata_ip, metadata_ip6
 
@@ -209,7 +209,7 @@ class Network:
         return str(ipaddress.IPv6Network(self.subnet6).network_address + host) if self.subnet6 else ""
 
 
-IPV6_MODES = ("none", "slaac", "dhcpv6-stateful", "dhcpv6-stateless")
+IPV6_MODES = MODES  # Neutron's ipv6_address_mode values, and none
 AUTOCONF_MODES = ("slaac", "dhcpv6-stateless")  # the guest makes its address from the prefix (SLAAC)
 
 
