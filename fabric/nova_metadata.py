@@ -30,6 +30,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
 import os
@@ -43,6 +44,7 @@ from fabric.httpd import Handler, Server
 from fabric.nova_tree import (
     APPLICATION_JSON,
     EC2_VERSIONS,
+    IPV6_MODES,
     TEXT_PLAIN,
     Broken,
     InstanceMetadata,
@@ -115,8 +117,24 @@ def parse_instances(text: str) -> dict[str, dict]:
         if not _text_or_base64(inst.get("user_data")):
             raise InstancesError('%s: user_data must be a string or {"base64": "..."}' % where)
         _check_files(where, inst.get("files"))
+        _check_ipv6(where, inst)
         out[inst["uuid"]] = inst
     return out
+
+
+def _check_ipv6(where: str, inst: dict) -> None:
+    """The port's IPv6 fields, which network_data.json renders: addresses, a prefix, a mode."""
+    for key, parse in (("ip6", ipaddress.IPv6Address), ("ipv6_gateway", ipaddress.IPv6Address), ("ipv6_dns_server", ipaddress.IPv6Address),
+                       ("ipv6_prefix", lambda v: ipaddress.IPv6Network(v, strict=False))):  # fmt: skip
+        if inst.get(key):
+            try:
+                parse(str(inst[key]))
+            except ValueError:
+                raise InstancesError(
+                    "%s: %s %r is not an IPv6 %s" % (where, key, inst[key], "prefix" if key == "ipv6_prefix" else "address")
+                ) from None
+    if inst.get("ipv6_mode") and inst["ipv6_mode"] not in IPV6_MODES:
+        raise InstancesError("%s: ipv6_mode %r: one of %s" % (where, inst["ipv6_mode"], ", ".join(IPV6_MODES)))
 
 
 def _text_or_base64(data: object) -> bool:

@@ -73,6 +73,28 @@ def test_ipv6_subnet_defaults_validation_and_round_trip():
             validate_network(VN, "10.1.1.0/24", **kwargs)  # type: ignore[arg-type]
 
 
+def test_a_ports_ipv6_address_must_be_one_a_vm_can_have():
+    from vrouter.model import PortError, validate_port
+
+    base = {"uuid": VN, "instance_uuid": VN, "vn_uuid": VN, "vm_project_uuid": VN, "ip_address": "10.1.1.3", "mac": MAC1}
+    assert validate_port(dict(base, ipv6_address="FD00:10:1:1::3")).ipv6_address == A1
+    for bad in ("fe80::3", "ff02::1", "::", "::1", "::ffff:10.1.1.3"):
+        with pytest.raises(PortError, match="not usable for a VM port"):
+            validate_port(dict(base, ipv6_address=bad))
+
+
+def test_instances_with_bad_ipv6_fields_are_refused_when_read_not_when_served():
+    import json
+
+    from fabric.nova_metadata import InstancesError, parse_instances
+
+    good = {"uuid": VN, "ip": "10.1.1.3", "ip6": A1, "ipv6_mode": "slaac", "ipv6_prefix": "fd00:10:1:1::/64"}
+    assert parse_instances(json.dumps([good]))[VN]["ip6"] == A1
+    for key, value in (("ip6", "10.1.1.4"), ("ipv6_mode", "dhcpv6"), ("ipv6_prefix", "fd00::/200"), ("ipv6_gateway", "x")):
+        with pytest.raises(InstancesError, match=key):
+            parse_instances(json.dumps([dict(good, **{key: value})]))
+
+
 def test_ipam_gives_eui64_where_the_guest_autoconfigures_else_the_host_number():
     assert port_address6(net("slaac"), 3, MAC1) == "fd00:10:1:1:0:aff:fe01:3"  # what the guest's kernel makes
     assert port_address6(net("dhcpv6-stateless"), 3, MAC1) == "fd00:10:1:1:0:aff:fe01:3"
@@ -166,6 +188,9 @@ def test_the_engine_traps_ipv6_services_and_forwards_vm_to_vm():
     assert d.table.active == 1 * 4 + 2  # four trap entries, one pair
     forged = d.process(bytes(IPv6(src="fd00:10:1:1::99", dst=A2) / UDP(sport=1, dport=2)), 11)
     assert forged.reason == DropReason.INVALID_SOURCE
+    # a link-local source only to a link-local or multicast destination, never to another VM
+    assert d.process(bytes(IPv6(src=LL1, dst=A2) / UDP(sport=1, dport=2)), 11).reason == DropReason.INVALID_SOURCE
+    assert d.process(bytes(IPv6(src="fe80::5e00:100", dst=A2) / UDP(sport=1, dport=2)), 11).reason == DropReason.INVALID_SOURCE
 
 
 # -- the agent's IPv6 services ----------------------------------------------------------------------

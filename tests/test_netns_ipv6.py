@@ -50,6 +50,11 @@ elif what == "flood":  # solicitations for another VM's address, as fast as this
 elif what == "malformed":  # an NS with hop limit 64, and DHCPv6 that is not DHCPv6
     sendp(Ether(src=mac, dst="33:33:00:00:00:01") / IPv6(src=src, dst="ff02::1", hlim=64) / ICMPv6ND_NS(tgt=sys.argv[4]), iface="eth0")
     sendp(Ether(src=mac, dst="33:33:00:01:00:02") / IPv6(src=src, dst="ff02::1:2") / UDP(sport=546, dport=547) / Raw(b"\\x0b"), iface="eth0")
+elif what == "nd-unicast":  # neighbour discovery messages to a unicast address: each ND/MLD type
+    from scapy.layers.inet6 import ICMPv6MLReport2
+    dst = sys.argv[4]
+    for m in (ICMPv6ND_NS(tgt=dst), ICMPv6ND_NA(tgt=src), ICMPv6ND_RA(), ICMPv6MLReport2()):
+        sendp(eth / IPv6(src=src, dst=dst, hlim=255) / m / Raw(b"marker-nd"), iface="eth0")
 elif what == "exthdr":  # UDP to sys.argv[4]:sys.argv[5] behind extension headers
     dst, port = sys.argv[4], int(sys.argv[5])
     base = eth / IPv6(src=src, dst=dst)
@@ -66,6 +71,19 @@ print("ready", flush=True)
 try:
     while True:
         print(s.recv(100).decode(), flush=True)
+except TimeoutError:
+    pass
+"""
+
+_ICMP6_SINK = """
+import socket, sys
+s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+s.settimeout(float(sys.argv[1]))
+print("ready", flush=True)
+try:
+    while True:
+        if b"marker-nd" in s.recv(2000):
+            print("got", flush=True)
 except TimeoutError:
     pass
 """
@@ -196,6 +214,33 @@ def test_a_link_local_service_over_ipv6_reaches_its_ipv6_fabric_address(dual: Em
         assert echo.stdin is not None
         echo.stdin.close()
         echo.wait(10)
+
+
+def test_neighbour_discovery_to_a_unicast_address_goes_nowhere(dual: EmulatedHost) -> None:
+    """ND and MLD messages are left to the kernel only to link-local and multicast destinations: to
+    a VM's unicast address, in another network or its own, the node forwards none (the agent has
+    answered what it answers from the frame)."""
+    for j in (1, 4):  # vm2 (another network), vm5 (vm1's own)
+        sink = subprocess.Popen(["ip", "netns", "exec", dual.vm_ns(j), sys.executable, "-c", _ICMP6_SINK, "2"], stdout=subprocess.PIPE, text=True)
+        try:
+            assert sink.stdout is not None and sink.stdout.readline().strip() == "ready"
+            a = dual.vms[0]
+            r = dual.in_vm(0, PYTHON, "-c", _HOSTILE, "nd-unicast", a["mac"], a["ipv6"], dual.vms[j]["ipv6"])
+            assert r.returncode == 0, r.stderr
+            out, _ = sink.communicate(timeout=20)
+        finally:
+            if sink.poll() is None:
+                sink.kill()
+        assert "got" not in out, "vm%d received vm1's ND sent to its unicast address" % (j + 1)
+
+
+def test_a_second_port_cannot_take_a_vms_ipv6_address(dual: EmulatedHost) -> None:
+    vm = dual.vms[4]
+    r = dual.cli("port", "add", "--uuid", "0a0a0a0a-0000-4000-8000-000000000001", "--instance-uuid", "0a0a0a0a-0000-4000-8000-000000000002",
+                 "--vn-uuid", vm["vn_uuid"], "--vm-project-uuid", vm["project_id"], "--ip-address", "10.1.1.200", "--ipv6-address", vm["ipv6"],
+                 "--mac", "02:00:0a:01:00:c8")  # fmt: skip
+    assert r.returncode != 0 and "already used by port %s" % vm["port_uuid"] in r.stderr, r.stdout + r.stderr
+    assert exchange(dual, 0, 4, vm["ipv6"], "udp") == dual.vms[0]["ipv6"]  # vm5 still reached
 
 
 @pytest.mark.datapaths("nfqueue")

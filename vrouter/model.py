@@ -112,9 +112,12 @@ def validate_port(raw: dict[str, Any]) -> Port:
     ip6 = ""
     if args.get("ipv6_address"):
         try:
-            ip6 = str(ipaddress.IPv6Address(str(args["ipv6_address"])))
+            a6 = ipaddress.IPv6Address(str(args["ipv6_address"]))
         except ValueError:
             raise PortError("--ipv6-address %r: not an IPv6 address" % args["ipv6_address"]) from None
+        if a6.is_link_local or a6.is_multicast or a6.is_unspecified or a6.is_loopback or a6.ipv4_mapped is not None:
+            raise PortError("--ipv6-address %s: not usable for a VM port" % a6)
+        ip6 = str(a6)
     tap = args.get("tap_name") or "tap" + port_uuid[:11]
     if not _IFNAME.match(tap):
         raise PortError("--tap-name %r: not an interface name (1 to 15 characters)" % tap)

@@ -7,8 +7,9 @@ key it has already made.  Rules kept here:
   only as the reverse half of a NAT flow: a miss from there is dropped (Flow
   NAT no rflow), never set up.
 * A VM's packet whose source is not its port's address (or, for IPv6, its
-  link-local fe80::/64 or its port's IPv6 address) is dropped before any flow is
-  made (Invalid Source); only DHCP may come from 0.0.0.0.
+  port's IPv6 address, or a link-local fe80::/64 one to a link-local or
+  multicast destination) is dropped before any flow is made (Invalid Source);
+  only DHCP may come from 0.0.0.0.
 * The VM's limits are checked before anything is written; a refused flow makes
   no entry (a flood would otherwise fill the table it is being kept out of).
 * The pair comes from, in order: the agent's services for guests (DHCP, DNS and
@@ -60,6 +61,11 @@ _PORTS = struct.Struct("!HH")
 
 Outcome = tuple[int, DropReason]  # (index of the new entry, NONE) or (-1, why nothing was set up)
 _REFUSED: dict[DropReason, Outcome] = {r: (-1, r) for r in DropReason}
+
+
+def _link_scope(dst: bytes) -> bool:
+    """An IPv6 destination of link scope: fe80::/10 or multicast."""
+    return dst[0] == 0xFF or (dst[0] == 0xFE and dst[1] & 0xC0 == 0x80)
 
 
 class _NoPort(Exception):
@@ -114,7 +120,9 @@ class FlowSetup:
             return _REFUSED[DropReason.FLOW_NAT_NO_RFLOW]
         v6 = len(p.src) == 16
         trap = self.traps.classify(vif, p, pkt)
-        if p.src != vif.ip_bytes and not (v6 and (p.src[:8] == LINK_LOCAL6 or p.src == vif.ip6_bytes)):
+        # IPv6: the port's address, or a link-local one to a link-local or multicast destination
+        # (the metadata and link-local services, the router, DHCPv6): never to another VM or beyond
+        if p.src != vif.ip_bytes and not (v6 and (p.src == vif.ip6_bytes or (p.src[:8] == LINK_LOCAL6 and _link_scope(p.dst)))):
             if not (trap is Trap.DHCP and p.src == ANY_SOURCE):
                 return _REFUSED[DropReason.INVALID_SOURCE]
         refused = self.entries.over_limit(vif, False)

@@ -87,11 +87,13 @@ PRIO_RAW = -300
 NFT_META_MARK = 3
 NFT_META_IIFNAME = 6
 NF_ACCEPT = 1
+NF_DROP = 0
 NFT_META_L4PROTO = 16
 NFT_PAYLOAD_NETWORK_HEADER = 1
 NFT_PAYLOAD_TRANSPORT_HEADER = 2
 NFT_REG_1 = 1
 NFT_CMP_EQ = 0
+NFT_CMP_NEQ = 1
 NFT_CMP_LTE = 3
 NFT_CMP_GTE = 5
 
@@ -335,8 +337,17 @@ class NftSocket:
         mask6 = b"\xff" * 8 + b"\0" * 8
         msgs = self._replacing(name, NFPROTO_IPV6) + _fast_rules(name, rules, True)
         icmp6_type = (_meta(NFT_META_L4PROTO), _cmp_eq(b"\x3a"), _payload(0, 1, NFT_PAYLOAD_TRANSPORT_HEADER))
-        msgs.append(_accept_rule(name, "from_vms", *icmp6_type, _cmp(NFT_CMP_GTE, b"\x82"), _cmp(NFT_CMP_LTE, b"\x89")))
-        msgs.append(_accept_rule(name, "from_vms", *icmp6_type, _cmp_eq(b"\x8f")))
+        nd_types = ((_cmp(NFT_CMP_GTE, b"\x82"), _cmp(NFT_CMP_LTE, b"\x89")), (_cmp_eq(b"\x8f"),))
+        # ... but from a tap only to link-local and multicast destinations: the node forwards
+        # IPv6, and ND to a unicast address elsewhere would pass no flow, VRF or source check
+        # (the agent has read the frame already: pkt0 comes before netfilter)
+        tap = (_meta(NFT_META_IIFNAME), _cmp_eq(rules.tap_prefix.encode()))
+        off_link = (_payload(24, 16), _bitwise_mask(b"\xff\xc0" + b"\0" * 14), _cmp(NFT_CMP_NEQ, b"\xfe\x80" + b"\0" * 14),
+                    _payload(24, 16), _bitwise_mask(b"\xff" + b"\0" * 15), _cmp(NFT_CMP_NEQ, b"\xff" + b"\0" * 15))  # fmt: skip
+        for types in nd_types:
+            msgs.append(_drop_rule(name, "from_vms", *tap, *icmp6_type, *types, *off_link))
+        for types in nd_types:
+            msgs.append(_accept_rule(name, "from_vms", *icmp6_type, *types))
         iif = _meta(NFT_META_IIF)
         svc_in = [(vm.ifindex, (iif, _cmp_eq(struct.pack("=I", vm.ifindex))), vm.service_queue, 1) for vm in rules.vms if vm.ifindex]
         vms_in = [(vm.ifindex, (iif, _cmp_eq(struct.pack("=I", vm.ifindex))), vm.queue, vm.queues_total) for vm in rules.vms if vm.ifindex]
@@ -479,6 +490,12 @@ def _nat_reply_rules(table: str, rules: QueueRules) -> list[Message]:
                 )  # fmt: skip
             )
     return msgs
+
+
+def _drop_rule(table: str, chain: str, *matches: bytes) -> Message:
+    """A rule: when all ``matches`` hold, count, do not track, and drop."""
+    verdict = _expr("immediate", _be32(1, NFT_REG_VERDICT), _nest(2, _nest(2, _be32(1, NF_DROP))))
+    return (NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, _rule(table, chain, *matches, _counter(), _notrack(), verdict))
 
 
 def _accept_rule(table: str, chain: str, *matches: bytes) -> Message:

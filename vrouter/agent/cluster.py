@@ -423,7 +423,8 @@ class Cluster:
             return 0  # etcd's own, or the files': etcd has it (or the resync puts this node's ports)
         if isinstance(change, PortChanged):
             port, before = change.port, change.before
-            if before is not None and (port is None or (before.ip_address, before.vn_uuid) != (port.ip_address, port.vn_uuid)):
+            if before is not None and (port is None or (before.ip_address, before.ipv6_address, before.vn_uuid)
+                                       != (port.ip_address, port.ipv6_address, port.vn_uuid)):  # fmt: skip
                 await _published(self.withdraw_port(before), "port %s%s" % (before.uuid, "" if port is None else "'s old route"))
             if port is not None:
                 await _published(self.publish_port(port), "port %s" % port.uuid)

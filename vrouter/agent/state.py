@@ -23,6 +23,7 @@ the agent's own files held (``CACHE``).
 from __future__ import annotations
 
 import enum
+import ipaddress
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -148,6 +149,16 @@ class NodeState:
                 raise PortError("--tap-name %s: already used by port %s" % (port.tap_name, other.uuid))
             if other.vn_uuid == port.vn_uuid and other.ip_address == port.ip_address:
                 raise PortError("--ip-address %s: already used by port %s in that network" % (port.ip_address, other.uuid))
+            if port.ipv6_address and other.vn_uuid == port.vn_uuid and other.ipv6_address == port.ipv6_address:
+                raise PortError("--ipv6-address %s: already used by port %s in that network" % (port.ipv6_address, other.uuid))
+        net = self.networks.get(port.vn_uuid)
+        if (
+            port.ipv6_address
+            and net is not None
+            and net.subnet6
+            and ipaddress.IPv6Address(port.ipv6_address) not in ipaddress.IPv6Network(net.subnet6)
+        ):
+            raise PortError("--ipv6-address %s: not in the network's IPv6 subnet %s" % (port.ipv6_address, net.subnet6))
         old = self.ports.get(port.uuid)
         vif = old.vif if old is not None else self._free_vif()
         vrf = self.vrfs.get(port.vn_uuid) or max(self.vrfs.values(), default=0) + 1

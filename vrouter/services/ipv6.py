@@ -10,9 +10,10 @@ Rules kept here:
   link-local services' addresses (fe80::a9fe:x:y); a VM's own address and
   other link-local addresses are not (the kernel on the tap answers for the
   router's fe80::5e00:100 and the metadata service's fe80::a9fe:a9fe).  At
-  most ``ND_RATE`` answers a second per VM (a burst of ``ND_BURST``): the rest
-  are dropped and counted (ND Rate Limit), so that a flood of solicitations
-  costs the node little and moves nobody else's traffic.
+  most ``ND_RATE`` answers a second per VM (a burst of ``ND_BURST``), to
+  neighbour and router solicitations together: the rest are dropped and counted
+  (ND Rate Limit), so that a flood of solicitations costs the node little and
+  moves nobody else's traffic.
 * What a VM may not say is dropped and counted (``nd_forged``, Invalid
   Source): a router advertisement or a redirect, and a neighbour advertisement
   for an address that is not its own (the gateway's, another VM's).  Nothing a
@@ -60,7 +61,7 @@ from vrouter.services import dhcpv6
 
 log = logging.getLogger("vrouter.services")
 
-ND_RATE = 100.0  # neighbour advertisements a second, per VM
+ND_RATE = 100.0  # answers to solicitations a second, per VM
 ND_BURST = 200
 _LINK_LOCAL = bytes.fromhex("fe80000000000000")
 _DHCP6_COUNTERS = {dhcpv6.SOLICIT: "dhcp6_solicit", dhcpv6.REQUEST: "dhcp6_request", dhcpv6.CONFIRM: "dhcp6_confirm", dhcpv6.RENEW: "dhcp6_renew",
@@ -132,7 +133,8 @@ class Ipv6Services:
             return
         if nd.kind == RS:
             s.stats.router_solicitations += 1
-            self.advertise(vif)
+            if self._take(vif):
+                self.advertise(vif)
         elif nd.kind == NS:
             s.stats.neighbor_solicitations += 1
             self._solicited(nd, vif, port)
@@ -163,13 +165,19 @@ class Ipv6Services:
         if self._answers_for(target, vif, net):
             self._answer(nd, vif)
 
-    def _answer(self, nd: Nd, vif: Vif) -> None:
+    def _take(self, vif: Vif) -> bool:
+        """One answer of the VM's rate (solicitations of either kind); False, counted, past it."""
         bucket = self._buckets.get(vif.index)
         now = self.clock()
         if bucket is None:
             bucket = self._buckets[vif.index] = _Bucket(now)
-        if not bucket.take(now):
-            self.s.drop(DropReason.ND_RATE, vif)
+        if bucket.take(now):
+            return True
+        self.s.drop(DropReason.ND_RATE, vif)
+        return False
+
+    def _answer(self, nd: Nd, vif: Vif) -> None:
+        if not self._take(vif):
             return
         self.s.stats.neighbor_advertisements += 1
         self.s.out(vif, neighbor_advertisement_frame(nd, VROUTER_MAC, True))
