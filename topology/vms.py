@@ -33,12 +33,12 @@ from topology.errors import LabError
 from topology.model import VM, Topology
 from topology.processes import Processes
 from topology.state import StateDir
+from vrouter.agent.host import ROUTER_IP6  # the vRouter's link-local address, its advertisements' source
 from vrouter.model import AUTOCONF_MODES
 
 ROOT = Path(__file__).resolve().parents[1]
 UDHCPC_SCRIPT = ROOT / "scripts" / "udhcpc-vm.sh"
 DHCLIENT6_SCRIPT = ROOT / "scripts" / "dhclient6-vm.sh"
-ROUTER_IP6 = "fe80::5e00:100"  # the vRouter's link-local address, its advertisements' source
 DHCLIENT6_CONF = "request dhcp6.name-servers, dhcp6.domain-search;\n"
 
 

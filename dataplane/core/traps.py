@@ -23,14 +23,15 @@ addresses otherwise is not forwarded (No L3 Route).
 from __future__ import annotations
 
 import enum
+import ipaddress
 
+from dataplane.core.frames import ROUTER_LL6
 from dataplane.core.packet import ICMP, ICMP_ECHO, ICMPV6, UDP, Parsed
-from dataplane.core.vif import Vif
+from dataplane.core.vif import METADATA_SERVICE_IP6, Vif
 
 ANY_SOURCE = bytes(4)
 ALL_DHCP6 = bytes.fromhex("ff020000000000000000000000010002")
-ROUTER_LL6 = bytes.fromhex("fe80000000000000000000005e000100")
-METADATA_LL6 = bytes.fromhex("fe8000000000000000000000a9fea9fe")  # the metadata service fe80::a9fe:a9fe
+METADATA_LL6 = ipaddress.IPv6Address(METADATA_SERVICE_IP6).packed
 ICMP6_ECHO = 128
 
 Addresses = tuple[bytes, ...]  # (gateway, service address) and, dual stack, (IPv6 gateway, IPv6 service address)
