@@ -380,9 +380,17 @@ class FlowTable:
         if self.writable and self.active_known:
             yield from (m.start() for m in _ONE.finditer(self._tags.translate(_ACTIVE_BYTE)))
             return
+        yield from self.every_active()
+
+    def every_active(self) -> list[int]:
+        """Indices of the active entries of every writer, from the records (as a reader sees them:
+        what the introspect lists, in the agent whose own table is one writer's)."""
         low = bytes(self.view[HEADER_SIZE + OFF_FLAGS :: RECORD_SIZE])[: self.capacity]
-        for m in _ONE.finditer(low.translate(_ACTIVE_BYTE)):
-            yield m.start()
+        return [m.start() for m in _ONE.finditer(low.translate(_ACTIVE_BYTE))]
+
+    def find(self, key: bytes) -> int:
+        """The index of the active entry with ``key`` whichever writer made it, or -1."""
+        return self._scan(key)
 
     def active_between(self, start: int, end: int) -> list[int]:
         """Indices of the active entries in [start, end): the walk of aging, a slice of the table

@@ -33,6 +33,10 @@ key it has already made.  Rules kept here:
   first.
 * Each new flow takes up to two closed pairs whose grace is over out of the
   table, so that eviction keeps pace with set-up spread over the packets.
+* Every set-up and every refusal goes on ``trace``, a ring of the last
+  ``FLOW_TRACE`` (the vRouter agent's ``Flow`` trace buffer, read by the
+  introspect's ``Snh_SandeshTraceRequest?x=Flow``): a tuple, made into text only
+  when someone reads it.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ from __future__ import annotations
 import ipaddress
 import logging
 import struct
+import time
+from collections import deque
 
 from dataplane.core.entries import Entries, FlowState, PortAllocator
 from dataplane.core.lifecycle import Lifecycle
@@ -49,7 +55,7 @@ from dataplane.core.packet import ICMP, ICMPV6, TCP, UDP, Parsed
 from dataplane.core.services import LinkLocalService, LinkLocalTable
 from dataplane.core.traps import ANY_SOURCE, Trap, TrapTable
 from dataplane.core.vif import LINK_LOCAL6, PROXY_IP6, Vif, VifTable
-from flows.layout import Action, DropReason, Flag, make_key
+from flows.layout import HEADER_SIZE, OFF_ACTION, RECORD_SIZE, Action, DropReason, Flag, make_key
 from flows.table import FlowSpec, FlowTable, TableFull
 
 log = logging.getLogger("vrouter.dataplane")
@@ -61,6 +67,10 @@ _PORTS = struct.Struct("!HH")
 
 Outcome = tuple[int, DropReason]  # (index of the new entry, NONE) or (-1, why nothing was set up)
 _REFUSED: dict[DropReason, Outcome] = {r: (-1, r) for r in DropReason}
+
+FLOW_TRACE = 5000  # set-ups the trace keeps, as the vRouter agent's Flow trace buffer
+# (µs since the epoch, vif (0: a tunnel's), flow key, the new entry's index or -1, its action or -1, the refusal's reason)
+TraceEntry = tuple[int, int, bytes, int, int, int]
 
 
 def _link_scope(dst: bytes) -> bool:
@@ -108,9 +118,19 @@ class FlowSetup:
         self.hold = False
         self.held: list[tuple[int, int]] = []
         self._md_deltas: dict[tuple[bytes, bytes, int, bytes, bytes], tuple[int, int, bytes, int, int, bytes]] = {}
+        self.trace: deque[TraceEntry] = deque(maxlen=FLOW_TRACE)
+
+    def _traced(self, vif: int, key: bytes, out: Outcome) -> Outcome:
+        index = out[0]
+        action = self.table.buf[HEADER_SIZE + index * RECORD_SIZE + OFF_ACTION] if index >= 0 else -1
+        self.trace.append((time.time_ns() // 1000, vif, key, index, action, int(out[1])))
+        return out
 
     def setup(self, vif: Vif, p: Parsed, key: bytes, now: int, pkt: bytes) -> Outcome:
         """Set up the flow of ``p`` (``key`` is its flow key, ``pkt`` its bytes), which arrived on ``vif``."""
+        return self._traced(vif.index, key, self._setup(vif, p, key, now, pkt))
+
+    def _setup(self, vif: Vif, p: Parsed, key: bytes, now: int, pkt: bytes) -> Outcome:
         if self.lifecycle.evict_due(now):
             self.lifecycle.evict_closed(now, 2)
         if vif is self.vifs.host:
@@ -218,6 +238,9 @@ class FlowSetup:
     def from_tunnel(self, d: Decapped, p: Parsed, key: bytes, now: int) -> Outcome:
         """Set up the flow of a packet that came by a tunnel (``key``: of its inner packet, keyed
         by the tunnel's next hop) for the local vif its label names."""
+        return self._traced(d.vif.index, key, self._from_tunnel(d, p, key, now))
+
+    def _from_tunnel(self, d: Decapped, p: Parsed, key: bytes, now: int) -> Outcome:
         vif, tunnel = d.vif, d.tunnel
         if self.lifecycle.evict_due(now):
             self.lifecycle.evict_closed(now, 2)

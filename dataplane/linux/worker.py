@@ -5,10 +5,10 @@ It answers the messages of ``dataplane.linux.workers`` on the socket ``FD``
 writer (clearing what a worker before it left there) and binds its node
 queue; ``Configure`` calls the named method of its ``Dataplane``, as the
 agent's own ``Dataplanes`` call does on worker 0; ``BindQueues`` reads or
-stops reading VMs' queues; ``StatsRequest`` answers its counters.  It ages its
-own flows, hands the packets it traps for the guests' services to the agent
-(``Trapped``), and exits when the socket closes: an agent that dies, even by
-SIGKILL, takes its workers with it.
+stops reading VMs' queues; ``StatsRequest`` answers its counters,
+``TraceRequest`` its flow trace.  It ages its own flows, hands the packets it
+traps for the guests' services to the agent (``Trapped``), and exits when the
+socket closes: an agent that dies, even by SIGKILL, takes its workers with it.
 """
 
 from __future__ import annotations
@@ -36,7 +36,18 @@ from dataplane.linux.raw import RawSender
 from dataplane.linux.ringbuf import RingBuffer
 from dataplane.linux.totals import WorkerStats, stats_of
 from dataplane.linux.vifdump import DatagramSink
-from dataplane.linux.workers import CONFIGURE, AddCapture, BindQueues, Configure, RemoveCapture, Setup, StatsRequest, Sync, Trapped
+from dataplane.linux.workers import (
+    CONFIGURE,
+    AddCapture,
+    BindQueues,
+    Configure,
+    RemoveCapture,
+    Setup,
+    StatsRequest,
+    Sync,
+    TraceRequest,
+    Trapped,
+)
 from flows import bpfmap
 from flows.table import FlowTable, TableFormatError
 from infra.children import Refusal, run, serve
@@ -64,6 +75,7 @@ class Worker:
             AddCapture: self._add_capture,
             RemoveCapture: self._remove_capture,
             StatsRequest: lambda _: self.stats(),
+            TraceRequest: lambda _: list(self.dp.flow_setup.trace),
             Sync: lambda _: None,
         }
 

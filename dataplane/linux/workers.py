@@ -30,6 +30,7 @@ from typing import Any
 
 from dataplane.core.dataplane import Dataplane
 from dataplane.core.entries import Limits
+from dataplane.core.flowsetup import TraceEntry
 from dataplane.core.overlay import Route
 from dataplane.core.services import LinkLocalService
 from dataplane.core.vif import Vif
@@ -107,6 +108,11 @@ class RemoveCapture:
 @dataclass(frozen=True)
 class StatsRequest:
     pass
+
+
+@dataclass(frozen=True)
+class TraceRequest:
+    """Answered with the worker's flow trace (``FlowSetup.trace``: its set-ups and refusals)."""
 
 
 @dataclass(frozen=True)
@@ -267,6 +273,11 @@ class WorkerPool:
         """Every running worker's counters (a worker that does not answer counts nothing)."""
         out = await self._wait([c.send(StatsRequest()) for c in self._running()], None)
         return [s if isinstance(s, WorkerStats) else WorkerStats() for s in out]
+
+    async def traces(self) -> list[TraceEntry]:
+        """Every running worker's flow trace, in one list (not sorted)."""
+        out = await self._wait([c.send(TraceRequest()) for c in self._running()], None)
+        return [e for t in out if isinstance(t, list) for e in t]
 
 
 class Dataplanes:

@@ -38,6 +38,7 @@ from dataplane.core.packet import Malformed
 from dataplane.core.traps import Trap
 from dataplane.core.vif import Vif
 from flows.layout import DropReason
+from infra.trace import TraceBuffer
 from vrouter.messages.control import ServiceCounters
 from vrouter.model import Network, Port
 from vrouter.services import arp, dhcp, dns
@@ -46,6 +47,8 @@ from vrouter.services.ipv6 import Ipv6Services
 log = logging.getLogger("vrouter.services")
 
 DNS_TIMEOUT = 3.0
+_DHCP_NAMES = {dhcp.DISCOVER: "discover", dhcp.REQUEST: "request", dhcp.INFORM: "inform", dhcp.RELEASE: "release", dhcp.DECLINE: "decline",
+               dhcp.OFFER: "DHCP Offer", dhcp.ACK: "DHCP Ack", dhcp.NAK: "DHCP Nak"}  # fmt: skip
 _DHCP_COUNTERS = {dhcp.DISCOVER: "dhcp_discover", dhcp.REQUEST: "dhcp_request", dhcp.INFORM: "dhcp_inform", dhcp.RELEASE: "dhcp_release",
                   dhcp.DECLINE: "dhcp_decline", dhcp.OFFER: "dhcp_offer", dhcp.ACK: "dhcp_ack", dhcp.NAK: "dhcp_nak"}  # fmt: skip
 
@@ -91,6 +94,8 @@ class GuestServices:
         self._send = send
         self.captures = dataplane.captures
         self.stats = ServiceCounters()
+        # the exchanges, as the vRouter agent's Dhcp and Dhcpv6 trace buffers keep them (introspect)
+        self.traces = {"Dhcp": TraceBuffer("Dhcp", 1000, "DhcpTrace"), "Dhcpv6": TraceBuffer("Dhcpv6", 1000, "Dhcpv6Trace")}
         self.dhcp = dhcp.DhcpServer(settings.dhcp_lease_time, settings.dns_domain)
         self.v6 = Ipv6Services(self, settings.dhcp_lease_time, settings.dns_domain)
         self._pending: dict[int, _Pending] = {}
@@ -150,9 +155,12 @@ class GuestServices:
         client = dhcp.Client(port.uuid, mac_bytes(port.mac), port.ip_address, port.vm_name)
         kind, reply = self.dhcp.handle(pkt[ihl + 8 :], client, net, time.monotonic())
         self._count_dhcp(kind)
+        trace = self.traces["Dhcp"]
+        trace.add("DHCP %s received on interface : %s Mac : %s" % (_DHCP_NAMES.get(kind, "message %d" % kind), vif.name, port.mac))
         if reply is None:
             return
         self._count_dhcp(reply.kind)
+        trace.add("DHCP response sent; message = %s; ip = %s" % (_DHCP_NAMES.get(reply.kind, "?"), port.ip_address))
         if reply.kind == dhcp.ACK and kind == dhcp.REQUEST:
             log.info("DHCP: %s (vif0/%d) has %s", port.vm_name or port.uuid, vif.index, port.ip_address)
         self.out(vif, ipv4_udp_frame(reply.dst_mac, reply.src, reply.dst, 67, 68, reply.payload))

@@ -55,6 +55,7 @@ from dataplane.core.services import service_ip4
 from dataplane.core.traps import METADATA_LL6
 from dataplane.core.vif import Vif
 from flows.layout import DropReason
+from infra.trace import TraceBuffer
 from vrouter.messages.control import ServiceCounters
 from vrouter.model import Network, Port
 from vrouter.services import dhcpv6
@@ -87,6 +88,9 @@ class Services(Protocol):
 
     @property
     def stats(self) -> ServiceCounters: ...
+
+    @property
+    def traces(self) -> dict[str, TraceBuffer]: ...
 
     def out(self, vif: Vif, frame: bytes) -> None: ...
 
@@ -229,9 +233,12 @@ class Ipv6Services:
                 log.debug("vif0/%d: DHCPv6: %s", vif.index, e)
             return
         self._count(kind)
+        trace = s.traces["Dhcpv6"]
+        trace.add("DHCPv6 %s received on interface : %s Mac : %s" % (_DHCP6_COUNTERS.get(kind, "dhcp6_%d" % kind)[6:], vif.name, port.mac))
         if reply is None:
             return
         self._count(reply[0])
+        trace.add("DHCPv6 response sent; message = %s; ip = %s" % (_DHCP6_COUNTERS.get(reply[0], "dhcp6_?")[6:], port.ipv6_address or "-"))
         if reply[0] == dhcpv6.REPLY and kind in (dhcpv6.REQUEST, dhcpv6.SOLICIT):
             log.info("DHCPv6: %s (vif0/%d) has %s", port.vm_name or port.uuid, vif.index, port.ipv6_address or "no address (stateless)")
         s.out(vif, s.udp_frame(mac_bytes(port.mac), ROUTER_LL6, pkt[8:24], dhcpv6.SERVER_PORT, sport, reply))
