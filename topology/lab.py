@@ -165,6 +165,8 @@ class Lab:
         self.guests.start(topo)
         layout = topo.layout()
         self.files.write("layout.json", json.dumps(layout, indent=2))
+        for node in layout["nodes"]:
+            self.say("  %s: introspect %s (from %s or the fabric, %s)" % (node["name"], node["introspect"], node["namespace"], topo.fabric))
         self.say("up: layout in %s; remove everything with: %s down --prefix %s" % (self.files.path("layout.json"), self.script, self.prefix))
         return layout
 

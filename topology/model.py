@@ -39,6 +39,7 @@ NOVA_PORT = 8775
 REPORTS_PORT = 8776  # nova-metadata's collector of cloud-init's event reports and phone_home posts (plain HTTP)
 REPORTS_IP = "169.254.169.250"  # the link-local service ``lab-reports`` that guests post to (port 80), NATed to it
 PROXY_PORT = 8097
+INTROSPECT_PORT = 8085  # each agent's introspect pages and metrics, on its vhost0 (agent.conf's metrics_port)
 MAX_VMS = 2000  # namespace VMs and guests together
 PER_NETWORK = 252  # a /24 with .1 (gateway), .2 (service address) and .255 taken
 MAX_NETWORKS = 250
@@ -369,6 +370,10 @@ class Topology:
             "flow_entries = %d\n" % self.flow_entries if self.flow_entries else "",
         )
 
+    def introspect_of(self, n: int) -> str:
+        """Node n's introspect (reachable from its namespace and the fabric's)."""
+        return "http://%s:%d/" % (self.vhost_ip_of(n), INTROSPECT_PORT)
+
     def layout(self) -> dict[str, Any]:
         """What netns_setup.sh up --json prints (and writes to layout.json)."""
         s = self.state_dir
@@ -379,6 +384,7 @@ class Topology:
             "namespaces": {"compute": self.compute, "computes": [self.compute_of(n) for n in range(1, self.nodes + 1)], "fabric": self.fabric,
                            "vms": [v.namespace for v in self.vms]},  # fmt: skip
             "vhost0": {"ip": self.vhost_ip, "ip6": self.vhost_ip6_of(1), "namespace": self.compute},
+            "introspect": self.introspect_of(1),
             "nova": {
                 "ip": self.nova_ip,
                 "ip6": self.fabric_ip6,
@@ -397,7 +403,7 @@ class Topology:
             "logs": {"agent": self.state_of(1) + "/agent.log", "nova": s + "/nova.log"},
             "nodes": [
                 {"node": n, "name": self.compute_of(n), "namespace": self.compute_of(n), "vhost0": self.vhost_ip_of(n),
-                 "vhost0_ip6": self.vhost_ip6_of(n), "state_dir": self.state_of(n),
+                 "vhost0_ip6": self.vhost_ip6_of(n), "introspect": self.introspect_of(n), "state_dir": self.state_of(n),
                  "agent_log": self.state_of(n) + "/agent.log", "vms": [v.name for v in self.vms_of(n)]}
                 for n in range(1, self.nodes + 1)
             ],

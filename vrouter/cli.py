@@ -9,6 +9,7 @@
     vrouter vif --list       list the interfaces
     vrouter dropstats        drop counters by reason
     vrouter status           is the agent up, and how is it doing
+    vrouter introspect PATH  a page of the agent's introspect (port 8085) as text
     vrouter metadata log     what each instance asked the metadata service, and got
     vrouter metadata fault add|list|del   make the metadata path misbehave, per instance
     vrouter instance set     change an instance's metadata while its node runs
@@ -37,13 +38,13 @@ from vrouter import __version__
 from vrouter.agent.agent import AgentError
 from vrouter.agent.config import ConfigError
 from vrouter.agent.control import AgentNotRunning, RequestFailed
-from vrouter.commands import daemons, flow, instance, linklocal, metadata, network, overlay, port, status, vif, vifdump
+from vrouter.commands import daemons, flow, instance, introspect, linklocal, metadata, network, overlay, port, status, vif, vifdump
 from vrouter.commands.output import UsageError
 from vrouter.tools.flow import NoTable
 from vrouter.tools.locate import Ambiguous
 
 # in the order ``vrouter --help`` lists their commands
-FAMILIES = (daemons, port, linklocal, network, flow, vif, overlay, status, metadata, instance, vifdump)
+FAMILIES = (daemons, port, linklocal, network, flow, vif, overlay, status, introspect, metadata, instance, vifdump)
 
 # what a command raises for a failure the user can act on: printed as one line, exit status 1
 EXPECTED = (AgentNotRunning, RequestFailed, AgentError, ConfigError, UsageError, NoTable, Ambiguous)

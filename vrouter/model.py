@@ -175,6 +175,10 @@ class HostRoute:
         return cls(str(net), str(hop))
 
 
+PROJECT_FQ_NAME = "default-domain:default-project"  # the one project of this node's networks
+FABRIC_VRF_NAME = "default-domain:default-project:ip-fabric:__default__"  # VRF 0, the fabric's
+
+
 @dataclass
 class Network:
     uuid: str
@@ -194,6 +198,16 @@ class Network:
     @property
     def prefix_len(self) -> int:
         return ipaddress.IPv4Network(self.subnet).prefixlen
+
+    @property
+    def fq_name(self) -> str:
+        """The virtual network's fully qualified name, as Tungsten Fabric's config names it."""
+        return "%s:%s" % (PROJECT_FQ_NAME, self.name)
+
+    @property
+    def vrf_name(self) -> str:
+        """Its routing instance's name (the VRF the vRouter agent shows): the network's, twice."""
+        return "%s:%s:%s" % (PROJECT_FQ_NAME, self.name, self.name)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

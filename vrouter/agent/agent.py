@@ -56,7 +56,7 @@ from vrouter.agent.config import AgentConfig
 from vrouter.agent.control import ControlServer
 from vrouter.agent.host import VROUTER_MAC, HostNetwork, in_namespace_hint, raise_open_files_limit, sysctl
 from vrouter.agent.ksync import KSync
-from vrouter.agent.metrics import AgentCollector, MetricsServer
+from vrouter.agent.metrics import AgentCollector, Metrics
 from vrouter.agent.node import Node
 from vrouter.agent.operations import Operations
 from vrouter.agent.paths import StatePaths
@@ -65,6 +65,8 @@ from vrouter.agent.proxy_sync import ProxySync
 from vrouter.agent.queues import QueueSettings, RulesError, VmQueues
 from vrouter.agent.rate import SetupRate
 from vrouter.agent.state import GuestDirectory, NodeState, Origin
+from vrouter.introspect.server import Introspect, IntrospectServer
+from vrouter.introspect.traces import ConfigTrace
 from vrouter.messages.proxy import ProxyConfig, ProxyReport, TlsFiles
 from vrouter.model import NetworkError, PortError, ServiceError
 from vrouter.services.guests import GuestServices
@@ -107,7 +109,8 @@ class Agent:
         self._queues: VmQueues | None = None
         self._cluster: Cluster | None = None
         self._control: ControlServer | None = None
-        self._metrics: MetricsServer | None = None
+        self._http: IntrospectServer | None = None
+        self._config_trace = ConfigTrace()
         self._reserved_before: str | None = None
         self._proxy_ip6 = False
         self._wrote_pid = False
@@ -176,7 +179,7 @@ class Agent:
         queues = self._queues = VmQueues(layout, queue_settings, shell, dataplanes.pool, dp, state)
         ksync = KSync(state, host, dataplanes, shell, queues, lambda: nat_ports.in_use, guests.advertise, kernel)
         persistence = Persistence(self.paths)
-        for s in (ksync, persistence, ProxySync(state, proxy, dp.service_ips)):
+        for s in (ksync, persistence, ProxySync(state, proxy, dp.service_ips), self._config_trace):
             state.subscribe(s)
         await self._load(persistence)
         try:
@@ -206,7 +209,9 @@ class Agent:
         except (ChildError, PortError, RulesError) as e:
             raise AgentError(str(e)) from None
         host.enable_forwarding(True)
-        node = self.node = Node(cfg, self.paths, time.time(), vhost_ip, state, dp, dataplanes.pool, ksync, queues, proxy, guests, SetupRate())
+        node = self.node = Node(
+            cfg, self.paths, time.time(), vhost_ip, state, dp, dataplanes.pool, ksync, queues, proxy, guests, SetupRate(), self._config_trace
+        )
         if cfg.etcd.servers:
             cluster = self._cluster = node.cluster = Cluster(state, cfg.default.hostname or socket.gethostname(), vhost_ip, cfg.etcd.servers,
                                                              cfg.etcd.key_prefix, os.path.join(self.state_dir, "cluster.json"),
@@ -214,7 +219,7 @@ class Agent:
             state.subscribe(cluster)
             cluster.start(loop)
         if cfg.default.metrics_port:  # before the control socket: once that answers, the agent is up
-            await self._start_metrics(node, vhost_ip, cfg.default.metrics_port)
+            await self._start_http(node, vhost_ip, cfg.default.metrics_port)
         self._control = ControlServer(self.paths.socket, Operations(node).handlers(), (PortError, ServiceError, NetworkError, FaultError),
                                       dataplanes.pool.settle if layout.workers > 1 else None)  # fmt: skip
         await self._control.start()
@@ -290,7 +295,9 @@ class Agent:
             except PortError as e:
                 raise AgentError(str(e)) from None
 
-    async def _start_metrics(self, node: Node, vhost_ip: str, port: int) -> None:
+    async def _start_http(self, node: Node, vhost_ip: str, port: int) -> None:
+        """The introspect port: the introspect pages and the metrics."""
+
         async def report() -> tuple[ProxyReport | None, Totals]:
             try:
                 proxy: ProxyReport | None = await node.proxy.report()
@@ -298,13 +305,14 @@ class Agent:
                 proxy = None
             return proxy, await node.ksync.totals()
 
-        metrics = self._metrics = MetricsServer(AgentCollector(node), report)
+        metrics = Metrics(AgentCollector(node), report)
+        http = self._http = IntrospectServer(Introspect(node), metrics.scrape)
         try:
-            await metrics.start(vhost_ip, port)
+            await http.start(vhost_ip, port)
         except OSError as e:
             raise AgentError("[DEFAULT] metrics_port %d: cannot listen on %s:%d: %s (set metrics_port to a free port, or 0 to serve no metrics)"
                              % (port, vhost_ip, port, e.strerror or e)) from None  # fmt: skip
-        log.info("metrics for Prometheus at http://%s:%d/metrics", vhost_ip, port)
+        log.info("introspect at http://%s:%d/, metrics for Prometheus at http://%s:%d/metrics", vhost_ip, port, vhost_ip, port)
 
     # -- while it runs --------------------------------------------------------------------------
 
@@ -343,8 +351,8 @@ class Agent:
 
     async def shutdown(self) -> None:
         """Undo whatever ``run`` did, whether it finished or failed half-way."""
-        if self._metrics is not None:
-            await self._metrics.stop()
+        if self._http is not None:
+            await self._http.stop()
         if self._cluster is not None:
             try:
                 await self._cluster.stop()

@@ -459,7 +459,7 @@ class Cluster:
     async def publish_network(self, net: Network, removed: bool = False) -> bool:
         """The network as the cloud knows it, with its VRF's name (its routing instance, as
         Tungsten Fabric names them); each node numbers that VRF itself (``vrouter network list``)."""
-        record = dict(net.to_dict(), vrf="default-domain:default-project:%s:%s" % (net.name, net.name))
+        record = dict(net.to_dict(), vrf=net.vrf_name)
         return await self.write({NETWORKS + net.uuid: None if removed else record})
 
     # -- the cache of the other nodes' view ---------------------------------------------------------

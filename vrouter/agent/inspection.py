@@ -79,6 +79,7 @@ class Inspection:
             dataplane_worker_restarts=node.pool.restarts,
             rules_pending=node.queues.rules_pending,
             datapath=node.cfg.flows.datapath,
+            introspect="http://%s:%d/" % (node.vhost_ip, node.cfg.default.metrics_port) if node.cfg.default.metrics_port else "",
             **_kernel_status(node.ksync.kernel),
         )
 
@@ -139,7 +140,7 @@ class Inspection:
         routes.sort(key=lambda r: (ipaddress.ip_address(r.prefix).version, int(ipaddress.ip_address(r.prefix))))
         return RouteTable(req.vrf, net.name if net else "", vn, routes)
 
-    def _nexthops(self) -> list[NhRecord]:
+    def nexthops(self) -> list[NhRecord]:
         dp = self.node.dp
         refs: dict[int, int] = {}
         for _, t in dp.overlay.routes.values():
@@ -156,10 +157,10 @@ class Inspection:
         return out
 
     def nh_list(self, _: NhList) -> list[NhRecord]:
-        return self._nexthops()
+        return self.nexthops()
 
     def nh_get(self, req: NhGet) -> NhRecord:
-        for nh in self._nexthops():
+        for nh in self.nexthops():
             if nh.id == req.id:
                 return nh
         raise PortError("next hop %d: no such next hop (see vrouter nh --list)" % req.id)

@@ -1,8 +1,9 @@
 """The agent's metrics for Prometheus, at ``http://<vhost0 address>:<metrics_port>/metrics``.
 
 Port 8085 by default: the vRouter agent's introspect port (``[DEFAULT]
-http_server_port`` there); ``[DEFAULT] metrics_port`` here, 0 to serve none.
-It listens on vhost0's address in the compute namespace only.
+http_server_port`` there), which serves the introspect pages beside them
+(``vrouter.introspect.server``); ``[DEFAULT] metrics_port`` here, 0 to serve
+neither.  It listens on vhost0's address in the compute namespace only.
 
 The text is made by the official client (prometheus_client) from what the
 agent and its proxy process hold at the moment of the scrape: nothing is
@@ -17,7 +18,6 @@ Names follow Prometheus' conventions: ``vrouter_`` first, base units
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -37,9 +37,6 @@ if TYPE_CHECKING:
     from vrouter.agent.node import Node
 
 log = logging.getLogger("vrouter.agent")
-
-MAX_HEAD = 8192
-READ_TIMEOUT = 5.0
 
 
 def _histogram(name: str, doc: str, h: Histogram) -> HistogramMetricFamily:
@@ -139,8 +136,9 @@ class AgentCollector(Collector):
         yield CounterMetricFamily("vrouter_metadata_journal_dropped", "Journal entries pushed out of full rings.", value=r.journal_dropped)
 
 
-class MetricsServer:
-    """A small HTTP/1.1 server for ``GET /metrics`` in the agent's event loop."""
+class Metrics:
+    """``GET /metrics`` (the introspect server routes it here): the collector's text, from the
+    agent's state and the proxy's report fetched for this scrape."""
 
     def __init__(self, collector: AgentCollector, refresh: Callable[[], Awaitable[tuple[ProxyReport | None, Totals]]]) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
@@ -148,52 +146,12 @@ class MetricsServer:
         self.collector = collector
         self.refresh = refresh
         self.scrapes = 0
-        self._server: asyncio.base_events.Server | None = None
 
-    async def start(self, host: str, port: int) -> None:
-        """OSError (with the address) if the port cannot be had."""
-        self._server = await asyncio.start_server(self._client, host, port, reuse_address=True, limit=MAX_HEAD)
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                try:
-                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT)
-                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ConnectionError):
-                    return
-                line = head.split(b"\r\n", 1)[0].split()
-                close = b"connection: close" in head.lower() or len(line) != 3 or line[2] != b"HTTP/1.1"
-                status, ctype, body = await self._answer(line)
-                head_only = len(line) == 3 and line[0] == b"HEAD"
-                writer.write(b"HTTP/1.1 %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n%s\r\n" % (
-                    status, ctype, len(body), b"Connection: close\r\n" if close else b""))  # fmt: skip
-                if not head_only:
-                    writer.write(body)
-                await writer.drain()
-                if close:
-                    return
-        except ConnectionError:
-            pass
-        finally:
-            writer.close()
-
-    async def _answer(self, line: list[bytes]) -> tuple[bytes, bytes, bytes]:
-        text = b"text/plain; charset=utf-8"
-        if len(line) != 3 or not line[2].startswith(b"HTTP/1."):
-            return b"400 Bad Request", text, b"not an HTTP/1.x request\n"
-        method, target = line[0], line[1].split(b"?", 1)[0]
-        if target != b"/metrics":
-            return b"404 Not Found", text, b"the metrics are at /metrics\n"
-        if method not in (b"GET", b"HEAD"):
-            return b"405 Method Not Allowed", text, b"GET /metrics\n"
+    async def scrape(self) -> tuple[str, bytes]:
+        """(Content-Type, body)."""
         self.collector.report, self.collector.totals = await self.refresh()
         self.scrapes += 1
         began = time.perf_counter()
         body = generate_latest(self.registry)
         log.debug("metrics scrape: %d bytes in %.1f ms", len(body), (time.perf_counter() - began) * 1000)
-        return b"200 OK", CONTENT_TYPE_LATEST.encode(), body
+        return CONTENT_TYPE_LATEST, body

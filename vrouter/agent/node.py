@@ -19,6 +19,7 @@ from vrouter.agent.paths import StatePaths
 from vrouter.agent.queues import VmQueues
 from vrouter.agent.rate import SetupRate
 from vrouter.agent.state import NodeState
+from vrouter.introspect.traces import ConfigTrace
 from vrouter.services.guests import GuestServices
 from vrouter.services.metadata.supervisor import ProxyProcess
 
@@ -37,4 +38,5 @@ class Node:
     proxy: ProxyProcess
     services: GuestServices
     setup_rate: SetupRate
+    config_trace: ConfigTrace  # the changes of the state, for the introspect's Config trace
     cluster: Cluster | None = None  # with [ETCD] servers: the cloud's configuration

@@ -18,7 +18,10 @@ from typing import TYPE_CHECKING
 from dataplane.core.overlay import OUTER
 from vrouter.agent.inspection import Inspection
 from vrouter.agent.observation import Observation
+from vrouter.introspect.server import MAX_TARGET, Introspect
 from vrouter.messages.control import (
+    IntrospectGet,
+    IntrospectPage,
     LinkLocalAdd,
     LinkLocalChanged,
     LinkLocalDel,
@@ -91,7 +94,14 @@ class Operations:
             "nh.list": inspect.nh_list,
             "nh.get": inspect.nh_get,
             "mpls.dump": inspect.mpls_dump,
+            "introspect": self.introspect,
         }
+
+    async def introspect(self, req: IntrospectGet) -> IntrospectPage:
+        """A page of the introspect, as the HTTP port would answer it (for ``vrouter introspect``)."""
+        target = req.target if req.target.startswith("/") else "/" + req.target
+        status, ctype, body = await Introspect(self.node).get(target[:MAX_TARGET], "text/html" if req.html else None)
+        return IntrospectPage(int(status.split()[0]), ctype, body.decode("utf-8", "replace"))
 
     # -- ports ----------------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ the user can correct).  The vRouter utilities' own formats and readers live in
     vif         vrouter vif --list|--get N, vrouter dropstats
     overlay     vrouter rt --dump VRF, nh --list|--get ID, mpls --dump
     status      vrouter status
+    introspect  vrouter introspect URL-PATH
     metadata    vrouter metadata log, vrouter metadata fault add|list|del
     instance    vrouter instance set
     vifdump     vrouter vifdump -i N

@@ -409,6 +409,22 @@ class Status:
     bpf_programs: list[int] = field(default_factory=list)  # ebpf: the ids of the loaded programs (ingress, egress)
     bpf_flow_map: int = 0  # ebpf: the id of the flow table's map
     bpf_devices: list[str] = field(default_factory=list)  # ebpf: the devices the programs are attached to
+    introspect: str = ""  # the introspect's URL (the metrics are at its /metrics); "": metrics_port 0
+
+
+@dataclass
+class IntrospectGet:
+    """A page of the agent's introspect (``vrouter introspect``): the path and query as in its URL."""
+
+    target: str
+    html: bool = False  # rendered as a browser would get it
+
+
+@dataclass
+class IntrospectPage:
+    status: int  # 200, or 404 as the HTTP port answers
+    content_type: str
+    body: str
 
 
 # op -> (request class, answer type)
@@ -437,6 +453,7 @@ OPS: dict[str, tuple[type, Any]] = {
     "nh.list": (NhList, list[NhRecord]),
     "nh.get": (NhGet, NhRecord),
     "mpls.dump": (MplsDump, list[MplsRecord]),
+    "introspect": (IntrospectGet, IntrospectPage),
 }
 OP_OF: dict[type, str] = {req: op for op, (req, _) in OPS.items()}
 assert len(OP_OF) == len(OPS), "each operation has a request class of its own"

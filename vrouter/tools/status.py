@@ -9,6 +9,8 @@ def format_status(st: Status) -> str:
     text = "agent pid %d up %.0f s: vhost0 %s, metadata proxy port %d, %d ports, %d link-local services, %d active flow entries" % (
         st.pid, st.uptime_s, st.vhost_ip, st.metadata_proxy_port, st.ports, st.linklocal_services, st.flows_active,
     )  # fmt: skip
+    if st.introspect:
+        text += "\nintrospect %s (metrics for Prometheus at %smetrics)" % (st.introspect, st.introspect)
     if st.datapath == "ebpf":
         text += "\ndatapath ebpf: programs %s on %d devices, flow table map %d" % (
             " ".join(str(i) for i in st.bpf_programs), len(st.bpf_devices), st.bpf_flow_map,

@@ -1,0 +1,137 @@
+"""Declarations of pkt.sandesh (tf-controller src/vnsw/agent/pkt/pkt.sandesh) for the pkt.xml page: one flow record.
+
+Data: FetchFlowRecord, FlowRecordResp's SandeshFlowData (every field, in declaration order) and FlowErrorResp.
+ActionStr, which these structs name, is agent.sandesh's (declared in schema_agent).
+"""
+
+from vrouter.introspect.declaration import Field
+
+PAGE: tuple[str, ...] = ("FetchFlowRecord",)
+"""The pkt.xml page's request (DeleteAllFlowRecords, FlowAgeTimeReq... left out: they change state)."""
+
+REQUESTS: dict[str, tuple[Field, ...]] = {
+    "FetchFlowRecord": (
+        Field("nh", 1, "i32"),
+        Field("sip", 2, "string"),
+        Field("dip", 3, "string"),
+        Field("src_port", 4, "i32"),
+        Field("dst_port", 5, "i32"),
+        Field("protocol", 6, "u16"),
+    ),
+}
+
+STRUCTS: dict[str, tuple[Field, ...]] = {
+    "MirrorInfo": (
+        Field("mirror_destination", 1, "string", optional=True),
+        Field("mirror_port", 2, "u16", optional=True),
+        Field("mirror_vrf", 3, "string", optional=True),
+        Field("encap", 4, "string", optional=True),
+        Field("analyzer", 5, "string", optional=True),
+    ),
+    "FlowAclUuid": (Field("uuid", 1, "string", link="AclReq"),),
+    "FlowAclInfo": (
+        Field("action", 1, "i32"),
+        Field("acl", 2, "list", of="FlowAclUuid"),
+        Field("action_str", 3, "list", of="ActionStr"),
+    ),
+    "SandeshFlowIndexTrace": (
+        Field("timestamp", 1, "i64"),
+        Field("flow_handle", 2, "u32"),
+        Field("flow_gen_id", 3, "u16"),
+        Field("event", 4, "string"),
+        Field("ksync_hash_id", 5, "u32"),
+        Field("ksync_gen_id", 6, "u16"),
+        Field("vrouter_flow_handle", 7, "u32"),
+        Field("vrouter_gen_id", 8, "u16"),
+    ),
+    "SandeshFlowIndexInfo": (
+        Field("trace_index", 1, "i32"),
+        Field("flow_index_trace", 2, "list", of="SandeshFlowIndexTrace"),
+    ),
+    "SandeshInetRouteFlowMgmtEntryLink": (Field("inet_route_flow_mgmt_key", 1, "string", link="FlowsPerInetRouteFlowMgmtKeyReq"),),
+    "SandeshFlowData": (
+        Field("gen_id", 61, "u16"),
+        Field("flow_handle", 16, "i32"),
+        Field("nh", 39, "i32"),
+        Field("sip", 2, "string"),
+        Field("dip", 3, "string"),
+        Field("src_port", 4, "i32"),
+        Field("dst_port", 5, "i32"),
+        Field("protocol", 6, "u16"),
+        Field("vrf", 1, "i32"),
+        Field("dest_vrf", 7, "i16"),
+        Field("action", 8, "i32"),
+        Field("mirror_l", 9, "list", of="MirrorInfo"),
+        Field("direction", 11, "string", optional=True),
+        Field("stats_bytes", 12, "i64"),
+        Field("stats_packets", 13, "i64"),
+        Field("uuid", 14, "string"),
+        Field("nat", 15, "string"),
+        Field("setup_time", 18, "string"),
+        Field("refcount", 19, "i32"),
+        Field("implicit_deny", 20, "string"),
+        Field("short_flow", 21, "string", optional=True),
+        Field("setup_time_utc", 22, "u64", optional=True),
+        Field("ecmp_index", 23, "u16", optional=True),
+        Field("local_flow", 24, "string", optional=True),
+        Field("egress_uuid", 25, "string", optional=True),
+        Field("src_vn_list", 53, "list", of="string", optional=True),
+        Field("dst_vn_list", 54, "list", of="string", optional=True),
+        Field("src_vn_match", 55, "string", optional=True),
+        Field("dst_vn_match", 56, "string", optional=True),
+        Field("reverse_flow", 28, "string"),
+        Field("policy", 29, "struct", of="FlowAclInfo"),
+        Field("out_policy", 30, "struct", of="FlowAclInfo"),
+        Field("sg", 31, "struct", of="FlowAclInfo"),
+        Field("out_sg", 32, "struct", of="FlowAclInfo"),
+        Field("mirror", 33, "struct", of="FlowAclInfo"),
+        Field("out_mirror", 34, "struct", of="FlowAclInfo"),
+        Field("action_str", 35, "list", of="ActionStr"),
+        Field("sg_action_summary", 36, "list", of="ActionStr"),
+        Field("reverse_sg", 37, "struct", of="FlowAclInfo"),
+        Field("reverse_out_sg", 38, "struct", of="FlowAclInfo"),
+        Field("vrf_assign_acl", 40, "struct", of="FlowAclInfo"),
+        Field("fwaas_policy_set", 74, "struct", of="FlowAclInfo"),
+        Field("fwaas_out_policy_set", 75, "struct", of="FlowAclInfo"),
+        Field("fwaas_reverse_policy_set", 76, "struct", of="FlowAclInfo"),
+        Field("fwaas_reverse_out_policy_set", 77, "struct", of="FlowAclInfo"),
+        Field("fwaas_action_summary", 78, "list", of="ActionStr"),
+        Field("policy_set", 63, "struct", of="FlowAclInfo"),
+        Field("out_policy_set", 64, "struct", of="FlowAclInfo"),
+        Field("reverse_policy_set", 71, "struct", of="FlowAclInfo"),
+        Field("reverse_out_policy_set", 72, "struct", of="FlowAclInfo"),
+        Field("aps_action_summary", 73, "list", of="ActionStr"),
+        Field("fip", 41, "string"),
+        Field("fip_vm_interface_idx", 42, "u32"),
+        Field("sg_rule_uuid", 43, "string", optional=True),
+        Field("nw_ace_uuid", 44, "string", optional=True),
+        Field("rpf_nh", 45, "i32"),
+        Field("src_ip_nh", 62, "i32"),
+        Field("drop_reason", 46, "string", optional=True),
+        Field("peer_vrouter", 47, "string", optional=True),
+        Field("tunnel_type", 48, "string", optional=True),
+        Field("underlay_source_port", 49, "u16", optional=True),
+        Field("enable_rpf", 50, "bool"),
+        Field("aging_protocol", 51, "i32"),
+        Field("aging_port", 52, "i32"),
+        Field("l3_flow", 57, "bool"),
+        Field("table_id", 58, "u16"),
+        Field("deleted", 59, "bool"),
+        Field("flow_index_info", 60, "struct", of="SandeshFlowIndexInfo"),
+        Field("inet_rt_keys", 65, "list", of="SandeshInetRouteFlowMgmtEntryLink"),
+        Field("fw_policy_match", 66, "string"),
+        Field("local_tag_list", 67, "list", of="i32", optional=True),
+        Field("remote_tag_list", 68, "list", of="i32", optional=True),
+        Field("remote_prefix", 69, "string", optional=True),
+        Field("vmi", 70, "string", optional=True),
+        Field("underlay_gw_index", 79, "i16"),
+    ),
+    "FlowRecordResp": (  # response
+        Field("record", 1, "struct", of="SandeshFlowData"),
+    ),
+    "FlowErrorResp": (  # response
+        Field("resp", 1, "string", default="No Flow Record for specified key "),
+    ),
+}
+
+RESPONSES: frozenset[str] = frozenset({"FlowRecordResp", "FlowErrorResp"})
