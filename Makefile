@@ -28,7 +28,7 @@ SOAK_SECONDS ?= 180
 SOAK_VMS ?= 16
 SOAK_NODES ?= 1
 
-.PHONY: install bpf system-deps busybox venv demo test test-guests guest-image guest-initramfs image-deps unit lint soak bench bench-deps clean cluster-latency bench-ipv6
+.PHONY: install bpf system-deps busybox venv demo test test-clients test-guests guest-image guest-initramfs image-deps unit lint soak bench bench-deps clean cluster-latency bench-ipv6
 
 install: system-deps busybox venv bpf
 
@@ -75,7 +75,7 @@ $(VENV)/.installed: pyproject.toml | system-deps
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
 	$(BIN)/python -m pip install -q -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
-	@$(BIN)/python -c "import netfilterqueue, pyroute2, httptools, uvloop, scapy, pytest, mypy, dpkt, prometheus_client, etcd3gw" && touch $@
+	@$(BIN)/python -c "import netfilterqueue, pyroute2, httptools, uvloop, scapy, pytest, mypy, dpkt, prometheus_client, etcd3gw, lxml, selenium" && touch $@
 
 demo: install $(if $(GUEST),guest-image,)
 	@DATAPATH=$(DATAPATH) bash scripts/demo.sh $(DEMO_PREFIX) $(if $(KEEP),keep,) $(if $(GUEST),guest,) $(if $(NODES),nodes,)
@@ -101,10 +101,25 @@ image-deps: system-deps
 
 # The whole suite, the full boot of the Debian image included (it builds the image once: about a
 # minute and 200 MB of Debian packages; the boot itself about two minutes under TCG).
-test: install guest-initramfs guest-image
+test: install guest-initramfs guest-image test-clients
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	VROUTER_REQUIRE_GUESTS=1 $(BIN)/python -m pytest -q -ra tests
+
+# What the introspect's tests read the agent's pages with, as TF operators do: Debian's headless
+# Chromium and its driver (no service, no background traffic: the tests run it inside a lab's
+# namespace), and contrail-scrape from PyPI in a venv of its own (it pins old tqdm and prettytable).
+BROWSER_PKGS := chromium chromium-driver
+SCRAPE_VENV := build/scrape-venv
+test-clients: system-deps
+	@missing=""; for p in $(BROWSER_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then echo "installing Debian packages:$$missing"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; fi
+	@test -x $(SCRAPE_VENV)/bin/contrail-scrape || { $(PYTHON) -m venv $(SCRAPE_VENV) && \
+	  $(SCRAPE_VENV)/bin/python -m pip install -q contrail-scrape==0.1.13 2>&1 | grep -v "^WARNING: Location" || true; }
+	@test -x $(SCRAPE_VENV)/bin/contrail-scrape
 
 # Only the guests: the test initramfs on a tap, and the Debian image configured by cloud-init.
 test-guests: install guest-initramfs guest-image

@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SETUP = ROOT / "scripts" / "netns_setup.sh"
 VROUTER = ROOT / ".venv" / "bin" / "vrouter"
 GUEST_BUILD = ROOT / "build" / "guest"
+SCRAPE_VENV = ROOT / "build" / "scrape-venv"  # contrail-scrape from PyPI, in a venv of its own (make test-clients)
 
 # Every prefix handed out this session; conftest removes their namespaces that are left at the end
 PREFIXES: list[str] = []

@@ -108,6 +108,17 @@ def test_layout_names_each_vms_node(cloud):
     st = h.setup("status")
     assert st.returncode == 0 and all("node %d (%s-compute%d):" % (n, h.prefix, n) in st.stdout for n in (1, 2, 3)), st.stdout
     assert st.stdout.count("cluster: node") == 3 and "etcd pid" in st.stdout
+    # each agent's introspect on its own vhost0, named in the layout and the status, read from the fabric
+    for n, node in enumerate(h.nodes, 1):
+        assert node["introspect"] == "http://%s:8085/" % node["vhost0"] and "introspect %s" % node["introspect"] in st.stdout
+        r = subprocess.run(["ip", "netns", "exec", h.layout["namespaces"]["fabric"], "curl", "-s", "-f", node["introspect"] + "Snh_ItfReq"],
+                           capture_output=True, text=True, timeout=15)  # fmt: skip
+        assert r.returncode == 0 and all(v["tap"] in r.stdout for v in h.vms if v["node"] == n), r.stdout[-300:]
+        assert not any(v["tap"] in r.stdout for v in h.vms if v["node"] != n)
+    # ... and no VM reaches etcd, though its node's agent does
+    etcd = h.layout["etcd"]["urls"][0]
+    status, body = h.curl(0, etcd + "/version", max_time=2)
+    assert status == 0, body[:200]
 
 
 def test_every_vm_reads_its_own_metadata(cloud):
