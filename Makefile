@@ -104,7 +104,7 @@ image-deps: system-deps
 test: install guest-initramfs guest-image test-clients
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	VROUTER_REQUIRE_GUESTS=1 $(BIN)/python -m pytest -q -ra tests
+	VROUTER_REQUIRE_GUESTS=1 $(BIN)/python -m pytest -q -ra --durations=25 tests
 
 # What the introspect's tests read the agent's pages with, as TF operators do: Debian's headless
 # Chromium and its driver (no service, no background traffic: the tests run it inside a lab's

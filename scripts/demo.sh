@@ -156,6 +156,13 @@ ip netns exec "$PREFIX-vm1" curl -sS -m 10 http://169.254.169.254/openstack/late
 step "vrouter metadata log --prefix $PREFIX --instance $INST1 (what vm1 asked for and got)"
 $VROUTER metadata log --prefix "$PREFIX" --instance "$INST1"
 
+INTROSPECT=$(field 'd["introspect"]')
+step "the agent's introspect ($INTROSPECT, from the fabric as TF's tools read it): the interfaces and their metadata IPs"
+ip netns exec "$PREFIX-fabric" curl -sS -m 10 "${INTROSPECT}Snh_ItfReq" | head -c 300; echo " ..."
+$VROUTER introspect --prefix "$PREFIX" Snh_ItfReq --columns index,name,vm_name,ip_addr,mdata_ip_addr
+step "... and its Metadata trace buffer"
+$VROUTER introspect --prefix "$PREFIX" 'Snh_SandeshTraceRequest?x=Metadata' | tail -4
+
 if [ -n "$KEEP" ]; then
     printf '\nThe node stays up. Try: ip netns exec %s-vm1 curl http://169.254.169.254/openstack\n' "$PREFIX"
     printf 'Remove everything with: scripts/netns_setup.sh down --prefix %s\n' "$PREFIX"
