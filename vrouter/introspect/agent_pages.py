@@ -13,6 +13,7 @@ name them.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -363,18 +364,21 @@ def _table_name(node: Node, request: str, args: Mapping[str, Any]) -> str:
     return route_table_name(node, int(args.get("vrf_index") or 0), suffix)
 
 
-def table(node: Node, request: str, args: Mapping[str, Any], begin: int = 0, end: int = 99) -> bytes:
-    """A table request's answer: its first page (or the page ``begin``..``end``)."""
+async def table(node: Node, request: str, args: Mapping[str, Any], begin: int = 0, end: int = 99) -> bytes:
+    """A table request's answer: its first page (or the page ``begin``..``end``).  The rows are
+    read here, in the agent's loop; the XML is written on a thread (a whole table of a thousand
+    interfaces takes 0.1 s to write), so that the loop goes on forwarding meanwhile."""
     t = TABLES[request]
     try:
         rows, size = t.rows(node, args)
     except LookupError:
         return sandesh.error()
     filters = {key: str(args[f]) for f, key in t.keys.items() if args.get(f) not in (None, "")}
-    return sandesh.document(sandesh.paged(t.resp, t.list_field, _table_name(node, request, args), rows, size, begin, end, filters))
+    name = _table_name(node, request, args)
+    return await asyncio.to_thread(lambda: sandesh.document(sandesh.paged(t.resp, t.list_field, name, rows, size, begin, end, filters)))
 
 
-def page(node: Node, key: str) -> bytes:
+async def page(node: Node, key: str) -> bytes:
     """``Snh_PageReq?x=KEY``: another page of a table, KEY as the Pagination links give it."""
     k = sandesh.decode_key(key)
     if k is None:
@@ -393,4 +397,4 @@ def page(node: Node, key: str) -> bytes:
         if request is None or vrf is None:
             return sandesh.error("Invalid DBTable")
         args = {"vrf_index": vrf}
-    return table(node, request, args, k.begin, k.end)
+    return await table(node, request, args, k.begin, k.end)

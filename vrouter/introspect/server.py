@@ -62,7 +62,7 @@ class Introspect:
         config = node.config_trace
         self.handlers: dict[str, Callable[[dict], Awaitable[bytes]]] = {
             "LinkLocalServiceInfo": self._sync(lambda a: agent_pages.linklocal(node)),
-            "PageReq": self._sync(lambda a: agent_pages.page(node, str(a.get("key", "")))),
+            "PageReq": lambda a: agent_pages.page(node, str(a.get("key", ""))),
             "DhcpInfo": lambda a: service_pages.dhcp_info(node),
             "MetadataInfo": lambda a: service_pages.metadata_info(node),
             "ShowAllInfo": lambda a: service_pages.show_all(node),
@@ -73,7 +73,7 @@ class Introspect:
             "SandeshTraceBufferListRequest": self._sync(lambda a: service_pages.trace_list(node)),
         }
         for name in agent_pages.TABLES:
-            self.handlers[name] = self._sync(lambda a, name=name: agent_pages.table(node, name, a))  # type: ignore[misc]
+            self.handlers[name] = lambda a, name=name: agent_pages.table(node, name, a)  # type: ignore[misc]
 
     @staticmethod
     def _sync(f: Callable[[dict], bytes]) -> Callable[[dict], Awaitable[bytes]]:
