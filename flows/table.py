@@ -388,6 +388,21 @@ class FlowTable:
         low = bytes(self.view[HEADER_SIZE + OFF_FLAGS :: RECORD_SIZE])[: self.capacity]
         return [m.start() for m in _ONE.finditer(low.translate(_ACTIVE_BYTE))]
 
+    def active_from(self, start: int, limit: int) -> list[int]:
+        """The first ``limit`` indices of active entries from ``start`` on, every writer's (a page
+        of the introspect's flow walk): the records' flag bytes read a window at a time, until it
+        has them."""
+        out: list[int] = []
+        start = max(0, start)
+        window = 8192
+        while start < self.capacity and len(out) < limit:
+            end = min(self.capacity, start + window)
+            base = HEADER_SIZE + OFF_FLAGS
+            low = self.view[base + start * RECORD_SIZE : base + end * RECORD_SIZE : RECORD_SIZE].tobytes()
+            out += [start + m.start() for m in _ONE.finditer(low.translate(_ACTIVE_BYTE))][: limit - len(out)]
+            start, window = end, window * 2
+        return out
+
     def find(self, key: bytes) -> int:
         """The index of the active entry with ``key`` whichever writer made it, or -1."""
         return self._scan(key)

@@ -308,3 +308,23 @@ def test_a_table_refuses_a_writer_it_was_not_made_for():
         FlowTable(buf, writable=True, writer=2)
     with pytest.raises(ValueError):
         FlowTable.new_buffer(64, 16, writers=5)
+
+
+def test_a_reader_walks_every_writers_entries_a_page_at_a_time():
+    """The introspect's flow walk: active_from pages through what every writer holds, in index
+    order, and find looks any writer's entry up (a writer's own lookup sees only its own)."""
+    buf = FlowTable.new_buffer(4096, 512, writers=2)
+    w0, w1 = FlowTable(buf, writable=True, writer=0), FlowTable(buf, writable=True, writer=1)
+    keys = [make_key(3, bytes([10, 0, i >> 8, i & 255]), b"\x0a\x00\x00\x01", 17, i, 80) for i in range(700)]
+    spec = FlowSpec(Action.FORWARD, vrf=1, dvrf=1, src_nh=3, vif=3)
+    made = sorted((w0 if i % 2 else w1).add_single(k, spec, 1) for i, k in enumerate(keys))
+    walked, start = [], 0
+    while True:
+        page = w0.active_from(start, 101)
+        walked += page[:100]
+        if len(page) <= 100:
+            break
+        start = page[100]
+    assert walked == made == sorted(w0.every_active())
+    assert all(w0.find(k) >= 0 for k in keys) and w0.find(make_key(3, b"\x01\x02\x03\x04", b"\x05\x06\x07\x08", 6, 1, 2)) == -1
+    assert w0.active_from(len(buf), 10) == [] and w0.active_from(-5, 1) == made[:1]

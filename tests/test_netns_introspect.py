@@ -278,6 +278,9 @@ def test_the_cli_prints_pages_as_text(node):
     assert r.returncode == 0 and len(r.stdout.splitlines()) == 1 + 4
     r = run("Snh_NoSuchRequest")
     assert r.returncode == 1 and "no such page (404)" in r.stderr and "Traceback" not in r.stderr
+    for url in ("notaurl", "http://[::1", "http://127.0.0.1:9"):
+        r = run("Snh_ItfReq", "--url", url)
+        assert r.returncode == 1 and r.stderr.startswith("vrouter introspect: ") and "Traceback" not in r.stderr, (url, r.stderr)
     r = subprocess.run(["ip", "netns", "exec", fabric(node), str(VROUTER), "introspect", "--url", node.layout["introspect"].rstrip("/"),
                         "Snh_SandeshTraceRequest?x=Config"], capture_output=True, text=True, timeout=30)  # fmt: skip
     assert r.returncode == 0 and "ConfigTrace: Port " in r.stdout
@@ -372,6 +375,7 @@ import socket, sys
 def ask(data):
     s = socket.create_connection((sys.argv[1], 8085), timeout=10)
     s.sendall(data)
+    s.shutdown(socket.SHUT_WR)
     out = b""
     while True:
         chunk = s.recv(65536)
@@ -379,16 +383,51 @@ def ask(data):
             break
         out += chunk
     return out
+get = b"GET /Snh_MetadataInfo HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n"
 print(repr(ask(b"GARBAGE\\r\\n\\r\\n")[:40]))
 print(repr(ask(b"GET /Snh_ItfReq?x=" + b"a" * 10000 + b" HTTP/1.1\\r\\n\\r\\n")[:40]))
 print(repr(ask(b"\\x00\\xff" * 100 + b"\\r\\n\\r\\n")[:40]))
+print(ask(b"POST /Snh_MetadataInfo HTTP/1.1\\r\\nContent-Length: 24\\r\\n\\r\\nname=tap&x=GET /Snh_ItfR" + get).count(b"HTTP/1.1 200 OK"))
+print(repr(ask(b"GET /Snh_MetadataInfo HTTP/1.1\\nHost: x\\n\\n")[:15]))
+print(repr(ask(b"POST / HTTP/1.1\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n5\\r\\nhello\\r\\n0\\r\\n\\r\\n")[:24]))
 """
     r = subprocess.run(["ip", "netns", "exec", fabric(node), sys.executable, "-c", raw, node.layout["vhost0"]["ip"]], capture_output=True,
                        text=True, timeout=60)  # fmt: skip
     assert r.returncode == 0, r.stderr
-    first, over_long, binary = r.stdout.splitlines()
-    assert "400 Bad Request" in first and over_long == "b''" and "400 Bad Request" in binary
+    first, over_long, binary, body_then_get, bare_lf, chunked = r.stdout.splitlines()
+    assert "400 Bad Request" in first and "431 Request Header Fields" in over_long and "400 Bad Request" in binary
+    assert body_then_get == "2"  # the POST's body read and dropped, the GET after it answered
+    assert bare_lf == "b'HTTP/1.1 200 OK'" and "411 Length Requ" in chunked
     assert get(node, "Snh_MetadataInfo")[0] == 200  # and it still serves
+
+
+@pytest.mark.datapaths("nfqueue")
+def test_clients_that_do_not_read_are_dropped_and_the_port_stays_served(node):
+    """As many connections as the server takes ask for the whole interface table and never read
+    the answer: one more is told 503, and once the stuck ones are dropped (10 s without reading)
+    the metrics and the pages answer again."""
+    hog = """
+import socket, sys, time
+socks = []
+for _ in range(int(sys.argv[2])):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+    s.connect((sys.argv[1], 8085))
+    s.sendall(b"GET /Snh_PageReq?x=begin:-1,end:-1,table:db.interface.0, HTTP/1.1\\r\\n\\r\\n" * 20)
+    socks.append(s)
+print("holding", flush=True)
+sys.stdin.read()
+"""
+    p = subprocess.Popen(["ip", "netns", "exec", fabric(node), sys.executable, "-c", hog, node.layout["vhost0"]["ip"], "64"],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert p.stdout.readline().strip() == "holding"
+        wait_until(lambda: get(node, "/metrics")[0] == 503, 10, "a connection past the limit to be told 503")
+        wait_until(lambda: get(node, "/metrics")[0] == 200, 30, "the stuck clients to be dropped and /metrics served again")
+        assert get(node, "Snh_MetadataInfo")[0] == 200
+    finally:
+        p.stdin.close()
+        p.wait(10)
 
 
 @pytest.mark.datapaths("nfqueue")

@@ -46,8 +46,10 @@ def add_parsers(sub: Any) -> None:
 def _get(args: argparse.Namespace, target: str) -> tuple[int, bytes]:
     if args.url:
         url = args.url.rstrip("/") + target
-        req = urllib.request.Request(url, headers={"Accept": "text/html" if args.html else "*/*"})
+        if not url.startswith(("http://", "https://")):
+            raise UsageError("--url %s: an http:// or https:// URL, such as http://10.10.0.2:8085" % args.url)
         try:
+            req = urllib.request.Request(url, headers={"Accept": "text/html" if args.html else "*/*"})
             with urllib.request.urlopen(req, timeout=TIMEOUT) as r:  # noqa: S310 - the user's URL
                 return r.status, r.read()
         except urllib.error.HTTPError as e:
@@ -65,8 +67,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("%s: no such page (404); see 'vrouter introspect /' and its module pages" % target)
     if status != 200:
         raise UsageError("%s: HTTP %d: %s" % (target, status, body[:200].decode("utf-8", "replace")))
-    if args.xml or args.html:
-        sys.stdout.write(body.decode("utf-8", "replace"))
+    if args.xml or args.html or not body.lstrip().startswith(b"<?xml-stylesheet") and target.split("?")[0] not in ("/", "/index.html"):
+        sys.stdout.write(body.decode("utf-8", "replace"))  # as served (also a page asked for as HTML with format=html)
         return 0
     try:
         root = parse(body)

@@ -13,17 +13,18 @@ name them.
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 from dataplane.core.overlay import DROP_NH, RECEIVE_NH, label_of
+from dataplane.core.vif import Vif
 from vrouter.agent.inspection import Inspection
 from vrouter.introspect import sandesh
+from vrouter.introspect.writer import written
 from vrouter.messages.control import NhRecord, RouteDump, RouteRecord
-from vrouter.model import FABRIC_VRF_NAME, PROJECT_FQ_NAME, PortError
+from vrouter.model import FABRIC_VRF_NAME, PROJECT_FQ_NAME, Network, Port, PortError
 
 if TYPE_CHECKING:
     from vrouter.agent.node import Node
@@ -41,7 +42,7 @@ class Table:
 
     resp: str
     list_field: str
-    rows: Callable[[Node, Mapping[str, Any]], tuple[list[Row], int]]  # (the rows the filter passes, the table's size)
+    rows: Callable[[Node, Mapping[str, Any]], tuple[Sequence[Row], int]]  # (the rows the filter passes, the table's size)
     keys: Mapping[str, str]  # request field -> its name in page keys
 
 
@@ -62,96 +63,109 @@ def vrf_names(node: Node) -> dict[int, str]:
 # -- interfaces --------------------------------------------------------------------------------------
 
 
-def _itf_rows(node: Node, args: Mapping[str, Any]) -> tuple[list[Row], int]:
+@dataclass(frozen=True)
+class _Itf:
+    """What an interface's row is made of, taken in the agent's loop (the row is made later, on
+    the writer's thread, only if its page shows it)."""
+
+    vif: Vif
+    port: Port | None
+    net: Network | None
+    vrf_name: str
+    ip6: str
+    limit: int
+
+    @property
+    def filtered(self) -> tuple[str, str, str, str, str, str, str]:
+        """The fields ItfReq filters on: name, type, uuid, VN, MAC, IPv4, IPv6."""
+        v = self.vif
+        return (v.name, "vport" if self.port else "vhost", v.port_uuid or NO_UUID, self.net.fq_name if self.net else "",
+                v.mac or "00:00:00:00:00:00", v.ip or "0.0.0.0", self.ip6 or "::")  # fmt: skip
+
+    def row(self) -> Row:
+        v, port, net = self.vif, self.port, self.net
+        vm = port is not None
+        name, kind, uuid, vn, mac, ip, ip6 = self.filtered
+        return {
+            "index": v.index, "name": name, "uuid": uuid, "vrf_name": self.vrf_name,
+            "active": "Inactive < no-dev >" if vm and not v.ifindex else "Active",
+            "ipv4_active": "Active" if v.ip else "Ipv4 Inactive < no-ipv4-addr  >", "l2_active": "L2 Active",
+            "ip6_active": "Active" if self.ip6 else "Ipv6 Inactive < no-ipv6-addr  >", "health_check_active": "Active",
+            "dhcp_service": "Enable" if vm and (net is None or net.dhcp) else "Disable",
+            "dhcp_service_v6": "Enable" if net is not None and net.ipv6_mode.startswith("dhcpv6") else "Disable",
+            "dns_service": "Enable" if vm else "Disable", "type": kind,
+            "label": label_of(v.index) if vm else -1, "l2_label": label_of(v.index) if vm else -1, "vn_name": vn,
+            "vm_uuid": port.instance_uuid if port else "", "vm_name": port.vm_name if port else "", "ip_addr": ip, "mac_addr": mac,
+            "policy": "Enable" if vm else "Disable", "mdata_ip_addr": v.metadata_ip if vm else "0.0.0.0", "os_ifindex": v.ifindex,
+            "fabric_port": "NotFabricPort", "alloc_linklocal_ip": "LL-Enable" if vm else "LL-Disable",
+            "config_name": "%s:%s" % (PROJECT_FQ_NAME, v.port_uuid) if vm else "",
+            "vm_project_uuid": port.vm_project_uuid if port else "", "admin_state": "Enabled", "flow_key_idx": v.nh,
+            "allowed_address_pair_list": [], "ip6_addr": ip6, "tx_vlan_id": -1, "rx_vlan_id": -1, "subnet": "--NA--",
+            "sub_type": "Tap" if vm else "--NA--", "vrf_assign_acl_uuid": "--NA--", "vmi_type": "Virtual Machine" if vm else "--NA--",
+            "transport": "Ethernet", "logical_interface_uuid": NO_UUID, "flood_unknown_unicast": False,
+            "fixed_ip4_list": [v.ip] if vm and v.ip else [], "fixed_ip6_list": [v.ip6] if vm and v.ip6 else [],
+            "metadata_ip_active": "Active" if vm else "Inactive", "service_health_check_ip": "0.0.0.0",
+            "drop_new_flows": v.flow_limited, "si_other_end_vmi": NO_UUID, "max_flows": self.limit if vm else 0,
+        }  # fmt: skip
+
+
+class Lazy(Sequence[Row]):
+    """Rows made when a page reads them (``paged`` slices the rows it shows)."""
+
+    def __init__(self, items: list[_Itf]) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @overload
+    def __getitem__(self, i: int) -> Row: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[Row]: ...
+
+    def __getitem__(self, i: int | slice) -> Row | list[Row]:
+        if isinstance(i, slice):
+            return [it.row() for it in self.items[i]]
+        return self.items[i].row()
+
+
+def _itf_rows(node: Node, args: Mapping[str, Any]) -> tuple[Sequence[Row], int]:
     dp, state = node.dp, node.state
     vrfs = vrf_names(node)
     limit = node.cfg.flows.vm_flow_limit(dp.table.capacity)
-    rows = []
+    items = []
     for v in sorted(dp.vifs.values(), key=lambda v: v.index):
         port = state.by_vif(v.index) if v.kind == "Virtual" else None
-        ip6 = v.ip6 if v.kind == "Virtual" else dp.flow_setup.vhost_ip6
         net = state.networks.get(port.vn_uuid) if port else None
-        vm = port is not None
-        if vm and v.ifindex:
-            active = "Active"
-        elif vm:
-            active = "Inactive < no-dev >"
-        else:
-            active = "Active"
-        row: Row = {
-            "index": v.index,
-            "name": v.name,
-            "uuid": v.port_uuid or NO_UUID,
-            "vrf_name": vrfs.get(v.vrf, "--ERROR--") if vm else FABRIC_VRF_NAME,
-            "active": active,
-            "ipv4_active": "Active" if v.ip else "Ipv4 Inactive < no-ipv4-addr  >",
-            "l2_active": "L2 Active",
-            "ip6_active": "Active" if ip6 else "Ipv6 Inactive < no-ipv6-addr  >",
-            "health_check_active": "Active",
-            "dhcp_service": "Enable" if vm and (net is None or net.dhcp) else "Disable",
-            "dhcp_service_v6": "Enable" if net is not None and net.ipv6_mode.startswith("dhcpv6") else "Disable",
-            "dns_service": "Enable" if vm else "Disable",
-            "type": "vport" if vm else "vhost",
-            "label": label_of(v.index) if vm else -1,
-            "l2_label": label_of(v.index) if vm else -1,
-            "vn_name": net.fq_name if net else "",
-            "vm_uuid": port.instance_uuid if port else "",
-            "vm_name": port.vm_name if port else "",
-            "ip_addr": v.ip or "0.0.0.0",
-            "mac_addr": v.mac or "00:00:00:00:00:00",
-            "policy": "Enable" if vm else "Disable",
-            "mdata_ip_addr": v.metadata_ip if vm else "0.0.0.0",
-            "os_ifindex": v.ifindex,
-            "fabric_port": "NotFabricPort",
-            "alloc_linklocal_ip": "LL-Enable" if vm else "LL-Disable",
-            "config_name": "%s:%s" % (PROJECT_FQ_NAME, v.port_uuid) if vm else "",
-            "vm_project_uuid": port.vm_project_uuid if port else "",
-            "admin_state": "Enabled",
-            "flow_key_idx": v.nh,
-            "ip6_addr": ip6 or "::",
-            "tx_vlan_id": -1,
-            "rx_vlan_id": -1,
-            "subnet": "--NA--",
-            "sub_type": "Tap" if vm else "--NA--",
-            "vrf_assign_acl_uuid": "--NA--",
-            "vmi_type": "Virtual Machine" if vm else "--NA--",
-            "transport": "Ethernet",
-            "logical_interface_uuid": NO_UUID,
-            "flood_unknown_unicast": False,
-            "fixed_ip4_list": [v.ip] if vm and v.ip else [],
-            "fixed_ip6_list": [v.ip6] if vm and v.ip6 else [],
-            "metadata_ip_active": "Active" if vm else "Inactive",
-            "service_health_check_ip": "0.0.0.0",
-            "drop_new_flows": v.flow_limited,
-            "si_other_end_vmi": NO_UUID,
-            "max_flows": limit if vm else 0,
-        }
-        if _itf_passes(row, args):
-            rows.append(row)
-    return rows, len(dp.vifs)
+        item = _Itf(v, port, net, vrfs.get(v.vrf, "--ERROR--") if port else FABRIC_VRF_NAME, v.ip6 if port else dp.flow_setup.vhost_ip6, limit)
+        if _itf_passes(item.filtered, args):
+            items.append(item)
+    return Lazy(items), len(dp.vifs)
 
 
-def _itf_passes(row: Row, a: Mapping[str, Any]) -> bool:
+def _itf_passes(fields: tuple[str, str, str, str, str, str, str], a: Mapping[str, Any]) -> bool:
     """ItfReq's filters, as the agent applies them: substrings of the name, VN and MAC, the
     type's word, the uuid and the primary addresses exactly; any of vn, mac or an address
     makes it VM interfaces only."""
+    name, kind, uuid, vn, mac, ip, ip6 = fields
     types = {"vmi": "vport", "inet": "vhost"}
-    if a.get("name") and a["name"] not in row["name"]:
+    if a.get("name") and a["name"] not in name:
         return False
-    if a.get("type") and types.get(a["type"], a["type"]) != row["type"]:
+    if a.get("type") and types.get(a["type"], a["type"]) != kind:
         return False
-    if a.get("uuid") and a["uuid"] != row["uuid"]:
+    if a.get("uuid") and a["uuid"] != uuid:
         return False
     vm_only = any(a.get(k) for k in ("vn", "mac", "ipv4_address", "ipv6_address"))
-    if vm_only and row["type"] != "vport":
+    if vm_only and kind != "vport":
         return False
-    if a.get("vn") and a["vn"] not in row["vn_name"]:
+    if a.get("vn") and a["vn"] not in vn:
         return False
-    if a.get("mac") and a["mac"].lower() not in row["mac_addr"]:
+    if a.get("mac") and a["mac"].lower() not in mac:
         return False
-    if a.get("ipv4_address") and a["ipv4_address"] != row["ip_addr"]:
+    if a.get("ipv4_address") and a["ipv4_address"] != ip:
         return False
-    return not (a.get("ipv6_address") and _norm6(a["ipv6_address"]) != _norm6(row["ip6_addr"]))
+    return not (a.get("ipv6_address") and _norm6(a["ipv6_address"]) != _norm6(ip6))
 
 
 def _norm6(text: str) -> str:
@@ -365,9 +379,10 @@ def _table_name(node: Node, request: str, args: Mapping[str, Any]) -> str:
 
 
 async def table(node: Node, request: str, args: Mapping[str, Any], begin: int = 0, end: int = 99) -> bytes:
-    """A table request's answer: its first page (or the page ``begin``..``end``).  The rows are
-    read here, in the agent's loop; the XML is written on a thread (a whole table of a thousand
-    interfaces takes 0.1 s to write), so that the loop goes on forwarding meanwhile."""
+    """A table request's answer: its first page (or the page ``begin``..``end``).  What the rows
+    are made of is taken here, in the agent's loop; the rows the page shows are made, and its XML
+    written, on the writer's thread (a whole table of a thousand interfaces takes 0.1 s), so that
+    the loop goes on forwarding meanwhile."""
     t = TABLES[request]
     try:
         rows, size = t.rows(node, args)
@@ -375,7 +390,7 @@ async def table(node: Node, request: str, args: Mapping[str, Any], begin: int = 
         return sandesh.error()
     filters = {key: str(args[f]) for f, key in t.keys.items() if args.get(f) not in (None, "")}
     name = _table_name(node, request, args)
-    return await asyncio.to_thread(lambda: sandesh.document(sandesh.paged(t.resp, t.list_field, name, rows, size, begin, end, filters)))
+    return await written(lambda: sandesh.document(sandesh.paged(t.resp, t.list_field, name, rows, size, begin, end, filters)))
 
 
 async def page(node: Node, key: str) -> bytes:

@@ -66,7 +66,7 @@ def kflow_info(e: FlowEntry) -> dict[str, Any]:
 
 def _walk(node: Node, start: int) -> bytes:
     table = node.dp.table
-    indices = [i for i in table.every_active() if i >= start]  # (sorted)
+    indices = table.active_from(start, PER_ANSWER + 1)
     page = indices[:PER_ANSWER]
     handle = str(indices[PER_ANSWER]) if len(indices) > PER_ANSWER else "0"
     flows = [kflow_info(table.read(i)) for i in page]

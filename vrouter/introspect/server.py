@@ -17,16 +17,19 @@ first in its ``Accept`` header, as a browser's navigation does; scripts
 ``format=html`` or ``format=xml`` argument overrides that and is not passed to
 the request (a departure: the vRouter agent would take it for the first field).
 
-Like Sandesh's server, the method is not looked at (HEAD gets no body) and
-connections stay open.  Unlike it, a head over 8 KiB, a request that does not
-come within 5 s, or more than ``MAX_CLIENTS`` connections at once are closed,
-and an error in a page is a 500 that names it (logged), never a dead agent.
+Like Sandesh's server, the method is not looked at (HEAD gets no body, a body is
+read and dropped) and connections stay open.  Unlike it, it bounds what a client
+may take: a head over 8 KiB is answered 431 and a body over 64 KiB 413, then the
+connection is closed; so is one that sends no whole request within 5 s or does
+not read an answer within 10 s; past ``MAX_CLIENTS`` connections at once a new
+one is answered 503.  An error in a page is a 500 that names it (logged), never
+a dead agent.  Tables are written, and pages rendered as HTML, on one thread of
+their own (``writer``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -34,6 +37,7 @@ from urllib.parse import unquote
 
 from vrouter.introspect import agent_pages, flow_pages, render, sandesh, service_pages
 from vrouter.introspect.schema import MODULES
+from vrouter.introspect.writer import written
 
 if TYPE_CHECKING:
     from vrouter.agent.node import Node
@@ -47,11 +51,10 @@ MAX_QUERY = 4096  # characters of a query that are read (Sandesh's own limit is 
 MAX_TARGET = MAX_HEAD  # ... and of a path and query given through the control socket
 XML = "text/xml"
 HTML = "text/html; charset=utf-8"
+WRITE_TIMEOUT = 10.0  # for an answer to leave: a client that does not read is dropped
+MAX_BODY = 65536  # a request's body is read and dropped (Sandesh ignores it too); a longer one is refused
 NOT_FOUND = b"404 Not Found"
 Answer = tuple[bytes, str, bytes]  # status, Content-Type, body
-# Pages rendered as HTML (lxml's XSLT, which lets the GIL go) on one thread of their own: off the
-# agent's loop, one at a time, and the stylesheet always used by the thread that compiled it.
-_HTML = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="introspect-html")
 
 
 class Introspect:
@@ -107,8 +110,48 @@ class Introspect:
         if xml is None:
             return NOT_FOUND, "text/html; charset=UTF-8", sandesh.NOT_FOUND
         if render.wants_html(accept, fmt):
-            return b"200 OK", HTML, await asyncio.get_running_loop().run_in_executor(_HTML, render.to_html, xml)
+            return b"200 OK", HTML, await written(lambda: render.to_html(xml))
         return b"200 OK", XML, xml
+
+
+async def _read_request(reader: asyncio.StreamReader) -> tuple[list[bytes], dict[bytes, str]] | bytes:
+    """The request line's words and the headers, its body read and dropped; or, for a request this
+    server will not take, the status to answer it with before closing.  Lines may end in CRLF or
+    a bare LF.  IncompleteReadError when the client goes away."""
+    size = 0
+    lines: list[bytes] = []
+    while True:
+        try:
+            raw = await reader.readuntil(b"\n")
+        except asyncio.LimitOverrunError:
+            return b"431 Request Header Fields Too Large"
+        size += len(raw)
+        if size > MAX_HEAD:
+            return b"431 Request Header Fields Too Large"
+        text = raw.rstrip(b"\r\n")
+        if not text:
+            if lines:
+                break
+            continue  # empty lines before a request are allowed (RFC 9112 2.2)
+        lines.append(text)
+    headers = {}
+    for h in lines[1:]:
+        k, _, v = h.partition(b":")
+        headers[k.strip().lower()] = v.strip().decode("latin-1")
+    if "chunked" in headers.get(b"transfer-encoding", "").lower():
+        return b"411 Length Required"
+    length = headers.get(b"content-length", "0").strip() or "0"
+    if not length.isdigit():
+        return b"400 Bad Request"
+    if int(length) > MAX_BODY:
+        return b"413 Content Too Large"
+    if int(length):
+        await reader.readexactly(int(length))
+    return lines[0].split(), headers
+
+
+def _error(status: bytes) -> Answer:
+    return status, "text/plain; charset=utf-8", b"%s\n" % status
 
 
 def split_query(query: str) -> tuple[str, str | None]:
@@ -142,33 +185,30 @@ class IntrospectServer:
             self._server = None
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.clients >= MAX_CLIENTS:
+        if self.clients >= MAX_CLIENTS:  # said, not silently closed; the others stay served
+            writer.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 38\r\nRetry-After: 1\r\n"
+                         b"Connection: close\r\n\r\ntoo many connections to the introspect\n")  # fmt: skip
             writer.close()
             return
         self.clients += 1
         try:
             while True:
                 try:
-                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT)
-                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ConnectionError):
+                    request = await asyncio.wait_for(_read_request(reader), READ_TIMEOUT)
+                except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
                     return
-                lines = head.split(b"\r\n")
-                line = lines[0].split()
-                headers = {}
-                for h in lines[1:]:
-                    k, _, v = h.partition(b":")
-                    headers[k.strip().lower()] = v.strip().decode("latin-1")
+                if isinstance(request, bytes):  # what was wrong with it, said before closing
+                    await self._send(writer, *_error(request), close=True, head_only=False)
+                    return
+                line, headers = request
                 close = headers.get(b"connection", "").lower() == "close" or len(line) != 3 or line[2] != b"HTTP/1.1"
                 try:
                     status, ctype, body = await self._answer(line, headers)
                 except Exception as e:  # a bug in a page: say so, and keep serving
-                    log.exception("introspect: %s failed", lines[0][:200].decode("latin-1"))
+                    log.exception("introspect: %s failed", b" ".join(line)[:200].decode("latin-1"))
                     status, ctype, body = b"500 Internal Server Error", "text/plain; charset=utf-8", ("%s: %s\n" % (type(e).__name__, e)).encode()
-                writer.write(b"HTTP/1.1 %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n%s\r\n" % (
-                    status, ctype.encode(), len(body), b"Connection: close\r\n" if close else b""))  # fmt: skip
-                if not (line and line[0] == b"HEAD"):
-                    writer.write(body)
-                await writer.drain()
+                if not await self._send(writer, status, ctype, body, close, bool(line) and line[0] == b"HEAD"):
+                    return
                 self.requests += 1
                 if close:
                     return
@@ -177,6 +217,20 @@ class IntrospectServer:
         finally:
             self.clients -= 1
             writer.close()
+
+    @staticmethod
+    async def _send(writer: asyncio.StreamWriter, status: bytes, ctype: str, body: bytes, close: bool, head_only: bool) -> bool:
+        """Whether the answer went out within WRITE_TIMEOUT (a client that does not read is dropped)."""
+        writer.write(b"HTTP/1.1 %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n%s\r\n" % (
+            status, ctype.encode(), len(body), b"Connection: close\r\n" if close else b""))  # fmt: skip
+        if not head_only:
+            writer.write(body)
+        try:
+            await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
+        except (TimeoutError, ConnectionError):
+            writer.transport.abort()
+            return False
+        return True
 
     async def _answer(self, line: list[bytes], headers: dict[bytes, str]) -> Answer:
         if len(line) != 3 or not line[2].startswith(b"HTTP/1."):

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from dataplane.linux.totals import Totals
 from flows.layout import DropReason
 from vrouter.introspect import sandesh
 from vrouter.introspect.schema import STRUCTS
 from vrouter.introspect.traces import ConfigTrace, flow_lines, metadata_lines
+from vrouter.introspect.writer import written
 from vrouter.messages.proxy import JournalQuery, ProxyReport
 from vrouter.services.metadata.supervisor import ProxyProcessError
 
@@ -56,9 +58,8 @@ async def metadata_info(node: Node) -> bytes:
     return sandesh.document([sandesh.response("MetadataResponse", _metadata(node, await _report(node)))])
 
 
-async def _dhcp_stats(node: Node) -> dict[str, Any]:
+def _dhcp_stats(node: Node, totals: Totals) -> dict[str, Any]:
     c = node.services.stats
-    totals = await node.ksync.totals()
     return {
         "dhcp_discover": c.dhcp_discover, "dhcp_request": c.dhcp_request, "dhcp_inform": c.dhcp_inform, "dhcp_decline": c.dhcp_decline,
         "dhcp_other": c.dhcp_release, "dhcp_errors": totals.drops.get(DropReason.INVALID_DHCP, 0), "offers_sent": c.dhcp_offer,
@@ -69,7 +70,7 @@ async def _dhcp_stats(node: Node) -> dict[str, Any]:
 async def dhcp_info(node: Node) -> bytes:
     """``Snh_DhcpInfo``: DhcpStats, then the (empty) packet list."""
     return sandesh.document([
-        sandesh.response("DhcpStats", await _dhcp_stats(node), more=True),
+        sandesh.response("DhcpStats", _dhcp_stats(node, await node.ksync.totals()), more=True),
         sandesh.response("DhcpPktSandesh", {"type": "Dhcp", "pkt_list": []}),
     ])  # fmt: skip
 
@@ -78,7 +79,7 @@ async def show_all(node: Node) -> bytes:
     """``Snh_ShowAllInfo``: the packet counters of every service, then the metadata proxy's."""
     c = node.services.stats
     totals = await node.ksync.totals()
-    dhcp = await _dhcp_stats(node)
+    dhcp = _dhcp_stats(node, totals)
     dhcp_rcvd = c.dhcp_discover + c.dhcp_request + c.dhcp_inform + c.dhcp_decline + c.dhcp_release
     dhcp_sent = c.dhcp_offer + c.dhcp_ack + c.dhcp_nak
     dns_sent = c.dns_answered + c.dns_nxdomain + c.dns_refused + c.dns_notimp
@@ -126,7 +127,7 @@ async def trace(node: Node, config: ConfigTrace, args: dict[str, Any]) -> bytes:
     count = max(0, int(args.get("count", 0) or 0))
     if name == FLOW:
         entries = [*node.dp.flow_setup.trace, *await node.pool.traces()]
-        lines = flow_lines(entries)
+        lines = await written(lambda: flow_lines(entries, count))
     elif name == METADATA:
         lines = metadata_lines(await _journal(node))
     elif name == "Config":

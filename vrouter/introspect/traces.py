@@ -13,10 +13,10 @@ Sandesh prints a trace.
 
 from __future__ import annotations
 
-import ipaddress
+import socket
 
 from dataplane.core.flowsetup import FLOW_TRACE, TraceEntry
-from flows.layout import DROP_NAMES, KEY, Action, DropReason
+from flows.layout import DROP_NAMES, KEY, Action
 from infra.trace import TraceBuffer
 from vrouter.agent.state import Change, NetworkChanged, PortChanged, RemoteChanged, ResolvedChanged, ServicesChanged
 from vrouter.messages.proxy import JournalEntry
@@ -24,6 +24,8 @@ from vrouter.messages.proxy import JournalEntry
 CONFIG_SIZE = 2000  # as the vRouter agent's Config buffer
 METADATA_SIZE = 500  # the vRouter agent's Metadata buffer: the last 500 requests and answers
 _PROTO = {1: "ICMP", 6: "TCP", 17: "UDP", 58: "ICMPv6"}
+_DROPS = {int(r): name for r, name in DROP_NAMES.items()}
+_ACTIONS = {int(a): a.name for a in Action}
 
 
 class ConfigTrace:
@@ -58,21 +60,21 @@ class ConfigTrace:
 
 
 def flow_lines(entries: list[TraceEntry], count: int = 0) -> list[str]:
-    """The ``Flow`` buffer: the workers' traces merged by time, the last FLOW_TRACE (or ``count``)."""
-    entries = sorted(entries, key=lambda e: e[0])[-(count or FLOW_TRACE) :]
+    """The ``Flow`` buffer: the workers' traces merged by time, the last FLOW_TRACE of them (the
+    first ``count`` of those, as Sandesh reads a buffer), made into text only then."""
+    entries = sorted(entries, key=lambda e: e[0])[-FLOW_TRACE:]
+    if count:
+        entries = entries[:count]
     out = []
     for t, vif, key, index, action, reason in entries:
         nh, src, dst, sport, dport, proto, family = KEY.unpack(key)
-        alen = 4 if family == 4 else 16
-        flow = "%s %s:%d -> %s:%d nh %d" % (_PROTO.get(proto, str(proto)), ipaddress.ip_address(src[:alen]), sport,
-                                            ipaddress.ip_address(dst[:alen]), dport, nh)  # fmt: skip
-        where = "vif0/%d" % vif
+        af, alen = (socket.AF_INET, 4) if family == 4 else (socket.AF_INET6, 16)
+        flow = "%s %s:%d -> %s:%d nh %d" % (_PROTO.get(proto, str(proto)), socket.inet_ntop(af, src[:alen]), sport,
+                                            socket.inet_ntop(af, dst[:alen]), dport, nh)  # fmt: skip
         if index < 0:
-            why = DROP_NAMES.get(DropReason(reason), str(reason)) if reason in DropReason._value2member_map_ else str(reason)
-            out.append("%d FlowTrace: refused on %s: %s; drop reason %s" % (t, where, flow, why))
+            out.append("%d FlowTrace: refused on vif0/%d: %s; drop reason %s" % (t, vif, flow, _DROPS.get(reason, str(reason))))
         else:
-            name = Action(action).name if action in Action._value2member_map_ else str(action)
-            out.append("%d FlowTrace: set up on %s: %s; index %d action %s" % (t, where, flow, index, name))
+            out.append("%d FlowTrace: set up on vif0/%d: %s; index %d action %s" % (t, vif, flow, index, _ACTIONS.get(action, str(action))))
     return out
 
 
