@@ -18,7 +18,7 @@ from vrouter.introspect.server import split_query
 from vrouter.introspect.traces import ConfigTrace, flow_lines, metadata_lines
 from vrouter.messages.proxy import JournalEntry
 from vrouter.model import Network, Port
-from vrouter.tools.introspect import NotSandesh, next_page_key, parse, to_text
+from vrouter.tools.introspect import NotSandesh, next_page_key, parse, to_data, to_text
 
 
 def test_a_trace_buffer_keeps_its_last_entries_oldest_first():
@@ -125,3 +125,13 @@ def test_the_text_of_the_index_and_of_a_module_page():
 def test_a_page_that_is_not_xml_is_a_clear_error():
     with pytest.raises(NotSandesh, match="not an XML page"):
         parse(b"<html>\n<title>404 Not Found</title>\n</html>\r\n\x00")
+
+
+def test_an_answer_as_data_for_json():
+    data = to_data(parse(_itf(2)))
+    assert [list(d) for d in data] == [["ItfResp"], ["Pagination"]]
+    rows = data[0]["ItfResp"]["itf_list"]
+    assert [(r["index"], r["name"], r["fixed_ip4_list"], r["drop_new_flows"]) for r in rows] == [
+        (0, "tap0", ["10.0.0.0"], False), (1, "tap1", ["10.0.0.1"], False)]  # fmt: skip
+    assert data[1]["Pagination"]["req"]["entries"] == "0-1/2" and data[1]["Pagination"]["req"]["table_size"] == 2
+    assert to_data(parse(sandesh.module_page("pkt.xml"))) == {"FetchFlowRecord": ["nh", "sip", "dip", "src_port", "dst_port", "protocol"]}

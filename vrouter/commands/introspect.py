@@ -5,12 +5,14 @@ agent serves at ``http://<vhost0>:8085/URL-PATH`` (``/``, ``agent.xml``,
 ``Snh_ItfReq?name=tap``, ...), fetched through the agent's control socket, so
 it works from any namespace.  ``--url http://HOST:PORT`` fetches it over HTTP
 instead, from this agent or from a real vRouter agent.  Paged answers are
-followed to their last row, as ``ist`` does.
+followed to their last row, as ``ist`` does.  ``--json`` prints an answer as
+data (``{Response: {field: value}}``, lists and structs nested, numbers typed).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import urllib.error
 import urllib.parse
@@ -20,7 +22,7 @@ from typing import Any
 from vrouter.commands.output import UsageError
 from vrouter.commands.target import add_target_args, agent_call
 from vrouter.messages.control import IntrospectGet, IntrospectPage
-from vrouter.tools.introspect import NotSandesh, next_page_key, parse, to_text
+from vrouter.tools.introspect import NotSandesh, next_page_key, parse, to_data, to_text
 
 TIMEOUT = 10.0
 
@@ -76,6 +78,9 @@ def run(args: argparse.Namespace) -> int:
         if key:
             status, body = _get(args, "/Snh_PageReq?x=" + urllib.parse.quote(key, safe=":,"))
             root = parse(body)
+        if args.json:
+            print(json.dumps(to_data(root), indent=2))
+            return 0
         columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
         sys.stdout.write(to_text(root, columns))
     except NotSandesh as e:

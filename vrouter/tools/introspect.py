@@ -11,6 +11,7 @@ element (at any depth) that has those fields, as contrail-introspect-cli's
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from typing import Any
 
 
 class NotSandesh(Exception):
@@ -75,6 +76,43 @@ def _field(field: ET.Element, depth: int, lines: list[str]) -> None:
                 _field(f, depth + 1, lines)
     else:
         lines.append("%s%s: %s" % (pad, field.tag, field.text or ""))
+
+
+_INTEGERS = {"byte", "i16", "i32", "i64", "u16", "u32", "u64"}
+
+
+def to_data(root: ET.Element) -> Any:
+    """A Sandesh answer as JSON-able data: ``{Response: {field: value}}`` for one response, a list
+    of them for several (``slist``); lists as lists, structs as objects, integers and booleans
+    typed; a module page as ``{request: [field, ...]}``."""
+    kind = root.get("type")
+    if kind == "rlist":
+        return {req.tag: [f.tag for f in req] for req in root}
+    if kind == "slist":
+        return [{resp.tag: _fields(resp)} for resp in root]
+    return {root.tag: _fields(root)}
+
+
+def _fields(el: ET.Element) -> dict[str, Any]:
+    return {f.tag: _value(f) for f in el if f.tag != "more"}
+
+
+def _value(f: ET.Element) -> Any:
+    kind = f.get("type")
+    if kind == "list":
+        items = list(f[0]) if len(f) else []
+        return [_fields(i) if i.tag != "element" else i.text or "" for i in items]
+    if kind == "struct":
+        return _fields(f[0]) if len(f) else {}
+    text = f.text or ""
+    if kind == "bool":
+        return text == "true"
+    if kind in _INTEGERS:
+        try:
+            return int(text)
+        except ValueError:
+            return text
+    return text
 
 
 def _table(root: ET.Element, columns: list[str]) -> str:
