@@ -64,7 +64,8 @@ EOF
         echo "instance id: $(cloud-init query instance-id 2>/dev/null)"; echo "ssh key: $(cut -c1-60 ~/.ssh/authorized_keys)...";
         echo "user data: $(cat /var/tmp/user-data-result)"; cloud-init status --long | sed -n "1,3p"'
     step "vrouter flow -l --prefix $PREFIX (the guest's metadata, DHCP and SSH flows)"
-    $VROUTER flow -l --prefix "$PREFIX" | head -40
+    FLOWS=$($VROUTER flow -l --prefix "$PREFIX")  # (not piped to head: under pipefail its early exit fails the demo)
+    sed -n 1,40p <<<"$FLOWS"
     if [ -n "$KEEP" ]; then
         printf '\nThe node and the guest stay up. Its console: %s; reboot it: %s guest reboot guest1 --prefix %s\n' "$CONSOLE" "$LAB" "$PREFIX"
         printf 'Remove everything with: scripts/netns_setup.sh down --prefix %s\n' "$PREFIX"
@@ -158,7 +159,8 @@ $VROUTER metadata log --prefix "$PREFIX" --instance "$INST1"
 
 INTROSPECT=$(field 'd["introspect"]')
 step "the agent's introspect ($INTROSPECT, from the fabric as TF's tools read it): the interfaces and their metadata IPs"
-ip netns exec "$PREFIX-fabric" curl -sS -m 10 "${INTROSPECT}Snh_ItfReq" | head -c 300; echo " ..."
+PAGE=$(ip netns exec "$PREFIX-fabric" curl -sS -m 10 "${INTROSPECT}Snh_ItfReq")  # (not piped to head: pipefail)
+printf '%s ...\n' "${PAGE:0:300}"
 $VROUTER introspect --prefix "$PREFIX" Snh_ItfReq --columns index,name,vm_name,ip_addr,mdata_ip_addr
 step "... and its Metadata trace buffer"
 $VROUTER introspect --prefix "$PREFIX" 'Snh_SandeshTraceRequest?x=Metadata' | tail -4
