@@ -54,9 +54,9 @@ EOF
     CONSOLE=$(field 'd["guests"][0]["console"]')
     GIP=$(field 'd["guests"][0]["ip"]')
     step "what cloud-init said on the console ($CONSOLE)"
-    grep -a -E "Cloud-init v.*(running|finished)|DataSource|ci-info: \| +eth0|OpenStack" "$CONSOLE" | tr -d '\r' | head -12
+    grep -a -E "Cloud-init v.*(running|finished)|DataSource|ci-info: \| +eth0|OpenStack" "$CONSOLE" | tr -d '\r' | sed -n 1,12p  # (sed reads to the end: head's early exit fails a pipe under pipefail)
     step "what the instance asked the metadata service (vrouter metadata log): with a config drive, nothing but the lab's mark"
-    $VROUTER metadata log --prefix "$PREFIX" | head -12
+    $VROUTER metadata log --prefix "$PREFIX" | sed -n 1,12p
     step "inside the guest, over SSH from $PREFIX-vm1 (VM to VM through the dataplane), with the key the metadata gave it"
     SSH=(ip netns exec "$PREFIX-vm1" ssh -i "$TMP/id" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR
         -o ConnectTimeout=10 "debian@$GIP")
