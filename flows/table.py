@@ -43,9 +43,9 @@ import time
 import zlib
 from array import array
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import NamedTuple
 
+from flows.entry import FlowEntry
 from flows.layout import (
     BODY,
     BUCKET_SIZE,
@@ -115,41 +115,6 @@ class FlowSpec(NamedTuple):  # a tuple: two are made for every flow set up
     src_nh: int = 0
     vif: int = 0
     drop_reason: DropReason = DropReason.NONE
-
-
-@dataclass(frozen=True)
-class FlowEntry:
-    """One decoded record, for the inspection tools."""
-
-    index: int
-    nh: int
-    src: bytes
-    dst: bytes
-    sport: int
-    dport: int
-    proto: int
-    family: int
-    flags: int
-    action: int
-    drop_reason: int
-    rindex: int
-    gen: int
-    tcp_flags: int
-    vrf: int
-    dvrf: int
-    nat_sport: int
-    src_nh: int
-    packets: int
-    bytes: int
-    setup_ns: int
-    last_ns: int
-    vif: int
-    flags1: int = 0
-
-    @property
-    def reverse(self) -> bool:
-        """Whether this entry is the reverse half of its pair."""
-        return bool(self.flags1 & F1_REVERSE)
 
 
 def table_size(entries: int, overflow: int) -> int:

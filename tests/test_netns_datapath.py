@@ -45,8 +45,9 @@ from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Packet, Raw
 
 from flows import bpfmap
+from flows.entry import FlowEntry
 from flows.layout import F1_REVERSE, F_EVICT_CANDIDATE, F_RFLOW_VALID, Action, DropReason, Flag
-from flows.table import FlowEntry, FlowTable
+from flows.table import FlowTable
 from tests.emulated_host import EmulatedHost
 from tests.helpers import VROUTER, wait_until
 from topology import netns

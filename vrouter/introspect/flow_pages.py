@@ -15,8 +15,8 @@ import ipaddress
 import uuid
 from typing import TYPE_CHECKING, Any
 
+from flows.entry import FlowEntry
 from flows.layout import DROP_NAMES, DROP_SHORT, Action, DropReason, Flag, make_key
-from flows.table import FlowEntry
 from vrouter.introspect import sandesh
 
 if TYPE_CHECKING:

@@ -11,8 +11,9 @@ import os
 from collections.abc import Mapping
 from typing import TextIO
 
+from flows.entry import FlowEntry
 from flows.layout import ACTION_LETTER, DROP_NAMES, DROP_SHORT, Action, DropReason, Flag, nat_letters
-from flows.table import FlowEntry, FlowTable, TableFormatError
+from flows.table import FlowTable, TableFormatError
 from infra.procinfo import alive
 
 LEGEND = """\
