@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from flows.entry import FlowEntry
 from flows.layout import DROP_NAMES, DROP_SHORT, Action, DropReason, Flag, make_key
 from vrouter.introspect import sandesh
+from vrouter.model import PROJECT_FQ_NAME
 
 if TYPE_CHECKING:
     from vrouter.agent.node import Node
@@ -129,5 +130,5 @@ def flow_record(node: Node, e: FlowEntry) -> dict[str, Any]:
     if drop:
         record["drop_reason"] = _drop_reason(e.drop_reason)
     if port is not None:
-        record["vmi"] = "%s:%s" % ("default-domain:default-project", port.uuid)
+        record["vmi"] = "%s:%s" % (PROJECT_FQ_NAME, port.uuid)
     return record

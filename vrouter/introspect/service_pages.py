@@ -16,7 +16,7 @@ from dataplane.linux.totals import Totals
 from flows.layout import DropReason
 from vrouter.introspect import sandesh
 from vrouter.introspect.schema import STRUCTS
-from vrouter.introspect.traces import ConfigTrace, flow_lines, metadata_lines
+from vrouter.introspect.traces import METADATA_SIZE, ConfigTrace, flow_lines, metadata_lines
 from vrouter.introspect.writer import written
 from vrouter.messages.proxy import JournalQuery, ProxyReport
 from vrouter.services.metadata.supervisor import ProxyProcessError
@@ -145,7 +145,7 @@ async def _journal(node: Node) -> list:
     """The newest entries of the proxy's journal (none while its process does not answer)."""
     try:
         last = (await node.proxy.journal(JournalQuery(since=0, limit=1))).last
-        page = await node.proxy.journal(JournalQuery(since=max(0, last - 500), limit=500))
+        page = await node.proxy.journal(JournalQuery(since=max(0, last - METADATA_SIZE), limit=METADATA_SIZE))
     except ProxyProcessError:
         return []
     return list(page.entries)
