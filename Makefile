@@ -100,11 +100,12 @@ image-deps: system-deps
 	  DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; fi
 
 # The whole suite, the full boot of the Debian image included (it builds the image once: about a
-# minute and 200 MB of Debian packages; the boot itself about two minutes under TCG).
+# minute and 200 MB of Debian packages; the boot itself about two minutes under TCG). The tests
+# that boot guests run beside the others, in a second pytest process (scripts/run_tests.sh).
 test: install guest-initramfs guest-image test-clients
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	VROUTER_REQUIRE_GUESTS=1 $(BIN)/python -m pytest -q -ra --durations=25 tests
+	PYTHON=$(BIN)/python scripts/run_tests.sh
 
 # What the introspect's tests read the agent's pages with, as TF operators do: Debian's headless
 # Chromium and its driver (no service, no background traffic: the tests run it inside a lab's
