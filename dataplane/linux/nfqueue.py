@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
 from collections.abc import Callable
 
@@ -39,6 +41,20 @@ HOLD_LINGER = 0.002  # s from a drain that emptied a queue to the release of the
 # the queue full), where the kernel would forward it; a few may then overtake (docs/datapath.md)
 HOLD_MAX = 0.05
 DRAIN_BUDGET = 128  # packets one drain of one queue takes before the others get their turn
+NETLINK_NETFILTER = 12
+SOL_NETLINK = 270
+NETLINK_NO_ENOBUFS = 5
+
+
+def no_enobufs(fd: int) -> None:
+    """Have the kernel drop, and count, what does not fit in the socket's receive buffer without
+    telling us with ENOBUFS.  The error is a socket error: epoll reports it as EPOLLERR, and libuv
+    (uvloop, the agent's and the workers' loop) takes an EPOLLERR on a polled descriptor as fatal
+    and stops polling it for good.  A queue whose socket once overflowed was then never read again:
+    its packets overflowed the socket (``user_dropped``) while the loop idled (the stuck queue of
+    docs/dataplane-workers.md).  The drops stay counted by the kernel (/proc's ``user_dropped``)."""
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER, fileno=os.dup(fd)) as s:
+        s.setsockopt(SOL_NETLINK, NETLINK_NO_ENOBUFS, 1)
 
 
 class _Enough(Exception):
@@ -65,6 +81,7 @@ class _Queue:
         self.num = num
         self.nfq = NetfilterQueue()
         self.nfq.bind(num, self.handle, max_len=max_len, mode=COPY_PACKET, range=0xFFFF)
+        no_enobufs(self.nfq.get_fd())
         self.verdicts = VerdictWriter(self.nfq.get_fd(), num)
         self.left = DRAIN_BUDGET
         self.held: list[tuple[int, int]] = []  # (index, generation) of flows Held until this queue is empty

@@ -27,8 +27,13 @@ addresses, the same both ways, and each worker's share of the link-local NAT
 ports goes to its own node queue (``QueueRules.nat_ranges``).  With many VMs the per-VM
 rules sit in buckets (chains) chosen by the low bits of the interface index or
 of the metadata IP, so that a packet meets a few dozen rules, not one a VM.
-The tables are replaced whole, in one transaction, when the VMs change: no
-packet ever finds them half made.
+The tables are made anew, in one transaction, when the VMs change (no packet
+ever finds them half made), by flushing their rules and adding the new ones, not
+by deleting the table: a deleted table takes its base chains' hooks with it, and
+the kernel then drops every packet waiting in every queue of the namespace
+(``nf_queue_nf_hook_drop``), every VM's in flight.  A VM plugged is appended to
+the tables in force (``append_vms``): each VM's rules sit in bucket chains of
+their own (one for a few VMs), where its rule's place does not matter.
 
 Why netlink and not the ``nft`` command: many kernels (this project's CI
 machine among them) are built without ``CONFIG_NFT_QUEUE``, so nft's native
@@ -49,134 +54,68 @@ import struct
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
+from dataplane.linux.nft_exprs import (
+    ACK_BUFFER,
+    NETLINK_CAP_ACK,
+    NETLINK_NETFILTER,
+    NF_ACCEPT,
+    NF_DROP,
+    NF_INET_LOCAL_OUT,
+    NF_INET_PRE_ROUTING,
+    NFNL_MSG_BATCH_BEGIN,
+    NFNL_MSG_BATCH_END,
+    NFNL_SUBSYS_NFTABLES,
+    NFPROTO_IPV4,
+    NFPROTO_IPV6,
+    NFT_CMP_GTE,
+    NFT_CMP_LTE,
+    NFT_CMP_NEQ,
+    NFT_META_IIF,
+    NFT_META_IIFNAME,
+    NFT_META_L4PROTO,
+    NFT_META_MARK,
+    NFT_MSG_DELCHAIN,
+    NFT_MSG_DELRULE,
+    NFT_MSG_DELTABLE,
+    NFT_MSG_GETCHAIN,
+    NFT_MSG_GETTABLE,
+    NFT_MSG_NEWCHAIN,
+    NFT_MSG_NEWRULE,
+    NFT_MSG_NEWTABLE,
+    NFT_PAYLOAD_TRANSPORT_HEADER,
+    NFT_REG_VERDICT,
+    NLM_F_ACK,
+    NLM_F_APPEND,
+    NLM_F_CREATE,
+    NLM_F_DUMP,
+    NLM_F_REQUEST,
+    NLMSG_DONE,
+    NLMSG_ERROR,
+    PRIO_RAW,
+    SO_RCVBUFFORCE,
+    SO_SNDBUFFORCE,
+    SOL_NETLINK,
+    be32,
+    bitwise_mask,
+    cmp,
+    cmp_eq,
+    counter,
+    expr,
+    jump,
+    load,
+    meta,
+    nest,
+    nfqueue,
+    nla_str,
+    notrack,
+    parse_attrs,
+)
+
 TABLE_NAME = "vrouter"
-
-NETLINK_NETFILTER = 12
-NFNL_SUBSYS_NFTABLES = 10
-NFNL_MSG_BATCH_BEGIN = 0x10
-NFNL_MSG_BATCH_END = 0x11
-NFPROTO_IPV4 = 2
-NFPROTO_IPV6 = 10
-
-NFT_MSG_NEWTABLE = 0
-NFT_MSG_GETTABLE = 1
-NFT_MSG_DELTABLE = 2
-NFT_MSG_NEWCHAIN = 3
-NFT_MSG_NEWRULE = 6
-NFT_META_IIF = 4
-NFT_REG_VERDICT = 0
-NFT_JUMP = -3
-
-SOL_NETLINK = 270
-NETLINK_CAP_ACK = 10
-SO_SNDBUFFORCE = 32
-SO_RCVBUFFORCE = 33
-ACK_BUFFER = 64 << 20  # a bound on the acks' memory, not an allocation
-
-NLM_F_REQUEST = 0x1
-NLM_F_ACK = 0x4
-NLM_F_CREATE = 0x400
-NLM_F_APPEND = 0x800
-NLMSG_ERROR = 2
-NLA_F_NESTED = 0x8000
-
-NF_INET_PRE_ROUTING = 0
-NF_INET_LOCAL_OUT = 3
-PRIO_RAW = -300
-
-NFT_META_MARK = 3
-NFT_META_IIFNAME = 6
-NF_ACCEPT = 1
-NF_DROP = 0
-NFT_META_L4PROTO = 16
-NFT_PAYLOAD_NETWORK_HEADER = 1
-NFT_PAYLOAD_TRANSPORT_HEADER = 2
-NFT_REG_1 = 1
-NFT_CMP_EQ = 0
-NFT_CMP_NEQ = 1
-NFT_CMP_LTE = 3
-NFT_CMP_GTE = 5
 
 
 class NftError(OSError):
     """A netlink request to nf_tables failed; errno says why."""
-
-
-def _attr(kind: int, payload: bytes) -> bytes:
-    length = 4 + len(payload)
-    pad = (-length) % 4
-    return struct.pack("=HH", length, kind) + payload + b"\0" * pad
-
-
-def _nest(kind: int, *attrs: bytes) -> bytes:
-    return _attr(kind | NLA_F_NESTED, b"".join(attrs))
-
-
-def _str(kind: int, value: str) -> bytes:
-    return _attr(kind, value.encode() + b"\0")
-
-
-def _be32(kind: int, value: int) -> bytes:
-    return _attr(kind, struct.pack("!i" if value < 0 else "!I", value))
-
-
-def _expr(name: str, *data: bytes) -> bytes:
-    # NFTA_LIST_ELEM { NFTA_EXPR_NAME, NFTA_EXPR_DATA { ... } }
-    return _nest(1, _str(1, name), _nest(2, *data))
-
-
-def _meta(key: int) -> bytes:
-    return _expr("meta", _be32(1, NFT_REG_1), _be32(2, key))
-
-
-def _payload(offset: int, length: int, base: int = NFT_PAYLOAD_NETWORK_HEADER) -> bytes:
-    return _expr(
-        "payload",
-        _be32(1, NFT_REG_1),
-        _be32(2, base),
-        _be32(3, offset),
-        _be32(4, length),
-    )
-
-
-def _cmp(op: int, value: bytes) -> bytes:
-    return _expr("cmp", _be32(1, NFT_REG_1), _be32(2, op), _nest(3, _attr(1, value)))
-
-
-def _cmp_eq(value: bytes) -> bytes:
-    return _cmp(NFT_CMP_EQ, value)
-
-
-def _bitwise_mask(mask: bytes) -> bytes:
-    zero = b"\0" * len(mask)
-    return _expr(
-        "bitwise",
-        _be32(1, NFT_REG_1),
-        _be32(2, NFT_REG_1),
-        _be32(3, len(mask)),
-        _nest(4, _attr(1, mask)),
-        _nest(5, _attr(1, zero)),
-    )
-
-
-def _counter() -> bytes:
-    return _expr("counter")
-
-
-def _notrack() -> bytes:
-    return _expr("notrack")
-
-
-def _nfqueue(queue: int, total: int) -> bytes:
-    # struct xt_NFQ_info_v3 { __u16 queuenum; __u16 queues_total; __u16 flags; }
-    flags = 0  # no NFQ_FLAG_BYPASS (fail closed); several queues are balanced by flow hash
-    info = struct.pack("=HHH", queue, total, flags) + b"\0\0"
-    return _expr("target", _str(1, "NFQUEUE"), _be32(2, 3), _attr(3, info))
-
-
-def _jump(chain: str) -> bytes:
-    # immediate { dreg verdict, data { verdict { code NFT_JUMP, chain } } }
-    return _expr("immediate", _be32(1, NFT_REG_VERDICT), _nest(2, _nest(2, _be32(1, NFT_JUMP), _str(2, chain))))
 
 
 @dataclass(frozen=True)
@@ -215,9 +154,18 @@ class QueueRules:
     captured: tuple[VmQueue, ...] = ()
 
 
+BASE_CHAINS = ("from_vms", "to_metadata_ips")
+BUCKETED_CHAINS = ("from_vms", "from_vms_to_services", "to_metadata_ips")  # each with its VMs' rules in buckets
+
+
 def buckets_for(n: int) -> int:
-    """How many bucket chains for ``n`` VMs: none below 16 (a packet meets at most 16 rules)."""
+    """How many bucket chains for ``n`` VMs: one up to 16 (a packet meets at most 16 rules)."""
     return 1 if n <= 16 else 16 if n <= 512 else 64
+
+
+def bucket_chains(n: int) -> set[str]:
+    """The names of the bucket chains of a table made with ``n`` buckets."""
+    return {"%s_%d" % (c, b) for c in BUCKETED_CHAINS for b in range(n)}
 
 
 class NftSocket:
@@ -300,7 +248,7 @@ class NftSocket:
                 return
 
     def table_exists(self, name: str = TABLE_NAME, family: int = NFPROTO_IPV4) -> bool:
-        want, msg = self._nft(NFT_MSG_GETTABLE, 0, _str(1, name), family)
+        want, msg = self._nft(NFT_MSG_GETTABLE, 0, nla_str(1, name), family)
         self.sock.sendall(msg)
         for mtype, seq, code in self._replies():
             if seq != want or mtype != NLMSG_ERROR:
@@ -316,7 +264,7 @@ class NftSocket:
         """Delete our table if present; True if it was there."""
         if not self.table_exists(name, family):
             return False
-        self.batch([(NFT_MSG_DELTABLE, 0, _str(1, name))], family)
+        self.batch([(NFT_MSG_DELTABLE, 0, nla_str(1, name))], family)
         return True
 
     def delete_tables(self, name: str = TABLE_NAME) -> None:
@@ -332,40 +280,39 @@ class NftSocket:
         else the node's queue.  Neighbour discovery and MLD (ICMPv6 130-137 and 143, after any
         extension headers) are not queued: the kernel ignores what is not its own, and the
         agent answers from the frames pkt0 reads."""
-        node = _nfqueue(rules.queue_num, rules.queue_total)
+        node = nfqueue(rules.queue_num, rules.queue_total)
         net6 = socket.inet_pton(socket.AF_INET6, "fd00:a9fe:a9fe::")
         mask6 = b"\xff" * 8 + b"\0" * 8
-        msgs = self._replacing(name, NFPROTO_IPV6) + _fast_rules(name, rules, True)
-        icmp6_type = (_meta(NFT_META_L4PROTO), _cmp_eq(b"\x3a"), _payload(0, 1, NFT_PAYLOAD_TRANSPORT_HEADER))
-        nd_types = ((_cmp(NFT_CMP_GTE, b"\x82"), _cmp(NFT_CMP_LTE, b"\x89")), (_cmp_eq(b"\x8f"),))
+        n = buckets_for(len(rules.vms))
+        msgs = self._refreshing(name, NFPROTO_IPV6, n) + _fast_rules(name, rules, True)
+        icmp6_type = (meta(NFT_META_L4PROTO), cmp_eq(b"\x3a"), load(0, 1, NFT_PAYLOAD_TRANSPORT_HEADER))
+        nd_types = ((cmp(NFT_CMP_GTE, b"\x82"), cmp(NFT_CMP_LTE, b"\x89")), (cmp_eq(b"\x8f"),))
         # ... but from a tap only to link-local and multicast destinations: the node forwards
         # IPv6, and ND to a unicast address elsewhere would pass no flow, VRF or source check
         # (the agent has read the frame already: pkt0 comes before netfilter)
-        tap = (_meta(NFT_META_IIFNAME), _cmp_eq(rules.tap_prefix.encode()))
-        off_link = (_payload(24, 16), _bitwise_mask(b"\xff\xc0" + b"\0" * 14), _cmp(NFT_CMP_NEQ, b"\xfe\x80" + b"\0" * 14),
-                    _payload(24, 16), _bitwise_mask(b"\xff" + b"\0" * 15), _cmp(NFT_CMP_NEQ, b"\xff" + b"\0" * 15))  # fmt: skip
+        tap = (meta(NFT_META_IIFNAME), cmp_eq(rules.tap_prefix.encode()))
+        off_link = (load(24, 16), bitwise_mask(b"\xff\xc0" + b"\0" * 14), cmp(NFT_CMP_NEQ, b"\xfe\x80" + b"\0" * 14),
+                    load(24, 16), bitwise_mask(b"\xff" + b"\0" * 15), cmp(NFT_CMP_NEQ, b"\xff" + b"\0" * 15))  # fmt: skip
         for types in nd_types:
             msgs.append(_drop_rule(name, "from_vms", *tap, *icmp6_type, *types, *off_link))
         for types in nd_types:
             msgs.append(_accept_rule(name, "from_vms", *icmp6_type, *types))
-        iif = _meta(NFT_META_IIF)
-        svc_in = [(vm.ifindex, (iif, _cmp_eq(struct.pack("=I", vm.ifindex))), vm.service_queue, 1) for vm in rules.vms if vm.ifindex]
-        vms_in = [(vm.ifindex, (iif, _cmp_eq(struct.pack("=I", vm.ifindex))), vm.queue, vm.queues_total) for vm in rules.vms if vm.ifindex]
-        vms_out = [(vm.metadata_ip6[-1], (_payload(24, 16), _cmp_eq(vm.metadata_ip6)), vm.service_queue, 1) for vm in rules.vms]
+        iif = meta(NFT_META_IIF)
+        svc_in, vms_in, vms_out = _vm_rules(rules.vms, True)
         svc = "from_vms_to_services"
-        msgs.append((NFT_MSG_NEWCHAIN, NLM_F_CREATE, _str(1, name) + _str(3, svc)))
-        msgs += _bucketed(name, svc, (iif,), 4, svc_in)
-        daddr = _payload(24, 16)
-        to_services: list[tuple[bytes, ...]] = [(daddr, _bitwise_mask(b"\xff\xc0" + b"\0" * 14), _cmp_eq(b"\xfe\x80" + b"\0" * 14)),  # fe80::/10
-                       (daddr, _bitwise_mask(b"\xff" + b"\0" * 15), _cmp_eq(b"\xff" + b"\0" * 15))]  # ff00::/8  # fmt: skip
-        to_services += [(daddr, _cmp_eq(ip)) for ip in dict.fromkeys(rules.service_ips6)]
+        msgs.append((NFT_MSG_NEWCHAIN, NLM_F_CREATE, nla_str(1, name) + nla_str(3, svc)))
+        msgs += _bucketed(name, svc, (iif,), 4, svc_in, n)
+        daddr = load(24, 16)
+        to_services: list[tuple[bytes, ...]] = [(daddr, bitwise_mask(b"\xff\xc0" + b"\0" * 14), cmp_eq(b"\xfe\x80" + b"\0" * 14)),  # fe80::/10
+                       (daddr, bitwise_mask(b"\xff" + b"\0" * 15), cmp_eq(b"\xff" + b"\0" * 15))]  # ff00::/8  # fmt: skip
+        to_services += [(daddr, cmp_eq(ip)) for ip in dict.fromkeys(rules.service_ips6)]
         for matches in to_services:
-            msgs.append((NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, _rule(name, "from_vms", *matches, _jump(svc))))
-        msgs += _bucketed(name, "from_vms", (iif,), 4, vms_in)
-        msgs += _bucketed(name, "to_metadata_ips", (_payload(39, 1),), 1, vms_out)
-        msgs.append(_queue_rule(name, "from_vms", node, _meta(NFT_META_IIFNAME), _cmp_eq(rules.tap_prefix.encode())))
+            msgs.append((NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, _rule(name, "from_vms", *matches, jump(svc))))
+        msgs += _bucketed(name, "from_vms", (iif,), 4, vms_in, n)
+        msgs += _bucketed(name, "to_metadata_ips", (load(39, 1),), 1, vms_out, n)
+        msgs.append(_queue_rule(name, "from_vms", node, meta(NFT_META_IIFNAME), cmp_eq(rules.tap_prefix.encode())))
         msgs += _nat_reply_rules(name, rules)  # the fabric's IPv6 replies to link-local services over IPv6
-        msgs.append(_queue_rule(name, "to_metadata_ips", node, _payload(24, 16), _bitwise_mask(mask6), _cmp_eq(net6)))
+        msgs.append(_queue_rule(name, "to_metadata_ips", node, load(24, 16), bitwise_mask(mask6), cmp_eq(net6)))
         self.batch(msgs, NFPROTO_IPV6)
 
     def create_queue_table(self, rules: QueueRules, name: str = TABLE_NAME) -> None:
@@ -376,71 +323,132 @@ class NftSocket:
         NAT port range, and the compute node's own packets to other per-port metadata IPs; to the
         tunnel queue, MPLS over UDP arriving on vhost0."""
         net, mask = rules.metadata_net
-        node = _nfqueue(rules.queue_num, rules.queue_total)
+        node = nfqueue(rules.queue_num, rules.queue_total)
         lo, hi = rules.nat_ports
-        msgs = self._replacing(name, NFPROTO_IPV4) + _fast_rules(name, rules, False)
-        iif = _meta(NFT_META_IIF)
-        svc_in = [(vm.ifindex, (iif, _cmp_eq(struct.pack("=I", vm.ifindex))), vm.service_queue, 1) for vm in rules.vms if vm.ifindex]
-        vms_in = [(vm.ifindex, (iif, _cmp_eq(struct.pack("=I", vm.ifindex))), vm.queue, vm.queues_total) for vm in rules.vms if vm.ifindex]
-        vms_out = [(vm.metadata_ip[-1], (_payload(16, 4), _cmp_eq(vm.metadata_ip)), vm.service_queue, 1) for vm in rules.vms]
+        n = buckets_for(len(rules.vms))
+        msgs = self._refreshing(name, NFPROTO_IPV4, n) + _fast_rules(name, rules, False)
+        iif = meta(NFT_META_IIF)
+        svc_in, vms_in, vms_out = _vm_rules(rules.vms, False)
         svc = "from_vms_to_services"
-        msgs.append((NFT_MSG_NEWCHAIN, NLM_F_CREATE, _str(1, name) + _str(3, svc)))
-        msgs += _bucketed(name, svc, (iif,), 4, svc_in)  # no match (a tap not plugged): back, to the rules below
-        daddr = _payload(16, 4)
-        to_services = [(daddr, _bitwise_mask(mask), _cmp_eq(net)), (daddr, _cmp_eq(b"\xff" * 4))]
-        to_services += [(daddr, _cmp_eq(ip)) for ip in dict.fromkeys(rules.service_ips)]
+        msgs.append((NFT_MSG_NEWCHAIN, NLM_F_CREATE, nla_str(1, name) + nla_str(3, svc)))
+        msgs += _bucketed(name, svc, (iif,), 4, svc_in, n)  # no match (a tap not plugged): back, to the rules below
+        daddr = load(16, 4)
+        to_services = [(daddr, bitwise_mask(mask), cmp_eq(net)), (daddr, cmp_eq(b"\xff" * 4))]
+        to_services += [(daddr, cmp_eq(ip)) for ip in dict.fromkeys(rules.service_ips)]
         for matches in to_services:
-            msgs.append((NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, _rule(name, "from_vms", *matches, _jump(svc))))
-        msgs += _bucketed(name, "from_vms", (iif,), 4, vms_in)
-        msgs += _bucketed(name, "to_metadata_ips", (_payload(19, 1),), 1, vms_out)
-        msgs.append(_queue_rule(name, "from_vms", node, _meta(NFT_META_IIFNAME), _cmp_eq(rules.tap_prefix.encode())))
-        vhost = (_meta(NFT_META_IIFNAME), _cmp_eq(rules.vhost_name.encode() + b"\0"))
+            msgs.append((NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, _rule(name, "from_vms", *matches, jump(svc))))
+        msgs += _bucketed(name, "from_vms", (iif,), 4, vms_in, n)
+        msgs += _bucketed(name, "to_metadata_ips", (load(19, 1),), 1, vms_out, n)
+        msgs.append(_queue_rule(name, "from_vms", node, meta(NFT_META_IIFNAME), cmp_eq(rules.tap_prefix.encode())))
+        vhost = (meta(NFT_META_IIFNAME), cmp_eq(rules.vhost_name.encode() + b"\0"))
         if rules.tunnel_queue >= 0:
             msgs.append(
                 _queue_rule(
                     name,
                     "from_vms",
-                    _nfqueue(rules.tunnel_queue, 1),
+                    nfqueue(rules.tunnel_queue, 1),
                     *vhost,
-                    _meta(NFT_META_L4PROTO),
-                    _cmp_eq(b"\x11"),
-                    _payload(2, 2, NFT_PAYLOAD_TRANSPORT_HEADER),
-                    _cmp_eq(struct.pack("!H", rules.tunnel_port)),
+                    meta(NFT_META_L4PROTO),
+                    cmp_eq(b"\x11"),
+                    load(2, 2, NFT_PAYLOAD_TRANSPORT_HEADER),
+                    cmp_eq(struct.pack("!H", rules.tunnel_port)),
                 )  # fmt: skip
             )
         msgs += _nat_reply_rules(name, rules)
-        msgs.append(_queue_rule(name, "to_metadata_ips", node, _payload(16, 4), _bitwise_mask(mask), _cmp_eq(net)))
+        msgs.append(_queue_rule(name, "to_metadata_ips", node, load(16, 4), bitwise_mask(mask), cmp_eq(net)))
         self.batch(msgs)
 
-    def _replacing(self, name: str, family: int) -> list[tuple[int, int, bytes]]:
-        """The start of a batch that makes our table anew: deleting the one there in the same
-        transaction, so that the new rules replace the old ones at once."""
-        drop = [(NFT_MSG_DELTABLE, 0, _str(1, name))] if self.table_exists(name, family) else []
-        return drop + _skeleton(name)
+    def append_vms(self, vms: Sequence[VmQueue], buckets: int, name: str = TABLE_NAME) -> None:
+        """Add VMs' rules to the tables in force, made with ``buckets`` buckets (both families, one
+        transaction each), without touching the other VMs' rules or anything queued."""
+        for family in (NFPROTO_IPV4, NFPROTO_IPV6):
+            msgs: list[Message] = []
+            for rule_list, chain in zip(_vm_rules(vms, family == NFPROTO_IPV6), ("from_vms_to_services", "from_vms", "to_metadata_ips"), strict=True):
+                msgs += [_vm_rule(name, chain, buckets, rule) for rule in rule_list]
+            if msgs:
+                self.batch(msgs, family)
+
+    def chains(self, name: str = TABLE_NAME, family: int = NFPROTO_IPV4) -> set[str]:
+        """The names of our table's chains (none when there is no table)."""
+        want, msg = self._msg((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETCHAIN, NLM_F_REQUEST | NLM_F_DUMP, family, b"")
+        self.sock.sendall(msg)
+        found: set[str] = set()
+        while True:
+            data = self.sock.recv(1 << 16)
+            off = 0
+            while off + 16 <= len(data):
+                length, mtype, _flags, seq, _pid = struct.unpack_from("=IHHII", data, off)
+                if length < 16:
+                    return found
+                if seq == want:
+                    if mtype == NLMSG_DONE:
+                        return found
+                    if mtype == NLMSG_ERROR:
+                        code = struct.unpack_from("=i", data, off + 16)[0]
+                        if code:
+                            raise NftError(-code, os.strerror(-code))
+                        return found
+                    attrs = parse_attrs(data[off + 20 : off + length])
+                    if attrs.get(1, b"").rstrip(b"\0").decode() == name:
+                        found.add(attrs.get(3, b"").rstrip(b"\0").decode())
+                off += (length + 3) & ~3
+
+    def _refreshing(self, name: str, family: int, buckets: int) -> list[Message]:
+        """The start of a batch that makes our table anew: the table and its base chains (kept if
+        there: their hooks stay, and what waits in the queues with them), every rule of it
+        deleted, and the bucket chains a table of ``buckets`` buckets does not have, so that the
+        rules that follow replace the old ones at once."""
+        there = self.chains(name, family)
+        msgs = _skeleton(name)
+        if there:
+            msgs.append((NFT_MSG_DELRULE, 0, nla_str(1, name)))  # every chain's rules (nft flush table)
+            unused = there - set(BASE_CHAINS) - {"from_vms_to_services"} - bucket_chains(buckets)
+            msgs += [(NFT_MSG_DELCHAIN, 0, nla_str(1, name) + nla_str(3, c)) for c in sorted(unused)]
+        return msgs
 
 
 Message = tuple[int, int, bytes]  # (command, flags, payload) of a batch
 VmRule = tuple[int, tuple[bytes, ...], int, int]  # (the bucket selector's value, the matches, the first queue, how many balanced)
 
 
-def _bucketed(table: str, chain: str, key: tuple[bytes, ...], width: int, vms: Sequence[VmRule]) -> list[Message]:
-    """Rules of ``chain`` sending each VM's packets (matched by its ``matches``) to its queue: in
-    the chain itself for a few VMs, else in bucket chains that ``key`` (loaded into the register,
-    ``width`` bytes; host order for 4) masked to its low bits selects, one jump rule a bucket."""
-    n = buckets_for(len(vms))
-    if n == 1:
-        return [_queue_rule(table, chain, _nfqueue(q, total), *matches) for _, matches, q, total in vms]
+def _vm_rules(vms: Sequence[VmQueue], v6: bool) -> tuple[list[VmRule], list[VmRule], list[VmRule]]:
+    """Each VM's rules: to its service queue from its tap (for ``from_vms_to_services``), to its
+    data queues from its tap (``from_vms``), to its service queue from the node to its metadata IP
+    (``to_metadata_ips``).  A VM with no tap yet (ifindex 0) has only the last."""
+    iif = meta(NFT_META_IIF)
+    svc_in: list[VmRule] = [(vm.ifindex, (iif, cmp_eq(struct.pack("=I", vm.ifindex))), vm.service_queue, 1) for vm in vms if vm.ifindex]
+    vms_in: list[VmRule] = [(vm.ifindex, (iif, cmp_eq(struct.pack("=I", vm.ifindex))), vm.queue, vm.queues_total) for vm in vms if vm.ifindex]
+    vms_out: list[VmRule]
+    if v6:
+        vms_out = [(vm.metadata_ip6[-1], (load(24, 16), cmp_eq(vm.metadata_ip6)), vm.service_queue, 1) for vm in vms]
+    else:
+        vms_out = [(vm.metadata_ip[-1], (load(16, 4), cmp_eq(vm.metadata_ip)), vm.service_queue, 1) for vm in vms]
+    return svc_in, vms_in, vms_out
+
+
+def _vm_rule(table: str, chain: str, n: int, rule: VmRule) -> Message:
+    """One VM's rule, in its bucket of ``chain`` (of ``n``)."""
+    sel, matches, q, total = rule
+    return _queue_rule(table, "%s_%d" % (chain, sel & (n - 1)), nfqueue(q, total), *matches)
+
+
+def _bucketed(table: str, chain: str, key: tuple[bytes, ...], width: int, vms: Sequence[VmRule], n: int) -> list[Message]:
+    """Rules of ``chain`` sending each VM's packets (matched by its ``matches``) to its queue, in
+    ``n`` bucket chains that ``key`` (loaded into the register, ``width`` bytes; host order for 4)
+    masked to its low bits selects, one jump rule a bucket (one bucket: jumped to by every
+    packet).  In chains of their own, a VM plugged later is appended to its bucket."""
     msgs: list[Message] = []
     for b in range(n):
         bucket = "%s_%d" % (chain, b)
-        msgs.append((NFT_MSG_NEWCHAIN, NLM_F_CREATE, _str(1, table) + _str(3, bucket)))
-        if width == 4:
-            mask, value = struct.pack("=I", n - 1), struct.pack("=I", b)
+        msgs.append((NFT_MSG_NEWCHAIN, NLM_F_CREATE, nla_str(1, table) + nla_str(3, bucket)))
+        if n == 1:
+            select: tuple[bytes, ...] = ()
+        elif width == 4:
+            select = (*key, bitwise_mask(struct.pack("=I", n - 1)), cmp_eq(struct.pack("=I", b)))
         else:
-            mask, value = bytes([n - 1]), bytes([b])
-        msgs.append((NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, _rule(table, chain, *key, _bitwise_mask(mask), _cmp_eq(value), _jump(bucket))))
-    for sel, matches, q, total in vms:
-        msgs.append(_queue_rule(table, "%s_%d" % (chain, sel & (n - 1)), _nfqueue(q, total), *matches))
+            select = (*key, bitwise_mask(bytes([n - 1])), cmp_eq(bytes([b])))
+        msgs.append((NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, _rule(table, chain, *select, jump(bucket))))
+    msgs += [_vm_rule(table, chain, n, rule) for rule in vms]
     return msgs
 
 
@@ -451,28 +459,28 @@ def _fast_rules(table: str, rules: QueueRules, v6: bool) -> list[Message]:
     to a captured VM's metadata IP it is queued (the capture sees it)."""
     if not rules.fast_mark:
         return []
-    mark = (_meta(NFT_META_MARK), _cmp_eq(struct.pack("=I", rules.fast_mark)))
+    mark = (meta(NFT_META_MARK), cmp_eq(struct.pack("=I", rules.fast_mark)))
     if v6:
-        daddr, net = _payload(24, 16), (_bitwise_mask(b"\xff" * 8 + b"\0" * 8), _cmp_eq(socket.inet_pton(socket.AF_INET6, "fd00:a9fe:a9fe::")))
-        captured = [(daddr, _cmp_eq(vm.metadata_ip6), vm.service_queue) for vm in rules.captured]
+        daddr, net = load(24, 16), (bitwise_mask(b"\xff" * 8 + b"\0" * 8), cmp_eq(socket.inet_pton(socket.AF_INET6, "fd00:a9fe:a9fe::")))
+        captured = [(daddr, cmp_eq(vm.metadata_ip6), vm.service_queue) for vm in rules.captured]
     else:
         net_ip, mask = rules.metadata_net
-        daddr, net = _payload(16, 4), (_bitwise_mask(mask), _cmp_eq(net_ip))
-        captured = [(daddr, _cmp_eq(vm.metadata_ip), vm.service_queue) for vm in rules.captured]
-    tcp_flags = (_meta(NFT_META_L4PROTO), _cmp_eq(b"\x06"), _payload(13, 1, NFT_PAYLOAD_TRANSPORT_HEADER))
+        daddr, net = load(16, 4), (bitwise_mask(mask), cmp_eq(net_ip))
+        captured = [(daddr, cmp_eq(vm.metadata_ip), vm.service_queue) for vm in rules.captured]
+    tcp_flags = (meta(NFT_META_L4PROTO), cmp_eq(b"\x06"), load(13, 1, NFT_PAYLOAD_TRANSPORT_HEADER))
     msgs = [_accept_rule(table, "from_vms", *mark)]
-    msgs += [_queue_rule(table, "to_metadata_ips", _nfqueue(q, 1), load, match) for load, match, q in captured]
+    msgs += [_queue_rule(table, "to_metadata_ips", nfqueue(q, 1), load, match) for load, match, q in captured]
     # on to the program: no SYN or RST (FINs it tells the engine itself); or a SYN-ACK (the engine's
     # TCP lifecycle wants the rest: a restart, a reset)
-    msgs.append(_accept_rule(table, "to_metadata_ips", daddr, *net, *tcp_flags, _bitwise_mask(b"\x06"), _cmp_eq(b"\0")))
-    msgs.append(_accept_rule(table, "to_metadata_ips", daddr, *net, *tcp_flags, _bitwise_mask(b"\x17"), _cmp_eq(b"\x12")))
+    msgs.append(_accept_rule(table, "to_metadata_ips", daddr, *net, *tcp_flags, bitwise_mask(b"\x06"), cmp_eq(b"\0")))
+    msgs.append(_accept_rule(table, "to_metadata_ips", daddr, *net, *tcp_flags, bitwise_mask(b"\x17"), cmp_eq(b"\x12")))
     return msgs
 
 
 def _nat_reply_rules(table: str, rules: QueueRules) -> list[Message]:
     """TCP and UDP arriving on vhost0 for the link-local NAT port range (or each worker's share of
     it) to the node's queue (that worker's): the fabric's replies to link-local services."""
-    vhost = (_meta(NFT_META_IIFNAME), _cmp_eq(rules.vhost_name.encode() + b"\0"))
+    vhost = (meta(NFT_META_IIFNAME), cmp_eq(rules.vhost_name.encode() + b"\0"))
     msgs = []
     for first, last, queue in rules.nat_ranges or ((*rules.nat_ports, rules.queue_num),):
         for proto in (6, 17):
@@ -480,13 +488,13 @@ def _nat_reply_rules(table: str, rules: QueueRules) -> list[Message]:
                 _queue_rule(
                     table,
                     "from_vms",
-                    _nfqueue(queue, rules.queue_total),
+                    nfqueue(queue, rules.queue_total),
                     *vhost,
-                    _meta(NFT_META_L4PROTO),
-                    _cmp_eq(bytes([proto])),
-                    _payload(2, 2, NFT_PAYLOAD_TRANSPORT_HEADER),
-                    _cmp(NFT_CMP_GTE, struct.pack("!H", first)),
-                    _cmp(NFT_CMP_LTE, struct.pack("!H", last)),
+                    meta(NFT_META_L4PROTO),
+                    cmp_eq(bytes([proto])),
+                    load(2, 2, NFT_PAYLOAD_TRANSPORT_HEADER),
+                    cmp(NFT_CMP_GTE, struct.pack("!H", first)),
+                    cmp(NFT_CMP_LTE, struct.pack("!H", last)),
                 )  # fmt: skip
             )
     return msgs
@@ -494,20 +502,20 @@ def _nat_reply_rules(table: str, rules: QueueRules) -> list[Message]:
 
 def _drop_rule(table: str, chain: str, *matches: bytes) -> Message:
     """A rule: when all ``matches`` hold, count, do not track, and drop."""
-    verdict = _expr("immediate", _be32(1, NFT_REG_VERDICT), _nest(2, _nest(2, _be32(1, NF_DROP))))
-    return (NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, _rule(table, chain, *matches, _counter(), _notrack(), verdict))
+    verdict = expr("immediate", be32(1, NFT_REG_VERDICT), nest(2, nest(2, be32(1, NF_DROP))))
+    return (NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, _rule(table, chain, *matches, counter(), notrack(), verdict))
 
 
 def _accept_rule(table: str, chain: str, *matches: bytes) -> Message:
     """A rule: when all ``matches`` hold, count, do not track, and accept."""
-    verdict = _expr("immediate", _be32(1, NFT_REG_VERDICT), _nest(2, _nest(2, _be32(1, NF_ACCEPT))))
-    return (NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, _rule(table, chain, *matches, _counter(), _notrack(), verdict))
+    verdict = expr("immediate", be32(1, NFT_REG_VERDICT), nest(2, nest(2, be32(1, NF_ACCEPT))))
+    return (NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, _rule(table, chain, *matches, counter(), notrack(), verdict))
 
 
 def _skeleton(table: str) -> list[tuple[int, int, bytes]]:
     """Our table with its two chains, both at raw priority (before conntrack)."""
     return [
-        (NFT_MSG_NEWTABLE, NLM_F_CREATE, _str(1, table)),
+        (NFT_MSG_NEWTABLE, NLM_F_CREATE, nla_str(1, table)),
         (NFT_MSG_NEWCHAIN, NLM_F_CREATE, _chain(table, "from_vms", NF_INET_PRE_ROUTING)),
         (NFT_MSG_NEWCHAIN, NLM_F_CREATE, _chain(table, "to_metadata_ips", NF_INET_LOCAL_OUT)),
     ]
@@ -515,20 +523,20 @@ def _skeleton(table: str) -> list[tuple[int, int, bytes]]:
 
 def _queue_rule(table: str, chain: str, queue: bytes, *matches: bytes) -> tuple[int, int, bytes]:
     """A rule: when all ``matches`` hold, count, do not track, and send to NFQUEUE."""
-    return (NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, _rule(table, chain, *matches, _counter(), _notrack(), queue))
+    return (NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, _rule(table, chain, *matches, counter(), notrack(), queue))
 
 
 def _chain(table: str, chain: str, hook: int) -> bytes:
     return b"".join(
         [
-            _str(1, table),
-            _str(3, chain),
-            _nest(4, _be32(1, hook), _be32(2, PRIO_RAW)),
-            _be32(5, 1),  # policy accept: what is not queued is not ours
-            _str(7, "filter"),
+            nla_str(1, table),
+            nla_str(3, chain),
+            nest(4, be32(1, hook), be32(2, PRIO_RAW)),
+            be32(5, 1),  # policy accept: what is not queued is not ours
+            nla_str(7, "filter"),
         ]
     )
 
 
 def _rule(table: str, chain: str, *exprs: bytes) -> bytes:
-    return b"".join([_str(1, table), _str(2, chain), _nest(4, *exprs)])
+    return b"".join([nla_str(1, table), nla_str(2, chain), nest(4, *exprs)])

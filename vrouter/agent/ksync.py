@@ -123,7 +123,7 @@ class KSync:
                     self.kernel.remove_vif(port.vif)
                 await self.host.unplug(port.tap_name, port.ip_address, port.metadata_ip)
                 raise
-            self.queues.rules_changed()
+            self.queues.plugged(port.vif)  # its rules in force before port add answers
         self.advertise(self.dp.vifs[port.vif])
         return vif
 

@@ -3,12 +3,14 @@ that send each VM's packets to them.
 
 Which worker reads which queue is ``dataplane.linux.layout``'s.  A VM plugged
 has its queues bound at once (each in its worker; none of them if one cannot
-be); the tables follow within ``RULES_DELAY``, once for all the changes made
-meanwhile (a thousand ports plugged one after the other make a few tables,
-not a thousand).  Until then a new VM's packets go to the node's queue, as a
-tap not yet plugged does.  A VM unplugged keeps its queues until the tables no
-longer send to them (what is in them then is dropped); their kernel drop
-counts are kept (``gone``) so that the node's total does not go down.
+be), and its rules appended to the tables in force before ``port add``
+answers: its packets go to its own queues from the first.  Other changes (a VM
+unplugged, the networks' service addresses, a capture) have the tables made
+anew within ``RULES_DELAY``, once for all the changes made meanwhile; so does a
+VM plugged that changes how many buckets the tables have (at 17 and 513 VMs),
+at once.  A VM unplugged keeps its queues until the tables no longer send to
+them (what is in them then is dropped); their kernel drop counts are kept
+(``gone``) so that the node's total does not go down.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from dataplane.core.dataplane import Dataplane
 from dataplane.core.vif import Vif
 from dataplane.linux.layout import QueueLayout
 from dataplane.linux.nfqueue import QueueShell
-from dataplane.linux.nftables import NftError, NftSocket, QueueRules, VmQueue
+from dataplane.linux.nftables import NftError, NftSocket, QueueRules, VmQueue, buckets_for
 from dataplane.linux.ports import PORT_RANGE
 from dataplane.linux.workers import WorkerPool
 from infra.children import ChildError
@@ -64,6 +66,8 @@ class VmQueues:
         self._due: asyncio.TimerHandle | None = None  # the tables' next rebuild
         self._leaving: set[int] = set()  # queues of unplugged VMs, unbound at the next rebuild
         self.captured: set[int] = set()  # vifs under a vifdump capture (ebpf: the node's replies to them stay queued)
+        self.buckets = 0  # the bucket chains of the tables in force
+        self._in_force: dict[int, int] = {}  # vif index -> the tap's ifindex its rules in force match
 
     # -- which queues --
 
@@ -111,6 +115,33 @@ class VmQueues:
                 self._unbind(q)
             raise
 
+    def plugged(self, vif_index: int) -> None:
+        """A VM's queues are bound: its rules in force now, appended to the tables (or the tables
+        made anew, when it changes their buckets); at the next rebuild if that fails."""
+        vif = self.dp.vifs.get(vif_index)
+        if not self.made_table or vif is None:
+            return  # the tables are made at start, with the VMs plugged by then
+        virtual = sum(1 for v in self.dp.vifs.values() if v.kind == "Virtual")
+        try:
+            if buckets_for(virtual) != self.buckets or vif_index in self.captured:
+                self.apply_rules()
+                return
+            with NftSocket() as nft:
+                nft.append_vms((self._vm_queue(vif),), self.buckets)
+        except (RulesError, NftError) as e:
+            log.error("vif0/%d: cannot add its rules to the nftables tables (%s); they follow with the next rebuild", vif_index, e)
+            self.rules_changed()
+            return
+        stale = self._in_force.get(vif_index)
+        self._in_force[vif_index] = vif.ifindex
+        if stale is not None and stale != vif.ifindex:
+            self.rules_changed()  # its tap's old rule goes with the next rebuild
+
+    def _vm_queue(self, v: Vif) -> VmQueue:
+        layout = self.layout
+        data = layout.data_queues(v.index)
+        return VmQueue(v.ifindex, data[0], layout.service_queue(v.index), v.metadata_ip_bytes, v.metadata_ip6_bytes, len(data))
+
     def leave(self, vif_index: int) -> None:
         """A VM was unplugged: its queues go at the tables' next rebuild."""
         self._leaving.update(self.of(vif_index))
@@ -153,11 +184,7 @@ class VmQueues:
         self.made_table = True  # also when half made: a failed batch leaves nothing, delete is a no-op
         layout = self.layout
         virtual = [v for v in sorted(self.dp.vifs.values(), key=lambda v: v.index) if v.kind == "Virtual"]
-        vms = tuple(
-            VmQueue(v.ifindex, layout.data_queues(v.index)[0], layout.service_queue(v.index), v.metadata_ip_bytes, v.metadata_ip6_bytes,
-                    len(layout.data_queues(v.index)))
-            for v in virtual
-        )  # fmt: skip
+        vms = tuple(self._vm_queue(v) for v in virtual)
         captured = tuple(vm for v, vm in zip(virtual, vms, strict=True) if v.index in self.captured)
         nat = tuple((*layout.nat_ports(w, *PORT_RANGE), layout.node_queue(w)) for w in range(layout.workers)) if layout.workers > 1 else ()
         rules = QueueRules(queue_num=layout.base, vhost_name=self.settings.vhost_name, nat_ports=PORT_RANGE, vms=vms, service_ips=self._service_ips(),
@@ -170,6 +197,8 @@ class VmQueues:
                 nft.create_queue_table6(rules)
         except NftError as e:
             raise RulesError("cannot create the nftables table: %s" % e) from None
+        self.buckets = buckets_for(len(vms))
+        self._in_force = {v.index: v.ifindex for v in virtual}
         leaving, self._leaving = self._leaving, set()
         for q in leaving:
             self._unbind(q)
