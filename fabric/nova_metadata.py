@@ -38,6 +38,7 @@ import posixpath
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
 from fabric.httpd import Handler, Server
@@ -53,6 +54,9 @@ from fabric.nova_tree import (
     ec2_md_print,
 )
 from fabric.nova_tree import meta_data as meta_data  # benchmarks/run.py's
+
+if TYPE_CHECKING:
+    from infra.etcd_tls import EtcdTls
 
 log = logging.getLogger("vrouter.nova")
 
@@ -223,10 +227,10 @@ class InstanceStore:
         self.refresh()
         return self.instances.get(uuid) or self.shared.get(uuid)
 
-    def follow(self, endpoints: list[str], prefix: str) -> object:
+    def follow(self, endpoints: list[str], prefix: str, tls: EtcdTls | None = None) -> object:
         """Also serve the instances under ``prefix``instances/ in etcd (one record each, as in the
-        file, by uuid), which labs that joined the cloud write there; followed live.  Returns the
-        follower (``stop`` it at exit)."""
+        file, by uuid), which labs that joined the cloud write there; followed live (``tls``: for
+        https endpoints).  Returns the follower (``stop`` it at exit)."""
         from infra.etcd import ConfigStore, Follower
         from infra.etcd_wire import Event
 
@@ -254,7 +258,7 @@ class InstanceStore:
         def state(up: bool) -> None:
             log.log(logging.INFO if up else logging.WARNING, "etcd at %s %s", ", ".join(endpoints), "answers" if up else "does not answer")
 
-        follower = Follower(ConfigStore(endpoints, prefix.rstrip("/") + "/instances/"), synced, events, state)
+        follower = Follower(ConfigStore(endpoints, prefix.rstrip("/") + "/instances/", tls=tls), synced, events, state)
         follower.start()
         return follower
 

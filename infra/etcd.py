@@ -31,6 +31,12 @@ in step with everything under the prefix.  The rules:
   not answer a read within ``timeout`` (a hung etcd, or a connection no
   longer there, on which a read would block for ever).  It ends without an
   error once cancelled.
+* TLS: an ``https://`` endpoint is reached with ``tls`` (``infra.etcd_tls``):
+  etcd's certificate verified against its CA, this client's certificate
+  presented when there is one.  An https endpoint without ``tls`` is a
+  ValueError at once; a failed handshake is a failure of that endpoint, named
+  for what it means (no client certificate, a certificate etcd does not trust,
+  etcd's not signed by the CA), and retried by the Follower like any other.
 * ``Follower`` runs one daemon thread, started in the namespace of the thread
   that calls ``start``, and calls the consumer's callbacks in it.
 """
@@ -52,6 +58,8 @@ import requests
 from etcd3gw import exceptions as etcd_errors
 from etcd3gw.client import DEFAULT_API_PATH, Etcd3Client
 
+from infra import etcd_tls
+from infra.etcd_tls import EtcdTls
 from infra.etcd_wire import (
     DEFAULT_PREFIX,
     MAX_RETRY,
@@ -99,11 +107,16 @@ class Endpoint:
         return cls(text.rstrip("/"), parts.scheme, parts.hostname, port)
 
 
-def _why(e: Exception, timeout: float | None = None) -> str:
-    """What went wrong with a request, in a few words."""
+def _why(e: Exception, timeout: float | None = None, client_cert: bool = True) -> str:
+    """What went wrong with a request, in a few words (``client_cert``: whether one was presented)."""
     if isinstance(e, etcd_errors.ConnectionTimeoutError | requests.Timeout):
         return "no answer within %g s" % timeout if timeout else "no answer in time"
     text = getattr(e, "detail_text", None) or str(e)
+    tls = etcd_tls.why(text, client_cert)
+    if tls is not None:
+        return tls
+    if "RemoteDisconnected" in text:  # what an https:// etcd does to a plain HTTP request
+        return "closed the connection without an answer (is that etcd https://?)"
     try:  # etcd's own error, as JSON: {"error": ..., "message": ..., "code": ...}
         answer = json.loads(text)
         if isinstance(answer, dict) and answer.get("message"):
@@ -128,13 +141,19 @@ def _socket_of(resp: requests.Response) -> socket.socket | None:
 class ConfigStore:
     """JSON values under ``prefix`` in the etcd at ``endpoints`` (client URLs, such as
     ``http://10.10.0.1:2379``; several: tried in turn, the one that answered is remembered).
-    Each call is bounded by ``timeout`` seconds per endpoint.  Thread-safe; each thread connects
-    from its own network namespace (see the module's rules)."""
+    Each call is bounded by ``timeout`` seconds per endpoint.  ``tls``: the files https endpoints
+    are reached with.  Thread-safe; each thread connects from its own network namespace (see the
+    module's rules)."""
 
-    def __init__(self, endpoints: list[str], prefix: str = DEFAULT_PREFIX, timeout: float = 3.0) -> None:
+    def __init__(self, endpoints: list[str], prefix: str = DEFAULT_PREFIX, timeout: float = 3.0, tls: EtcdTls | None = None) -> None:
         if not endpoints:
             raise ValueError("no etcd endpoint given: expected client URLs such as http://10.10.0.1:2379")
         self._endpoints = [Endpoint.parse(e) for e in endpoints]
+        secure = [e.url for e in self._endpoints if e.protocol == "https"]
+        if secure and (tls is None or not tls.ca):
+            raise ValueError("etcd endpoint %s: https needs the CA that signed etcd's certificate ([ETCD] ca_cert, or --etcd-ca)" % secure[0])
+        self.tls = tls
+        self._client_cert = bool(tls and tls.cert)
         self.endpoints = [e.url for e in self._endpoints]
         self.prefix = normalize_prefix(prefix)
         self.timeout = timeout
@@ -155,6 +174,10 @@ class ConfigStore:
     def _session(self) -> requests.Session:
         session = requests.Session()
         session.trust_env = False  # no proxies from the environment: etcd is reached directly
+        if self.tls is not None:
+            session.verify = self.tls.ca  # etcd's certificate against its cloud's CA alone
+            if self.tls.cert:
+                session.cert = (self.tls.cert, self.tls.key)
         return session
 
     def _client(self, i: int, session: requests.Session | None = None) -> Etcd3Client:
@@ -184,6 +207,8 @@ class ConfigStore:
         return [(first + k) % n for k in range(n)]
 
     def _unreachable(self, failures: list[str]) -> StoreError:
+        if failures and all(": TLS: " in f for f in failures):
+            return StoreError("etcd refused TLS (%s)" % "; ".join(failures))
         return StoreError("etcd unreachable (%s): is etcd running there, and does this thread's network namespace reach it?"
                           % "; ".join(failures))  # fmt: skip
 
@@ -195,7 +220,7 @@ class ConfigStore:
             try:
                 answer = client.post(client.get_url(path), json=payload)
             except (etcd_errors.ConnectionFailedError, etcd_errors.ConnectionTimeoutError, requests.RequestException) as e:
-                failures.append("%s: %s" % (self.endpoints[i], _why(e, self.timeout)))
+                failures.append("%s: %s" % (self.endpoints[i], _why(e, self.timeout, self._client_cert)))
                 continue
             except etcd_errors.Etcd3Exception as e:
                 raise StoreRefused("etcd at %s refused %s: %s" % (self.endpoints[i], path, _why(e))) from None
@@ -318,7 +343,7 @@ class ConfigStore:
                     raise StoreError("etcd at %s did not start the watch: %s" % (self.endpoints[i], first))
             except (etcd_errors.ConnectionFailedError, etcd_errors.ConnectionTimeoutError, requests.RequestException) as e:
                 session.close()
-                failures.append("%s: %s" % (self.endpoints[i], _why(e, self.timeout)))
+                failures.append("%s: %s" % (self.endpoints[i], _why(e, self.timeout, self._client_cert)))
                 continue
             except StoreError:
                 session.close()
@@ -399,10 +424,11 @@ class Follower:
     ``on_state(True)`` and a fresh full load with ``on_sync`` (a resync: the consumer replaces
     its view).  ``on_state`` is called whenever the state differs from the one last reported:
     ``on_state(True)`` before the first ``on_sync`` too, ``on_state(False)`` if the first attempt
-    fails.  The callbacks run in the follower's thread; one that raises is logged and followed by
-    a resync.  Start it from a thread in the namespace etcd is reached from (its thread is made
-    by that one); ``stop`` cancels the watch and returns within its timeout, after which no
-    callback starts."""
+    fails.  ``last_error`` says why etcd does not answer while it does not (logged once, and again
+    when the reason changes).  The callbacks run in the follower's thread; one that raises is
+    logged and followed by a resync.  Start it from a thread in the namespace etcd is reached from
+    (its thread is made by that one); ``stop`` cancels the watch and returns within its timeout,
+    after which no callback starts."""
 
     def __init__(self, store: ConfigStore, on_sync: OnSync, on_events: OnEvents, on_state: OnState, retry: float = 0.5) -> None:
         self.store = store
@@ -415,6 +441,7 @@ class Follower:
         self._cancel: Callable[[], None] | None = None
         self._state: bool | None = None  # what the consumer was told last
         self._thread: threading.Thread | None = None
+        self.last_error = ""  # why etcd does not answer, while it does not ("" once it does)
 
     @property
     def connected(self) -> bool:
@@ -446,8 +473,12 @@ class Follower:
             self.on_state(state)
 
     def _lost(self, error: StoreError) -> None:
+        changed, self.last_error = self.last_error != str(error), str(error)
         if self._state is False:
-            log.debug("etcd follower: still unreachable: %s", error)
+            if changed:  # a new reason (a certificate changed, etcd stopped): worth a line
+                log.warning("etcd follower: still not connected: %s", error)
+            else:
+                log.debug("etcd follower: still unreachable: %s", error)
             return
         log.warning("etcd follower: keeping the last configuration, retrying every %.1f-%.1f s: %s", self.retry, max(MAX_RETRY, self.retry), error)
         try:
@@ -472,6 +503,7 @@ class Follower:
                         break
                     if self._state is False:
                         log.info("etcd follower: %s answers again: revision %d, %d keys loaded", self.store.endpoint, revision, len(snapshot))
+                    self.last_error = ""
                     self._report(True)
                     self.on_sync(snapshot, revision)
                     delay = self.retry

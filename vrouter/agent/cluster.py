@@ -57,6 +57,7 @@ from typing import Any
 
 from dataplane.core.overlay import label_of
 from infra.etcd import ConfigStore, Follower
+from infra.etcd_tls import EtcdTls
 from infra.etcd_wire import Event, StoreError, StoreRefused
 from infra.jsonfile import read_json, write_json_atomic
 from vrouter.agent.state import Change, NetworkChanged, NodeState, Origin, PortChanged, ServicesChanged
@@ -91,13 +92,13 @@ class Cluster:
     """One agent's link to the cloud's etcd."""
 
     def __init__(self, state: NodeState, node: str, vhost_ip: str, servers: tuple[str, ...], key_prefix: str, cache_path: str,
-                 remote_routes: Callable[[], int]) -> None:  # fmt: skip
+                 remote_routes: Callable[[], int], tls: EtcdTls | None = None) -> None:  # fmt: skip
         self.node_state = state
         self.remote_routes = remote_routes  # the routes to other nodes' VMs the dataplane has
         self.node = node
         self.vhost_ip = vhost_ip
         self.servers = list(servers)
-        self.store = ConfigStore(list(servers), key_prefix)
+        self.store = ConfigStore(list(servers), key_prefix, tls=tls)
         self.view: dict[str, Any] = {}  # etcd's keys (relative) and values, as last heard
         self.pending: dict[str, Any] = {}  # key -> value, or None: a delete; written when etcd answers
         self.revision = 0
@@ -162,8 +163,9 @@ class Cluster:
 
     def state(self) -> ClusterStatus:
         nodes = {v.get("node") for k, v in self.view.items() if k.startswith(ROUTES) and isinstance(v, dict)} - {self.node}
+        error = self._follower.last_error if self._follower is not None and not self._connected else ""
         return ClusterStatus(self.node, self.servers, self._connected, self.revision, self.resyncs, self.remote_routes(), len(nodes),
-                             len(self.pending), round(self.last_change * 1000, 1))  # fmt: skip
+                             len(self.pending), round(self.last_change * 1000, 1), error)  # fmt: skip
 
     # -- from the follower (in the loop) -----------------------------------------------------------
 

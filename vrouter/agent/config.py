@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from infra.etcd_tls import EtcdTls
 from infra.etcd_wire import is_client_url
 from vrouter.messages.proxy import Fairness
 from vrouter.services.guests import Settings
@@ -103,8 +104,16 @@ class FlowSettings:
 class EtcdSettings:
     """[ETCD]: the cloud's configuration store."""
 
-    servers: tuple[str, ...] = ()  # http://IP:PORT of etcd; none: the local files alone
+    servers: tuple[str, ...] = ()  # http(s)://IP:PORT of etcd; none: the local files alone
     key_prefix: str = "/vrouter/"
+    ca_cert: str = ""  # https: the CA that signed etcd's certificate (as [SANDESH] sandesh_ca_cert)
+    certfile: str = ""  # ... this agent's client certificate and its key (sandesh_certfile, sandesh_keyfile)
+    keyfile: str = ""
+
+    @property
+    def tls(self) -> EtcdTls | None:
+        """The files https servers are reached with (None: every server is http)."""
+        return EtcdTls(self.ca_cert, self.certfile, self.keyfile) if self.ca_cert else None
 
 
 @dataclass
@@ -252,6 +261,10 @@ SCHEMA: dict[str, dict[str, tuple[str, Parser]]] = {
     "ETCD": {
         "servers": ("etcd.servers", _urls),
         "key_prefix": ("etcd.key_prefix", _key_prefix),
+        # TLS to an https:// etcd, named as the agent's [SANDESH] TLS keys are (sandesh_ca_cert, ...)
+        "ca_cert": ("etcd.ca_cert", _str),
+        "certfile": ("etcd.certfile", _str),
+        "keyfile": ("etcd.keyfile", _str),
     },
     "VIRTUAL-HOST-INTERFACE": {
         "name": ("vhost.name", _str),
@@ -334,7 +347,22 @@ def parse_config(text: str, source: str = "agent.conf") -> AgentConfig:
                 cfg = _with(cfg, path.split("."), parsed)
     if cfg.metadata.use_ssl and not cfg.metadata.ca_cert:
         raise ConfigError("%s: [METADATA] metadata_use_ssl needs metadata_ca_cert" % source)
+    _check_etcd_tls(cfg.etcd, source)
     return cfg
+
+
+def _check_etcd_tls(etcd: EtcdSettings, source: str) -> None:
+    """https servers need ca_cert; the TLS keys need https servers; a certificate needs its key."""
+    schemes = {url.split(":", 1)[0] for url in etcd.servers}
+    given = [k for k in ("ca_cert", "certfile", "keyfile") if getattr(etcd, k)]
+    if schemes == {"http", "https"}:
+        raise ConfigError("%s: [ETCD] servers mix http:// and https:// URLs: one etcd cluster speaks one or the other" % source)
+    if "https" in schemes and not etcd.ca_cert:
+        raise ConfigError("%s: [ETCD] servers are https://: ca_cert must name the CA that signed etcd's certificate" % source)
+    if given and "https" not in schemes:
+        raise ConfigError("%s: [ETCD] %s given, but no server is https:// (TLS files are for https:// URLs)" % (source, ", ".join(given)))
+    if bool(etcd.certfile) != bool(etcd.keyfile):
+        raise ConfigError("%s: [ETCD] certfile and keyfile go together (the client certificate and its key)" % source)
 
 
 def load_config(path: str) -> AgentConfig:

@@ -13,6 +13,8 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from infra.children import run
+from infra.etcd_tls import EtcdTls
+from infra.etcd_wire import is_client_url
 from vrouter.agent.agent import run_agent
 from vrouter.agent.config import AgentConfig, load_config, parse_log_level
 from vrouter.commands.output import UsageError
@@ -48,6 +50,9 @@ def add_parsers(sub: Any) -> None:
     n.add_argument("--tls-client-ca", help="require client certificates signed by this CA")
     n.add_argument("--etcd", metavar="URL[,URL]", help="also serve the instances other labs of the cloud keep in this etcd (PREFIX/instances/UUID)")
     n.add_argument("--etcd-prefix", default="/vrouter/", metavar="PREFIX", help="their key prefix (default /vrouter/)")
+    n.add_argument("--etcd-ca", metavar="FILE", help="an https:// etcd's CA (PEM): etcd's certificate is verified against it")
+    n.add_argument("--etcd-cert", metavar="FILE", help="the client certificate to present to etcd (with --etcd-key)")
+    n.add_argument("--etcd-key", metavar="FILE", help="its private key")
     n.add_argument("--reports-dir", metavar="DIR", help="also collect cloud-init's webhook events and phone_home posts "
                    "(POST /events/UUID, /phone-home/UUID) into DIR/UUID.jsonl (off without it)")  # fmt: skip
     n.add_argument("--reports-port", type=int, default=8776, metavar="PORT",
@@ -69,6 +74,9 @@ def run_agent_daemon(args: argparse.Namespace) -> int:
     if args.log_level:
         cfg.default.log_level = parse_log_level("command line", "--log-level", args.log_level)
     setup_logging(cfg.default.log_level, cfg.default.log_file)
+    if args.config and cfg.metadata.proxy_secret and os.stat(args.config).st_mode & 0o077:
+        logging.getLogger("vrouter.agent").warning("%s holds the metadata secret and other users than its owner may read it: chmod 600 it",
+                                                   args.config)  # fmt: skip
     run(run_agent(cfg, state_dir(args, single_node=False), args.queue, args.nova_timeout, args.dns_interval))
     return 0
 
@@ -91,6 +99,7 @@ def run_nova_metadata(args: argparse.Namespace) -> int:
         if args.tls_client_ca:
             ctx.load_verify_locations(args.tls_client_ca)
             ctx.verify_mode = ssl.CERT_REQUIRED
+    cloud_tls = etcd_tls(args)  # before listening: a bad file is a usage error, not a half-started Nova
     store = InstanceStore(args.instances)
     if not store.loads:
         raise UsageError("--instances %s: %s" % (args.instances, store.error))
@@ -102,7 +111,7 @@ def run_nova_metadata(args: argparse.Namespace) -> int:
     stopping = threading.Event()
     threading.Thread(target=store.watch, args=(stopping,), name="instances-watch", daemon=True).start()
     if args.etcd:
-        store.follow([u.strip() for u in args.etcd.split(",") if u.strip()], args.etcd_prefix)
+        store.follow([u.strip() for u in args.etcd.split(",") if u.strip()], args.etcd_prefix, cloud_tls)
 
     def stop(*_: object) -> None:
         stopping.set()
@@ -118,6 +127,27 @@ def run_nova_metadata(args: argparse.Namespace) -> int:
     if reports is not None:
         reports.server_close()
     return 0
+
+
+def etcd_tls(args: argparse.Namespace) -> EtcdTls | None:
+    """nova-metadata's --etcd-ca, --etcd-cert and --etcd-key, checked with --etcd's URLs
+    (UsageError naming what is wrong)."""
+    urls = [u.strip() for u in (args.etcd or "").split(",") if u.strip()]
+    for url in urls:
+        if not is_client_url(url):
+            raise UsageError("--etcd %s: %r is not a URL such as http://10.10.0.1:2379" % (args.etcd, url))
+    if any(u.startswith("https:") for u in urls) and not args.etcd_ca:
+        raise UsageError("--etcd %s: https needs --etcd-ca FILE, the CA that signed etcd's certificate" % args.etcd)
+    if not (args.etcd_ca or args.etcd_cert or args.etcd_key):
+        return None
+    if not args.etcd_ca:
+        raise UsageError("--etcd-cert and --etcd-key go with --etcd-ca (the CA of an https:// etcd)")
+    tls = EtcdTls(args.etcd_ca, args.etcd_cert or "", args.etcd_key or "")
+    try:
+        tls.check()
+    except ValueError as e:
+        raise UsageError("etcd TLS: %s" % e) from None
+    return tls
 
 
 def start_reports(host: str, port: int, reports_dir: str) -> ReportsServer:

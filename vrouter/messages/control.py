@@ -381,6 +381,7 @@ class ClusterStatus:
     remote_nodes: int
     pending: int  # changes made on this node that wait for etcd
     last_change_ms: float  # when the last change from etcd was applied (ms since the epoch)
+    error: str = ""  # while not connected: why (etcd unreachable, TLS refused, ...)
 
 
 @dataclass

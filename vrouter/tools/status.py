@@ -35,7 +35,8 @@ def format_status(st: Status) -> str:
     cl = st.cluster
     if cl is not None:
         text += "\ncluster: node %s, etcd %s %s, revision %d, %d resyncs, %d routes to %d other nodes%s" % (
-            cl.node, ", ".join(cl.servers), "connected" if cl.connected else "NOT REACHABLE", cl.revision, cl.resyncs, cl.remote_routes,
+            cl.node, ", ".join(cl.servers), "connected" if cl.connected else "NOT REACHABLE" + (" (%s)" % cl.error if cl.error else ""),
+            cl.revision, cl.resyncs, cl.remote_routes,
             cl.remote_nodes, ", %d changes waiting for etcd" % cl.pending if cl.pending else "",
         )  # fmt: skip
     if st.verdict_write_errors:
