@@ -67,3 +67,4 @@ def build(inst: dict, iso_path: str) -> None:
         if r.returncode != 0:
             why = (r.stderr or r.stdout).strip() or "exit status %d" % r.returncode
             raise ConfigDriveError("%s could not make %s: %s" % (cmd[0], iso_path, why))
+    os.chmod(iso_path, 0o600)  # the instance's user data and password: root's (QEMU runs as root) alone

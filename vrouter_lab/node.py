@@ -77,7 +77,7 @@ class Node:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
     def _write(self, name: str, data: object) -> None:
-        write_json_atomic(self.path(name), data, sort_keys=False, mode=0o644)  # a reader (the Nova stand-in) sees the old file or the new
+        write_json_atomic(self.path(name), data, sort_keys=False, mode=0o600)  # a reader (the Nova stand-in, root) sees the old file or the new
 
     def call(self, request: Any, timeout: float = 10.0) -> Any:
         try:

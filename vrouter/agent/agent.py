@@ -126,6 +126,19 @@ class Agent:
         if pid != os.getpid() and alive(pid):
             raise AgentError("an agent (pid %d) already runs with state directory %s" % (pid, self.state_dir))
 
+    def _check_etcd_tls(self) -> None:
+        """The files of [ETCD]'s TLS, loaded as the connections will load them: a bad one stops
+        start-up here, named, rather than every connection to etcd later."""
+        tls = self.cfg.etcd.tls
+        if tls is None:
+            return
+        try:
+            tls.check()
+        except ValueError as e:
+            raise AgentError("[ETCD] TLS files: %s" % e) from None
+        for key in tls.group_or_world_readable():
+            log.warning("[ETCD] keyfile %s is readable by other users than its owner: chmod 600 it", key)
+
     def _proxy_config(self, vhost_ip: str) -> ProxyConfig:
         m = self.cfg.metadata
         tls = None
@@ -141,8 +154,10 @@ class Agent:
     async def run(self) -> None:
         if os.geteuid() != 0:
             raise AgentError("the agent needs root (CAP_NET_ADMIN) to use NFQUEUE and nftables")
-        os.makedirs(self.state_dir, exist_ok=True)
+        for fixed in self.paths.private():
+            log.warning("%s was open to other users than root: made root's alone", fixed)
         self._check_not_running()
+        self._check_etcd_tls()
         cfg, layout, state = self.cfg, self.layout, self.state
         host = self._host = HostNetwork()
         vhost_ip = cfg.vhost.ip or await host.address_of(cfg.vhost.name)
@@ -214,8 +229,8 @@ class Agent:
         )
         if cfg.etcd.servers:
             cluster = self._cluster = node.cluster = Cluster(state, cfg.default.hostname or socket.gethostname(), vhost_ip, cfg.etcd.servers,
-                                                             cfg.etcd.key_prefix, os.path.join(self.state_dir, "cluster.json"),
-                                                             lambda: len(dp.overlay.routes))  # fmt: skip
+                                                             cfg.etcd.key_prefix, self.paths.cluster, lambda: len(dp.overlay.routes),
+                                                             cfg.etcd.tls)  # fmt: skip
             state.subscribe(cluster)
             cluster.start(loop)
         if cfg.default.metrics_port:  # before the control socket: once that answers, the agent is up

@@ -1,8 +1,10 @@
 """The agent's control socket: the CLI's requests, one message per line (``vrouter.messages``).
 
 A Unix socket in the agent's state directory, so the CLI reaches the agent
-from any namespace.  Each request is decoded into its dataclass and handed to
-the agent's handler for that operation; the handler's answer (a dataclass, or
+from any namespace; root's alone (0600), made so before anyone could reach
+it: bound in a fresh 0700 directory, made 0600, then moved into place (which
+also replaces a stale socket at once).  Each request is decoded into its
+dataclass and handed to the agent's handler for that operation; the handler's answer (a dataclass, or
 a list of them) goes back, once ``settle`` (if given) has returned: the agent's
 dataplane workers have applied what the operation changed.  An error a user can act on is the text of one of
 the ``expected`` exceptions; anything else is logged and answered as an
@@ -14,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import socket
+import tempfile
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -30,6 +34,10 @@ T = TypeVar("T")
 
 class AgentNotRunning(Exception):
     """No agent answers on the control socket."""
+
+
+class NotPermitted(AgentNotRunning):
+    """The control socket is there, and not this user's to use (it is root's)."""
 
 
 class RequestFailed(Exception):
@@ -49,12 +57,20 @@ class ControlServer:
         self._server: asyncio.base_events.Server | None = None
 
     async def start(self) -> None:
+        private = tempfile.mkdtemp(prefix=".s", dir=os.path.dirname(self.path) or ".")  # 0700: nobody else reaches what is in it
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
-        self._server = await asyncio.start_unix_server(self._client, self.path, limit=MAX_REQUEST)
-        os.chmod(self.path, 0o600)
+            bound = os.path.join(private, "agent.sock")
+            sock.bind(bound)
+            os.chmod(bound, 0o600)
+            os.replace(bound, self.path)  # the socket keeps its inode, and so its listener
+            sock.listen(socket.SOMAXCONN)
+        except BaseException:
+            sock.close()
+            raise
+        finally:
+            shutil.rmtree(private, ignore_errors=True)
+        self._server = await asyncio.start_unix_server(self._client, sock=sock, limit=MAX_REQUEST)
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -115,6 +131,8 @@ def call(path: str, request: Any, timeout: float = 10.0) -> Any:
             s.connect(path)
         except (FileNotFoundError, ConnectionRefusedError):
             raise AgentNotRunning("no vrouter agent is running (nothing listens on %s)" % path) from None
+        except PermissionError:
+            raise NotPermitted("%s: permission denied: the agent's control socket is root's alone (run this as root)" % path) from None
         s.sendall(encode_request(op, request))
         data = b""
         while not data.endswith(b"\n"):

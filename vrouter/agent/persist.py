@@ -51,7 +51,7 @@ class JsonDir(Generic[T]):
 
     def load(self, problems: list[str]) -> Iterator[T]:
         """Every value that can be read; a message in ``problems`` for each file that cannot."""
-        os.makedirs(self.directory, exist_ok=True)
+        os.makedirs(self.directory, mode=0o700, exist_ok=True)
         for name in sorted(os.listdir(self.directory)):
             if not name.endswith(".json"):
                 continue

@@ -30,6 +30,8 @@ class NoTable(Exception):
 
 
 def open_table(path: str) -> FlowTable:
+    if not os.access(os.path.dirname(path) or ".", os.X_OK):
+        raise NoTable("cannot read the flow table at %s: permission denied (the agent's state directory is root's alone: run this as root)" % path)
     if not os.path.exists(path):
         raise NoTable("no vrouter agent is running (no flow table at %s)" % path)
     try:

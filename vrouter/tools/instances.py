@@ -138,7 +138,7 @@ def set_instance(path: str, change: InstanceChange) -> tuple[dict, list[str]]:
         items = data["instances"] if isinstance(data, dict) else data
         items[[i.get("uuid") for i in items].index(change.uuid)] = inst
         try:
-            write_json_atomic(path, data, sort_keys=False, mode=os.stat(path).st_mode & 0o777)
+            write_json_atomic(path, data, sort_keys=False, mode=os.stat(path).st_mode & 0o700)  # its owner's, as it was; no one else's
         except OSError as e:
             raise InstanceSetError("cannot write %s: %s" % (path, e.strerror)) from None
     return inst, done
