@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Build or remove an emulated Tungsten Fabric compute node in network namespaces.
 #
-#   netns_setup.sh up [--vms N] [--networks K] [--nodes K] [--etcd URL,... [--fabric-link NS]] [--flow-entries E] [--prefix P] [--secret S]
-#                     [--datapath nfqueue|ebpf] [--tls] [--dhcp] [--ipv6 MODE[,MODE...]] [--json] [--join URL,... --node-id I --secret S [--fabric-link NS]]
+#   netns_setup.sh up [--vms N] [--networks K] [--nodes K [--etcd-tls]] [--etcd URL,... [--fabric-link NS]] [--flow-entries E] [--prefix P]
+#                     [--secret S] [--datapath nfqueue|ebpf] [--tls] [--dhcp] [--ipv6 MODE[,MODE...]] [--json] [--join URL,... --node-id I --secret S [--fabric-link NS]]
+#                     [--etcd-ca CA [--etcd-cert CERT --etcd-key KEY]]   (an https:// --etcd or --join URL)
 #                     [--qemu M (--image FILE | --kernel K [--initrd I] [--append A]) [--accel auto|kvm|tcg] [--memory MIB]]
 #                     [--user-data FILE] [--ssh-key PUBKEY_FILE] [--instances FILE]
 #   netns_setup.sh down [--node I] [--prefix P]
@@ -49,6 +50,13 @@
 # through one etcd in P-fabric (or --etcd URL's, reached through --fabric-link NS); --join URL adds this prefix's nodes to an existing
 # cloud (its etcd, Nova and networks), --fabric-link NS joining our fabric to NS's bridge br-fabric
 # by a veth; down --node I removes one node and its keys. See docs/cluster.md.
+# An https:// --etcd or --join URL is reached with --etcd-ca (etcd's CA) and, for an etcd that wants
+# client certificates, --etcd-cert and --etcd-key, written into every node's agent.conf ([ETCD]
+# ca_cert, certfile, keyfile) and given to Nova; --etcd-tls starts the lab's own etcd over TLS with
+# client certificates (a throw-away CA and certificates in /run/vrouter/P/etcd-tls).
+#
+# /run/vrouter/P is root's alone (0700), and so are the secret, the layout, each agent.conf,
+# Nova's instances and the TLS keys in it (0600); start-agent puts right what was left open.
 # --flow-entries E sizes each agent's flow table (128 bytes an entry; for clouds of many nodes).
 # --datapath ebpf forwards live flows in the kernel (an eBPF program on each tap, misses to the
 # agent's Python engine); nfqueue (the default) sends every packet through the engine. See docs/datapath.md.

@@ -1,8 +1,9 @@
 """``python -m topology``: what ``scripts/netns_setup.sh`` runs.
 
-netns_setup.sh up [--vms N] [--networks K] [--nodes K] [--etcd URL,... [--fabric-link NS]] [--flow-entries E] [--prefix P] [--secret S]
-                  [--datapath nfqueue|ebpf] [--tls] [--dhcp] [--ipv6 MODE[,MODE...]] [--json]
+netns_setup.sh up [--vms N] [--networks K] [--nodes K [--etcd-tls]] [--etcd URL,... [--fabric-link NS]] [--flow-entries E] [--prefix P]
+                  [--secret S] [--datapath nfqueue|ebpf] [--tls] [--dhcp] [--ipv6 MODE[,MODE...]] [--json]
                   [--join URL,... --node-id I --secret S [--fabric-link NS]]
+                  [--etcd-ca CA_FILE [--etcd-cert CERT_FILE --etcd-key KEY_FILE]]   (an https:// --etcd or --join URL)
                   [--qemu M (--image FILE | --kernel K [--initrd I] [--append A]) [--accel auto|kvm|tcg] [--memory MIB]]
                   [--user-data FILE] [--ssh-key PUBKEY_FILE] [--instances FILE]
 netns_setup.sh down [--node I] [--prefix P]
@@ -20,6 +21,7 @@ import re
 import sys
 from typing import NoReturn
 
+from infra.etcd_tls import EtcdTls
 from infra.etcd_wire import is_client_url
 from topology.lab import Lab, LabError
 from topology.model import MAX_NODES, MAX_VMS, GuestBoot, Topology, check_instance_data
@@ -49,6 +51,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--join", default="")
     ap.add_argument("--node-id", default="")
     ap.add_argument("--fabric-link", default="")
+    ap.add_argument("--etcd-ca", default="")
+    ap.add_argument("--etcd-cert", default="")
+    ap.add_argument("--etcd-key", default="")
+    ap.add_argument("--etcd-tls", action="store_true")
     ap.add_argument("--flow-entries", default="0")
     ap.add_argument("--datapath", default="nfqueue")
     ap.add_argument("--prefix", default="vr")
@@ -109,6 +115,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
         die("--node-id goes with --join URL")
     elif args.fabric_link and not args.etcd:
         die("--fabric-link NS goes with --join URL or --etcd URL (it is how the fabric reaches them)")
+    check_etcd_tls(args)
     if not args.memory.isdigit() or (int(args.memory) and not 64 <= int(args.memory) <= 16384):
         die("--memory %s: MiB, from 64 to 16384" % args.memory)
     if int(args.qemu) == 0:
@@ -118,6 +125,34 @@ def parse(argv: list[str]) -> argparse.Namespace:
     if not re.fullmatch(r"[a-z][a-z0-9]{0,7}", args.prefix):
         die("--prefix %s: 1 to 8 lowercase letters and digits, starting with a letter" % args.prefix)
     return args
+
+
+def check_etcd_tls(args: argparse.Namespace) -> None:
+    """--etcd-ca, --etcd-cert, --etcd-key with an https:// --etcd or --join (the files loaded, as
+    the agents will load them); --etcd-tls for the lab's own etcd."""
+    urls = [u.strip() for u in (args.join or args.etcd).split(",") if u.strip()]
+    schemes = {u.split(":", 1)[0] for u in urls}
+    given = ["--etcd-" + o for o in ("ca", "cert", "key") if getattr(args, "etcd_" + o)]
+    option = "--join" if args.join else "--etcd"
+    if args.etcd_tls and (urls or int(args.nodes) < 2):
+        die("--etcd-tls goes with --nodes K (K from 2) and no --etcd or --join: the lab's own etcd over TLS (for a cloud's, --etcd-ca ...)")
+    if schemes == {"http", "https"}:
+        die("%s %s: http:// and https:// URLs mixed (one etcd cluster speaks one or the other)" % (option, ",".join(urls)))
+    if given and "https" not in schemes:
+        die("%s go with an https:// --etcd or --join URL" % " and ".join(given))
+    if "https" in schemes and not args.etcd_ca:
+        die("%s %s: https needs --etcd-ca FILE, the CA that signed etcd's certificate (and --etcd-cert, --etcd-key if etcd wants "
+            "client certificates)" % (option, ",".join(urls)))  # fmt: skip
+    if bool(args.etcd_cert) != bool(args.etcd_key):
+        die("--etcd-cert and --etcd-key go together (the client certificate and its key)")
+    if args.etcd_ca:
+        for o in ("ca", "cert", "key"):
+            if getattr(args, "etcd_" + o):
+                setattr(args, "etcd_" + o, os.path.abspath(getattr(args, "etcd_" + o)))  # the agents run elsewhere
+        try:
+            EtcdTls(args.etcd_ca, args.etcd_cert, args.etcd_key).check()
+        except ValueError as e:
+            die("etcd TLS: %s" % e)
 
 
 def _read(option: str, path: str) -> str:
@@ -142,6 +177,10 @@ def plan(args: argparse.Namespace, state: str) -> Topology:
         die("--datapath %s: nfqueue (every packet through the agent) or ebpf (live flows forwarded in the kernel)" % args.datapath)
     topo.datapath = args.datapath
     topo.etcd_servers = [u.strip().rstrip("/") for u in (args.join or args.etcd).split(",") if u.strip()]
+    if args.etcd_ca:
+        topo.etcd_tls = EtcdTls(args.etcd_ca, args.etcd_cert, args.etcd_key)
+    elif args.etcd_tls:
+        topo.own_etcd_tls()
     topo.fabric_link = args.fabric_link
     if args.join:
         topo.join, topo.node_base = True, int(args.node_id)

@@ -145,6 +145,8 @@ class Lab:
             self.guests.create_taps(topo, ns_of)
         if topo.tls:
             self.nova.make_tls(topo)
+        if topo.own_etcd and topo.etcd_tls is not None:  # up --etcd-tls
+            self.etcd.make_tls(topo)
         self.computes.configure(topo)
         if topo.own_etcd:
             self.etcd.start()
@@ -182,13 +184,20 @@ class Lab:
         return self.procs.pid(pidfile)
 
     def start_nova(self, topo: Topology | None = None) -> None:
+        self.private()
         self.nova.start(topo)
 
     def stop_nova(self) -> None:
         self.nova.stop()
 
     def start_agent(self, node: int = 1, topo: Topology | None = None) -> None:
+        self.private()
         self.computes.start_agent(node, topo)
+
+    def private(self) -> None:
+        """The lab's secrets root's alone again (an older lab's, or a hand's chmod, put right)."""
+        for fixed in self.files.private([state for _, _, state in self.nodes()]):
+            self.say("  %s was open to other users than root: made root's alone" % fixed)
 
     def stop_agent(self, node: int = 1) -> None:
         self.computes.stop_agent(node)
@@ -197,6 +206,7 @@ class Lab:
         self.computes.stop()
 
     def start_etcd(self) -> None:
+        self.private()
         self.etcd.start()
 
     def stop_etcd(self) -> None:

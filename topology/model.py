@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from dataplane.core.frames6 import eui64_address
+from infra.etcd_tls import EtcdTls
 from vrouter.model import AUTOCONF_MODES, IPV6_MODES
 
 FABRIC_NET = "10.10.0"
@@ -170,6 +171,7 @@ class Topology:
     join: bool = False  # a lab joining the cloud of etcd_servers: its Nova, networks and services are the cloud's
     node_base: int = 1  # the cloud's number of this lab's first node (--node-id): its vhost0 is 10.10.0.(1 + it)
     fabric_link: str = ""  # a namespace whose bridge br-fabric is the cloud's fabric: reached by a veth
+    etcd_tls: EtcdTls | None = None  # the files an https etcd is reached with (--etcd-ca ..., or our own etcd's with --etcd-tls)
     flow_entries: int = 0  # each agent's flow table ([FLOWS] flow_entries); 0: the agent's default
     flow_cache_timeout: int = 180  # seconds before an idle flow goes ([FLOWS] flow_cache_timeout)
     datapath: str = "nfqueue"  # each agent's ([FLOWS] datapath): nfqueue or ebpf
@@ -204,7 +206,13 @@ class Topology:
 
     @property
     def etcd_urls(self) -> list[str]:
-        return self.etcd_servers or ["http://%s:%d" % (self.nova_ip, ETCD_PORT)]
+        return self.etcd_servers or ["%s://%s:%d" % ("https" if self.etcd_tls else "http", self.nova_ip, ETCD_PORT)]
+
+    def own_etcd_tls(self) -> None:
+        """Our own etcd over TLS with client certificates (--etcd-tls): the files ``up`` makes in
+        ``etcd-tls/`` of the state directory (``topology.etcd``), the clients' ones named here."""
+        t = self.state_dir + "/etcd-tls/"
+        self.etcd_tls = EtcdTls(t + "ca.pem", t + "client.pem", t + "client.key")
 
     def adopt(self, networks: list[Net], used: set[str]) -> None:
         """Join a cloud: its networks (from etcd) instead of our own, the VMs dealt to them in turn,
@@ -352,6 +360,9 @@ class Topology:
         cluster = ""
         if self.clustered:
             cluster = "hostname = %s\n\n[ETCD]\nservers = %s\nkey_prefix = %s\n" % (self.compute_of(node), ",".join(self.etcd_urls), self.etcd_prefix)
+            if self.etcd_tls is not None:
+                e = self.etcd_tls
+                cluster += "ca_cert = %s\n" % e.ca + ("certfile = %s\nkeyfile = %s\n" % (e.cert, e.key) if e.cert else "")
         return (
             "# Written by netns_setup.sh for prefix %s\n[DEFAULT]\nlog_level = SYS_INFO\n%s\n"
             "[VIRTUAL-HOST-INTERFACE]\nname = vhost0\nip = %s/24\ngateway = %s\n\n"
@@ -408,7 +419,8 @@ class Topology:
                 for n in range(1, self.nodes + 1)
             ],
             "etcd": {"urls": self.etcd_urls, "key_prefix": self.etcd_prefix, "namespace": self.fabric if self.own_etcd else None,
-                     "joined": self.join, "fabric_link": self.fabric_link or None}
+                     "joined": self.join, "fabric_link": self.fabric_link or None,
+                     "tls": {"ca": self.etcd_tls.ca, "cert": self.etcd_tls.cert, "key": self.etcd_tls.key} if self.etcd_tls else None}
             if self.clustered else None,
         }  # fmt: skip
 

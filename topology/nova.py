@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
-import subprocess
 from collections.abc import Callable
 
 from topology import netns
+from topology.certs import CertAuthority
 from topology.errors import LabError
+from topology.etcd import layout_tls
 from topology.fabric import Fabric
 from topology.model import NOVA_PORT, REPORTS_PORT, Topology
 from topology.processes import Processes
@@ -39,28 +39,9 @@ class Nova:
     def make_tls(self, topo: Topology) -> None:
         """A throw-away CA, Nova's server certificate (IP and DNS names) and the agent's client one."""
         d = self.files.path("tls")
-        os.makedirs(d, mode=0o700, exist_ok=True)
-        if shutil.which("openssl") is None:
-            raise LabError("--tls needs openssl")
-        key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-
-        def openssl(*args: str) -> None:
-            r = subprocess.run(["openssl", *args], capture_output=True, text=True)
-            if r.returncode:
-                raise LabError("openssl %s: %s" % (args[0], r.stderr.strip()))
-
-        ca_subject = "/CN=vrouter-emulator CA %s" % self.files.prefix
-        openssl("req", "-x509", *key, "-days", "7", "-subj", ca_subject, "-keyout", d + "/ca.key", "-out", d + "/ca.pem")
-        openssl("req", *key, "-subj", "/CN=nova-metadata", "-keyout", d + "/nova.key", "-out", d + "/nova.csr")
-        with open(d + "/nova.ext", "w") as f:
-            f.write("subjectAltName=IP:%s,DNS:nova.fabric\nextendedKeyUsage=serverAuth\n" % topo.nova_ip)
-        openssl("x509", "-req", "-in", d + "/nova.csr", "-CA", d + "/ca.pem", "-CAkey", d + "/ca.key", "-CAcreateserial", "-days", "7",
-                "-extfile", d + "/nova.ext", "-out", d + "/nova.pem")  # fmt: skip
-        openssl("req", *key, "-subj", "/CN=vrouter-agent %s" % self.files.prefix, "-keyout", d + "/agent.key", "-out", d + "/agent.csr")
-        with open(d + "/agent.ext", "w") as f:
-            f.write("extendedKeyUsage=clientAuth\n")
-        openssl("x509", "-req", "-in", d + "/agent.csr", "-CA", d + "/ca.pem", "-CAkey", d + "/ca.key", "-CAcreateserial", "-days", "7",
-                "-extfile", d + "/agent.ext", "-out", d + "/agent.pem")  # fmt: skip
+        ca = CertAuthority(d).create("vrouter-emulator CA %s" % self.files.prefix)
+        ca.issue("nova", "nova-metadata", ips=(topo.nova_ip,), dns=("nova.fabric",), server=True)
+        ca.issue("agent", "vrouter-agent %s" % self.files.prefix, client=True)
         self.say("  TLS: CA, Nova and agent certificates in %s" % d)
 
     def start(self, topo: Topology | None = None) -> None:
@@ -74,6 +55,9 @@ class Nova:
             raise LabError("prefix %s joined a cloud: its instances are served by the cloud's Nova" % self.files.prefix)
         cloud = (["--etcd", ",".join(topo.etcd_urls), "--etcd-prefix", topo.etcd_prefix] if topo.clustered else []) if topo is not None else (
             ["--etcd", ",".join(layout["etcd"]["urls"]), "--etcd-prefix", layout["etcd"]["key_prefix"]] if layout.get("etcd") else [])  # fmt: skip
+        etcd_tls = (topo.etcd_tls if topo.clustered else None) if topo is not None else layout_tls(layout)
+        if etcd_tls is not None:
+            cloud += ["--etcd-ca", etcd_tls.ca] + (["--etcd-cert", etcd_tls.cert, "--etcd-key", etcd_tls.key] if etcd_tls.cert else [])
         tls = []
         if os.path.exists(self.files.path("tls/nova.pem")):
             t = self.files.path("tls/")

@@ -7,6 +7,11 @@ lists what ``up`` made, one ``KIND NAME`` a line (``netns``, ``file``,
 ``dir``, ``rootdir``: a parent directory that ``up`` had to make, removed when
 no other prefix uses it), so that ``down`` after a half-made ``up`` removes
 what was made and no more.
+
+The directory is root's alone (0700), and so is every file written through
+``write`` (0600 from the moment it exists): the secret, the layout (which
+holds it), each agent.conf (likewise), Nova's instances (their user data and
+passwords).  ``private`` puts right what an older lab left open.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import os
 import shutil
 from collections.abc import Callable
 
+from infra.private import restrict
 from topology import netns
 
 
@@ -34,8 +40,10 @@ class StateDir:
         """The directory made and its list of what was created started empty (with the root
         directory in it, when there was none)."""
         root_new = not os.path.isdir(self.root)
-        os.makedirs(self.dir, exist_ok=True)
-        open(self.path("created"), "w").close()
+        os.makedirs(self.root, exist_ok=True)
+        os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        os.chmod(self.dir, 0o700)
+        self.write("created", "")
         if root_new:
             self.created("rootdir", self.root)
 
@@ -46,13 +54,30 @@ class StateDir:
     def has_list(self) -> bool:
         return os.path.exists(self.path("created"))
 
-    def write(self, name: str, text: str, mode: int = 0o644) -> None:
-        """``name`` replaced whole (a reader sees the old text or the new)."""
+    def write(self, name: str, text: str, mode: int = 0o600) -> None:
+        """``name`` replaced whole (a reader sees the old text or the new), ``mode`` from the start."""
         path = self.path(name)
         tmp = path + ".tmp"
-        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "w") as f:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+        os.fchmod(fd, mode)  # a .tmp left by a crash keeps its own mode through O_CREAT
+        with open(fd, "w") as f:
             f.write(text)
         os.replace(tmp, path)
+
+    PRIVATE = ("secret", "layout.json", "instances.json", "agent.conf", "created")
+
+    def private(self, state_dirs: list[str]) -> list[str]:
+        """The directory, and the files of it and of the nodes' ``state_dirs`` that ``write`` makes
+        0600 (and the TLS keys), made root's alone if they are not; what was put right."""
+        fixed = [restrict(self.dir, 0o700)]
+        for d in sorted({self.dir, *state_dirs}):
+            fixed += [restrict(os.path.join(d, name), 0o600) for name in self.PRIVATE]
+        for sub in ("tls", "etcd-tls"):
+            d = self.path(sub)
+            if os.path.isdir(d):
+                fixed.append(restrict(d, 0o700))
+                fixed += [restrict(os.path.join(d, n), 0o600) for n in sorted(os.listdir(d)) if n.endswith(".key")]
+        return [f for f in fixed if f]
 
     def layout(self) -> dict | None:
         try:
