@@ -133,9 +133,7 @@ def start(procs: Processes, namespace: str, ip: str, data_dir: str, name: str = 
 
     with netns.Namespace(namespace) as ns:  # asked from a thread in the namespace etcd listens in
         if ns.run(answers):  # another etcd there would pass for this one
-            raise EtcdError(
-                "an etcd already answers at %s in namespace %s: stop it, or use another address or port" % (address, namespace)
-            )
+            raise EtcdError("an etcd already answers at %s in namespace %s: stop it, or use another address or port" % (address, namespace))
         proc = procs.spawn(namespace, [executable, *arguments(name, ip, data_dir, client_port, peer_port, tls)], LOG, PIDFILE)
         try:
             procs.wait(timeout, proc, lambda: proc.poll() is None and ns.run(answers), "etcd", LOG)
