@@ -107,6 +107,8 @@ def decode_request(line: bytes, ops: dict[str, tuple[type, Any]]) -> tuple[str, 
         msg = json.loads(line)
     except ValueError as e:
         raise MessageError("not JSON: %s" % e) from None
+    except RecursionError:  # valid JSON, nested deeper than Python's decoder goes
+        raise MessageError("not JSON that can be read: nested too deeply") from None
     if not isinstance(msg, dict) or not isinstance(msg.get("op"), str):
         raise MessageError('expected {"op": ..., "args": {...}}')
     op = msg["op"]
@@ -130,7 +132,7 @@ def decode_answer(answer: Any, line: bytes) -> Any:
     MessageError if the line is not an answer."""
     try:
         msg = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise MessageError("the answer is not JSON: %r" % line[:200]) from None
     if not isinstance(msg, dict) or "ok" not in msg:
         raise MessageError("not an answer: %r" % line[:200])
