@@ -100,6 +100,8 @@ def parse_instances(text: str) -> dict[str, dict]:
         data = json.loads(text)
     except ValueError as e:
         raise InstancesError("not JSON: %s" % e) from None
+    except RecursionError:
+        raise InstancesError("not JSON that can be read: nested too deeply") from None
     items = data.get("instances") if isinstance(data, dict) else data
     if not isinstance(items, list):
         raise InstancesError('expected {"instances": [...]} or a list of instances')
@@ -111,7 +113,7 @@ def parse_instances(text: str) -> dict[str, dict]:
         where = "instance %s" % inst["uuid"]
         if inst["uuid"] in out:
             raise InstancesError("%s: twice" % where)
-        for key, kind in (("meta", dict), ("public_keys", dict), ("name", str), ("hostname", str), ("project_id", str)):
+        for key, kind in (("meta", dict), ("public_keys", dict), ("vendor_data2", dict), ("name", str), ("hostname", str), ("project_id", str)):
             if key in inst and not isinstance(inst[key], kind):
                 raise InstancesError("%s: %s must be %s" % (where, key, "an object" if kind is dict else "a string"))
         for key in ("meta", "public_keys"):

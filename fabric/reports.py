@@ -72,7 +72,7 @@ def _form(body: bytes) -> dict | None:
 def _event(body: bytes) -> dict | None:
     try:
         data = json.loads(body)
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: nested deeper than Python's decoder goes
         return None
     return data if isinstance(data, dict) else None
 
@@ -120,7 +120,7 @@ def read(reports_dir: str, uuid: str) -> list[dict]:
     for line in lines:
         try:
             rec = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             continue
         if isinstance(rec, dict):
             out.append(rec)
