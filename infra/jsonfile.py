@@ -32,5 +32,10 @@ def write_json_atomic(path: str, data: Any, sort_keys: bool = True, mode: int | 
 
 
 def read_json(path: str) -> Any:
+    """The JSON in ``path``; OSError, or ValueError for a file that is not JSON Python can read
+    (not UTF-8, not JSON, or nested deeper than its decoder goes)."""
     with open(path, encoding="utf-8") as f:
-        return json.load(f)
+        try:
+            return json.load(f)
+        except RecursionError:
+            raise ValueError("JSON nested too deeply to be read") from None

@@ -363,6 +363,8 @@ def validate_service(raw: dict[str, Any]) -> LinkLocalService:
     fabric = a.get("ip_fabric_service_ip", a.get("ipfabric_service_ip", []))
     if isinstance(fabric, str):
         fabric = [fabric] if fabric else []
+    if not isinstance(fabric, list | tuple):
+        raise ServiceError("--ipfabric_service_ip %r: not a list of IP addresses" % (fabric,))
     fabric_ips = []
     for f in fabric:  # IPv4 for the VMs' IPv4 flows, IPv6 for their IPv6 ones (to the service's fe80::a9fe:x:y)
         try:

@@ -371,4 +371,6 @@ def load_config(path: str) -> AgentConfig:
             text = f.read()
     except OSError as e:
         raise ConfigError("cannot read %s: %s" % (path, e.strerror)) from None
+    except UnicodeDecodeError as e:
+        raise ConfigError("%s: not UTF-8 text (byte %d is 0x%02x): save it as UTF-8" % (path, e.start, e.object[e.start])) from None
     return parse_config(text, path)

@@ -101,6 +101,9 @@ class Persistence:
         except (OSError, ValueError, KeyError, TypeError) as e:
             problems.append("%s: %s" % (self.linklocal, e))
             return {}
+        if not isinstance(entries, list):
+            problems.append("%s: linklocal_service_entry is not a list" % self.linklocal)
+            return {}
         services = {}
         for raw in entries:  # one by one: a bad entry is left out, not all of them
             try:
