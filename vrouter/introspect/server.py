@@ -140,10 +140,10 @@ async def _read_request(reader: asyncio.StreamReader) -> tuple[list[bytes], dict
         headers[k.strip().lower()] = v.strip().decode("latin-1")
     if "chunked" in headers.get(b"transfer-encoding", "").lower():
         return b"411 Length Required"
-    length = headers.get(b"content-length", "0").strip() or "0"
-    if not length.isdigit():
+    length = headers.get(b"content-length", "0").strip().lstrip("0") or "0"
+    if not (length.isascii() and length.isdigit()):  # (str.isdigit takes "²", which int does not)
         return b"400 Bad Request"
-    if int(length) > MAX_BODY:
+    if len(length) > 9 or int(length) > MAX_BODY:  # (int takes at most 4300 digits)
         return b"413 Content Too Large"
     if int(length):
         await reader.readexactly(int(length))
