@@ -5,8 +5,10 @@ log line per request only at debug level."""
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -38,3 +40,14 @@ class Handler(BaseHTTPRequestHandler):
 class Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that reset or dropped its connection (the metadata proxy closes an upstream
+        connection with unread data when its VM goes away mid-answer: the kernel sends a RST)
+        ends that connection, logged at debug level; anything else is a bug: socketserver's
+        traceback on stderr, as before."""
+        e = sys.exception()
+        if isinstance(e, ConnectionError):
+            Handler.log.debug("%s: %s", client_address, e)
+            return
+        super().handle_error(request, client_address)

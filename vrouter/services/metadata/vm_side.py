@@ -83,7 +83,13 @@ class VMConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio.Transport subclasses
         p = self.proxy
         peer = transport.get_extra_info("peername")
-        self.peer_ip = peer[0] if peer else ""
+        if not peer:
+            # reset by the VM before it was accepted (getpeername fails): nobody to identify or to
+            # answer.  Read, its request was answered 500 "from unknown source" with a warning
+            # each time, which a VM could repeat as fast as it connects and resets (make fuzz).
+            self._close(abort=True)
+            return
+        self.peer_ip = peer[0]
         p.stats.proxy_sessions += 1
         p.clients.add(self)
         open_now = p.open_per_peer.get(self.peer_ip, 0) + 1
