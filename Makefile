@@ -27,8 +27,9 @@ BENCH_PKGS := haproxy nginx-light wrk iperf3
 SOAK_SECONDS ?= 180
 SOAK_VMS ?= 16
 SOAK_NODES ?= 1
+FUZZ_SECONDS ?= 270
 
-.PHONY: install bpf system-deps busybox venv demo test test-clients test-guests guest-image guest-initramfs image-deps unit lint soak bench bench-deps clean cluster-latency bench-ipv6
+.PHONY: install bpf system-deps busybox venv demo test test-clients test-guests guest-image guest-initramfs image-deps unit lint soak fuzz bench bench-deps clean cluster-latency bench-ipv6
 
 install: system-deps busybox venv bpf
 
@@ -129,6 +130,12 @@ test-guests: install guest-initramfs guest-image
 # Minutes of 16 VMs running cloud-init's metadata sequence; too long for CI (see docs/hostile-vms.md).
 soak: install
 	$(BIN)/python scripts/soak.py --vms $(SOAK_VMS) --nodes $(SOAK_NODES) --seconds $(SOAK_SECONDS) --datapath $(DATAPATH)
+
+# Minutes of one VM fuzzing a live node (scapy's fuzz() on every protocol, malformed HTTP, MPLS over UDP
+# from the fabric) while the other VMs read their metadata and ping, on both datapaths: FUZZ_SECONDS each,
+# about 10 minutes in all; not in make test (see docs/reliability.md#fuzzing).
+fuzz: install
+	$(BIN)/python scripts/fuzz.py --seconds $(FUZZ_SECONDS) --datapath both --json benchmarks/results/fuzz.json
 
 # How long a change of the global config takes to reach every agent of a 3-node cluster (100 changes).
 cluster-latency: install

@@ -7,11 +7,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
-from tests.helpers import configure, wait_until
+from tests.helpers import configure, metric, scrape, wait_until
 
 # In both datapaths: what a VM's packets meet on their way (the program first in ebpf mode), and
 # the fair share of the queues; the proxy's and the agent's own limits and faults, the same in both,
@@ -277,12 +276,20 @@ def _gone(pid):
 def test_proxy_process_killed_is_restarted(hostile):
     h = hostile
     wait_until(lambda: h.metadata(0)[0] == 200, 15, "vm1 served before the test")
+    vif = str(h.vms[0]["vif"])
+    counted = scrape(h)
     before = h.cli_json("status")["proxy"]
     os.kill(before["pid"], signal.SIGKILL)
     wait_until(lambda: _gone(before["pid"]), 10, "the proxy process to die")
     wait_until(lambda: h.cli_json("status")["proxy"].get("restarts", 0) >= before["restarts"] + 1, 15, "the agent to restart its proxy")
     after = h.cli_json("status")["proxy"]
     assert after["pid"] != before["pid"] and "error" not in after
+    # the counters go on from where the dead process left them (the agent adds what it had counted)
+    assert after["requests"] >= before["requests"] > 0 and after["responses"] >= before["responses"]
+    now = scrape(h)
+    for name, labels in (("vrouter_metadata_vif_requests_total", {"vif": vif}), ("vrouter_metadata_request_duration_seconds_count", {}),
+                         ("vrouter_metadata_requests_total", {"instance": h.vms[0]["instance_uuid"], "status": "200"})):  # fmt: skip
+        assert metric(now, name, **labels) >= metric(counted, name, **labels) > 0, name
     wait_until(lambda: h.metadata(0)[0] == 200 and h.metadata(1)[0] == 200, 15, "both VMs served by the new proxy process")
 
 
@@ -294,10 +301,11 @@ def test_proxy_process_hung_is_replaced(hostile):
     before = h.cli_json("status")["proxy"]
     os.kill(before["pid"], signal.SIGSTOP)
     try:
-        t0 = time.monotonic()
         st = h.cli_json("status")
-        # the behaviour is a bound: the agent gives the proxy 3 s to report, where the CLI would wait 10
-        assert time.monotonic() - t0 < 8 and "does not answer" in st["proxy"]["error"]
+        # the agent gives the proxy 3 s to report, and answers without it: had it waited as long as
+        # the CLI waits for the agent (10 s), the CLI would have failed (no timing asserted here: on
+        # a loaded machine the CLI's own start takes seconds)
+        assert "does not answer" in st["proxy"]["error"]
     finally:
         try:
             os.kill(before["pid"], signal.SIGCONT)  # if it is still there (the agent kills it)

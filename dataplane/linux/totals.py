@@ -90,3 +90,22 @@ class Totals:
 
     def vif(self, index: int) -> list[int]:
         return self.vifs.get(index, [0] * 6)
+
+
+def retired(before: WorkerStats | None, last: WorkerStats) -> WorkerStats:
+    """What a worker's processes that are gone counted: ``before`` (the earlier ones) plus ``last``
+    (what the process that died last answered), its counters only (its flows went with it: no
+    active entries, NAT ports or per-vif flows)."""
+    total = Totals.of(last, [before] if before is not None else [])
+    return WorkerStats(
+        vifs={i: (c[0], c[1], c[2], c[3], c[4], 0) for i, c in total.vifs.items()},
+        vif_drops=total.vif_drops,
+        drops=total.drops,
+        setups=total.setups,
+        added=total.added,
+        removed=total.removed,
+        errors=total.errors,
+        verdict_writes=total.verdict_writes,
+        verdict_errors=total.verdict_errors,
+        captures=total.captures,
+    )

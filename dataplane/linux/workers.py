@@ -13,7 +13,9 @@ order; the pool keeps the last call of each key (per vif, per VRF, per name),
 so that a worker restarted after a death is given the configuration as it
 stands.  A worker that dies is restarted within ``RESTART_DELAY``; its entries
 are cleared when the new process opens the table (flushed, never left half
-owned) and its counters start from zero.  The packets a worker traps for the
+owned) and its counters start from zero; the pool adds what the dead process
+last answered to the worker's totals (``retired``), so that the node's counters
+never go down.  The packets a worker traps for the
 agent's services come to the agent as ``Trapped``.  ``settle`` waits until
 every worker has applied every message sent so far: an operation returns only
 after that.
@@ -34,7 +36,7 @@ from dataplane.core.flowsetup import TraceEntry
 from dataplane.core.overlay import Route
 from dataplane.core.services import LinkLocalService
 from dataplane.core.vif import Vif
-from dataplane.linux.totals import WorkerStats
+from dataplane.linux.totals import WorkerStats, retired
 from infra.children import Child, ChildError
 
 log = logging.getLogger("vrouter.dataplane")
@@ -141,6 +143,8 @@ class _Worker:
         self.writer = writer
         self.node_queue = pool.setup(writer).node_queue
         self.queues: dict[int, int] = {}  # the queues it reads -> their length
+        self.last: WorkerStats | None = None  # what its process last answered a StatsRequest
+        self.retired: WorkerStats | None = None  # what its processes that died had counted (when last asked)
         self.child = Child("dataplane worker %d" % writer, WORKER_MODULE, lambda _: pool.set_up(self), pool.on_trap_message, RESTART_DELAY)
 
 
@@ -165,6 +169,8 @@ class WorkerPool:
     async def set_up(self, w: _Worker) -> None:
         """A worker's process has started: its Setup, the configuration as it stands, its queues."""
         child = w.child
+        if w.last is not None:  # a process before this one: its counts stay in the totals
+            w.retired, w.last = retired(w.retired, w.last), None
         await child.call(self.setup(w.writer), 30)
         for msg in list(self._config.values()):
             child.send(msg).add_done_callback(_logged)
@@ -270,9 +276,14 @@ class WorkerPool:
                 child.send(RemoveCapture(cid)).add_done_callback(_logged)
 
     async def stats(self) -> list[WorkerStats]:
-        """Every running worker's counters (a worker that does not answer counts nothing)."""
-        out = await self._wait([c.send(StatsRequest()) for c in self._running()], None)
-        return [s if isinstance(s, WorkerStats) else WorkerStats() for s in out]
+        """Every worker's counters: what its process answers (what it answered last, if it does not
+        answer now), and what its processes that died had counted."""
+        running = [w for w in self.workers if w.child.up]
+        out = await self._wait([w.child.send(StatsRequest()) for w in running], None)
+        for w, s in zip(running, out, strict=True):
+            if isinstance(s, WorkerStats):
+                w.last = s
+        return [s for w in self.workers for s in (w.last, w.retired) if s is not None]
 
     async def traces(self) -> list[TraceEntry]:
         """Every running worker's flow trace, in one list (not sorted)."""

@@ -13,7 +13,7 @@ from dataplane.core.overlay import DROP_NH, RECEIVE_NH, label_of
 from dataplane.linux.ebpf import KernelDatapath
 from flows.layout import DROP_NAMES
 from infra.procinfo import own_memory
-from vrouter.agent.kernel_stats import all_queue_drops, kernel_ip_drops
+from vrouter.agent.kernel_stats import kernel_ip_drops
 from vrouter.messages.control import (
     DropStats,
     DropStatsRequest,
@@ -89,7 +89,7 @@ class Inspection:
         node = self.node
         dp = node.dp
         totals = await node.ksync.totals()
-        overflows = all_queue_drops()
+        overflows = node.queues.drops.read()
         reasons: dict[int, dict[str, int]] = {}
         for (index, reason), n in totals.vif_drops.items():
             reasons.setdefault(index, {})[DROP_NAMES[reason]] = n
@@ -113,7 +113,7 @@ class Inspection:
         totals = await self.node.ksync.totals()
         drops = totals.drops
         counts = {DROP_NAMES[r]: drops.get(r, 0) for r in DROP_NAMES}
-        counts["Queue Overflow"] = self.node.queues.all_overflows(all_queue_drops())
+        counts["Queue Overflow"] = self.node.queues.all_overflows(self.node.queues.drops.read())
         counts["Dataplane Error"] = totals.errors
         counts.update(kernel_ip_drops())
         return DropStats(counts)

@@ -19,9 +19,30 @@ def all_queue_drops() -> dict[int, int]:
     return out
 
 
-def queue_drops(queue_num: int) -> int:
-    """The same, for one queue."""
-    return all_queue_drops().get(queue_num, 0)
+class QueueDrops:
+    """``all_queue_drops``, never going down.  A queue's count in /proc starts anew when its socket
+    closes and the queue is bound again (a dataplane worker died, and the new process bound it):
+    what it had counted when last read is kept and added.  A queue bound by none (its worker gone,
+    not yet back) keeps its last count meanwhile."""
+
+    def __init__(self) -> None:
+        self._base: dict[int, int] = {}  # what earlier bindings of the queue had counted
+        self._last: dict[int, int] = {}  # the kernel's count at the last read
+
+    def read(self) -> dict[int, int]:
+        for q, n in all_queue_drops().items():
+            last = self._last.get(q, 0)
+            if n < last:
+                self._base[q] = self._base.get(q, 0) + last
+            self._last[q] = n
+        return {q: self._base.get(q, 0) + n for q, n in self._last.items()}
+
+    def forget(self, queue_num: int) -> int:
+        """A queue unbound for good: its count (kept by the caller), after which it starts anew."""
+        n = self.read().get(queue_num, 0)
+        self._base.pop(queue_num, None)
+        self._last.pop(queue_num, None)
+        return n
 
 
 def kernel_ip_drops() -> dict[str, int]:

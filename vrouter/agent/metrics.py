@@ -29,7 +29,6 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from dataplane.linux.totals import Totals
 from flows.layout import DROP_NAMES
-from vrouter.agent.kernel_stats import all_queue_drops
 from vrouter.agent.rate import RATE_WINDOW
 from vrouter.messages.proxy import Histogram, ProxyReport
 
@@ -67,7 +66,7 @@ class AgentCollector(Collector):
         by_vif: dict[int, list[tuple[str, int]]] = {}
         for (index, reason), n in sorted(t.vif_drops.items()):
             by_vif.setdefault(index, []).append((DROP_NAMES.get(reason, str(reason)), n))
-        overflows = all_queue_drops()
+        overflows = node.queues.drops.read()
         for v in vifs:
             i = str(v.index)
             overflow = node.queues.overflows_of(v, overflows)

@@ -28,7 +28,7 @@ from dataplane.linux.nftables import NftError, NftSocket, QueueRules, VmQueue, b
 from dataplane.linux.ports import PORT_RANGE
 from dataplane.linux.workers import WorkerPool
 from infra.children import ChildError
-from vrouter.agent.kernel_stats import queue_drops
+from vrouter.agent.kernel_stats import QueueDrops
 from vrouter.agent.state import NodeState
 from vrouter.model import PortError
 
@@ -63,6 +63,7 @@ class VmQueues:
         self.started = False  # the queues are bound from then on (before: at start, all at once)
         self.made_table = False  # our nftables table exists: delete it at stop
         self.gone = 0  # queue overflows of VMs unplugged since start
+        self.drops = QueueDrops()  # the kernel's drop counts of every queue, kept across a worker's restart
         self._due: asyncio.TimerHandle | None = None  # the tables' next rebuild
         self._leaving: set[int] = set()  # queues of unplugged VMs, unbound at the next rebuild
         self.captured: set[int] = set()  # vifs under a vifdump capture (ebpf: the node's replies to them stay queued)
@@ -77,7 +78,7 @@ class VmQueues:
 
     def overflows_of(self, vif: Vif, overflows: dict[int, int]) -> int:
         """What the kernel dropped from a VM's queues (0 for a host vif), given every queue's count
-        (``kernel_stats.all_queue_drops``)."""
+        (``drops.read()``)."""
         return sum(overflows.get(q, 0) for q in self.of(vif.index)) if vif.kind == "Virtual" else 0
 
     def all_overflows(self, overflows: dict[int, int]) -> int:
@@ -152,7 +153,7 @@ class VmQueues:
         local = q in self.shell.queues
         remote = [w for w in self.pool.workers if q in w.queues]
         if local or remote:
-            self.gone += queue_drops(q)  # its count leaves /proc with it
+            self.gone += self.drops.forget(q)  # its count leaves /proc with it
         if local:
             self.shell.remove(q)
         for w in remote:

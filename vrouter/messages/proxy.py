@@ -143,6 +143,36 @@ class ProxyReport:
     journal_dropped: int = 0
 
 
+def _sum_histograms(a: Histogram | None, b: Histogram | None) -> Histogram | None:
+    if a is None or b is None or a.bounds != b.bounds:
+        return b if b is not None else a
+    return Histogram(b.bounds, [x + y for x, y in zip(a.counts, b.counts, strict=True)], a.sum + b.sum, a.count + b.count)
+
+
+def add_reports(before: ProxyReport, now: ProxyReport) -> ProxyReport:
+    """``now``'s report with ``before``'s counters added (what proxy processes that died counted);
+    the load, memory and pid are ``now``'s."""
+    a, b = before.stats, now.stats
+    stats = ProxyCounters(**{k: getattr(a, k) + getattr(b, k) for k in ProxyCounters.__dataclass_fields__ if k != "status"})
+    stats.status = {s: a.status.get(s, 0) + b.status.get(s, 0) for s in a.status.keys() | b.status.keys()}
+    per_vif = {v: VifMetadataCounters() for v in before.per_vif.keys() | now.per_vif.keys()}
+    for part in (before.per_vif, now.per_vif):
+        for v, c in part.items():
+            mine = per_vif[v]
+            mine.requests += c.requests
+            mine.responses += c.responses
+            mine.proxy_sessions += c.proxy_sessions
+            mine.internal_errors += c.internal_errors
+    by_instance: dict[str, dict[int, int]] = {}
+    for part2 in (before.by_instance, now.by_instance):
+        for inst, statuses in part2.items():
+            mine2 = by_instance.setdefault(inst, {})
+            for st, n in statuses.items():
+                mine2[st] = mine2.get(st, 0) + n
+    return ProxyReport(stats, now.load, now.memory, now.pid, per_vif, by_instance, _sum_histograms(before.nova_seconds, now.nova_seconds),
+                       _sum_histograms(before.request_seconds, now.request_seconds), before.journal_dropped + now.journal_dropped)  # fmt: skip
+
+
 @dataclass
 class JournalQuery:
     """Entries after number ``since``; of one instance or vif if given."""

@@ -12,8 +12,10 @@ dataplane workers) and drives it with the messages of
 acknowledged, so that when ``vrouter port add`` returns the proxy already
 knows the port; a port plug sends that port's identity, not every port's.  A
 restarted process gets the identities, Nova's address and the fault rules
-again; its journal and counters start empty.  A process that does not answer
-a request in time is killed, and so restarted.
+again; its journal starts empty, and its counters from zero, to which the
+agent adds what the processes before it counted when last asked (``report``:
+the node's counters never go down).  A process that does not answer a request
+in time is killed, and so restarted.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from vrouter.messages.proxy import (
     ProxyStatsRequest,
     SetFaults,
     SetUpstream,
+    add_reports,
 )
 from vrouter.model import Identity, NovaAddress
 
@@ -58,6 +61,8 @@ class ProxyProcess:
         self.upstream: NovaAddress | None = None
         self.faults: list[FaultSpec] = []
         self._started = False  # before start, changes are only kept (the process is given them all)
+        self._last: ProxyReport | None = None  # the last report, of the process then running
+        self._retired: ProxyReport | None = None  # what processes that died had counted when last asked
         self._child = Child("the metadata proxy process", WORKER_MODULE, self._set_up, restart_delay=RESTART_DELAY, kill_on_timeout=True)
 
     @property
@@ -118,8 +123,15 @@ class ProxyProcess:
         await self._call(SetFaults(rules), timeout=3)
 
     async def report(self) -> ProxyReport:
-        """Its counters, load and memory; ProxyProcessError if it does not answer."""
-        return await self._call(ProxyStatsRequest(), timeout=3)  # well inside the CLI's own 10 s
+        """Its counters, load and memory; ProxyProcessError if it does not answer.  The counters
+        include what the processes before it (restarted after a death) had counted when last asked:
+        they never go down."""
+        now = await self._call(ProxyStatsRequest(), timeout=3)  # well inside the CLI's own 10 s
+        last = self._last
+        if last is not None and last.pid != now.pid:
+            self._retired = last if self._retired is None else add_reports(self._retired, last)
+        self._last = now
+        return now if self._retired is None else add_reports(self._retired, now)
 
     async def journal(self, query: JournalQuery) -> JournalPage:
         return await self._call(query, timeout=3)
