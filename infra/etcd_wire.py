@@ -92,10 +92,11 @@ def encode_value(value: Any) -> bytes:
 
 
 def decode_value(raw: bytes) -> tuple[bool, Any]:
-    """(True, the decoded JSON) or (False, None) when ``raw`` is not JSON."""
+    """(True, the decoded JSON) or (False, None) when ``raw`` is not JSON (or nested deeper than the
+    decoder goes: one such key put by anyone would otherwise stop the follower's thread)."""
     try:
         return True, json.loads(raw)
-    except ValueError:  # json.JSONDecodeError and UnicodeDecodeError
+    except (ValueError, RecursionError):  # json.JSONDecodeError and UnicodeDecodeError; too deep
         return False, None
 
 
