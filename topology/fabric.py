@@ -14,6 +14,7 @@ node n's vhost0 (link-local services over IPv6 reach the fabric from there).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
@@ -25,6 +26,12 @@ from topology.state import StateDir
 
 FABRIC_BRIDGE = "br-fabric"
 FAIL_CLOSED = {"net.ipv4.ip_forward": "0", "net.ipv4.conf.all.rp_filter": "1", "net.ipv4.conf.default.rp_filter": "1"}
+
+
+def bridge_mac() -> str:
+    """A random, locally administered unicast MAC (a fabric bridge's: one per lab, since the
+    bridges of labs joined by ``fabric_link`` share one segment)."""
+    return "02:" + ":".join("%02x" % b for b in os.urandom(5))
 
 
 class Fabric:
@@ -71,7 +78,10 @@ class Fabric:
         """The fabric as a bridge (Nova's and etcd's address on it) and each node's vhost0 a port of
         it, at the fabric's MTU; each node's default route to the fabric."""
         fabric.ipr.link("set", index=fabric.index("lo"), state="up")
-        fabric.ipr.link("add", ifname=FABRIC_BRIDGE, kind="bridge")
+        # An address of its own, set: a bridge left to choose takes the lowest of its ports' MACs,
+        # and changes it when that port goes (down --node I) or a lower one comes (up --join), so
+        # that the nodes' ARP entries for Nova and etcd point nowhere for about 20 s.
+        fabric.ipr.link("add", ifname=FABRIC_BRIDGE, kind="bridge", address=bridge_mac())
         br = fabric.index(FABRIC_BRIDGE)
         fabric.ipr.link("set", index=br, mtu=FABRIC_MTU, state="up")
         if topo.own_nova:  # a lab that joins a cloud uses the cloud's Nova and etcd

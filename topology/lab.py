@@ -222,7 +222,7 @@ class Lab:
     def remove_node(self, node: int) -> None:
         """Take node ``node`` out of a cluster as ``down`` takes a whole one: its agent stopped, its
         ports, routes and node record deleted from etcd (so that no other node keeps a route to
-        it), its VMs' namespaces and its own removed, the layout without it."""
+        it), its VMs' namespaces, its own and its resolver files removed, the layout without it."""
         layout = self.layout()
         nodes = (layout or {}).get("nodes") or []
         if len(nodes) < 2:
@@ -244,6 +244,7 @@ class Lab:
         for name in sorted(doomed):
             if netns.delete(name):
                 self.say("  deleted netns %s" % name)
+        self.computes.remove_hosts(mine["namespace"])  # its /etc/netns files, not left until down
         self.files.forget_namespaces(doomed)
         layout["vms"] = [v for v in layout["vms"] if v.get("node") != node]
         layout["nodes"] = [d for d in nodes if d["node"] != node]

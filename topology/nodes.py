@@ -91,6 +91,15 @@ class ComputeNodes:
                 f.write("127.0.0.1 localhost\n%s nova.fabric fabric\n" % topo.nova_ip)
             self.files.created("file", "/etc/netns/%s/hosts" % name)
 
+    @staticmethod
+    def remove_hosts(namespace: str) -> None:
+        """A removed node's resolver files (``write_hosts``'), which its namespace leaves behind."""
+        try:
+            os.unlink("/etc/netns/%s/hosts" % namespace)
+            os.rmdir("/etc/netns/" + namespace)
+        except OSError:
+            pass  # gone already, or something else of the operator's in there: down removes what it made
+
     def configure(self, topo: Topology) -> None:
         """Each agent's state directory and agent.conf."""
         for n in range(1, topo.nodes + 1):
