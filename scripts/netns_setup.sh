@@ -21,7 +21,7 @@
 # gateway 10.1.J.1, service address (the agent's DHCP server and DNS) 10.1.J.2, a VRF of its own;
 # the VMs are dealt out to the networks in turn, and VMs of different networks do not reach each
 # other. --networks K: K networks (default: as many as the VMs need, 252 a network: one, 10.1.1.0/24,
-# up to 252 VMs). Up to 2000 VMs and guests in all.
+# up to 252 VMs). Up to 4096 VMs and guests in all.
 #
 # --dhcp: the namespace VMs take their address with busybox udhcpc (kept running; leases in
 # /run/vrouter/P/dhcp/) instead of a static one. Every network is dual stack: network J's IPv6

@@ -5,10 +5,10 @@ namespace only.  Per plugged port: the tap is brought up with the vRouter MAC
 (00:00:5e:00:01:00), answers no ARP itself (the agent's ARP service does,
 through pkt0), and gets a /32 route for the VM IP and for its metadata IP plus
 a permanent neighbour entry for the VM; likewise /128 routes and neighbour
-entries for its IPv6 address and IPv6 metadata address.  Reverse-path
-filtering is strict on an unplugged tap, so without those routes (no agent)
-the kernel drops everything a VM sends: the dataplane fails closed even
-without its nftables table.
+entries for its IPv6 address and IPv6 metadata address, in one rtnetlink
+transaction (``rtnl``).  Reverse-path filtering is strict on an unplugged tap,
+so without those routes (no agent) the kernel drops everything a VM sends: the
+dataplane fails closed even without its nftables table.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD, IFA_F_TENTATIVE
+
+from vrouter.agent import rtnl
 
 log = logging.getLogger("vrouter.host")
 
@@ -57,6 +59,7 @@ class HostNetwork:
     def __init__(self) -> None:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="netlink")
         self._ipr: IPRoute | None = None
+        self._rtnl: rtnl.Rtnl | None = None  # a port's plug, in one transaction (rtnl.py)
 
     async def _nl(self, method: str, *args: object, **kwargs: object) -> Any:  # noqa: ANN401 - what pyroute2 returns
         def call() -> Any:  # noqa: ANN401
@@ -67,6 +70,8 @@ class HostNetwork:
         return await asyncio.get_running_loop().run_in_executor(self._pool, call)
 
     def close(self) -> None:
+        if self._rtnl is not None:
+            self._rtnl.close()
         if self._ipr is not None:
             self._pool.submit(self._ipr.close).result(10)
         self._pool.shutdown(wait=True)
@@ -136,11 +141,11 @@ class HostNetwork:
             pass
 
     async def plug(self, tap: str, vm_ip: str, vm_mac: str, md_ip: str, md_ip6: str = "", vm_ip6: str = "") -> int:
-        """Prepare a tap for a port; return its ifindex, or 0 if the tap does not exist (yet)."""
+        """Prepare a tap for a port; return its ifindex, or 0 if the tap does not exist (yet).
+        RtnlError if the kernel refuses a part of it."""
         idx = await self.ifindex(tap)
         if not idx:
             return 0
-        await self._nl("link", "set", index=idx, address=VROUTER_MAC, state="up")
         # ARP is the agent's (vrouter/services/arp.py): the kernel answers none on a tap
         sysctl("net.ipv4.conf.%s.proxy_arp" % tap, "0")
         sysctl("net.ipv4.conf.%s.arp_ignore" % tap, "1")
@@ -150,12 +155,11 @@ class HostNetwork:
         # Both are undone at unplug (strict again), so without the agent the VMs reach nothing.
         sysctl("net.ipv4.conf.%s.accept_local" % tap, "1")
         sysctl("net.ipv4.conf.%s.rp_filter" % tap, "0")
-        for ip in (vm_ip, md_ip):
-            await self._nl("route", "replace", dst=ip + "/32", oif=idx, scope="link")
+        msgs = [rtnl.link_up(idx, VROUTER_MAC)]
+        msgs += [rtnl.route(idx, ip) for ip in (vm_ip, md_ip)]
         # ... and the VM's MAC for its metadata IP too: the ebpf datapath's program rewrites the
         # proxy's replies to it on the tap's egress, after the kernel has chosen their MAC
-        for ip in (vm_ip, md_ip):
-            await self._nl("neigh", "replace", dst=ip, lladdr=vm_mac, ifindex=idx, state="permanent")
+        msgs += [rtnl.neighbour(idx, ip, vm_mac) for ip in (vm_ip, md_ip)]
         if md_ip6:
             # IPv6: the tap answers neighbour discovery for fe80::a9fe:a9fe (the kernel, for its own
             # addresses; the agent answers for the gateway, the service address and other VMs); the
@@ -163,14 +167,12 @@ class HostNetwork:
             for key, value in (("accept_dad", "0"), ("accept_ra", "0"), ("disable_ipv6", "0")):
                 sysctl("net.ipv6.conf.%s.%s" % (tap, key), value)
             # ... and for the router's link-local address, which its advertisements come from
-            for address in (METADATA_IP6, ROUTER_IP6):
-                await self._nl("addr", "replace", index=idx, address=address, prefixlen=64, flags=IFA_F_NODAD)
-            for ip in (md_ip6, vm_ip6):
-                if ip:
-                    await self._nl("route", "replace", dst=ip + "/128", oif=idx)
-            for ip in (md_ip6, vm_ip6):
-                if ip:
-                    await self._nl("neigh", "replace", dst=ip, lladdr=vm_mac, ifindex=idx, state="permanent", family=socket.AF_INET6)
+            msgs += [rtnl.address6(idx, address, 64) for address in (METADATA_IP6, ROUTER_IP6)]
+            msgs += [rtnl.route(idx, ip) for ip in (md_ip6, vm_ip6) if ip]
+            msgs += [rtnl.neighbour(idx, ip, vm_mac) for ip in (md_ip6, vm_ip6) if ip]
+        if self._rtnl is None:
+            self._rtnl = rtnl.Rtnl()
+        self._rtnl.apply(msgs)  # one write, its acks at once: the kernel answers as it takes them
         return idx
 
     async def unplug(self, tap: str, vm_ip: str, md_ip: str) -> None:

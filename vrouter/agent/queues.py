@@ -122,6 +122,8 @@ class VmQueues:
         vif = self.dp.vifs.get(vif_index)
         if not self.made_table or vif is None:
             return  # the tables are made at start, with the VMs plugged by then
+        if self._in_force.get(vif_index) == vif.ifindex:
+            return  # a rebuild while its queues were bound has them already
         virtual = sum(1 for v in self.dp.vifs.values() if v.kind == "Virtual")
         try:
             if buckets_for(virtual) != self.buckets or vif_index in self.captured:
