@@ -39,13 +39,15 @@ def test_a_dead_proxys_counts_are_added_to_the_new_ones():
 
 
 def test_queue_drops_never_go_down_when_a_queue_is_bound_anew(monkeypatch):
-    kernel = {10: 5, 11: 0}
-    monkeypatch.setattr(kernel_stats, "all_queue_drops", lambda: dict(kernel))
+    kernel = {10: (111, 5), 11: (112, 0)}  # queue -> (the port id of its socket, drops)
+    monkeypatch.setattr(kernel_stats, "queue_rows", lambda: dict(kernel))
     drops = kernel_stats.QueueDrops()
     assert drops.read() == {10: 5, 11: 0}
     del kernel[10]  # its worker died: the queue is bound by none
     assert drops.read()[10] == 5
-    kernel[10] = 2  # bound again by the new process, counting anew
-    assert drops.read()[10] == 7
-    assert drops.forget(10) == 7  # unbound for good: its count is handed over (to the node's ``gone``)
-    assert drops.read()[10] == 2  # ... and what the kernel still shows counts anew
+    kernel[10] = (222, 9)  # bound again by the new process, which already counted more than the old
+    assert drops.read()[10] == 14
+    assert drops.forget(10) == 14  # unbound for good: its count is handed over (to the node's ``gone``)
+    assert 10 not in drops.read()  # ... not counted again while the worker still holds it
+    kernel[10] = (333, 2)  # another VM at the same index: counts anew
+    assert drops.read()[10] == 2

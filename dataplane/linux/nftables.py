@@ -204,14 +204,20 @@ class NftSocket:
 
     def batch(self, messages: Iterable[tuple[int, int, bytes]], family: int = NFPROTO_IPV4) -> None:
         """Send (cmd, flags, payload) messages as one transaction; raise NftError on the first error."""
+        self.batches([(family, messages)])
+
+    def batches(self, families: Iterable[tuple[int, Iterable[tuple[int, int, bytes]]]]) -> None:
+        """Send the messages of several families (each (family, messages)) as one transaction: all
+        of them take effect, or (NftError) none."""
         parts = []
         _, begin = self._msg(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, 0, b"", NFNL_SUBSYS_NFTABLES)
         parts.append(begin)
         waiting = set()
-        for cmd, flags, payload in messages:
-            seq, msg = self._nft(cmd, flags, payload, family)
-            waiting.add(seq)
-            parts.append(msg)
+        for family, messages in families:
+            for cmd, flags, payload in messages:
+                seq, msg = self._nft(cmd, flags, payload, family)
+                waiting.add(seq)
+                parts.append(msg)
         _, end = self._msg(NFNL_MSG_BATCH_END, NLM_F_REQUEST, 0, b"", NFNL_SUBSYS_NFTABLES)
         parts.append(end)
         data = b"".join(parts)
@@ -272,7 +278,19 @@ class NftSocket:
         self.delete_table(name, NFPROTO_IPV4)
         self.delete_table(name, NFPROTO_IPV6)
 
+    def create_queue_tables(self, rules: QueueRules, name: str = TABLE_NAME) -> None:
+        """Both tables, IPv4 and IPv6, made anew in one transaction: both or (NftError) neither."""
+        self.batches([(NFPROTO_IPV4, self._table_messages(rules, name)), (NFPROTO_IPV6, self._table6_messages(rules, name))])
+
     def create_queue_table6(self, rules: QueueRules, name: str = TABLE_NAME) -> None:
+        """The IPv6 table alone (``_table6_messages``), in a transaction of its own."""
+        self.batch(self._table6_messages(rules, name), NFPROTO_IPV6)
+
+    def create_queue_table(self, rules: QueueRules, name: str = TABLE_NAME) -> None:
+        """The IPv4 table alone (``_table_messages``), in a transaction of its own."""
+        self.batch(self._table_messages(rules, name))
+
+    def _table6_messages(self, rules: QueueRules, name: str = TABLE_NAME) -> list[Message]:
         """The IPv6 table, as the IPv4 one: what each VM's tap sends to the services (link-local
         and multicast destinations: the metadata service, DHCPv6, the router; the networks' IPv6
         gateways and service addresses) to its service queue, the rest to its data queue, the
@@ -313,10 +331,10 @@ class NftSocket:
         msgs.append(_queue_rule(name, "from_vms", node, meta(NFT_META_IIFNAME), cmp_eq(rules.tap_prefix.encode())))
         msgs += _nat_reply_rules(name, rules)  # the fabric's IPv6 replies to link-local services over IPv6
         msgs.append(_queue_rule(name, "to_metadata_ips", node, load(24, 16), bitwise_mask(mask6), cmp_eq(net6)))
-        self.batch(msgs, NFPROTO_IPV6)
+        return msgs
 
-    def create_queue_table(self, rules: QueueRules, name: str = TABLE_NAME) -> None:
-        """The IPv4 table, in one transaction (replacing the one there): what each VM's tap sends
+    def _table_messages(self, rules: QueueRules, name: str = TABLE_NAME) -> list[Message]:
+        """The IPv4 table's messages (its rules replacing those there): what each VM's tap sends
         to a service (a jump to ``from_vms_to_services``) to its service queue, the rest to its
         data queue, what the node sends to its metadata IP to its service queue; then, to the
         node's queue, the rest from the taps, TCP and UDP arriving on vhost0 for the link-local
@@ -356,17 +374,19 @@ class NftSocket:
             )
         msgs += _nat_reply_rules(name, rules)
         msgs.append(_queue_rule(name, "to_metadata_ips", node, load(16, 4), bitwise_mask(mask), cmp_eq(net)))
-        self.batch(msgs)
+        return msgs
 
     def append_vms(self, vms: Sequence[VmQueue], buckets: int, name: str = TABLE_NAME) -> None:
         """Add VMs' rules to the tables in force, made with ``buckets`` buckets (both families, one
-        transaction each), without touching the other VMs' rules or anything queued."""
+        transaction), without touching the other VMs' rules or anything queued."""
+        parts: list[tuple[int, list[Message]]] = []
         for family in (NFPROTO_IPV4, NFPROTO_IPV6):
             msgs: list[Message] = []
             for rule_list, chain in zip(_vm_rules(vms, family == NFPROTO_IPV6), ("from_vms_to_services", "from_vms", "to_metadata_ips"), strict=True):
                 msgs += [_vm_rule(name, chain, buckets, rule) for rule in rule_list]
-            if msgs:
-                self.batch(msgs, family)
+            parts.append((family, msgs))
+        if any(msgs for _, msgs in parts):
+            self.batches(parts)
 
     def chains(self, name: str = TABLE_NAME, family: int = NFPROTO_IPV4) -> set[str]:
         """The names of our table's chains (none when there is no table)."""

@@ -278,12 +278,21 @@ class WorkerPool:
     async def stats(self) -> list[WorkerStats]:
         """Every worker's counters: what its process answers (what it answered last, if it does not
         answer now), and what its processes that died had counted."""
-        running = [w for w in self.workers if w.child.up]
-        out = await self._wait([w.child.send(StatsRequest()) for w in running], None)
-        for w, s in zip(running, out, strict=True):
-            if isinstance(s, WorkerStats):
+        running = [(w, w.child.restarts) for w in self.workers if w.child.up]
+        out = await self._wait([w.child.send(StatsRequest()) for w, _ in running], None)
+        for (w, process), s in zip(running, out, strict=True):
+            if isinstance(s, WorkerStats) and w.child.restarts == process:  # not a process that died meanwhile (set_up took its last)
                 w.last = s
         return [s for w in self.workers for s in (w.last, w.retired) if s is not None]
+
+    def forget_vif(self, index: int) -> None:
+        """A vif went: what dead processes counted of it goes too (a VM plugged later at its index
+        starts from zero, as with workers that never died)."""
+        for w in self.workers:
+            if w.retired is not None:
+                w.retired.vifs.pop(index, None)
+                for key in [k for k in w.retired.vif_drops if k[0] == index]:
+                    del w.retired.vif_drops[key]
 
     async def traces(self) -> list[TraceEntry]:
         """Every running worker's flow trace, in one list (not sorted)."""
@@ -309,6 +318,7 @@ class Dataplanes:
         return self._call("add_vif", (vif,), ("vif", vif.index))
 
     def remove_vif(self, index: int) -> asyncio.Future[int]:
+        self.pool.forget_vif(index)
         return self._call("remove_vif", (index,), ("vif", index), forget=True)
 
     def set_host_ifindex(self, ifindex: int) -> asyncio.Future[int]:

@@ -26,6 +26,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD, IFA_F_TENTATIVE
 
 from vrouter.agent import rtnl
+from vrouter.model import PortError
 
 log = logging.getLogger("vrouter.host")
 
@@ -170,9 +171,13 @@ class HostNetwork:
             msgs += [rtnl.address6(idx, address, 64) for address in (METADATA_IP6, ROUTER_IP6)]
             msgs += [rtnl.route(idx, ip) for ip in (md_ip6, vm_ip6) if ip]
             msgs += [rtnl.neighbour(idx, ip, vm_mac) for ip in (md_ip6, vm_ip6) if ip]
-        if self._rtnl is None:
-            self._rtnl = rtnl.Rtnl()
-        self._rtnl.apply(msgs)  # one write, its acks at once: the kernel answers as it takes them
+        try:
+            if self._rtnl is None:
+                self._rtnl = rtnl.Rtnl()
+            self._rtnl.apply(msgs)  # one write, its acks at once: the kernel answers as it takes them
+        except OSError as e:  # the requests are each its own: undo what the others did
+            await self.unplug(tap, vm_ip, md_ip)
+            raise PortError("tap %s: the kernel refused its routes or neighbours (%s)" % (tap, e.strerror or e)) from None
         return idx
 
     async def unplug(self, tap: str, vm_ip: str, md_ip: str) -> None:

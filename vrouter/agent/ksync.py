@@ -122,6 +122,7 @@ class KSync:
                     self.kernel.detach(ifindex)
                     self.kernel.remove_vif(port.vif)
                 await self.host.unplug(port.tap_name, port.ip_address, port.metadata_ip)
+                self.queues.rules_changed()  # a rebuild while it was being bound may have its rules
                 raise
             self.queues.plugged(port.vif)  # its rules in force before port add answers
         self.advertise(self.dp.vifs[port.vif])
@@ -150,7 +151,10 @@ class KSync:
                 idx = await self.host.ifindex(port.tap_name)
                 if vif is not None and idx and idx != vif.ifindex:
                     log.info("port %s: tap %s (re)appeared as ifindex %d", port.uuid, port.tap_name, idx)
-                    await self.plug(port)
+                    try:
+                        await self.plug(port)
+                    except PortError as e:  # the scan goes on: the next one tries again
+                        log.error("port %s: cannot plug its tap: %s", port.uuid, e)
 
     # -- networks and routes --
 

@@ -196,8 +196,7 @@ class VmQueues:
                            captured=captured)  # fmt: skip
         try:
             with NftSocket() as nft:
-                nft.create_queue_table(rules)
-                nft.create_queue_table6(rules)
+                nft.create_queue_tables(rules)  # both families at once, or neither
         except NftError as e:
             raise RulesError("cannot create the nftables table: %s" % e) from None
         self.buckets = buckets_for(len(vms))

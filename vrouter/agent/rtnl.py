@@ -90,6 +90,7 @@ class Rtnl:
 
     def __init__(self) -> None:
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+        self.sock.settimeout(5)  # the kernel answers as it takes each request; a lost answer must not hang the agent
         self.sock.bind((0, 0))
         self.seq = int.from_bytes(os.urandom(3), "big")
 
@@ -98,7 +99,7 @@ class Rtnl:
 
     def apply(self, messages: Iterable[Message]) -> None:
         """Send the messages in one write; RtnlError for the first the kernel refused (the others
-        are applied: each is a request of its own)."""
+        are applied: each is a request of its own), TimeoutError if its answers do not come."""
         parts, waiting = [], set()
         for mtype, flags, body in messages:
             self.seq += 1
