@@ -218,6 +218,7 @@ def test_metrics_match_the_traffic_sent(host):
     for peer in (b["ip"], a["gateway"]):
         assert host.in_vm(0, "ping", "-c", "1", "-W", "2", peer).returncode == 0
     before = scrape(host)
+    journal_before = sum(1 for e in log(host, "--instance", instance(host, 1)) if e["status"] == 200)
     send_udp(host, 0, b["ip"], 9997, 40, 100, 41010)
     send_udp(host, 0, "10.9.9.9", 53, 5, 10, 41011)  # no route: dropped
     assert host.metadata(1, MD)[0] == 200
@@ -238,9 +239,11 @@ def test_metrics_match_the_traffic_sent(host):
     assert delta("vrouter_metadata_vif_requests_total", vif=str(b["vif"])) == 1
     assert delta("vrouter_metadata_request_duration_seconds_count") == 1 and delta("vrouter_metadata_nova_latency_seconds_count") == 1
     assert metric(after, "vrouter_metadata_proxy_up") == 1 and metric(after, "vrouter_flows_active") >= 3
-    # the same counters the journal and status show
+    # the journal saw the same (its entries start anew with a restarted proxy process, which the
+    # counters do not: the agent keeps what a dead one counted)
     journal_200s = sum(1 for e in log(host, "--instance", instance(host, 1)) if e["status"] == 200)
-    assert metric(after, "vrouter_metadata_requests_total", instance=instance(host, 1), status="200") == journal_200s
+    assert journal_200s - journal_before == 1
+    assert metric(after, "vrouter_metadata_requests_total", instance=instance(host, 1), status="200") >= journal_200s
     r = host.in_compute("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "http://%s:8085/other" % host.layout["vhost0"]["ip"])
     assert r.stdout == "404"
     r = host.in_vm(0, "curl", "-s", "-m", "2", "http://%s:8085/metrics" % host.layout["vhost0"]["ip"])
