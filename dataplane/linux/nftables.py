@@ -110,6 +110,7 @@ from dataplane.linux.nft_exprs import (
     notrack,
     parse_attrs,
 )
+from infra import netlink
 
 TABLE_NAME = "vrouter"
 
@@ -232,15 +233,8 @@ class NftSocket:
     def _replies(self) -> Iterator[tuple[int, int, int]]:
         """Netlink messages as they arrive: (type, sequence, error code; 0 unless NLMSG_ERROR)."""
         while True:
-            data = self.sock.recv(65536)
-            off = 0
-            while off + 16 <= len(data):
-                length, mtype, _flags, seq, _pid = struct.unpack_from("=IHHII", data, off)
-                code = struct.unpack_from("=i", data, off + 16)[0] if mtype == NLMSG_ERROR else 0
-                yield mtype, seq, code
-                if length == 0:
-                    break
-                off += (length + 3) & ~3
+            for mtype, seq, body in netlink.messages(self.sock.recv(65536)):
+                yield mtype, seq, netlink.error_code(body) if mtype == NLMSG_ERROR else 0
 
     def _acks(self, waiting: set[int]) -> None:
         for mtype, seq, code in self._replies():
@@ -394,24 +388,19 @@ class NftSocket:
         self.sock.sendall(msg)
         found: set[str] = set()
         while True:
-            data = self.sock.recv(1 << 16)
-            off = 0
-            while off + 16 <= len(data):
-                length, mtype, _flags, seq, _pid = struct.unpack_from("=IHHII", data, off)
-                if length < 16:
+            for mtype, seq, body in netlink.messages(self.sock.recv(1 << 16)):
+                if seq != want:
+                    continue
+                if mtype == NLMSG_DONE:
                     return found
-                if seq == want:
-                    if mtype == NLMSG_DONE:
-                        return found
-                    if mtype == NLMSG_ERROR:
-                        code = struct.unpack_from("=i", data, off + 16)[0]
-                        if code:
-                            raise NftError(-code, os.strerror(-code))
-                        return found
-                    attrs = parse_attrs(data[off + 20 : off + length])
-                    if attrs.get(1, b"").rstrip(b"\0").decode() == name:
-                        found.add(attrs.get(3, b"").rstrip(b"\0").decode())
-                off += (length + 3) & ~3
+                if mtype == NLMSG_ERROR:
+                    code = netlink.error_code(body)
+                    if code:
+                        raise NftError(-code, os.strerror(-code))
+                    return found
+                attrs = parse_attrs(body[4:])  # after the nfgenmsg header
+                if attrs.get(1, b"").rstrip(b"\0").decode() == name:
+                    found.add(attrs.get(3, b"").rstrip(b"\0").decode())
 
     def _refreshing(self, name: str, family: int, buckets: int) -> list[Message]:
         """The start of a batch that makes our table anew: the table and its base chains (kept if

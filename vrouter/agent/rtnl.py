@@ -16,6 +16,8 @@ import socket
 import struct
 from collections.abc import Iterable
 
+from infra import netlink
+
 RTM_NEWLINK = 16
 RTM_NEWADDR = 20
 RTM_NEWROUTE = 24
@@ -110,16 +112,9 @@ class Rtnl:
         self.sock.sendall(b"".join(parts))
         error = 0
         while waiting:
-            data = self.sock.recv(1 << 16)
-            off = 0
-            while off + 16 <= len(data):
-                length, mtype, _flags, seq, _pid = struct.unpack_from("=IHHII", data, off)
-                if length < 16:
-                    break
+            for mtype, seq, body in netlink.messages(self.sock.recv(1 << 16)):
                 if mtype == NLMSG_ERROR and seq in waiting:
                     waiting.discard(seq)
-                    code = struct.unpack_from("=i", data, off + 16)[0]
-                    error = error or -code
-                off += (length + 3) & ~3
+                    error = error or -netlink.error_code(body)
         if error:
             raise RtnlError(error, os.strerror(error))
