@@ -103,11 +103,12 @@ def test_any_agent_conf_is_a_configuration_or_a_config_error(text):
 
 @fuzz_settings(300)
 @given(st.sampled_from([(s, k) for s in SECTIONS for k in sorted(SCHEMA[s])]), VALUES)
+@example(("DEFAULT", "hostname"), " 7 ")  # CI: the key's parser was given the value unstripped
 def test_a_value_a_keys_parser_accepts_is_the_value_the_configuration_holds(section_key, value):
     section, key = section_key
     path, conv = SCHEMA[section][key]
     try:
-        want = conv(section, key, value)
+        want = conv(section, key, value.strip())  # configparser strips a value as str.strip() does
     except ConfigError:
         want = ConfigError
     try:

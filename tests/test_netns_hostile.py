@@ -370,7 +370,7 @@ def test_a_flooding_vm_fills_only_its_own_queue(fresh_pair, flood):
     try:
         wait_until(lambda: h.cli_json("vif", "--get", str(a["vif"]))["rx_packets"] > 20000, 30, "the flood to be under way")
         requests = vm2_requests(h, 30)
-        ping = h.in_vm(1, "ping", "-c", "50", "-i", "0.02", "-W", "2", b["gateway"], timeout=60)
+        ping = h.in_vm(1, "ping", "-c", "50", "-i", "0.02", "-W", "2", "-w", "20", b["gateway"], timeout=60)
         answers = json.loads(requests.communicate(timeout=120)[0])
         mine = h.cli_json("vif", "--get", str(a["vif"]))
     finally:

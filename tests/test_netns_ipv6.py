@@ -133,7 +133,7 @@ def test_each_mode_gives_the_address_and_vms_talk_over_ipv6(dual: EmulatedHost, 
         assert lease["new_ip6_address"] == (a["ipv6"] if mode == "dhcpv6-stateful" else "")
     route = dual.in_vm(j, "ip", "-6", "route", "show", "default").stdout
     assert "via fe80::5e00:100 dev eth0" in route, route
-    ping = dual.in_vm(j, "ping", "-6", "-c", "3", "-i", "0.2", "-W", "2", b["ipv6"])
+    ping = dual.in_vm(j, "ping", "-6", "-c", "3", "-i", "0.2", "-W", "2", "-w", "20", b["ipv6"])
     assert " 0% packet loss" in ping.stdout, ping.stdout
     assert exchange(dual, j, j + 4, b["ipv6"], "tcp") == a["ipv6"]
     assert exchange(dual, j, j + 4, b["ipv6"], "udp") == a["ipv6"]
@@ -254,7 +254,7 @@ def test_hostile_neighbour_discovery_moves_nobody_elses_traffic(make_node: Calla
     flood = subprocess.Popen(["ip", "netns", "exec", h.vm_ns(0), PYTHON, "-c", _HOSTILE, "flood", bad["mac"], bad["ipv6"], vm2["ipv6"], "20000"],
                              stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
-        ping = h.in_vm(1, "ping", "-6", "-c", "20", "-i", "0.05", "-W", "2", vm3["ipv6"])
+        ping = h.in_vm(1, "ping", "-6", "-c", "20", "-i", "0.05", "-W", "2", "-w", "20", vm3["ipv6"])
         assert " 0% packet loss" in ping.stdout, ping.stdout
         assert exchange(h, 1, 2, vm3["ipv6"], "tcp") == vm2["ipv6"]
         assert flood.poll() is None, "the flood ended before vm2's traffic did: send more"
@@ -283,7 +283,7 @@ def test_ipv6_across_two_nodes(make_cluster: Callable[..., EmulatedHost]) -> Non
     a, c = h.vms[0], h.vms[2]  # vm1 on node 1, vm3 on node 2
     assert (a["node"], c["node"]) == (1, 2)
     wait_until(lambda: address6(h, 2) == c["ipv6"], 30, "vm3's DHCPv6 address")
-    ping = h.in_vm(0, "ping", "-6", "-c", "3", "-i", "0.2", "-W", "2", c["ipv6"])
+    ping = h.in_vm(0, "ping", "-6", "-c", "3", "-i", "0.2", "-W", "2", "-w", "20", c["ipv6"])
     assert " 0% packet loss" in ping.stdout, ping.stdout
     assert exchange(h, 0, 2, c["ipv6"], "tcp") == a["ipv6"]
     assert exchange(h, 2, 0, a["ipv6"], "udp") == c["ipv6"]

@@ -113,7 +113,7 @@ def test_flow_table_shows_the_nat_pair_with_counters(host):
 
 def test_vm_to_vm_ping_and_tcp_through_forward_flows(host):
     a, b = host.vms[0], host.vms[1]
-    r = host.in_vm(0, "ping", "-c", "3", "-i", "0.2", "-W", "2", b["ip"])
+    r = host.in_vm(0, "ping", "-c", "3", "-i", "0.2", "-W", "2", "-w", "20", b["ip"])
     assert r.returncode == 0, r.stdout + r.stderr
     server = subprocess.Popen(
         ["ip", "netns", "exec", host.vm_ns(1), str(VROUTER.parent / "python"), "-m", "http.server", "8080", "--bind", b["ip"]],

@@ -281,7 +281,7 @@ def test_vifdump_pcap_of_ten_pings_holds_twenty_packets_tcpdump_reads(host, tmp_
                              "--state-dir", host.state_dir], stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
         assert "listening on vif0/%d" % a["vif"] in dump.stderr.readline()
-        assert host.in_vm(0, "ping", "-c", "10", "-i", "0.2", "-W", "2", b["ip"]).returncode == 0
+        assert host.in_vm(0, "ping", "-c", "10", "-i", "0.2", "-W", "2", "-w", "20", b["ip"]).returncode == 0
         assert dump.wait(30) == 0
     finally:
         if dump.poll() is None:

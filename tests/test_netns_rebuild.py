@@ -109,6 +109,6 @@ def test_fifty_rebuilds_while_a_vm_floods_its_queues_leave_every_queue_read(node
     wait_until(lambda: not any(queue_stats(node)[q][0] for q in flood_queues), 10, "vm1's queues emptied")
     before = queue_stats(node)
     assert node.metadata(0)[0] == 200
-    assert node.in_vm(0, "ping", "-c", "3", "-i", "0.2", "-W", "2", vm2["ip"]).returncode == 0
+    assert node.in_vm(0, "ping", "-c", "3", "-i", "0.2", "-W", "2", "-w", "20", vm2["ip"]).returncode == 0
     after = queue_stats(node)
     assert all(after[q][2] == before[q][2] for q in flood_queues)  # nothing more dropped for want of a reader

@@ -70,7 +70,7 @@ def test_metadata_and_forwarding_work_whichever_worker_owns_a_vm(node):
     for i in range(len(node.vms)):
         for j in range(len(node.vms)):
             if i != j:
-                r = node.in_vm(i, "ping", "-c", "2", "-i", "0.2", "-W", "2", node.vms[j]["ip"])
+                r = node.in_vm(i, "ping", "-c", "2", "-i", "0.2", "-W", "2", "-w", "20", node.vms[j]["ip"])
                 assert r.returncode == 0 and " 0% packet loss" in r.stdout, (i, j, r.stdout)
 
 
@@ -90,8 +90,8 @@ def test_both_halves_of_every_pair_are_one_workers_and_flow_l_sees_all(node):
 def test_counters_add_up_every_workers_share(node):
     a, b = node.vms[0], node.vms[1]  # worker 1's and worker 0's
     before = {v["vif"]: v for v in node.cli_json("vif", "--list")}
-    assert node.in_vm(0, "ping", "-c", "10", "-i", "0.05", "-W", "2", b["ip"]).returncode == 0
-    assert node.in_vm(0, "ping", "-c", "10", "-i", "0.05", "-W", "2", a["gateway"]).returncode == 0
+    assert node.in_vm(0, "ping", "-c", "10", "-i", "0.05", "-W", "2", "-w", "20", b["ip"]).returncode == 0
+    assert node.in_vm(0, "ping", "-c", "10", "-i", "0.05", "-W", "2", "-w", "20", a["gateway"]).returncode == 0
     assert node.metadata(0)[0] == 200
     after = {v["vif"]: v for v in node.cli_json("vif", "--list")}
     # vm1's echoes to vm2 (the worker the kernel's hash picks), to its gateway (its owner's, answered
