@@ -139,6 +139,7 @@ def main() -> int:
             "rounds_per_vm": {"min": min(r["rounds"] for r in results), "max": max(r["rounds"] for r in results)},
             "worst_latency_s": max(r["worst_s"] for r in results),
             "errors": [e for r in results + warm for e in r["errors"]][:10],
+            "failed_in": {k: sum(r["failed_in"].get(k, 0) for r in results + warm) for k in ("connect", "answer")},
             "agent_memory_per_vm_kib": {
                 "rss": round(settled["rss_kib"] / args.vms, 1),
                 "heap": round(settled["anon_kib"] / args.vms, 1),

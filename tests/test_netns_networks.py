@@ -66,6 +66,10 @@ def test_a_node_of_300_vms_on_two_networks_and_each_reads_its_own_metadata(make_
         clients.close()
     assert sum(r["failed"] for r in results) == 0, [e for r in results for e in r["errors"]][:5]
     assert all(r["ok"] == 13 for r in results)  # meta_data.json among them, checked to be the VM's own
+    for i in (0, 150, 299):  # over LEARNED_GATEWAYS VMs: each is given its gateways' MAC (topology/vms.py)
+        shown = h.in_vm(i, "ip", "neigh", "show", "dev", "eth0").stdout
+        for gateway in (h.vms[i]["gateway"], "fe80::5e00:100"):
+            assert "%s lladdr 00:00:5e:00:01:00 PERMANENT" % gateway in shown, shown
     status = h.cli_json("status")
     assert status["ports"] == 300
     print("\n300 VMs up in %.1f s (%.3f s a VM); agent and proxy RSS %d KiB"

@@ -76,9 +76,11 @@ class CloudInitClients:
         status = 0
         body = b""
         s = netns.socket_in(fd, self.home)
+        phase = "connect"
         try:
             s.setblocking(False)
             await asyncio.wait_for(loop.sock_connect(s, METADATA), 10)
+            phase = "answer"
             req = "GET %s HTTP/1.1\r\nHost: 169.254.169.254\r\nUser-Agent: Cloud-Init/23.1\r\nConnection: close\r\n\r\n" % path
             await loop.sock_sendall(s, req.encode())
             answer = _Answer()
@@ -92,7 +94,9 @@ class CloudInitClients:
             body = bytes(answer.body)
             good = status == 200 and (want is None or want(body))
         except (TimeoutError, OSError, httptools.HttpParserError, ValueError, KeyError) as e:
-            good, body = False, repr(e).encode()
+            good, body = False, ("%s: %r" % (phase, e)).encode()
+            failed_in = st.setdefault("failed_in", {})
+            failed_in[phase] = failed_in.get(phase, 0) + 1
         finally:
             s.close()
         st["worst"] = max(st["worst"], time.monotonic() - t)
@@ -105,7 +109,7 @@ class CloudInitClients:
 
     async def vm(self, fd: int, uuid: str, deadline: float) -> dict:
         """One VM's rounds: requests answered right and not, the worst latency, the first errors."""
-        st: dict = {"ok": 0, "failed": 0, "rounds": 0, "worst": 0.0, "errors": []}
+        st: dict = {"ok": 0, "failed": 0, "rounds": 0, "worst": 0.0, "errors": [], "failed_in": {}}
         seq = sequence(uuid)
         while True:  # a round at least
             for path, want in seq:

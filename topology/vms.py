@@ -13,6 +13,14 @@ advertisements; ``dhcpv6-stateful``, ISC dhclient -6 (its script
 ``scripts/dhclient6-vm.sh``, lease in ``dhcp/NAME.lease6``); ``dhcpv6-stateless``,
 SLAAC and ``dhclient -6 -S`` for the DNS servers.  Every mode but ``none``
 takes the default route from the advertisements.
+
+A lab of more than ``LEARNED_GATEWAYS`` VMs gives each static VM its gateway's MAC (the vRouter's,
+00:00:5e:00:01:00) as a permanent neighbour, and each VM of an IPv6 network its router's, instead
+of learning them by ARP and neighbour discovery.  Every namespace shares the host kernel's
+neighbour tables, which hold 1,024 learned entries by default (``gc_thresh3``, a host setting
+the lab does not change; permanent entries do not count): a thousand VMs' gateway entries
+overflowed them ("neighbor table overflow" in dmesg) and the VMs' own kernels dropped their
+packets.  Real guests have kernels of their own.
 """
 
 from __future__ import annotations
@@ -33,13 +41,14 @@ from topology.errors import LabError
 from topology.model import VM, Topology
 from topology.processes import Processes
 from topology.state import StateDir
-from vrouter.agent.host import ROUTER_IP6  # the vRouter's link-local address, its advertisements' source
+from vrouter.agent.host import ROUTER_IP6, VROUTER_MAC  # the vRouter's link-local address (its advertisements' source), its MAC
 from vrouter.model import AUTOCONF_MODES
 
 ROOT = Path(__file__).resolve().parents[1]
 UDHCPC_SCRIPT = ROOT / "scripts" / "udhcpc-vm.sh"
 DHCLIENT6_SCRIPT = ROOT / "scripts" / "dhclient6-vm.sh"
 DHCLIENT6_CONF = "request dhcp6.name-servers, dhcp6.domain-search;\n"
+LEARNED_GATEWAYS = 256  # up to this many VMs in a lab, the VMs learn their gateway's MAC (see above)
 
 
 class VMs:
@@ -60,6 +69,7 @@ class VMs:
 
     def create(self, topo: Topology, nodes: dict[int, netns.Namespace]) -> None:
         """Each VM's namespace (and with DHCP its resolver file), wired to its node of ``nodes``."""
+        permanent = len(topo.vms) > LEARNED_GATEWAYS
         for vm in topo.vms:
             netns.create(vm.namespace)
             self.files.created("netns", vm.namespace)
@@ -69,11 +79,12 @@ class VMs:
                 open("/etc/netns/%s/resolv.conf" % vm.namespace, "w").close()
                 self.files.created("file", "/etc/netns/%s/resolv.conf" % vm.namespace)
             with netns.Namespace(vm.namespace) as ns:
-                self._wire(vm, nodes[vm.node], ns, not topo.dhcp, topo.network_of(vm).ipv6_mode)
+                self._wire(vm, nodes[vm.node], ns, not topo.dhcp, topo.network_of(vm).ipv6_mode, permanent)
 
-    def _wire(self, vm: VM, compute: netns.Namespace, ns: netns.Namespace, static: bool, mode: str) -> None:
+    def _wire(self, vm: VM, compute: netns.Namespace, ns: netns.Namespace, static: bool, mode: str, permanent: bool) -> None:
         """The VM's eth0 and its tap in the compute namespace; with ``static``, its IPv4 address and
-        default route (else its DHCP client sets them); IPv6 as ``mode`` says."""
+        default route (else its DHCP client sets them); IPv6 as ``mode`` says; with ``permanent``,
+        its gateways' MAC as permanent neighbours (see the module's text)."""
         compute.ipr.link("add", ifname=vm.tap, kind="veth", peer={"ifname": "eth0", "net_ns_fd": ns.fd})
         eth0 = ns.index("eth0")
         ns.ipr.link("set", index=ns.index("lo"), state="up")
@@ -88,6 +99,10 @@ class VMs:
         if static:
             ns.ipr.addr("add", index=eth0, address=vm.ip, prefixlen=vm.prefix_len)
             ns.ipr.route("add", dst="default", gateway=vm.gateway)
+        if permanent:
+            if static:
+                ns.ipr.neigh("replace", dst=vm.gateway, lladdr=VROUTER_MAC, ifindex=eth0, state="permanent")
+            ns.ipr.neigh("replace", dst=ROUTER_IP6, lladdr=VROUTER_MAC, ifindex=eth0, state="permanent", family=socket.AF_INET6)
 
     def start(self, topo: Topology) -> None:
         """busybox udhcpc in each VM (with DHCP; else nothing).  Waits for every lease."""
