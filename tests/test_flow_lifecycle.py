@@ -14,6 +14,7 @@ from tests.dataplanes import METADATA, TAP1, TAP2, VHOST, dataplane
 
 NTP = LinkLocalService("ntp", "169.254.169.123", 123, ("10.10.0.1",), 123)
 WEB = LinkLocalService("web", "169.254.10.10", 8080, ("10.10.0.7", "10.10.0.8"), 80)
+API = LinkLocalService("api", "169.254.10.20", 8000, ("10.10.0.1",), 8000)  # one fabric address: its answers are known
 
 
 class Ports:
@@ -36,7 +37,7 @@ class Ports:
 
 
 def make(limits=None, ports=None, entries=4096):
-    return dataplane(entries, limits, ports, services=(METADATA, NTP, WEB))
+    return dataplane(entries, limits, ports, services=(METADATA, NTP, WEB, API))
 
 
 def seg(src, dst, sport, dport, flags):
@@ -132,28 +133,33 @@ def test_per_vm_flow_limit_with_hysteresis():
     assert udp(95).reason == DropReason.FLOW_LIMIT
 
 
+def api(src, sport, flags="S"):
+    """A VM's segment to API, a link-local service on one fabric address."""
+    return seg(src, "169.254.10.20", sport, 8000, flags)
+
+
 def test_linklocal_limits_per_vm_and_per_host():
-    d = make(Limits(max_vm_linklocal_flows=2, max_system_linklocal_flows=3))
-    md = [seg("10.1.1.3", "169.254.169.254", 40000 + i, 80, "S") for i in range(3)]
-    assert d.process(md[0], TAP1).accept and d.process(md[1], TAP1).accept
-    v = d.process(md[2], TAP1)
-    assert v.reason == DropReason.LINK_LOCAL_LIMIT
-    assert d.process(seg("10.1.1.4", "169.254.169.254", 40000, 80, "S"), TAP2).accept
-    v = d.process(seg("10.1.1.4", "169.254.169.254", 40001, 80, "S"), TAP2)
-    assert v.reason == DropReason.LINK_LOCAL_LIMIT  # the host's cap of 3
+    d = make(Limits(max_vm_linklocal_flows=2, max_system_linklocal_flows=3), Ports())
+    assert d.process(api("10.1.1.3", 40000), TAP1).accept and d.process(api("10.1.1.3", 40001), TAP1).accept
+    assert d.process(api("10.1.1.3", 40002), TAP1).reason == DropReason.LINK_LOCAL_LIMIT
+    assert d.process(api("10.1.1.4", 40000), TAP2).accept
+    assert d.process(api("10.1.1.4", 40001), TAP2).reason == DropReason.LINK_LOCAL_LIMIT  # the host's cap of 3
+    # metadata pairs are not capped: the vRouter's agent caps only the pairs it binds a port for
+    assert all(d.process(seg("10.1.1.3", "169.254.169.254", 41000 + i, 80, "S"), TAP1).accept for i in range(10))
+    assert d.entries.linklocal_flows == 3 and d.vifs[3].linklocal_flows == 2 and d.vifs[3].flows == 24
     d.flush()
     assert d.entries.linklocal_flows == 0 and d.vifs[3].linklocal_flows == 0
-    assert d.process(md[2], TAP1).accept
+    assert d.process(api("10.1.1.3", 40002), TAP1).accept
 
 
 def test_near_the_nodes_link_local_cap_no_vm_takes_more_than_a_quarter():
     # the vRouter's defaults let one VM hold the node's whole cap (2048 and 2048); here a VM that
     # floods takes three quarters of it at most, and the others still get theirs
-    d = make(Limits(max_vm_linklocal_flows=64, max_system_linklocal_flows=64))
-    took = sum(d.process(seg("10.1.1.3", "169.254.169.254", 40000 + i, 80, "S"), TAP1).accept for i in range(100))
+    d = make(Limits(max_vm_linklocal_flows=64, max_system_linklocal_flows=64), Ports())
+    took = sum(d.process(api("10.1.1.3", 40000 + i), TAP1).accept for i in range(100))
     assert took == 48 and d.entries.linklocal_flows == 48
-    assert all(d.process(seg("10.1.1.4", "169.254.169.254", 40000 + i, 80, "S"), TAP2).accept for i in range(16))  # the rest is vm2's
-    assert d.process(seg("10.1.1.4", "169.254.169.254", 41000, 80, "S"), TAP2).reason == DropReason.LINK_LOCAL_LIMIT  # the node's cap
+    assert all(d.process(api("10.1.1.4", 40000 + i), TAP2).accept for i in range(16))  # the rest is vm2's
+    assert d.process(api("10.1.1.4", 41000), TAP2).reason == DropReason.LINK_LOCAL_LIMIT  # the node's cap
 
 
 def test_a_vms_flow_setup_rate_is_capped_by_a_token_bucket():
@@ -172,9 +178,34 @@ def test_a_vms_flow_setup_rate_is_capped_by_a_token_bucket():
 
 
 def test_closed_pairs_stop_counting_against_the_limits_at_once():
-    # a VM making one short metadata connection after another must not hit its link-local cap
+    # a VM making one short connection to a link-local service after another must not hit its cap
     # with connections that are already closed and only wait out the grace period
-    d = make(Limits(max_vm_linklocal_flows=2, max_system_linklocal_flows=2))
+    d = make(Limits(max_vm_linklocal_flows=2, max_system_linklocal_flows=2), Ports())
+
+    def connection(sport):
+        syn = d.process(api("10.1.1.3", sport), TAP1)
+        port = IP(syn.payload)[TCP].sport if syn.accept else 0
+        fabric = [d.process(seg("10.10.0.1", "10.10.0.2", 8000, port, f), VHOST) for f in ("SA", "FA")]
+        return [syn, *fabric, d.process(api("10.1.1.3", sport, "FA"), TAP1), d.process(api("10.1.1.3", sport, "A"), TAP1)]
+
+    for sport in range(40000, 40010):
+        assert all(v.accept for v in connection(sport)), sport
+    assert d.table.active == 20 and len(d.lifecycle.closing()) == 20  # all still in the table, none counted
+    assert d.vifs[3].linklocal_flows == 0 and d.entries.linklocal_flows == 0 and d.vifs[3].flows == 0
+    # reusing a closed pair's port counts it again, and within the limits
+    assert d.process(api("10.1.1.3", 40000), TAP1).accept
+    assert d.process(api("10.1.1.3", 40001), TAP1).accept
+    assert d.vifs[3].linklocal_flows == 2
+    v = d.process(api("10.1.1.3", 40002), TAP1)
+    assert v.reason == DropReason.LINK_LOCAL_LIMIT
+    assert d.evict_closed(max(d.lifecycle.closing().values()) + 2_000_000_000) == 16
+    assert d.vifs[3].linklocal_flows == 2 and d.entries.linklocal_flows == 2  # the two restarted ones
+    d.flush()
+    assert d.vifs[3].linklocal_flows == 0 and d.entries.linklocal_flows == 0 and d.vifs[3].flows == 0
+
+
+def test_closed_metadata_pairs_stop_counting_against_the_vms_flow_limit_at_once():
+    d = make(Limits(max_vm_flows=4))
 
     def connection(sport):
         vm = [d.process(seg("10.1.1.3", "169.254.169.254", sport, 80, f), TAP1) for f in ("S", "FA")]
@@ -183,18 +214,11 @@ def test_closed_pairs_stop_counting_against_the_limits_at_once():
 
     for sport in range(40000, 40010):
         assert all(v.accept for v in connection(sport)), sport
-    assert d.table.active == 20 and len(d.lifecycle.closing()) == 20  # all still in the table, none counted
-    assert d.vifs[3].linklocal_flows == 0 and d.entries.linklocal_flows == 0 and d.vifs[3].flows == 0
-    # reusing a closed pair's port counts it again, and within the limits
+    assert d.table.active == 20 and d.vifs[3].flows == 0 and d.entries.linklocal_flows == 0
     assert d.process(seg("10.1.1.3", "169.254.169.254", 40000, 80, "S"), TAP1).accept
     assert d.process(seg("10.1.1.3", "169.254.169.254", 40001, 80, "S"), TAP1).accept
-    assert d.vifs[3].linklocal_flows == 2
-    v = d.process(seg("10.1.1.3", "169.254.169.254", 40002, 80, "S"), TAP1)
-    assert v.reason == DropReason.LINK_LOCAL_LIMIT
-    assert d.evict_closed(max(d.lifecycle.closing().values()) + 2_000_000_000) == 16
-    assert d.vifs[3].linklocal_flows == 2 and d.entries.linklocal_flows == 2  # the two restarted ones
-    d.flush()
-    assert d.vifs[3].linklocal_flows == 0 and d.entries.linklocal_flows == 0 and d.vifs[3].flows == 0
+    assert d.vifs[3].flows == 4
+    assert d.process(seg("10.1.1.3", "169.254.169.254", 40002, 80, "S"), TAP1).reason == DropReason.FLOW_LIMIT
 
 
 def test_fabric_nat_with_reserved_port_released_with_the_flow():

@@ -17,8 +17,10 @@ per entry, kept here.  Rules:
 * A trap entry (a packet for the agent's services: DHCP, DNS, ICMP to the
   gateway) has no reverse and counts like a Drop entry.
 * Limits: a VM over ``max_vm_flows`` entries gets new flows refused until its
-  use falls to 90% of the limit (the vRouter's hysteresis); link-local pairs are
-  capped per VM and per node, and (for node caps of 16 and more) once three
+  use falls to 90% of the limit (the vRouter's hysteresis); link-local pairs to
+  the fabric (each holds a NAT port bound on the node) are capped per VM and per
+  node, metadata pairs not (the vRouter's agent caps only the pairs for which it
+  binds a port, ``linklocal_bind_local_port``), and (for node caps of 16 and more) once three
   quarters of the node's cap are used a VM holding a quarter of it gets no more
   (one VM cannot take what the others need: the vRouter's defaults give one VM
   the whole node's cap).
@@ -77,7 +79,7 @@ class FlowShares(Protocol):
 class FlowState:
     """What the dataplane does with the packets of one entry, prepared at flow set-up."""
 
-    __slots__ = ("action", "patch", "out", "vin", "reason", "charge", "link_local", "port", "fresh", "closed_at", "trap", "deliver")
+    __slots__ = ("action", "patch", "out", "vin", "reason", "charge", "link_local", "capped", "port", "fresh", "closed_at", "trap", "deliver")
 
     def __init__(self, action: Action, patch: Patch | Encap | None, out: Vif | None, vin: int, reason: DropReason = DropReason.NONE) -> None:
         self.action = action
@@ -87,6 +89,10 @@ class FlowState:
         self.reason = reason  # for Drop
         self.charge: tuple[Vif, ...] = ()  # forward half: the vifs whose limits this pair counts against
         self.link_local = False  # forward half: a link-local pair
+        # forward half: counted against the link-local caps (max_*_linklocal_flows): a pair to the
+        # fabric, whose NAT port is a socket bound on the node; as in the vRouter's agent
+        # (linklocal_bind_local_port), a metadata pair (to the local proxy) is not
+        self.capped = False
         self.port: object = None  # forward half: the reserved NAT port, released with the pair
         self.fresh = False  # reverse half: no answer seen yet, the pair is still New
         self.closed_at: int | None = None  # both halves: when the second FIN was seen
@@ -106,7 +112,7 @@ class Entries:
         # entry and its key object, each a cache miss; a list item is one read (5 MB of pointers
         # for the default table)
         self.states: list[FlowState | None] = [None] * table.capacity
-        self.linklocal_flows = 0  # link-local pairs on the node, counted against its cap
+        self.linklocal_flows = 0  # link-local pairs to the fabric on the node, counted against its cap (not metadata's)
         self.added = 0  # entries set up since start
         self._tokens: dict[int, list[float]] = {}  # vif index -> [flow set-ups left, when last looked (ns)]
         self.removed = 0  # entries removed since start
@@ -178,9 +184,9 @@ class Entries:
         """Count a pair (or a Drop entry) against its vifs' limits."""
         for v in st.charge:
             v.flows += 2
-            if st.link_local:
+            if st.capped:
                 v.linklocal_flows += 1
-        if st.link_local:
+        if st.capped:
             self.linklocal_flows += 1
         if self.shares is not None:
             self._publish(st)
@@ -191,9 +197,9 @@ class Entries:
             return  # closed pairs were uncharged when they closed
         for v in st.charge:
             v.flows -= 2
-            if st.link_local:
+            if st.capped:
                 v.linklocal_flows -= 1
-        if st.link_local:
+        if st.capped:
             self.linklocal_flows -= 1
         if self.shares is not None:
             self._publish(st)
@@ -203,7 +209,7 @@ class Entries:
         assert shares is not None
         for v in st.charge:
             shares.publish(v.index, v.flows)
-        if st.link_local:
+        if st.capped:
             shares.publish(0, self.linklocal_flows)
 
     # -- removal --------------------------------------------------------------------------------

@@ -158,7 +158,7 @@ class FlowSetup:
         service = self.services.find(p.dst, p.proto, p.dport)
         try:
             if service is not None:
-                refused = self.entries.over_limit(vif, True)
+                refused = self.entries.over_limit(vif, not service.is_metadata)
                 if refused:
                     return _REFUSED[refused]
                 if service.is_metadata:
@@ -201,7 +201,7 @@ class FlowSetup:
         return index
 
     def _pair(self, key: bytes, fspec: FlowSpec, fst: FlowState, rkey: bytes, rspec: FlowSpec, rst: FlowState,
-              charge: tuple[Vif, ...], link_local: bool, now: int, slow: bool = False) -> int:  # fmt: skip
+              charge: tuple[Vif, ...], link_local: bool, now: int, slow: bool = False, capped: bool | None = None) -> int:  # fmt: skip
         stale = self.table.lookup(rkey)
         if stale >= 0:
             self.entries.delete([stale])
@@ -211,6 +211,7 @@ class FlowSetup:
         rst.fresh = True
         fst.charge = charge
         fst.link_local = link_local
+        fst.capped = link_local if capped is None else capped
         self.entries.charge(fst)
         self.entries.keep(fi, fst)
         self.entries.keep(ri, rst)
@@ -300,7 +301,7 @@ class FlowSetup:
         rspec = FlowSpec(Action.NAT, MD_REV_FLAGS, 0, vif.vrf, sport, host.nh, host.index)
         fst = FlowState(Action.NAT, fwd, host, vif.index)
         rst = FlowState(Action.NAT, rev, vif, host.index)
-        return self._pair(key, fspec, fst, rkey, rspec, rst, (vif,), True, now)
+        return self._pair(key, fspec, fst, rkey, rspec, rst, (vif,), True, now, capped=False)
 
     def _fabric(self, vif: Vif, p: Parsed, key: bytes, now: int, service: LinkLocalService) -> int:
         v6 = len(p.src) == 16

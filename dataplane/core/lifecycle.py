@@ -83,7 +83,7 @@ class Lifecycle:
     def _restart(self, index: int, other: int, tcp_flags: int) -> DropReason:
         carrier = self.entries.carrier(index)
         if carrier is not None:
-            refused = self.entries.over_limit(carrier.charge[0], carrier.link_local)
+            refused = self.entries.over_limit(carrier.charge[0], carrier.capped)
             if refused:
                 return refused
         states, table = self.entries.states, self.table

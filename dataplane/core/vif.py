@@ -57,7 +57,7 @@ class Vif:
     tx_bytes: int = 0
     drops: int = 0
     flows: int = 0  # flow entries this vif holds (a pair counts 2 for each VM in it)
-    linklocal_flows: int = 0  # link-local flow pairs this vif holds
+    linklocal_flows: int = 0  # link-local flow pairs to the fabric this vif holds (not metadata's)
     flow_limited: bool = False  # over max_vm_flows: new flows dropped until use falls to 90%
     ip6: str = ""  # the port's IPv6 address, if it has one (its link-local fe80::/64 is always allowed)
     ip_bytes: bytes = field(default=b"", repr=False)
