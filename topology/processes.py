@@ -64,16 +64,16 @@ class Processes:
                 raise StartError("%s %s (the end of its log, %s):\n%s" % (what, why, self.path(log), self.log_tail(log)))
             time.sleep(0.05)  # polling the process's readiness, with a deadline
 
-    def stop(self, pidfile: str, name: str) -> None:
-        """SIGTERM, up to 10 s, then SIGKILL; the pidfile goes."""
+    def stop(self, pidfile: str, name: str, seconds: float = 10) -> None:
+        """SIGTERM, up to ``seconds``, then SIGKILL; the pidfile goes."""
         pid = self.pid(pidfile)
         if pid:
             os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + seconds
             while self.pid(pidfile) and time.monotonic() < deadline:
                 time.sleep(0.05)  # waiting for the process to exit, with a deadline
             if self.pid(pidfile):
-                self.say("  %s (pid %d) did not stop in 10 s: SIGKILL" % (name, pid))
+                self.say("  %s (pid %d) did not stop in %.0f s: SIGKILL" % (name, pid, seconds))
                 os.kill(pid, signal.SIGKILL)
             self.say("  stopped %s (pid %d)" % (name, pid))
         try:

@@ -186,17 +186,17 @@ class HostNetwork:
             sysctl("net.ipv4.conf.%s.rp_filter" % tap, "1")
             sysctl("net.ipv4.conf.%s.accept_local" % tap, "0")
             sysctl("net.ipv6.conf.%s.disable_ipv6" % tap, "1")  # its addresses and routes go too
-        for ip in (vm_ip, md_ip):
-            try:
-                await self._nl("route", "del", dst=ip + "/32", **({"oif": idx} if idx else {}))
-            except NetlinkError:
-                pass
+        # in one transaction, as plug's (0.03 ms a port, where four pyroute2 calls took about 4 ms):
+        # the agent's stop unplugs every port
+        msgs = [rtnl.route_gone(idx, ip) for ip in (vm_ip, md_ip)]
         if idx:
-            for ip in (vm_ip, md_ip):
-                try:
-                    await self._nl("neigh", "del", dst=ip, ifindex=idx)
-                except NetlinkError:
-                    pass
+            msgs += [rtnl.neighbour_gone(idx, ip) for ip in (vm_ip, md_ip)]
+        try:
+            if self._rtnl is None:
+                self._rtnl = rtnl.Rtnl()
+            self._rtnl.apply(msgs)
+        except OSError:
+            pass  # a route or neighbour already gone: each request is its own, the others were done
 
 
 def in_namespace_hint() -> str:

@@ -21,7 +21,9 @@ from infra import netlink
 RTM_NEWLINK = 16
 RTM_NEWADDR = 20
 RTM_NEWROUTE = 24
+RTM_DELROUTE = 25
 RTM_NEWNEIGH = 28
+RTM_DELNEIGH = 29
 NLM_F_REQUEST = 0x1
 NLM_F_ACK = 0x4
 NLM_F_REPLACE = 0x100
@@ -38,6 +40,7 @@ RT_TABLE_MAIN = 254
 RTPROT_STATIC = 4
 RT_SCOPE_UNIVERSE = 0
 RT_SCOPE_LINK = 253
+RT_SCOPE_NOWHERE = 255  # in a deletion: a route of any scope
 RTN_UNICAST = 1
 NDA_DST = 1
 NDA_LLADDR = 2
@@ -71,6 +74,21 @@ def route(index: int, address: str) -> Message:
     head = struct.pack("=BBBBBBBBI", socket.AF_INET6 if v6 else socket.AF_INET, 128 if v6 else 32, 0, 0, RT_TABLE_MAIN, RTPROT_STATIC,
                        RT_SCOPE_UNIVERSE if v6 else RT_SCOPE_LINK, RTN_UNICAST, 0)  # fmt: skip
     return RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE, head + _attr(RTA_DST, ip.packed) + _attr(RTA_OIF, struct.pack("=i", index))
+
+
+def route_gone(index: int, address: str) -> Message:
+    """``ip route del ADDRESS/32 [dev IF]`` (``index`` 0: whatever the device), or ``/128``."""
+    ip = ipaddress.ip_address(address)
+    v6 = ip.version == 6
+    head = struct.pack("=BBBBBBBBI", socket.AF_INET6 if v6 else socket.AF_INET, 128 if v6 else 32, 0, 0, RT_TABLE_MAIN, 0, RT_SCOPE_NOWHERE, 0, 0)
+    return RTM_DELROUTE, 0, head + _attr(RTA_DST, ip.packed) + (_attr(RTA_OIF, struct.pack("=i", index)) if index else b"")
+
+
+def neighbour_gone(index: int, address: str) -> Message:
+    """``ip neigh del ADDRESS dev IF``."""
+    ip = ipaddress.ip_address(address)
+    head = struct.pack("=BBHiHBB", socket.AF_INET6 if ip.version == 6 else socket.AF_INET, 0, 0, index, 0, 0, 0)
+    return RTM_DELNEIGH, 0, head + _attr(NDA_DST, ip.packed)
 
 
 def neighbour(index: int, address: str, mac: str) -> Message:
