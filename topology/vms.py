@@ -18,7 +18,7 @@ A lab of more than ``LEARNED_GATEWAYS`` VMs gives each static VM its gateway's M
 00:00:5e:00:01:00) as a permanent neighbour, and each VM of an IPv6 network its router's, instead
 of learning them by ARP and neighbour discovery.  Every namespace shares the host kernel's
 neighbour tables, which hold 1,024 learned entries by default (``gc_thresh3``, a host setting
-the lab does not change; permanent entries do not count): a thousand VMs' gateway entries
+the lab does not change; permanent entries do not count): four thousand VMs' gateway entries
 overflowed them ("neighbor table overflow" in dmesg) and the VMs' own kernels dropped their
 packets.  Real guests have kernels of their own.
 """
