@@ -32,6 +32,7 @@ output); this module builds the parser from them and dispatches.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from vrouter import __version__
@@ -65,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        # SIGINT ends a capture or a --follow (as it does tcpdump's), even where a non-interactive
+        # shell started this command in the background, which ignores SIGINT for it
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return args.func(args)
     except EXPECTED as e:
