@@ -28,7 +28,6 @@ NLM_F_REQUEST = 0x1
 NLM_F_ACK = 0x4
 NLM_F_REPLACE = 0x100
 NLM_F_CREATE = 0x400
-NLMSG_ERROR = 2
 IFF_UP = 0x1
 IFLA_ADDRESS = 1
 IFA_ADDRESS = 1
@@ -131,7 +130,7 @@ class Rtnl:
         error = 0
         while waiting:
             for mtype, seq, body in netlink.messages(self.sock.recv(1 << 16)):
-                if mtype == NLMSG_ERROR and seq in waiting:
+                if mtype == netlink.NLMSG_ERROR and seq in waiting:
                     waiting.discard(seq)
                     error = error or -netlink.error_code(body)
         if error:
